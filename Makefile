@@ -1,0 +1,41 @@
+# Two commands matter: `make run` and `make test`. Everything else is a step they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8501
+
+.PHONY: run test test-all test-fast weights bench clean
+
+$(PY):
+	# Debian's python3 may lack ensurepip (package python3-venv); then bootstrap pip from PyPI.
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && $(PYTHON) -m venv --without-pip $(VENV) && $(PY) tools/bootstrap_pip.py; }
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+weights: $(VENV)/.runtime
+	$(PY) -m fracture weights
+
+run: $(VENV)/.runtime weights
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+# The default suite skips the slow end-to-end tests; CI (CI=true) runs them too.
+SLOW_FILTER := $(if $(filter true 1,$(CI)),,-m "not slow")
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q $(SLOW_FILTER)
+
+test-all: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.runtime
+	$(PY) -m fracture bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,0 +1,105 @@
+"""One settings object for the whole project.
+
+Values come, lowest priority first, from the dataclass defaults, a TOML file
+(``$FRACTURE_CONFIG`` or ``./fracture.toml``), and ``FRACTURE_<FIELD>``
+environment variables. Nothing else in the package invents a path: anything
+that needs a folder asks :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Settings", "get_settings", "PROJECT_ROOT"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_ENV_PREFIX = "FRACTURE_"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fracture"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configurable parameters, with the reason for each default."""
+
+    # Where the active model lives. ``models/`` holds versioned model folders;
+    # ``models/default`` is the FracAtlas model shipped in git.
+    models_dir: Path = PROJECT_ROOT / "models"
+    model_name: str = "default"
+    # Datasets browsed by the dashboard and used by ``train`` when no path is given.
+    data_dir: Path = PROJECT_ROOT / "data"
+    runs_dir: Path = PROJECT_ROOT / "runs"
+    # User cache for converted ImageNet weights and feature caches.
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    # Explicit ImageNet weights file; first in the resolution order.
+    imagenet_weights: Path | None = None
+    # Input side for models built from scratch; a saved model carries its own.
+    image_size: int = 224
+    batch_size: int = 16
+    # 40000 x 40000 decompression bombs must fail fast; the largest radiographs
+    # (detector panels of 43 x 43 cm at 0.1 mm) are about 4300 x 4300 = 18.5 MP.
+    max_image_pixels: int = 60_000_000
+    min_image_side: int = 32
+    # Admin gate for training/promotion in the dashboard; None means open.
+    admin_password: str | None = None
+    max_upload_mb: int = 200
+
+    @property
+    def active_model_dir(self) -> Path:
+        return self.models_dir / self.model_name
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> "Settings":
+        """Build settings from defaults, then the TOML file, then the environment."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = config_file or environ.get(_ENV_PREFIX + "CONFIG")
+        path = Path(path) if path else PROJECT_ROOT / "fracture.toml"
+        if path.is_file():
+            with path.open("rb") as handle:
+                values.update(tomllib.load(handle))
+        elif config_file is not None:
+            raise FileNotFoundError(f"Settings file {path} does not exist")
+        for f in dataclasses.fields(cls):
+            env_value = environ.get(_ENV_PREFIX + f.name.upper())
+            if env_value not in (None, ""):
+                values[f.name] = env_value
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
+        return cls(**{name: _coerce(cls, name, value) for name, value in values.items()})
+
+
+def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
+    default = next(f for f in dataclasses.fields(cls) if f.name == name)
+    kind = str(default.type)
+    if value is None:
+        return None
+    if "Path" in kind:
+        path = Path(os.path.expanduser(str(value)))
+        return path if path.is_absolute() else PROJECT_ROOT / path
+    if kind.startswith("int"):
+        return int(value)
+    return str(value)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings.load()
