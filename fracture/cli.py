@@ -1,0 +1,195 @@
+"""``python -m fracture``: the command line over the core package.
+
+Subcommands import their heavy dependencies only when they run, so
+``python -m fracture --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _quiet_tensorflow() -> None:
+    # Only TensorFlow's C++ start-up chatter; Python warnings stay visible.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _progress(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="img", disable=not sys.stderr.isatty())
+
+
+# ---------------------------------------------------------------------------
+# predict
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fracture.explain import overlay_heatmap
+    from fracture.images import iter_image_files
+    from fracture.model import ModelLoadError
+    from fracture.predict import CSV_COLUMNS, Predictor
+    from fracture.weights import WeightsError
+
+    files = iter_image_files(args.paths)
+    if not files:
+        print(f"error: no image files found in {', '.join(args.paths)}", file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor(args.model, batch_size=args.batch_size)
+    except (ModelLoadError, WeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    gradcam_dir = Path(args.gradcam_dir) if args.gradcam_dir else None
+    if gradcam_dir:
+        gradcam_dir.mkdir(parents=True, exist_ok=True)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    ok_count = 0
+    try:
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        with _progress(len(files), "predict") as bar:
+            for index, result in enumerate(
+                predictor.iter_predict(files, with_cam=gradcam_dir is not None)
+            ):
+                # One row per file, flushed as it comes: an interrupted run keeps its work.
+                writer.writerow(result.row())
+                out.flush()
+                if result.ok:
+                    ok_count += 1
+                    if gradcam_dir and result.heatmap is not None:
+                        _write_overlay(gradcam_dir, index, files[index], result, overlay_heatmap)
+                else:
+                    bar.write(f"skipped {result.source}: {result.error}")
+                bar.update(1)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    failed = len(files) - ok_count
+    print(f"{ok_count} scored, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
+          file=sys.stderr)
+    if ok_count == 0:
+        print("error: no image could be processed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heatmap) -> None:
+    from PIL import Image
+
+    overlay = overlay_heatmap(result.image, result.heatmap, alpha=0.4)
+    # The index keeps names unique when two folders hold the same file name.
+    Image.fromarray(overlay).save(directory / f"{index:05d}_{path.stem}_gradcam.png")
+
+
+# ---------------------------------------------------------------------------
+# train / evaluate
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fracture.train import TrainConfig, configure_logical_cpus, train
+
+    if args.strategy == "mirrored" and args.logical_cpus:
+        configure_logical_cpus(args.logical_cpus)
+    if args.resume:
+        config = TrainConfig()
+    else:
+        defaults = TrainConfig()
+        config = TrainConfig(
+            image_size=args.image_size or defaults.image_size,
+            fine_tune_from=args.fine_tune_from or defaults.fine_tune_from,
+            head_epochs=defaults.head_epochs if args.head_epochs is None else args.head_epochs,
+            epochs=defaults.epochs if args.epochs is None else args.epochs,
+            batch_size=args.batch_size or defaults.batch_size,
+            lr=args.lr or defaults.lr,
+            seed=args.seed,
+            strategy=args.strategy,
+            augment=not args.no_augment,
+            views=args.views or defaults.views,
+        )
+    model_dir = train(args.data, args.out, config, pretrained=not args.no_pretrained,
+                      resume=args.resume)
+    print(f"model saved to {model_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fracture.evaluate import evaluate_model
+    from fracture.fileio import atomic_write_json
+    from fracture.metrics import format_report
+
+    report = evaluate_model(args.data, model_dir=args.model, split=args.split,
+                            pointing_game=not args.no_cam)
+    print(format_report(report))
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"full report written to {args.json}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fracture",
+        description="Bone-fracture detection on radiographs (research demo, not a medical device).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from fracture.weights import add_weights_parser
+
+    add_weights_parser(sub)
+
+    p = sub.add_parser("predict", help="score images or folders and write a CSV")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", help="CSV to write (default: standard output)")
+    p.add_argument("--model", help="model folder (default: the active model, models/default)")
+    p.add_argument("--gradcam-dir", help="write one Grad-CAM overlay PNG per image here")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="fine-tune ResNet-50 on a dataset")
+    p.add_argument("data", help="dataset folder (image folders, FracAtlas or MURA layout)")
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/my-run")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
+    p.add_argument("--head-epochs", type=int, default=None, help="head-only epochs first")
+    p.add_argument("--fine-tune-from", default=None, help="freeze up to this layer")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--views", type=int, default=None, help="cached augmented views per image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default")
+    p.add_argument("--logical-cpus", type=int, default=0,
+                   help="with --strategy mirrored on a CPU: split it into N logical devices")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on a dataset split")
+    p.add_argument("data")
+    p.add_argument("--model", default=None)
+    p.add_argument("--split", default="val")
+    p.add_argument("--json", default=None, help="write every number here")
+    p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM pointing game")
+    p.set_defaults(func=cmd_evaluate)
+
+    from fracture.datasets import add_data_parser
+
+    add_data_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

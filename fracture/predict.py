@@ -1,0 +1,230 @@
+"""Prediction: load a model once, then score many images, each with an optional heat map.
+
+:class:`Predictor` is what the CLI, the dashboard and notebooks share. One bad
+file never stops a batch: it becomes a :class:`Prediction` with
+``status="error"`` and a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from fracture.explain import InferenceEngine, heatmap_to_image
+from fracture.images import InvalidImageError, load_image
+from fracture.model import LoadedModel, load_model
+from fracture.preprocessing import Geometry, letterbox
+from fracture.settings import Settings, get_settings
+
+__all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS"]
+
+Source = str | os.PathLike[str] | bytes | np.ndarray
+CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "status", "error")
+FRACTURE, NORMAL = "fracture", "normal"
+
+
+@dataclass
+class Prediction:
+    """The result for one input: a probability, or the reason there is none."""
+
+    source: str
+    status: str  # "ok" or "error"
+    probability: float | None = None
+    label: str | None = None
+    threshold: float | None = None
+    logit: float | None = None
+    error: str | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # original size, [0, 1]
+    image: np.ndarray | None = field(default=None, repr=False)  # original uint8 RGB
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def row(self) -> dict[str, Any]:
+        """One CSV row, with the columns of :data:`CSV_COLUMNS`."""
+        return {
+            "path": self.source,
+            "probability": "" if self.probability is None else f"{self.probability:.6f}",
+            "prediction": self.label or "",
+            "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
+            "status": self.status,
+            "error": self.error or "",
+        }
+
+
+@dataclass
+class _Prepared:
+    index: int
+    name: str
+    network_input: np.ndarray | None
+    geometry: Geometry | None
+    image: np.ndarray | None
+    error: str | None
+
+
+class Predictor:
+    """A loaded model that serves many prediction calls.
+
+    Thread-safe for concurrent ``predict`` calls: the compiled functions are
+    stateless, and each call owns its input arrays.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        settings: Settings | None = None,
+        batch_size: int | None = None,
+        loaded: LoadedModel | None = None,
+        warmup: bool = True,
+    ) -> None:
+        self.settings = settings or get_settings()
+        if loaded is None:
+            from fracture.weights import resolve_imagenet_weights
+
+            directory = Path(model_dir) if model_dir else self.settings.active_model_dir
+            weights = resolve_imagenet_weights(self.settings).path
+            loaded = load_model(directory, weights)
+        self.loaded = loaded
+        self.config = loaded.config
+        self.batch_size = batch_size or self.settings.batch_size
+        self.engine = InferenceEngine(loaded.model, self.batch_size)
+        if warmup:
+            self.warm_up()
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    def warm_up(self) -> None:
+        """Trace both compiled paths now, so the first user request is not the slow one."""
+        blank = np.zeros((1, self.config.image_size, self.config.image_size, 3), np.float32)
+        self.engine.run(blank, with_cam=False)
+        self.engine.run(blank, with_cam=True)
+
+    def probability_from_logit(self, logits: np.ndarray) -> np.ndarray:
+        """Temperature-scaled (calibrated) probability."""
+        scaled = np.asarray(logits, np.float64) / self.config.temperature
+        return 1.0 / (1.0 + np.exp(-scaled))
+
+    def predict(
+        self,
+        sources: Sequence[Source],
+        *,
+        names: Sequence[str] | None = None,
+        with_cam: bool = False,
+    ) -> list[Prediction]:
+        """Score ``sources`` (paths, encoded bytes or decoded RGB arrays), in order."""
+        return list(self.iter_predict(sources, names=names, with_cam=with_cam))
+
+    def iter_predict(
+        self,
+        sources: Sequence[Source],
+        *,
+        names: Sequence[str] | None = None,
+        with_cam: bool = False,
+    ) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per source, in order, as batches finish.
+
+        With ``with_cam`` each prediction carries its heat map and the decoded
+        image, so callers can draw overlays without decoding twice.
+        """
+        names = list(names) if names is not None else [_default_name(s, i) for i, s in enumerate(sources)]
+        if len(names) != len(sources):
+            raise ValueError(f"{len(names)} names for {len(sources)} sources")
+        batch: list[_Prepared] = []
+        for prepared in self._prepare_all(sources, names, keep_image=with_cam):
+            batch.append(prepared)
+            if len(batch) == self.batch_size:
+                yield from self._score(batch, with_cam)
+                batch = []
+        if batch:
+            yield from self._score(batch, with_cam)
+
+    def _prepare_all(
+        self, sources: Sequence[Source], names: Sequence[str], keep_image: bool
+    ) -> Iterator[_Prepared]:
+        """Decode and letterbox in tf.data's parallel map, overlapping with inference."""
+        if len(sources) <= 1:
+            for index, (source, name) in enumerate(zip(sources, names)):
+                yield self._prepare_one(index, source, name, keep_image)
+            return
+        import tensorflow as tf
+
+        prepared: dict[int, _Prepared] = {}
+
+        def decode(index: np.ndarray) -> np.int64:
+            i = int(index)
+            prepared[i] = self._prepare_one(i, sources[i], names[i], keep_image)
+            return np.int64(i)
+
+        # The Python objects travel in a side table keyed by index; tf.data only
+        # schedules the decoding, in parallel and ahead of the model.
+        pipeline = (
+            tf.data.Dataset.range(len(sources))
+            .map(
+                lambda i: tf.numpy_function(decode, [i], tf.int64, stateful=True),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .prefetch(2 * self.batch_size)
+        )
+        for index in pipeline.as_numpy_iterator():
+            yield prepared.pop(int(index))
+
+    def _prepare_one(self, index: int, source: Source, name: str, keep_image: bool) -> _Prepared:
+        try:
+            image = source if isinstance(source, np.ndarray) else load_image(source, name=name)
+            if isinstance(source, np.ndarray):
+                _check_array(image, name)
+            network_input, geometry = letterbox(image, self.config.image_size)
+        except InvalidImageError as error:
+            return _Prepared(index, name, None, None, None, str(error))
+        except Exception as error:  # noqa: BLE001 - a batch never dies for one file
+            return _Prepared(index, name, None, None, None, f"{name}: could not be read ({error})")
+        return _Prepared(index, name, network_input, geometry, image if keep_image else None, None)
+
+    def _score(self, batch: list[_Prepared], with_cam: bool) -> Iterator[Prediction]:
+        good = [p for p in batch if p.error is None]
+        results: dict[int, Prediction] = {}
+        if good:
+            output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)
+            probabilities = self.probability_from_logit(output.logits)
+            for row, prepared in enumerate(good):
+                probability = float(probabilities[row])
+                heatmap = None
+                if output.cams is not None:
+                    heatmap = heatmap_to_image(output.cams[row], prepared.geometry)
+                results[prepared.index] = Prediction(
+                    source=prepared.name,
+                    status="ok",
+                    probability=probability,
+                    label=FRACTURE if probability >= self.threshold else NORMAL,
+                    threshold=self.threshold,
+                    logit=float(output.logits[row]),
+                    heatmap=heatmap,
+                    image=prepared.image,
+                )
+        for prepared in batch:
+            yield results.get(prepared.index) or Prediction(
+                source=prepared.name, status="error", error=prepared.error
+            )
+
+
+def _default_name(source: Source, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"input-{index}"
+
+
+def _check_array(image: np.ndarray, name: str) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InvalidImageError(
+            f"{name}: arrays must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
+        )
+

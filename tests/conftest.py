@@ -1,0 +1,102 @@
+"""Shared fixtures: generated images and a tiny model, so tests need neither network nor ../shared.
+
+Where ``../shared`` exists (developer machines and CI), the ``shared_dir``
+fixture points at it and the real-data tests run; elsewhere they skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINY_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present on this machine")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_fracatlas(shared_dir: Path) -> Path:
+    root = shared_dir / "data" / "fracatlas"
+    if not root.is_dir():
+        pytest.skip("../shared/data/fracatlas is not present")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_weights(shared_dir: Path) -> Path:
+    path = shared_dir / "weights" / "resnet50_imagenet_notop.h5"
+    if not path.is_file():
+        pytest.skip("../shared/weights/resnet50_imagenet_notop.h5 is not present")
+    return path
+
+
+def radiograph_like(seed: int = 0, height: int = 96, width: int = 80) -> np.ndarray:
+    """A small grey image with a bright 'bone' band: enough structure for the loader and model."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(40, 8, (height, width)).clip(0, 255)
+    image[:, width // 3 : width // 3 + width // 6] += 150
+    return np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def write_png(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(radiograph_like(seed)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_imagenet_weights(tmp_path_factory) -> Path:
+    """Randomly initialised ResNet-50 weights standing in for ImageNet in fast tests."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    backbone = keras.applications.ResNet50(include_top=False, weights=None,
+                                           input_shape=(TINY_SIZE, TINY_SIZE, 3))
+    path = tmp_path_factory.mktemp("weights") / "fake_imagenet.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, fake_imagenet_weights: Path) -> Path:
+    """A saved 64-px model whose head responds to image brightness, so outputs vary."""
+    import keras
+
+    from fracture.model import ModelConfig, build_classifier, imagenet_reference, save_model
+
+    config = ModelConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out",
+                         thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},
+                         name="tiny-test", version="1")
+    model = build_classifier(config, fake_imagenet_weights)
+    reference = imagenet_reference(model, config)
+    keras.utils.set_random_seed(2)
+    conv = model.get_layer("conv5_block3_3_conv")
+    conv.set_weights([w * 1.05 for w in conv.get_weights()])
+    logit = model.get_layer("logit")
+    kernel, bias = logit.get_weights()
+    logit.set_weights([np.random.default_rng(3).normal(0, 0.05, kernel.shape).astype("float32"), bias])
+    directory = tmp_path_factory.mktemp("models") / "tiny"
+    save_model(model, config, directory, reference=reference, card={"name": "tiny-test"})
+    return directory
+
+
+@pytest.fixture
+def use_fake_weights(monkeypatch, fake_imagenet_weights: Path):
+    """Make weight resolution return the fake weights (no verification: they are not ImageNet)."""
+    import fracture.weights as weights
+
+    resolved = weights.ResolvedWeights(path=fake_imagenet_weights, sha256="fake", source="explicit")
+    monkeypatch.setattr(weights, "resolve_imagenet_weights", lambda *a, **k: resolved)
+    return fake_imagenet_weights

@@ -1,0 +1,104 @@
+"""Grad-CAM: shape, range, agreement with a plain implementation, and one forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SIZE
+from fracture.explain import InferenceEngine, heatmap_to_image, overlay_heatmap
+from fracture.model import CAM_LAYER, load_model
+from fracture.preprocessing import letterbox
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir, fake_imagenet_weights):
+    return load_model(tiny_model_dir, fake_imagenet_weights)
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
+
+
+def _reference_cam(model, image: np.ndarray) -> np.ndarray:
+    """Grad-CAM written out eagerly, one image at a time, as in Selvaraju et al. 2017."""
+    import keras
+    import tensorflow as tf
+
+    graph = keras.Model(model.input, [model.get_layer(CAM_LAYER).output, model.get_layer("logit").output])
+    with tf.GradientTape() as tape:
+        features, logit = graph(image[None], training=False)
+        score = logit[0, 0]
+    grads = tape.gradient(score, features)[0].numpy()
+    features = features[0].numpy()
+    cam = np.maximum((features * grads.mean(axis=(0, 1))).sum(-1), 0)
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def test_cams_have_the_grid_shape_and_unit_range(loaded):
+    engine = InferenceEngine(loaded.model, batch_size=4)
+    out = engine.run(_images(3), with_cam=True)
+    assert out.cams.shape == (3, 2, 2)  # 64 px / 32
+    assert out.cams.min() >= 0 and out.cams.max() <= 1
+    assert out.pooled.shape == (3, 2048)
+
+
+def test_batched_cam_matches_per_image_reference(loaded):
+    engine = InferenceEngine(loaded.model, batch_size=4)
+    images = _images(3, seed=5)
+    out = engine.run(images, with_cam=True)
+    for i in range(3):
+        np.testing.assert_allclose(out.cams[i], _reference_cam(loaded.model, images[i]), atol=1e-4)
+
+
+def test_cam_path_runs_the_network_forward_once(loaded):
+    """The probability and the CAM come from the same forward pass, not two."""
+    engine = InferenceEngine(loaded.model, batch_size=2)
+    layer = loaded.model.get_layer("conv1_conv")
+    calls = []
+    original = layer.call
+
+    def counting_call(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer.call = counting_call
+    try:
+        out = engine.run(_images(2), with_cam=True)  # traces the compiled function once
+    finally:
+        layer.call = original
+    assert len(calls) == 1
+    plain = engine.run(_images(2), with_cam=False)
+    np.testing.assert_allclose(out.logits, plain.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_the_last_batch_does_not_change_results(loaded):
+    engine = InferenceEngine(loaded.model, batch_size=4)
+    images = _images(4, seed=9)
+    full = engine.run(images, with_cam=True)
+    partial = engine.run(images[:1], with_cam=True)
+    np.testing.assert_allclose(partial.logits, full.logits[:1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(partial.cams, full.cams[:1], atol=1e-5)
+
+
+def test_heatmap_returns_to_original_resolution_and_overlays():
+    image = np.full((90, 60, 3), 80, np.uint8)
+    _, geometry = letterbox(image, TINY_SIZE)
+    cam = np.zeros((2, 2), np.float32)
+    cam[0, 0] = 1.0
+    heat = heatmap_to_image(cam, geometry)
+    assert heat.shape == (90, 60) and 0 <= heat.min() and heat.max() <= 1
+    assert heat[:20, :15].mean() > heat[-20:, -15:].mean()
+    overlay = overlay_heatmap(image, heat, alpha=0.5)
+    assert overlay.shape == image.shape and overlay.dtype == np.uint8
+    assert not np.array_equal(overlay, image)
+    np.testing.assert_array_equal(overlay_heatmap(image, heat, alpha=0.0), image)
+    with pytest.raises(ValueError):
+        overlay_heatmap(image, heat, alpha=1.5)
+
+
+def test_missing_target_layer_warns_loudly_and_still_predicts(loaded):
+    with pytest.warns(RuntimeWarning, match="no_such_layer"):
+        engine = InferenceEngine(loaded.model, batch_size=2, target_layer="no_such_layer")
+    out = engine.run(_images(1), with_cam=True)
+    assert out.cams is None and out.logits.shape == (1,)

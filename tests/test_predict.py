@@ -1,0 +1,124 @@
+"""Predictor and the `predict` command: every input gets a row, broken ones included."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import radiograph_like, write_png
+from fracture.predict import CSV_COLUMNS, Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir, fake_imagenet_weights):
+    from fracture.model import load_model
+
+    return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+
+
+def _png_bytes(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(radiograph_like(seed)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_mixed_sources_keep_order_and_report_errors(predictor, tmp_path):
+    good_path = write_png(tmp_path / "a.png", seed=1)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    sources = [good_path, _png_bytes(2), radiograph_like(3), empty, b"<html>not an image</html>"]
+    names = ["a.png", "upload.png", "array", "empty.png", "page.jpg"]
+    results = predictor.predict(sources, names=names)
+    assert [r.source for r in results] == names
+    assert [r.status for r in results] == ["ok", "ok", "ok", "error", "error"]
+    for result in results[:3]:
+        assert 0.0 <= result.probability <= 1.0
+        expected = "fracture" if result.probability >= predictor.threshold else "normal"
+        assert result.label == expected
+    assert "empty" in results[3].error.lower()
+    assert results[4].probability is None and results[4].error
+
+
+def test_same_image_gives_same_probability_whatever_the_source(predictor, tmp_path):
+    path = write_png(tmp_path / "same.png", seed=7)
+    by_path, by_bytes, by_array = predictor.predict([path, path.read_bytes(), radiograph_like(7)])
+    assert by_path.probability == pytest.approx(by_bytes.probability, abs=1e-6)
+    assert by_path.probability == pytest.approx(by_array.probability, abs=1e-6)
+
+
+def test_batching_does_not_change_results(predictor):
+    images = [radiograph_like(seed) for seed in range(6)]
+    together = [r.probability for r in predictor.predict(images)]
+    alone = [predictor.predict([image])[0].probability for image in images]
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_cam_results_carry_heatmap_and_image_at_input_size(predictor):
+    result = predictor.predict([radiograph_like(4)], with_cam=True)[0]
+    assert result.heatmap.shape == (96, 80)
+    assert result.image.shape == (96, 80, 3)
+    assert 0 <= result.heatmap.min() and result.heatmap.max() <= 1
+
+
+def test_temperature_scales_probability(predictor):
+    logits = np.array([-2.0, 0.0, 3.0])
+    expected = 1 / (1 + np.exp(-logits / predictor.config.temperature))
+    np.testing.assert_allclose(predictor.probability_from_logit(logits), expected)
+
+
+# --- CLI ---------------------------------------------------------------------
+
+
+def _run_cli(args: list[str]) -> int:
+    from fracture.cli import main
+
+    return main(args)
+
+
+def test_cli_writes_one_row_per_file_for_a_mixed_folder(tmp_path, tiny_model_dir, use_fake_weights):
+    folder = tmp_path / "batch"
+    write_png(folder / "good1.png", 1)
+    write_png(folder / "nested" / "good2.png", 2)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("this is text, not a picture")
+    (folder / "truncated.png").write_bytes(_png_bytes(3)[:60])
+    out = tmp_path / "results.csv"
+    overlays = tmp_path / "overlays"
+    code = _run_cli(["predict", str(folder), "--model", str(tiny_model_dir), "--out", str(out),
+                     "--gradcam-dir", str(overlays), "--batch-size", "2"])
+    assert code == 0
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0].keys()) == CSV_COLUMNS
+    by_name = {row["path"].split("/")[-1]: row for row in rows}
+    assert set(by_name) == {"good1.png", "good2.png", "empty.png", "notes.png", "truncated.png"}
+    for name in ("good1.png", "good2.png"):
+        assert by_name[name]["status"] == "ok" and by_name[name]["error"] == ""
+        assert 0 <= float(by_name[name]["probability"]) <= 1
+        assert by_name[name]["prediction"] in {"fracture", "normal"}
+    for name in ("empty.png", "notes.png", "truncated.png"):
+        assert by_name[name]["status"] == "error" and by_name[name]["error"]
+        assert by_name[name]["probability"] == ""
+    assert len(list(overlays.glob("*.png"))) == 2
+
+
+def test_cli_fails_clearly_when_nothing_could_be_scored(tmp_path, tiny_model_dir, use_fake_weights, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "b.jpg").write_text("<html></html>")
+    code = _run_cli(["predict", str(folder), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r.csv")])
+    assert code != 0
+    assert "no image could be processed" in capsys.readouterr().err
+    assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 2
+
+
+def test_cli_says_clearly_when_there_is_no_model(tmp_path, use_fake_weights, capsys):
+    write_png(tmp_path / "x.png")
+    code = _run_cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "missing")])
+    assert code == 2
+    assert "No model at" in capsys.readouterr().err
