@@ -57,6 +57,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.npz"
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
+OOD_FILE = "ood.npz"
 FORMAT_VERSION = 1
 # ImageNet channel means in BGR order, as used by the original caffe ResNet.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -175,13 +176,14 @@ def split_at(model: "keras.Model", layer_name: str) -> tuple["keras.Model", "ker
     """Split ``model`` into (frozen stem up to ``layer_name``, trainable tail after it).
 
     Both halves share the model's layers, so training the tail trains the model.
-    The stem's outputs are what the feature cache stores.
+    The stem's outputs are what the feature cache stores; the tail ends at the
+    logit, because a loss on logits is numerically safer than on probabilities.
     """
     import keras
 
     cut = model.get_layer(layer_name).output
     stem = keras.Model(model.input, cut, name="stem")
-    tail = keras.Model(cut, model.output, name="tail")
+    tail = keras.Model(cut, model.get_layer(LOGIT_LAYER).output, name="tail")
     return stem, tail
 
 
@@ -263,7 +265,7 @@ def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
     directory = Path(directory)
     return {
         name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
-        for name in (CONFIG_FILE, WEIGHTS_FILE)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE)
         if (directory / name).is_file()
     }
 

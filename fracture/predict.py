@@ -23,7 +23,9 @@ from fracture.settings import Settings, get_settings
 __all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS"]
 
 Source = str | os.PathLike[str] | bytes | np.ndarray
-CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "status", "error")
+CSV_COLUMNS = (
+    "path", "probability", "prediction", "threshold", "status", "error", "in_distribution", "ood_score",
+)
 FRACTURE, NORMAL = "fracture", "normal"
 
 
@@ -38,8 +40,13 @@ class Prediction:
     threshold: float | None = None
     logit: float | None = None
     error: str | None = None
+    # Out-of-distribution gate (see fracture.ood): False flags an input that does
+    # not look like the bone radiographs the model was trained on.
+    in_distribution: bool | None = None
+    ood_score: float | None = None
     heatmap: np.ndarray | None = field(default=None, repr=False)  # original size, [0, 1]
     image: np.ndarray | None = field(default=None, repr=False)  # original uint8 RGB
+    features: np.ndarray | None = field(default=None, repr=False)  # pooled ResNet-50 features
 
     @property
     def ok(self) -> bool:
@@ -54,6 +61,8 @@ class Prediction:
             "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
             "status": self.status,
             "error": self.error or "",
+            "in_distribution": "" if self.in_distribution is None else str(self.in_distribution).lower(),
+            "ood_score": "" if self.ood_score is None else f"{self.ood_score:.4f}",
         }
 
 
@@ -94,6 +103,7 @@ class Predictor:
         self.config = loaded.config
         self.batch_size = batch_size or self.settings.batch_size
         self.engine = InferenceEngine(loaded.model, self.batch_size)
+        self.ood_gate = _load_ood_gate(loaded.directory)
         if warmup:
             self.warm_up()
 
@@ -195,6 +205,7 @@ class Predictor:
         if good:
             output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)
             probabilities = self.probability_from_logit(output.logits)
+            ood_scores = self.ood_gate.score(output.pooled) if self.ood_gate else None
             for row, prepared in enumerate(good):
                 probability = float(probabilities[row])
                 heatmap = None
@@ -209,11 +220,26 @@ class Predictor:
                     logit=float(output.logits[row]),
                     heatmap=heatmap,
                     image=prepared.image,
+                    features=output.pooled[row],
+                    ood_score=None if ood_scores is None else float(ood_scores[row]),
+                    in_distribution=(
+                        None if ood_scores is None
+                        else bool(ood_scores[row] <= self.ood_gate.threshold)
+                    ),
                 )
         for prepared in batch:
             yield results.get(prepared.index) or Prediction(
                 source=prepared.name, status="error", error=prepared.error
             )
+
+
+def _load_ood_gate(directory: Path | None):
+    """The model's out-of-distribution gate, when the model folder has one."""
+    from fracture.ood import OOD_FILE, OODGate
+
+    if directory is None or not (Path(directory) / OOD_FILE).is_file():
+        return None
+    return OODGate.load(Path(directory) / OOD_FILE)
 
 
 def _default_name(source: Source, index: int) -> str:

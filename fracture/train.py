@@ -1,0 +1,648 @@
+"""Fine-tune ResNet-50 for fractures, fast enough for a 2-core CPU.
+
+Two phases, as in the Keras transfer-learning guide: first the head alone on
+a frozen backbone, then the top blocks with a lower learning rate. BatchNorm
+stays frozen and in inference mode throughout.
+
+Why it is fast: everything up to ``fine_tune_from`` is frozen, so its output
+for a given image never changes. :class:`FeatureCache` computes it once per
+image (and per augmented view), keyed by the image's bytes, the view and the
+preprocessing, and stores it on disk. Every epoch, and every later run on the
+same data, then trains only the top blocks.
+
+How augmentation stays honest: augmentation is applied to the *image*, before
+the frozen stem, exactly as without a cache. What the cache changes is that
+each training image has ``views`` fixed draws (view 0 unaugmented, the others
+random rotations, flips, zoom, brightness and contrast) instead of a fresh draw
+per epoch; every epoch samples one of them per image. Validation images are
+never augmented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from fracture.datasets import Record, augment_radiograph, load_dataset
+from fracture.fileio import atomic_write_json, atomic_write_text, read_json
+from fracture.images import InvalidImageError, load_image
+from fracture.model import (
+    ModelConfig,
+    build_classifier,
+    imagenet_reference,
+    quantise_like_saved,
+    save_model,
+    set_trainable,
+    split_at,
+)
+from fracture.preprocessing import letterbox
+from fracture.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = ["TrainConfig", "FeatureCache", "train", "make_strategy", "read_status"]
+
+STATUS_FILE = "status.json"
+METRICS_JSON = "metrics.json"
+METRICS_CSV = "metrics.csv"
+STATE_FILE = "state.json"
+CACHE_VERSION = "1"  # bump when letterbox or augmentation change
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Configurable parameters of a training run."""
+
+    image_size: int = 224
+    fine_tune_from: str = "conv5_block1_out"
+    head_epochs: int = 2
+    epochs: int = 8  # fine-tuning epochs after the head phase
+    batch_size: int = 32
+    head_lr: float = 1e-3
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    augment: bool = True
+    views: int = 2  # cached views per training image; view 0 is unaugmented
+    patience: int = 3  # fine-tuning epochs without val AUROC gain before stopping
+    seed: int = 0
+    strategy: str = "default"  # default | mirrored | multiworker
+    val_fraction: float = 0.15
+
+    @property
+    def total_epochs(self) -> int:
+        return self.head_epochs + self.epochs
+
+
+# ---------------------------------------------------------------------------
+# Status and run directory
+
+
+class RunWriter:
+    """Writes a run's live status and metrics, each file atomically."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.started = time.time()
+        self._last_status = 0.0
+
+    def status(self, state: str, *, force: bool = True, **fields: Any) -> None:
+        now = time.time()
+        if not force and now - self._last_status < 1.0:
+            return
+        self._last_status = now
+        payload = {
+            "state": state,
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": now,
+            **fields,
+        }
+        atomic_write_json(self.run_dir / STATUS_FILE, payload)
+
+    def metrics(self, history: list[dict[str, Any]]) -> None:
+        atomic_write_json(self.run_dir / METRICS_JSON, history)
+        if history:
+            columns = list(history[0])
+            lines = [",".join(columns)]
+            lines += [",".join(_csv_cell(row.get(c)) for c in columns) for row in history]
+            atomic_write_text(self.run_dir / METRICS_CSV, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def read_status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run's status; a run whose process died mid-way reads as ``interrupted``."""
+    status = read_json(Path(run_dir) / STATUS_FILE, default={"state": "unknown"})
+    if status.get("state") in {"running", "caching", "starting"} and not _alive(status.get("pid")):
+        status["state"] = "interrupted"
+        status["message"] = "The training process stopped unexpectedly; resume to continue."
+    return status
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed child not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------------------
+# Feature cache
+
+
+class FeatureCache:
+    """Stem activations on disk, keyed by image content, view and preprocessing."""
+
+    def __init__(self, directory: Path, model_key: str) -> None:
+        self.directory = directory
+        self.model_key = model_key
+
+    def key(self, content_sha256: str, view: int, seed: int) -> str:
+        # Seeds matter only for augmented views; view 0 is shared across seeds.
+        material = f"{CACHE_VERSION}|{self.model_key}|{content_sha256}|{view}|{seed if view else 0}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self.path(key)
+        try:
+            return np.load(path)
+        except (FileNotFoundError, ValueError, EOFError, OSError):
+            return None
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        import io
+
+        from fracture.fileio import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.save(buffer, value.astype(np.float16))
+        atomic_write_bytes(self.path(key), buffer.getvalue())
+
+
+def _model_key(config: TrainConfig, weights_sha256: str) -> str:
+    return f"resnet50|{weights_sha256}|{config.image_size}|{config.fine_tune_from}"
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def compute_features(
+    records: Sequence[Record],
+    views: int,
+    stem: "keras.Model",
+    cache: FeatureCache,
+    config: TrainConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stem features for every record and view, from the cache or computed now.
+
+    Returns (features[views, n, h, w, c] float16, usable[n] bool): unreadable
+    images are marked unusable instead of stopping the run.
+    """
+    import tensorflow as tf
+
+    batch_size = 16
+    size = config.image_size
+    out_shape = tuple(int(d) for d in stem.output.shape[1:])
+    features = np.zeros((views, len(records), *out_shape), np.float16)
+    usable = np.ones(len(records), bool)
+    digests = [_file_sha256(r.path) for r in records]
+    todo = []
+    for i, digest in enumerate(digests):
+        for view in range(views):
+            cached = cache.get(cache.key(digest, view, config.seed))
+            if cached is not None and cached.shape == out_shape:
+                features[view, i] = cached
+            else:
+                todo.append((i, view))
+    if not todo:
+        return features, usable
+    spec = [tf.TensorSpec((batch_size, size, size, 3), tf.float32)]
+    forward = tf.function(lambda x: stem(x, training=False), input_signature=spec)
+
+    def prepare(k: np.ndarray):
+        i, view = todo[int(k)]
+        try:
+            image = load_image(records[i].path)
+        except InvalidImageError:
+            return np.zeros((size, size, 3), np.float32), np.bool_(False)
+        if view > 0:
+            rng = np.random.default_rng([config.seed, view, int(digests[i][:12], 16)])
+            image = augment_radiograph(image, rng)
+        return letterbox(image, size)[0], np.bool_(True)
+
+    pipeline = (
+        tf.data.Dataset.range(len(todo))
+        .map(
+            lambda k: tf.numpy_function(prepare, [k], (tf.float32, tf.bool), stateful=False),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(batch_size)
+        .prefetch(2)
+    )
+    done = 0
+    for images, ok in pipeline.as_numpy_iterator():
+        count = images.shape[0]
+        padded = np.zeros((batch_size, size, size, 3), np.float32)
+        padded[:count] = images
+        out = forward(padded).numpy()[:count]
+        for row in range(count):
+            i, view = todo[done + row]
+            if not ok[row]:
+                usable[i] = False
+                continue
+            features[view, i] = out[row]
+            cache.put(cache.key(digests[i], view, config.seed), out[row])
+        done += count
+        if on_progress:
+            on_progress(done, len(todo))
+    return features, usable
+
+
+# ---------------------------------------------------------------------------
+# Strategy
+
+
+def make_strategy(name: str):
+    """A tf.distribute strategy by name; no home-made distribution.
+
+    ``mirrored`` replicates over all GPUs, or over the logical CPU devices when
+    there is no GPU (so that it runs and is tested on a laptop). ``multiworker``
+    reads the cluster from ``TF_CONFIG``.
+    """
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--strategy multiworker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}; use default, mirrored or multiworker")
+
+
+def configure_logical_cpus(count: int) -> None:
+    """Split the CPU into ``count`` logical devices; must run before TensorFlow starts."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    )
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+def _class_weights(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels.astype(int), minlength=2).astype(float)
+    if (counts == 0).any():
+        raise ValueError("Training data must contain both fracture and normal images")
+    return {k: float(len(labels) / (2 * counts[k])) for k in (0, 1)}
+
+
+def _batches(features, labels, weights, config: TrainConfig, epoch: int):
+    """A keras PyDataset over cached features: each epoch draws one view per image."""
+    import keras
+
+    class CachedBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            rng = np.random.default_rng([config.seed, epoch])
+            self.order = rng.permutation(len(labels))
+            self.views = rng.integers(0, features.shape[0], size=len(labels))
+
+        def __len__(self) -> int:
+            return math.ceil(len(labels) / config.batch_size)
+
+        def __getitem__(self, index: int):
+            rows = self.order[index * config.batch_size : (index + 1) * config.batch_size]
+            x = features[self.views[rows], rows].astype(np.float32)
+            return x, labels[rows].astype(np.float32), weights[rows].astype(np.float32)
+
+    return CachedBatches()
+
+
+def _predict_logits(tail: "keras.Model", features: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    outputs = [
+        tail(features[i : i + batch_size].astype(np.float32), training=False).numpy()
+        for i in range(0, len(features), batch_size)
+    ]
+    return np.concatenate(outputs)[:, 0] if outputs else np.zeros(0)
+
+
+def _epoch_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_score
+
+    probabilities = 1 / (1 + np.exp(-logits))
+    predicted = (probabilities >= 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    return {
+        "loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "auroc": float(roc_auc_score(labels, probabilities)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "sensitivity": float(tp / max(tp + fn, 1)),
+        "specificity": float(tn / max(tn + fp, 1)),
+    }
+
+
+def _compile(tail: "keras.Model", learning_rate: float, weight_decay: float) -> None:
+    import keras
+
+    tail.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        # The tail outputs logits, so every threshold is 0 (probability 0.5).
+        weighted_metrics=[
+            keras.metrics.AUC(name="auroc", from_logits=True),
+            keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
+            keras.metrics.Recall(name="sensitivity", thresholds=0.0),
+            keras.metrics.TrueNegatives(name="tn", thresholds=0.0),
+            keras.metrics.FalsePositives(name="fp", thresholds=0.0),
+        ],
+    )
+
+
+def train(
+    data_root: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    config: TrainConfig = TrainConfig(),
+    *,
+    settings: Settings | None = None,
+    pretrained: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Train, calibrate and save a model; returns the saved model folder (``run_dir/model``)."""
+    import keras
+    import tensorflow as tf
+
+    settings = settings or get_settings()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = RunWriter(run_dir)
+    state = read_json(run_dir / STATE_FILE, default={}) if resume else {}
+    if resume and not state:
+        raise ValueError(f"{run_dir} has no completed epoch to resume from")
+    if resume:
+        config = TrainConfig(**read_json(run_dir / "train_config.json"))
+    else:
+        atomic_write_json(run_dir / "train_config.json", dataclasses.asdict(config))
+    writer.status("starting", message="Loading data and model", phase="setup")
+    _install_signal_handlers(writer)
+
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    dataset = load_dataset(data_root, val_fraction=config.val_fraction, seed=config.seed)
+    train_records, val_records = dataset.split("train"), dataset.split("val")
+    if not train_records or not val_records:
+        raise ValueError(f"{data_root} needs both train and val images (found {dataset.summary()})")
+
+    weights_sha = "random"
+    weights_path = None
+    if pretrained:
+        from fracture.weights import resolve_imagenet_weights
+
+        resolved = resolve_imagenet_weights(settings)
+        weights_path, weights_sha = resolved.path, resolved.sha256
+    model_config = ModelConfig(
+        image_size=config.image_size,
+        fine_tune_from=config.fine_tune_from,
+        dropout=config.dropout,
+        name=run_dir.name,
+        version=time.strftime("%Y%m%d-%H%M%S"),
+    )
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        # The tail is a Keras model of its own; made in scope, it trains replicated.
+        model = build_classifier(model_config, weights_path)
+        stem, tail = split_at(model, config.fine_tune_from)
+    reference = imagenet_reference(model, model_config)
+
+    cache = FeatureCache(settings.cache_dir / "features", _model_key(config, weights_sha))
+    views = config.views if config.augment else 1
+    total = len(train_records) * views + len(val_records)
+    progress_base = [0]
+
+    def on_cache_progress(done: int, todo: int) -> None:
+        elapsed = time.time() - writer.started
+        writer.status(
+            "caching",
+            force=False,
+            phase="caching features",
+            done=progress_base[0] + done,
+            total=total,
+            eta_seconds=elapsed / max(done, 1) * (todo - done),
+            message=f"Computing frozen-backbone features ({progress_base[0] + done}/{total})",
+        )
+
+    train_features, train_ok = compute_features(
+        train_records, views, stem, cache, config, on_cache_progress
+    )
+    progress_base[0] = len(train_records) * views
+    val_features, val_ok = compute_features(val_records, 1, stem, cache, config, on_cache_progress)
+    skipped = [str(r.path) for r, ok in zip(train_records + val_records, [*train_ok, *val_ok]) if not ok]
+    train_labels = np.array([r.label for r in train_records])[train_ok]
+    val_labels = np.array([r.label for r in val_records])[val_ok]
+    train_features, val_features = train_features[:, train_ok], val_features[0, val_ok]
+    class_weight = _class_weights(train_labels)
+    sample_weights = np.array([class_weight[int(y)] for y in train_labels], np.float32)
+
+    history: list[dict[str, Any]] = read_json(run_dir / METRICS_JSON, default=[]) if resume else []
+    start_epoch = int(state.get("completed_epoch", 0))
+    best_auroc = float(state.get("best_auroc", -1.0))
+    best_epoch = int(state.get("best_epoch", 0))
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(exist_ok=True)
+    if resume:
+        tail.load_weights(checkpoints / "last.weights.h5")
+    tensorboard = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+
+    compiled_phase = None
+    for epoch in range(start_epoch + 1, config.total_epochs + 1):
+        phase = "head" if epoch <= config.head_epochs else "fine-tune"
+        if phase != compiled_phase:
+            set_trainable(model, None if phase == "head" else config.fine_tune_from)
+            with strategy.scope():
+                _compile(tail, config.head_lr if phase == "head" else config.lr, config.weight_decay)
+            compiled_phase = phase
+        batches = _batches(train_features, train_labels, sample_weights, config, epoch)
+        epoch_started = time.time()
+        progress = _StatusCallback(writer, epoch, config.total_epochs, phase, len(batches))
+        fit = tail.fit(batches, epochs=1, verbose=0, callbacks=[progress])
+        logs = {k: float(v[-1]) for k, v in fit.history.items()}
+        val = _epoch_metrics(val_labels, _predict_logits(tail, val_features))
+        row = {
+            "epoch": epoch,
+            "phase": phase,
+            "train_loss": logs["loss"],
+            "train_auroc": logs["auroc"],
+            "train_accuracy": logs["accuracy"],
+            "train_sensitivity": logs["sensitivity"],
+            "train_specificity": logs["tn"] / max(logs["tn"] + logs["fp"], 1.0),
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": time.time() - epoch_started,
+        }
+        history.append(row)
+        with tensorboard.as_default(step=epoch):
+            for key, value in row.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(key, value)
+        # Checkpoint first, then the state that points to it: a kill between
+        # the two leaves the previous, complete epoch as the resume point.
+        tail.save_weights(checkpoints / "last.weights.h5")
+        if val["auroc"] > best_auroc:
+            best_auroc, best_epoch = val["auroc"], epoch
+            tail.save_weights(checkpoints / "best.weights.h5")
+        writer.metrics(history)
+        atomic_write_json(
+            run_dir / STATE_FILE,
+            {"completed_epoch": epoch, "best_auroc": best_auroc, "best_epoch": best_epoch},
+        )
+        if phase == "fine-tune" and epoch - max(best_epoch, config.head_epochs) >= config.patience:
+            break
+
+    writer.status("finishing", phase="calibrating", message="Calibrating and saving the model")
+    tail.load_weights(checkpoints / "best.weights.h5")
+    quantise_like_saved(model, model_config, reference)
+    val_logits = _predict_logits(tail, val_features)
+    model_dir = _finalise(
+        model, model_config, reference, run_dir, val_logits, val_labels,
+        [r for r, ok in zip(val_records, val_ok) if ok], config, dataset, history, best_epoch,
+        writer.started, weights_sha,
+    )
+    writer.status(
+        "completed",
+        phase="done",
+        message=f"Best val AUROC {best_auroc:.3f} at epoch {best_epoch}",
+        best_epoch=best_epoch,
+        best_val_auroc=best_auroc,
+        model_dir=str(model_dir),
+        skipped_files=skipped,
+        replicas=int(strategy.num_replicas_in_sync),
+    )
+    return model_dir
+
+
+def _finalise(
+    model, model_config, reference, run_dir, val_logits, val_labels, val_records,
+    config, dataset, history, best_epoch, started, weights_sha,
+) -> Path:
+    """Fit temperature and thresholds on val, then save the model with its card."""
+    from fracture.cards import build_card
+    from fracture.metrics import (
+        calibrated_probability,
+        choose_thresholds,
+        evaluation_report,
+        fit_temperature,
+    )
+
+    temperature = fit_temperature(val_logits, val_labels)
+    probabilities = calibrated_probability(val_logits, temperature)
+    chosen = choose_thresholds(probabilities, val_labels)
+    thresholds = {k: float(chosen[k]) for k in ("high_sensitivity", "high_specificity")}
+    model_config = dataclasses.replace(model_config, temperature=temperature, thresholds=thresholds)
+    report = evaluation_report(
+        val_labels,
+        val_logits,
+        temperature,
+        thresholds,
+        regions=[r.region for r in val_records],
+        hardware=[r.hardware for r in val_records],
+        seed=config.seed,
+    )
+    card = build_card(
+        model_config=model_config,
+        train_config=dataclasses.asdict(config),
+        dataset=dataset,
+        report=report,
+        history=history,
+        best_epoch=best_epoch,
+        training_seconds=time.time() - started,
+        imagenet_sha256=weights_sha,
+        commit=_git_commit(),
+    )
+    model_dir = run_dir / "model"
+    save_model(model, model_config, model_dir, reference=reference, card=card)
+    atomic_write_json(model_dir / "evaluation.json", report)
+    from fracture.cards import render_card_markdown
+
+    atomic_write_text(model_dir / "model_card.md", render_card_markdown(card))
+    return model_dir
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _install_signal_handlers(writer: RunWriter) -> None:
+    """On SIGTERM (Cancel in the dashboard), leave a readable 'cancelled' status."""
+
+    def cancel(signum, frame):  # noqa: ARG001
+        writer.status("cancelled", phase="cancelled", message="Cancelled by the user")
+        raise SystemExit(130)
+
+    try:
+        signal.signal(signal.SIGTERM, cancel)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        pass
+
+
+def _status_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class _StatusCallback(_status_callback_base()):  # type: ignore[misc]
+    """Reports batch progress and an ETA to ``status.json`` while an epoch runs."""
+
+    def __init__(self, writer: RunWriter, epoch: int, epochs: int, phase: str, batches: int):
+        super().__init__()
+        self.writer, self.epoch, self.epochs, self.phase, self.batches = (
+            writer, epoch, epochs, phase, batches,
+        )
+        self.started = time.time()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        done = batch + 1
+        per_batch = (time.time() - self.started) / done
+        remaining = (self.batches - done) + (self.epochs - self.epoch) * self.batches
+        self.writer.status(
+            "running",
+            force=done == self.batches,
+            phase=self.phase,
+            epoch=self.epoch,
+            epochs=self.epochs,
+            batch=done,
+            batches=self.batches,
+            eta_seconds=per_batch * remaining,
+            message=f"Epoch {self.epoch}/{self.epochs} ({self.phase}), batch {done}/{self.batches}",
+        )
