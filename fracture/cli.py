@@ -113,6 +113,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             augment=not args.no_augment,
             views=args.views or defaults.views,
+            **{
+                name: getattr(args, name)
+                for name in ("head_lr", "weight_decay", "dropout", "patience", "val_fraction")
+                if getattr(args, name) is not None
+            },
         )
     model_dir = train(args.data, args.out, config, pretrained=not args.no_pretrained,
                       resume=args.resume)
@@ -134,6 +139,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from fracture import registry
+    from fracture.model import ModelLoadError
+
+    try:
+        if args.models_command == "list":
+            for v in registry.list_versions():
+                auroc = "n/a" if v.val_auroc is None else f"{v.val_auroc:.3f}"
+                state = "ok" if v.valid else f"INVALID: {v.error}"
+                print(f"{'*' if v.active else ' '} {v.name:<32} {v.version or '-':<16} "
+                      f"{v.created or '-':<21} auroc={auroc}  {state}")
+            return 0
+        if args.models_command == "cleanup":
+            for path in registry.cleanup_staging():
+                print(f"removed {path}")
+            return 0
+        if args.models_command == "promote":
+            version = registry.promote(Path(args.candidate), name=args.name)
+        else:  # rollback
+            version = registry.set_active(args.to) if args.to else registry.rollback()
+    except (ModelLoadError, ValueError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"active model: {version.name} ({version.path})")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -151,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score images or folders and write a CSV")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", help="CSV to write (default: standard output)")
-    p.add_argument("--model", help="model folder (default: the active model, models/default)")
+    p.add_argument("--model", help="model folder (default: the active model, models/ACTIVE)")
     p.add_argument("--gradcam-dir", help="write one Grad-CAM overlay PNG per image here")
     p.add_argument("--batch-size", type=int, default=None)
     p.set_defaults(func=cmd_predict)
@@ -166,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--views", type=int, default=None, help="cached augmented views per image")
+    p.add_argument("--head-lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet")
@@ -182,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write every number here")
     p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM pointing game")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list, promote or roll back model versions")
+    models = p.add_subparsers(dest="models_command", required=True)
+    models.add_parser("list", help="model versions, newest first (* = served)")
+    q = models.add_parser("promote", help="copy a trained model into models/ and activate it")
+    q.add_argument("candidate", help="model folder, e.g. runs/NAME/model")
+    q.add_argument("--name", default=None, help="version name (default: <name>-<version>)")
+    q = models.add_parser("rollback", help="re-activate the previous version")
+    q.add_argument("--to", default=None, help="activate this version instead")
+    models.add_parser("cleanup", help="remove leftovers of interrupted promotions")
+    p.set_defaults(func=cmd_models)
 
     from fracture.datasets import add_data_parser
 

@@ -7,26 +7,37 @@ file never stops a batch: it becomes a :class:`Prediction` with
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from fracture.explain import InferenceEngine, heatmap_to_image
+from fracture.explain import (
+    PRECISIONS,
+    InferenceEngine,
+    bfloat16_supported,
+    configure_threads,
+    heatmap_to_image,
+)
 from fracture.images import InvalidImageError, load_image
-from fracture.model import LoadedModel, load_model
+from fracture.model import CONFIG_FILE, OOD_FILE, LoadedModel, load_model
 from fracture.preprocessing import Geometry, letterbox
 from fracture.settings import Settings, get_settings
 
-__all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS"]
+__all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS", "PRECISION_KEY"]
 
 Source = str | os.PathLike[str] | bytes | np.ndarray
 CSV_COLUMNS = (
     "path", "probability", "prediction", "threshold", "status", "error", "in_distribution", "ood_score",
 )
 FRACTURE, NORMAL = "fracture", "normal"
+# Key of a model's config.json that recommends an inference precision; written
+# when ``python -m fracture bench`` finds bfloat16 within 0.005 AUROC of float32.
+PRECISION_KEY = "inference_precision"
 
 
 @dataclass
@@ -81,6 +92,12 @@ class Predictor:
 
     Thread-safe for concurrent ``predict`` calls: the compiled functions are
     stateless, and each call owns its input arrays.
+
+    ``precision`` is ``"float32"`` or ``"bfloat16"``; ``None`` takes the
+    model's recommendation (``inference_precision`` in its config.json) and
+    otherwise float32. bfloat16 is used only where the hardware computes it
+    natively (see :func:`~fracture.explain.bfloat16_supported`); elsewhere
+    it would be emulated, slower than float32, so float32 is used with a warning.
     """
 
     def __init__(
@@ -91,18 +108,23 @@ class Predictor:
         batch_size: int | None = None,
         loaded: LoadedModel | None = None,
         warmup: bool = True,
+        precision: str | None = None,
     ) -> None:
+        # Before the model is built: TensorFlow's thread pools are fixed at its first op.
+        configure_threads()
         self.settings = settings or get_settings()
         if loaded is None:
+            from fracture.registry import active_model_dir
             from fracture.weights import resolve_imagenet_weights
 
-            directory = Path(model_dir) if model_dir else self.settings.active_model_dir
+            directory = Path(model_dir) if model_dir else active_model_dir(self.settings)
             weights = resolve_imagenet_weights(self.settings).path
             loaded = load_model(directory, weights)
         self.loaded = loaded
         self.config = loaded.config
         self.batch_size = batch_size or self.settings.batch_size
-        self.engine = InferenceEngine(loaded.model, self.batch_size)
+        self.precision = _resolve_precision(precision, loaded.directory)
+        self.engine = InferenceEngine(loaded.model, self.batch_size, precision=self.precision)
         self.ood_gate = _load_ood_gate(loaded.directory)
         if warmup:
             self.warm_up()
@@ -235,11 +257,39 @@ class Predictor:
 
 def _load_ood_gate(directory: Path | None):
     """The model's out-of-distribution gate, when the model folder has one."""
-    from fracture.ood import OOD_FILE, OODGate
-
     if directory is None or not (Path(directory) / OOD_FILE).is_file():
         return None
+    # Imported only for a model that has a gate: one import less at start-up otherwise.
+    from fracture.ood import OODGate
+
     return OODGate.load(Path(directory) / OOD_FILE)
+
+
+def _resolve_precision(requested: str | None, directory: Path | None) -> str:
+    """The precision to run: the caller's, else the model's recommendation, else float32."""
+    precision = requested or _recommended_precision(directory) or "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bfloat16" and not bfloat16_supported():
+        if requested:  # silent when it was only the model's suggestion
+            warnings.warn(
+                "bfloat16 was requested but this machine has no native bfloat16 arithmetic "
+                "(AVX-512 BF16, AMX or a GPU); using float32, which is faster here",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        precision = "float32"
+    return precision
+
+
+def _recommended_precision(directory: Path | None) -> str | None:
+    if directory is None or not (Path(directory) / CONFIG_FILE).is_file():
+        return None
+    try:
+        value = json.loads((Path(directory) / CONFIG_FILE).read_text()).get(PRECISION_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if value in PRECISIONS else None
 
 
 def _default_name(source: Source, index: int) -> str:

@@ -393,21 +393,47 @@ def train(
     pretrained: bool = True,
     resume: bool = False,
 ) -> Path:
-    """Train, calibrate and save a model; returns the saved model folder (``run_dir/model``)."""
-    import keras
-    import tensorflow as tf
+    """Train, calibrate and save a model; returns the saved model folder (``run_dir/model``).
 
-    settings = settings or get_settings()
+    Any error leaves ``status.json`` in state ``failed`` with the reason, so the
+    dashboard shows what went wrong instead of a run that looks interrupted.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = RunWriter(run_dir)
+    try:
+        return _train(data_root, run_dir, writer, config, settings or get_settings(),
+                      pretrained, resume)
+    except Exception as error:
+        writer.status("failed", phase="failed", message=f"Training failed: {error}",
+                      error=type(error).__name__)
+        raise
+
+
+def _train(
+    data_root: str | os.PathLike[str],
+    run_dir: Path,
+    writer: RunWriter,
+    config: TrainConfig,
+    settings: Settings,
+    pretrained: bool,
+    resume: bool,
+) -> Path:
+    import keras
+    import tensorflow as tf
+
     state = read_json(run_dir / STATE_FILE, default={}) if resume else {}
     if resume and not state:
         raise ValueError(f"{run_dir} has no completed epoch to resume from")
     if resume:
-        config = TrainConfig(**read_json(run_dir / "train_config.json"))
+        saved = read_json(run_dir / "train_config.json")
+        # A run keeps its own weights choice: resuming must not mix random and ImageNet stems.
+        pretrained = bool(saved.pop("pretrained", pretrained))
+        config = TrainConfig(**saved)
     else:
-        atomic_write_json(run_dir / "train_config.json", dataclasses.asdict(config))
+        atomic_write_json(
+            run_dir / "train_config.json", {**dataclasses.asdict(config), "pretrained": pretrained}
+        )
     writer.status("starting", message="Loading data and model", phase="setup")
     _install_signal_handlers(writer)
 
@@ -488,7 +514,7 @@ def train(
             compiled_phase = phase
         batches = _batches(train_features, train_labels, sample_weights, config, epoch)
         epoch_started = time.time()
-        progress = _StatusCallback(writer, epoch, config.total_epochs, phase, len(batches))
+        progress = _status_callback(writer, epoch, config.total_epochs, phase, len(batches))
         fit = tail.fit(batches, epochs=1, verbose=0, callbacks=[progress])
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
         val = _epoch_metrics(val_labels, _predict_logits(tail, val_features))
@@ -615,34 +641,27 @@ def _install_signal_handlers(writer: RunWriter) -> None:
         pass
 
 
-def _status_callback_base():
+def _status_callback(writer: RunWriter, epoch: int, epochs: int, phase: str, batches: int):
+    """A Keras callback reporting batch progress and an ETA to ``status.json``."""
     import keras
 
-    return keras.callbacks.Callback
+    started = time.time()
 
+    class StatusCallback(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            done = batch + 1
+            per_batch = (time.time() - started) / done
+            remaining = (batches - done) + (epochs - epoch) * batches
+            writer.status(
+                "running",
+                force=done == batches,
+                phase=phase,
+                epoch=epoch,
+                epochs=epochs,
+                batch=done,
+                batches=batches,
+                eta_seconds=per_batch * remaining,
+                message=f"Epoch {epoch}/{epochs} ({phase}), batch {done}/{batches}",
+            )
 
-class _StatusCallback(_status_callback_base()):  # type: ignore[misc]
-    """Reports batch progress and an ETA to ``status.json`` while an epoch runs."""
-
-    def __init__(self, writer: RunWriter, epoch: int, epochs: int, phase: str, batches: int):
-        super().__init__()
-        self.writer, self.epoch, self.epochs, self.phase, self.batches = (
-            writer, epoch, epochs, phase, batches,
-        )
-        self.started = time.time()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        done = batch + 1
-        per_batch = (time.time() - self.started) / done
-        remaining = (self.batches - done) + (self.epochs - self.epoch) * self.batches
-        self.writer.status(
-            "running",
-            force=done == self.batches,
-            phase=self.phase,
-            epoch=self.epoch,
-            epochs=self.epochs,
-            batch=done,
-            batches=self.batches,
-            eta_seconds=per_batch * remaining,
-            message=f"Epoch {self.epoch}/{self.epochs} ({self.phase}), batch {done}/{self.batches}",
-        )
+    return StatusCallback()
