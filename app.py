@@ -1,8 +1,31 @@
-"""fracture dashboard entry point: ``streamlit run app.py``."""
+"""fracture dashboard entry point: ``streamlit run app.py``.
+
+Four pages (Predict, Dataset, Train, Model) share one sidebar: the active
+model, the operating point used to label predictions, and the notice that
+this is a research demo. The model itself is loaded once per server process
+(see ``app_pages/_common.py``) the first time a page needs it.
+
+The pages live in ``app_pages/``, not ``pages/``: Streamlit treats a folder
+named ``pages`` beside the entry point as an old-style multipage app until
+``st.navigation`` first runs in the process, so a server whose first visitor
+opened a bookmarked ``/train`` would run that page without this script (no
+sidebar, no shared settings) for every later visitor too.
+"""
 
 import streamlit as st
 
+from app_pages import _common as common
+
 st.set_page_config(page_title="fracture", page_icon="🦴", layout="wide")
-st.title("fracture")
-st.caption("Research demo, not for diagnosis.")
-st.write("Bone-fracture detection on radiographs with ResNet-50 and Grad-CAM.")
+
+navigation = st.navigation(
+    [
+        st.Page("app_pages/predict.py", title="Predict", icon=":material/radiology:",
+                default=True),
+        st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
+        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("app_pages/model.py", title="Model", icon=":material/description:"),
+    ]
+)
+common.render_sidebar()
+navigation.run()

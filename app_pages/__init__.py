@@ -1,0 +1,1 @@
+"""The dashboard's pages, run by ``st.navigation`` in ``app.py`` (see there for the folder name)."""

@@ -1,0 +1,340 @@
+"""Streamlit glue shared by ``app.py`` and the pages: settings, cached model, sidebar, admin gate.
+
+Only Streamlit plumbing lives here (caching, session state, widgets that
+every page needs). What is computed or drawn comes from :mod:`fracture`,
+mostly :mod:`fracture.dashboard`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from fracture import dashboard
+from fracture.fileio import read_json
+from fracture.model import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelLoadError
+from fracture.settings import Settings, get_settings
+
+__all__ = [
+    "NOT_FOR_DIAGNOSIS",
+    "ActiveModel",
+    "ServedModel",
+    "active_model",
+    "admin_gate",
+    "admin_password",
+    "cache_prediction",
+    "cached_prediction",
+    "flash",
+    "get_served_model",
+    "model_changed",
+    "operating_point",
+    "path_exists",
+    "read_card",
+    "render_sidebar",
+    "settings",
+    "show_flash",
+    "show_no_model",
+]
+
+NOT_FOR_DIAGNOSIS = "Research demo — not for diagnosis."
+OPERATING_POINT_KEY = "operating_point"
+ADMIN_OK_KEY = "admin_ok"  # a boolean only: the password itself is never kept
+_FLASH_KEY = "flash_messages"
+# How long a looked-up active model is trusted before the registry is asked again:
+# a promotion from the command line or another server shows up within this time,
+# one made on this server at once (model_changed clears the cache).
+_ACTIVE_MODEL_TTL_S = 10
+# A wrong password costs this long, which makes guessing from the form slow.
+_WRONG_PASSWORD_DELAY_S = 1.0
+
+
+def settings() -> Settings:
+    """The process-wide settings (environment and ``fracture.toml``)."""
+    return get_settings()
+
+
+# --------------------------------------------------------------------------------------
+# The active model
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The model the registry serves, read without building the network."""
+
+    directory: Path
+    key: str  # identifies the model's files: cache key for the network and predictions
+    config: ModelConfig
+    card: dict[str, Any]
+
+
+def _fingerprint(directory: Path) -> str:
+    # Path plus the files' change times and sizes: a folder replaced in place
+    # (git checkout of models/default) gets a new key without hashing 100 MB.
+    parts = [str(directory.resolve())]
+    for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_JSON):
+        try:
+            stat = (directory / name).stat()
+            parts.append(f"{name}:{stat.st_mtime_ns}:{stat.st_size}")
+        except OSError:
+            parts.append(f"{name}:missing")
+    return "|".join(parts)
+
+
+@st.cache_data(ttl=_ACTIVE_MODEL_TTL_S, show_spinner=False)
+def _lookup_active_model(models_dir: str, model_name: str) -> tuple[ActiveModel | None, str | None]:
+    """(model, None) or (None, why not). Arguments are the cache key; settings are read inside."""
+    from fracture import registry
+    from fracture.model import read_config
+
+    del models_dir, model_name  # only the cache key: registry reads the same settings
+    try:
+        directory = registry.active_model_dir(get_settings())
+        config, card = read_config(directory)
+    except ModelLoadError as error:
+        return None, str(error)
+    except (OSError, ValueError) as error:
+        return None, f"The model folder could not be read: {error}"
+    return ActiveModel(directory, _fingerprint(directory), config, card), None
+
+
+def active_model() -> tuple[ActiveModel | None, str | None]:
+    """The served model and its card, or None and the reason there is none."""
+    current = settings()
+    return _lookup_active_model(str(current.models_dir), current.model_name)
+
+
+@dataclass
+class ServedModel:
+    """One loaded network behind two predictors.
+
+    ``single`` runs batches of one, for the image a person is looking at;
+    ``batch`` runs the configured batch size for folders. They share the Keras
+    model, so the weights are in memory once; only the compiled functions
+    differ (a batch-16 engine would pad one image to sixteen).
+    """
+
+    single: Any  # fracture.predict.Predictor
+    batch: Any
+    key: str
+    directory: Path
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.single.config
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=1)
+def _load_served_model(model_dir: str, key: str) -> ServedModel:
+    """Build the network once per process and model; ``key`` changes when the model does."""
+    from fracture.model import load_model
+    from fracture.predict import Predictor
+    from fracture.weights import resolve_imagenet_weights
+
+    current = get_settings()
+    loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
+    single = Predictor(loaded=loaded, settings=current, batch_size=1)
+    batch = Predictor(loaded=loaded, settings=current, batch_size=current.batch_size)
+    return ServedModel(single=single, batch=batch, key=key, directory=Path(model_dir))
+
+
+def get_served_model() -> ServedModel | None:
+    """The cached network of the active model; shows why on the page when there is none."""
+    from fracture.weights import WeightsError
+
+    model, problem = active_model()
+    if model is None:
+        show_no_model(problem)
+        return None
+    try:
+        return _load_served_model(str(model.directory), model.key)
+    except (ModelLoadError, WeightsError, OSError, ValueError) as error:
+        st.error(f"The model in `{model.directory}` could not be loaded: {error}")
+        return None
+
+
+def model_changed() -> None:
+    """Forget the cached model after a promotion, rollback or activation on this server."""
+    _lookup_active_model.clear()
+    _load_served_model.clear()
+    st.session_state.pop("prediction_cache", None)
+    st.session_state.pop("batch_results", None)
+
+
+def show_no_model(problem: str | None) -> None:
+    """Say that no model is available and how to get one."""
+    current = settings()
+    st.warning(
+        f"**No usable model.** {problem or ''}\n\n"
+        f"To get one:\n"
+        f"- train on the **Train** page and press **Promote** when it finishes, or\n"
+        f"- from a terminal: `python -m fracture train DATA --out runs/NAME`, then promote "
+        f"`runs/NAME/model` on the Train page, or\n"
+        f"- copy a model folder (with `config.json`, `weights.npz`, `model_card.json`) to "
+        f"`{current.models_dir / 'default'}`.\n\n"
+        f"The synthetic phantom set on the **Dataset** page trains a demo model in minutes."
+    )
+
+
+def operating_point(config: ModelConfig) -> tuple[str, float]:
+    """The operating point chosen in the sidebar and its threshold for ``config``."""
+    name = st.session_state.get(OPERATING_POINT_KEY)
+    if name not in config.thresholds:
+        name = config.operating_point
+    return name, float(config.thresholds[name])
+
+
+def _operating_point_label(name: str) -> str:
+    # No threshold in the label: Streamlit keeps a keyed radio's first labels, so
+    # after a promotion the old model's thresholds would stay on screen.
+    return name.replace("_", " ").capitalize()
+
+
+def render_sidebar() -> None:
+    """Active model, operating point selector and the not-for-diagnosis notice, on every page."""
+    with st.sidebar:
+        model, _ = active_model()
+        if model is None:
+            st.warning("No model available: see the Model page.")
+        else:
+            headline = dashboard.card_headline(model.card)
+            name = headline["name"] or model.config.name
+            version = headline["version"] or model.config.version
+            st.markdown(f"**Model:** `{model.directory.name}`  \n{name}, version {version}")
+            auroc = headline["val_auroc"]
+            if auroc is not None:
+                ci = headline["val_auroc_ci"]
+                interval = f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
+                st.caption(f"Validation AUROC {auroc:.3f}{interval}")
+            options = list(model.config.thresholds)
+            if st.session_state.get(OPERATING_POINT_KEY) not in options:
+                # A model with other operating points was promoted: start from its default.
+                st.session_state[OPERATING_POINT_KEY] = (
+                    model.config.operating_point if model.config.operating_point in options
+                    else options[0]
+                )
+            chosen = st.radio(
+                "Operating point",
+                options,
+                key=OPERATING_POINT_KEY,
+                format_func=_operating_point_label,
+                help="High sensitivity misses fewer fractures (more false alarms); high "
+                "specificity raises fewer false alarms (misses more). Both thresholds were "
+                "chosen on the validation split.",
+            )
+            st.caption(f"Threshold {model.config.thresholds[chosen]:.3f}: a probability at or "
+                       f"above it is labelled fracture.")
+        st.divider()
+        st.caption(NOT_FOR_DIAGNOSIS)
+
+
+# --------------------------------------------------------------------------------------
+# Admin gate
+
+
+def _secrets() -> Any:
+    # st.secrets raises on access when no secrets.toml exists; probe first.
+    try:
+        return st.secrets if st.secrets.load_if_toml_exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def admin_password() -> str | None:
+    """The configured admin password (settings, environment or Streamlit secrets), or None."""
+    from fracture import auth
+
+    return auth.admin_password(settings(), secrets=_secrets())
+
+
+def admin_gate(purpose: str) -> bool:
+    """True when admin actions are allowed; otherwise shows a password form and returns False.
+
+    With no password configured every visitor is admin (a local install). The
+    session remembers only that the password was right; the form clears its
+    field on submit so the password is not kept in the widget state either.
+    """
+    from fracture import auth
+
+    expected = admin_password()
+    if expected is None:
+        return True
+    if st.session_state.get(ADMIN_OK_KEY) is True:
+        if st.sidebar.button("Lock admin actions", key="admin_lock"):
+            st.session_state[ADMIN_OK_KEY] = False
+            st.rerun()
+        return True
+    st.info(f"{purpose} needs the admin password.", icon=":material/lock:")
+    with st.form("admin_login", clear_on_submit=True):
+        candidate = st.text_input("Admin password", type="password", autocomplete="off")
+        submitted = st.form_submit_button("Unlock")
+    if submitted:
+        if auth.check_password(candidate or "", expected):
+            st.session_state[ADMIN_OK_KEY] = True
+            st.rerun()
+        time.sleep(_WRONG_PASSWORD_DELAY_S)
+        st.error("Wrong password.")
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# Messages that survive a rerun
+
+
+def flash(kind: str, message: str) -> None:
+    """Queue a message for the next run (after st.rerun, which drops this run's output)."""
+    st.session_state.setdefault(_FLASH_KEY, []).append((kind, message))
+
+
+def show_flash() -> None:
+    """Show and forget the queued messages."""
+    for kind, message in st.session_state.pop(_FLASH_KEY, []):
+        getattr(st, kind)(message)
+
+
+# --------------------------------------------------------------------------------------
+# Per-session prediction cache
+
+
+def cache_prediction(key: tuple[str, ...], value: Any, keep: int = 8) -> None:
+    """Remember a prediction (with its heat map) for this session, keeping the last ``keep``.
+
+    Moving the opacity slider or picking another row reruns the page; the
+    network must not run again for an image it has already scored.
+    """
+    cache: OrderedDict = st.session_state.setdefault("prediction_cache", OrderedDict())
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > keep:
+        cache.popitem(last=False)
+
+
+def cached_prediction(key: tuple[str, ...]) -> Any:
+    """This session's cached prediction for ``key`` (model key, file id), or None."""
+    cache: OrderedDict | None = st.session_state.get("prediction_cache")
+    if cache is None or key not in cache:
+        return None
+    cache.move_to_end(key)
+    return cache[key]
+
+
+def path_exists(text: str) -> bool:
+    """Whether a typed folder exists, without raising on odd input."""
+    try:
+        return bool(text) and Path(os.path.expanduser(text)).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    """A model folder's card, or an empty dict."""
+    try:
+        card = read_json(Path(model_dir) / CARD_JSON, default={})
+    except ValueError:
+        return {}
+    return card if isinstance(card, dict) else {}

@@ -1,0 +1,200 @@
+"""Dataset: what a training folder holds, before anyone trains on it.
+
+Class balance per split, regions and hardware, image sizes, a thumbnail grid
+with the fracture boxes drawn, and two checks that catch silent problems:
+files that cannot be decoded, and copies of one image in two splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages import _common as common
+from fracture import dashboard
+from fracture.datasets import Dataset, DatasetLayoutError, find_duplicates, load_dataset
+from fracture.images import InvalidImageError
+from fracture.phantoms import REGION as PHANTOM_REGION
+from fracture.settings import Settings
+
+ROOT_KEY = "dataset_root"
+PER_PAGE = 12
+SIZE_SAMPLE = 300
+THUMBNAIL_SIDE = 256
+PHANTOM_COUNT = 120  # enough for a demo training run that finishes in minutes on a CPU
+PHANTOM_SIDE = 256
+
+
+@st.cache_data(show_spinner="Listing the dataset…", ttl=300, max_entries=8)
+def list_dataset(root: str) -> Dataset:
+    """The dataset at ``root`` (listing only, nothing decoded); cached per path."""
+    return load_dataset(root)
+
+
+@st.cache_data(show_spinner="Reading image sizes…", max_entries=8)
+def sample_sizes(root: str) -> tuple:
+    """Sizes of a seeded sample of the dataset's files (headers only), and unreadable ones."""
+    paths = [record.path for record in list_dataset(root).records]
+    return dashboard.image_sizes(paths, limit=SIZE_SAMPLE)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def thumbnail_png(path: str, boxes: tuple[tuple[float, ...], ...]) -> bytes:
+    """A small PNG of one image with its boxes; PNG bytes keep the cache a tenth of raw pixels."""
+    return dashboard.encode_png(dashboard.load_thumbnail(path, boxes, THUMBNAIL_SIDE))
+
+
+@st.cache_data(show_spinner="Hashing files to find copies across splits…", max_entries=4)
+def duplicates(root: str) -> list[tuple[str, str]]:
+    """Pairs of identical files in different splits (hashes every same-size candidate)."""
+    return [(str(a), str(b)) for a, b in find_duplicates(list_dataset(root).records)]
+
+
+def use_folder(path: str) -> None:
+    st.session_state[ROOT_KEY] = path
+
+
+def make_phantoms(dest: Path) -> None:
+    from fracture.phantoms import synthesize_phantoms
+
+    try:
+        synthesize_phantoms(dest, PHANTOM_COUNT, size=PHANTOM_SIDE, seed=0)
+    except (FileExistsError, OSError, ValueError) as error:
+        common.flash("error", f"Could not write the phantoms: {error}")
+        return
+    list_dataset.clear()
+    st.session_state[ROOT_KEY] = str(dest)
+    common.flash("success", f"Wrote {PHANTOM_COUNT} synthetic phantom images to {dest}.")
+
+
+def offer_phantoms(settings: Settings) -> None:
+    """The way out for a fresh machine: a synthetic demo set that needs no patient data."""
+    dest = settings.data_dir / "phantoms"
+    st.markdown(
+        "No dataset yet? Generate the **synthetic phantom demo set**: computer-drawn long "
+        "bones, half with a fracture gap. They are **synthetic, not clinical data**, good for "
+        "trying the pipeline end to end, never for judging a model on real radiographs."
+    )
+    if common.path_exists(str(dest)) and any(dest.iterdir()):
+        st.button(f"Open the phantom set in {dest}", on_click=use_folder, args=(str(dest),),
+                  icon=":material/folder_open:")
+    else:
+        st.button(f"Generate {PHANTOM_COUNT} synthetic phantoms in {dest}",
+                  on_click=make_phantoms, args=(dest,), icon=":material/science:")
+
+
+st.title("Dataset")
+common.show_flash()
+settings = common.settings()
+st.session_state.setdefault(ROOT_KEY, str(settings.data_dir))
+root = st.text_input("Dataset folder", key=ROOT_KEY,
+                     help="A folder in the folders, FracAtlas or MURA layout; see the README.")
+
+try:
+    dataset = list_dataset(root.strip())
+except DatasetLayoutError as error:
+    st.warning(f"No dataset found in `{error.folder}`: {error.reason}.")
+    with st.expander("Accepted layouts"):
+        st.code(str(error).split("\n", 1)[1] if "\n" in str(error) else str(error), language=None)
+    offer_phantoms(settings)
+    st.stop()
+except (OSError, ValueError) as error:
+    st.error(f"Could not list `{root}`: {error}")
+    offer_phantoms(settings)
+    st.stop()
+
+frame = dataset.to_frame()
+summary = dataset.summary()
+is_phantom = (frame["region"] == PHANTOM_REGION).any()
+if is_phantom:
+    st.warning("**Synthetic phantoms, not clinical data.** A model trained or evaluated on "
+               "them says nothing about real radiographs.", icon=":material/science:")
+total = len(frame)
+n_fractured = int(frame["label"].sum())
+st.caption(
+    f"`{dataset.root}`: {dataset.layout} layout, {total} images ({n_fractured} fractured, "
+    f"{total - n_fractured} normal)."
+    + (f" The {', '.join(dataset.made_splits)} split(s) were made here (seeded, stratified), "
+       f"not found on disk." if dataset.made_splits else "")
+)
+
+charts = st.columns(3)
+with charts[0]:
+    st.plotly_chart(dashboard.class_balance_figure(summary), key="balance")
+with charts[1]:
+    st.plotly_chart(dashboard.breakdown_figure(frame, "region", "Anatomical region"),
+                    key="regions")
+with charts[2]:
+    if frame["hardware"].notna().any():
+        hardware = frame.assign(hardware=frame["hardware"].map(
+            {True: "implant visible", False: "no implant"}))
+        st.plotly_chart(dashboard.breakdown_figure(hardware, "hardware", "Orthopaedic hardware"),
+                        key="hardware")
+    else:
+        st.info("No hardware (implant) annotations in this dataset.")
+
+sizes_column, checks_column = st.columns([3, 2])
+with sizes_column:
+    sizes, size_problems = sample_sizes(root.strip())
+    if len(sizes):
+        st.plotly_chart(dashboard.size_figure(sizes), key="sizes")
+        longest = sizes[["width", "height"]].max(axis=1)
+        st.caption(f"Longer side: min {longest.min()} px, median {int(longest.median())} px, "
+                   f"max {longest.max()} px. The model letterboxes every image to its input "
+                   f"size, so small images are enlarged and fine detail in large ones is lost.")
+    if size_problems:
+        st.warning(f"{len(size_problems)} file(s) have unreadable headers:\n\n"
+                   + "\n".join(f"- `{p}`" for p in size_problems[:10]))
+with checks_column:
+    st.subheader("Copies across splits")
+    st.caption("A copy of a training image in validation inflates every validation score. "
+               "The check hashes files, which takes a while on thousands of images.")
+    checked = st.session_state.setdefault("duplicates_checked", set())
+    if st.button("Check for duplicates", icon=":material/content_copy:"):
+        checked.add(str(dataset.root))
+    if str(dataset.root) in checked:
+        pairs = duplicates(root.strip())
+        if pairs:
+            st.warning(f"{len(pairs)} pair(s) of identical files sit in different splits.")
+            st.dataframe([{"first": a, "second": b} for a, b in pairs], hide_index=True)
+        else:
+            st.success("No identical files across splits.")
+
+st.subheader("Images")
+filters = st.columns(3)
+split = filters[0].selectbox("Split", ["all", *summary], key="filter_split")
+label_name = filters[1].selectbox("Class", ["all", "fractured", "normal"], key="filter_class")
+regions = sorted(frame["region"].fillna("unknown").unique().tolist())
+region = filters[2].selectbox("Region", ["all", *regions], key="filter_region")
+shown = dashboard.filter_frame(
+    frame,
+    split=None if split == "all" else split,
+    label_name=None if label_name == "all" else label_name,
+    region=None if region == "all" else region,
+)
+pages = dashboard.page_count(len(shown), PER_PAGE)
+boxes = {str(record.path): record.boxes for record in dataset.records if record.boxes}
+# The key names the filters, so a new filter starts again at page 1.
+page = st.pagination(pages, key=f"thumb_page|{split}|{label_name}|{region}|{pages}")
+st.caption(f"{len(shown)} images; fracture boxes in red where the dataset has them.")
+unreadable = []
+columns_per_row = 6
+on_page = shown.iloc[dashboard.page_slice(len(shown), page, PER_PAGE)]
+for index, row in enumerate(on_page.itertuples()):
+    if index % columns_per_row == 0:
+        # A fresh row of columns every six images keeps the rows aligned
+        # whatever the images' aspect ratios.
+        grid = st.columns(columns_per_row)
+    cell = grid[index % columns_per_row]
+    try:
+        png = thumbnail_png(row.path, boxes.get(row.path, ()))
+    except InvalidImageError as error:
+        unreadable.append(str(error))
+        cell.error(f"{row.rel_path}: unreadable")
+        continue
+    cell.image(png, caption=f"{Path(row.rel_path).name} · {row.split} · {row.label_name}",
+               width="stretch")
+if unreadable:
+    st.warning("Unreadable files (training skips them):\n\n"
+               + "\n".join(f"- {message}" for message in unreadable))

@@ -1,0 +1,225 @@
+"""Predict: upload radiographs, get a calibrated fracture probability and a Grad-CAM overlay.
+
+Uploads stay in memory: their bytes go straight to the Predictor and nothing
+is written to disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from collections.abc import Sequence
+
+import streamlit as st
+from streamlit.typing import UploadedFile
+
+from app_pages import _common as common
+from fracture import dashboard
+from fracture.explain import overlay_heatmap
+from fracture.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
+from fracture.predict import Prediction
+
+# The uploader filters by extension; load_image decides by content, so a
+# renamed file still gets a precise error row rather than a silent skip.
+UPLOAD_TYPES = sorted({suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES} | {"dcm", "dicom"})
+ALPHA_KEY = "overlay_alpha"
+BAND_COLOURS = {dashboard.BAND_NORMAL: "green", dashboard.BAND_UNCERTAIN: "orange",
+                dashboard.BAND_FRACTURE: "red"}
+
+st.title("Predict")
+st.caption(
+    "Upload one radiograph, several, or a whole folder. Images are processed in memory and "
+    "never stored. " + common.NOT_FOR_DIAGNOSIS
+)
+
+served = common.get_served_model()
+if served is None:
+    st.stop()
+op_name, threshold = common.operating_point(served.config)
+
+mode = st.radio("Upload", ["Files", "Folder"], horizontal=True, label_visibility="collapsed",
+                help="A folder upload includes every supported image in it and its sub-folders.")
+uploads = st.file_uploader(
+    "Radiographs: JPEG, PNG, BMP, TIFF, GIF or DICOM",
+    type=UPLOAD_TYPES,
+    accept_multiple_files=True if mode == "Files" else "directory",
+    key=f"uploads_{mode.lower()}",
+)
+if not uploads:
+    st.info("Drop radiographs above to score them. A Grad-CAM heat map shows where the "
+            "model looked.", icon=":material/upload_file:")
+    st.stop()
+
+
+def _is_dicom(upload: UploadedFile) -> bool:
+    # A view of the buffer, not a copy: this runs on every rerun.
+    marker = bytes(upload.getbuffer()[128:132])
+    return upload.name.lower().endswith((".dcm", ".dicom")) or marker == b"DICM"
+
+
+def cam_prediction(upload: UploadedFile) -> Prediction:
+    """The upload's prediction with heat map, from this session's cache when already scored."""
+    key = (served.key, upload.file_id)
+    prediction = common.cached_prediction(key)
+    if prediction is None:
+        with st.spinner(f"Scoring {upload.name}…"):
+            prediction = served.single.predict(
+                [upload.getvalue()], names=[upload.name], with_cam=True
+            )[0]
+        # Pooled features are only for the OOD gate; the session need not keep them.
+        prediction = dataclasses.replace(prediction, features=None)
+        common.cache_prediction(key, prediction)
+    return prediction
+
+
+def show_result(upload: UploadedFile, prediction: Prediction) -> None:
+    """Probability, label, confidence band, gauge, and the image with its overlay."""
+    if not prediction.ok:
+        st.error(prediction.error or f"{upload.name} could not be scored.")
+        return
+    probability = prediction.probability
+    label = dashboard.label_for(probability, threshold)
+    band = dashboard.confidence_band(probability, threshold)
+    if prediction.in_distribution is False:
+        st.warning(
+            "This image does not look like a bone radiograph; the score is unreliable.",
+            icon=":material/warning:",
+        )
+    left, middle, right = st.columns([1, 1, 2])
+    left.metric("Fracture probability", f"{probability:.1%}",
+                help="Calibrated on the validation split (temperature scaling).")
+    middle.metric("Label", label.capitalize())
+    with middle:
+        st.badge(band.capitalize(), color=BAND_COLOURS[band])
+    left.caption(f"{op_name.replace('_', ' ')} threshold {threshold:.3f}")
+    with right:
+        st.plotly_chart(dashboard.probability_gauge(probability, threshold),
+                        key=f"gauge_{upload.file_id}", config={"displayModeBar": False})
+
+    alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
+    original, overlay = st.columns(2)
+    original.image(prediction.image, caption=f"{upload.name}", width="stretch")
+    if prediction.heatmap is not None:
+        overlay.image(overlay_heatmap(prediction.image, prediction.heatmap, alpha),
+                      caption="Grad-CAM: where the model looked", width="stretch")
+        if float(prediction.heatmap.max()) <= 0.0:
+            # Grad-CAM keeps only evidence *for* fracture; none at all is a result too.
+            overlay.caption("The heat map is empty: no region raised the fracture score.")
+    else:
+        overlay.info("This model has no Grad-CAM layer, so there is no heat map.")
+
+    if _is_dicom(upload):
+        header = st.expander("Show DICOM header (identifying fields redacted)",
+                             key=f"dicom_{upload.file_id}", on_change="rerun")
+        if header.open:
+            with header:
+                try:
+                    fields = describe_dicom(upload.getvalue(), name=upload.name)
+                except InvalidImageError as error:
+                    st.error(str(error))
+                else:
+                    st.dataframe([{"attribute": k, "value": v} for k, v in fields.items()],
+                                 hide_index=True, width="stretch")
+
+
+def score_batch(uploads: Sequence[UploadedFile]) -> list[Prediction]:
+    """Score every upload (no heat maps: those are made for the row a person opens)."""
+    names = [upload.name for upload in uploads]
+    results = []
+    progress = st.progress(0.0, text=f"Scoring {len(uploads)} images…")
+    sources = [upload.getvalue() for upload in uploads]
+    for index, prediction in enumerate(served.batch.iter_predict(sources, names=names)):
+        results.append(dataclasses.replace(prediction, features=None, image=None, heatmap=None))
+        progress.progress((index + 1) / len(uploads),
+                          text=f"Scored {index + 1} of {len(uploads)}: {names[index]}")
+    progress.empty()
+    return results
+
+
+def batch_view(uploads: Sequence[UploadedFile]) -> None:
+    """Summary, histogram, sortable table, the selected image, and downloads."""
+    batch_key = (served.key, tuple(upload.file_id for upload in uploads))
+    stored = st.session_state.get("batch_results")
+    if not stored or stored["key"] != batch_key:
+        stored = {"key": batch_key, "predictions": score_batch(uploads)}
+        st.session_state["batch_results"] = stored
+    predictions = stored["predictions"]
+
+    counts = dashboard.batch_counts(predictions, threshold)
+    summary_column, chart_column = st.columns([2, 3])
+    with summary_column:
+        top, bottom = st.columns(2), st.columns(2)
+        top[0].metric("Fracture", counts["fracture"])
+        top[1].metric("Normal", counts["normal"])
+        bottom[0].metric("Could not be read", counts["error"])
+        bottom[1].metric("Not like a radiograph", counts["out_of_distribution"],
+                         help="Flagged by the out-of-distribution check: their scores are "
+                              "unreliable.")
+        st.caption(f"Labels at the {op_name.replace('_', ' ')} operating point (threshold "
+                   f"{threshold:.3f}); change it in the sidebar.")
+    with chart_column:
+        scored = [p.probability for p in predictions if p.ok]
+        if scored:
+            st.plotly_chart(dashboard.probability_histogram(scored, threshold),
+                            key="batch_histogram", config={"displayModeBar": False})
+
+    frame = dashboard.results_frame(predictions, threshold)
+    event = st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key="batch_table",
+        column_config={
+            "file": st.column_config.TextColumn("file", width="medium"),
+            "probability": st.column_config.ProgressColumn(
+                "probability", format="percent", min_value=0.0, max_value=1.0, width="small"),
+            "in_distribution": st.column_config.CheckboxColumn(
+                "radiograph-like", help="False: the out-of-distribution check flagged it."),
+            "error": st.column_config.TextColumn("error", width="large"),
+        },
+    )
+
+    downloads = st.columns(2)
+    downloads[0].download_button(
+        "Download results (CSV)",
+        dashboard.predictions_csv(predictions, threshold),
+        file_name="fracture_predictions.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    alpha = float(st.session_state.get(ALPHA_KEY, 0.45))
+    batch_predictor = served.batch
+
+    def overlay_archive() -> bytes:
+        # Runs on click, on a worker thread (no Streamlit calls allowed), one image at
+        # a time: building it on every rerun would hold every overlay in memory.
+        sources = [upload.getvalue() for upload in uploads]
+        names = [upload.name for upload in uploads]
+        return dashboard.overlay_zip(
+            batch_predictor.iter_predict(sources, names=names, with_cam=True), alpha
+        )
+
+    downloads[1].download_button(
+        "Download Grad-CAM overlays (ZIP)",
+        overlay_archive,
+        file_name="fracture_gradcam.zip",
+        mime="application/zip",
+        on_click="ignore",
+        icon=":material/folder_zip:",
+    )
+
+    rows = event.selection.rows if event and event.selection else []
+    position = int(frame.index[rows[0]]) if rows else int(frame.index[0])
+    st.subheader(f"{uploads[position].name}")
+    if not rows:
+        st.caption("The most suspicious image; pick a row in the table to see another.")
+    show_result(uploads[position], cam_prediction(uploads[position]))
+
+
+if len(uploads) == 1:
+    show_result(uploads[0], cam_prediction(uploads[0]))
+else:
+    batch_view(uploads)

@@ -1,0 +1,221 @@
+"""Train: start a fine-tuning run in the background, watch it, then promote or discard the model.
+
+The run is a separate process (``fracture.jobs``): closing the page does not
+stop it, and any page in any browser shows its progress from the run folder.
+Everything here is admin-only when an admin password is configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages import _common as common
+from fracture import dashboard, jobs, registry
+from fracture.fileio import read_json
+from fracture.model import ModelLoadError
+
+RUN_KEY = "train_run"
+FINE_TUNE_POINTS = ("conv5_block1_out", "conv4_block6_out", "conv5_block2_out")
+IMAGE_SIZES = (224, 320, 384)
+LEARNING_RATES = (3e-5, 1e-4, 3e-4, 1e-3)
+POLL_SECONDS = 2
+
+st.title("Train")
+common.show_flash()
+settings = common.settings()
+if not common.admin_gate("Training and promoting models"):
+    st.stop()
+
+
+def start_form() -> None:
+    """The run's settings, and Start."""
+    from fracture.train import TrainConfig
+
+    defaults = TrainConfig()
+    with st.form("new_run", border=False):
+        data_root = st.text_input("Dataset folder", value=str(settings.data_dir),
+                                  help="Browse it on the Dataset page first.")
+        run_name = st.text_input("Run name (optional)", placeholder="run-YYYYmmdd-HHMMSS")
+        first = st.columns(4)
+        epochs = first[0].number_input("Fine-tune epochs", 0, 100, defaults.epochs)
+        head_epochs = first[1].number_input("Head epochs", 0, 50, defaults.head_epochs,
+                                            help="Epochs that train only the new head first.")
+        fine_tune_from = first[2].selectbox(
+            "Fine-tune after", FINE_TUNE_POINTS,
+            index=FINE_TUNE_POINTS.index(defaults.fine_tune_from),
+            help="Layers after this block output are trained; earlier ones stay ImageNet. "
+                 "conv4_block6_out trains more (slower, needs more data).")
+        lr = first[3].select_slider("Learning rate (fine-tune)", LEARNING_RATES,
+                                    value=defaults.lr, format_func=lambda v: f"{v:.0e}")
+        second = st.columns(4)
+        batch_size = second[0].number_input("Batch size", 1, 256, defaults.batch_size)
+        image_size = second[1].selectbox("Image size (px)", IMAGE_SIZES,
+                                         index=IMAGE_SIZES.index(defaults.image_size))
+        seed = second[2].number_input("Seed", 0, 2**31 - 1, defaults.seed)
+        augment = second[3].toggle("Augmentation", value=defaults.augment,
+                                   help="Small rotations, zoom, flips and exposure changes.")
+        submitted = st.form_submit_button("Start training", type="primary",
+                                          icon=":material/play_arrow:")
+    if not submitted:
+        return
+    config = TrainConfig(image_size=int(image_size), fine_tune_from=fine_tune_from,
+                         head_epochs=int(head_epochs), epochs=int(epochs),
+                         batch_size=int(batch_size), lr=float(lr), seed=int(seed),
+                         augment=bool(augment))  # fmt: skip
+    try:
+        job = jobs.start_training(data_root.strip(), run_name.strip() or None, config=config,
+                                  settings=settings)
+    except jobs.JobBusyError as error:
+        st.error(str(error))
+        return
+    except (FileNotFoundError, FileExistsError, ValueError, OSError) as error:
+        st.error(f"Could not start training: {error}")
+        return
+    st.session_state[RUN_KEY] = str(job.run_dir)
+    common.flash("success", f"Started run `{job.name}` (process {job.pid}).")
+    st.rerun()
+
+
+def pick_run(runs: list[dict]) -> dict | None:
+    """The run to show: the one just started, else the running one, else the newest."""
+    if not runs:
+        return None
+    by_dir = {str(run["run_dir"]): run for run in runs}
+    chosen = st.session_state.get(RUN_KEY)
+    if chosen not in by_dir:
+        running = next((run for run in runs if run["running"]), None)
+        chosen = str((running or runs[0])["run_dir"])
+        st.session_state[RUN_KEY] = chosen
+    # Names only: Streamlit keeps a keyed selectbox's first labels, so a state in
+    # the label ("running") would go stale; the state is shown below instead.
+    st.selectbox("Run", list(by_dir), key=RUN_KEY, format_func=lambda d: by_dir[d]["name"])
+    return by_dir[st.session_state[RUN_KEY]]
+
+
+def show_progress(run_dir: Path, status: dict) -> dashboard.RunProgress:
+    progress = dashboard.run_progress(status)
+    columns = st.columns([4, 2, 2])
+    with columns[0]:
+        if progress.fraction is not None:
+            st.progress(progress.fraction, text=progress.text)
+        else:
+            st.write(progress.text)
+    columns[1].metric("State", progress.state)
+    columns[2].metric("Time left", progress.eta or "–")
+    if status.get("epoch") and status.get("epochs"):
+        st.caption(f"Epoch {status['epoch']}/{status['epochs']} ({progress.phase})"
+                   + (f", batch {status.get('batch')}/{status.get('batches')}"
+                      if status.get("batches") else ""))
+    if progress.state in {"failed", "interrupted", "error"}:
+        st.error(status.get("message") or "The run stopped.")
+        tail = jobs.log_tail(run_dir)
+        if tail:
+            with st.expander("Last lines of train.log"):
+                st.code(tail, language=None)
+    skipped = status.get("skipped_files") or []
+    if skipped:
+        st.warning(f"{len(skipped)} unreadable file(s) were skipped:\n\n"
+                   + "\n".join(f"- `{p}`" for p in skipped[:20]))
+    return progress
+
+
+def show_curves(run_dir: Path) -> None:
+    history = read_json(run_dir / "metrics.json", default=[]) or []
+    if history:
+        st.plotly_chart(dashboard.training_curves_figure(history), key="training_curves")
+    else:
+        st.caption("Loss and AUROC curves appear after the first epoch.")
+
+
+def show_result(run: dict) -> None:
+    """The candidate's validation results next to the active model's, and what to do with it."""
+    model_dir = Path(run["run_dir"]) / "model"
+    report = read_json(model_dir / "evaluation.json", default=None)
+    card = common.read_card(model_dir)
+    active, _ = common.active_model()
+    active_report = (
+        read_json(active.directory / "evaluation.json", default=None) if active else None
+    )
+    checksums = card.get("checksums")
+    promoted = next((v for v in registry.list_versions(settings)
+                     if checksums and v.card.get("checksums") == checksums), None)  # fmt: skip
+    st.subheader("Result on the validation split")
+    columns = st.columns(2)
+    if report:
+        point = report.get("operating_point", "high_sensitivity")
+        matrix = (report.get("operating_points") or {}).get(point, {}).get("confusion_matrix")
+        if matrix:
+            with columns[0]:
+                st.plotly_chart(dashboard.confusion_figure(
+                    matrix, f"Confusion matrix ({point.replace('_', ' ')})"), key="run_confusion")
+        curves = {"new model": report}
+        if active_report and not (promoted and promoted.active):
+            curves["active model"] = active_report
+        with columns[1]:
+            st.plotly_chart(dashboard.roc_figure(curves), key="run_roc")
+    if promoted is None:
+        comparison = dashboard.compare_metrics(card, active.card if active else None)
+        if not comparison.empty:
+            st.dataframe(comparison, hide_index=True, width="stretch", column_config={
+                name: st.column_config.NumberColumn(format="%.3f")
+                for name in ("new model", "active model", "difference")
+            })  # fmt: skip
+            st.caption("Each model is scored on the validation split of its own dataset: "
+                       "compare them only when both were trained on the same data.")
+    else:
+        where = "the active model" if promoted.active else "a stored version (not active)"
+        st.success(f"This run's model is promoted as `{promoted.name}`, {where}.")
+    actions = st.columns([1, 1, 4])
+    if promoted is None and actions[0].button("Promote", type="primary",
+                                              icon=":material/rocket_launch:"):
+        try:
+            version = registry.promote(model_dir, settings=settings)
+        except (ModelLoadError, FileExistsError, OSError, ValueError) as error:
+            st.error(f"Promotion refused: {error}")
+        else:
+            common.model_changed()
+            common.flash("success", f"Promoted as `{version.name}`; predictions now use it.")
+            st.rerun()
+    if actions[1].button("Discard", icon=":material/delete:"):
+        try:
+            registry.discard(model_dir, settings=settings)
+        except (FileNotFoundError, OSError, ValueError) as error:
+            st.error(f"Could not discard: {error}")
+        else:
+            common.flash("info", f"Discarded the model of run `{run['name']}`.")
+            st.rerun()
+
+
+def run_view(run_dir: Path, was_live: bool) -> None:
+    """Status, curves and, once finished, the result; reruns itself every few seconds while live."""
+    run = next((r for r in jobs.list_runs(settings) if Path(r["run_dir"]) == run_dir), None)
+    if run is None:
+        st.warning(f"Run folder {run_dir} disappeared.")
+        return
+    progress = show_progress(run_dir, run["status"])
+    if was_live and progress.finished:
+        # A full rerun stops the polling and shows the finished run's actions.
+        st.rerun()
+    if run["running"] and st.button("Cancel run", icon=":material/stop_circle:"):
+        with st.spinner("Stopping the run…"):
+            final = jobs.cancel(run_dir, settings)
+        common.flash("info", f"Run stopped: {final.get('message', final.get('state'))}")
+        st.rerun()
+    show_curves(run_dir)
+    if run["has_model"] and progress.state == "completed":
+        show_result(run)
+
+
+runs = jobs.list_runs(settings)
+# Open on a first visit; once runs exist, the run below is what people come for.
+with st.expander("New training run", expanded=not runs, icon=":material/add:"):
+    start_form()
+
+run = pick_run(runs)
+if run is None:
+    st.info(f"No training runs yet in `{settings.runs_dir}`.")
+    st.stop()
+live = bool(run["running"])
+st.fragment(run_every=POLL_SECONDS if live else None)(run_view)(Path(run["run_dir"]), live)

@@ -1,0 +1,270 @@
+"""The dashboard in a real browser: ``streamlit run app.py`` driven by Playwright and Chromium.
+
+AppTest (test_app.py) runs page scripts in-process; this test covers what only
+a browser shows: the upload widget, images and plotly charts actually
+rendering, and navigation between pages through the sidebar. Full-page
+screenshots land in ``test-artifacts/`` for a person to look at.
+
+Needs the real ImageNet weights (``../shared`` or CI) because the server is a
+separate process where nothing can be patched, and Chromium; skips with the
+reason otherwise. The server always gets its own temporary models, runs and
+cache folders, so the test never touches the checkout's ``runs/``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import SHARED, radiograph_like
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+# Generous: the server loads TensorFlow and builds ResNet-50 on a busy 2-core CPU.
+SERVER_START_S = 180
+MODEL_READY_MS = 300_000
+PAGE_READY_MS = 120_000
+
+
+def _chromium() -> str:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):  # fmt: skip
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _valid_model(directory: Path) -> bool:
+    from fracture.model import ModelLoadError, read_config
+
+    try:
+        read_config(directory)
+    except (ModelLoadError, OSError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(url, dataset folder) of a Streamlit server with the real weights; always stopped."""
+    pytest.importorskip("playwright.sync_api")
+    weights = SHARED / "weights" / "resnet50_imagenet_notop.h5"
+    if not weights.is_file():
+        pytest.skip("needs ../shared/weights/resnet50_imagenet_notop.h5 (the server cannot be "
+                    "patched to use fake weights)")  # fmt: skip
+    base = tmp_path_factory.mktemp("browser")
+    models = base / "models"
+    if _valid_model(ROOT / "models" / "default"):
+        shutil.copytree(ROOT / "models" / "default", models / "default")
+    else:
+        # No shipped model in this checkout: an untrained one with the real backbone
+        # exercises every page just the same (its scores mean nothing).
+        from app_helpers import make_model
+
+        make_model(models / "default", weights, image_size=64)
+    fracatlas = SHARED / "data" / "fracatlas"
+    if fracatlas.is_dir():
+        data = fracatlas
+    else:
+        from fracture.phantoms import synthesize_phantoms
+
+        data = base / "phantoms"
+        synthesize_phantoms(data, 24, size=96, seed=0)
+
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("FRACTURE_")}  # fmt: skip
+    env.update({
+        "FRACTURE_CONFIG": str(base / "no-such-config.toml"),
+        "FRACTURE_MODELS_DIR": str(models),
+        "FRACTURE_DATA_DIR": str(data),
+        "FRACTURE_RUNS_DIR": str(base / "runs"),
+        "FRACTURE_CACHE_DIR": str(base / "cache"),
+        "FRACTURE_IMAGENET_WEIGHTS": str(weights),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    })  # fmt: skip
+    port = _free_port()
+    log_path = base / "streamlit.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+             "--server.port", str(port), "--server.headless", "true",
+             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"streamlit exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not become healthy:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url, data
+    finally:
+        # Its own session: signal the whole group so no helper outlives the test.
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def page(server):  # noqa: ARG001 - starts the server before the browser
+    from playwright.sync_api import sync_playwright
+
+    executable = _chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            # Tall, because Streamlit scrolls inside its main container: a full-page
+            # screenshot only holds what fits in the viewport.
+            yield browser.new_page(viewport={"width": 1400, "height": 2400})
+        finally:
+            browser.close()
+
+
+def _upload(data_dir: Path) -> dict:
+    """A real fractured radiograph when the dataset has one, else a generated image."""
+    real = next(iter(sorted((data_dir / "val" / "fractured").glob("*.jpg"))), None)
+    if real is not None:
+        return {"name": real.name, "mimeType": "image/jpeg", "buffer": real.read_bytes()}
+    return {"name": "radiograph.png", "mimeType": "image/png", "buffer": _generated_png(4)}
+
+
+def _generated_png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(radiograph_like(seed, height=384, width=320)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _images_loaded(page, minimum: int) -> None:
+    """Wait until ``minimum`` images in st.image elements have decoded pixels."""
+    page.wait_for_function(
+        """(n) => Array.from(document.querySelectorAll('[data-testid="stImage"] img'))
+                 .filter(img => img.complete && img.naturalWidth > 0).length >= n""",
+        arg=minimum, timeout=MODEL_READY_MS,
+    )  # fmt: skip
+
+
+def _charts_rendered(page, minimum: int) -> None:
+    """Wait until ``minimum`` plotly charts have drawn their SVG."""
+    page.wait_for_function(
+        """(n) => document.querySelectorAll(
+                 '[data-testid="stPlotlyChart"] .js-plotly-plot .main-svg').length >= n""",
+        arg=minimum, timeout=PAGE_READY_MS,
+    )  # fmt: skip
+
+
+def _idle(page) -> None:
+    """Wait until the script run is over (the header's running indicator is gone)."""
+    page.wait_for_function(
+        """() => !document.querySelector('[data-testid="stStatusWidgetRunningIcon"],'
+                 + '[data-testid="stStatusWidgetRunningManIcon"]')""",
+        timeout=MODEL_READY_MS,
+    )  # fmt: skip
+
+
+def _no_exception(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']").first.inner_text()
+
+
+def test_predict_dataset_and_model_pages_in_a_browser(server, page):
+    url, data = server
+    page.goto(url, timeout=PAGE_READY_MS)
+    uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
+    uploader.wait_for(state="attached", timeout=MODEL_READY_MS)
+    sidebar = page.locator("[data-testid='stSidebar']")
+    assert "not for diagnosis" in sidebar.inner_text()
+
+    uploader.set_input_files([_upload(data)])
+    metric = page.locator("[data-testid='stMetric']", has_text="Fracture probability")
+    metric.wait_for(timeout=MODEL_READY_MS)
+    value = metric.locator("[data-testid='stMetricValue']").inner_text()
+    assert value.endswith("%") and 0 <= float(value.rstrip("%")) <= 100
+    _images_loaded(page, 2)  # the radiograph and its Grad-CAM overlay
+    assert page.get_by_text("Grad-CAM: where the model looked").is_visible()
+    _charts_rendered(page, 1)  # the probability gauge
+    _idle(page)
+    _no_exception(page)
+    page.screenshot(path=ARTIFACTS / "browser-predict.png", full_page=True)
+
+    # A batch: two more images and a broken file join the first upload.
+    extra = [
+        {"name": "second.png", "mimeType": "image/png", "buffer": _generated_png(5)},
+        {"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image"},
+    ]
+    uploader.set_input_files(extra)
+    page.locator("[data-testid='stDataFrame']").wait_for(timeout=MODEL_READY_MS)
+    _idle(page)
+    _no_exception(page)
+    with page.expect_download(timeout=PAGE_READY_MS) as csv_download:
+        page.get_by_role("button", name="Download results (CSV)").click()
+    rows = Path(csv_download.value.path()).read_text().splitlines()
+    assert rows[0].startswith("path,probability,prediction") and len(rows) == 4
+    assert any(row.startswith("broken.png,") and ",error," in row for row in rows)
+    with page.expect_download(timeout=MODEL_READY_MS) as zip_download:
+        page.get_by_role("button", name="Download Grad-CAM overlays (ZIP)").click()
+    with zipfile.ZipFile(zip_download.value.path()) as archive:
+        names = set(archive.namelist())
+    assert {"second_gradcam.png", "errors.txt"} <= names and len(names) == 3
+    _images_loaded(page, 2)
+    page.screenshot(path=ARTIFACTS / "browser-predict-batch.png", full_page=True)
+
+    page.get_by_role("link", name="Dataset").click()
+    page.get_by_role("heading", name="Dataset").wait_for(timeout=PAGE_READY_MS)
+    _charts_rendered(page, 3)  # class balance, regions, hardware or sizes
+    _images_loaded(page, 1)  # thumbnails
+    _idle(page)
+    _no_exception(page)
+    page.screenshot(path=ARTIFACTS / "browser-dataset.png", full_page=True)
+
+    page.get_by_role("link", name="Model").click()
+    page.get_by_role("heading", name="Stored versions").wait_for(timeout=PAGE_READY_MS)
+    _charts_rendered(page, 5)  # ROC, PR, reliability, confusion matrices, subgroups
+    _idle(page)
+    _no_exception(page)
+    page.screenshot(path=ARTIFACTS / "browser-model.png", full_page=True)
+
+    page.get_by_role("link", name="Train").click()
+    page.get_by_role("button", name="Start training").wait_for(state="attached",
+                                                               timeout=PAGE_READY_MS)
+    _idle(page)
+    _no_exception(page)
+    page.screenshot(path=ARTIFACTS / "browser-train.png", full_page=True)
