@@ -142,6 +142,18 @@ def render_card_markdown(card: dict[str, Any]) -> str:
             f"| {name}: sensitivity / specificity | {_fmt(point.get('sensitivity'))} / "
             f"{_fmt(point.get('specificity'))} |"
         )
+    ood = card.get("ood")
+    if ood:
+        lines += [
+            "",
+            "## Out-of-distribution gate",
+            f"- {ood.get('method')}",
+            f"- Fitted on {ood.get('n_train')} training images; threshold {_fmt(ood.get('threshold'))} "
+            f"set on {ood.get('n_heldout')} validation images for a "
+            f"{_fmt(ood.get('false_alarm_rate'))} false-alarm rate.",
+            "- Inputs above the threshold are flagged `in_distribution = false`: their "
+            "probability is unreliable.",
+        ]
     lines += ["", "## Known limitations"]
     lines += [f"- {item}" for item in card.get("limitations", [])]
     return "\n".join(lines) + "\n"

@@ -51,7 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if gradcam_dir:
         gradcam_dir.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
-    ok_count = 0
+    ok_count = ood_count = 0
     try:
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -64,6 +64,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 out.flush()
                 if result.ok:
                     ok_count += 1
+                    ood_count += result.in_distribution is False
                     if gradcam_dir and result.heatmap is not None:
                         _write_overlay(gradcam_dir, index, files[index], result, overlay_heatmap)
                 else:
@@ -75,6 +76,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = len(files) - ok_count
     print(f"{ok_count} scored, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
           file=sys.stderr)
+    if ood_count:
+        print(f"warning: {ood_count} image(s) do not look like the bone radiographs the model "
+              f"was trained on (in_distribution=false); treat their predictions as unreliable",
+              file=sys.stderr)
     if ok_count == 0:
         print("error: no image could be processed", file=sys.stderr)
         return 1
@@ -232,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     from fracture.datasets import add_data_parser
+    from fracture.ood import add_ood_parser
 
     add_data_parser(sub)
+    add_ood_parser(sub)
     return parser
 
 

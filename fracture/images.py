@@ -28,6 +28,7 @@ import io
 import os
 import stat
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -422,6 +423,14 @@ def _check_dimensions(width: int, height: int, label: str, limits: _Limits) -> N
         )
 
 
+# catch_warnings saves and restores the process-wide filter list, so two
+# threads overlapping inside it (the Predictor decodes in a tf.data pool) would
+# restore each other's state and leave the error filter installed for good.
+# The lock makes guarded blocks take turns; they only wrap Pillow's lazy
+# ``Image.open`` (a header read), so decoding itself stays parallel.
+_BOMB_GUARD_LOCK = threading.RLock()
+
+
 @contextmanager
 def _bomb_guard(label: str) -> Iterator[None]:
     """Turn Pillow's decompression-bomb warning and error into :class:`InvalidImageError`.
@@ -430,10 +439,8 @@ def _bomb_guard(label: str) -> Iterator[None]:
     made an error here, for the duration of the block only, so that no such
     image slips through when ``max_pixels`` is set above Pillow's threshold.
     Pillow's own limit is left untouched, so it still caps ``max_pixels``.
-    Before Python 3.14 the filter is process-wide while the block runs, so
-    another thread may briefly see this one warning category raised too.
     """
-    with warnings.catch_warnings():
+    with _BOMB_GUARD_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             yield
@@ -453,26 +460,25 @@ _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struc
 def _decode_raster(data: bytes, fmt: str, label: str, limits: _Limits) -> np.ndarray:
     if fmt == "PNG":
         _check_png_checksums(data, label)
-    with _bomb_guard(label):
-        try:
+    try:
+        with _bomb_guard(label):
             image = Image.open(io.BytesIO(data), formats=[fmt])
-        except UnidentifiedImageError:
-            raise InvalidImageError(
-                f"{label} looks like a {fmt} file, but its header is damaged "
-                f"or uses a {fmt} variant that is not supported"
-            ) from None
-        except _DECODER_ERRORS as exc:
-            raise InvalidImageError(
-                f"{label} is a truncated or damaged {fmt} file ({exc})"
-            ) from exc
-        with image:
-            _check_dimensions(image.width, image.height, label, limits)
-            if _is_deep_colour(image):
-                pixels = _decode_deep_colour(data, fmt, label)
-            else:
-                _load_pixels(image, fmt, label)
-                pixels = _pillow_pixels(image)
-            orientation = _exif_orientation(image)
+    except UnidentifiedImageError:
+        raise InvalidImageError(
+            f"{label} looks like a {fmt} file, but its header is damaged "
+            f"or uses a {fmt} variant that is not supported"
+        ) from None
+    except _DECODER_ERRORS as exc:
+        raise InvalidImageError(f"{label} is a truncated or damaged {fmt} file ({exc})") from exc
+    with image:
+        # Our own pixel cap (below Pillow's) is checked before any pixel is decoded.
+        _check_dimensions(image.width, image.height, label, limits)
+        if _is_deep_colour(image):
+            pixels = _decode_deep_colour(data, fmt, label)
+        else:
+            _load_pixels(image, fmt, label)
+            pixels = _pillow_pixels(image)
+        orientation = _exif_orientation(image)
     return _apply_orientation(_to_rgb8(pixels, label), orientation)
 
 

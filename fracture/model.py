@@ -300,6 +300,12 @@ def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict[st
                 f"Model {directory} is corrupt or half-written: {name} does not match "
                 f"the checksum in its model card"
             )
+    unverified = sorted(set(actual) - set(expected))
+    if unverified:
+        raise ModelLoadError(
+            f"Model {directory} has {', '.join(unverified)} not covered by the checksums "
+            f"in {CARD_JSON}; refusing it"
+        )
     config = ModelConfig.from_json(json.loads((directory / CONFIG_FILE).read_text()))
     return config, card
 

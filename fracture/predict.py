@@ -211,7 +211,9 @@ class Predictor:
 
     def _prepare_one(self, index: int, source: Source, name: str, keep_image: bool) -> _Prepared:
         try:
-            image = source if isinstance(source, np.ndarray) else load_image(source, name=name)
+            # Messages name the file, not its folders (the CSV row has the full path).
+            label = Path(name).name if isinstance(source, (str, os.PathLike)) else name
+            image = source if isinstance(source, np.ndarray) else load_image(source, name=label)
             if isinstance(source, np.ndarray):
                 _check_array(image, name)
             network_input, geometry = letterbox(image, self.config.image_size)
@@ -227,7 +229,7 @@ class Predictor:
         if good:
             output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)
             probabilities = self.probability_from_logit(output.logits)
-            ood_scores = self.ood_gate.score(output.pooled) if self.ood_gate else None
+            ood_scores = self.ood_gate.score(output.pooled) if self.ood_gate is not None else None
             for row, prepared in enumerate(good):
                 probability = float(probabilities[row])
                 heatmap = None

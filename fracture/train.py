@@ -552,10 +552,12 @@ def _train(
     tail.load_weights(checkpoints / "best.weights.h5")
     quantise_like_saved(model, model_config, reference)
     val_logits = _predict_logits(tail, val_features)
+    writer.status("finishing", phase="ood", message="Fitting the out-of-distribution gate")
+    ood_gate = _fit_ood_from_cache(model, config, train_features[0], val_features)
     model_dir = _finalise(
         model, model_config, reference, run_dir, val_logits, val_labels,
         [r for r, ok in zip(val_records, val_ok) if ok], config, dataset, history, best_epoch,
-        writer.started, weights_sha,
+        writer.started, weights_sha, ood_gate,
     )
     writer.status(
         "completed",
@@ -570,11 +572,34 @@ def _train(
     return model_dir
 
 
+def _fit_ood_from_cache(model, config: TrainConfig, train_stem: np.ndarray, val_stem: np.ndarray):
+    """Fit the OOD gate on pooled features of the final model, from the cached stem outputs.
+
+    Train images (unaugmented view) fit the Gaussian; val images set the
+    threshold. Reusing the cache costs a tail pass instead of a full forward pass.
+    """
+    import keras
+
+    from fracture.model import POOL_LAYER
+    from fracture.ood import fit_ood_gate
+
+    pool = keras.Model(
+        model.get_layer(config.fine_tune_from).output, model.get_layer(POOL_LAYER).output
+    )
+
+    def pooled(stem_features: np.ndarray) -> np.ndarray:
+        chunks = [pool(stem_features[i : i + 64].astype(np.float32), training=False).numpy()
+                  for i in range(0, len(stem_features), 64)]
+        return np.concatenate(chunks)
+
+    return fit_ood_gate(pooled(train_stem), pooled(val_stem))
+
+
 def _finalise(
     model, model_config, reference, run_dir, val_logits, val_labels, val_records,
-    config, dataset, history, best_epoch, started, weights_sha,
+    config, dataset, history, best_epoch, started, weights_sha, ood_gate,
 ) -> Path:
-    """Fit temperature and thresholds on val, then save the model with its card."""
+    """Fit temperature and thresholds on val, then save the model with its card and OOD gate."""
     from fracture.cards import build_card
     from fracture.metrics import (
         calibrated_probability,
@@ -609,6 +634,12 @@ def _finalise(
         commit=_git_commit(),
     )
     model_dir = run_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # Saved before the card so that its checksum is in the card.
+    from fracture.ood import OOD_FILE
+
+    ood_gate.save(model_dir / OOD_FILE)
+    card["ood"] = ood_gate.summary()
     save_model(model, model_config, model_dir, reference=reference, card=card)
     atomic_write_json(model_dir / "evaluation.json", report)
     from fracture.cards import render_card_markdown
