@@ -73,6 +73,7 @@ def build_card(
         "best_epoch": best_epoch,
         "history": history,
         "temperature": model_config.temperature,
+        "prior_shift": model_config.prior_shift,
         "thresholds": model_config.thresholds,
         "operating_point": model_config.operating_point,
         "val_metrics": _headline(report),
@@ -114,7 +115,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         f"- Architecture: {card.get('architecture')}",
         f"- Input: {card.get('image_size')} px letterboxed RGB; fine-tuned after "
         f"`{card.get('fine_tune_from')}`",
-        f"- Calibration: temperature {_fmt(card.get('temperature'))} (fitted on val)",
+        f"- Calibration: class-weighting prior shift {_fmt(card.get('prior_shift'))} removed, "
+        f"then temperature {_fmt(card.get('temperature'))} (fitted on val)",
         f"- Thresholds: " + ", ".join(f"{k} {_fmt(v)}" for k, v in (card.get("thresholds") or {}).items())
         + f"; default `{card.get('operating_point')}`",
         f"- Trained {card.get('created')} from commit `{card.get('git_commit')}`, seed "

@@ -171,6 +171,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from fracture.evaluate import calibrate_model
+    from fracture.metrics import format_report
+
+    report = calibrate_model(args.model, args.data)
+    print(format_report(report))
+    print(f"calibration and thresholds rewritten in {args.model}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -224,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write every number here")
     p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM pointing game")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="refit a model's calibration and thresholds on val")
+    p.add_argument("data")
+    p.add_argument("--model", required=True, help="model folder to rewrite")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("models", help="list, promote or roll back model versions")
     models = p.add_subparsers(dest="models_command", required=True)

@@ -71,7 +71,11 @@ class ModelConfig:
     # Layers after this one are fine-tuned; it and everything before stay ImageNet.
     fine_tune_from: str = "conv5_block1_out"
     dropout: float = 0.3
-    # Calibration and operating points are fitted on val by ``evaluate``.
+    # Calibration and operating points are fitted on val. Class-weighted training
+    # trains the logit as if both classes were equally common, which adds
+    # log(w_fracture / w_normal) to it; ``prior_shift`` removes that before the
+    # temperature is applied, so probabilities match the data's prevalence.
+    prior_shift: float = 0.0
     temperature: float = 1.0
     thresholds: dict[str, float] = field(
         default_factory=lambda: {"high_sensitivity": 0.5, "high_specificity": 0.5}

@@ -49,7 +49,7 @@ class Prediction:
     probability: float | None = None
     label: str | None = None
     threshold: float | None = None
-    logit: float | None = None
+    logit: float | None = None  # prior-corrected logit (see ModelConfig.prior_shift)
     error: str | None = None
     # Out-of-distribution gate (see fracture.ood): False flags an input that does
     # not look like the bone radiographs the model was trained on.
@@ -139,8 +139,12 @@ class Predictor:
         self.engine.run(blank, with_cam=False)
         self.engine.run(blank, with_cam=True)
 
+    def corrected_logit(self, raw_logits: np.ndarray) -> np.ndarray:
+        """The network's logit with the class-weighting prior shift removed."""
+        return np.asarray(raw_logits, np.float64) - self.config.prior_shift
+
     def probability_from_logit(self, logits: np.ndarray) -> np.ndarray:
-        """Temperature-scaled (calibrated) probability."""
+        """Temperature-scaled (calibrated) probability from prior-corrected logits."""
         scaled = np.asarray(logits, np.float64) / self.config.temperature
         return 1.0 / (1.0 + np.exp(-scaled))
 
@@ -228,7 +232,8 @@ class Predictor:
         results: dict[int, Prediction] = {}
         if good:
             output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)
-            probabilities = self.probability_from_logit(output.logits)
+            logits = self.corrected_logit(output.logits)
+            probabilities = self.probability_from_logit(logits)
             ood_scores = self.ood_gate.score(output.pooled) if self.ood_gate is not None else None
             for row, prepared in enumerate(good):
                 probability = float(probabilities[row])
@@ -241,7 +246,7 @@ class Predictor:
                     probability=probability,
                     label=FRACTURE if probability >= self.threshold else NORMAL,
                     threshold=self.threshold,
-                    logit=float(output.logits[row]),
+                    logit=float(logits[row]),
                     heatmap=heatmap,
                     image=prepared.image,
                     features=output.pooled[row],

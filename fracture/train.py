@@ -551,13 +551,13 @@ def _train(
     writer.status("finishing", phase="calibrating", message="Calibrating and saving the model")
     tail.load_weights(checkpoints / "best.weights.h5")
     quantise_like_saved(model, model_config, reference)
-    val_logits = _predict_logits(tail, val_features)
+    val_logits = _predict_logits(tail, val_features) - _prior_shift(class_weight)
     writer.status("finishing", phase="ood", message="Fitting the out-of-distribution gate")
     ood_gate = _fit_ood_from_cache(model, config, train_features[0], val_features)
     model_dir = _finalise(
         model, model_config, reference, run_dir, val_logits, val_labels,
         [r for r, ok in zip(val_records, val_ok) if ok], config, dataset, history, best_epoch,
-        writer.started, weights_sha, ood_gate,
+        writer.started, weights_sha, ood_gate, _prior_shift(class_weight),
     )
     writer.status(
         "completed",
@@ -570,6 +570,11 @@ def _train(
         replicas=int(strategy.num_replicas_in_sync),
     )
     return model_dir
+
+
+def _prior_shift(class_weight: dict[int, float]) -> float:
+    """How much class weighting raised the fracture logit: log(w_fracture / w_normal)."""
+    return float(np.log(class_weight[1] / class_weight[0]))
 
 
 def _fit_ood_from_cache(model, config: TrainConfig, train_stem: np.ndarray, val_stem: np.ndarray):
@@ -597,9 +602,12 @@ def _fit_ood_from_cache(model, config: TrainConfig, train_stem: np.ndarray, val_
 
 def _finalise(
     model, model_config, reference, run_dir, val_logits, val_labels, val_records,
-    config, dataset, history, best_epoch, started, weights_sha, ood_gate,
+    config, dataset, history, best_epoch, started, weights_sha, ood_gate, prior_shift,
 ) -> Path:
-    """Fit temperature and thresholds on val, then save the model with its card and OOD gate."""
+    """Fit temperature and thresholds on val, then save the model with its card and OOD gate.
+
+    ``val_logits`` are already prior-corrected (``prior_shift`` removed).
+    """
     from fracture.cards import build_card
     from fracture.metrics import (
         calibrated_probability,
@@ -612,7 +620,9 @@ def _finalise(
     probabilities = calibrated_probability(val_logits, temperature)
     chosen = choose_thresholds(probabilities, val_labels)
     thresholds = {k: float(chosen[k]) for k in ("high_sensitivity", "high_specificity")}
-    model_config = dataclasses.replace(model_config, temperature=temperature, thresholds=thresholds)
+    model_config = dataclasses.replace(
+        model_config, temperature=temperature, thresholds=thresholds, prior_shift=prior_shift
+    )
     report = evaluation_report(
         val_labels,
         val_logits,

@@ -122,3 +122,15 @@ def test_cli_says_clearly_when_there_is_no_model(tmp_path, use_fake_weights, cap
     code = _run_cli(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "missing")])
     assert code == 2
     assert "No model at" in capsys.readouterr().err
+
+
+def test_prior_shift_is_removed_before_temperature(predictor, monkeypatch):
+    import dataclasses
+
+    image = radiograph_like(11)
+    base = predictor.predict([image])[0]
+    shifted = dataclasses.replace(predictor.config, prior_shift=1.5)
+    monkeypatch.setattr(predictor, "config", shifted)
+    result = predictor.predict([image])[0]
+    assert result.logit == pytest.approx(base.logit - 1.5, abs=1e-5)
+    assert result.probability < base.probability

@@ -1,0 +1,45 @@
+"""The shipped model, models/default, judged on real FracAtlas validation images.
+
+Slow (it scores about 400 radiographs at the model's resolution) and needs
+../shared; CI runs it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fracture.model import read_config
+from fracture.settings import PROJECT_ROOT, Settings
+
+DEFAULT_MODEL = PROJECT_ROOT / "models" / "default"
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    if not (DEFAULT_MODEL / "config.json").is_file():
+        pytest.skip("models/default is not present")
+    return DEFAULT_MODEL
+
+
+def test_default_model_folder_is_small_and_verified(default_model):
+    config, card = read_config(default_model)  # raises on any checksum mismatch
+    size = sum(p.stat().st_size for p in default_model.iterdir())
+    assert size <= 30 * 1024 * 1024
+    assert "FracAtlas" in card["training_data"]["citation"]
+    assert config.thresholds["high_sensitivity"] <= config.thresholds["high_specificity"]
+    assert card["intended_use"].startswith("Research and education demo")
+
+
+@pytest.mark.slow
+def test_default_model_reaches_val_auroc(default_model, shared_fracatlas, shared_weights):
+    from fracture.evaluate import evaluate_model
+    from fracture.predict import Predictor
+
+    predictor = Predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
+    report = evaluate_model(shared_fracatlas, predictor=predictor, pointing_game=False,
+                            n_bootstrap=200)
+    print(f"val AUROC {report['auroc']:.4f}, sensitivity {report['sensitivity']:.3f}, "
+          f"specificity {report['specificity']:.3f}")
+    assert report["auroc"] >= 0.88
+    # The default operating point is the high-sensitivity one chosen on val.
+    assert report["sensitivity"] >= 0.90
