@@ -401,6 +401,9 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = RunWriter(run_dir)
+    if resume:
+        # A resumed run's clock (ETA, training time in the card) starts at its first start.
+        writer.started = read_json(run_dir / STATUS_FILE, default={}).get("started", writer.started)
     try:
         return _train(data_root, run_dir, writer, config, settings or get_settings(),
                       pretrained, resume)
