@@ -256,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_ood_parser(sub)
+
+    from fracture.bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

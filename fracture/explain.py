@@ -10,13 +10,19 @@ probability: the sigmoid saturates for confident cases and would flatten the
 gradients exactly where the explanation is most wanted.
 
 :class:`InferenceEngine` computes probability and heat map from one forward
-pass, inside a ``tf.function`` with a fixed input signature.
+pass, inside a ``tf.function`` with a fixed input signature, in float32 or,
+on hardware with native bfloat16 arithmetic, in bfloat16 (see
+:func:`bfloat16_copy`). :func:`configure_threads` sizes TensorFlow's thread
+pools; callers run it before TensorFlow executes its first operation.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -28,7 +34,147 @@ from fracture.preprocessing import Geometry, unletterbox
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["InferenceEngine", "BatchOutput", "heatmap_to_image", "overlay_heatmap"]
+__all__ = [
+    "InferenceEngine",
+    "BatchOutput",
+    "PRECISIONS",
+    "bfloat16_copy",
+    "bfloat16_supported",
+    "configure_threads",
+    "default_thread_counts",
+    "heatmap_to_image",
+    "overlay_heatmap",
+]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "bfloat16")
+# Layers kept in float32 in a bfloat16 copy: the input normalisation (subtracting
+# the channel means in float32 first leaves bfloat16 a small, centred value to
+# round) and the head from the global pooling on (pooling 2048 channels and the
+# logit are cheap, and their rounding would land directly on the probability).
+_FLOAT32_LAYERS = frozenset(
+    {"caffe_preprocess", POOL_LAYER, "head_dropout", LOGIT_LAYER, "probability"}
+)
+# CPU flags of native bfloat16 arithmetic (AVX-512 BF16, AMX); without them
+# TensorFlow emulates bfloat16 and is slower than float32.
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# At most this many inter-op threads (see configure_threads for the measurements).
+MAX_INTER_OP_THREADS = 2
+_threads: tuple[int, int] | None = None
+
+
+def configure_threads(intra_op: int | None = None, inter_op: int | None = None) -> tuple[int, int]:
+    """Size TensorFlow's two thread pools; the first call wins, later ones change nothing.
+
+    Must run before TensorFlow executes any operation (TensorFlow refuses to
+    resize its pools afterwards): :class:`~fracture.predict.Predictor` calls it
+    first thing, and so should anything that builds a model before it.
+    Returns the (intra-op, inter-op) threads in effect (0: TensorFlow's own
+    default, when TensorFlow was already running).
+
+    Why these values:
+
+    * intra-op = the CPUs this process may run on (``os.sched_getaffinity``,
+      which honours ``taskset`` and container cpusets, unlike
+      ``os.cpu_count``): every convolution of ResNet-50 is large enough to
+      spread over all of them.
+    * inter-op = min(2, CPUs): ResNet-50 has at most two independent ops at
+      any point (a block's main branch and its projection shortcut), so a
+      third inter-op thread never has work, while TensorFlow's default (one
+      per core) lets several requests' ops run at once on a many-core server,
+      each asking for every core. Measured on the 2-core reference machine
+      with ``fracture bench`` in alternating fresh processes (BENCHMARKS.md):
+      inter-op 1 and 2 give the same batch throughput and CPU time per image
+      within noise, and 2 was 3-8 % faster for a single image in two
+      alternating pairs (the shortcut can overlap the main branch), so 2.
+      tf.data decodes on threads of its own either way.
+
+    ``FRACTURE_INTRA_OP_THREADS`` and ``FRACTURE_INTER_OP_THREADS`` override
+    the defaults (for benchmarking, or a server shared with other work).
+    """
+    global _threads
+    import tensorflow as tf
+
+    if _threads is not None:
+        return _threads
+    default_intra, default_inter = default_thread_counts()
+    intra = intra_op or default_intra
+    inter = inter_op or default_inter
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+        _threads = (intra, inter)
+    except RuntimeError:
+        # TensorFlow already ran an op (a notebook, a test session): keep its
+        # pools and report them; 0 stands for TensorFlow's own default.
+        logger.info("TensorFlow is already initialised; thread pools left as they are")
+        _threads = (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+    return _threads
+
+
+def default_thread_counts() -> tuple[int, int]:
+    """The (intra-op, inter-op) threads :func:`configure_threads` sets when not told otherwise."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = len(os.sched_getaffinity(0))
+    else:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    intra = _env_int("FRACTURE_INTRA_OP_THREADS") or cpus
+    inter = _env_int("FRACTURE_INTER_OP_THREADS") or min(MAX_INTER_OP_THREADS, intra)
+    return intra, inter
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def bfloat16_supported() -> bool:
+    """Whether this machine computes bfloat16 natively: a GPU, or a CPU with AVX-512 BF16 or AMX."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    return bool(_cpu_flags() & _BF16_CPU_FLAGS)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume no native bfloat16 rather than guess
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def bfloat16_copy(model: "keras.Model") -> "keras.Model":
+    """A copy of ``model`` computing in bfloat16, from the same weights.
+
+    Convolutions hold their kernels in bfloat16 (Keras policy ``bfloat16``):
+    rounding them once here gives exactly the numbers that ``mixed_bfloat16``
+    would round to on every call, without re-casting 23 M weights per call
+    (measured 6-8 % faster for one image) and with half the copy's memory.
+    The other layers use ``mixed_bfloat16`` (float32 variables; BatchNormalization
+    normalises in float32 under it), and the layers in ``_FLOAT32_LAYERS`` stay
+    float32. Layer names are kept, so Grad-CAM finds its target layer in the copy.
+    """
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name not in _FLOAT32_LAYERS:
+            is_conv = isinstance(layer, keras.layers.Conv2D)
+            config["dtype"] = "bfloat16" if is_conv else "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())  # cast to each variable's dtype
+    return copy
 
 
 @dataclass
@@ -47,13 +193,24 @@ class InferenceEngine:
     ``scores_and_cams`` (one forward pass under a gradient tape, then a
     backward pass that stops at ``target_layer``). Both take a fixed
     ``(batch_size, size, size, 3)`` input; callers pad the last batch.
+
+    ``precision="bfloat16"`` runs a :func:`bfloat16_copy` of the model; inputs
+    and outputs stay float32 either way.
     """
 
     def __init__(
-        self, model: "keras.Model", batch_size: int, target_layer: str = CAM_LAYER
+        self,
+        model: "keras.Model",
+        batch_size: int,
+        target_layer: str = CAM_LAYER,
+        precision: str = "float32",
     ) -> None:
         import keras
         import tensorflow as tf
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
 
         names = {layer.name for layer in model.layers}
         self.has_cam = target_layer in names
@@ -68,6 +225,8 @@ class InferenceEngine:
             target_layer = POOL_LAYER
         self.batch_size = batch_size
         self.size = int(model.input.shape[1])
+        if precision == "bfloat16":
+            model = bfloat16_copy(model)
         self._graph = keras.Model(
             model.input,
             [
@@ -82,7 +241,8 @@ class InferenceEngine:
 
     def _forward(self, images):
         _, pooled, logits = self._graph(images, training=False)
-        return logits[:, 0], pooled
+        # Callers always get float32, whatever precision the network computes in.
+        return _f32(logits[:, 0]), _f32(pooled)
 
     def _forward_with_cam(self, images):
         import tensorflow as tf
@@ -92,20 +252,25 @@ class InferenceEngine:
             # Samples are independent (BatchNorm in inference mode), so the
             # gradient of the sum gives every sample its own gradient at once.
             score = tf.reduce_sum(logits)
-        gradients = tape.gradient(score, features)
+        # The CAM arithmetic is cheap (one 2048-channel map): always float32.
+        gradients = _f32(tape.gradient(score, features))
+        features = _f32(features)
         channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         cams = tf.nn.relu(tf.reduce_sum(channel_weights * features, axis=-1))
         peak = tf.reduce_max(cams, axis=(1, 2), keepdims=True)
         cams = tf.math.divide_no_nan(cams, peak)
-        return logits[:, 0], pooled, cams
+        return _f32(logits[:, 0]), _f32(pooled), cams
 
     def run(self, images: np.ndarray, with_cam: bool) -> BatchOutput:
         """Score ``images`` (n <= batch_size, size, size, 3), padding to the fixed batch."""
         count = images.shape[0]
         if count > self.batch_size:
             raise ValueError(f"batch of {count} exceeds the engine's batch size {self.batch_size}")
-        padded = np.zeros((self.batch_size, self.size, self.size, 3), np.float32)
-        padded[:count] = images
+        if count == self.batch_size and images.dtype == np.float32:
+            padded = np.ascontiguousarray(images)  # a full batch needs no copy
+        else:
+            padded = np.zeros((self.batch_size, self.size, self.size, 3), np.float32)
+            padded[:count] = images
         if with_cam and self.has_cam:
             logits, pooled, cams = self._scores_and_cams(padded)
             cams_np = cams.numpy()[:count]
@@ -113,6 +278,12 @@ class InferenceEngine:
             logits, pooled = self._scores(padded)
             cams_np = None
         return BatchOutput(logits.numpy()[:count], pooled.numpy()[:count], cams_np)
+
+
+def _f32(tensor):
+    import tensorflow as tf
+
+    return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)
 
 
 def heatmap_to_image(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -131,8 +302,11 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) 
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if heatmap.shape[:2] != image.shape[:2]:
         raise ValueError(f"heat map {heatmap.shape[:2]} and image {image.shape[:2]} differ in size")
-    heat_u8 = np.uint8(np.clip(heatmap, 0, 1) * 255)
-    colour = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    weight = (alpha * np.clip(heatmap, 0, 1))[..., None]
-    blended = image.astype(np.float32) * (1 - weight) + colour.astype(np.float32) * weight
-    return np.uint8(np.clip(blended, 0, 255))
+    heat = np.clip(heatmap, 0, 1).astype(np.float32, copy=False)
+    jet = cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET)
+    colour = cv2.cvtColor(jet, cv2.COLOR_BGR2RGB)
+    weight = heat * np.float32(alpha)
+    # OpenCV's per-pixel weighted blend in one vectorised pass: about 5x faster
+    # than the same arithmetic in float32 numpy on a full-size radiograph, which
+    # matters in the single-image latency budget. Rounds to nearest.
+    return cv2.blendLinear(np.ascontiguousarray(image), colour, 1 - weight, weight)
