@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json", "fsync_path"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -30,7 +30,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -59,11 +59,14 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _fsync_directory(directory: Path) -> None:
-    # The rename itself lives in the directory entry; without this a power cut
-    # can forget it even though the data blocks were synced.
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory entry to disk, ignoring filesystems that cannot.
+
+    For a directory this makes renames inside it durable: without it a power
+    cut can forget an ``os.replace`` even though the data blocks were synced.
+    """
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

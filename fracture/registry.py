@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from fracture.fileio import atomic_write_json, atomic_write_text, read_json
+from fracture.fileio import atomic_write_json, atomic_write_text, fsync_path, read_json
 from fracture.model import ModelLoadError, read_config
 from fracture.settings import Settings, get_settings
 
@@ -305,20 +305,6 @@ def _pause(step: str) -> None:
     time.sleep(60)
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _copy_synced(source: Path, dest: Path) -> None:
     """Copy a model folder file by file, fsyncing each, so a rename publishes durable data."""
     dest.mkdir()
@@ -333,10 +319,10 @@ def _copy_synced(source: Path, dest: Path) -> None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(item, target)
-        _fsync_path(target)
+        fsync_path(target)
         _pause("during_copy")
     for directory in [dest, *(p for p in dest.rglob("*") if p.is_dir())]:
-        _fsync_path(directory, directory=True)
+        fsync_path(directory)
 
 
 def _unique_name(settings: Settings, base: str) -> str:
@@ -403,7 +389,7 @@ def promote(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_path(settings.models_dir, directory=True)
+        fsync_path(settings.models_dir)
         _pause("after_rename")
         previous = active_name(settings)
         history = _history(settings)
