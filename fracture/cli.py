@@ -258,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_ood_parser(sub)
 
     from fracture.bench import add_bench_parser
+    from fracture.loadtest import add_load_parser
 
     add_bench_parser(sub)
+    add_load_parser(sub)
     return parser
 
 

@@ -130,7 +130,7 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not become healthy:\n{log_path.read_text()}")
             time.sleep(0.5)
-        yield url, data
+        yield url, data, process.pid
     finally:
         # Its own session: signal the whole group so no helper outlives the test.
         try:
@@ -206,7 +206,7 @@ def _no_exception(page) -> None:
 
 
 def test_predict_dataset_and_model_pages_in_a_browser(server, page):
-    url, data = server
+    url, data, _ = server
     page.goto(url, timeout=PAGE_READY_MS)
     uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
     uploader.wait_for(state="attached", timeout=MODEL_READY_MS)
@@ -268,3 +268,20 @@ def test_predict_dataset_and_model_pages_in_a_browser(server, page):
     _idle(page)
     _no_exception(page)
     page.screenshot(path=ARTIFACTS / "browser-train.png", full_page=True)
+
+
+def test_load_script_drives_concurrent_sessions(server):
+    """``python -m fracture load``'s core against the real server: every request answered."""
+    from fracture.loadtest import LoadConfig, generated_uploads, run_load
+
+    url, _, pid = server
+    config = LoadConfig(url=url, sessions=2, requests=2, duration_s=600,
+                        request_timeout_s=MODEL_READY_MS / 1000, server_pid=pid,
+                        chromium=_chromium())  # fmt: skip
+    report = run_load(config, generated_uploads(3, size=256))
+    assert report.errors == []
+    assert len(report.latencies_s) == report.requests == 4
+    assert report.warmup_s is not None and report.warmup_s > 0
+    assert 0 < report.percentile_ms(50) <= report.percentile_ms(95)
+    # The server really held the model: far more than an idle Python process.
+    assert report.server_peak_rss_mib is not None and report.server_peak_rss_mib > 300

@@ -1,0 +1,471 @@
+"""Load test: several real browser sessions against a running ``streamlit run`` server.
+
+``python -m fracture load --url http://localhost:8501 --sessions 4 --requests 3``
+opens ``sessions`` Chromium browser contexts at once (each one a separate
+Streamlit session, as separate people would be) and has each upload
+``requests`` radiographs, one after another, on the Predict page. One request
+is what a person does: clear the previous image, upload the next, and wait
+until its fracture probability and Grad-CAM overlay are on screen. Its latency
+is measured from the upload to the overlay image having decoded pixels, so it
+includes the websocket, the script rerun, the model and the browser rendering.
+
+Why a real browser rather than a websocket client: the Streamlit websocket
+protocol is internal and changes between releases; Playwright drives the same
+page people use, through the same widgets, and needs no knowledge of it.
+
+Bounded by design: it refuses any host but this machine, caps sessions,
+requests and total time, and stops by itself when the deadline passes,
+counting unfinished requests as errors. A request that fails (timeout, a
+Streamlit exception, an error box) is recorded with its reason and the
+session goes on with its next request.
+
+Needs Playwright (``requirements-dev.txt``) and a Chromium (Debian's
+``chromium`` package; ``playwright install`` is not required).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import io
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+__all__ = [
+    "LoadConfig",
+    "LoadReport",
+    "Upload",
+    "check_local_url",
+    "run_load",
+    "find_chromium",
+    "add_load_parser",
+]
+
+# -- Configurable parameters ---------------------------------------------------------
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_SESSIONS = 16
+MAX_REQUESTS_PER_SESSION = 50
+MAX_DURATION_S = 1800.0
+CHROMIUM_ARGS = (
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+)  # fmt: skip
+RSS_SAMPLE_S = 0.5
+
+# Streamlit's DOM test ids (stable across releases; the browser test uses them too).
+UPLOADER = "[data-testid='stFileUploaderDropzoneInput']"
+DELETE_UPLOAD = "[data-testid='stFileChipDeleteBtn'] button"
+PROBABILITY = "[data-testid='stMetric']:has-text('Fracture probability')"
+EXCEPTION = "[data-testid='stException']"
+ERROR_BOX = "[data-testid='stAlertContentError']"
+OVERLAY_READY = """() => Array.from(document.querySelectorAll('[data-testid="stImage"]'))
+    .some(el => el.innerText.includes('Grad-CAM') &&
+                Array.from(el.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 0))"""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file to upload: its name and bytes."""
+
+    name: str
+    data: bytes
+
+    @property
+    def mime_type(self) -> str:
+        suffix = Path(self.name).suffix.lower()
+        return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                ".dcm": "application/dicom"}.get(suffix, "application/octet-stream")
+
+
+@dataclass
+class LoadConfig:
+    """What to run. ``duration_s`` is a hard stop for the whole run, warm-up included."""
+
+    url: str = "http://localhost:8501"
+    sessions: int = 4
+    requests: int = 3  # uploads per session, one after another
+    duration_s: float = 600.0
+    request_timeout_s: float = 300.0
+    warmup: bool = True  # one untimed request first, so the model load is not in the figures
+    server_pid: int | None = None  # sample this process's RSS (and its children's) while running
+    chromium: str | None = None
+
+    def validate(self) -> None:
+        check_local_url(self.url)
+        if not 1 <= self.sessions <= MAX_SESSIONS:
+            raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {self.sessions}")
+        if not 1 <= self.requests <= MAX_REQUESTS_PER_SESSION:
+            raise ValueError(f"requests must be 1..{MAX_REQUESTS_PER_SESSION}, got {self.requests}")
+        if not 0 < self.duration_s <= MAX_DURATION_S:
+            raise ValueError(f"duration must be in (0, {MAX_DURATION_S:.0f}] s, got {self.duration_s}")
+        if self.request_timeout_s <= 0:
+            raise ValueError("request timeout must be positive")
+
+
+@dataclass
+class LoadReport:
+    """What happened. Latencies are seconds, one per completed request."""
+
+    url: str
+    sessions: int
+    requests_planned: int
+    latencies_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warmup_s: float | None = None
+    wall_s: float = 0.0  # the concurrent phase, after the warm-up
+    server_peak_rss_mib: float | None = None
+    stopped_by_deadline: bool = False
+
+    @property
+    def requests(self) -> int:
+        """Requests attempted (completed or failed)."""
+        return len(self.latencies_s) + len(self.errors)
+
+    def percentile_ms(self, q: float) -> float | None:
+        if not self.latencies_s:
+            return None
+        return float(np.percentile(np.asarray(self.latencies_s, np.float64) * 1000.0, q))
+
+    def to_dict(self) -> dict[str, Any]:
+        completed = len(self.latencies_s)
+        return {
+            "url": self.url,
+            "sessions": self.sessions,
+            "requests_planned": self.requests_planned,
+            "requests": self.requests,
+            "completed": completed,
+            "errors": len(self.errors),
+            "error_messages": list(self.errors),
+            "p50_ms": self.percentile_ms(50),
+            "p95_ms": self.percentile_ms(95),
+            "max_ms": self.percentile_ms(100),
+            "throughput_per_s": completed / self.wall_s if self.wall_s > 0 else None,
+            "warmup_s": self.warmup_s,
+            "wall_s": self.wall_s,
+            "server_peak_rss_mib": self.server_peak_rss_mib,
+            "stopped_by_deadline": self.stopped_by_deadline,
+            "latencies_ms": [round(s * 1000.0, 1) for s in self.latencies_s],
+        }
+
+    def table(self) -> str:
+        figures = self.to_dict()
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:,.0f} ms"
+
+        rows = [
+            ("server", self.url),
+            ("sessions at once", str(self.sessions)),
+            ("requests (done / planned)", f"{figures['requests']} / {self.requests_planned}"),
+            ("errors", str(figures["errors"])),
+            ("latency p50", ms(figures["p50_ms"])),
+            ("latency p95", ms(figures["p95_ms"])),
+            ("latency max", ms(figures["max_ms"])),
+            ("throughput", "-" if not figures["throughput_per_s"]
+             else f"{figures['throughput_per_s']:.2f} requests/s"),
+            ("warm-up request", "-" if self.warmup_s is None else f"{self.warmup_s:.1f} s"),
+            ("wall time", f"{self.wall_s:.1f} s"),
+            ("server peak RSS", "-" if self.server_peak_rss_mib is None
+             else f"{self.server_peak_rss_mib:,.0f} MiB"),
+        ]  # fmt: skip
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {value}" for name, value in rows]
+        lines += [f"  error: {message}" for message in self.errors[:10]]
+        if len(self.errors) > 10:
+            lines.append(f"  … and {len(self.errors) - 10} more")
+        return "\n".join(lines)
+
+
+def check_local_url(url: str) -> None:
+    """Refuse anything but an http(s) URL on this machine: a load test is not for other hosts."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOCAL_HOSTS:
+        raise ValueError(
+            f"{url!r} is not a local server: the load script only drives "
+            f"http://localhost, 127.0.0.1 or [::1]"
+        )
+
+
+def find_chromium(explicit: str | None = None) -> str:
+    """A Chromium executable: the explicit one, $CHROMIUM, or the usual Debian paths."""
+    candidates = (explicit, os.environ.get("CHROMIUM"), "/usr/bin/chromium",
+                  shutil.which("chromium"), shutil.which("chromium-browser"),
+                  shutil.which("google-chrome"))  # fmt: skip
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise FileNotFoundError("no Chromium found: apt-get install chromium, or set $CHROMIUM")
+
+
+def generated_uploads(count: int, size: int = 384, seed: int = 0) -> list[Upload]:
+    """Synthetic phantom radiographs as PNG bytes, for a machine with no real images."""
+    from PIL import Image
+
+    from fracture.phantoms import render_phantom
+
+    rng = np.random.default_rng(seed)
+    uploads = []
+    for index in range(count):
+        phantom = render_phantom(rng, size, fractured=index % 2 == 0)
+        buffer = io.BytesIO()
+        Image.fromarray(phantom.image).save(buffer, format="PNG")
+        uploads.append(Upload(f"phantom_{index:03d}.png", buffer.getvalue()))
+    return uploads
+
+
+def uploads_from_paths(paths: Sequence[str | os.PathLike[str]], limit: int) -> list[Upload]:
+    """Up to ``limit`` image files from the given files and folders (searched recursively)."""
+    from fracture.images import iter_image_files
+
+    files = iter_image_files(paths)[:limit]
+    if not files:
+        raise FileNotFoundError(f"no image files found in {', '.join(map(str, paths))}")
+    return [Upload(path.name, path.read_bytes()) for path in files]
+
+
+class _RssSampler:
+    """Peak resident memory of a process and its children, sampled on a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> "_RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.pid))
+            self._stop.wait(RSS_SAMPLE_S)
+
+
+def _tree_rss_kib(pid: int) -> int:
+    total = 0
+    for process in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{process}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    found = [int(child) for child in text.split()]
+    return found + [grandchild for child in found for grandchild in _children(child)]
+
+
+def run_load(config: LoadConfig, uploads: Sequence[Upload]) -> LoadReport:
+    """Run the load test and return its report; never raises for a failed request."""
+    config.validate()
+    if not uploads:
+        raise ValueError("no files to upload")
+    chromium = find_chromium(config.chromium)
+    report = LoadReport(config.url, config.sessions, config.sessions * config.requests)
+    start = time.monotonic()
+    deadline = start + config.duration_s
+    if config.server_pid:
+        with _RssSampler(config.server_pid) as sampler:
+            asyncio.run(_run(config, list(uploads), chromium, report, deadline))
+        report.server_peak_rss_mib = sampler.peak_kib / 1024.0 or None
+    else:
+        asyncio.run(_run(config, list(uploads), chromium, report, deadline))
+    if not report.wall_s:  # the concurrent phase never started (warm-up failed)
+        report.wall_s = time.monotonic() - start
+    return report
+
+
+async def _run(config: LoadConfig, uploads: list[Upload], chromium: str, report: LoadReport,
+               deadline: float) -> None:  # fmt: skip
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium,
+                                                   args=list(CHROMIUM_ARGS))
+        try:
+            if config.warmup:
+                outcome = await _session(browser, config, [uploads[0]], deadline, "warm-up")
+                if outcome.errors:
+                    # A server that cannot answer one request will not answer many.
+                    reason = f"not run, the warm-up request failed: {outcome.errors[0]}"
+                    report.errors.extend([reason] * report.requests_planned)
+                    return
+                report.warmup_s = outcome.latencies_s[0]
+            plans = [[uploads[(s * config.requests + r) % len(uploads)]
+                      for r in range(config.requests)] for s in range(config.sessions)]
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(
+                _session(browser, config, plan, deadline, f"session {index + 1}")
+                for index, plan in enumerate(plans)
+            ))  # fmt: skip
+            for outcome in outcomes:
+                report.latencies_s.extend(outcome.latencies_s)
+                report.errors.extend(outcome.errors)
+                report.stopped_by_deadline |= outcome.stopped_by_deadline
+            report.wall_s = time.monotonic() - started
+        finally:
+            await browser.close()
+
+
+@dataclass
+class _Outcome:
+    latencies_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stopped_by_deadline: bool = False
+
+
+async def _session(browser: Any, config: LoadConfig, plan: list[Upload], deadline: float,
+                   label: str) -> _Outcome:  # fmt: skip
+    """One browser context = one Streamlit session, uploading ``plan`` in turn."""
+    outcome = _Outcome()
+    context = await browser.new_context(viewport={"width": 1280, "height": 1600})
+    try:
+        page = await context.new_page()
+        try:
+            await page.goto(config.url, timeout=_timeout_ms(config, deadline))
+            await page.locator(UPLOADER).wait_for(state="attached",
+                                                  timeout=_timeout_ms(config, deadline))
+        except Exception as error:  # noqa: BLE001 - any failure is a reported error, not a crash
+            outcome.errors.extend(f"{label}: page did not load: {_reason(error)}" for _ in plan)
+            return outcome
+        for number, upload in enumerate(plan, start=1):
+            if time.monotonic() >= deadline:
+                outcome.stopped_by_deadline = True
+                remaining = len(plan) - number + 1
+                outcome.errors.extend(f"{label}: not run, deadline reached" for _ in range(remaining))
+                break
+            try:
+                outcome.latencies_s.append(await _one_request(page, config, upload, deadline))
+            except Exception as error:  # noqa: BLE001
+                outcome.errors.append(f"{label}, request {number} ({upload.name}): {_reason(error)}")
+    finally:
+        await context.close()
+    return outcome
+
+
+async def _one_request(page: Any, config: LoadConfig, upload: Upload, deadline: float) -> float:
+    """Replace the session's upload with ``upload``; seconds until its overlay is drawn."""
+    timeout = _timeout_ms(config, deadline)
+    delete = page.locator(DELETE_UPLOAD)
+    for remaining in range(await delete.count(), 0, -1):
+        await delete.first.click(timeout=timeout)
+        await page.wait_for_function(
+            "([selector, n]) => document.querySelectorAll(selector).length < n",
+            arg=[DELETE_UPLOAD, remaining], timeout=timeout,
+        )
+    await page.locator(PROBABILITY).wait_for(state="detached", timeout=timeout)
+    start = time.perf_counter()
+    await page.locator(UPLOADER).set_input_files(
+        [{"name": upload.name, "mimeType": upload.mime_type, "buffer": upload.data}],
+        timeout=timeout,
+    )
+    # Done is the overlay on screen; an exception or error box ends the wait early.
+    done = page.wait_for_function(OVERLAY_READY, timeout=timeout)
+    failed = page.locator(f"{EXCEPTION}, {ERROR_BOX}").first.wait_for(timeout=timeout)
+    finished, pending = await asyncio.wait(
+        [asyncio.ensure_future(done), asyncio.ensure_future(failed)],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    elapsed = time.perf_counter() - start
+    problem = page.locator(f"{EXCEPTION}, {ERROR_BOX}")
+    if await problem.count():
+        raise RuntimeError(f"the page showed an error: {(await problem.first.inner_text())[:200]}")
+    for task in finished:
+        task.result()  # a timeout surfaces here
+    return elapsed
+
+
+def _timeout_ms(config: LoadConfig, deadline: float) -> float:
+    left = max(deadline - time.monotonic(), 0.001)
+    return 1000.0 * min(config.request_timeout_s, left)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def add_load_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "load",
+        help="load-test a running `streamlit run app.py` on this machine with browser sessions",
+        description="Drive a running dashboard with several Chromium sessions at once, each "
+                    "uploading radiographs on the Predict page; report errors and latency.",
+    )  # fmt: skip
+    p.add_argument("--url", default=LoadConfig.url, help="the server (localhost only)")
+    p.add_argument("--sessions", type=int, default=LoadConfig.sessions,
+                   help=f"browser sessions at once (1..{MAX_SESSIONS})")
+    p.add_argument("--requests", type=int, default=LoadConfig.requests,
+                   help=f"uploads per session, one after another (1..{MAX_REQUESTS_PER_SESSION})")
+    p.add_argument("--duration", type=float, default=LoadConfig.duration_s,
+                   help="hard stop for the whole run, seconds")
+    p.add_argument("--timeout", type=float, default=LoadConfig.request_timeout_s,
+                   help="per-request timeout, seconds")
+    p.add_argument("--images", nargs="*", default=None,
+                   help="image files or folders to upload (default: generated phantoms)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="time the first request too (it may include the model load)")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="sample this process's resident memory while the test runs")
+    p.add_argument("--chromium", default=None, help="Chromium executable")
+    p.add_argument("--json", default=None, help="write every figure here")
+    p.set_defaults(func=cmd_load)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    config = LoadConfig(
+        url=args.url, sessions=args.sessions, requests=args.requests, duration_s=args.duration,
+        request_timeout_s=args.timeout, warmup=not args.no_warmup, server_pid=args.server_pid,
+        chromium=args.chromium,
+    )  # fmt: skip
+    try:
+        config.validate()
+        needed = config.sessions * config.requests
+        uploads = (uploads_from_paths(args.images, needed) if args.images
+                   else generated_uploads(min(needed, 16)))  # fmt: skip
+        report = run_load(config, uploads)
+    except ImportError:
+        print("error: the load test needs Playwright: pip install -r requirements-dev.txt",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.table())
+    if args.json:
+        from fracture.fileio import atomic_write_json
+
+        atomic_write_json(Path(args.json), {"config": dataclasses.asdict(config),
+                                            **report.to_dict()})
+    return 1 if report.errors else 0

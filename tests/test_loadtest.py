@@ -1,0 +1,88 @@
+"""The load script's guards and arithmetic (the run against a real server is in test_browser.py)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from fracture.cli import main
+from fracture.loadtest import (
+    MAX_SESSIONS,
+    LoadConfig,
+    LoadReport,
+    Upload,
+    check_local_url,
+    generated_uploads,
+    run_load,
+)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8501", "http://127.0.0.1:9000/", "https://[::1]:8501"])
+def test_local_urls_are_accepted(url):
+    check_local_url(url)
+
+
+@pytest.mark.parametrize("url", ["http://example.com:8501", "http://10.0.0.5:8501",
+                                 "ftp://localhost/", "localhost:8501",
+                                 "http://localhost.example.com/"])  # fmt: skip
+def test_other_hosts_are_refused(url):
+    with pytest.raises(ValueError, match="not a local server"):
+        check_local_url(url)
+
+
+@pytest.mark.parametrize("field, value", [("sessions", 0), ("sessions", MAX_SESSIONS + 1),
+                                          ("requests", 0), ("duration_s", 0.0),
+                                          ("duration_s", 10_000.0), ("request_timeout_s", -1.0)])
+def test_unbounded_runs_are_refused(field, value):
+    config = LoadConfig(**{field: value})
+    with pytest.raises(ValueError):
+        config.validate()
+
+
+def test_cli_refuses_a_remote_server_before_starting_a_browser(capsys):
+    assert main(["load", "--url", "http://example.com:8501"]) == 2
+    assert "not a local server" in capsys.readouterr().err
+
+
+def test_report_percentiles_come_from_its_own_latencies():
+    report = LoadReport("http://localhost:1", sessions=2, requests_planned=5,
+                        latencies_s=[0.4, 0.1, 0.3, 0.2], errors=["boom"], wall_s=2.0)
+    figures = report.to_dict()
+    assert figures["requests"] == 5 and figures["completed"] == 4 and figures["errors"] == 1
+    # Linear interpolation over 100..400 ms: the median is 250 ms, p95 is 385 ms.
+    assert figures["p50_ms"] == pytest.approx(250.0)
+    assert figures["p95_ms"] == pytest.approx(385.0)
+    assert figures["throughput_per_s"] == pytest.approx(2.0)
+    assert "boom" in report.table()
+    empty = LoadReport("http://localhost:1", sessions=1, requests_planned=1)
+    assert empty.to_dict()["p50_ms"] is None
+
+
+def test_generated_uploads_are_distinct_pngs():
+    uploads = generated_uploads(3, size=64)
+    assert [u.name for u in uploads] == ["phantom_000.png", "phantom_001.png", "phantom_002.png"]
+    assert all(u.data.startswith(b"\x89PNG") and u.mime_type == "image/png" for u in uploads)
+    assert len({u.data for u in uploads}) == 3
+    assert Upload("x.dcm", b"").mime_type == "application/dicom"
+
+
+def test_a_server_that_is_not_there_gives_errors_not_a_crash():
+    pytest.importorskip("playwright.async_api")
+    from fracture.loadtest import find_chromium
+
+    try:
+        chromium = find_chromium()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = LoadConfig(url=f"http://127.0.0.1:{port}", sessions=2, requests=2,
+                        duration_s=60, request_timeout_s=10, chromium=chromium)  # fmt: skip
+    started = time.monotonic()
+    report = run_load(config, generated_uploads(1, size=64))
+    assert time.monotonic() - started < 60
+    assert report.latencies_s == [] and report.requests == 4
+    assert all("page did not load" in message for message in report.errors)
