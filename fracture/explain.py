@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from fracture.model import CAM_LAYER, LOGIT_LAYER, POOL_LAYER
+from fracture.model import CAM_LAYER, LOGIT_LAYER, POOL_LAYER, fold_batchnorm
 from fracture.preprocessing import Geometry, unletterbox
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ __all__ = [
     "InferenceEngine",
     "BatchOutput",
     "PRECISIONS",
+    "inference_network",
     "bfloat16_copy",
     "bfloat16_supported",
     "configure_threads",
@@ -177,6 +180,30 @@ def bfloat16_copy(model: "keras.Model") -> "keras.Model":
     return copy
 
 
+_networks: "weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]]" = (
+    weakref.WeakKeyDictionary()
+)
+_networks_lock = threading.Lock()
+
+
+def inference_network(model: "keras.Model", precision: str = "float32") -> "keras.Model":
+    """The network :class:`InferenceEngine` runs for ``model``: BatchNorm folded
+    (:func:`~fracture.model.fold_batchnorm`), then a :func:`bfloat16_copy` if asked.
+
+    Made once per model and precision and shared: a server's batch-of-one and
+    batch engines over the same model hold one copy of the weights, not two.
+    Rebuilt if ``model`` is a new object (a reloaded or promoted model).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    with _networks_lock:
+        built = _networks.setdefault(model, {})
+        if precision not in built:
+            folded = built.get("float32") or fold_batchnorm(model)
+            built[precision] = folded if precision == "float32" else bfloat16_copy(folded)
+        return built[precision]
+
+
 @dataclass
 class BatchOutput:
     """Network outputs for one batch, as numpy arrays."""
@@ -194,8 +221,8 @@ class InferenceEngine:
     backward pass that stops at ``target_layer``). Both take a fixed
     ``(batch_size, size, size, 3)`` input; callers pad the last batch.
 
-    ``precision="bfloat16"`` runs a :func:`bfloat16_copy` of the model; inputs
-    and outputs stay float32 either way.
+    It runs :func:`inference_network` of the model (BatchNorm folded, and in
+    bfloat16 when ``precision="bfloat16"``); inputs and outputs stay float32.
     """
 
     def __init__(
@@ -225,8 +252,7 @@ class InferenceEngine:
             target_layer = POOL_LAYER
         self.batch_size = batch_size
         self.size = int(model.input.shape[1])
-        if precision == "bfloat16":
-            model = bfloat16_copy(model)
+        model = inference_network(model, precision)
         self._graph = keras.Model(
             model.input,
             [

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SIZE
-from fracture.explain import InferenceEngine, heatmap_to_image, overlay_heatmap
-from fracture.model import CAM_LAYER, load_model
+from fracture.explain import InferenceEngine, heatmap_to_image, inference_network, overlay_heatmap
+from fracture.model import CAM_LAYER, ModelConfig, build_classifier, fold_batchnorm, load_model
 from fracture.preprocessing import letterbox
 
 
@@ -54,7 +54,7 @@ def test_batched_cam_matches_per_image_reference(loaded):
 def test_cam_path_runs_the_network_forward_once(loaded):
     """The probability and the CAM come from the same forward pass, not two."""
     engine = InferenceEngine(loaded.model, batch_size=2)
-    layer = loaded.model.get_layer("conv1_conv")
+    layer = inference_network(loaded.model).get_layer("conv1_conv")  # what the engine runs
     calls = []
     original = layer.call
 
@@ -102,3 +102,44 @@ def test_missing_target_layer_warns_loudly_and_still_predicts(loaded):
         engine = InferenceEngine(loaded.model, batch_size=2, target_layer="no_such_layer")
     out = engine.run(_images(1), with_cam=True)
     assert out.cams is None and out.logits.shape == (1,)
+
+
+def _with_random_batchnorm_statistics(model, seed: int = 0):
+    """Give every BatchNorm non-trivial statistics, so folding has something to fold."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.2, channels),
+                               rng.normal(0, 0.2, channels), rng.uniform(0.5, 2.0, channels)])
+    return model
+
+
+def test_folding_batchnorm_keeps_logits_pooled_features_and_cams():
+    import keras
+
+    model = _with_random_batchnorm_statistics(
+        build_classifier(ModelConfig(image_size=TINY_SIZE, dropout=0.0), None))
+    folded = fold_batchnorm(model)
+    assert not [l for l in folded.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert {l.name for l in folded.layers} == {l.name for l in model.layers}  # names kept
+    images = _images(3, seed=4)
+    expected = keras.Model(model.input, [model.get_layer(CAM_LAYER).output,
+                                         model.get_layer("logit").output])(images)
+    got = keras.Model(folded.input, [folded.get_layer(CAM_LAYER).output,
+                                     folded.get_layer("logit").output])(images)
+    scale = float(np.abs(expected[1]).max()) + 1e-6
+    np.testing.assert_allclose(got[1], expected[1], atol=1e-4 * scale)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-4 * float(np.abs(expected[0]).max()))
+
+
+def test_engines_over_one_model_share_one_inference_network(loaded):
+    first = InferenceEngine(loaded.model, batch_size=1)
+    second = InferenceEngine(loaded.model, batch_size=4)
+    assert inference_network(loaded.model) is inference_network(loaded.model)
+    assert inference_network(loaded.model) is not loaded.model
+    images = _images(1, seed=3)
+    np.testing.assert_allclose(first.run(images, True).logits, second.run(images, True).logits,
+                               rtol=1e-5, atol=1e-5)
