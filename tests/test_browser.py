@@ -29,15 +29,12 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, radiograph_like
+from fracture.loadtest import CHROMIUM_ARGS, find_chromium
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 # Generous: the server loads TensorFlow and builds ResNet-50 on a busy 2-core CPU.
 SERVER_START_S = 180
 MODEL_READY_MS = 300_000
@@ -45,11 +42,10 @@ PAGE_READY_MS = 120_000
 
 
 def _chromium() -> str:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser"), shutil.which("google-chrome")):  # fmt: skip
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
+    try:
+        return find_chromium()
+    except FileNotFoundError as error:
+        pytest.skip(f"{error} (CI installs it)")
 
 
 def _free_port() -> int:
@@ -150,7 +146,7 @@ def page(server):  # noqa: ARG001 - starts the server before the browser
     executable = _chromium()
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
         try:
             # Tall, because Streamlit scrolls inside its main container: a full-page
             # screenshot only holds what fits in the viewport.

@@ -183,3 +183,15 @@ def test_tiny_training_on_phantoms_beats_chance(tmp_path):
     model_dir = train(data, tmp_path / "run", config, settings=Settings(cache_dir=tmp_path / "c"))
     report = evaluate_model(data, predictor=Predictor(model_dir, batch_size=8), n_bootstrap=100)
     assert report["auroc"] >= 0.8, report["auroc"]
+
+
+def test_keep_usable_drops_unreadable_rows_without_copying():
+    from fracture.train import keep_usable
+
+    features = np.arange(2 * 5 * 3, dtype=np.float16).reshape(2, 5, 3)
+    expected = features[:, [0, 2, 3]].copy()
+    kept = keep_usable(features, np.array([True, False, True, True, False]))
+    np.testing.assert_array_equal(kept, expected)
+    assert np.shares_memory(kept, features)  # the run's largest array is not doubled
+    everything = np.ones((1, 4, 2), np.float16)
+    assert keep_usable(everything, np.ones(4, bool)).base is everything
