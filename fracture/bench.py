@@ -57,6 +57,7 @@ __all__ = [
     "BenchError",
     "TARGETS",
     "add_bench_parser",
+    "apply_precision_verdict",
     "build_naive_model",
     "cmd_bench",
     "config_from_args",
@@ -1438,6 +1439,29 @@ def format_machine(machine: dict[str, Any]) -> str:
 # Command line
 
 
+def apply_precision_verdict(model_dir: str | os.PathLike[str], bf16: dict[str, Any]) -> str:
+    """Record the benchmark's bfloat16 verdict in a model folder; returns the precision now served.
+
+    bfloat16 becomes the model's default only when the run recommended it
+    (within 0.005 AUROC of float32 on val, and faster); otherwise float32.
+    The evidence goes into the model card beside it.
+    """
+    import dataclasses
+
+    from fracture.cards import rewrite_model_config
+    from fracture.model import read_config
+
+    config, card = read_config(model_dir)
+    precision = "bfloat16" if bf16.get("recommended") else None
+    evidence = {key: bf16.get(key) for key in
+                ("check", "auroc_fp32", "auroc_bf16", "delta_auroc", "val_images",
+                 "decisions_changed", "speedup")}
+    rewrite_model_config(model_dir, dataclasses.replace(config, inference_precision=precision),
+                         card, inference_precision=precision or "float32",
+                         inference_precision_evidence=evidence)
+    return precision or "float32"
+
+
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``bench`` to the ``python -m fracture`` subcommands."""
     parser = subparsers.add_parser(
@@ -1459,6 +1483,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of a trained model (same speed)")
     parser.add_argument("--val-root", default=None,
                         help=f"dataset for the bfloat16 AUROC check (default {DEFAULT_VAL_ROOT})")
+    parser.add_argument("--apply", action="store_true",
+                        help="record the bfloat16 verdict in the trained model's config, so "
+                             "predictions use bfloat16 by default only where it passed (full run)")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -1466,6 +1493,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise BenchError(
             "--image-size builds an untrained model; it cannot be combined with --model"
         )
+    if getattr(args, "apply", False) and (args.quick or args.image_size):
+        raise BenchError("--apply needs a full run on a trained model: the bfloat16 check must "
+                         "cover the whole val split")
     changes = {"model_dir": args.model, "image_size": args.image_size, "val_root": args.val_root}
     return BenchConfig.quick_config(**changes) if args.quick else BenchConfig.full(**changes)
 
@@ -1496,6 +1526,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, result)
         print(f"JSON written to {args.json}", file=sys.stderr)
+    if args.apply:
+        if model["kind"] != "trained":
+            print("error: --apply: no trained model was benchmarked", file=sys.stderr)
+            return 2
+        precision = apply_precision_verdict(model["directory"], result["bf16"])
+        print(f"{model['directory']}: serves {precision} by default from now on", file=sys.stderr)
     if args.markdown:
         atomic_write_text(args.markdown, format_machine(result["machine"]) + "\n\n"
                           + format_table(result, markdown=True) + "\n")

@@ -6,12 +6,15 @@ dashboard and for checksums) and ``model_card.md`` (for people).
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from fracture.model import ModelConfig
 
-__all__ = ["build_card", "render_card_markdown", "FRACATLAS_CITATION", "INTENDED_USE"]
+__all__ = ["build_card", "render_card_markdown", "rewrite_model_config", "FRACATLAS_CITATION",
+           "INTENDED_USE"]
 
 FRACATLAS_CITATION = (
     "Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. FracAtlas: A Dataset for Fracture "
@@ -92,6 +95,16 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
     return headline
 
 
+def _precision_line(card: dict[str, Any]) -> str:
+    precision = card.get("inference_precision") or "float32"
+    evidence = card.get("inference_precision_evidence") or {}
+    if evidence.get("auroc_fp32") is None:
+        return f"- Inference precision: {precision}"
+    return (f"- Inference precision: {precision} (`fracture bench`: val AUROC bfloat16 "
+            f"{_fmt(evidence.get('auroc_bf16'))} vs float32 {_fmt(evidence.get('auroc_fp32'))}, "
+            f"{_fmt(evidence.get('speedup'))}x the float32 speed)")
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -117,6 +130,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         f"`{card.get('fine_tune_from')}`",
         f"- Calibration: class-weighting prior shift {_fmt(card.get('prior_shift'))} removed, "
         f"then temperature {_fmt(card.get('temperature'))} (fitted on val)",
+        _precision_line(card),
         f"- Thresholds: " + ", ".join(f"{k} {_fmt(v)}" for k, v in (card.get("thresholds") or {}).items())
         + f"; default `{card.get('operating_point')}`",
         f"- Trained {card.get('created')} from commit `{card.get('git_commit')}`, seed "
@@ -159,3 +173,28 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Known limitations"]
     lines += [f"- {item}" for item in card.get("limitations", [])]
     return "\n".join(lines) + "\n"
+
+
+def rewrite_model_config(
+    model_dir: str | os.PathLike[str],
+    config: ModelConfig,
+    card: dict[str, Any],
+    **card_updates: Any,
+) -> None:
+    """Write ``config`` into a model folder and bring its card up to date.
+
+    The card gets ``card_updates`` and fresh checksums of every file (so write
+    any other changed file first), then its Markdown is re-rendered. Each write
+    is atomic and the card with the checksums goes last: an interruption leaves
+    a folder that fails its checksum and is refused, never one that loads with
+    mismatched parts.
+    """
+    from fracture.fileio import atomic_write_json, atomic_write_text
+    from fracture.model import CARD_JSON, CARD_MD, CONFIG_FILE, file_checksums
+
+    model_dir = Path(model_dir)
+    atomic_write_json(model_dir / CONFIG_FILE, config.to_json())
+    card = {**card, **card_updates}
+    card["checksums"] = file_checksums(model_dir)
+    atomic_write_json(model_dir / CARD_JSON, card)
+    atomic_write_text(model_dir / CARD_MD, render_card_markdown(card))

@@ -100,10 +100,10 @@ def calibrate_model(
     import dataclasses
     import json
 
-    from fracture.cards import render_card_markdown
-    from fracture.fileio import atomic_write_json, atomic_write_text
+    from fracture.cards import _headline, rewrite_model_config
+    from fracture.fileio import atomic_write_json
     from fracture.metrics import calibrated_probability, choose_thresholds, fit_temperature
-    from fracture.model import CARD_JSON, CONFIG_FILE, file_checksums, read_config
+    from fracture.model import read_config
 
     model_dir = Path(model_dir)
     config, card = read_config(model_dir)
@@ -126,13 +126,8 @@ def calibrate_model(
         labels, logits, temperature, thresholds,
         regions=[r.region for r in kept_records], hardware=[r.hardware for r in kept_records],
     )
-    atomic_write_json(model_dir / CONFIG_FILE, config.to_json())
     atomic_write_json(model_dir / "evaluation.json", report)
-    from fracture.cards import _headline
-
-    card.update(prior_shift=prior_shift, temperature=temperature, thresholds=thresholds,
-                val_metrics=_headline(report), checksums=file_checksums(model_dir))
-    atomic_write_json(model_dir / CARD_JSON, card)
-    atomic_write_text(model_dir / "model_card.md", render_card_markdown(card))
+    rewrite_model_config(model_dir, config, card, prior_shift=prior_shift, temperature=temperature,
+                         thresholds=thresholds, val_metrics=_headline(report))
     json.dumps(report)  # fail here, not in the dashboard, if anything is not JSON
     return report

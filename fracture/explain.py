@@ -162,9 +162,10 @@ def bfloat16_copy(model: "keras.Model") -> "keras.Model":
     rounding them once here gives exactly the numbers that ``mixed_bfloat16``
     would round to on every call, without re-casting 23 M weights per call
     (measured 6-8 % faster for one image) and with half the copy's memory.
-    The other layers use ``mixed_bfloat16`` (float32 variables; BatchNormalization
-    normalises in float32 under it), and the layers in ``_FLOAT32_LAYERS`` stay
-    float32. Layer names are kept, so Grad-CAM finds its target layer in the copy.
+    The other layers use ``mixed_bfloat16`` (float32 variables; a BatchNormalization
+    left in the model normalises in float32 under it, which is why
+    :func:`inference_network` folds them away first), and the layers in
+    ``_FLOAT32_LAYERS`` stay float32. Layer names are kept, so Grad-CAM finds its target layer in the copy.
     """
     import keras
 

@@ -7,7 +7,6 @@ file never stops a batch: it becomes a :class:`Prediction` with
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -24,20 +23,17 @@ from fracture.explain import (
     heatmap_to_image,
 )
 from fracture.images import InvalidImageError, load_image
-from fracture.model import CONFIG_FILE, OOD_FILE, LoadedModel, load_model
+from fracture.model import OOD_FILE, LoadedModel, load_model
 from fracture.preprocessing import Geometry, letterbox
 from fracture.settings import Settings, get_settings
 
-__all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS", "PRECISION_KEY"]
+__all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS"]
 
 Source = str | os.PathLike[str] | bytes | np.ndarray
 CSV_COLUMNS = (
     "path", "probability", "prediction", "threshold", "status", "error", "in_distribution", "ood_score",
 )
 FRACTURE, NORMAL = "fracture", "normal"
-# Key of a model's config.json that recommends an inference precision; written
-# when ``python -m fracture bench`` finds bfloat16 within 0.005 AUROC of float32.
-PRECISION_KEY = "inference_precision"
 
 
 @dataclass
@@ -94,8 +90,8 @@ class Predictor:
     stateless, and each call owns its input arrays.
 
     ``precision`` is ``"float32"`` or ``"bfloat16"``; ``None`` takes the
-    model's recommendation (``inference_precision`` in its config.json) and
-    otherwise float32. bfloat16 is used only where the hardware computes it
+    model's recommendation (:attr:`ModelConfig.inference_precision`, set by
+    ``python -m fracture bench --apply``) and otherwise float32. bfloat16 is used only where the hardware computes it
     natively (see :func:`~fracture.explain.bfloat16_supported`); elsewhere
     it would be emulated, slower than float32, so float32 is used with a warning.
     """
@@ -123,7 +119,7 @@ class Predictor:
         self.loaded = loaded
         self.config = loaded.config
         self.batch_size = batch_size or self.settings.batch_size
-        self.precision = _resolve_precision(precision, loaded.directory)
+        self.precision = _resolve_precision(precision, loaded.config.inference_precision)
         self.engine = InferenceEngine(loaded.model, self.batch_size, precision=self.precision)
         self.ood_gate = _load_ood_gate(loaded.directory)
         if warmup:
@@ -272,9 +268,9 @@ def _load_ood_gate(directory: Path | None):
     return OODGate.load(Path(directory) / OOD_FILE)
 
 
-def _resolve_precision(requested: str | None, directory: Path | None) -> str:
+def _resolve_precision(requested: str | None, recommended: str | None) -> str:
     """The precision to run: the caller's, else the model's recommendation, else float32."""
-    precision = requested or _recommended_precision(directory) or "float32"
+    precision = requested or recommended or "float32"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bfloat16" and not bfloat16_supported():
@@ -287,16 +283,6 @@ def _resolve_precision(requested: str | None, directory: Path | None) -> str:
             )
         precision = "float32"
     return precision
-
-
-def _recommended_precision(directory: Path | None) -> str | None:
-    if directory is None or not (Path(directory) / CONFIG_FILE).is_file():
-        return None
-    try:
-        value = json.loads((Path(directory) / CONFIG_FILE).read_text()).get(PRECISION_KEY)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if value in PRECISIONS else None
 
 
 def _default_name(source: Source, index: int) -> str:

@@ -254,25 +254,26 @@ def test_cli_parser_and_quick_config():
     assert not bench.config_from_args(parser.parse_args(["bench"])).quick
     with pytest.raises(bench.BenchError):
         bench.config_from_args(parser.parse_args(["bench", "--model", "m", "--image-size", "224"]))
+    with pytest.raises(bench.BenchError, match="full run"):
+        bench.config_from_args(parser.parse_args(["bench", "--quick", "--apply"]))
     assert BenchConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
 
 
 # --- the bfloat16 path and thread settings -----------------------------------
 
 
-def test_predictor_precision_comes_from_the_caller_then_the_model(tmp_path, monkeypatch):
+def test_predictor_precision_comes_from_the_caller_then_the_model(monkeypatch):
     import fracture.predict as predict
 
     monkeypatch.setattr(predict, "bfloat16_supported", lambda: True)
     assert predict._resolve_precision(None, None) == "float32"
     assert predict._resolve_precision("bfloat16", None) == "bfloat16"
-    (tmp_path / "config.json").write_text(json.dumps({"inference_precision": "bfloat16"}))
-    assert predict._resolve_precision(None, tmp_path) == "bfloat16"
-    assert predict._resolve_precision("float32", tmp_path) == "float32"
+    assert predict._resolve_precision(None, "bfloat16") == "bfloat16"
+    assert predict._resolve_precision("float32", "bfloat16") == "float32"
     with pytest.raises(ValueError):
         predict._resolve_precision("int8", None)
     monkeypatch.setattr(predict, "bfloat16_supported", lambda: False)
-    assert predict._resolve_precision(None, tmp_path) == "float32"
+    assert predict._resolve_precision(None, "bfloat16") == "float32"
     with pytest.warns(RuntimeWarning, match="native bfloat16"):
         assert predict._resolve_precision("bfloat16", None) == "float32"
 
@@ -320,11 +321,11 @@ def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     assert b.cams.shape == a.cams.shape and 0 <= b.cams.min() and b.cams.max() <= 1
     # bfloat16 keeps 8 mantissa bits: close, not equal.
     np.testing.assert_allclose(b.pooled, a.pooled, rtol=0.1, atol=0.05 * np.abs(a.pooled).max())
-    # The copy holds bfloat16 kernels and float32 normalisation and head;
-    # the served model itself is untouched.
+    # The copy holds bfloat16 kernels (BatchNorm folded into them) and a float32
+    # input normalisation and head; the served model itself is untouched.
     graph = bf16.engine._graph
     assert graph.get_layer("conv1_conv").kernel.dtype == "bfloat16"
-    assert graph.get_layer("conv1_bn").moving_variance.dtype == "float32"
+    assert not graph.get_layer("conv1_bn").weights  # folded into conv1_conv
     assert graph.get_layer("logit").kernel.dtype == "float32"
     assert loaded.model.get_layer("conv1_conv").dtype_policy.name == "float32"
     with pytest.raises(ValueError, match="precision"):
@@ -346,3 +347,27 @@ def test_bench_with_child_processes(tmp_path, fake_imagenet_weights):
     assert cold["threads"]["inter_op"] == result["threading"]["default_inter_op"]
     assert sorted(s["inter_op"] for s in result["threading"]["sweep"]) == [1, 2]
     assert result["memory"]["isolated"] is True
+
+
+def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_model_dir,
+                                                                   use_fake_weights, monkeypatch):
+    import shutil
+
+    import fracture.predict as predict
+    from fracture.model import read_config
+
+    monkeypatch.setattr(predict, "bfloat16_supported", lambda: True)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    verdict = {"recommended": True, "check": "PASS", "auroc_fp32": 0.9, "auroc_bf16": 0.9,
+               "delta_auroc": 0.0, "val_images": 10, "speedup": 1.6}
+    assert bench.apply_precision_verdict(model_dir, verdict) == "bfloat16"
+    config, card = read_config(model_dir)  # checksums still verify
+    assert config.inference_precision == "bfloat16"
+    assert card["inference_precision_evidence"]["speedup"] == 1.6
+    assert predict.Predictor(model_dir, warmup=False).precision == "bfloat16"
+
+    failed = {**verdict, "recommended": False, "check": "FAIL", "delta_auroc": -0.02}
+    assert bench.apply_precision_verdict(model_dir, failed) == "float32"
+    assert read_config(model_dir)[0].inference_precision is None
+    assert predict.Predictor(model_dir, warmup=False).precision == "float32"

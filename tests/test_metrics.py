@@ -596,3 +596,38 @@ def test_format_report_shows_the_key_numbers(evaluation):
     labels = np.array([0, 1, 1, 0])
     bare = format_report(binary_report(labels, [0.1, 0.8, 0.4, 0.6], 0.5, n_bootstrap=0))
     assert "AUROC" in bare and "n/a" not in bare.split("\n")[1]
+
+
+def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(tmp_path, tiny_model_dir,
+                                                                        use_fake_weights):
+    """`python -m fracture calibrate`: new temperature, prior shift and thresholds, valid checksums."""
+    import shutil
+
+    from conftest import write_png
+    from fracture.cards import rewrite_model_config
+    from fracture.evaluate import calibrate_model
+    from fracture.model import CARD_JSON, read_config
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = json.loads((model_dir / CARD_JSON).read_text())
+    card["training_data"] = {"counts": {"train": {"fractured": 10, "normal": 40}}}
+    rewrite_model_config(model_dir, _config_of(model_dir), card)
+    for index in range(6):
+        write_png(tmp_path / "data" / "val" / "fractured" / f"f{index}.png", seed=index)
+        write_png(tmp_path / "data" / "val" / "normal" / f"n{index}.png", seed=50 + index)
+        write_png(tmp_path / "data" / "train" / "normal" / f"t{index}.png", seed=90 + index)
+    report = calibrate_model(model_dir, tmp_path / "data")
+    config, card = read_config(model_dir)  # checksums verify after the rewrite
+    assert config.prior_shift == pytest.approx(np.log(4.0))
+    assert config.temperature > 0 and config.temperature != 1.0
+    assert set(config.thresholds) == {"high_sensitivity", "high_specificity"}
+    assert card["temperature"] == config.temperature
+    assert json.loads((model_dir / "evaluation.json").read_text()) == json.loads(json.dumps(report))
+    assert f"temperature {config.temperature:.3f}" in (model_dir / "model_card.md").read_text()
+
+
+def _config_of(model_dir):
+    from fracture.model import CONFIG_FILE, ModelConfig
+
+    return ModelConfig.from_json(json.loads((model_dir / CONFIG_FILE).read_text()))
