@@ -664,6 +664,9 @@ def _auroc_check(fp32: "Predictor", bf16: "Predictor", config: BenchConfig) -> d
         "delta_auroc": delta,
         "max_abs_probability_diff": float(np.max(np.abs(p32 - p16))),
         "decisions_changed": int(np.sum((p32 >= fp32.threshold) != (p16 >= fp32.threshold))),
+        # The OOD gate was fitted on float32 features: say whether bfloat16 moves its flags.
+        "ood_flags_changed": int(sum(a.in_distribution != b.in_distribution
+                                     for a, b, kept in zip(first, second, ok) if kept)),
     }
 
 
@@ -1393,6 +1396,9 @@ def format_table(result: dict[str, Any], markdown: bool = False) -> str:
         rows.append((f"bfloat16 AUROC vs float32 ({subset})",
                      f"{bf['auroc_bf16']:.4f} vs {bf['auroc_fp32']:.4f} "
                      f"(delta {bf['delta_auroc']:+.4f})", "|delta| <= 0.005", bf["check"]))
+        rows.append(("  labels / OOD flags changed by bfloat16",
+                     f"{bf.get('decisions_changed', 'n/a')} / {bf.get('ood_flags_changed', 'n/a')}"
+                     f" of {bf['val_images']}", "", ""))
     else:
         rows.append(("bfloat16 AUROC vs float32", bf.get("reason") or "n/a",
                      "|delta| <= 0.005", "n/a"))
@@ -1455,7 +1461,7 @@ def apply_precision_verdict(model_dir: str | os.PathLike[str], bf16: dict[str, A
     precision = "bfloat16" if bf16.get("recommended") else None
     evidence = {key: bf16.get(key) for key in
                 ("check", "auroc_fp32", "auroc_bf16", "delta_auroc", "val_images",
-                 "decisions_changed", "speedup")}
+                 "decisions_changed", "ood_flags_changed", "speedup")}
     rewrite_model_config(model_dir, dataclasses.replace(config, inference_precision=precision),
                          card, inference_precision=precision or "float32",
                          inference_precision_evidence=evidence)
