@@ -165,7 +165,8 @@ def bfloat16_copy(model: "keras.Model") -> "keras.Model":
     The other layers use ``mixed_bfloat16`` (float32 variables; a BatchNormalization
     left in the model normalises in float32 under it, which is why
     :func:`inference_network` folds them away first), and the layers in
-    ``_FLOAT32_LAYERS`` stay float32. Layer names are kept, so Grad-CAM finds its target layer in the copy.
+    ``_FLOAT32_LAYERS`` stay float32. Layer names are kept, so Grad-CAM finds
+    its target layer in the copy.
     """
     import keras
 
