@@ -206,6 +206,14 @@ class Predictor:
             )
             .prefetch(2 * self.batch_size)
         )
+        # tf.data's autotuner stalled this pipeline on the 2-core reference machine,
+        # where the network keeps both cores busy: some runs took exactly 160 ms per
+        # image (10.24 s for 64, repeat after repeat). Without it: 8.6 img/s against
+        # 6.25 float32, steady over repeats (BENCHMARKS.md). Parallelism stays
+        # AUTOTUNE, which then means one decode call per core.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        pipeline = pipeline.with_options(options)
         for index in pipeline.as_numpy_iterator():
             yield prepared.pop(int(index))
 
