@@ -683,29 +683,36 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
     loaded, model_info = _bench_model(config, weights)
     size = loaded.config.image_size
     lap("load model")
-    # The dashboard's two predictors on one model: batch-1 for the image on
-    # screen, the configured batch for folders.
-    batch = Predictor(loaded=loaded, batch_size=config.batch_size, precision="float32")
-    single = Predictor(loaded=loaded, batch_size=1, precision="float32")
     jpegs = make_radiograph_jpegs(config.images)
-    batch.predict(jpegs)  # warm: the tf.data pipeline and the partial last batch
-    for data in jpegs[:2]:
-        _single_request(single, data, with_cam=True)
-    # The serving peak: both predictors warm and used. Taken before anything
-    # only the benchmark allocates (comparison models, pre-decoded arrays).
+
+    def dashboard_pair(precision: str) -> tuple[Predictor, Predictor]:
+        # The dashboard's two predictors on one model: batch-1 for the image on
+        # screen, the configured batch for folders; both warm and used.
+        batch = Predictor(loaded=loaded, batch_size=config.batch_size, precision=precision)
+        single = Predictor(loaded=loaded, batch_size=1, precision=precision)
+        batch.predict(jpegs)  # warm: the tf.data pipeline and the partial last batch
+        for data in jpegs[:2]:
+            _single_request(single, data, with_cam=True)
+        return batch, single
+
+    # The serving peak is that of the precision the dashboard serves (the model's
+    # recommendation), taken before anything only the benchmark allocates.
+    served = Predictor(loaded=loaded, batch_size=1, warmup=False).precision
+    pairs = {served: dashboard_pair(served)}
     serving_rss = _peak_rss_mib()
-    lap("fp32 predictors, warm-up, serving RSS")
+    lap(f"{served} predictors, warm-up, serving RSS")
 
     naive = build_naive_model(size, weights)
     naive_predict(naive, jpegs[0], size)  # warm: Keras builds its predict function
+    if "float32" not in pairs:
+        pairs["float32"] = dashboard_pair("float32")
+    batch, single = pairs["float32"]
     bf16_ok = bfloat16_supported()
     bf16_batch = bf16_single = None
     if bf16_ok:
-        # No warm-up of its CAM path: this predictor only ever scores batches.
-        bf16_batch = Predictor(loaded=loaded, batch_size=config.batch_size, precision="bfloat16",
-                               warmup=False)
-        bf16_batch.predict(jpegs)
-        bf16_single = Predictor(loaded=loaded, batch_size=1, precision="bfloat16")
+        if "bfloat16" not in pairs:
+            pairs["bfloat16"] = dashboard_pair("bfloat16")
+        bf16_batch, bf16_single = pairs["bfloat16"]
     inputs = _letterboxed(jpegs, size)  # for timing the network without decoding
     engine = batch.engine
     chunks = [inputs[i : i + engine.batch_size] for i in range(0, len(inputs), engine.batch_size)]
@@ -776,6 +783,7 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
         "latency": latency,
         "latency_224": latency_224,
         "serving_peak_rss_mib": serving_rss,
+        "serving_precision": served,
         "gemm": gemm,
         "bf16": bf16,
         "seconds": time.perf_counter() - started,
@@ -1179,6 +1187,7 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
     }
     memory = {
         "serving_peak_rss_mib": serving["serving_peak_rss_mib"],
+        "serving_precision": serving.get("serving_precision", "float32"),
         "training_peak_rss_mib": training["training_peak_rss_mib"],
         "isolated": isolated,
     }
@@ -1350,7 +1359,8 @@ def format_table(result: dict[str, Any], markdown: bool = False) -> str:
          " / ".join(_fmt(cold.get(k), 2) for k in ("interpreter_s", "import_s", "build_s",
                                                    "weights_s", "warmup_s", "first_predict_s"))
          + " s", "", ""),
-        ("Serving peak RSS (batch + batch-1 predictors)", f"{mem['serving_peak_rss_mib']:.0f} MiB",
+        (f"Serving peak RSS (batch + batch-1 predictors, {mem['serving_precision']})",
+         f"{mem['serving_peak_rss_mib']:.0f} MiB",
          *target_cells("serving peak RSS")),
         (f"Training peak RSS (bench steps, batch {tr['batch_size']})",
          f"{mem['training_peak_rss_mib']:.0f} MiB", "", ""),
