@@ -132,10 +132,12 @@ class ServedModel:
 @st.cache_resource(show_spinner="Loading model…", max_entries=1)
 def _load_served_model(model_dir: str, key: str) -> ServedModel:
     """Build the network once per process and model; ``key`` changes when the model does."""
+    from fracture.explain import configure_threads
     from fracture.model import load_model
     from fracture.predict import Predictor
     from fracture.weights import resolve_imagenet_weights
 
+    configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
     current = get_settings()
     loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
     single = Predictor(loaded=loaded, settings=current, batch_size=1)

@@ -89,8 +89,8 @@ class Predictor:
     Thread-safe for concurrent ``predict`` calls: the compiled functions are
     stateless, and each call owns its input arrays.
 
-    ``precision`` is ``"float32"`` or ``"bfloat16"``; ``None`` takes the
-    model's recommendation (:attr:`ModelConfig.inference_precision`, set by
+    ``precision`` is ``"float32"`` or ``"bfloat16"``; ``None`` takes
+    ``Settings.inference_precision`` when set, else the model's recommendation (:attr:`ModelConfig.inference_precision`, set by
     ``python -m fracture bench --apply``) and otherwise float32. bfloat16 is used only where the hardware computes it
     natively (see :func:`~fracture.explain.bfloat16_supported`); elsewhere
     it would be emulated, slower than float32, so float32 is used with a warning.
@@ -119,7 +119,9 @@ class Predictor:
         self.loaded = loaded
         self.config = loaded.config
         self.batch_size = batch_size or self.settings.batch_size
-        self.precision = _resolve_precision(precision, loaded.config.inference_precision)
+        self.precision = _resolve_precision(
+            precision or self.settings.inference_precision, loaded.config.inference_precision
+        )
         self.engine = InferenceEngine(loaded.model, self.batch_size, precision=self.precision)
         self.ood_gate = _load_ood_gate(loaded.directory)
         if warmup:

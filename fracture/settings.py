@@ -45,6 +45,9 @@ class Settings:
     # Input side for models built from scratch; a saved model carries its own.
     image_size: int = 224
     batch_size: int = 16
+    # "float32" or "bfloat16" for every Predictor; None follows the model, which
+    # recommends bfloat16 only after `fracture bench --apply` checked it on val.
+    inference_precision: str | None = None
     # 40000 x 40000 decompression bombs must fail fast; the largest radiographs
     # (detector panels of 43 x 43 cm at 0.1 mm) are about 4300 x 4300 = 18.5 MP.
     max_image_pixels: int = 60_000_000

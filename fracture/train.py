@@ -452,6 +452,9 @@ def _train(
     writer.status("starting", message="Loading data and model", phase="setup")
     _install_signal_handlers(writer)
 
+    from fracture.explain import configure_threads
+
+    configure_threads()  # before the first TensorFlow op: the pools are fixed then
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     dataset = load_dataset(data_root, val_fraction=config.val_fraction, seed=config.seed)

@@ -367,6 +367,10 @@ def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_
     assert config.inference_precision == "bfloat16"
     assert card["inference_precision_evidence"]["speedup"] == 1.6
     assert predict.Predictor(model_dir, warmup=False).precision == "bfloat16"
+    from fracture.settings import get_settings
+
+    forced = get_settings().replace(inference_precision="float32")  # the operator's override
+    assert predict.Predictor(model_dir, settings=forced, warmup=False).precision == "float32"
 
     failed = {**verdict, "recommended": False, "check": "FAIL", "delta_auroc": -0.02}
     assert bench.apply_precision_verdict(model_dir, failed) == "float32"
