@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,13 +291,20 @@ def run_load(config: LoadConfig, uploads: Sequence[Upload]) -> LoadReport:
     deadline = start + config.duration_s
     if config.server_pid:
         with _RssSampler(config.server_pid) as sampler:
-            asyncio.run(_run(config, list(uploads), chromium, report, deadline))
+            _run_in_own_loop(_run(config, list(uploads), chromium, report, deadline))
         report.server_peak_rss_mib = sampler.peak_kib / 1024.0 or None
     else:
-        asyncio.run(_run(config, list(uploads), chromium, report, deadline))
+        _run_in_own_loop(_run(config, list(uploads), chromium, report, deadline))
     if not report.wall_s:  # the concurrent phase never started (warm-up failed)
         report.wall_s = time.monotonic() - start
     return report
+
+
+def _run_in_own_loop(coroutine: Any) -> None:
+    # On a thread of its own: the caller's thread may already run an event loop
+    # (a notebook, a sync Playwright session), where asyncio.run refuses to start.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
 
 
 async def _run(config: LoadConfig, uploads: list[Upload], chromium: str, report: LoadReport,

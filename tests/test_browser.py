@@ -281,3 +281,15 @@ def test_load_script_drives_concurrent_sessions(server):
     assert 0 < report.percentile_ms(50) <= report.percentile_ms(95)
     # The server really held the model: far more than an idle Python process.
     assert report.server_peak_rss_mib is not None and report.server_peak_rss_mib > 300
+
+
+def test_load_script_reports_a_page_error_as_a_failed_request(server):
+    """A file the app cannot read shows an error box: one failed request, with the reason."""
+    from fracture.loadtest import LoadConfig, Upload, run_load
+
+    url, _, _ = server
+    config = LoadConfig(url=url, sessions=1, requests=1, warmup=False, duration_s=300,
+                        request_timeout_s=120, chromium=_chromium())  # fmt: skip
+    report = run_load(config, [Upload("broken.png", b"this is not an image")])
+    assert report.latencies_s == [] and len(report.errors) == 1
+    assert "showed an error" in report.errors[0] and "broken.png" in report.errors[0]
