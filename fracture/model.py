@@ -215,6 +215,8 @@ def fold_batchnorm(model: "keras.Model") -> "keras.Model":
     """
     import keras
 
+    # Keras has no public graph-walking API; the functional model's node records
+    # (_inbound_nodes / _outbound_nodes) are what clone_model itself uses.
     folded_into: dict[str, keras.layers.Layer] = {}  # convolution name -> its BatchNorm
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):

@@ -90,8 +90,9 @@ class Predictor:
     stateless, and each call owns its input arrays.
 
     ``precision`` is ``"float32"`` or ``"bfloat16"``; ``None`` takes
-    ``Settings.inference_precision`` when set, else the model's recommendation (:attr:`ModelConfig.inference_precision`, set by
-    ``python -m fracture bench --apply``) and otherwise float32. bfloat16 is used only where the hardware computes it
+    ``Settings.inference_precision`` when set, else the model's recommendation
+    (:attr:`ModelConfig.inference_precision`, set by ``python -m fracture bench
+    --apply``), else float32. bfloat16 is used only where the hardware computes it
     natively (see :func:`~fracture.explain.bfloat16_supported`); elsewhere
     it would be emulated, slower than float32, so float32 is used with a warning.
     """
