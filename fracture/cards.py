@@ -13,8 +13,8 @@ from typing import Any
 
 from fracture.model import ModelConfig
 
-__all__ = ["build_card", "render_card_markdown", "rewrite_model_config", "FRACATLAS_CITATION",
-           "INTENDED_USE"]
+__all__ = ["build_card", "render_card_markdown", "rewrite_model_card", "rewrite_model_config",
+           "FRACATLAS_CITATION", "INTENDED_USE"]
 
 FRACATLAS_CITATION = (
     "Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. FracAtlas: A Dataset for Fracture "
@@ -37,6 +37,9 @@ KNOWN_LIMITATIONS = [
     "patient; val figures may be optimistic.",
     "Probabilities are calibrated on the validation split by temperature scaling; calibration "
     "does not transfer to other populations or prevalences.",
+    "The out-of-distribution gate flags unusual fractured radiographs (casts, hardware, several "
+    "regions in one image) more often than normal ones; a flag marks the probability as "
+    "unreliable but does not hide it.",
 ]
 
 
@@ -189,11 +192,25 @@ def rewrite_model_config(
     a folder that fails its checksum and is refused, never one that loads with
     mismatched parts.
     """
+    from fracture.fileio import atomic_write_json
+    from fracture.model import CONFIG_FILE
+
+    atomic_write_json(Path(model_dir) / CONFIG_FILE, config.to_json())
+    rewrite_model_card(model_dir, card, **card_updates)
+
+
+def rewrite_model_card(
+    model_dir: str | os.PathLike[str], card: dict[str, Any], **card_updates: Any
+) -> None:
+    """Give a model folder's card ``card_updates`` and fresh checksums, then re-render its Markdown.
+
+    Call it after every other file of the folder is written: the checksums it
+    stores are what :func:`fracture.model.read_config` verifies.
+    """
     from fracture.fileio import atomic_write_json, atomic_write_text
-    from fracture.model import CARD_JSON, CARD_MD, CONFIG_FILE, file_checksums
+    from fracture.model import CARD_JSON, CARD_MD, file_checksums
 
     model_dir = Path(model_dir)
-    atomic_write_json(model_dir / CONFIG_FILE, config.to_json())
     card = {**card, **card_updates}
     card["checksums"] = file_checksums(model_dir)
     atomic_write_json(model_dir / CARD_JSON, card)

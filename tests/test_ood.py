@@ -42,7 +42,8 @@ def _out_of_distribution(rng: np.random.Generator, n: int, dim: int = DIM) -> np
 @pytest.fixture(scope="module")
 def gate() -> OODGate:
     rng = np.random.default_rng(0)
-    return fit_ood_gate(_in_distribution(rng, 2000), _in_distribution(rng, 1000), n_components=32)
+    return fit_ood_gate(_in_distribution(rng, 2000), _in_distribution(rng, 1000), n_components=32,
+                        false_alarm_rate=0.05)
 
 
 def test_separates_in_from_out_of_distribution(gate: OODGate) -> None:
