@@ -664,7 +664,7 @@ def _auroc_check(fp32: "Predictor", bf16: "Predictor", config: BenchConfig) -> d
         "delta_auroc": delta,
         "max_abs_probability_diff": float(np.max(np.abs(p32 - p16))),
         "decisions_changed": int(np.sum((p32 >= fp32.threshold) != (p16 >= fp32.threshold))),
-        # The OOD gate was fitted on float32 features: say whether bfloat16 moves its flags.
+        # The OOD gate was fitted in one precision: say whether the other moves its flags.
         "ood_flags_changed": int(sum(a.in_distribution != b.in_distribution
                                      for a, b, kept in zip(first, second, ok) if kept)),
     }
