@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -696,7 +697,12 @@ def _install_signal_handlers(writer: RunWriter) -> None:
 
     def cancel(signum, frame):  # noqa: ARG001
         writer.status("cancelled", phase="cancelled", message="Cancelled by the user")
-        raise SystemExit(130)
+        # Not SystemExit: raised from a signal handler it can land inside a
+        # destructor (TensorFlow's AtomicFunction.__del__), where Python ignores it
+        # and training carries on (seen in CI). Every file of the run is written
+        # atomically, so a hard exit loses nothing already written.
+        sys.stderr.flush()
+        os._exit(130)
 
     try:
         signal.signal(signal.SIGTERM, cancel)
