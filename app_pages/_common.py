@@ -2,7 +2,7 @@
 
 Only Streamlit plumbing lives here (caching, session state, widgets that
 every page needs). What is computed or drawn comes from :mod:`fracture`,
-mostly :mod:`fracture.dashboard`.
+mostly :mod:`fracture.views.dashboard`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import streamlit as st
 
-from fracture import dashboard
-from fracture.fileio import read_json
-from fracture.model import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelLoadError
-from fracture.settings import Settings, get_settings
+from fracture.views import dashboard
+from fracture.io.files import read_json
+from fracture.model.network import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelLoadError
+from fracture.config import Settings, get_settings
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
@@ -89,8 +89,8 @@ def _fingerprint(directory: Path) -> str:
 @st.cache_data(ttl=_ACTIVE_MODEL_TTL_S, show_spinner=False)
 def _lookup_active_model(models_dir: str, model_name: str) -> tuple[ActiveModel | None, str | None]:
     """(model, None) or (None, why not). Arguments are the cache key; settings are read inside."""
-    from fracture import registry
-    from fracture.model import read_config
+    from fracture.model import registry
+    from fracture.model.network import read_config
 
     del models_dir, model_name  # only the cache key: registry reads the same settings
     try:
@@ -119,7 +119,7 @@ class ServedModel:
     differ (a batch-16 engine would pad one image to sixteen).
     """
 
-    single: Any  # fracture.predict.Predictor
+    single: Any  # fracture.inference.predictor.Predictor
     batch: Any
     key: str
     directory: Path
@@ -132,10 +132,10 @@ class ServedModel:
 @st.cache_resource(show_spinner="Loading model…", max_entries=1)
 def _load_served_model(model_dir: str, key: str) -> ServedModel:
     """Build the network once per process and model; ``key`` changes when the model does."""
-    from fracture.explain import configure_threads
-    from fracture.model import load_model
-    from fracture.predict import Predictor
-    from fracture.weights import resolve_imagenet_weights
+    from fracture.inference.engine import configure_threads
+    from fracture.model.network import load_model
+    from fracture.inference.predictor import Predictor
+    from fracture.model.imagenet import resolve_imagenet_weights
 
     configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
     current = get_settings()
@@ -147,7 +147,7 @@ def _load_served_model(model_dir: str, key: str) -> ServedModel:
 
 def get_served_model() -> ServedModel | None:
     """The cached network of the active model; shows why on the page when there is none."""
-    from fracture.weights import WeightsError
+    from fracture.model.imagenet import WeightsError
 
     model, problem = active_model()
     if model is None:
@@ -249,7 +249,7 @@ def _secrets() -> Any:
 
 def admin_password() -> str | None:
     """The configured admin password (settings, environment or Streamlit secrets), or None."""
-    from fracture import auth
+    from fracture.views import auth
 
     return auth.admin_password(settings(), secrets=_secrets())
 
@@ -261,7 +261,7 @@ def admin_gate(purpose: str) -> bool:
     session remembers only that the password was right; the form clears its
     field on submit so the password is not kept in the widget state either.
     """
-    from fracture import auth
+    from fracture.views import auth
 
     expected = admin_password()
     if expected is None:

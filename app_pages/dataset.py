@@ -12,11 +12,11 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
-from fracture import dashboard
-from fracture.datasets import Dataset, DatasetLayoutError, find_duplicates, load_dataset
-from fracture.images import InvalidImageError
-from fracture.phantoms import REGION as PHANTOM_REGION
-from fracture.settings import Settings
+from fracture.views import dashboard
+from fracture.data.datasets import Dataset, DatasetLayoutError, find_duplicates, load_dataset
+from fracture.io.images import InvalidImageError
+from fracture.data.phantoms import REGION as PHANTOM_REGION
+from fracture.config import Settings
 
 ROOT_KEY = "dataset_root"
 PER_PAGE = 12
@@ -56,7 +56,7 @@ def use_folder(path: str) -> None:
 
 
 def make_phantoms(dest: Path) -> None:
-    from fracture.phantoms import synthesize_phantoms
+    from fracture.data.phantoms import synthesize_phantoms
 
     try:
         synthesize_phantoms(dest, PHANTOM_COUNT, size=PHANTOM_SIDE, seed=0)

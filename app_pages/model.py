@@ -10,9 +10,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import _common as common
-from fracture import dashboard, registry
-from fracture.fileio import read_json
-from fracture.model import ModelLoadError
+from fracture.views import dashboard
+from fracture.model import registry
+from fracture.io.files import read_json
+from fracture.model.network import ModelLoadError
 
 st.title("Model")
 common.show_flash()

@@ -14,10 +14,10 @@ import streamlit as st
 from streamlit.typing import UploadedFile
 
 from app_pages import _common as common
-from fracture import dashboard
-from fracture.explain import overlay_heatmap
-from fracture.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.predict import Prediction
+from fracture.views import dashboard
+from fracture.inference.engine import overlay_heatmap
+from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
+from fracture.inference.predictor import Prediction
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.

@@ -1,6 +1,6 @@
 """Train: start a fine-tuning run in the background, watch it, then promote or discard the model.
 
-The run is a separate process (``fracture.jobs``): closing the page does not
+The run is a separate process (``fracture.training.jobs``): closing the page does not
 stop it, and any page in any browser shows its progress from the run folder.
 Everything here is admin-only when an admin password is configured.
 """
@@ -12,9 +12,11 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
-from fracture import dashboard, jobs, registry
-from fracture.fileio import read_json
-from fracture.model import ModelLoadError
+from fracture.views import dashboard
+from fracture.training import jobs
+from fracture.model import registry
+from fracture.io.files import read_json
+from fracture.model.network import ModelLoadError
 
 RUN_KEY = "train_run"
 FINE_TUNE_POINTS = ("conv5_block1_out", "conv4_block6_out", "conv5_block2_out")
@@ -31,7 +33,7 @@ if not common.admin_gate("Training and promoting models"):
 
 def start_form() -> None:
     """The run's settings, and Start."""
-    from fracture.train import TrainConfig
+    from fracture.training.trainer import TrainConfig
 
     defaults = TrainConfig()
     with st.form("new_run", border=False):

@@ -1,3 +1,3 @@
-from fracture.cli import main
+from fracture.cli.main import main
 
 raise SystemExit(main())

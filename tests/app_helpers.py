@@ -25,7 +25,7 @@ def add_evaluation(model_dir: Path) -> None:
     The numbers come from a synthetic validation set: they exercise every plot
     of the Model page, and say nothing about the model.
     """
-    from fracture.metrics import evaluation_report
+    from fracture.evaluation.metrics import evaluation_report
 
     rng = np.random.default_rng(0)
     labels = np.array([0, 1] * 30)
@@ -52,7 +52,7 @@ def make_model(directory: Path, imagenet_weights: Path | None, image_size: int =
     """Save an untrained model (ImageNet backbone, random head) with a synthetic evaluation."""
     import keras
 
-    from fracture.model import ModelConfig, build_classifier, imagenet_reference, save_model
+    from fracture.model.network import ModelConfig, build_classifier, imagenet_reference, save_model
 
     config = ModelConfig(image_size=image_size, fine_tune_from="conv5_block2_out",
                          thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},

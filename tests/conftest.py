@@ -74,7 +74,7 @@ def tiny_model_dir(tmp_path_factory, fake_imagenet_weights: Path) -> Path:
     """A saved 64-px model whose head responds to image brightness, so outputs vary."""
     import keras
 
-    from fracture.model import ModelConfig, build_classifier, imagenet_reference, save_model
+    from fracture.model.network import ModelConfig, build_classifier, imagenet_reference, save_model
 
     config = ModelConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out",
                          thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},
@@ -95,7 +95,7 @@ def tiny_model_dir(tmp_path_factory, fake_imagenet_weights: Path) -> Path:
 @pytest.fixture
 def use_fake_weights(monkeypatch, fake_imagenet_weights: Path):
     """Make weight resolution return the fake weights (no verification: they are not ImageNet)."""
-    import fracture.weights as weights
+    import fracture.model.imagenet as weights
 
     resolved = weights.ResolvedWeights(path=fake_imagenet_weights, sha256="fake", source="explicit")
     monkeypatch.setattr(weights, "resolve_imagenet_weights", lambda *a, **k: resolved)

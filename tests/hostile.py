@@ -2,7 +2,7 @@
 
 :func:`build_hostile_files` writes one file per kind into a folder and says
 what must happen to it: decoded (``expected_ok``), or refused with an
-:class:`~fracture.images.InvalidImageError` whose message contains
+:class:`~fracture.io.images.InvalidImageError` whose message contains
 ``message``. The Predictor, CLI and dashboard tests all use the same table,
 so a new kind added here is tested everywhere.
 

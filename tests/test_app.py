@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from app_helpers import add_evaluation, png_bytes
-from fracture.settings import get_settings
+from fracture.config import get_settings
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
@@ -28,7 +28,7 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture(scope="module")
 def app_env(tmp_path_factory, tiny_model_dir, fake_imagenet_weights):
     """Folders and settings for the app: the tiny model as ``default``, empty data and runs."""
-    import fracture.weights as weights
+    import fracture.model.imagenet as weights
 
     base = tmp_path_factory.mktemp("app")
     models = base / "models"
@@ -293,7 +293,7 @@ def test_train_page_is_open_without_a_configured_password(fresh_settings):
 
 
 def test_train_start_passes_the_form_and_reports_a_busy_trainer(fresh_settings, monkeypatch):
-    import fracture.jobs as jobs
+    import fracture.training.jobs as jobs
 
     calls = []
 
@@ -324,9 +324,9 @@ def finished_run(app_env):
     """A real (tiny, random-init) training run on 24 phantoms, finished in the runs folder."""
     import signal
 
-    from fracture.phantoms import synthesize_phantoms
-    from fracture.settings import Settings
-    from fracture.train import TrainConfig, train
+    from fracture.data.phantoms import synthesize_phantoms
+    from fracture.config import Settings
+    from fracture.training.trainer import TrainConfig, train
 
     data = app_env.base / "train-phantoms"
     synthesize_phantoms(data, 24, size=64, seed=0)
@@ -358,7 +358,7 @@ def test_train_page_shows_a_finished_run(finished_run, fresh_settings):
 
 @pytest.mark.slow
 def test_train_page_promotes_a_finished_run(finished_run, fresh_settings, monkeypatch):
-    import fracture.registry as registry
+    import fracture.model.registry as registry
 
     calls = []
 

@@ -6,8 +6,8 @@ import hmac
 
 import pytest
 
-from fracture import auth
-from fracture.settings import Settings
+from fracture.views import auth
+from fracture.config import Settings
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SIZE, write_png
-from fracture import bench
-from fracture.bench import BenchConfig
+from fracture.perf import bench
+from fracture.perf.bench import BenchConfig
 
 # Every top-level figure of the JSON, and the fields each must carry.
 EXPECTED_FIELDS = {
@@ -264,7 +264,7 @@ def test_cli_parser_and_quick_config():
 
 
 def test_predictor_precision_comes_from_the_caller_then_the_model(monkeypatch):
-    import fracture.predict as predict
+    import fracture.inference.predictor as predict
 
     monkeypatch.setattr(predict, "bfloat16_supported", lambda: True)
     assert predict._resolve_precision(None, None) == "float32"
@@ -282,7 +282,7 @@ def test_predictor_precision_comes_from_the_caller_then_the_model(monkeypatch):
 def test_configure_threads_is_idempotent_after_tensorflow_started():
     import tensorflow as tf
 
-    from fracture.explain import configure_threads
+    from fracture.inference.engine import configure_threads
 
     tf.constant(1.0) + 1  # TensorFlow is running: the pools can no longer change
     first = configure_threads()
@@ -293,8 +293,8 @@ def test_configure_threads_is_idempotent_after_tensorflow_started():
 def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     tmp_path, tiny_model_dir, fake_imagenet_weights
 ):
-    from fracture.model import load_model
-    from fracture.predict import Predictor
+    from fracture.model.network import load_model
+    from fracture.inference.predictor import Predictor
 
     for index in range(3):
         write_png(tmp_path / "data" / "val" / "fractured" / f"f{index}.png", seed=index)
@@ -354,8 +354,8 @@ def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_
                                                                    use_fake_weights, monkeypatch):
     import shutil
 
-    import fracture.predict as predict
-    from fracture.model import read_config
+    import fracture.inference.predictor as predict
+    from fracture.model.network import read_config
 
     monkeypatch.setattr(predict, "bfloat16_supported", lambda: True)
     model_dir = tmp_path / "model"
@@ -367,7 +367,7 @@ def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_
     assert config.inference_precision == "bfloat16"
     assert card["inference_precision_evidence"]["speedup"] == 1.6
     assert predict.Predictor(model_dir, warmup=False).precision == "bfloat16"
-    from fracture.settings import get_settings
+    from fracture.config import get_settings
 
     forced = get_settings().replace(inference_precision="float32")  # the operator's override
     assert predict.Predictor(model_dir, settings=forced, warmup=False).precision == "float32"

@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, radiograph_like
-from fracture.loadtest import CHROMIUM_ARGS, find_chromium
+from fracture.perf.loadtest import CHROMIUM_ARGS, find_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 
 def _valid_model(directory: Path) -> bool:
-    from fracture.model import ModelLoadError, read_config
+    from fracture.model.network import ModelLoadError, read_config
 
     try:
         read_config(directory)
@@ -86,7 +86,7 @@ def server(tmp_path_factory):
     if fracatlas.is_dir():
         data = fracatlas
     else:
-        from fracture.phantoms import synthesize_phantoms
+        from fracture.data.phantoms import synthesize_phantoms
 
         data = base / "phantoms"
         synthesize_phantoms(data, 24, size=96, seed=0)
@@ -268,7 +268,7 @@ def test_predict_dataset_and_model_pages_in_a_browser(server, page):
 
 def test_load_script_drives_concurrent_sessions(server):
     """``python -m fracture load``'s core against the real server: every request answered."""
-    from fracture.loadtest import LoadConfig, generated_uploads, run_load
+    from fracture.perf.loadtest import LoadConfig, generated_uploads, run_load
 
     url, _, pid = server
     config = LoadConfig(url=url, sessions=2, requests=2, duration_s=600,
@@ -285,7 +285,7 @@ def test_load_script_drives_concurrent_sessions(server):
 
 def test_load_script_reports_a_page_error_as_a_failed_request(server):
     """A file the app cannot read shows an error box: one failed request, with the reason."""
-    from fracture.loadtest import LoadConfig, Upload, run_load
+    from fracture.perf.loadtest import LoadConfig, Upload, run_load
 
     url, _, _ = server
     config = LoadConfig(url=url, sessions=1, requests=1, warmup=False, duration_s=300,

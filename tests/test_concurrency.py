@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import radiograph_like
-from fracture.predict import Prediction, Predictor
+from fracture.inference.predictor import Prediction, Predictor
 
 THREADS = 8
 CALLS = 200
@@ -35,7 +35,7 @@ def restore_warning_filters():
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
-    from fracture.model import load_model
+    from fracture.model.network import load_model
 
     # batch_size 2: single-image calls and two-image batches both occur below.
     return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=2)
@@ -98,7 +98,7 @@ def test_concurrent_decoding_leaves_warning_filters_unchanged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Force the interleaving A enters, B enters, A leaves, B leaves of the bomb guard."""
-    from fracture import images
+    from fracture.io import images
 
     data = _png(3)
     b_inside, a_done = threading.Event(), threading.Event()

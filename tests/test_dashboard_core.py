@@ -1,4 +1,4 @@
-"""fracture.dashboard: the tables, downloads, images and figures behind the pages, no Streamlit."""
+"""fracture.views.dashboard: the tables, downloads, images and figures behind the pages, no Streamlit."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import radiograph_like, write_png
-from fracture import dashboard
-from fracture.predict import CSV_COLUMNS, Prediction
+from fracture.views import dashboard
+from fracture.inference.predictor import CSV_COLUMNS, Prediction
 
 
 def _ok(name: str, probability: float, **extra) -> Prediction:
@@ -159,7 +159,7 @@ def test_load_thumbnail_decodes_shrinks_and_draws(tmp_path):
 
 
 def test_load_thumbnail_raises_invalid_image_for_a_broken_file(tmp_path):
-    from fracture.images import InvalidImageError
+    from fracture.io.images import InvalidImageError
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -237,7 +237,7 @@ def test_card_headline_and_comparison():
 
 @pytest.fixture(scope="module")
 def report():
-    from fracture.metrics import evaluation_report
+    from fracture.evaluation.metrics import evaluation_report
 
     rng = np.random.default_rng(0)
     labels = np.array([0, 1] * 40)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import radiograph_like
-from fracture.datasets import (
+from fracture.data.datasets import (
     CLASS_SYNONYMS,
     Dataset,
     DatasetLayoutError,
@@ -32,8 +32,8 @@ from fracture.datasets import (
     load_dataset,
     load_example,
 )
-from fracture.images import load_image
-from fracture.phantoms import REGION, synthesize_phantoms
+from fracture.io.images import load_image
+from fracture.data.phantoms import REGION, synthesize_phantoms
 
 
 def _write(path: Path, seed: int, suffix_format: str | None = None) -> Path:
@@ -387,7 +387,7 @@ def test_image_dataset_shapes_and_skips_broken_files(tmp_path: Path, caplog) -> 
     square = load_example(dataset.records[0], 32)
     assert square.shape == (32, 32, 3) and square.dtype == np.float32
 
-    with caplog.at_level(logging.WARNING, logger="fracture.datasets"):
+    with caplog.at_level(logging.WARNING, logger="fracture.data.datasets"):
         pipeline = image_dataset(dataset.records, 32, 4, augment=True, shuffle=True, seed=1)
         batches = list(pipeline.as_numpy_iterator())
     assert [x.shape for x, _ in batches] == [(4, 32, 32, 3), (2, 32, 32, 3)]

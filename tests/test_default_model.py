@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from fracture.model import read_config
-from fracture.settings import PROJECT_ROOT, Settings
+from fracture.model.network import read_config
+from fracture.config import PROJECT_ROOT, Settings
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "default"
 
@@ -32,8 +32,8 @@ def test_default_model_folder_is_small_and_verified(default_model):
 
 @pytest.mark.slow
 def test_default_model_reaches_val_auroc(default_model, shared_fracatlas, shared_weights):
-    from fracture.evaluate import evaluate_model
-    from fracture.predict import Predictor
+    from fracture.evaluation.evaluate import evaluate_model
+    from fracture.inference.predictor import Predictor
 
     predictor = Predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
     report = evaluate_model(shared_fracatlas, predictor=predictor, pointing_game=False,

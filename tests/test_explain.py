@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SIZE
-from fracture.explain import InferenceEngine, heatmap_to_image, inference_network, overlay_heatmap
-from fracture.model import CAM_LAYER, ModelConfig, build_classifier, fold_batchnorm, load_model
-from fracture.preprocessing import letterbox
+from fracture.inference.engine import InferenceEngine, heatmap_to_image, inference_network, overlay_heatmap
+from fracture.model.network import CAM_LAYER, ModelConfig, build_classifier, fold_batchnorm, load_model
+from fracture.inference.preprocess import letterbox
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracture.images import InvalidImageError, load_image
-from fracture.predict import CSV_COLUMNS, Predictor
-from fracture.settings import PROJECT_ROOT
+from fracture.io.images import InvalidImageError, load_image
+from fracture.inference.predictor import CSV_COLUMNS, Predictor
+from fracture.config import PROJECT_ROOT
 from hostile import KINDS, PATIENT_NAME, HostileFile, build_hostile_files, radiograph
 
 # Written by processes outside these tests (the training job, caches), or by
@@ -56,7 +56,7 @@ def catalogue(tmp_path_factory) -> list[HostileFile]:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
-    from fracture.model import load_model
+    from fracture.model.network import load_model
 
     return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 
@@ -184,7 +184,7 @@ def test_predictor_batch_of_uploads_with_grad_cam(
 def test_cli_batch_writes_one_parseable_row_per_file(
     catalogue: list[HostileFile], tmp_path: Path, tiny_model_dir: Path, use_fake_weights: Path
 ) -> None:
-    from fracture.cli import main
+    from fracture.cli.main import main
 
     folder = catalogue[0].path.parent
     explicit = [str(e.path) for e in catalogue if e.kind in _NOT_WALKED or ".." in e.path.parts]

@@ -1,4 +1,4 @@
-"""Tests for fracture.images: every fixture is generated here, in memory or under tmp_path."""
+"""Tests for fracture.io.images: every fixture is generated here, in memory or under tmp_path."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from fracture import images
-from fracture.images import (
+from fracture.io import images
+from fracture.io.images import (
     SUPPORTED_SUFFIXES,
     InvalidImageError,
     describe_dicom,

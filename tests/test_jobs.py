@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fracture import jobs
-from fracture.model import read_config
-from fracture.settings import Settings
-from fracture.train import TrainConfig, read_status
+from fracture.training import jobs
+from fracture.model.network import read_config
+from fracture.config import Settings
+from fracture.training.trainer import TrainConfig, read_status
 
 # Writes status.json like train.py, and answers SIGTERM with "cancelled" unless told to ignore it.
 FAKE_TRAINER = r"""
@@ -87,7 +87,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_command_flags_exist_in_the_cli_and_round_trip(monkeypatch, tmp_path):
     """Parse the generated command with the real CLI: every flag exists and means the same."""
-    from fracture import cli
+    from fracture.cli import main as cli
 
     config = TrainConfig(image_size=96, fine_tune_from="conv4_block6_out", head_epochs=0,
                          epochs=3, batch_size=8, lr=3e-5, views=1, seed=7, augment=False,
@@ -96,7 +96,7 @@ def test_command_flags_exist_in_the_cli_and_round_trip(monkeypatch, tmp_path):
     command = jobs._command(tmp_path / "data", tmp_path / "run", config, False, False)
     assert command[:4] == [sys.executable, "-m", "fracture", "train"]
     seen = {}
-    monkeypatch.setattr("fracture.train.train",
+    monkeypatch.setattr("fracture.training.trainer.train",
                         lambda data, out, cfg, pretrained, resume: seen.update(
                             data=data, out=out, config=cfg, pretrained=pretrained, resume=resume)
                         or out)
@@ -207,7 +207,7 @@ def test_bad_names_and_existing_runs_are_refused(settings, data_root, fake_train
 
 @pytest.fixture
 def phantoms(tmp_path: Path) -> Path:
-    from fracture.phantoms import synthesize_phantoms
+    from fracture.data.phantoms import synthesize_phantoms
 
     synthesize_phantoms(tmp_path / "phantoms", 24, size=64)
     return tmp_path / "phantoms"
@@ -218,7 +218,7 @@ TINY = TrainConfig(image_size=64, head_epochs=1, epochs=1, batch_size=8, views=1
 
 @pytest.mark.slow
 def test_real_training_run_completes_with_a_promotable_model(settings, phantoms):
-    from fracture import registry
+    from fracture.model import registry
 
     job = jobs.start_training(phantoms, "tiny", config=TINY, settings=settings, pretrained=False)
     status = wait_for(lambda: (s := job.status())["state"] not in jobs.ACTIVE_STATES and s,

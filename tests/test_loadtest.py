@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from fracture.cli import main
-from fracture.loadtest import (
+from fracture.cli.main import main
+from fracture.perf.loadtest import (
     MAX_SESSIONS,
     LoadConfig,
     LoadReport,
@@ -70,7 +70,7 @@ def test_generated_uploads_are_distinct_pngs():
 
 def test_a_server_that_is_not_there_gives_errors_not_a_crash():
     pytest.importorskip("playwright.async_api")
-    from fracture.loadtest import find_chromium
+    from fracture.perf.loadtest import find_chromium
 
     try:
         chromium = find_chromium()

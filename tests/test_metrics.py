@@ -1,4 +1,4 @@
-"""Tests for fracture.metrics: every number is checked against an independent
+"""Tests for fracture.evaluation.metrics: every number is checked against an independent
 numpy computation (or a hand-worked case), not against the code under test."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from fracture.metrics import (
+from fracture.evaluation.metrics import (
     MAX_CURVE_POINTS,
     MISSING_GROUP,
     binary_report,
@@ -604,9 +604,9 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(tmp_path,
     import shutil
 
     from conftest import write_png
-    from fracture.cards import rewrite_model_config
-    from fracture.evaluate import calibrate_model
-    from fracture.model import CARD_JSON, read_config
+    from fracture.model.card import rewrite_model_config
+    from fracture.evaluation.evaluate import calibrate_model
+    from fracture.model.network import CARD_JSON, read_config
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -628,6 +628,6 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(tmp_path,
 
 
 def _config_of(model_dir):
-    from fracture.model import CONFIG_FILE, ModelConfig
+    from fracture.model.network import CONFIG_FILE, ModelConfig
 
     return ModelConfig.from_json(json.loads((model_dir / CONFIG_FILE).read_text()))

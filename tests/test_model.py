@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SIZE
-from fracture.model import (
+from fracture.model.network import (
     CAM_LAYER,
     ModelConfig,
     ModelLoadError,
@@ -20,7 +20,7 @@ from fracture.model import (
     set_trainable,
     split_at,
 )
-from fracture.preprocessing import letterbox, unletterbox
+from fracture.inference.preprocess import letterbox, unletterbox
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import radiograph_like
-from fracture.ood import (
+from fracture.inference.ood import (
     OOD_FILE,
     OODGate,
     OODGateError,
@@ -144,7 +144,7 @@ def test_load_refuses_a_file_that_is_not_a_gate(tmp_path: Path) -> None:
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(OODGateError, match="not a readable OOD gate"):
         OODGate.load(garbage)
-    from fracture.model import ModelLoadError
+    from fracture.model.network import ModelLoadError
 
     assert issubclass(OODGateError, ModelLoadError)  # the CLI reports it like a bad model folder
 
@@ -169,9 +169,9 @@ def test_probe_images_are_valid_rgb_arrays() -> None:
 def test_fit_for_model_on_phantoms_updates_the_model_folder(
     tmp_path: Path, tiny_model_dir: Path, use_fake_weights: Path
 ) -> None:
-    from fracture.model import read_config
-    from fracture.phantoms import synthesize_phantoms
-    from fracture.predict import Predictor
+    from fracture.model.network import read_config
+    from fracture.data.phantoms import synthesize_phantoms
+    from fracture.inference.predictor import Predictor
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)  # the session fixture stays gate-free
@@ -204,7 +204,7 @@ def test_fit_for_model_on_phantoms_updates_the_model_folder(
 
     # The checksum now guards the gate: a swapped gate file is refused.
     (model_dir / OOD_FILE).write_bytes((model_dir / OOD_FILE).read_bytes() + b"\0")
-    from fracture.model import ModelLoadError
+    from fracture.model.network import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=OOD_FILE):
         read_config(model_dir)
@@ -213,7 +213,7 @@ def test_fit_for_model_on_phantoms_updates_the_model_folder(
 def test_fit_for_model_refuses_a_corrupt_folder_before_any_work(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    from fracture.model import ModelLoadError
+    from fracture.model.network import ModelLoadError
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -227,9 +227,9 @@ def test_ood_command_line_fit_then_measure(
 ) -> None:
     import argparse
 
-    from fracture.model import read_config
-    from fracture.ood import add_ood_parser
-    from fracture.phantoms import synthesize_phantoms
+    from fracture.model.network import read_config
+    from fracture.inference.ood import add_ood_parser
+    from fracture.data.phantoms import synthesize_phantoms
 
     parser = argparse.ArgumentParser()
     add_ood_parser(parser.add_subparsers(dest="command", required=True))
@@ -268,16 +268,16 @@ def test_ood_command_line_fit_then_measure(
 def test_real_model_gate_separates_fracatlas_from_probe_images(
     tmp_path: Path, shared_fracatlas: Path, shared_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fracture.model import read_config
-    from fracture.ood import extract_features
-    from fracture.predict import Predictor
-    from fracture.settings import PROJECT_ROOT
+    from fracture.model.network import read_config
+    from fracture.inference.ood import extract_features
+    from fracture.inference.predictor import Predictor
+    from fracture.config import PROJECT_ROOT
 
     source = PROJECT_ROOT / "models" / "default"
     if not (source / "config.json").is_file():
         pytest.skip("models/default does not exist yet")
     monkeypatch.setenv("FRACTURE_IMAGENET_WEIGHTS", str(shared_weights))
-    from fracture.settings import get_settings
+    from fracture.config import get_settings
 
     get_settings.cache_clear()
     try:
@@ -287,7 +287,7 @@ def test_real_model_gate_separates_fracatlas_from_probe_images(
         started = time.perf_counter()
         gate = fit_for_model(model_dir, shared_fracatlas, predictor=predictor, max_train=1000)
         read_config(model_dir)
-        from fracture.datasets import load_dataset
+        from fracture.data.datasets import load_dataset
 
         val = load_dataset(shared_fracatlas).split("val")
         in_features, _ = extract_features(predictor, [r.path for r in val])

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from conftest import radiograph_like, write_png
-from fracture.predict import CSV_COLUMNS, Predictor
+from fracture.inference.predictor import CSV_COLUMNS, Predictor
 
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir, fake_imagenet_weights):
-    from fracture.model import load_model
+    from fracture.model.network import load_model
 
     return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 
@@ -74,7 +74,7 @@ def test_temperature_scales_probability(predictor):
 
 
 def _run_cli(args: list[str]) -> int:
-    from fracture.cli import main
+    from fracture.cli.main import main
 
     return main(args)
 

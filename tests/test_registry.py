@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracture import registry
-from fracture.fileio import atomic_write_json
-from fracture.model import ModelConfig, ModelLoadError, file_checksums, read_config
-from fracture.settings import PROJECT_ROOT, Settings
+from fracture.model import registry
+from fracture.io.files import atomic_write_json
+from fracture.model.network import ModelConfig, ModelLoadError, file_checksums, read_config
+from fracture.config import PROJECT_ROOT, Settings
 
 
 def make_model(directory: Path, name: str = "m", version: str = "1", auroc: float = 0.8,
@@ -110,7 +110,7 @@ def test_a_corrupted_active_model_falls_back_to_the_previous_valid_one(settings,
     a = registry.promote(make_model(tmp_path / "a", name="a"), settings=settings)
     b = registry.promote(make_model(tmp_path / "b", name="b"), settings=settings)
     corrupt(settings.models_dir / b.name)
-    with caplog.at_level(logging.WARNING, logger="fracture.registry"):
+    with caplog.at_level(logging.WARNING, logger="fracture.model.registry"):
         assert registry.active_model_dir(settings) == settings.models_dir / a.name
     assert any("unusable" in r.getMessage() and b.name in r.getMessage() for r in caplog.records)
     assert registry.active_name(settings) == b.name, "reading never rewrites ACTIVE"
@@ -148,7 +148,7 @@ def test_list_versions_is_newest_first_shows_errors_and_skips_staging(settings, 
 
 def test_active_file_with_a_path_is_ignored(settings, caplog):
     (settings.models_dir / "ACTIVE").write_text("../../etc\n")
-    with caplog.at_level(logging.WARNING, logger="fracture.registry"):
+    with caplog.at_level(logging.WARNING, logger="fracture.model.registry"):
         assert registry.active_model_dir(settings) == settings.models_dir / "default"
 
 
@@ -172,7 +172,7 @@ def test_discard_deletes_only_model_folders_inside_runs(settings, candidate, tmp
 
 PROMOTE_SCRIPT = (
     "import sys; from pathlib import Path; from fracture import registry;"
-    "from fracture.settings import Settings;"
+    "from fracture.config import Settings;"
     "registry.promote(Path(sys.argv[1]), settings=Settings(models_dir=Path(sys.argv[2])))"
 )
 

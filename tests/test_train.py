@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SIZE
-from fracture.phantoms import synthesize_phantoms
-from fracture.settings import PROJECT_ROOT, Settings
-from fracture.train import TrainConfig, read_status, train
+from fracture.data.phantoms import synthesize_phantoms
+from fracture.config import PROJECT_ROOT, Settings
+from fracture.training.trainer import TrainConfig, read_status, train
 
 TINY = TrainConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out", head_epochs=1,
                    epochs=1, batch_size=8, views=2, seed=3)
@@ -39,11 +39,11 @@ def _settings(tmp_path: Path) -> Settings:
 
 
 def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fake_imagenet_weights):
-    from fracture.datasets import load_dataset
-    from fracture.model import ModelConfig, build_classifier, split_at
-    from fracture.images import load_image
-    from fracture.preprocessing import letterbox
-    from fracture.train import FeatureCache, compute_features
+    from fracture.data.datasets import load_dataset
+    from fracture.model.network import ModelConfig, build_classifier, split_at
+    from fracture.io.images import load_image
+    from fracture.inference.preprocess import letterbox
+    from fracture.training.trainer import FeatureCache, compute_features
 
     model = build_classifier(ModelConfig(image_size=TINY_SIZE, fine_tune_from=TINY.fine_tune_from),
                              fake_imagenet_weights)
@@ -68,7 +68,7 @@ def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fak
 
 
 def test_cache_key_depends_on_content_view_and_preprocessing(tmp_path):
-    from fracture.train import FeatureCache
+    from fracture.training.trainer import FeatureCache
 
     a = FeatureCache(tmp_path, "resnet50|w|224|conv5_block1_out")
     b = FeatureCache(tmp_path, "resnet50|w|384|conv5_block1_out")
@@ -82,7 +82,7 @@ def test_cache_key_depends_on_content_view_and_preprocessing(tmp_path):
 def test_run_writes_status_metrics_checkpoint_and_a_loadable_model(
     phantoms, tmp_path, use_fake_weights
 ):
-    from fracture.model import load_model
+    from fracture.model.network import load_model
 
     run = tmp_path / "run"
     model_dir = train(phantoms, run, TINY, settings=_settings(tmp_path))
@@ -168,9 +168,9 @@ def test_mirrored_strategy_on_two_logical_cpus(phantoms, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_training_on_phantoms_beats_chance(tmp_path):
-    from fracture.evaluate import evaluate_model
-    from fracture.predict import Predictor
-    from fracture.weights import WeightsError, resolve_imagenet_weights
+    from fracture.evaluation.evaluate import evaluate_model
+    from fracture.inference.predictor import Predictor
+    from fracture.model.imagenet import WeightsError, resolve_imagenet_weights
 
     try:
         resolve_imagenet_weights(allow_download=False)
@@ -186,7 +186,7 @@ def test_tiny_training_on_phantoms_beats_chance(tmp_path):
 
 
 def test_keep_usable_drops_unreadable_rows_without_copying():
-    from fracture.train import keep_usable
+    from fracture.training.trainer import keep_usable
 
     features = np.arange(2 * 5 * 3, dtype=np.float16).reshape(2, 5, 3)
     expected = features[:, [0, 2, 3]].copy()

@@ -1,4 +1,4 @@
-"""Tests for fracture.weights: conversion, integrity checks and the resolution order.
+"""Tests for fracture.model.imagenet: conversion, integrity checks and the resolution order.
 
 Everything except the ``slow`` test runs offline on tiny generated fixtures: the Keras
 download and the npm route are replaced by fakes, and the pinned tensor fingerprint by the
@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 import pytest
 
-from fracture import weights
-from fracture.settings import Settings
+from fracture.model.network import imagenet as weights
+from fracture.config import Settings
 
 # A few old keras-applications names, in TF.js manifest style, with small shapes.
 TFJS_WEIGHTS = [

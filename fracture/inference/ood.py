@@ -19,7 +19,7 @@ Method
   of a radiograph classifier without any OOD examples at training time.
 
 Only the global-average-pooled features (2048 values) are used, because the
-:class:`~fracture.predict.Predictor` computes them in the same forward pass as
+:class:`~fracture.inference.predictor.Predictor` computes them in the same forward pass as
 the prediction, so the gate costs a matrix product and no extra network call.
 A single Gaussian is fitted (no class-conditional means as in Lee et al.):
 both classes are radiographs of the same body parts, and the question asked is
@@ -53,7 +53,7 @@ float32 axes also 1 MB but keep fewer directions). float16 rounding changes
 the axes by about 1e-3 relative; this cannot bias the gate because the
 variances and the threshold are computed *with the rounded axes*, so the
 stored gate is calibrated exactly as shipped (the same rule as
-:func:`fracture.model.quantise_like_saved`).
+:func:`fracture.model.network.quantise_like_saved`).
 
 Threshold
 ---------
@@ -86,11 +86,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from fracture.fileio import atomic_write_bytes
-from fracture.model import CARD_JSON, OOD_FILE, ModelLoadError
+from fracture.io.files import atomic_write_bytes
+from fracture.model.network import CARD_JSON, OOD_FILE, ModelLoadError
 
 if TYPE_CHECKING:
-    from fracture.predict import Predictor
+    from fracture.inference.predictor import Predictor
 
 __all__ = [
     "OOD_FILE",
@@ -129,7 +129,7 @@ _VARIANCE_FLOOR = 1e-6
 class OODGateError(ModelLoadError):
     """An OOD gate file is unreadable, missing fields, of an unknown format, or inconsistent.
 
-    A :class:`~fracture.model.ModelLoadError`, because the gate is part of the
+    A :class:`~fracture.model.network.ModelLoadError`, because the gate is part of the
     model folder: callers that already report a bad model folder cleanly (the
     CLI, the dashboard) report a bad gate the same way.
     """
@@ -411,7 +411,7 @@ def fit_for_model(
     ``max_train`` images, a seeded random subset, to bound the time on a
     CPU); the ``val`` split sets the threshold. Writes ``model_dir/ood.npz``,
     then re-writes the checksums and an ``ood`` summary in the model card, each
-    atomically, so that :func:`fracture.model.read_config` keeps verifying the
+    atomically, so that :func:`fracture.model.network.read_config` keeps verifying the
     folder. A ``predictor`` of the same model folder gets the new gate too.
 
     ``seed`` and ``val_fraction`` must be the training run's when the dataset
@@ -419,13 +419,13 @@ def fit_for_model(
     carved it); otherwise images the classifier was trained on could become
     the "held-out" set, and their lower scores would set too low a threshold.
     """
-    from fracture.datasets import load_dataset
-    from fracture.model import read_config
+    from fracture.data.datasets import load_dataset
+    from fracture.model.network import read_config
 
     model_dir = Path(model_dir)
     read_config(model_dir)  # refuse a corrupt folder before spending minutes on it
     if predictor is None:
-        from fracture.predict import Predictor
+        from fracture.inference.predictor import Predictor
 
         predictor = Predictor(model_dir)
     dataset = load_dataset(data_root, val_fraction=val_fraction, seed=seed)
@@ -468,7 +468,7 @@ def _update_card(model_dir: Path, gate: OODGate, *, precision: str) -> None:
     # Between the two atomic writes a reader of a folder that already had a
     # gate sees the new ood.npz with the old checksum and refuses the folder
     # ("half-written"); that is the safe side of the race.
-    from fracture.cards import rewrite_model_card
+    from fracture.model.card import rewrite_model_card
 
     card_path = model_dir / CARD_JSON
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
@@ -517,7 +517,7 @@ def ood_probe_images(seed: int = 0) -> dict[str, np.ndarray]:
     including grey ones that are hard cases (``camera``, ``moon``, ``coins``,
     the Shepp-Logan CT phantom), generated noise, a rendered text page,
     nearly blank frames (exactly blank ones are refused by
-    :func:`fracture.images.load_image`, so a faint noise keeps them valid
+    :func:`fracture.io.images.load_image`, so a faint noise keeps them valid
     arrays) and a synthetic chest-CT-like slice. Arrays bypass
     ``load_image``: the Predictor accepts them as they are.
     """
@@ -641,7 +641,7 @@ def add_ood_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _model_dir(arg: str | None) -> Path:
-    from fracture.settings import get_settings
+    from fracture.config import get_settings
 
     return Path(arg) if arg else get_settings().active_model_dir
 
@@ -665,9 +665,9 @@ def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], Non
 
 
 def _guarded(run: Callable[[], int]) -> int:
-    from fracture.datasets import DatasetLayoutError
-    from fracture.model import ModelLoadError
-    from fracture.weights import WeightsError
+    from fracture.data.datasets import DatasetLayoutError
+    from fracture.model.network import ModelLoadError
+    from fracture.model.imagenet import WeightsError
 
     try:
         return int(run())
@@ -701,9 +701,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_measure(args: argparse.Namespace) -> int:
     def run() -> int:
-        from fracture.datasets import load_dataset
-        from fracture.fileio import atomic_write_json
-        from fracture.predict import Predictor
+        from fracture.data.datasets import load_dataset
+        from fracture.io.files import atomic_write_json
+        from fracture.inference.predictor import Predictor
 
         model_dir = _model_dir(args.model)
         if not (model_dir / OOD_FILE).is_file():  # before the minute a Predictor takes to load

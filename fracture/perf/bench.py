@@ -14,7 +14,7 @@ What is measured, each as a median over repeats after a warm-up:
 * **Cold start** in a fresh process: interpreter, imports, model build,
   weight load, warm-up, first prediction (``time.perf_counter`` markers).
 * **Fine-tuning throughput** with and without the feature cache of
-  :mod:`fracture.train`, same batch, same freeze point.
+  :mod:`fracture.training.trainer`, same batch, same freeze point.
 * **Peak RSS** of the serving and the training processes.
 * **Efficiency**: achieved GFLOP/s against the CPU's peak, with the formula.
 * **bfloat16**: speed-up, and AUROC against float32 on FracAtlas val when a
@@ -49,8 +49,8 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
-    from fracture.model import LoadedModel
-    from fracture.predict import Predictor
+    from fracture.model.network import LoadedModel
+    from fracture.inference.predictor import Predictor
 
 __all__ = [
     "BenchConfig",
@@ -102,13 +102,13 @@ BF16_MAX_AUROC_DELTA = TARGETS["bf16_abs_delta_auroc"][1]
 # A bfloat16 path that is not clearly faster is not worth its rounding.
 BF16_MIN_SPEEDUP = 1.05
 # FracAtlas as prepared for this project sits in ../shared beside the checkout.
-DEFAULT_VAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
+DEFAULT_VAL_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "fracatlas"
 # Thread settings tried by the sweep: (intra-op, inter-op); 0 = every CPU of the process.
 THREAD_SETTINGS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2))
 # The child prints its result on one line starting with this.
 RESULT_MARKER = "FRACTURE_BENCH_RESULT "
 CHILD_TIMEOUT_S = 1800
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -438,7 +438,7 @@ def _cpu_seconds() -> float:
 def _resolve_weights(config: BenchConfig) -> str:
     if config.weights:
         return str(config.weights)
-    from fracture.weights import resolve_imagenet_weights
+    from fracture.model.imagenet import resolve_imagenet_weights
 
     return str(resolve_imagenet_weights().path)
 
@@ -448,8 +448,8 @@ def _bench_model(config: BenchConfig, weights: str) -> tuple["LoadedModel", dict
 
     A random head changes no timing: the head is one 2048-to-1 dense layer.
     """
-    from fracture.model import CONFIG_FILE, LoadedModel, ModelConfig, build_classifier, load_model
-    from fracture.settings import get_settings
+    from fracture.model.network import CONFIG_FILE, LoadedModel, ModelConfig, build_classifier, load_model
+    from fracture.config import get_settings
 
     if config.image_size is None:
         directory = Path(config.model_dir) if config.model_dir else get_settings().active_model_dir
@@ -466,8 +466,8 @@ def _bench_model(config: BenchConfig, weights: str) -> tuple["LoadedModel", dict
 
 def _bench_image_size(config: BenchConfig) -> int:
     """The benchmarked model's input size, read without building it."""
-    from fracture.model import CONFIG_FILE, read_config
-    from fracture.settings import get_settings
+    from fracture.model.network import CONFIG_FILE, read_config
+    from fracture.config import get_settings
 
     if config.image_size is not None:
         return config.image_size
@@ -497,8 +497,8 @@ def count_macs(layers: Sequence["keras.layers.Layer"]) -> int:
 
 
 def _letterboxed(jpegs: Sequence[bytes], size: int) -> np.ndarray:
-    from fracture.images import load_image
-    from fracture.preprocessing import letterbox
+    from fracture.io.images import load_image
+    from fracture.inference.preprocess import letterbox
 
     return np.stack([letterbox(load_image(data), size)[0] for data in jpegs])
 
@@ -512,7 +512,7 @@ def measure_gemm(size: int = 2048, repeats: int = 5) -> dict[str, float | None]:
     """
     import tensorflow as tf
 
-    from fracture.explain import bfloat16_supported
+    from fracture.inference.engine import bfloat16_supported
 
     out: dict[str, float | None] = {"gemm_size": float(size)}
     dtypes = [("fp32", tf.float32)] + ([("bf16", tf.bfloat16)] if bfloat16_supported() else [])
@@ -566,7 +566,7 @@ def naive_predict(model: "keras.Model", data: bytes, image_size: int) -> float:
 
 def _single_request(predictor: "Predictor", data: bytes, with_cam: bool) -> None:
     """What the dashboard does for one upload: bytes to probability (and overlay)."""
-    from fracture.explain import overlay_heatmap
+    from fracture.inference.engine import overlay_heatmap
 
     result = predictor.predict([data], with_cam=with_cam)[0]
     if with_cam:
@@ -612,7 +612,7 @@ def _latencies(predictors: Sequence["Predictor"], jpegs: Sequence[bytes],
 def _val_subset(config: BenchConfig) -> tuple[list[Any], int, str | None]:
     """Val records (a stratified, seeded subset when ``val_images`` is set), the split's size,
     or the reason there are none."""
-    from fracture.datasets import load_dataset
+    from fracture.data.datasets import load_dataset
 
     root = Path(config.val_root) if config.val_root else DEFAULT_VAL_ROOT
     if not root.is_dir():
@@ -672,10 +672,10 @@ def _auroc_check(fp32: "Predictor", bf16: "Predictor", config: BenchConfig) -> d
 
 def measure_serving(config: BenchConfig) -> dict[str, Any]:
     """Everything measured in the serving process, as raw timings (see :func:`summarise`)."""
-    from fracture.explain import bfloat16_supported, configure_threads
+    from fracture.inference.engine import bfloat16_supported, configure_threads
 
     threads = configure_threads()
-    from fracture.predict import Predictor
+    from fracture.inference.predictor import Predictor
 
     started = time.perf_counter()
     lap = _Laps()
@@ -758,7 +758,7 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
 
     latency_224 = None
     if config.latency_at_224 and size != 224:
-        from fracture.model import LoadedModel, ModelConfig, build_classifier
+        from fracture.model.network import LoadedModel, ModelConfig, build_classifier
 
         small = ModelConfig(image_size=224, name="imagenet-random-head")
         small_loaded = LoadedModel(build_classifier(small, weights), small, {}, None)
@@ -800,17 +800,17 @@ def measure_training(config: BenchConfig) -> dict[str, Any]:
 
     "Without": the full network (frozen stem, trainable tail) on letterboxed
     images. "With": the tail alone on the stem's features, stored float16 and
-    cast to float32 per batch as :func:`fracture.train._batches` does. Image
+    cast to float32 per batch as :func:`fracture.training.trainer._batches` does. Image
     decoding and augmentation, which an uncached epoch would also repeat, are
     left out, so the speed-up is if anything understated.
     """
-    from fracture.explain import configure_threads
+    from fracture.inference.engine import configure_threads
 
     configure_threads()
     import keras
 
-    from fracture.model import LOGIT_LAYER, ModelConfig, build_classifier, set_trainable, split_at
-    from fracture.train import TrainConfig, _compile
+    from fracture.model.network import LOGIT_LAYER, ModelConfig, build_classifier, set_trainable, split_at
+    from fracture.training.trainer import TrainConfig, _compile
 
     started = time.perf_counter()
     lap = _Laps()
@@ -881,9 +881,9 @@ import time
 WALL0, T0 = time.time(), time.perf_counter()
 import json, sys
 import tensorflow, keras  # noqa: F401 - the heavy part of a cold start
-import fracture.explain, fracture.model, fracture.predict, fracture.weights  # noqa: F401
+import fracture.inference.engine, fracture.model.network, fracture.inference.predictor, fracture.model.imagenet  # noqa: F401
 T_IMPORT = time.perf_counter()
-from fracture.bench import measure_cold_start
+from fracture.perf.bench import measure_cold_start
 result = measure_cold_start(json.loads(sys.argv[1]), T0, T_IMPORT)
 result["wall_start"] = WALL0
 print("FRACTURE_BENCH_RESULT " + json.dumps(result), flush=True)
@@ -894,14 +894,14 @@ def measure_cold_start(config_json: dict[str, Any], t0: float, t_import: float) 
     """In a fresh process: build, load weights, first prediction; then a short throughput run.
 
     Build and weight loading are told apart by timing Keras's ``load_weights``
-    (ImageNet) and :func:`fracture.model.apply_stored_weights` (the trained
+    (ImageNet) and :func:`fracture.model.network.apply_stored_weights` (the trained
     difference) where the model calls them.
     """
     import keras
 
-    import fracture.model as model_module
-    from fracture.explain import configure_threads, overlay_heatmap
-    from fracture.predict import Predictor
+    import fracture.model.network as model_module
+    from fracture.inference.engine import configure_threads, overlay_heatmap
+    from fracture.inference.predictor import Predictor
 
     config = BenchConfig.from_json(config_json)
     threads = configure_threads()
@@ -994,7 +994,7 @@ def _run_child(args: list[str], description: str, extra_env: dict[str, str] | No
 
 def _section_in_child(section: str, config: BenchConfig) -> dict[str, Any]:
     result, _ = _run_child(
-        ["-m", "fracture.bench", "--child", section, "--config", json.dumps(config.to_json())],
+        ["-m", "fracture.perf.bench", "--child", section, "--config", json.dumps(config.to_json())],
         section,
     )
     return result
@@ -1061,7 +1061,7 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
               cold: list[dict[str, Any]], training: dict[str, Any], timings: dict[str, float],
               *, isolated: bool = True) -> dict[str, Any]:
     """Turn raw measurements into figures: every ratio here comes from the measurements given."""
-    from fracture.explain import MAX_INTER_OP_THREADS
+    from fracture.inference.engine import MAX_INTER_OP_THREADS
 
     size = serving["model"]["image_size"]
     project_ips = serving["images"] / _median(serving["project_seconds"])
@@ -1464,8 +1464,8 @@ def apply_precision_verdict(model_dir: str | os.PathLike[str], bf16: dict[str, A
     """
     import dataclasses
 
-    from fracture.cards import rewrite_model_config
-    from fracture.model import read_config
+    from fracture.model.card import rewrite_model_config
+    from fracture.model.network import read_config
 
     config, card = read_config(model_dir)
     precision = "bfloat16" if bf16.get("recommended") else None
@@ -1518,7 +1518,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, optionally write JSON and Markdown."""
-    from fracture.fileio import atomic_write_json, atomic_write_text
+    from fracture.io.files import atomic_write_json, atomic_write_text
 
     try:
         config = config_from_args(args)
@@ -1555,8 +1555,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fracture.bench``: as ``python -m fracture bench``, plus the child entry."""
-    parser = argparse.ArgumentParser(prog="python -m fracture.bench")
+    """``python -m fracture.perf.bench``: as ``python -m fracture bench``, plus the child entry."""
+    parser = argparse.ArgumentParser(prog="python -m fracture.perf.bench")
     _add_arguments(parser)
     parser.add_argument("--child", choices=["serving", "training"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)

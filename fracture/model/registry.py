@@ -13,10 +13,10 @@ Why it is crash-safe: a promotion copies the candidate into a hidden staging
 folder, fsyncs it, renames it to its final name (atomic on one file system) and
 only then rewrites ``ACTIVE`` atomically. A SIGKILL or power cut at any point
 therefore leaves ``ACTIVE`` naming a complete model, old or new. Readers verify
-checksums anyway (:func:`fracture.model.read_config`) and fall back down the
+checksums anyway (:func:`fracture.model.network.read_config`) and fall back down the
 history when the active folder was damaged later.
 
-Import cost: this module imports numpy (through ``fracture.model``) but not
+Import cost: this module imports numpy (through ``fracture.model.network``) but not
 TensorFlow, so the dashboard and the CLI can list versions instantly.
 """
 
@@ -35,9 +35,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from fracture.fileio import atomic_write_json, atomic_write_text, fsync_path, read_json
-from fracture.model import ModelLoadError, read_config
-from fracture.settings import Settings, get_settings
+from fracture.io.files import atomic_write_json, atomic_write_text, fsync_path, read_json
+from fracture.model.network import ModelLoadError, read_config
+from fracture.config import Settings, get_settings
 
 __all__ = [
     "ModelVersion",
@@ -468,10 +468,10 @@ def discard(candidate_dir: str | os.PathLike[str], settings: Settings | None = N
 
 
 def _run_state(run_dir: Path) -> str | None:
-    # fracture.train imports Keras; only pay for it when a status file exists.
+    # fracture.training.trainer imports Keras; only pay for it when a status file exists.
     if not (run_dir / "status.json").is_file():
         return None
-    from fracture.train import read_status
+    from fracture.training.trainer import read_status
 
     try:
         return read_status(run_dir).get("state")

@@ -47,7 +47,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pix
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from fracture.settings import get_settings
+from fracture.config import get_settings
 
 __all__ = [
     "InvalidImageError",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 from typing import Any, Mapping
 
-from fracture.settings import Settings, get_settings
+from fracture.config import Settings, get_settings
 
 __all__ = ["admin_password", "admin_required", "check_password", "SECRET_KEY"]
 

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from fracture.datasets import Record, augment_radiograph, load_dataset
-from fracture.fileio import atomic_write_json, atomic_write_text, read_json
-from fracture.images import InvalidImageError, load_image
-from fracture.model import (
+from fracture.data.datasets import Record, augment_radiograph, load_dataset
+from fracture.io.files import atomic_write_json, atomic_write_text, read_json
+from fracture.io.images import InvalidImageError, load_image
+from fracture.model.network import (
     ModelConfig,
     build_classifier,
     imagenet_reference,
@@ -47,8 +47,8 @@ from fracture.model import (
     set_trainable,
     split_at,
 )
-from fracture.preprocessing import letterbox
-from fracture.settings import Settings, get_settings
+from fracture.inference.preprocess import letterbox
+from fracture.config import Settings, get_settings
 
 if TYPE_CHECKING:
     import keras
@@ -185,7 +185,7 @@ class FeatureCache:
     def put(self, key: str, value: np.ndarray) -> None:
         import io
 
-        from fracture.fileio import atomic_write_bytes
+        from fracture.io.files import atomic_write_bytes
 
         buffer = io.BytesIO()
         np.save(buffer, value.astype(np.float16))
@@ -453,7 +453,7 @@ def _train(
     writer.status("starting", message="Loading data and model", phase="setup")
     _install_signal_handlers(writer)
 
-    from fracture.explain import configure_threads
+    from fracture.inference.engine import configure_threads
 
     configure_threads()  # before the first TensorFlow op: the pools are fixed then
     keras.utils.set_random_seed(config.seed)
@@ -466,7 +466,7 @@ def _train(
     weights_sha = "random"
     weights_path = None
     if pretrained:
-        from fracture.weights import resolve_imagenet_weights
+        from fracture.model.imagenet import resolve_imagenet_weights
 
         resolved = resolve_imagenet_weights(settings)
         weights_path, weights_sha = resolved.path, resolved.sha256
@@ -608,8 +608,8 @@ def _fit_ood_from_cache(model, config: TrainConfig, train_stem: np.ndarray, val_
     """
     import keras
 
-    from fracture.model import POOL_LAYER
-    from fracture.ood import fit_ood_gate
+    from fracture.model.network import POOL_LAYER
+    from fracture.inference.ood import fit_ood_gate
 
     pool = keras.Model(
         model.get_layer(config.fine_tune_from).output, model.get_layer(POOL_LAYER).output
@@ -631,8 +631,8 @@ def _finalise(
 
     ``val_logits`` are already prior-corrected (``prior_shift`` removed).
     """
-    from fracture.cards import build_card
-    from fracture.metrics import (
+    from fracture.model.card import build_card
+    from fracture.evaluation.metrics import (
         calibrated_probability,
         choose_thresholds,
         evaluation_report,
@@ -669,13 +669,13 @@ def _finalise(
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     # Saved before the card so that its checksum is in the card.
-    from fracture.ood import OOD_FILE
+    from fracture.inference.ood import OOD_FILE
 
     ood_gate.save(model_dir / OOD_FILE)
     card["ood"] = ood_gate.summary()
     save_model(model, model_config, model_dir, reference=reference, card=card)
     atomic_write_json(model_dir / "evaluation.json", report)
-    from fracture.cards import render_card_markdown
+    from fracture.model.card import render_card_markdown
 
     atomic_write_text(model_dir / "model_card.md", render_card_markdown(card))
     return model_dir

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fracture.fileio import atomic_write_bytes, atomic_write_json
+from fracture.io.files import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     import keras
@@ -127,7 +127,7 @@ def build_classifier(
 ) -> "keras.Model":
     """Build the flat ResNet-50 binary classifier.
 
-    ``imagenet_weights`` is a path from :func:`fracture.weights.resolve_imagenet_weights`,
+    ``imagenet_weights`` is a path from :func:`fracture.model.imagenet.resolve_imagenet_weights`,
     or ``None`` for random initialisation (tests, ``--no-pretrained``).
     """
     import keras

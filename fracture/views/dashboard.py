@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from fracture.explain import overlay_heatmap
-from fracture.images import load_image
-from fracture.predict import CSV_COLUMNS, FRACTURE, NORMAL, Prediction
+from fracture.inference.engine import overlay_heatmap
+from fracture.io.images import load_image
+from fracture.inference.predictor import CSV_COLUMNS, FRACTURE, NORMAL, Prediction
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -187,7 +187,7 @@ def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.Da
 
 
 def predictions_csv(predictions: Iterable[Prediction], threshold: float) -> bytes:
-    """The CLI's CSV (:data:`fracture.predict.CSV_COLUMNS`) in input order, labels at ``threshold``."""
+    """The CLI's CSV (:data:`fracture.inference.predictor.CSV_COLUMNS`) in input order, labels at ``threshold``."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
@@ -314,9 +314,9 @@ def load_thumbnail(
 ) -> np.ndarray:
     """Decode a dataset image, shrink it and draw its fracture boxes.
 
-    Decoding goes through :func:`fracture.images.load_image`, so DICOM, 16-bit
+    Decoding goes through :func:`fracture.io.images.load_image`, so DICOM, 16-bit
     and EXIF-rotated files look as the model sees them; an unreadable file
-    raises :class:`fracture.images.InvalidImageError`. Boxes are drawn after
+    raises :class:`fracture.io.images.InvalidImageError`. Boxes are drawn after
     shrinking so the lines keep their width.
     """
     small = thumbnail(load_image(path), max_side)

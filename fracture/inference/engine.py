@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from fracture.model import CAM_LAYER, LOGIT_LAYER, POOL_LAYER, fold_batchnorm
-from fracture.preprocessing import Geometry, unletterbox
+from fracture.model.network import CAM_LAYER, LOGIT_LAYER, POOL_LAYER, fold_batchnorm
+from fracture.inference.preprocess import Geometry, unletterbox
 
 if TYPE_CHECKING:
     import keras
@@ -71,7 +71,7 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
     """Size TensorFlow's two thread pools; the first call wins, later ones change nothing.
 
     Must run before TensorFlow executes any operation (TensorFlow refuses to
-    resize its pools afterwards): :class:`~fracture.predict.Predictor` calls it
+    resize its pools afterwards): :class:`~fracture.inference.predictor.Predictor` calls it
     first thing, and so should anything that builds a model before it.
     Returns the (intra-op, inter-op) threads in effect (0: TensorFlow's own
     default, when TensorFlow was already running).
@@ -190,7 +190,7 @@ _networks_lock = threading.Lock()
 
 def inference_network(model: "keras.Model", precision: str = "float32") -> "keras.Model":
     """The network :class:`InferenceEngine` runs for ``model``: BatchNorm folded
-    (:func:`~fracture.model.fold_batchnorm`), then a :func:`bfloat16_copy` if asked.
+    (:func:`~fracture.model.network.fold_batchnorm`), then a :func:`bfloat16_copy` if asked.
 
     Made once per model and precision and shared: a server's batch-of-one and
     batch engines over the same model hold one copy of the weights, not two.

@@ -46,7 +46,7 @@ from urllib.request import getproxies
 
 import numpy as np
 
-from fracture.settings import Settings, get_settings
+from fracture.config import Settings, get_settings
 
 __all__ = [
     "CACHE_FILENAME",

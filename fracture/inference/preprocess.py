@@ -3,7 +3,7 @@
 Training, evaluation, prediction and Grad-CAM all go through :func:`letterbox`,
 so a model never sees pixels prepared differently from the ones it learnt on.
 The caffe-style ImageNet normalisation of ResNet-50 lives inside the model
-(:class:`fracture.model.CaffePreprocess`), so the network's input is plain RGB
+(:class:`fracture.model.network.CaffePreprocess`), so the network's input is plain RGB
 in [0, 255].
 """
 

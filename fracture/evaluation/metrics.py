@@ -1,7 +1,7 @@
 """Evaluation core: calibration, operating points, metrics and the report JSON.
 
 Pure numpy / scipy / scikit-learn, so that it is cheap to import and to test;
-:mod:`fracture.evaluate` runs the model and hands its logits to these
+:mod:`fracture.evaluation.evaluate` runs the model and hands its logits to these
 functions, and the dashboard plots the dictionary that
 :func:`evaluation_report` returns.
 
@@ -692,7 +692,7 @@ def pointing_game(
     the tolerance is in normalised units so it does not depend on image size.
 
     The maps must cover the same extent as the image the boxes are normalised
-    to: map Grad-CAM back with :func:`fracture.preprocessing.unletterbox`
+    to: map Grad-CAM back with :func:`fracture.inference.preprocess.unletterbox`
     first, or the letterbox padding shifts every point. Images without boxes
     are not counted (their map may be ``None``). A constant map has no peak and
     counts as a miss, so a dead Grad-CAM cannot score by luck; among tied

@@ -7,7 +7,7 @@ Three on-disk layouts are recognised, so a dataset can be used as downloaded:
     one of :data:`CLASS_SYNONYMS`. Optional side files at ``ROOT``: ``manifest.csv``
     (``path`` relative to ROOT, ``region``, ``hardware`` 0/1, optional ``group``)
     and ``boxes.csv`` (``path,x0,y0,x1,y1`` normalised to [0, 1], one row per box).
-    This is the layout :func:`import_fracatlas` and :mod:`fracture.phantoms` write.
+    This is the layout :func:`import_fracatlas` and :mod:`fracture.data.phantoms` write.
 ``fracatlas``
     FracAtlas as published: ``ROOT/images/{Fractured,Non_fractured}/*.jpg``,
     ``ROOT/dataset.csv`` and ``ROOT/Annotations/COCO JSON/COCO_fracture_masks.json``.
@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from fracture.fileio import atomic_write_text
-from fracture.images import InvalidImageError, iter_image_files, load_image
-from fracture.preprocessing import PAD_VALUE, letterbox
+from fracture.io.files import atomic_write_text
+from fracture.io.images import InvalidImageError, iter_image_files, load_image
+from fracture.inference.preprocess import PAD_VALUE, letterbox
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -775,7 +775,7 @@ def _fracatlas_readme(source: Dataset, val_fraction: float, seed: int) -> str:
         "Fracture Classification, Localization and Segmentation of Musculoskeletal Radiographs.\" "
         "Scientific Data 10, 521 (2023). doi:10.1038/s41597-023-02432-4. Licence: CC BY 4.0.",
         "",
-        f"Imported from `{source.root}` by `fracture.datasets.import_fracatlas` with a seeded, "
+        f"Imported from `{source.root}` by `fracture.data.datasets.import_fracatlas` with a seeded, "
         f"label-stratified split (val_fraction={val_fraction}, seed={seed}).",
         "",
         "| split | fractured | normal |",
@@ -847,7 +847,7 @@ def load_example(
 ) -> np.ndarray:
     """Decode, optionally augment, and letterbox one image: float32 (S, S, 3) in [0, 255].
 
-    Raises :class:`fracture.images.InvalidImageError` for an unreadable file.
+    Raises :class:`fracture.io.images.InvalidImageError` for an unreadable file.
     """
     path = record.path if isinstance(record, Record) else Path(record)
     image = load_image(path)
@@ -869,8 +869,8 @@ def image_dataset(
 ) -> "tf.data.Dataset":
     """A ``tf.data`` pipeline of ``(x, y)``: x float32 [B, S, S, 3] in [0, 255], y float32 [B].
 
-    Decoding goes through :func:`fracture.images.load_image` and
-    :func:`fracture.preprocessing.letterbox`, the same path prediction uses. An
+    Decoding goes through :func:`fracture.io.images.load_image` and
+    :func:`fracture.inference.preprocess.letterbox`, the same path prediction uses. An
     unreadable file is skipped with a warning naming it rather than ending a
     training run hours in. With ``seed`` set, order and augmentation are
     reproducible (and still differ from epoch to epoch); ``seed=None`` trades that
@@ -1035,7 +1035,7 @@ def _cmd_import_fracatlas(args: argparse.Namespace) -> int:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     def run() -> int:
-        from fracture.phantoms import synthesize_phantoms
+        from fracture.data.phantoms import synthesize_phantoms
 
         dataset = synthesize_phantoms(
             args.dest, args.n, size=args.size, seed=args.seed, val_fraction=args.val_fraction
@@ -1052,7 +1052,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     def run() -> int:
         root = args.root
         if root is None:
-            from fracture.settings import get_settings
+            from fracture.config import get_settings
 
             root = get_settings().data_dir
         dataset = load_dataset(

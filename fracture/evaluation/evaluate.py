@@ -1,8 +1,8 @@
 """Evaluate a saved model on a dataset split.
 
-Runs the same :class:`~fracture.predict.Predictor` that serves users, so the
+Runs the same :class:`~fracture.inference.predictor.Predictor` that serves users, so the
 numbers describe what users get, then hands the scores to
-:mod:`fracture.metrics` (scikit-learn underneath).
+:mod:`fracture.evaluation.metrics` (scikit-learn underneath).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fracture.datasets import load_dataset
-from fracture.metrics import evaluation_report, pointing_game
-from fracture.predict import Predictor
+from fracture.data.datasets import load_dataset
+from fracture.evaluation.metrics import evaluation_report, pointing_game
+from fracture.inference.predictor import Predictor
 
 __all__ = ["evaluate_model", "score_records", "calibrate_model"]
 
@@ -100,10 +100,10 @@ def calibrate_model(
     import dataclasses
     import json
 
-    from fracture.cards import _headline, rewrite_model_config
-    from fracture.fileio import atomic_write_json
-    from fracture.metrics import calibrated_probability, choose_thresholds, fit_temperature
-    from fracture.model import read_config
+    from fracture.model.card import _headline, rewrite_model_config
+    from fracture.io.files import atomic_write_json
+    from fracture.evaluation.metrics import calibrated_probability, choose_thresholds, fit_temperature
+    from fracture.model.network import read_config
 
     model_dir = Path(model_dir)
     config, card = read_config(model_dir)

@@ -5,7 +5,7 @@ The dashboard calls :func:`start_training`, which launches
 (``start_new_session=True``): closing the tab, reloading the page or
 restarting the Streamlit script does not stop it, and Ctrl-C in the terminal
 that runs Streamlit is not delivered to it. Progress lives in the run's
-``status.json`` (written by :mod:`fracture.train`), so any page, in any
+``status.json`` (written by :mod:`fracture.training.trainer`), so any page, in any
 process, can show it.
 
 One run at a time, because a 2-core CPU cannot afford two: the lock file
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from fracture.fileio import atomic_write_json, read_json
-from fracture.settings import PROJECT_ROOT, Settings, get_settings
+from fracture.io.files import atomic_write_json, read_json
+from fracture.config import PROJECT_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
-    from fracture.train import TrainConfig
+    from fracture.training.trainer import TrainConfig
 
 __all__ = [
     "TrainingJob",
@@ -114,7 +114,7 @@ def _start_ticks(pid: int) -> int | None:
 
 def _alive(pid: Any, start_ticks: Any = None) -> bool:
     """Alive, not a zombie, and (when known) the same process, not a reused pid."""
-    from fracture.train import _alive as pid_alive
+    from fracture.training.trainer import _alive as pid_alive
 
     _reap()
     if not pid_alive(pid):
@@ -224,7 +224,7 @@ def _same_dir(a: Any, b: Any) -> bool:
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
-    from fracture.train import read_status
+    from fracture.training.trainer import read_status
 
     try:
         return read_status(run_dir)
@@ -286,7 +286,7 @@ def _command(
     data_root: Path, run_dir: Path, config: "TrainConfig", pretrained: bool, resume: bool
 ) -> list[str]:
     """The ``python -m fracture train`` command line that reproduces ``config``."""
-    from fracture.train import TrainConfig
+    from fracture.training.trainer import TrainConfig
 
     command = [sys.executable, "-m", "fracture", "train", str(data_root), "--out", str(run_dir)]
     if not pretrained:
@@ -344,7 +344,7 @@ def start_training(
     None, removes) environment variables for the child. Raises
     :class:`JobBusyError` when another run is active.
     """
-    from fracture.train import TrainConfig
+    from fracture.training.trainer import TrainConfig
 
     settings = _settings(settings)
     data = Path(data_root).expanduser().resolve()
@@ -509,7 +509,7 @@ def cancel(
 def list_runs(settings: Settings | None = None) -> list[dict[str, Any]]:
     """Run folders under ``runs_dir``, newest first, with status and candidate model.
 
-    Each entry: name, run_dir, status (as :func:`fracture.train.read_status`,
+    Each entry: name, run_dir, status (as :func:`fracture.training.trainer.read_status`,
     or :func:`job_status` for the active run), state, running, has_model,
     model_dir (``run_dir/model`` or None) and started.
     """

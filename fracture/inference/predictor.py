@@ -15,17 +15,17 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from fracture.explain import (
+from fracture.inference.engine import (
     PRECISIONS,
     InferenceEngine,
     bfloat16_supported,
     configure_threads,
     heatmap_to_image,
 )
-from fracture.images import InvalidImageError, load_image
-from fracture.model import OOD_FILE, LoadedModel, load_model
-from fracture.preprocessing import Geometry, letterbox
-from fracture.settings import Settings, get_settings
+from fracture.io.images import InvalidImageError, load_image
+from fracture.model.network import OOD_FILE, LoadedModel, load_model
+from fracture.inference.preprocess import Geometry, letterbox
+from fracture.config import Settings, get_settings
 
 __all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS"]
 
@@ -47,7 +47,7 @@ class Prediction:
     threshold: float | None = None
     logit: float | None = None  # prior-corrected logit (see ModelConfig.prior_shift)
     error: str | None = None
-    # Out-of-distribution gate (see fracture.ood): False flags an input that does
+    # Out-of-distribution gate (see fracture.inference.ood): False flags an input that does
     # not look like the bone radiographs the model was trained on.
     in_distribution: bool | None = None
     ood_score: float | None = None
@@ -93,7 +93,7 @@ class Predictor:
     ``Settings.inference_precision`` when set, else the model's recommendation
     (:attr:`ModelConfig.inference_precision`, set by ``python -m fracture bench
     --apply``), else float32. bfloat16 is used only where the hardware computes it
-    natively (see :func:`~fracture.explain.bfloat16_supported`); elsewhere
+    natively (see :func:`~fracture.inference.engine.bfloat16_supported`); elsewhere
     it would be emulated, slower than float32, so float32 is used with a warning.
     """
 
@@ -111,8 +111,8 @@ class Predictor:
         configure_threads()
         self.settings = settings or get_settings()
         if loaded is None:
-            from fracture.registry import active_model_dir
-            from fracture.weights import resolve_imagenet_weights
+            from fracture.model.registry import active_model_dir
+            from fracture.model.imagenet import resolve_imagenet_weights
 
             directory = Path(model_dir) if model_dir else active_model_dir(self.settings)
             weights = resolve_imagenet_weights(self.settings).path
@@ -274,7 +274,7 @@ def _load_ood_gate(directory: Path | None):
     if directory is None or not (Path(directory) / OOD_FILE).is_file():
         return None
     # Imported only for a model that has a gate: one import less at start-up otherwise.
-    from fracture.ood import OODGate
+    from fracture.inference.ood import OODGate
 
     return OODGate.load(Path(directory) / OOD_FILE)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fracture.datasets import LABEL_NAMES, Dataset, load_dataset, make_splits
-from fracture.fileio import atomic_write_text
+from fracture.data.datasets import LABEL_NAMES, Dataset, load_dataset, make_splits
+from fracture.io.files import atomic_write_text
 
 __all__ = ["synthesize_phantoms", "render_phantom", "Phantom", "REGION"]
 
@@ -61,7 +61,7 @@ BLUR_SIGMA_PX = (0.4, 1.0)  # detector blur
 
 _README = """# Synthetic phantom radiographs: NOT CLINICAL DATA
 
-Every image in this folder is a SYNTHETIC phantom drawn by `fracture.phantoms`
+Every image in this folder is a SYNTHETIC phantom drawn by `fracture.data.phantoms`
 (a computer-generated long bone in soft tissue). None comes from a patient. They
 are for smoke tests, demos and teaching only; a model trained or evaluated on
 them says nothing about real radiographs and must never be used on patients.
@@ -100,7 +100,7 @@ def synthesize_phantoms(
     Writes ``dest/{train,val}/{fractured,normal}/phantom_XXXXX.png``, ``boxes.csv``
     (fractured images only), ``manifest.csv`` and a README saying the images are
     synthetic. The same ``seed`` gives the same files. Returns the dataset as
-    :func:`fracture.datasets.load_dataset` reads it back.
+    :func:`fracture.data.datasets.load_dataset` reads it back.
     """
     if n < 2:
         raise ValueError(f"n must be at least 2 (one per class), got {n}")

@@ -214,7 +214,7 @@ def generated_uploads(count: int, size: int = 384, seed: int = 0) -> list[Upload
     """Synthetic phantom radiographs as PNG bytes, for a machine with no real images."""
     from PIL import Image
 
-    from fracture.phantoms import render_phantom
+    from fracture.data.phantoms import render_phantom
 
     rng = np.random.default_rng(seed)
     uploads = []
@@ -228,7 +228,7 @@ def generated_uploads(count: int, size: int = 384, seed: int = 0) -> list[Upload
 
 def uploads_from_paths(paths: Sequence[str | os.PathLike[str]], limit: int) -> list[Upload]:
     """Up to ``limit`` image files from the given files and folders (searched recursively)."""
-    from fracture.images import iter_image_files
+    from fracture.io.images import iter_image_files
 
     files = iter_image_files(paths)[:limit]
     if not files:
@@ -472,7 +472,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         return 2
     print(report.table())
     if args.json:
-        from fracture.fileio import atomic_write_json
+        from fracture.io.files import atomic_write_json
 
         atomic_write_json(Path(args.json), {"config": dataclasses.asdict(config),
                                             **report.to_dict()})

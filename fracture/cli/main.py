@@ -32,11 +32,11 @@ def _progress(total: int, description: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fracture.explain import overlay_heatmap
-    from fracture.images import iter_image_files
-    from fracture.model import ModelLoadError
-    from fracture.predict import CSV_COLUMNS, Predictor
-    from fracture.weights import WeightsError
+    from fracture.inference.engine import overlay_heatmap
+    from fracture.io.images import iter_image_files
+    from fracture.model.network import ModelLoadError
+    from fracture.inference.predictor import CSV_COLUMNS, Predictor
+    from fracture.model.imagenet import WeightsError
 
     files = iter_image_files(args.paths)
     if not files:
@@ -99,7 +99,7 @@ def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heat
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fracture.train import TrainConfig, configure_logical_cpus, train
+    from fracture.training.trainer import TrainConfig, configure_logical_cpus, train
 
     if args.strategy == "mirrored" and args.logical_cpus:
         configure_logical_cpus(args.logical_cpus)
@@ -131,9 +131,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fracture.evaluate import evaluate_model
-    from fracture.fileio import atomic_write_json
-    from fracture.metrics import format_report
+    from fracture.evaluation.evaluate import evaluate_model
+    from fracture.io.files import atomic_write_json
+    from fracture.evaluation.metrics import format_report
 
     report = evaluate_model(args.data, model_dir=args.model, split=args.split,
                             pointing_game=not args.no_cam)
@@ -145,8 +145,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from fracture import registry
-    from fracture.model import ModelLoadError
+    from fracture.model.network import registry
+    from fracture.model.network import ModelLoadError
 
     try:
         if args.models_command == "list":
@@ -172,8 +172,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from fracture.evaluate import calibrate_model
-    from fracture.metrics import format_report
+    from fracture.evaluation.evaluate import calibrate_model
+    from fracture.evaluation.metrics import format_report
 
     report = calibrate_model(args.model, args.data)
     print(format_report(report))
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from fracture.weights import add_weights_parser
+    from fracture.model.imagenet import add_weights_parser
 
     add_weights_parser(sub)
 
@@ -251,14 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser("cleanup", help="remove leftovers of interrupted promotions")
     p.set_defaults(func=cmd_models)
 
-    from fracture.datasets import add_data_parser
-    from fracture.ood import add_ood_parser
+    from fracture.data.datasets import add_data_parser
+    from fracture.inference.ood import add_ood_parser
 
     add_data_parser(sub)
     add_ood_parser(sub)
 
-    from fracture.bench import add_bench_parser
-    from fracture.loadtest import add_load_parser
+    from fracture.perf.bench import add_bench_parser
+    from fracture.perf.loadtest import add_load_parser
 
     add_bench_parser(sub)
     add_load_parser(sub)

@@ -1,0 +1,2 @@
+"""The command line (``python -m fracture``): argparse lives here and only here.
+"""

@@ -1,0 +1,2 @@
+"""Performance: the benchmark (``python -m fracture bench``) and the dashboard load test.
+"""

@@ -1,0 +1,2 @@
+"""Fine-tuning: the trainer, its feature cache, the run-folder format and background jobs.
+"""

@@ -1,0 +1,2 @@
+"""What the dashboard pages show, computed without Streamlit: tables, figures, downloads, the admin gate.
+"""
