@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fracture.model.network import imagenet as weights
+from fracture.model import imagenet as weights
 from fracture.config import Settings
 
 # A few old keras-applications names, in TF.js manifest style, with small shapes.

@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from fracture.model.network import registry
+    from fracture.model import registry
     from fracture.model.network import ModelLoadError
 
     try:
