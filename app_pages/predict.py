@@ -15,7 +15,7 @@ from streamlit.typing import UploadedFile
 
 from app_pages import _common as common
 from fracture.views import dashboard
-from fracture.inference.engine import overlay_heatmap
+from fracture.inference.gradcam import overlay_heatmap
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
 from fracture.inference.predictor import Prediction
 

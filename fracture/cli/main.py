@@ -32,7 +32,7 @@ def _progress(total: int, description: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fracture.inference.engine import overlay_heatmap
+    from fracture.inference.gradcam import overlay_heatmap
     from fracture.io.images import iter_image_files
     from fracture.model.network import ModelLoadError
     from fracture.inference.predictor import CSV_COLUMNS, Predictor

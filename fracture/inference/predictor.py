@@ -20,8 +20,8 @@ from fracture.inference.engine import (
     InferenceEngine,
     bfloat16_supported,
     configure_threads,
-    heatmap_to_image,
 )
+from fracture.inference.gradcam import heatmap_to_image
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model.network import OOD_FILE, LoadedModel, load_model
 from fracture.inference.preprocess import Geometry, letterbox

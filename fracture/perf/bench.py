@@ -566,7 +566,7 @@ def naive_predict(model: "keras.Model", data: bytes, image_size: int) -> float:
 
 def _single_request(predictor: "Predictor", data: bytes, with_cam: bool) -> None:
     """What the dashboard does for one upload: bytes to probability (and overlay)."""
-    from fracture.inference.engine import overlay_heatmap
+    from fracture.inference.gradcam import overlay_heatmap
 
     result = predictor.predict([data], with_cam=with_cam)[0]
     if with_cam:
@@ -900,7 +900,8 @@ def measure_cold_start(config_json: dict[str, Any], t0: float, t_import: float) 
     import keras
 
     import fracture.model.network as model_module
-    from fracture.inference.engine import configure_threads, overlay_heatmap
+    from fracture.inference.engine import configure_threads
+    from fracture.inference.gradcam import overlay_heatmap
     from fracture.inference.predictor import Predictor
 
     config = BenchConfig.from_json(config_json)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from fracture.inference.engine import overlay_heatmap
+from fracture.inference.gradcam import overlay_heatmap
 from fracture.io.images import load_image
 from fracture.inference.predictor import CSV_COLUMNS, FRACTURE, NORMAL, Prediction
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SIZE
-from fracture.inference.engine import InferenceEngine, heatmap_to_image, inference_network, overlay_heatmap
+from fracture.inference.engine import InferenceEngine, inference_network
+from fracture.inference.gradcam import heatmap_to_image, overlay_heatmap
 from fracture.model.network import CAM_LAYER, ModelConfig, build_classifier, fold_batchnorm, load_model
 from fracture.inference.preprocess import letterbox
 
