@@ -13,7 +13,9 @@ import streamlit as st
 
 from app_pages import _common as common
 from fracture.views import dashboard
-from fracture.data.datasets import Dataset, DatasetLayoutError, find_duplicates, load_dataset
+from fracture.data.layouts import load_dataset
+from fracture.data.records import Dataset, DatasetLayoutError
+from fracture.data.splits import find_duplicates
 from fracture.io.images import InvalidImageError
 from fracture.data.phantoms import REGION as PHANTOM_REGION
 from fracture.config import Settings

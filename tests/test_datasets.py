@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -18,20 +17,18 @@ import pytest
 from PIL import Image
 
 from conftest import radiograph_like
-from fracture.data.datasets import (
+from fracture.cli.data import add_data_parser
+from fracture.data.augment import augment_radiograph
+from fracture.data.fracatlas import import_fracatlas
+from fracture.data.layouts import load_dataset
+from fracture.data.records import (
     CLASS_SYNONYMS,
     Dataset,
     DatasetLayoutError,
     Record,
-    add_data_parser,
-    augment_radiograph,
-    find_duplicates,
-    image_dataset,
-    import_fracatlas,
     label_from_name,
-    load_dataset,
-    load_example,
 )
+from fracture.data.splits import find_duplicates
 from fracture.io.images import load_image
 from fracture.data.phantoms import REGION, synthesize_phantoms
 
@@ -375,36 +372,14 @@ def test_augment_radiograph_keeps_shape_dtype_and_greyness() -> None:
         augment_radiograph(grey.astype(np.float32), np.random.default_rng(0))
 
 
-def test_image_dataset_shapes_and_skips_broken_files(tmp_path: Path, caplog) -> None:
-    paths = _populate(tmp_path / "train" / "fractured", 3, 0) + _populate(
-        tmp_path / "train" / "normal", 3, 10
-    )
+def test_listing_does_not_decode_images(tmp_path: Path) -> None:
+    _populate(tmp_path / "train" / "fractured", 3, 0)
+    _populate(tmp_path / "train" / "normal", 3, 10)
     broken = tmp_path / "train" / "normal" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     dataset = load_dataset(tmp_path, val_fraction=0.0)
-    assert broken in {record.path for record in dataset.records}  # listing does not decode
-
-    square = load_example(dataset.records[0], 32)
-    assert square.shape == (32, 32, 3) and square.dtype == np.float32
-
-    with caplog.at_level(logging.WARNING, logger="fracture.data.datasets"):
-        pipeline = image_dataset(dataset.records, 32, 4, augment=True, shuffle=True, seed=1)
-        batches = list(pipeline.as_numpy_iterator())
-    assert [x.shape for x, _ in batches] == [(4, 32, 32, 3), (2, 32, 32, 3)]
-    assert all(x.dtype == np.float32 and y.dtype == np.float32 for x, y in batches)
-    assert all(0.0 <= x.min() and x.max() <= 255.0 for x, _ in batches)
-    assert sorted(np.concatenate([y for _, y in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
-    assert "broken.png" in caplog.text
-
-    again = list(image_dataset(dataset.records, 32, 4, augment=True, shuffle=True, seed=1)
-                 .as_numpy_iterator())  # fmt: skip
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))
-
-    cached = image_dataset(dataset.records, 32, 8, cache=True)
-    for _ in range(2):  # the second epoch reads the cache
-        ((x, y),) = list(cached.as_numpy_iterator())
-        assert x.shape == (6, 32, 32, 3) and y.tolist() == [1, 1, 1, 0, 0, 0]
-    assert len(paths) == 6
+    assert broken in {record.path for record in dataset.records}
+    assert len(dataset.records) == 7
 
 
 def test_find_duplicates_across_splits(tmp_path: Path) -> None:

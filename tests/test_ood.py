@@ -287,7 +287,7 @@ def test_real_model_gate_separates_fracatlas_from_probe_images(
         started = time.perf_counter()
         gate = fit_for_model(model_dir, shared_fracatlas, predictor=predictor, max_train=1000)
         read_config(model_dir)
-        from fracture.data.datasets import load_dataset
+        from fracture.data.layouts import load_dataset
 
         val = load_dataset(shared_fracatlas).split("val")
         in_features, _ = extract_features(predictor, [r.path for r in val])

@@ -39,7 +39,7 @@ def _settings(tmp_path: Path) -> Settings:
 
 
 def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fake_imagenet_weights):
-    from fracture.data.datasets import load_dataset
+    from fracture.data.layouts import load_dataset
     from fracture.model.network import ModelConfig, build_classifier, split_at
     from fracture.io.images import load_image
     from fracture.inference.preprocess import letterbox

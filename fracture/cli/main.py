@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser("cleanup", help="remove leftovers of interrupted promotions")
     p.set_defaults(func=cmd_models)
 
-    from fracture.data.datasets import add_data_parser
+    from fracture.cli.data import add_data_parser
     from fracture.inference.ood import add_ood_parser
 
     add_data_parser(sub)

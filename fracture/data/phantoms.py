@@ -25,7 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fracture.data.datasets import LABEL_NAMES, Dataset, load_dataset, make_splits
+from fracture.data.layouts import load_dataset
+from fracture.data.records import LABEL_NAMES, Dataset
+from fracture.data.splits import make_splits
 from fracture.io.files import atomic_write_text
 
 __all__ = ["synthesize_phantoms", "render_phantom", "Phantom", "REGION"]
@@ -100,7 +102,7 @@ def synthesize_phantoms(
     Writes ``dest/{train,val}/{fractured,normal}/phantom_XXXXX.png``, ``boxes.csv``
     (fractured images only), ``manifest.csv`` and a README saying the images are
     synthetic. The same ``seed`` gives the same files. Returns the dataset as
-    :func:`fracture.data.datasets.load_dataset` reads it back.
+    :func:`fracture.data.layouts.load_dataset` reads it back.
     """
     if n < 2:
         raise ValueError(f"n must be at least 2 (one per class), got {n}")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fracture.data.datasets import load_dataset
+from fracture.data.layouts import load_dataset
 from fracture.evaluation.metrics import evaluation_report, pointing_game
 from fracture.inference.predictor import Predictor
 

@@ -419,7 +419,7 @@ def fit_for_model(
     carved it); otherwise images the classifier was trained on could become
     the "held-out" set, and their lower scores would set too low a threshold.
     """
-    from fracture.data.datasets import load_dataset
+    from fracture.data.layouts import load_dataset
     from fracture.model.network import read_config
 
     model_dir = Path(model_dir)
@@ -665,7 +665,7 @@ def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], Non
 
 
 def _guarded(run: Callable[[], int]) -> int:
-    from fracture.data.datasets import DatasetLayoutError
+    from fracture.data.records import DatasetLayoutError
     from fracture.model.network import ModelLoadError
     from fracture.model.imagenet import WeightsError
 
@@ -701,7 +701,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_measure(args: argparse.Namespace) -> int:
     def run() -> int:
-        from fracture.data.datasets import load_dataset
+        from fracture.data.layouts import load_dataset
         from fracture.io.files import atomic_write_json
         from fracture.inference.predictor import Predictor
 

@@ -612,7 +612,7 @@ def _latencies(predictors: Sequence["Predictor"], jpegs: Sequence[bytes],
 def _val_subset(config: BenchConfig) -> tuple[list[Any], int, str | None]:
     """Val records (a stratified, seeded subset when ``val_images`` is set), the split's size,
     or the reason there are none."""
-    from fracture.data.datasets import load_dataset
+    from fracture.data.layouts import load_dataset
 
     root = Path(config.val_root) if config.val_root else DEFAULT_VAL_ROOT
     if not root.is_dir():

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from fracture.data.datasets import Record, augment_radiograph, load_dataset
+from fracture.data.augment import augment_radiograph
+from fracture.data.layouts import load_dataset
+from fracture.data.records import Record
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model.network import (

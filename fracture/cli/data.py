@@ -1,0 +1,144 @@
+"""``python -m fracture data``: import, synthesise and inspect datasets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from fracture.data.fracatlas import import_fracatlas
+from fracture.data.layouts import load_dataset
+from fracture.data.records import Dataset, DatasetLayoutError
+from fracture.data.splits import find_duplicates
+
+__all__ = ["add_data_parser"]
+
+
+def add_data_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``data import fracatlas``, ``data synth`` and ``data info``."""
+    data = subparsers.add_parser("data", help="import, synthesise and inspect datasets")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    importer = commands.add_parser("import", help="convert a downloaded dataset")
+    sources = importer.add_subparsers(dest="import_source", required=True, metavar="SOURCE")
+    fracatlas = sources.add_parser(
+        "fracatlas", help="FracAtlas as published (Abedeen et al., Sci Data 2023)"
+    )
+    fracatlas.add_argument("src", type=Path, help="unpacked FracAtlas folder (holds images/)")
+    fracatlas.add_argument("dest", type=Path, help="new folder for the train/val layout")
+    fracatlas.add_argument("--val-fraction", type=float, default=0.15)
+    fracatlas.add_argument("--seed", type=int, default=0)
+    fracatlas.set_defaults(func=_cmd_import_fracatlas)
+
+    synth = commands.add_parser("synth", help="write synthetic phantom radiographs (not clinical)")
+    synth.add_argument("dest", type=Path, help="new folder for the phantoms")
+    synth.add_argument("--n", type=int, required=True, help="number of images, half fractured")
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--val-fraction", type=float, default=0.2)
+    synth.set_defaults(func=_cmd_synth)
+
+    info = commands.add_parser("info", help="layout and counts of a dataset folder")
+    info.add_argument("root", type=Path, nargs="?", default=None,
+                      help="dataset folder (default: the data_dir setting)")  # fmt: skip
+    info.add_argument("--val-fraction", type=float, default=0.15,
+                      help="for folders without a val split")  # fmt: skip
+    info.add_argument("--test-fraction", type=float, default=0.0)
+    info.add_argument("--seed", type=int, default=0)
+    info.add_argument(
+        "--duplicates",
+        action="store_true",
+        help="also hash the files and list copies shared between splits",
+    )
+    info.set_defaults(func=_cmd_info)
+
+
+def _cmd_import_fracatlas(args: argparse.Namespace) -> int:
+    def run() -> int:
+        dataset = import_fracatlas(
+            args.src, args.dest, val_fraction=args.val_fraction, seed=args.seed
+        )
+        print(f"Imported FracAtlas into {dataset.root}")
+        _print_counts(dataset)
+        return 0
+
+    return _guarded(run)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from fracture.data.phantoms import synthesize_phantoms
+
+        dataset = synthesize_phantoms(
+            args.dest, args.n, size=args.size, seed=args.seed, val_fraction=args.val_fraction
+        )
+        print(f"Wrote {len(dataset.records)} SYNTHETIC phantom images to {dataset.root}")
+        print("They are not clinical data: use them for smoke tests and demos only.")
+        _print_counts(dataset)
+        return 0
+
+    return _guarded(run)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    def run() -> int:
+        root = args.root
+        if root is None:
+            from fracture.config import get_settings
+
+            root = get_settings().data_dir
+        dataset = load_dataset(
+            root, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+        )
+        print(f"Dataset: {dataset.root}")
+        print(f"Layout:  {dataset.layout}")
+        _print_counts(dataset)
+        if dataset.made_splits:
+            print(
+                f"Split(s) made here, not on disk: {', '.join(dataset.made_splits)} "
+                f"(seed {args.seed}, val fraction {args.val_fraction}, "
+                f"test fraction {args.test_fraction})"
+            )
+        regions = Counter(record.region or "unknown" for record in dataset.records)
+        print("Regions: " + ", ".join(f"{name} {count}" for name, count in regions.most_common()))
+        hardware = [r.hardware for r in dataset.records if r.hardware is not None]
+        if hardware:
+            print(f"Hardware: {sum(hardware)} of {len(hardware)} images show an implant")
+        with_boxes = [r for r in dataset.records if r.boxes]
+        if with_boxes:
+            total = sum(len(r.boxes) for r in with_boxes)
+            print(f"Boxes:   {total} on {len(with_boxes)} images")
+        groups = {r.group for r in dataset.records if r.group is not None}
+        if groups:
+            print(f"Groups:  {len(groups)} (patients/studies; kept within one split)")
+        if args.duplicates:
+            pairs = find_duplicates(dataset.records)
+            print(f"Duplicates across splits: {len(pairs)}")
+            for first, second in pairs:
+                print(f"  {first}  ==  {second}")
+        return 0
+
+    return _guarded(run)
+
+
+def _guarded(run: Any) -> int:
+    try:
+        return int(run())
+    except DatasetLayoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_counts(dataset: Dataset) -> None:
+    summary = dataset.summary()
+    print(f"{'split':<8}{'fractured':>11}{'normal':>9}{'total':>8}")
+    for split, counts in summary.items():
+        print(f"{split:<8}{counts['fractured']:>11}{counts['normal']:>9}{counts['total']:>8}")
+    fractured = sum(c["fractured"] for c in summary.values())
+    normal = sum(c["normal"] for c in summary.values())
+    print(f"{'all':<8}{fractured:>11}{normal:>9}{fractured + normal:>8}")
