@@ -14,6 +14,7 @@ import streamlit as st
 from app_pages import _common as common
 from fracture.views import dashboard
 from fracture.training import jobs
+from fracture.training.runs import discard_candidate
 from fracture.model import registry
 from fracture.io.files import read_json
 from fracture.model.network import ModelLoadError
@@ -33,7 +34,7 @@ if not common.admin_gate("Training and promoting models"):
 
 def start_form() -> None:
     """The run's settings, and Start."""
-    from fracture.training.trainer import TrainConfig
+    from fracture.training.config import TrainConfig
 
     defaults = TrainConfig()
     with st.form("new_run", border=False):
@@ -182,7 +183,7 @@ def show_result(run: dict) -> None:
             st.rerun()
     if actions[1].button("Discard", icon=":material/delete:"):
         try:
-            registry.discard(model_dir, settings=settings)
+            discard_candidate(model_dir, settings=settings)
         except (FileNotFoundError, OSError, ValueError) as error:
             st.error(f"Could not discard: {error}")
         else:

@@ -326,7 +326,8 @@ def finished_run(app_env):
 
     from fracture.data.phantoms import synthesize_phantoms
     from fracture.config import Settings
-    from fracture.training.trainer import TrainConfig, train
+    from fracture.training.config import TrainConfig
+    from fracture.training.trainer import train
 
     data = app_env.base / "train-phantoms"
     synthesize_phantoms(data, 24, size=64, seed=0)

@@ -19,7 +19,8 @@ import pytest
 from fracture.training import jobs
 from fracture.model.network import read_config
 from fracture.config import Settings
-from fracture.training.trainer import TrainConfig, read_status
+from fracture.training.config import TrainConfig
+from fracture.training.runs import read_status
 
 # Writes status.json like train.py, and answers SIGTERM with "cancelled" unless told to ignore it.
 FAKE_TRAINER = r"""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fracture.model import registry
+from fracture.training import runs
 from fracture.io.files import atomic_write_json
 from fracture.model.network import ModelConfig, ModelLoadError, file_checksums, read_config
 from fracture.config import PROJECT_ROOT, Settings
@@ -154,24 +155,24 @@ def test_active_file_with_a_path_is_ignored(settings, caplog):
 
 def test_discard_deletes_only_model_folders_inside_runs(settings, candidate, tmp_path):
     with pytest.raises(ValueError, match="only model folders inside"):
-        registry.discard(settings.models_dir / "default", settings)
+        runs.discard_candidate(settings.models_dir / "default", settings)
     with pytest.raises(ValueError, match="only model folders inside"):
-        registry.discard(settings.runs_dir / ".." / "models" / "default", settings)
+        runs.discard_candidate(settings.runs_dir / ".." / "models" / "default", settings)
     with pytest.raises(ValueError, match="only model folders inside"):
-        registry.discard(settings.runs_dir, settings)
+        runs.discard_candidate(settings.runs_dir, settings)
     (settings.runs_dir / "notes").mkdir()
     with pytest.raises(ValueError, match="not a model folder"):
-        registry.discard(settings.runs_dir / "notes", settings)
+        runs.discard_candidate(settings.runs_dir / "notes", settings)
     link = settings.runs_dir / "link"
     link.symlink_to(settings.models_dir / "default")
     with pytest.raises(ValueError, match="symbolic link"):
-        registry.discard(link, settings)
-    registry.discard(candidate, settings)
+        runs.discard_candidate(link, settings)
+    runs.discard_candidate(candidate, settings)
     assert not candidate.exists() and (settings.models_dir / "default").is_dir()
 
 
 PROMOTE_SCRIPT = (
-    "import sys; from pathlib import Path; from fracture import registry;"
+    "import sys; from pathlib import Path; from fracture.model import registry;"
     "from fracture.config import Settings;"
     "registry.promote(Path(sys.argv[1]), settings=Settings(models_dir=Path(sys.argv[2])))"
 )

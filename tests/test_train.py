@@ -21,7 +21,9 @@ import pytest
 from conftest import TINY_SIZE
 from fracture.data.phantoms import synthesize_phantoms
 from fracture.config import PROJECT_ROOT, Settings
-from fracture.training.trainer import TrainConfig, read_status, train
+from fracture.training.config import TrainConfig
+from fracture.training.runs import read_status
+from fracture.training.trainer import train
 
 TINY = TrainConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out", head_epochs=1,
                    epochs=1, batch_size=8, views=2, seed=3)
@@ -43,7 +45,7 @@ def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fak
     from fracture.model.network import ModelConfig, build_classifier, split_at
     from fracture.io.images import load_image
     from fracture.inference.preprocess import letterbox
-    from fracture.training.trainer import FeatureCache, compute_features
+    from fracture.training.cache import FeatureCache, compute_features
 
     model = build_classifier(ModelConfig(image_size=TINY_SIZE, fine_tune_from=TINY.fine_tune_from),
                              fake_imagenet_weights)
@@ -68,7 +70,7 @@ def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fak
 
 
 def test_cache_key_depends_on_content_view_and_preprocessing(tmp_path):
-    from fracture.training.trainer import FeatureCache
+    from fracture.training.cache import FeatureCache
 
     a = FeatureCache(tmp_path, "resnet50|w|224|conv5_block1_out")
     b = FeatureCache(tmp_path, "resnet50|w|384|conv5_block1_out")
@@ -186,7 +188,7 @@ def test_tiny_training_on_phantoms_beats_chance(tmp_path):
 
 
 def test_keep_usable_drops_unreadable_rows_without_copying():
-    from fracture.training.trainer import keep_usable
+    from fracture.training.cache import keep_usable
 
     features = np.arange(2 * 5 * 3, dtype=np.float16).reshape(2, 5, 3)
     expected = features[:, [0, 2, 3]].copy()

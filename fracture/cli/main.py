@@ -99,7 +99,8 @@ def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heat
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fracture.training.trainer import TrainConfig, configure_logical_cpus, train
+    from fracture.training.config import TrainConfig
+    from fracture.training.trainer import configure_logical_cpus, train
 
     if args.strategy == "mirrored" and args.logical_cpus:
         configure_logical_cpus(args.logical_cpus)

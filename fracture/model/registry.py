@@ -47,7 +47,6 @@ __all__ = [
     "promote",
     "rollback",
     "set_active",
-    "discard",
     "cleanup_staging",
     "ACTIVE_FILE",
     "HISTORY_FILE",
@@ -68,8 +67,6 @@ PAUSE_ENV = "FRACTURE_TEST_PAUSE_AT"
 PAUSE_FILE_ENV = "FRACTURE_TEST_PAUSE_FILE"
 PAUSE_STEPS = ("during_copy", "after_copy", "after_rename", "before_active_write")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# Files that a model folder always has; discard() refuses folders without one.
-_MODEL_FILES = ("config.json", "weights.npz", "model_card.json")
 
 
 @dataclass(frozen=True)
@@ -437,46 +434,6 @@ def rollback(settings: Settings | None = None) -> ModelVersion:
         _activate(settings, name, _history(settings)[: index + 1])
     log.info("Rolled back from %r to %r", current, name)
     return _version(settings, name)
-
-
-def discard(candidate_dir: str | os.PathLike[str], settings: Settings | None = None) -> None:
-    """Delete a run's candidate model folder; refuses anything outside ``settings.runs_dir``.
-
-    Deleting is irreversible, so the path must be a real (not symlinked)
-    folder strictly inside ``runs_dir`` that looks like a model folder, and
-    its run must not still be writing it.
-    """
-    settings = _settings(settings)
-    candidate = Path(candidate_dir)
-    runs = settings.runs_dir.resolve()
-    if candidate.is_symlink():
-        raise ValueError(f"Refusing to discard {candidate}: it is a symbolic link")
-    resolved = candidate.resolve()
-    if resolved == runs or not resolved.is_relative_to(runs):
-        raise ValueError(
-            f"Refusing to discard {candidate}: only model folders inside {runs} can be discarded"
-        )
-    if not resolved.is_dir():
-        raise FileNotFoundError(f"No model folder at {candidate}")
-    if not any((resolved / name).exists() for name in _MODEL_FILES):
-        raise ValueError(f"Refusing to discard {candidate}: it is not a model folder")
-    status = _run_state(resolved.parent)
-    if status in {"starting", "caching", "running", "finishing"}:
-        raise ValueError(f"Refusing to discard {candidate}: its run is still {status}")
-    shutil.rmtree(resolved)
-    log.info("Discarded candidate model %s", resolved)
-
-
-def _run_state(run_dir: Path) -> str | None:
-    # fracture.training.trainer imports Keras; only pay for it when a status file exists.
-    if not (run_dir / "status.json").is_file():
-        return None
-    from fracture.training.trainer import read_status
-
-    try:
-        return read_status(run_dir).get("state")
-    except ValueError:
-        return None
 
 
 def cleanup_staging(settings: Settings | None = None) -> list[Path]:

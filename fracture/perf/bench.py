@@ -810,7 +810,8 @@ def measure_training(config: BenchConfig) -> dict[str, Any]:
     import keras
 
     from fracture.model.network import LOGIT_LAYER, ModelConfig, build_classifier, set_trainable, split_at
-    from fracture.training.trainer import TrainConfig, _compile
+    from fracture.training.config import TrainConfig
+    from fracture.training.trainer import _compile
 
     started = time.perf_counter()
     lap = _Laps()

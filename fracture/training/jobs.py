@@ -36,7 +36,7 @@ from fracture.io.files import atomic_write_json, read_json
 from fracture.config import PROJECT_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
-    from fracture.training.trainer import TrainConfig
+    from fracture.training.config import TrainConfig
 
 __all__ = [
     "TrainingJob",
@@ -114,7 +114,7 @@ def _start_ticks(pid: int) -> int | None:
 
 def _alive(pid: Any, start_ticks: Any = None) -> bool:
     """Alive, not a zombie, and (when known) the same process, not a reused pid."""
-    from fracture.training.trainer import _alive as pid_alive
+    from fracture.training.runs import pid_alive
 
     _reap()
     if not pid_alive(pid):
@@ -224,7 +224,7 @@ def _same_dir(a: Any, b: Any) -> bool:
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
-    from fracture.training.trainer import read_status
+    from fracture.training.runs import read_status
 
     try:
         return read_status(run_dir)
@@ -286,7 +286,7 @@ def _command(
     data_root: Path, run_dir: Path, config: "TrainConfig", pretrained: bool, resume: bool
 ) -> list[str]:
     """The ``python -m fracture train`` command line that reproduces ``config``."""
-    from fracture.training.trainer import TrainConfig
+    from fracture.training.config import TrainConfig
 
     command = [sys.executable, "-m", "fracture", "train", str(data_root), "--out", str(run_dir)]
     if not pretrained:
@@ -344,7 +344,7 @@ def start_training(
     None, removes) environment variables for the child. Raises
     :class:`JobBusyError` when another run is active.
     """
-    from fracture.training.trainer import TrainConfig
+    from fracture.training.config import TrainConfig
 
     settings = _settings(settings)
     data = Path(data_root).expanduser().resolve()
@@ -509,7 +509,7 @@ def cancel(
 def list_runs(settings: Settings | None = None) -> list[dict[str, Any]]:
     """Run folders under ``runs_dir``, newest first, with status and candidate model.
 
-    Each entry: name, run_dir, status (as :func:`fracture.training.trainer.read_status`,
+    Each entry: name, run_dir, status (as :func:`fracture.training.runs.read_status`,
     or :func:`job_status` for the active run), state, running, has_model,
     model_dir (``run_dir/model`` or None) and started.
     """

@@ -21,25 +21,20 @@ never augmented.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fracture.data.augment import augment_radiograph
+from fracture.config import Settings, get_settings
 from fracture.data.layouts import load_dataset
-from fracture.data.records import Record
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
-from fracture.io.images import InvalidImageError, load_image
 from fracture.model.network import (
     ModelConfig,
     build_classifier,
@@ -49,243 +44,14 @@ from fracture.model.network import (
     set_trainable,
     split_at,
 )
-from fracture.inference.preprocess import letterbox
-from fracture.config import Settings, get_settings
+from fracture.training.cache import FeatureCache, compute_features, keep_usable, model_key
+from fracture.training.config import TrainConfig
+from fracture.training.runs import METRICS_JSON, STATE_FILE, STATUS_FILE, RunWriter
 
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["TrainConfig", "FeatureCache", "train", "make_strategy", "read_status", "keep_usable"]
-
-STATUS_FILE = "status.json"
-METRICS_JSON = "metrics.json"
-METRICS_CSV = "metrics.csv"
-STATE_FILE = "state.json"
-CACHE_VERSION = "1"  # bump when letterbox or augmentation change
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Configurable parameters of a training run."""
-
-    image_size: int = 224
-    fine_tune_from: str = "conv5_block1_out"
-    head_epochs: int = 2
-    epochs: int = 8  # fine-tuning epochs after the head phase
-    batch_size: int = 32
-    head_lr: float = 1e-3
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    dropout: float = 0.3
-    augment: bool = True
-    views: int = 2  # cached views per training image; view 0 is unaugmented
-    patience: int = 3  # fine-tuning epochs without val AUROC gain before stopping
-    seed: int = 0
-    strategy: str = "default"  # default | mirrored | multiworker
-    val_fraction: float = 0.15
-
-    @property
-    def total_epochs(self) -> int:
-        return self.head_epochs + self.epochs
-
-
-# ---------------------------------------------------------------------------
-# Status and run directory
-
-
-class RunWriter:
-    """Writes a run's live status and metrics, each file atomically."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.started = time.time()
-        self._last_status = 0.0
-
-    def status(self, state: str, *, force: bool = True, **fields: Any) -> None:
-        now = time.time()
-        if not force and now - self._last_status < 1.0:
-            return
-        self._last_status = now
-        payload = {
-            "state": state,
-            "pid": os.getpid(),
-            "started": self.started,
-            "updated": now,
-            **fields,
-        }
-        atomic_write_json(self.run_dir / STATUS_FILE, payload)
-
-    def metrics(self, history: list[dict[str, Any]]) -> None:
-        atomic_write_json(self.run_dir / METRICS_JSON, history)
-        if history:
-            columns = list(history[0])
-            lines = [",".join(columns)]
-            lines += [",".join(_csv_cell(row.get(c)) for c in columns) for row in history]
-            atomic_write_text(self.run_dir / METRICS_CSV, "\n".join(lines) + "\n")
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    return str(value)
-
-
-def read_status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """A run's status; a run whose process died mid-way reads as ``interrupted``."""
-    status = read_json(Path(run_dir) / STATUS_FILE, default={"state": "unknown"})
-    if status.get("state") in {"running", "caching", "starting"} and not _alive(status.get("pid")):
-        status["state"] = "interrupted"
-        status["message"] = "The training process stopped unexpectedly; resume to continue."
-    return status
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed child not yet reaped) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-# ---------------------------------------------------------------------------
-# Feature cache
-
-
-class FeatureCache:
-    """Stem activations on disk, keyed by image content, view and preprocessing."""
-
-    def __init__(self, directory: Path, model_key: str) -> None:
-        self.directory = directory
-        self.model_key = model_key
-
-    def key(self, content_sha256: str, view: int, seed: int) -> str:
-        # Seeds matter only for augmented views; view 0 is shared across seeds.
-        material = f"{CACHE_VERSION}|{self.model_key}|{content_sha256}|{view}|{seed if view else 0}"
-        return hashlib.sha256(material.encode()).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npy"
-
-    def get(self, key: str) -> np.ndarray | None:
-        path = self.path(key)
-        try:
-            return np.load(path)
-        except (FileNotFoundError, ValueError, EOFError, OSError):
-            return None
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        import io
-
-        from fracture.io.files import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        np.save(buffer, value.astype(np.float16))
-        atomic_write_bytes(self.path(key), buffer.getvalue())
-
-
-def _model_key(config: TrainConfig, weights_sha256: str) -> str:
-    return f"resnet50|{weights_sha256}|{config.image_size}|{config.fine_tune_from}"
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def compute_features(
-    records: Sequence[Record],
-    views: int,
-    stem: "keras.Model",
-    cache: FeatureCache,
-    config: TrainConfig,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stem features for every record and view, from the cache or computed now.
-
-    Returns (features[views, n, h, w, c] float16, usable[n] bool): unreadable
-    images are marked unusable instead of stopping the run.
-    """
-    import tensorflow as tf
-
-    batch_size = 16
-    size = config.image_size
-    out_shape = tuple(int(d) for d in stem.output.shape[1:])
-    features = np.zeros((views, len(records), *out_shape), np.float16)
-    usable = np.ones(len(records), bool)
-    digests = [_file_sha256(r.path) for r in records]
-    todo = []
-    for i, digest in enumerate(digests):
-        for view in range(views):
-            cached = cache.get(cache.key(digest, view, config.seed))
-            if cached is not None and cached.shape == out_shape:
-                features[view, i] = cached
-            else:
-                todo.append((i, view))
-    if not todo:
-        return features, usable
-    spec = [tf.TensorSpec((batch_size, size, size, 3), tf.float32)]
-    forward = tf.function(lambda x: stem(x, training=False), input_signature=spec)
-
-    def prepare(k: np.ndarray):
-        i, view = todo[int(k)]
-        try:
-            image = load_image(records[i].path)
-        except InvalidImageError:
-            return np.zeros((size, size, 3), np.float32), np.bool_(False)
-        if view > 0:
-            rng = np.random.default_rng([config.seed, view, int(digests[i][:12], 16)])
-            image = augment_radiograph(image, rng)
-        return letterbox(image, size)[0], np.bool_(True)
-
-    pipeline = (
-        tf.data.Dataset.range(len(todo))
-        .map(
-            lambda k: tf.numpy_function(prepare, [k], (tf.float32, tf.bool), stateful=False),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        .batch(batch_size)
-        .prefetch(2)
-    )
-    done = 0
-    for images, ok in pipeline.as_numpy_iterator():
-        count = images.shape[0]
-        padded = np.zeros((batch_size, size, size, 3), np.float32)
-        padded[:count] = images
-        out = forward(padded).numpy()[:count]
-        for row in range(count):
-            i, view = todo[done + row]
-            if not ok[row]:
-                usable[i] = False
-                continue
-            features[view, i] = out[row]
-            cache.put(cache.key(digests[i], view, config.seed), out[row])
-        done += count
-        if on_progress:
-            on_progress(done, len(todo))
-    return features, usable
-
-
-def keep_usable(features: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """``features[:, usable]`` without a copy: usable rows move forward in place.
-
-    Returns a view of ``features`` (whose skipped rows are overwritten).
-    """
-    keep = np.flatnonzero(usable)
-    for new, old in enumerate(keep):
-        if new != old:
-            features[:, new] = features[:, old]
-    return features[:, : len(keep)]
+__all__ = ["train", "make_strategy", "configure_logical_cpus"]
 
 
 # ---------------------------------------------------------------------------
@@ -486,7 +252,7 @@ def _train(
         stem, tail = split_at(model, config.fine_tune_from)
     reference = imagenet_reference(model, model_config)
 
-    cache = FeatureCache(settings.cache_dir / "features", _model_key(config, weights_sha))
+    cache = FeatureCache(settings.cache_dir / "features", model_key(config, weights_sha))
     views = config.views if config.augment else 1
     total = len(train_records) * views + len(val_records)
     progress_base = [0]

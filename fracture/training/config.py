@@ -1,0 +1,32 @@
+"""The configurable parameters of a training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Configurable parameters of a training run."""
+
+    image_size: int = 224
+    fine_tune_from: str = "conv5_block1_out"
+    head_epochs: int = 2
+    epochs: int = 8  # fine-tuning epochs after the head phase
+    batch_size: int = 32
+    head_lr: float = 1e-3
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    augment: bool = True
+    views: int = 2  # cached views per training image; view 0 is unaugmented
+    patience: int = 3  # fine-tuning epochs without val AUROC gain before stopping
+    seed: int = 0
+    strategy: str = "default"  # default | mirrored | multiworker
+    val_fraction: float = 0.15
+
+    @property
+    def total_epochs(self) -> int:
+        return self.head_epochs + self.epochs

@@ -1,0 +1,150 @@
+"""The run-folder format: a training run's live status, metrics and resume state.
+
+A run folder holds ``status.json`` (state, phase, progress, pid), ``metrics.json``
+and ``metrics.csv`` (one row per epoch), ``state.json`` (the resume point),
+``train_config.json``, ``checkpoints/``, ``tensorboard/`` and, once finished,
+the candidate model in ``model/``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from fracture.config import Settings, get_settings
+from fracture.io.files import atomic_write_json, atomic_write_text, read_json
+from fracture.model.network import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE
+
+__all__ = [
+    "STATUS_FILE",
+    "METRICS_JSON",
+    "METRICS_CSV",
+    "STATE_FILE",
+    "RunWriter",
+    "read_status",
+    "pid_alive",
+    "discard_candidate",
+]
+
+logger = logging.getLogger(__name__)
+
+
+STATUS_FILE = "status.json"
+
+
+METRICS_JSON = "metrics.json"
+
+
+METRICS_CSV = "metrics.csv"
+
+
+STATE_FILE = "state.json"
+
+
+class RunWriter:
+    """Writes a run's live status and metrics, each file atomically."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.started = time.time()
+        self._last_status = 0.0
+
+    def status(self, state: str, *, force: bool = True, **fields: Any) -> None:
+        now = time.time()
+        if not force and now - self._last_status < 1.0:
+            return
+        self._last_status = now
+        payload = {
+            "state": state,
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": now,
+            **fields,
+        }
+        atomic_write_json(self.run_dir / STATUS_FILE, payload)
+
+    def metrics(self, history: list[dict[str, Any]]) -> None:
+        atomic_write_json(self.run_dir / METRICS_JSON, history)
+        if history:
+            columns = list(history[0])
+            lines = [",".join(columns)]
+            lines += [",".join(_csv_cell(row.get(c)) for c in columns) for row in history]
+            atomic_write_text(self.run_dir / METRICS_CSV, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def read_status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run's status; a run whose process died mid-way reads as ``interrupted``."""
+    status = read_json(Path(run_dir) / STATUS_FILE, default={"state": "unknown"})
+    if status.get("state") in {"running", "caching", "starting"} and not pid_alive(status.get("pid")):
+        status["state"] = "interrupted"
+        status["message"] = "The training process stopped unexpectedly; resume to continue."
+    return status
+
+
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed child not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def discard_candidate(candidate_dir: str | os.PathLike[str], settings: Settings | None = None) -> None:
+    """Delete a run's candidate model folder; refuses anything outside ``settings.runs_dir``.
+
+    Deleting is irreversible, so the path must be a real (not symlinked)
+    folder strictly inside ``runs_dir`` that looks like a model folder, and
+    its run must not still be writing it.
+    """
+    settings = settings or get_settings()
+    candidate = Path(candidate_dir)
+    runs = settings.runs_dir.resolve()
+    if candidate.is_symlink():
+        raise ValueError(f"Refusing to discard {candidate}: it is a symbolic link")
+    resolved = candidate.resolve()
+    if resolved == runs or not resolved.is_relative_to(runs):
+        raise ValueError(
+            f"Refusing to discard {candidate}: only model folders inside {runs} can be discarded"
+        )
+    if not resolved.is_dir():
+        raise FileNotFoundError(f"No model folder at {candidate}")
+    if not any((resolved / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_JSON)):
+        raise ValueError(f"Refusing to discard {candidate}: it is not a model folder")
+    status = _run_state(resolved.parent)
+    if status in {"starting", "caching", "running", "finishing"}:
+        raise ValueError(f"Refusing to discard {candidate}: its run is still {status}")
+    shutil.rmtree(resolved)
+    logger.info("Discarded candidate model %s", resolved)
+
+
+def _run_state(run_dir: Path) -> str | None:
+    # fracture.training.trainer imports Keras; only pay for it when a status file exists.
+    if not (run_dir / "status.json").is_file():
+        return None
+    from fracture.training.runs import read_status
+
+    try:
+        return read_status(run_dir).get("state")
+    except ValueError:
+        return None
