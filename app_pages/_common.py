@@ -2,7 +2,7 @@
 
 Only Streamlit plumbing lives here (caching, session state, widgets that
 every page needs). What is computed or drawn comes from :mod:`fracture`,
-mostly :mod:`fracture.views.dashboard`.
+mostly :mod:`fracture.views`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import streamlit as st
 
-from fracture.views import dashboard
+from fracture.views import summaries
 from fracture.io.files import read_json
-from fracture.model.network import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelLoadError
+from fracture.model.folder import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelLoadError
 from fracture.config import Settings, get_settings
 
 __all__ = [
@@ -90,7 +90,7 @@ def _fingerprint(directory: Path) -> str:
 def _lookup_active_model(models_dir: str, model_name: str) -> tuple[ActiveModel | None, str | None]:
     """(model, None) or (None, why not). Arguments are the cache key; settings are read inside."""
     from fracture.model import registry
-    from fracture.model.network import read_config
+    from fracture.model.folder import read_config
 
     del models_dir, model_name  # only the cache key: registry reads the same settings
     try:
@@ -133,7 +133,7 @@ class ServedModel:
 def _load_served_model(model_dir: str, key: str) -> ServedModel:
     """Build the network once per process and model; ``key`` changes when the model does."""
     from fracture.inference.engine import configure_threads
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
     from fracture.inference.predictor import Predictor
     from fracture.model.imagenet import resolve_imagenet_weights
 
@@ -204,7 +204,7 @@ def render_sidebar() -> None:
         if model is None:
             st.warning("No model available: see the Model page.")
         else:
-            headline = dashboard.card_headline(model.card)
+            headline = summaries.card_headline(model.card)
             name = headline["name"] or model.config.name
             version = headline["version"] or model.config.version
             st.markdown(f"**Model:** `{model.directory.name}`  \n{name}, version {version}")

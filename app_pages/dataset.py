@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.views import dashboard
+from fracture.views import browse, figures, results
 from fracture.data.layouts import load_dataset
 from fracture.data.records import Dataset, DatasetLayoutError
 from fracture.data.splits import find_duplicates
@@ -38,13 +38,13 @@ def list_dataset(root: str) -> Dataset:
 def sample_sizes(root: str) -> tuple:
     """Sizes of a seeded sample of the dataset's files (headers only), and unreadable ones."""
     paths = [record.path for record in list_dataset(root).records]
-    return dashboard.image_sizes(paths, limit=SIZE_SAMPLE)
+    return browse.image_sizes(paths, limit=SIZE_SAMPLE)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def thumbnail_png(path: str, boxes: tuple[tuple[float, ...], ...]) -> bytes:
     """A small PNG of one image with its boxes; PNG bytes keep the cache a tenth of raw pixels."""
-    return dashboard.encode_png(dashboard.load_thumbnail(path, boxes, THUMBNAIL_SIDE))
+    return results.encode_png(browse.load_thumbnail(path, boxes, THUMBNAIL_SIDE))
 
 
 @st.cache_data(show_spinner="Hashing files to find copies across splits…", max_entries=4)
@@ -123,15 +123,15 @@ st.caption(
 
 charts = st.columns(3)
 with charts[0]:
-    st.plotly_chart(dashboard.class_balance_figure(summary), key="balance")
+    st.plotly_chart(figures.class_balance_figure(summary), key="balance")
 with charts[1]:
-    st.plotly_chart(dashboard.breakdown_figure(frame, "region", "Anatomical region"),
+    st.plotly_chart(figures.breakdown_figure(frame, "region", "Anatomical region"),
                     key="regions")
 with charts[2]:
     if frame["hardware"].notna().any():
         hardware = frame.assign(hardware=frame["hardware"].map(
             {True: "implant visible", False: "no implant"}))
-        st.plotly_chart(dashboard.breakdown_figure(hardware, "hardware", "Orthopaedic hardware"),
+        st.plotly_chart(figures.breakdown_figure(hardware, "hardware", "Orthopaedic hardware"),
                         key="hardware")
     else:
         st.info("No hardware (implant) annotations in this dataset.")
@@ -140,7 +140,7 @@ sizes_column, checks_column = st.columns([3, 2])
 with sizes_column:
     sizes, size_problems = sample_sizes(root.strip())
     if len(sizes):
-        st.plotly_chart(dashboard.size_figure(sizes), key="sizes")
+        st.plotly_chart(figures.size_figure(sizes), key="sizes")
         longest = sizes[["width", "height"]].max(axis=1)
         st.caption(f"Longer side: min {longest.min()} px, median {int(longest.median())} px, "
                    f"max {longest.max()} px. The model letterboxes every image to its input "
@@ -169,20 +169,20 @@ split = filters[0].selectbox("Split", ["all", *summary], key="filter_split")
 label_name = filters[1].selectbox("Class", ["all", "fractured", "normal"], key="filter_class")
 regions = sorted(frame["region"].fillna("unknown").unique().tolist())
 region = filters[2].selectbox("Region", ["all", *regions], key="filter_region")
-shown = dashboard.filter_frame(
+shown = browse.filter_frame(
     frame,
     split=None if split == "all" else split,
     label_name=None if label_name == "all" else label_name,
     region=None if region == "all" else region,
 )
-pages = dashboard.page_count(len(shown), PER_PAGE)
+pages = browse.page_count(len(shown), PER_PAGE)
 boxes = {str(record.path): record.boxes for record in dataset.records if record.boxes}
 # The key names the filters, so a new filter starts again at page 1.
 page = st.pagination(pages, key=f"thumb_page|{split}|{label_name}|{region}|{pages}")
 st.caption(f"{len(shown)} images; fracture boxes in red where the dataset has them.")
 unreadable = []
 columns_per_row = 6
-on_page = shown.iloc[dashboard.page_slice(len(shown), page, PER_PAGE)]
+on_page = shown.iloc[browse.page_slice(len(shown), page, PER_PAGE)]
 for index, row in enumerate(on_page.itertuples()):
     if index % columns_per_row == 0:
         # A fresh row of columns every six images keeps the rows aligned

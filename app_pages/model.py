@@ -10,10 +10,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.views import dashboard
+from fracture.views import figures, summaries
 from fracture.model import registry
 from fracture.io.files import read_json
-from fracture.model.network import ModelLoadError
+from fracture.model.folder import ModelLoadError
 
 st.title("Model")
 common.show_flash()
@@ -25,11 +25,11 @@ def show_evaluation(report: dict) -> None:
     """ROC, PR, reliability, confusion per operating point, subgroups, pointing game."""
     curves = st.columns(3)
     with curves[0]:
-        st.plotly_chart(dashboard.roc_figure({model.directory.name: report}), key="roc")
+        st.plotly_chart(figures.roc_figure({model.directory.name: report}), key="roc")
     with curves[1]:
-        st.plotly_chart(dashboard.pr_figure(report), key="pr")
+        st.plotly_chart(figures.pr_figure(report), key="pr")
     with curves[2]:
-        st.plotly_chart(dashboard.reliability_figure(report), key="reliability")
+        st.plotly_chart(figures.reliability_figure(report), key="reliability")
 
     points = report.get("operating_points") or {}
     if points:
@@ -40,7 +40,7 @@ def show_evaluation(report: dict) -> None:
                 matrix = point.get("confusion_matrix")
                 if matrix:
                     title = f"{name.replace('_', ' ')} (threshold {point['threshold']:.3f})"
-                    st.plotly_chart(dashboard.confusion_figure(matrix, title),
+                    st.plotly_chart(figures.confusion_figure(matrix, title),
                                     key=f"confusion_{name}")
                 st.caption(" · ".join(
                     f"{label} {point[key]:.3f}"
@@ -55,7 +55,7 @@ def show_evaluation(report: dict) -> None:
     left, right = st.columns([2, 1])
     with left:
         if subgroups:
-            st.plotly_chart(dashboard.region_auroc_figure(report), key="regions")
+            st.plotly_chart(figures.region_auroc_figure(report), key="regions")
         else:
             st.caption("No subgroup results in this evaluation.")
     with right:
@@ -86,7 +86,7 @@ else:
             else:
                 st.info(f"`{model.directory.name}` has no model_card.md.")
     with summary_column:
-        headline = dashboard.card_headline(model.card)
+        headline = summaries.card_headline(model.card)
         if headline["val_auroc"] is not None:
             st.metric("Validation AUROC", f"{headline['val_auroc']:.3f}")
         st.json({"folder": str(model.directory), "image_size": model.config.image_size,

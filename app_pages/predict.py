@@ -14,7 +14,7 @@ import streamlit as st
 from streamlit.typing import UploadedFile
 
 from app_pages import _common as common
-from fracture.views import dashboard
+from fracture.views import figures, results
 from fracture.inference.gradcam import overlay_heatmap
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
 from fracture.inference.predictor import Prediction
@@ -23,8 +23,8 @@ from fracture.inference.predictor import Prediction
 # renamed file still gets a precise error row rather than a silent skip.
 UPLOAD_TYPES = sorted({suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES} | {"dcm", "dicom"})
 ALPHA_KEY = "overlay_alpha"
-BAND_COLOURS = {dashboard.BAND_NORMAL: "green", dashboard.BAND_UNCERTAIN: "orange",
-                dashboard.BAND_FRACTURE: "red"}
+BAND_COLOURS = {results.BAND_NORMAL: "green", results.BAND_UNCERTAIN: "orange",
+                results.BAND_FRACTURE: "red"}
 
 st.title("Predict")
 st.caption(
@@ -78,8 +78,8 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
         st.error(prediction.error or f"{upload.name} could not be scored.")
         return
     probability = prediction.probability
-    label = dashboard.label_for(probability, threshold)
-    band = dashboard.confidence_band(probability, threshold)
+    label = results.label_for(probability, threshold)
+    band = results.confidence_band(probability, threshold)
     if prediction.in_distribution is False:
         st.warning(
             "This image does not look like a bone radiograph; the score is unreliable.",
@@ -93,7 +93,7 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
         st.badge(band.capitalize(), color=BAND_COLOURS[band])
     left.caption(f"{op_name.replace('_', ' ')} threshold {threshold:.3f}")
     with right:
-        st.plotly_chart(dashboard.probability_gauge(probability, threshold),
+        st.plotly_chart(figures.probability_gauge(probability, threshold),
                         key=f"gauge_{upload.file_id}", config={"displayModeBar": False})
 
     alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
@@ -145,7 +145,7 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
         st.session_state["batch_results"] = stored
     predictions = stored["predictions"]
 
-    counts = dashboard.batch_counts(predictions, threshold)
+    counts = results.batch_counts(predictions, threshold)
     summary_column, chart_column = st.columns([2, 3])
     with summary_column:
         top, bottom = st.columns(2), st.columns(2)
@@ -160,10 +160,10 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
     with chart_column:
         scored = [p.probability for p in predictions if p.ok]
         if scored:
-            st.plotly_chart(dashboard.probability_histogram(scored, threshold),
+            st.plotly_chart(figures.probability_histogram(scored, threshold),
                             key="batch_histogram", config={"displayModeBar": False})
 
-    frame = dashboard.results_frame(predictions, threshold)
+    frame = results.results_frame(predictions, threshold)
     event = st.dataframe(
         frame,
         hide_index=True,
@@ -184,7 +184,7 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
     downloads = st.columns(2)
     downloads[0].download_button(
         "Download results (CSV)",
-        dashboard.predictions_csv(predictions, threshold),
+        results.predictions_csv(predictions, threshold),
         file_name="fracture_predictions.csv",
         mime="text/csv",
         on_click="ignore",
@@ -198,7 +198,7 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
         # a time: building it on every rerun would hold every overlay in memory.
         sources = [upload.getvalue() for upload in uploads]
         names = [upload.name for upload in uploads]
-        return dashboard.overlay_zip(
+        return results.overlay_zip(
             batch_predictor.iter_predict(sources, names=names, with_cam=True), alpha
         )
 

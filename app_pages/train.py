@@ -12,12 +12,12 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.views import dashboard
+from fracture.views import figures, summaries
 from fracture.training import jobs
 from fracture.training.runs import discard_candidate
 from fracture.model import registry
 from fracture.io.files import read_json
-from fracture.model.network import ModelLoadError
+from fracture.model.folder import ModelLoadError
 
 RUN_KEY = "train_run"
 FINE_TUNE_POINTS = ("conv5_block1_out", "conv4_block6_out", "conv5_block2_out")
@@ -97,8 +97,8 @@ def pick_run(runs: list[dict]) -> dict | None:
     return by_dir[st.session_state[RUN_KEY]]
 
 
-def show_progress(run_dir: Path, status: dict) -> dashboard.RunProgress:
-    progress = dashboard.run_progress(status)
+def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
+    progress = summaries.run_progress(status)
     columns = st.columns([4, 2, 2])
     with columns[0]:
         if progress.fraction is not None:
@@ -127,7 +127,7 @@ def show_progress(run_dir: Path, status: dict) -> dashboard.RunProgress:
 def show_curves(run_dir: Path) -> None:
     history = read_json(run_dir / "metrics.json", default=[]) or []
     if history:
-        st.plotly_chart(dashboard.training_curves_figure(history), key="training_curves")
+        st.plotly_chart(figures.training_curves_figure(history), key="training_curves")
     else:
         st.caption("Loss and AUROC curves appear after the first epoch.")
 
@@ -151,15 +151,15 @@ def show_result(run: dict) -> None:
         matrix = (report.get("operating_points") or {}).get(point, {}).get("confusion_matrix")
         if matrix:
             with columns[0]:
-                st.plotly_chart(dashboard.confusion_figure(
+                st.plotly_chart(figures.confusion_figure(
                     matrix, f"Confusion matrix ({point.replace('_', ' ')})"), key="run_confusion")
         curves = {"new model": report}
         if active_report and not (promoted and promoted.active):
             curves["active model"] = active_report
         with columns[1]:
-            st.plotly_chart(dashboard.roc_figure(curves), key="run_roc")
+            st.plotly_chart(figures.roc_figure(curves), key="run_roc")
     if promoted is None:
-        comparison = dashboard.compare_metrics(card, active.card if active else None)
+        comparison = summaries.compare_metrics(card, active.card if active else None)
         if not comparison.empty:
             st.dataframe(comparison, hide_index=True, width="stretch", column_config={
                 name: st.column_config.NumberColumn(format="%.3f")

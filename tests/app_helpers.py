@@ -52,7 +52,8 @@ def make_model(directory: Path, imagenet_weights: Path | None, image_size: int =
     """Save an untrained model (ImageNet backbone, random head) with a synthetic evaluation."""
     import keras
 
-    from fracture.model.network import ModelConfig, build_classifier, imagenet_reference, save_model
+    from fracture.model.folder import ModelConfig, imagenet_reference, save_model
+    from fracture.model.network import build_classifier
 
     config = ModelConfig(image_size=image_size, fine_tune_from="conv5_block2_out",
                          thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},

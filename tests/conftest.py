@@ -74,7 +74,8 @@ def tiny_model_dir(tmp_path_factory, fake_imagenet_weights: Path) -> Path:
     """A saved 64-px model whose head responds to image brightness, so outputs vary."""
     import keras
 
-    from fracture.model.network import ModelConfig, build_classifier, imagenet_reference, save_model
+    from fracture.model.folder import ModelConfig, imagenet_reference, save_model
+    from fracture.model.network import build_classifier
 
     config = ModelConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out",
                          thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},

@@ -293,7 +293,7 @@ def test_configure_threads_is_idempotent_after_tensorflow_started():
 def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     tmp_path, tiny_model_dir, fake_imagenet_weights
 ):
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
     from fracture.inference.predictor import Predictor
 
     for index in range(3):
@@ -355,7 +355,7 @@ def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_
     import shutil
 
     import fracture.inference.predictor as predict
-    from fracture.model.network import read_config
+    from fracture.model.folder import read_config
 
     monkeypatch.setattr(predict, "bfloat16_supported", lambda: True)
     model_dir = tmp_path / "model"

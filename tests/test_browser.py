@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 
 def _valid_model(directory: Path) -> bool:
-    from fracture.model.network import ModelLoadError, read_config
+    from fracture.model.folder import ModelLoadError, read_config
 
     try:
         read_config(directory)

@@ -35,7 +35,7 @@ def restore_warning_filters():
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
 
     # batch_size 2: single-image calls and two-image batches both occur below.
     return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=2)

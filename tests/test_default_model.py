@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from fracture.model.network import read_config
+from fracture.model.folder import read_config
 from fracture.config import PROJECT_ROOT, Settings
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "default"

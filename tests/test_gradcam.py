@@ -8,7 +8,8 @@ import pytest
 from conftest import TINY_SIZE
 from fracture.inference.engine import InferenceEngine, inference_network
 from fracture.inference.gradcam import heatmap_to_image, overlay_heatmap
-from fracture.model.network import CAM_LAYER, ModelConfig, build_classifier, fold_batchnorm, load_model
+from fracture.model.folder import ModelConfig, load_model
+from fracture.model.network import CAM_LAYER, build_classifier, fold_batchnorm
 from fracture.inference.preprocess import letterbox
 
 

@@ -56,7 +56,7 @@ def catalogue(tmp_path_factory) -> list[HostileFile]:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
 
     return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 

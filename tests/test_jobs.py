@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fracture.training import jobs
-from fracture.model.network import read_config
+from fracture.model.folder import read_config
 from fracture.config import Settings
 from fracture.training.config import TrainConfig
 from fracture.training.runs import read_status

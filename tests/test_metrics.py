@@ -606,7 +606,7 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(tmp_path,
     from conftest import write_png
     from fracture.model.card import rewrite_model_config
     from fracture.evaluation.evaluate import calibrate_model
-    from fracture.model.network import CARD_JSON, read_config
+    from fracture.model.folder import CARD_JSON, read_config
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -628,6 +628,6 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(tmp_path,
 
 
 def _config_of(model_dir):
-    from fracture.model.network import CONFIG_FILE, ModelConfig
+    from fracture.model.folder import CONFIG_FILE, ModelConfig
 
     return ModelConfig.from_json(json.loads((model_dir / CONFIG_FILE).read_text()))

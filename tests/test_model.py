@@ -8,18 +8,15 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SIZE
-from fracture.model.network import (
-    CAM_LAYER,
+from fracture.model.folder import (
     ModelConfig,
     ModelLoadError,
-    build_classifier,
     imagenet_reference,
     load_model,
     quantise_like_saved,
     save_model,
-    set_trainable,
-    split_at,
 )
+from fracture.model.network import CAM_LAYER, build_classifier, set_trainable, split_at
 from fracture.inference.preprocess import letterbox, unletterbox
 
 

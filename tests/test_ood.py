@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import radiograph_like
+from fracture.evaluation.ood_fit import fit_for_model, measure, ood_probe_images
 from fracture.inference.ood import (
     OOD_FILE,
     OODGate,
     OODGateError,
     conformal_threshold,
-    fit_for_model,
     fit_ood_gate,
-    measure,
-    ood_probe_images,
 )
 
 DIM = 96
@@ -144,7 +142,7 @@ def test_load_refuses_a_file_that_is_not_a_gate(tmp_path: Path) -> None:
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(OODGateError, match="not a readable OOD gate"):
         OODGate.load(garbage)
-    from fracture.model.network import ModelLoadError
+    from fracture.model.folder import ModelLoadError
 
     assert issubclass(OODGateError, ModelLoadError)  # the CLI reports it like a bad model folder
 
@@ -169,7 +167,7 @@ def test_probe_images_are_valid_rgb_arrays() -> None:
 def test_fit_for_model_on_phantoms_updates_the_model_folder(
     tmp_path: Path, tiny_model_dir: Path, use_fake_weights: Path
 ) -> None:
-    from fracture.model.network import read_config
+    from fracture.model.folder import read_config
     from fracture.data.phantoms import synthesize_phantoms
     from fracture.inference.predictor import Predictor
 
@@ -204,7 +202,7 @@ def test_fit_for_model_on_phantoms_updates_the_model_folder(
 
     # The checksum now guards the gate: a swapped gate file is refused.
     (model_dir / OOD_FILE).write_bytes((model_dir / OOD_FILE).read_bytes() + b"\0")
-    from fracture.model.network import ModelLoadError
+    from fracture.model.folder import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=OOD_FILE):
         read_config(model_dir)
@@ -213,7 +211,7 @@ def test_fit_for_model_on_phantoms_updates_the_model_folder(
 def test_fit_for_model_refuses_a_corrupt_folder_before_any_work(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    from fracture.model.network import ModelLoadError
+    from fracture.model.folder import ModelLoadError
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -227,8 +225,8 @@ def test_ood_command_line_fit_then_measure(
 ) -> None:
     import argparse
 
-    from fracture.model.network import read_config
-    from fracture.inference.ood import add_ood_parser
+    from fracture.model.folder import read_config
+    from fracture.cli.ood import add_ood_parser
     from fracture.data.phantoms import synthesize_phantoms
 
     parser = argparse.ArgumentParser()
@@ -268,8 +266,8 @@ def test_ood_command_line_fit_then_measure(
 def test_real_model_gate_separates_fracatlas_from_probe_images(
     tmp_path: Path, shared_fracatlas: Path, shared_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fracture.model.network import read_config
-    from fracture.inference.ood import extract_features
+    from fracture.model.folder import read_config
+    from fracture.evaluation.ood_fit import extract_features
     from fracture.inference.predictor import Predictor
     from fracture.config import PROJECT_ROOT
 

@@ -15,7 +15,7 @@ from fracture.inference.predictor import CSV_COLUMNS, Predictor
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir, fake_imagenet_weights):
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
 
     return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 

@@ -17,7 +17,7 @@ import pytest
 from fracture.model import registry
 from fracture.training import runs
 from fracture.io.files import atomic_write_json
-from fracture.model.network import ModelConfig, ModelLoadError, file_checksums, read_config
+from fracture.model.folder import ModelConfig, ModelLoadError, file_checksums, read_config
 from fracture.config import PROJECT_ROOT, Settings
 
 

@@ -42,7 +42,8 @@ def _settings(tmp_path: Path) -> Settings:
 
 def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fake_imagenet_weights):
     from fracture.data.layouts import load_dataset
-    from fracture.model.network import ModelConfig, build_classifier, split_at
+    from fracture.model.folder import ModelConfig
+    from fracture.model.network import build_classifier, split_at
     from fracture.io.images import load_image
     from fracture.inference.preprocess import letterbox
     from fracture.training.cache import FeatureCache, compute_features
@@ -84,7 +85,7 @@ def test_cache_key_depends_on_content_view_and_preprocessing(tmp_path):
 def test_run_writes_status_metrics_checkpoint_and_a_loadable_model(
     phantoms, tmp_path, use_fake_weights
 ):
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
 
     run = tmp_path / "run"
     model_dir = train(phantoms, run, TINY, settings=_settings(tmp_path))

@@ -34,7 +34,7 @@ def _progress(total: int, description: str):
 def cmd_predict(args: argparse.Namespace) -> int:
     from fracture.inference.gradcam import overlay_heatmap
     from fracture.io.images import iter_image_files
-    from fracture.model.network import ModelLoadError
+    from fracture.model.folder import ModelLoadError
     from fracture.inference.predictor import CSV_COLUMNS, Predictor
     from fracture.model.imagenet import WeightsError
 
@@ -147,7 +147,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from fracture.model import registry
-    from fracture.model.network import ModelLoadError
+    from fracture.model.folder import ModelLoadError
 
     try:
         if args.models_command == "list":
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     from fracture.cli.data import add_data_parser
-    from fracture.inference.ood import add_ood_parser
+    from fracture.cli.ood import add_ood_parser
 
     add_data_parser(sub)
     add_ood_parser(sub)

@@ -103,7 +103,7 @@ def calibrate_model(
     from fracture.model.card import _headline, rewrite_model_config
     from fracture.io.files import atomic_write_json
     from fracture.evaluation.metrics import calibrated_probability, choose_thresholds, fit_temperature
-    from fracture.model.network import read_config
+    from fracture.model.folder import read_config
 
     model_dir = Path(model_dir)
     config, card = read_config(model_dir)

@@ -23,7 +23,7 @@ from fracture.inference.engine import (
 )
 from fracture.inference.gradcam import heatmap_to_image
 from fracture.io.images import InvalidImageError, load_image
-from fracture.model.network import OOD_FILE, LoadedModel, load_model
+from fracture.model.folder import OOD_FILE, LoadedModel, load_model
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.config import Settings, get_settings
 

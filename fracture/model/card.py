@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fracture.model.network import ModelConfig
+from fracture.model.folder import ModelConfig
 
 __all__ = ["build_card", "render_card_markdown", "rewrite_model_card", "rewrite_model_config",
            "FRACATLAS_CITATION", "INTENDED_USE"]
@@ -193,7 +193,7 @@ def rewrite_model_config(
     mismatched parts.
     """
     from fracture.io.files import atomic_write_json
-    from fracture.model.network import CONFIG_FILE
+    from fracture.model.folder import CONFIG_FILE
 
     atomic_write_json(Path(model_dir) / CONFIG_FILE, config.to_json())
     rewrite_model_card(model_dir, card, **card_updates)
@@ -205,10 +205,10 @@ def rewrite_model_card(
     """Give a model folder's card ``card_updates`` and fresh checksums, then re-render its Markdown.
 
     Call it after every other file of the folder is written: the checksums it
-    stores are what :func:`fracture.model.network.read_config` verifies.
+    stores are what :func:`fracture.model.folder.read_config` verifies.
     """
     from fracture.io.files import atomic_write_json, atomic_write_text
-    from fracture.model.network import CARD_JSON, CARD_MD, file_checksums
+    from fracture.model.folder import CARD_JSON, CARD_MD, file_checksums
 
     model_dir = Path(model_dir)
     card = {**card, **card_updates}

@@ -13,7 +13,7 @@ Why it is crash-safe: a promotion copies the candidate into a hidden staging
 folder, fsyncs it, renames it to its final name (atomic on one file system) and
 only then rewrites ``ACTIVE`` atomically. A SIGKILL or power cut at any point
 therefore leaves ``ACTIVE`` naming a complete model, old or new. Readers verify
-checksums anyway (:func:`fracture.model.network.read_config`) and fall back down the
+checksums anyway (:func:`fracture.model.folder.read_config`) and fall back down the
 history when the active folder was damaged later.
 
 Import cost: this module imports numpy (through ``fracture.model.network``) but not
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fracture.io.files import atomic_write_json, atomic_write_text, fsync_path, read_json
-from fracture.model.network import ModelLoadError, read_config
+from fracture.model.folder import ModelLoadError, read_config
 from fracture.config import Settings, get_settings
 
 __all__ = [

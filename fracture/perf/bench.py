@@ -49,7 +49,7 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
-    from fracture.model.network import LoadedModel
+    from fracture.model.folder import LoadedModel
     from fracture.inference.predictor import Predictor
 
 __all__ = [
@@ -448,7 +448,8 @@ def _bench_model(config: BenchConfig, weights: str) -> tuple["LoadedModel", dict
 
     A random head changes no timing: the head is one 2048-to-1 dense layer.
     """
-    from fracture.model.network import CONFIG_FILE, LoadedModel, ModelConfig, build_classifier, load_model
+    from fracture.model.folder import CONFIG_FILE, LoadedModel, ModelConfig, load_model
+    from fracture.model.network import build_classifier
     from fracture.config import get_settings
 
     if config.image_size is None:
@@ -466,7 +467,7 @@ def _bench_model(config: BenchConfig, weights: str) -> tuple["LoadedModel", dict
 
 def _bench_image_size(config: BenchConfig) -> int:
     """The benchmarked model's input size, read without building it."""
-    from fracture.model.network import CONFIG_FILE, read_config
+    from fracture.model.folder import CONFIG_FILE, read_config
     from fracture.config import get_settings
 
     if config.image_size is not None:
@@ -758,7 +759,8 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
 
     latency_224 = None
     if config.latency_at_224 and size != 224:
-        from fracture.model.network import LoadedModel, ModelConfig, build_classifier
+        from fracture.model.folder import LoadedModel, ModelConfig
+        from fracture.model.network import build_classifier
 
         small = ModelConfig(image_size=224, name="imagenet-random-head")
         small_loaded = LoadedModel(build_classifier(small, weights), small, {}, None)
@@ -809,7 +811,8 @@ def measure_training(config: BenchConfig) -> dict[str, Any]:
     configure_threads()
     import keras
 
-    from fracture.model.network import LOGIT_LAYER, ModelConfig, build_classifier, set_trainable, split_at
+    from fracture.model.folder import ModelConfig
+    from fracture.model.network import LOGIT_LAYER, build_classifier, set_trainable, split_at
     from fracture.training.config import TrainConfig
     from fracture.training.trainer import _compile
 
@@ -882,7 +885,7 @@ import time
 WALL0, T0 = time.time(), time.perf_counter()
 import json, sys
 import tensorflow, keras  # noqa: F401 - the heavy part of a cold start
-import fracture.inference.engine, fracture.model.network, fracture.inference.predictor, fracture.model.imagenet  # noqa: F401
+import fracture.inference.engine, fracture.model.folder, fracture.inference.predictor, fracture.model.imagenet  # noqa: F401
 T_IMPORT = time.perf_counter()
 from fracture.perf.bench import measure_cold_start
 result = measure_cold_start(json.loads(sys.argv[1]), T0, T_IMPORT)
@@ -895,12 +898,12 @@ def measure_cold_start(config_json: dict[str, Any], t0: float, t_import: float) 
     """In a fresh process: build, load weights, first prediction; then a short throughput run.
 
     Build and weight loading are told apart by timing Keras's ``load_weights``
-    (ImageNet) and :func:`fracture.model.network.apply_stored_weights` (the trained
+    (ImageNet) and :func:`fracture.model.folder.apply_stored_weights` (the trained
     difference) where the model calls them.
     """
     import keras
 
-    import fracture.model.network as model_module
+    import fracture.model.folder as model_module
     from fracture.inference.engine import configure_threads
     from fracture.inference.gradcam import overlay_heatmap
     from fracture.inference.predictor import Predictor
@@ -1467,7 +1470,7 @@ def apply_precision_verdict(model_dir: str | os.PathLike[str], bf16: dict[str, A
     import dataclasses
 
     from fracture.model.card import rewrite_model_config
-    from fracture.model.network import read_config
+    from fracture.model.folder import read_config
 
     config, card = read_config(model_dir)
     precision = "bfloat16" if bf16.get("recommended") else None

@@ -17,7 +17,7 @@ from typing import Any
 
 from fracture.config import Settings, get_settings
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
-from fracture.model.network import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE
+from fracture.model.folder import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = [
     "STATUS_FILE",

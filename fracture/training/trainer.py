@@ -35,15 +35,8 @@ import numpy as np
 from fracture.config import Settings, get_settings
 from fracture.data.layouts import load_dataset
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
-from fracture.model.network import (
-    ModelConfig,
-    build_classifier,
-    imagenet_reference,
-    quantise_like_saved,
-    save_model,
-    set_trainable,
-    split_at,
-)
+from fracture.model.folder import ModelConfig, imagenet_reference, quantise_like_saved, save_model
+from fracture.model.network import build_classifier, set_trainable, split_at
 from fracture.training.cache import FeatureCache, compute_features, keep_usable, model_key
 from fracture.training.config import TrainConfig
 from fracture.training.runs import METRICS_JSON, STATE_FILE, STATUS_FILE, RunWriter

@@ -1,4 +1,4 @@
-"""fracture.views.dashboard: the tables, downloads, images and figures behind the pages, no Streamlit."""
+"""fracture.views: the tables, downloads, images and figures behind the pages, no Streamlit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import radiograph_like, write_png
-from fracture.views import dashboard
+from fracture.views import browse, figures, results, summaries
 from fracture.inference.predictor import CSV_COLUMNS, Prediction
 
 
@@ -24,48 +24,49 @@ def _failed(name: str) -> Prediction:
     return Prediction(source=name, status="error", error=f"{name}: is empty (0 bytes)")
 
 
-def test_module_does_not_import_streamlit():
+@pytest.mark.parametrize("module", [browse, figures, results, summaries])
+def test_module_does_not_import_streamlit(module):
     # The core must stay importable and testable without a script runner.
-    assert "streamlit" not in dashboard.__dict__
-    source = dashboard.__file__
+    assert "streamlit" not in module.__dict__
+    source = module.__file__
     with open(source, encoding="utf-8") as handle:
         assert "import streamlit" not in handle.read()
 
 
 def test_label_uses_the_predictors_inclusive_rule():
-    assert dashboard.label_for(0.3, 0.3) == "fracture"
-    assert dashboard.label_for(0.2999, 0.3) == "normal"
+    assert results.label_for(0.3, 0.3) == "fracture"
+    assert results.label_for(0.2999, 0.3) == "normal"
 
 
 @pytest.mark.parametrize(
     ("probability", "threshold", "band"),
     [
-        (0.02, 0.5, dashboard.BAND_NORMAL),
-        (0.45, 0.5, dashboard.BAND_UNCERTAIN),
-        (0.55, 0.5, dashboard.BAND_UNCERTAIN),
-        (0.97, 0.5, dashboard.BAND_FRACTURE),
+        (0.02, 0.5, results.BAND_NORMAL),
+        (0.45, 0.5, results.BAND_UNCERTAIN),
+        (0.55, 0.5, results.BAND_UNCERTAIN),
+        (0.97, 0.5, results.BAND_FRACTURE),
         # A low (high-sensitivity) threshold: 0.04 is near it, 0.001 clearly below it.
-        (0.04, 0.05, dashboard.BAND_UNCERTAIN),
-        (0.001, 0.05, dashboard.BAND_NORMAL),
-        (0.3, 0.05, dashboard.BAND_FRACTURE),
-        (0.0, 0.5, dashboard.BAND_NORMAL),
-        (1.0, 0.5, dashboard.BAND_FRACTURE),
+        (0.04, 0.05, results.BAND_UNCERTAIN),
+        (0.001, 0.05, results.BAND_NORMAL),
+        (0.3, 0.05, results.BAND_FRACTURE),
+        (0.0, 0.5, results.BAND_NORMAL),
+        (1.0, 0.5, results.BAND_FRACTURE),
     ],
 )
 def test_confidence_band_is_measured_in_logits_around_the_threshold(probability, threshold, band):
-    assert dashboard.confidence_band(probability, threshold) == band
+    assert results.confidence_band(probability, threshold) == band
 
 
 def test_confidence_band_rejects_a_non_positive_margin():
     with pytest.raises(ValueError):
-        dashboard.confidence_band(0.5, 0.5, margin=0)
+        results.confidence_band(0.5, 0.5, margin=0)
 
 
 def test_results_frame_sorts_most_suspicious_first_and_errors_last():
     predictions = [_ok("a.png", 0.2), _failed("broken.png"),
                    _ok("b.png", 0.9, in_distribution=False), _ok("c.png", 0.2)]  # fmt: skip
-    frame = dashboard.results_frame(predictions, threshold=0.5)
-    assert list(frame.columns) == list(dashboard.RESULT_COLUMNS)
+    frame = results.results_frame(predictions, threshold=0.5)
+    assert list(frame.columns) == list(results.RESULT_COLUMNS)
     assert frame["file"].tolist() == ["b.png", "a.png", "c.png", "broken.png"]
     # The index leads back to the input order whatever the sort.
     assert frame.index.tolist() == [2, 0, 3, 1]
@@ -77,13 +78,13 @@ def test_results_frame_sorts_most_suspicious_first_and_errors_last():
 
 
 def test_results_frame_relabels_at_the_chosen_operating_point():
-    frame = dashboard.results_frame([_ok("a.png", 0.4)], threshold=0.3)
+    frame = results.results_frame([_ok("a.png", 0.4)], threshold=0.3)
     assert frame.loc[0, "label"] == "fracture"
 
 
 def test_predictions_csv_has_the_cli_columns_input_order_and_chosen_threshold():
     predictions = [_ok("a.png", 0.4), _failed("broken.png"), _ok("b.png", 0.1)]
-    rows = list(csv.DictReader(io.StringIO(dashboard.predictions_csv(predictions, 0.3).decode())))
+    rows = list(csv.DictReader(io.StringIO(results.predictions_csv(predictions, 0.3).decode())))
     assert list(rows[0]) == list(CSV_COLUMNS)
     assert [row["path"] for row in rows] == ["a.png", "broken.png", "b.png"]
     assert rows[0]["prediction"] == "fracture" and float(rows[0]["threshold"]) == pytest.approx(0.3)
@@ -93,7 +94,7 @@ def test_predictions_csv_has_the_cli_columns_input_order_and_chosen_threshold():
 
 def test_batch_counts():
     predictions = [_ok("a", 0.9, in_distribution=False), _ok("b", 0.1), _failed("c")]
-    assert dashboard.batch_counts(predictions, 0.5) == {
+    assert results.batch_counts(predictions, 0.5) == {
         "fracture": 1, "normal": 1, "error": 1, "out_of_distribution": 1,
     }  # fmt: skip
 
@@ -110,7 +111,7 @@ def test_batch_counts():
     ],
 )
 def test_overlay_member_names_stay_inside_the_archive(source, member):
-    assert dashboard.overlay_member_name(source) == member
+    assert results.overlay_member_name(source) == member
 
 
 def test_overlay_zip_writes_one_png_per_image_and_lists_failures():
@@ -123,7 +124,7 @@ def test_overlay_zip_writes_one_png_per_image_and_lists_failures():
         _ok("x/a.png", 0.2, image=image, heatmap=heat),  # same name twice: kept apart
         _failed("broken.png"),
     ])  # fmt: skip
-    data = dashboard.overlay_zip(predictions, alpha=0.5)
+    data = results.overlay_zip(predictions, alpha=0.5)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
         assert sorted(names) == sorted(
@@ -139,23 +140,23 @@ def test_overlay_zip_writes_one_png_per_image_and_lists_failures():
 
 def test_thumbnail_shrinks_keeping_aspect_and_never_enlarges():
     image = np.zeros((400, 200, 3), np.uint8)
-    assert dashboard.thumbnail(image, 100).shape == (100, 50, 3)
-    assert dashboard.thumbnail(image, 1000) is image
+    assert browse.thumbnail(image, 100).shape == (100, 50, 3)
+    assert browse.thumbnail(image, 1000) is image
 
 
 def test_draw_boxes_marks_the_box_edges_in_a_copy():
     image = np.zeros((101, 101, 3), np.uint8)
-    out = dashboard.draw_boxes(image, [(0.2, 0.2, 0.6, 0.6)], thickness=1)
+    out = browse.draw_boxes(image, [(0.2, 0.2, 0.6, 0.6)], thickness=1)
     assert image.max() == 0  # input untouched
-    assert tuple(out[20, 40]) == dashboard.COLOUR_BOX  # top edge
+    assert tuple(out[20, 40]) == browse.COLOUR_BOX  # top edge
     assert out[40, 40].max() == 0  # inside stays clear
 
 
 def test_load_thumbnail_decodes_shrinks_and_draws(tmp_path):
     path = write_png(tmp_path / "a.png", seed=2)  # 96 x 80
-    out = dashboard.load_thumbnail(path, [(0.1, 0.1, 0.5, 0.5)], max_side=48)
+    out = browse.load_thumbnail(path, [(0.1, 0.1, 0.5, 0.5)], max_side=48)
     assert out.shape == (48, 40, 3)
-    assert (out == np.array(dashboard.COLOUR_BOX, np.uint8)).all(axis=2).any()
+    assert (out == np.array(browse.COLOUR_BOX, np.uint8)).all(axis=2).any()
 
 
 def test_load_thumbnail_raises_invalid_image_for_a_broken_file(tmp_path):
@@ -164,17 +165,17 @@ def test_load_thumbnail_raises_invalid_image_for_a_broken_file(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(InvalidImageError):
-        dashboard.load_thumbnail(broken)
+        browse.load_thumbnail(broken)
 
 
 def test_image_sizes_reads_headers_samples_and_reports_failures(tmp_path):
     paths = [write_png(tmp_path / f"{i}.png", seed=i) for i in range(5)]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"nope")
-    sizes, problems = dashboard.image_sizes([*paths, broken])
+    sizes, problems = browse.image_sizes([*paths, broken])
     assert len(sizes) == 5 and set(sizes["width"]) == {80} and set(sizes["height"]) == {96}
     assert len(problems) == 1 and "broken.png" in problems[0]
-    sample, _ = dashboard.image_sizes(paths, limit=3)
+    sample, _ = browse.image_sizes(paths, limit=3)
     assert len(sample) == 3
 
 
@@ -186,15 +187,15 @@ def test_filter_frame_and_pages():
         "label_name": ["fractured", "normal", "fractured", "normal"],
         "region": ["hand", None, "leg", "hand"],
     })  # fmt: skip
-    assert len(dashboard.filter_frame(frame, split="val")) == 2
-    assert len(dashboard.filter_frame(frame, split="train", label_name="normal")) == 1
-    assert len(dashboard.filter_frame(frame, region="unknown")) == 1
-    assert len(dashboard.filter_frame(frame)) == 4
-    assert dashboard.page_count(0, 12) == 1
-    assert dashboard.page_count(25, 12) == 3
-    assert dashboard.page_slice(25, 3, 12) == slice(24, 25)
-    assert dashboard.page_slice(25, 9, 12) == slice(24, 25)  # clamped to the last page
-    assert dashboard.page_slice(5, 1, 12) == slice(0, 5)
+    assert len(browse.filter_frame(frame, split="val")) == 2
+    assert len(browse.filter_frame(frame, split="train", label_name="normal")) == 1
+    assert len(browse.filter_frame(frame, region="unknown")) == 1
+    assert len(browse.filter_frame(frame)) == 4
+    assert browse.page_count(0, 12) == 1
+    assert browse.page_count(25, 12) == 3
+    assert browse.page_slice(25, 3, 12) == slice(24, 25)
+    assert browse.page_slice(25, 9, 12) == slice(24, 25)  # clamped to the last page
+    assert browse.page_slice(5, 1, 12) == slice(0, 5)
 
 
 @pytest.mark.parametrize(
@@ -203,21 +204,21 @@ def test_filter_frame_and_pages():
      (3 * 3600 + 5 * 60, "3 h 05 min")],  # fmt: skip
 )
 def test_format_duration(seconds, text):
-    assert dashboard.format_duration(seconds) == text
+    assert summaries.format_duration(seconds) == text
 
 
 def test_run_progress_for_caching_epochs_and_the_end():
-    caching = dashboard.run_progress({"state": "caching", "phase": "caching features",
+    caching = summaries.run_progress({"state": "caching", "phase": "caching features",
                                       "done": 25, "total": 100, "eta_seconds": 90,
                                       "message": "Computing features"})  # fmt: skip
     assert caching.fraction == pytest.approx(0.25) and caching.eta == "1 min 30 s"
     assert not caching.finished
-    running = dashboard.run_progress({"state": "running", "phase": "fine-tune", "epoch": 3,
+    running = summaries.run_progress({"state": "running", "phase": "fine-tune", "epoch": 3,
                                       "epochs": 4, "batch": 5, "batches": 10})  # fmt: skip
     assert running.fraction == pytest.approx((2 + 0.5) / 4)
-    done = dashboard.run_progress({"state": "completed", "eta_seconds": 3})
+    done = summaries.run_progress({"state": "completed", "eta_seconds": 3})
     assert done.fraction == 1.0 and done.finished and done.eta is None
-    unknown = dashboard.run_progress({})
+    unknown = summaries.run_progress({})
     assert unknown.state == "unknown" and unknown.fraction is None
 
 
@@ -225,14 +226,14 @@ def test_card_headline_and_comparison():
     new = {"name": "run", "version": "2", "val_metrics": {"auroc": 0.9, "auroc_ci": [0.85, 0.94],
                                                           "sensitivity": 0.8}}  # fmt: skip
     old = {"val_metrics": {"auroc": 0.85, "sensitivity": None}}
-    assert dashboard.card_headline(new) == {"name": "run", "version": "2", "val_auroc": 0.9,
+    assert summaries.card_headline(new) == {"name": "run", "version": "2", "val_auroc": 0.9,
                                            "val_auroc_ci": [0.85, 0.94]}  # fmt: skip
-    assert dashboard.card_headline(None)["val_auroc"] is None
-    table = dashboard.compare_metrics(new, old)
+    assert summaries.card_headline(None)["val_auroc"] is None
+    table = summaries.compare_metrics(new, old)
     assert table["metric"].tolist() == ["AUROC", "Sensitivity"]
     assert table.loc[0, "difference"] == pytest.approx(0.05)
     assert table.loc[1, "difference"] is None or str(table.loc[1, "difference"]) == "<NA>"
-    assert dashboard.compare_metrics(None, None).empty
+    assert summaries.compare_metrics(None, None).empty
 
 
 @pytest.fixture(scope="module")
@@ -250,36 +251,36 @@ def report():
 
 
 def test_figures_build_from_an_evaluation_report(report):
-    roc = dashboard.roc_figure({"active": report, "other": report})
+    roc = figures.roc_figure({"active": report, "other": report})
     names = [trace.name for trace in roc.data]
     assert any(name.startswith("active (AUROC") for name in names)
     assert sum("high sensitivity" in (name or "") for name in names) == 1
-    assert dashboard.pr_figure(report).data[0].x is not None
-    reliability = dashboard.reliability_figure(report)
+    assert figures.pr_figure(report).data[0].x is not None
+    reliability = figures.reliability_figure(report)
     assert len(reliability.data) == 3  # diagonal, calibrated, before scaling
-    regions = dashboard.region_auroc_figure(report)
+    regions = figures.region_auroc_figure(report)
     assert "without hardware" in regions.data[0].x
     matrix = report["operating_points"]["high_sensitivity"]["confusion_matrix"]
-    confusion = dashboard.confusion_figure(matrix)
+    confusion = figures.confusion_figure(matrix)
     assert np.asarray(confusion.data[0].z).sum() == report["n"]
     with pytest.raises(ValueError):
-        dashboard.confusion_figure([[1, 2, 3]])
+        figures.confusion_figure([[1, 2, 3]])
 
 
 def test_figures_cope_with_a_report_without_curves():
     empty = {"roc": None, "pr": None, "auroc": None}
-    assert len(dashboard.roc_figure({"m": empty}).data) == 1  # only the chance line
-    assert len(dashboard.pr_figure(empty).data) == 0
-    assert len(dashboard.region_auroc_figure(empty).data[0].x) == 0
+    assert len(figures.roc_figure({"m": empty}).data) == 1  # only the chance line
+    assert len(figures.pr_figure(empty).data) == 0
+    assert len(figures.region_auroc_figure(empty).data[0].x) == 0
 
 
 def test_probability_and_dataset_figures():
-    gauge = dashboard.probability_gauge(0.8, 0.3)
+    gauge = figures.probability_gauge(0.8, 0.3)
     assert gauge.data[0].value == pytest.approx(80.0)
     assert gauge.data[0].gauge.threshold.value == pytest.approx(30.0)
-    histogram = dashboard.probability_histogram([0.1, None, 0.9], 0.5)
+    histogram = figures.probability_histogram([0.1, None, 0.9], 0.5)
     assert list(histogram.data[0].x) == [0.1, 0.9]
-    balance = dashboard.class_balance_figure({"train": {"fractured": 3, "normal": 5, "total": 8}})
+    balance = figures.class_balance_figure({"train": {"fractured": 3, "normal": 5, "total": 8}})
     assert [trace.name for trace in balance.data] == ["fractured", "normal"]
 
     import pandas as pd
@@ -287,13 +288,13 @@ def test_probability_and_dataset_figures():
     frame = pd.DataFrame({"region": ["hand", None, "hand"],
                           "label_name": ["fractured", "normal", "normal"],
                           "hardware": pd.array([True, None, False], dtype="boolean")})  # fmt: skip
-    regions = dashboard.breakdown_figure(frame, "region", "Regions")
+    regions = figures.breakdown_figure(frame, "region", "Regions")
     fractured, normal = regions.data
     assert dict(zip(fractured.x, fractured.y)) == {"hand": 1, "unknown": 0}
     assert dict(zip(normal.x, normal.y)) == {"hand": 1, "unknown": 1}
-    hardware = dashboard.breakdown_figure(frame, "hardware", "Hardware")
+    hardware = figures.breakdown_figure(frame, "hardware", "Hardware")
     assert set(hardware.data[1].x) == {"True", "False", "unknown"}
-    sizes = dashboard.size_figure(pd.DataFrame({"path": ["/a/b.png"], "width": [3], "height": [4]}))
+    sizes = figures.size_figure(pd.DataFrame({"path": ["/a/b.png"], "width": [3], "height": [4]}))
     assert list(sizes.data[0].text) == ["b.png"]
 
 
@@ -304,7 +305,7 @@ def test_training_curves_figure_marks_the_fine_tune_switch():
         {"epoch": 2, "phase": "fine-tune", "train_loss": 0.5, "val_loss": 0.6, "train_auroc": 0.8,
          "val_auroc": 0.7},
     ]  # fmt: skip
-    figure = dashboard.training_curves_figure(history)
+    figure = figures.training_curves_figure(history)
     assert len(figure.data) == 4
     assert any(getattr(shape, "x0", None) == 1.5 for shape in figure.layout.shapes)
-    assert len(dashboard.training_curves_figure([]).data) == 4  # empty run: axes, no crash
+    assert len(figures.training_curves_figure([]).data) == 4  # empty run: axes, no crash

@@ -1,0 +1,162 @@
+"""``python -m fracture ood``: fit or measure the out-of-distribution gate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from fracture.evaluation.ood_fit import extract_features, fit_for_model, measure, ood_probe_images
+from fracture.inference.ood import (
+    DEFAULT_COMPONENTS,
+    DEFAULT_FALSE_ALARM_RATE,
+    OOD_FILE,
+    OODGateError,
+)
+
+__all__ = ["add_ood_parser"]
+
+
+def add_ood_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``ood fit DATA`` and ``ood measure DATA``."""
+    ood = subparsers.add_parser("ood", help="fit or measure the out-of-distribution gate")
+    commands = ood.add_subparsers(dest="ood_command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="fit the gate on a dataset's train/val splits and "
+                                          "store it in the model folder")  # fmt: skip
+    fit.add_argument("data", help="dataset folder with train and val splits")
+    fit.add_argument("--model", default=None, help="model folder (default: the active model)")
+    fit.add_argument("--max-train", type=int, default=None,
+                     help="fit on at most this many train images (seeded subset)")  # fmt: skip
+    fit.add_argument("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE,
+                     help=f"share of held-out radiographs to flag (default {DEFAULT_FALSE_ALARM_RATE})")  # fmt: skip
+    fit.add_argument("--components", type=int, default=DEFAULT_COMPONENTS)
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seed of the train subset and, without a val split on disk, of the "
+                          "split (use the training run's)")  # fmt: skip
+    fit.add_argument("--val-fraction", type=float, default=0.15,
+                     help="without a val split on disk: the training val fraction")  # fmt: skip
+    fit.set_defaults(func=_cmd_fit)
+
+    meas = commands.add_parser(
+        "measure", help="AUROC and false-alarm rate: val split vs probe images"
+    )
+    meas.add_argument("data", help="dataset folder; its val split is the in-distribution set")
+    meas.add_argument("--model", default=None, help="model folder (default: the active model)")
+    meas.add_argument("--split", default="val", help="in-distribution split (default: val)")
+    meas.add_argument("--json", default=None, help="write every number here")
+    meas.set_defaults(func=_cmd_measure)
+
+
+def _model_dir(arg: str | None) -> Path:
+    from fracture.config import get_settings
+
+    return Path(arg) if arg else get_settings().active_model_dir
+
+
+def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=f"ood {stage}", unit="img",
+                               disable=not sys.stderr.isatty())  # fmt: skip
+        bars[stage].update(done - bars[stage].n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return update, close
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    from fracture.data.records import DatasetLayoutError
+    from fracture.model.folder import ModelLoadError
+    from fracture.model.imagenet import WeightsError
+
+    try:
+        return int(run())
+    except (ModelLoadError, WeightsError, DatasetLayoutError, OODGateError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    def run() -> int:
+        model_dir = _model_dir(args.model)
+        update, close = _stage_progress()
+        try:
+            gate = fit_for_model(model_dir, args.data, max_train=args.max_train,
+                                 false_alarm_rate=args.false_alarm_rate,
+                                 n_components=args.components, seed=args.seed,
+                                 val_fraction=args.val_fraction, on_progress=update)  # fmt: skip
+        finally:
+            close()
+        print(f"OOD gate written to {model_dir / OOD_FILE}: {gate.n_components} axes, "
+              f"fitted on {gate.n_train} train images, threshold {gate.threshold:.4f} set on "
+              f"{gate.n_heldout} val images for a {gate.false_alarm_rate:.0%} "
+              f"false-alarm rate")  # fmt: skip
+        return 0
+
+    return _guarded(run)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from fracture.data.layouts import load_dataset
+        from fracture.io.files import atomic_write_json
+        from fracture.inference.predictor import Predictor
+
+        model_dir = _model_dir(args.model)
+        if not (model_dir / OOD_FILE).is_file():  # before the minute a Predictor takes to load
+            print(f"error: {model_dir} has no {OOD_FILE}; run 'python -m fracture ood fit DATA "
+                  f"--model {model_dir}' first", file=sys.stderr)  # fmt: skip
+            return 2
+        predictor = Predictor(model_dir)
+        gate = predictor.ood_gate
+        assert gate is not None  # the file exists and read_config verified it
+        records = load_dataset(args.data).split(args.split)
+        if not records:
+            raise ValueError(f"{args.data} has no {args.split!r} split")
+        update, close = _stage_progress()
+        try:
+            in_features, _ = extract_features(
+                predictor, [r.path for r in records],
+                on_progress=lambda done, total: update(args.split, done, total),
+            )
+        finally:
+            close()
+        probes = ood_probe_images()
+        out_features, kept = extract_features(predictor, list(probes.values()), names=list(probes))
+        report = measure(gate, in_features, out_features)
+        names = list(probes)
+        probe_scores = gate.score(out_features)
+        report["probes"] = {
+            names[i]: {"score": float(s), "flagged": bool(s > gate.threshold)}
+            for i, s in zip(kept, probe_scores)
+        }
+        report["model"] = str(model_dir)
+        report["in_distribution_split"] = args.split
+        print(f"OOD gate of {model_dir}: threshold {gate.threshold:.4f} "
+              f"(set for a {gate.false_alarm_rate:.0%} false-alarm rate)")  # fmt: skip
+        print(f"AUROC (ID {args.split} vs {report['n_out']} probe images): {report['auroc']:.4f}")
+        print(f"False-alarm rate on {report['n_in']} {args.split} radiographs: "
+              f"{report['false_alarm_rate']:.2%}")  # fmt: skip
+        print(f"Detection rate on probe images: {report['detection_rate']:.2%}")
+        width = max(len(name) for name in report["probes"])
+        for name, entry in report["probes"].items():
+            verdict = "flagged" if entry["flagged"] else "MISSED (looks in distribution)"
+            print(f"  {name:<{width}}  {entry['score']:10.3f}  {verdict}")
+        if args.json:
+            atomic_write_json(args.json, report)
+            print(f"full report written to {args.json}", file=sys.stderr)
+        return 0
+
+    return _guarded(run)

@@ -1,0 +1,263 @@
+"""The model-folder format: where a trained model lives on disk, and how it is saved and loaded.
+
+A saved model is a small folder: only what differs from ImageNet (the
+fine-tuned blocks as float16 deltas, the head in float32) plus
+``config.json`` and the model card. Loading rebuilds ResNet-50 from the
+resolved ImageNet weights and applies the difference, which keeps a model
+folder near 30 MB so that it lives in git and on a hosted demo without LFS.
+Every file that defines the model's behaviour is covered by a SHA-256 in the
+card, and a folder whose files do not match is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fracture.io.files import atomic_write_bytes, atomic_write_json
+from fracture.model.network import LOGIT_LAYER, build_classifier, trained_layers
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "CARD_JSON",
+    "CARD_MD",
+    "OOD_FILE",
+    "ModelConfig",
+    "LoadedModel",
+    "ModelLoadError",
+    "save_model",
+    "load_model",
+    "file_checksums",
+    "quantise_like_saved",
+    "imagenet_reference",
+    "read_config",
+    "apply_stored_weights",
+]
+
+CONFIG_FILE = "config.json"
+
+
+WEIGHTS_FILE = "weights.npz"
+
+
+CARD_JSON = "model_card.json"
+
+
+CARD_MD = "model_card.md"
+
+
+OOD_FILE = "ood.npz"
+
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a classifier and prepare its input."""
+
+    image_size: int = 224
+    # Layers after this one are fine-tuned; it and everything before stay ImageNet.
+    fine_tune_from: str = "conv5_block1_out"
+    dropout: float = 0.3
+    # Calibration and operating points are fitted on val. Class-weighted training
+    # trains the logit as if both classes were equally common, which adds
+    # log(w_fracture / w_normal) to it; ``prior_shift`` removes that before the
+    # temperature is applied, so probabilities match the data's prevalence.
+    prior_shift: float = 0.0
+    temperature: float = 1.0
+    thresholds: dict[str, float] = field(
+        default_factory=lambda: {"high_sensitivity": 0.5, "high_specificity": 0.5}
+    )
+    operating_point: str = "high_sensitivity"
+    # "bfloat16" once `python -m fracture bench --apply` has found it within 0.005
+    # AUROC of float32 on val and faster; None serves float32.
+    inference_precision: str | None = None
+    name: str = "untrained"
+    version: str = "0"
+
+    @property
+    def threshold(self) -> float:
+        return float(self.thresholds[self.operating_point])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder is missing, incomplete or fails its checksum."""
+
+
+def _is_head(name: str) -> bool:
+    return name == LOGIT_LAYER
+
+
+def save_model(
+    model: "keras.Model",
+    config: ModelConfig,
+    directory: str | os.PathLike[str],
+    *,
+    reference: dict[str, list[np.ndarray]],
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as a model folder: config, weight deltas and card.
+
+    ``reference`` maps layer names to their ImageNet weights (see
+    :func:`imagenet_reference`); the backbone is stored as float16 differences from it, which are small, so
+    float16 loses nothing that matters. Call :func:`quantise_like_saved` first
+    when the in-memory model must predict exactly as the saved one will.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for layer in trained_layers(model, config):
+        values = [np.asarray(w) for w in layer.get_weights()]
+        if _is_head(layer.name):
+            for index, value in enumerate(values):
+                arrays[f"head/{layer.name}/{index}"] = value.astype(np.float32)
+            continue
+        base = reference[layer.name]
+        for index, (value, base_value) in enumerate(zip(values, base)):
+            arrays[f"delta/{layer.name}/{index}"] = (value - base_value).astype(np.float16)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(directory / WEIGHTS_FILE, buffer.getvalue())
+    atomic_write_json(directory / CONFIG_FILE, config.to_json())
+    card = dict(card or {})
+    card["checksums"] = file_checksums(directory)
+    atomic_write_json(directory / CARD_JSON, card)
+    return directory
+
+
+def imagenet_reference(model: "keras.Model", config: ModelConfig) -> dict[str, list[np.ndarray]]:
+    """Snapshot the weights of the layers that fine-tuning will change, before it does."""
+    return {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in trained_layers(model, config)
+        if not _is_head(layer.name)
+    }
+
+
+def quantise_like_saved(
+    model: "keras.Model", config: ModelConfig, reference: dict[str, list[np.ndarray]]
+) -> None:
+    """Round the fine-tuned backbone to what :func:`save_model` stores.
+
+    Evaluating, calibrating and choosing thresholds after this step means the
+    numbers in the model card describe the model that is shipped, bit for bit.
+    """
+    for layer in trained_layers(model, config):
+        if _is_head(layer.name):
+            continue
+        base = reference[layer.name]
+        rounded = [
+            b + (w - b).astype(np.float16).astype(np.float32)
+            for w, b in zip(layer.get_weights(), base)
+        ]
+        layer.set_weights(rounded)
+
+
+def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """SHA256 of the files that define a model's behaviour."""
+    directory = Path(directory)
+    return {
+        name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE)
+        if (directory / name).is_file()
+    }
+
+
+@dataclass
+class LoadedModel:
+    """A rebuilt classifier with its configuration and card."""
+
+    model: "keras.Model"
+    config: ModelConfig
+    card: dict[str, Any]
+    directory: Path | None
+
+
+def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, Any]]:
+    """Read and verify a model folder's config and card without building anything."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise ModelLoadError(
+            f"No model at {directory}: it has no {CONFIG_FILE}. Train one with "
+            f"'python -m fracture train DATA --out runs/NAME' or pass --model."
+        )
+    card_path = directory / CARD_JSON
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    expected = card.get("checksums")
+    if not expected:
+        raise ModelLoadError(f"Model {directory} has no checksums in {CARD_JSON}; refusing it")
+    actual = file_checksums(directory)
+    for name, digest in expected.items():
+        if actual.get(name) != digest:
+            raise ModelLoadError(
+                f"Model {directory} is corrupt or half-written: {name} does not match "
+                f"the checksum in its model card"
+            )
+    unverified = sorted(set(actual) - set(expected))
+    if unverified:
+        raise ModelLoadError(
+            f"Model {directory} has {', '.join(unverified)} not covered by the checksums "
+            f"in {CARD_JSON}; refusing it"
+        )
+    config = ModelConfig.from_json(json.loads((directory / CONFIG_FILE).read_text()))
+    return config, card
+
+
+def load_model(
+    directory: str | os.PathLike[str],
+    imagenet_weights: str | os.PathLike[str] | None,
+) -> LoadedModel:
+    """Rebuild a saved model: ResNet-50 from ImageNet weights plus the stored difference."""
+    directory = Path(directory)
+    config, card = read_config(directory)
+    model = build_classifier(config, imagenet_weights)
+    with np.load(directory / WEIGHTS_FILE) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    apply_stored_weights(model, config, arrays)
+    return LoadedModel(model=model, config=config, card=card, directory=directory)
+
+
+def apply_stored_weights(
+    model: "keras.Model", config: ModelConfig, arrays: dict[str, np.ndarray]
+) -> None:
+    """Add stored deltas to the ImageNet backbone and set the head."""
+    used: set[str] = set()
+    for layer in trained_layers(model, config):
+        kind = "head" if _is_head(layer.name) else "delta"
+        current = layer.get_weights()
+        updated = []
+        for index, value in enumerate(current):
+            key = f"{kind}/{layer.name}/{index}"
+            if key not in arrays:
+                raise ModelLoadError(f"Stored weights lack {key}; the model folder is incomplete")
+            stored = arrays[key].astype(np.float32)
+            updated.append(stored if kind == "head" else value + stored)
+            used.add(key)
+        layer.set_weights(updated)
+    unused = set(arrays) - used
+    if unused:
+        raise ModelLoadError(
+            f"Stored weights have {len(unused)} arrays this architecture does not use "
+            f"(e.g. {sorted(unused)[0]}); was it saved with another fine_tune_from?"
+        )

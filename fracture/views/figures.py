@@ -1,0 +1,342 @@
+"""Every figure the dashboard draws (plotly), from metrics, cards, runs and predictions.
+
+Colours are shared by every figure, so "fracture" looks the same on every page.
+The pages only place these figures; nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+__all__ = [
+    "COLOUR_FRACTURE",
+    "COLOUR_NORMAL",
+    "COLOUR_TRAIN",
+    "COLOUR_VAL",
+    "breakdown_figure",
+    "class_balance_figure",
+    "confusion_figure",
+    "pr_figure",
+    "probability_gauge",
+    "probability_histogram",
+    "region_auroc_figure",
+    "reliability_figure",
+    "roc_figure",
+    "size_figure",
+    "training_curves_figure",
+]
+
+# Colours shared by every figure, so "fracture" looks the same on every page.
+COLOUR_FRACTURE = "#d62728"
+COLOUR_NORMAL = "#1f77b4"
+COLOUR_TRAIN = "#7f7f7f"
+COLOUR_VAL = "#1f6feb"
+_CLASS_COLOURS = {"fractured": COLOUR_FRACTURE, "fracture": COLOUR_FRACTURE,
+                  "normal": COLOUR_NORMAL}  # fmt: skip
+_FIGURE_MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
+# Curves keep their legend inside the empty corner of the plot, where it never
+# collides with the axis title.
+_LEGEND_BOTTOM_RIGHT = {"x": 0.98, "y": 0.02, "xanchor": "right", "yanchor": "bottom",
+                        "bgcolor": "rgba(255,255,255,0.8)", "orientation": "v"}  # fmt: skip
+_LEGEND_BOTTOM_LEFT = {**_LEGEND_BOTTOM_RIGHT, "x": 0.02, "xanchor": "left"}
+
+
+def _figure(title: str | None = None, height: int = 320) -> "go.Figure":
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    figure.update_layout(
+        title=title, height=height, margin=_FIGURE_MARGIN, template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+    )  # fmt: skip
+    return figure
+
+
+def probability_gauge(probability: float, threshold: float, title: str = "") -> "go.Figure":
+    """A 0-100 % gauge of the fracture probability with the threshold marked as a line."""
+    import plotly.graph_objects as go
+
+    colour = COLOUR_FRACTURE if probability >= threshold else COLOUR_NORMAL
+    figure = go.Figure(
+        go.Indicator(
+            mode="gauge+number",
+            value=100.0 * probability,
+            number={"suffix": " %", "valueformat": ".1f"},
+            title={"text": title} if title else None,
+            gauge={
+                "axis": {"range": [0, 100], "ticksuffix": "%"},
+                "bar": {"color": colour},
+                "steps": [
+                    {"range": [0, 100.0 * threshold], "color": "#e8f1fb"},
+                    {"range": [100.0 * threshold, 100], "color": "#fbe9e9"},
+                ],
+                "threshold": {"line": {"color": "black", "width": 4}, "thickness": 0.9,
+                              "value": 100.0 * threshold},  # fmt: skip
+            },
+        )
+    )
+    figure.update_layout(height=230, margin={"l": 40, "r": 40, "t": 30, "b": 20})
+    return figure
+
+
+def probability_histogram(probabilities: Sequence[float], threshold: float) -> "go.Figure":
+    """Histogram of a batch's probabilities in 5 % bins, the threshold as a dashed line."""
+    import plotly.graph_objects as go
+
+    values = np.asarray([p for p in probabilities if p is not None], dtype=float)
+    figure = _figure(f"Fracture probabilities (dashed: threshold {threshold:.2f})", height=300)
+    figure.add_trace(go.Histogram(
+        x=values, xbins={"start": 0.0, "end": 1.0, "size": 0.05}, marker_color=COLOUR_VAL,
+        name="images",
+    ))  # fmt: skip
+    figure.add_vline(x=threshold, line_dash="dash", line_color="black")
+    figure.update_xaxes(range=[0, 1], title="probability of fracture")
+    figure.update_yaxes(title="images")
+    figure.update_layout(showlegend=False)
+    return figure
+
+
+def class_balance_figure(summary: Mapping[str, Mapping[str, int]]) -> "go.Figure":
+    """Images per split and class from ``Dataset.summary()``."""
+    import plotly.graph_objects as go
+
+    splits = list(summary)
+    figure = _figure("Class balance per split")
+    for name in ("fractured", "normal"):
+        counts = [summary[split].get(name, 0) for split in splits]
+        figure.add_trace(go.Bar(x=splits, y=counts, name=name, marker_color=_CLASS_COLOURS[name],
+                                text=counts, textposition="auto"))  # fmt: skip
+    figure.update_layout(barmode="group")
+    figure.update_yaxes(title="images")
+    return figure
+
+
+def breakdown_figure(frame: "pd.DataFrame", column: str, title: str) -> "go.Figure":
+    """Images per value of ``column`` (e.g. region, hardware), stacked by class."""
+    import plotly.graph_objects as go
+
+    values = frame[column].astype("object").where(frame[column].notna(), "unknown").astype(str)
+    table = (
+        frame.assign(_value=values)
+        .groupby(["_value", "label_name"], observed=True)
+        .size()
+        .unstack(fill_value=0)
+    )
+    figure = _figure(title)
+    for name in ("fractured", "normal"):
+        if name in table.columns:
+            figure.add_trace(go.Bar(x=table.index.tolist(), y=table[name].tolist(), name=name,
+                                    marker_color=_CLASS_COLOURS[name]))  # fmt: skip
+    figure.update_layout(barmode="stack")
+    figure.update_yaxes(title="images")
+    return figure
+
+
+def size_figure(sizes: "pd.DataFrame") -> "go.Figure":
+    """Image width against height, one point per sampled file."""
+    import plotly.graph_objects as go
+
+    figure = _figure(f"Image sizes (sample of {len(sizes)})")
+    figure.add_trace(go.Scatter(
+        x=sizes["width"], y=sizes["height"], mode="markers", text=sizes["path"].map(
+            lambda p: Path(p).name), marker={"color": COLOUR_VAL, "opacity": 0.6, "size": 7},
+        hovertemplate="%{text}<br>%{x} x %{y} px<extra></extra>",
+    ))  # fmt: skip
+    figure.update_xaxes(title="width (px)")
+    figure.update_yaxes(title="height (px)")
+    return figure
+
+
+def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> "go.Figure":
+    """Loss and AUROC per epoch for train and val, the head/fine-tune switch marked."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "AUROC"))
+    epochs = [row.get("epoch") for row in history]
+    for col, metric in ((1, "loss"), (2, "auroc")):
+        for split, colour in (("train", COLOUR_TRAIN), ("val", COLOUR_VAL)):
+            values = [row.get(f"{split}_{metric}") for row in history]
+            figure.add_trace(
+                go.Scatter(x=epochs, y=values, mode="lines+markers", name=f"{split}",
+                           line={"color": colour}, legendgroup=split, showlegend=col == 1),
+                row=1, col=col,
+            )  # fmt: skip
+    switch = next(
+        (row.get("epoch") for row in history if row.get("phase") == "fine-tune"), None
+    )
+    if switch is not None and len(history) > 1:
+        for col in (1, 2):
+            figure.add_vline(x=switch - 0.5, line_dash="dot", line_color="#999", row=1, col=col)
+        figure.add_annotation(x=switch - 0.5, y=1.0, yref="y2 domain", xref="x2",
+                              text="fine-tune", showarrow=False, yanchor="bottom")  # fmt: skip
+    figure.update_xaxes(title="epoch", dtick=1)
+    figure.update_yaxes(range=[0, 1.02], row=1, col=2)
+    figure.update_layout(height=320, margin=_FIGURE_MARGIN, template="plotly_white",
+                         legend={"orientation": "h", "y": -0.25})  # fmt: skip
+    return figure
+
+
+def confusion_figure(
+    matrix: Sequence[Sequence[int]], title: str = "Confusion matrix"
+) -> "go.Figure":
+    """A 2 x 2 confusion matrix (rows: true normal, fracture; columns: predicted)."""
+    import plotly.graph_objects as go
+
+    values = np.asarray(matrix, dtype=int)
+    if values.shape != (2, 2):
+        raise ValueError(f"confusion matrix must be 2 x 2, got shape {values.shape}")
+    names = ["normal", "fracture"]
+    figure = _figure(title, height=300)
+    figure.add_trace(go.Heatmap(
+        z=values, x=[f"predicted {n}" for n in names], y=[f"true {n}" for n in names],
+        text=values, texttemplate="%{text}", textfont={"size": 18}, colorscale="Blues",
+        showscale=False, hovertemplate="%{y}, %{x}: %{z}<extra></extra>",
+    ))  # fmt: skip
+    figure.update_yaxes(autorange="reversed")
+    return figure
+
+
+def _operating_markers(figure: "go.Figure", report: Mapping[str, Any]) -> None:
+    import plotly.graph_objects as go
+
+    for name, point in (report.get("operating_points") or {}).items():
+        sensitivity, specificity = point.get("sensitivity"), point.get("specificity")
+        if sensitivity is None or specificity is None:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[1 - specificity], y=[sensitivity], mode="markers",
+            marker={"size": 11, "symbol": "diamond", "line": {"width": 1, "color": "black"}},
+            name=f"{name.replace('_', ' ')} (t={point.get('threshold', float('nan')):.2f})",
+        ))  # fmt: skip
+
+
+def roc_figure(reports: Mapping[str, Mapping[str, Any]], title: str = "ROC curve") -> "go.Figure":
+    """ROC curves of one or more evaluation reports, AUROC in the legend.
+
+    The first report's operating points are marked, so the chosen thresholds
+    can be read off the curve.
+    """
+    import plotly.graph_objects as go
+
+    figure = _figure(title, height=360)
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                                line={"dash": "dash", "color": "#bbb"}))  # fmt: skip
+    for index, (name, report) in enumerate(reports.items()):
+        roc = report.get("roc")
+        if not roc:
+            continue
+        auroc = report.get("auroc")
+        label = f"{name} (AUROC {auroc:.3f})" if auroc is not None else name
+        figure.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=label,
+                                    line={"width": 2.5 if index == 0 else 1.5}))  # fmt: skip
+        if index == 0:
+            _operating_markers(figure, report)
+    figure.update_xaxes(title="1 - specificity (false-positive rate)", range=[0, 1])
+    figure.update_yaxes(title="sensitivity", range=[0, 1.02])
+    figure.update_layout(legend=_LEGEND_BOTTOM_RIGHT)
+    return figure
+
+
+def pr_figure(report: Mapping[str, Any]) -> "go.Figure":
+    """Precision-recall curve, with prevalence (a classifier's floor) as a dashed line."""
+    import plotly.graph_objects as go
+
+    figure = _figure("Precision-recall curve", height=360)
+    pr = report.get("pr")
+    if pr:
+        pr_auc = report.get("pr_auc")
+        name = f"PR-AUC {pr_auc:.3f}" if pr_auc is not None else "model"
+        figure.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=name,
+                                    line={"color": COLOUR_VAL, "width": 2.5}))  # fmt: skip
+    if report.get("prevalence") is not None:
+        figure.add_hline(y=report["prevalence"], line_dash="dash", line_color="#bbb",
+                         annotation_text="prevalence")  # fmt: skip
+    figure.update_xaxes(title="recall (sensitivity)", range=[0, 1])
+    figure.update_yaxes(title="precision (PPV)", range=[0, 1.02])
+    figure.update_layout(legend=_LEGEND_BOTTOM_LEFT)
+    return figure
+
+
+def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
+    """Reliability diagram: observed fracture rate per probability bin, before and after
+    temperature scaling, against the diagonal of perfect calibration."""
+    import plotly.graph_objects as go
+
+    figure = _figure("Reliability (calibration)", height=360)
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                                line={"dash": "dash", "color": "#bbb"}))  # fmt: skip
+    curves = (
+        ("reliability", "calibrated", report.get("ece"), COLOUR_VAL),
+        ("reliability_uncalibrated", "before scaling", report.get("ece_uncalibrated"), "#ff7f0e"),
+    )
+    for key, name, ece, colour in curves:
+        curve = report.get(key)
+        if not curve:
+            continue
+        points = [
+            (x, y, n)
+            for x, y, n in zip(curve["mean_predicted"], curve["observed_frequency"],
+                               curve["counts"])  # fmt: skip
+            if x is not None and y is not None
+        ]
+        if not points:
+            continue
+        xs, ys, ns = zip(*points)
+        label = f"{name} (ECE {ece:.3f})" if ece is not None else name
+        figure.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines+markers", name=label, line={"color": colour},
+            customdata=ns, hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>"
+            "n=%{customdata}<extra></extra>",
+        ))  # fmt: skip
+    figure.update_xaxes(title="mean predicted probability", range=[0, 1])
+    figure.update_yaxes(title="observed fracture frequency", range=[0, 1.02])
+    figure.update_layout(legend={**_LEGEND_BOTTOM_LEFT, "y": 0.98, "yanchor": "top"})
+    return figure
+
+
+def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
+    """AUROC per anatomical region with bootstrap intervals, and without hardware.
+
+    Bars with a single class (AUROC undefined) are left out; the overall AUROC
+    is the dashed reference line.
+    """
+    import plotly.graph_objects as go
+
+    subgroups = report.get("subgroups") or {}
+    entries = dict((subgroups.get("region") or {}).items())
+    if subgroups.get("hardware_free"):
+        entries["without hardware"] = subgroups["hardware_free"]
+    names, values, lower, upper, texts = [], [], [], [], []
+    for name, entry in entries.items():
+        auroc = entry.get("auroc")
+        if auroc is None:
+            continue
+        ci = entry.get("auroc_ci") or [auroc, auroc]
+        names.append(name)
+        values.append(auroc)
+        lower.append(max(0.0, auroc - ci[0]))
+        upper.append(max(0.0, ci[1] - auroc))
+        texts.append(f"n={entry.get('n')}")
+    figure = _figure("AUROC per subgroup (95% bootstrap CI)", height=340)
+    colours = ["#9467bd" if name == "without hardware" else COLOUR_VAL for name in names]
+    figure.add_trace(go.Bar(
+        x=names, y=values, marker_color=colours, text=texts, textposition="inside",
+        error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower},
+        hovertemplate="%{x}: AUROC %{y:.3f}<extra></extra>",
+    ))  # fmt: skip
+    if report.get("auroc") is not None:
+        figure.add_hline(y=report["auroc"], line_dash="dash", line_color="black",
+                         annotation_text=f"all {report['auroc']:.3f}")  # fmt: skip
+    figure.update_yaxes(title="AUROC", range=[0, 1.05])
+    figure.update_layout(showlegend=False)
+    return figure

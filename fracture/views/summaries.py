@@ -1,0 +1,129 @@
+"""What the Train and Model pages show about runs and models: progress, durations, card headlines, comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "RunProgress",
+    "card_headline",
+    "compare_metrics",
+    "format_duration",
+    "run_progress",
+]
+
+@dataclass(frozen=True)
+class RunProgress:
+    """A run's ``status.json`` read for display."""
+
+    state: str
+    phase: str
+    fraction: float | None  # overall progress in [0, 1], None when unknown
+    text: str
+    eta: str | None
+    finished: bool
+
+
+_FINISHED_STATES = frozenset({"completed", "failed", "cancelled", "interrupted", "error"})
+
+
+def format_duration(seconds: float | None) -> str | None:
+    """``3 h 05 min``, ``12 min 30 s`` or ``45 s``; None for a missing or negative value."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def run_progress(status: Mapping[str, Any]) -> RunProgress:
+    """Overall progress of a run from its status, for a progress bar and a caption.
+
+    Feature caching reports ``done``/``total`` images; epochs report
+    ``epoch``/``epochs`` and ``batch``/``batches``. Caching is counted as a
+    phase of its own: its fraction is of the caching, not of the whole run.
+    """
+    state = str(status.get("state", "unknown"))
+    phase = str(status.get("phase") or state)
+    message = str(status.get("message") or "")
+    finished = state in _FINISHED_STATES
+    fraction: float | None = None
+    if state == "completed":
+        fraction = 1.0
+    elif isinstance(status.get("epoch"), int) and status.get("epochs"):
+        epochs = int(status["epochs"])
+        within = 0.0
+        if status.get("batches"):
+            within = min(1.0, int(status.get("batch") or 0) / int(status["batches"]))
+        fraction = min(1.0, (int(status["epoch"]) - 1 + within) / epochs)
+    elif status.get("total"):
+        fraction = min(1.0, int(status.get("done") or 0) / int(status["total"]))
+    eta = None if finished else format_duration(status.get("eta_seconds"))
+    text = message or phase
+    return RunProgress(state=state, phase=phase, fraction=fraction, text=text, eta=eta,
+                       finished=finished)  # fmt: skip
+
+
+def card_headline(card: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Name, version and validation AUROC (with its interval) from a model card."""
+    card = card or {}
+    metrics = card.get("val_metrics") or {}
+    return {
+        "name": card.get("name"),
+        "version": card.get("version"),
+        "val_auroc": metrics.get("auroc"),
+        "val_auroc_ci": metrics.get("auroc_ci"),
+    }
+
+
+_COMPARED = (
+    ("auroc", "AUROC"),
+    ("pr_auc", "PR-AUC"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("hardware_free_auroc", "AUROC without hardware"),
+    ("brier", "Brier (lower is better)"),
+    ("ece", "ECE (lower is better)"),
+)
+
+
+def compare_metrics(
+    candidate: Mapping[str, Any] | None, active: Mapping[str, Any] | None
+) -> "pd.DataFrame":
+    """Validation metrics of a new model next to the active one's, from their cards.
+
+    Each model is judged on its own validation split, so the comparison is only
+    fair when both were trained on the same dataset; the page says so.
+    """
+    import pandas as pd
+
+    new = (candidate or {}).get("val_metrics") or {}
+    old = (active or {}).get("val_metrics") or {}
+    rows = []
+    for key, title in _COMPARED:
+        if key not in new and key not in old:
+            continue
+        a, b = new.get(key), old.get(key)
+        rows.append({
+            "metric": title,
+            "new model": a,
+            "active model": b,
+            "difference": a - b if isinstance(a, (int, float)) and isinstance(b, (int, float))
+            else None,
+        })  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["metric", "new model", "active model", "difference"])
+    return frame.astype({column: "Float64" for column in ("new model", "active model", "difference")})
