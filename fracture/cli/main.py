@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from fracture.model.imagenet import add_weights_parser
+    from fracture.cli.weights import add_weights_parser
 
     add_weights_parser(sub)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fracture.errors import FractureError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -51,7 +53,7 @@ _ACCEPTED_LAYOUTS = (
 )
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(FractureError, ValueError):
     """The folder is not in any layout this module recognises.
 
     The message names the folder at fault and lists the accepted layouts, because

@@ -48,6 +48,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fracture.config import get_settings
+from fracture.errors import InvalidImageError
 
 __all__ = [
     "InvalidImageError",
@@ -60,10 +61,6 @@ __all__ = [
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 _T = TypeVar("_T")
-
-
-class InvalidImageError(ValueError):
-    """A file that cannot be used as a radiograph; the message names the file and the reason."""
 
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fracture.errors import ModelLoadError
 from fracture.io.files import atomic_write_bytes, atomic_write_json
 from fracture.model.network import LOGIT_LAYER, build_classifier, trained_layers
 
@@ -99,10 +100,6 @@ class ModelConfig:
     def from_json(cls, data: dict[str, Any]) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-class ModelLoadError(RuntimeError):
-    """A model folder is missing, incomplete or fails its checksum."""
 
 
 def _is_head(name: str) -> bool:

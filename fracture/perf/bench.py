@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from fracture.errors import BenchError
+
 if TYPE_CHECKING:
     import keras
 
@@ -161,10 +163,6 @@ class BenchConfig:
         data = dict(data)
         data["thread_settings"] = tuple(tuple(pair) for pair in data.get("thread_settings", ()))
         return cls(**data)
-
-
-class BenchError(RuntimeError):
-    """A benchmark step failed; the message says which and why."""
 
 
 # ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+from fracture.errors import JobBusyError
 from fracture.io.files import atomic_write_json, read_json
 from fracture.config import PROJECT_ROOT, Settings, get_settings
 
@@ -67,10 +68,6 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Popen objects of children this process launched, kept so they are reaped
 # (a finished child that nobody waits for lingers as a zombie).
 _CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-class JobBusyError(RuntimeError):
-    """Another training run is active; only one may run at a time."""
 
 
 @dataclass
