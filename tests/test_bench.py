@@ -18,8 +18,15 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SIZE, write_png
+from fracture import errors
+from fracture.cli import bench as bench_cli
 from fracture.perf import bench
-from fracture.perf.bench import BenchConfig
+from fracture.perf import config as bench_config
+from fracture.perf import machine as bench_machine
+from fracture.perf import measure as bench_measure
+from fracture.perf import report as bench_report
+from fracture.perf import workload as bench_workload
+from fracture.perf.config import BenchConfig
 
 # Every top-level figure of the JSON, and the fields each must carry.
 EXPECTED_FIELDS = {
@@ -76,9 +83,9 @@ def _assert_consistent(result: dict) -> None:
     assert bf["recommended"] == (bf["check"] == "PASS" and (speedup or 0) >= 1.05)
 
     rows = result["targets"]
-    assert {row["id"] for row in rows} == set(bench.TARGETS)
+    assert {row["id"] for row in rows} == set(bench_config.TARGETS)
     for row in rows:
-        op, target, _ = bench.TARGETS[row["id"]]
+        op, target, _ = bench_config.TARGETS[row["id"]]
         assert row["op"] == op and row["target"] == target
         if row["value"] is None:
             assert row["met"] is None and row["status"] == "n/a"
@@ -91,10 +98,10 @@ def _assert_consistent(result: dict) -> None:
     assert by_id["cache_speedup"]["value"] == tr["cache_speedup"]
     assert by_id["serving_peak_rss_mb"]["value"] == result["memory"]["serving_peak_rss_mib"]
     json.dumps(result)  # the --json output must serialise
-    table = bench.format_table(result)
+    table = bench_report.format_table(result)
     for row in rows:
         assert row["status"] in table
-    assert bench.format_table(result, markdown=True).startswith("| Figure | Value |")
+    assert bench_report.format_table(result, markdown=True).startswith("| Figure | Value |")
 
 
 # --- the whole benchmark, in this process -----------------------------------
@@ -159,7 +166,7 @@ def _raw():
 
 def test_summary_ratios_are_the_quotients_of_the_medians():
     machine, serving, cold, training = _raw()
-    result = bench.summarise(BenchConfig.quick_config(), machine, serving, cold, training,
+    result = bench_report.summarise(BenchConfig.quick_config(), machine, serving, cold, training,
                              {"total": 1.0})
     _assert_consistent(result)
     t = result["throughput"]
@@ -199,12 +206,12 @@ def test_a_load_change_during_the_run_is_flagged():
     # The load vanished halfway: bf16 ran slow in the first repeats, fast later.
     serving["project_seconds"] = [8.0, 8.0, 2.0, 2.0, 2.0]
     serving["bf16"]["seconds"] = [6.0, 6.0, 6.0, 1.3, 1.3]
-    result = bench.summarise(BenchConfig.full(), machine, serving, cold, training, {"total": 1.0})
+    result = bench_report.summarise(BenchConfig.full(), machine, serving, cold, training, {"total": 1.0})
     assert result["bf16"]["speedup"] == pytest.approx(2.0 / 6.0)
     assert result["bf16"]["load_stable"] is False
     assert result["bf16"]["paired_speedup"] == pytest.approx((32 / 6.0) / (32 / 8.0))
     assert result["bf16"]["recommended"] is True  # judged on the pairs, 1.33x
-    assert "load changed during the run" in bench.format_table(result)
+    assert "load changed during the run" in bench_report.format_table(result)
 
 
 def test_failed_bf16_check_is_not_recommended_and_missing_figures_are_na():
@@ -212,7 +219,7 @@ def test_failed_bf16_check_is_not_recommended_and_missing_figures_are_na():
                "auroc_bf16": 0.88, "delta_auroc": -0.02}
     machine, serving, cold, training = _raw()
     serving["bf16"]["auroc"] = failing
-    result = bench.summarise(BenchConfig.full(), machine, serving, [], training, {"total": 1.0})
+    result = bench_report.summarise(BenchConfig.full(), machine, serving, [], training, {"total": 1.0})
     _assert_consistent(result)
     assert result["bf16"]["recommended"] is False
     by_id = {row["id"]: row for row in result["targets"]}
@@ -223,22 +230,22 @@ def test_failed_bf16_check_is_not_recommended_and_missing_figures_are_na():
 def test_peak_formula_follows_the_cpu_flags():
     zen4 = {"cores": 2, "mhz": 2600.0, "microarchitecture": "AMD Zen 4",
             "simd_flags": ["avx2", "avx512_bf16", "avx512f", "fma"]}
-    peak = bench.peak_gflops(zen4)
+    peak = bench_machine.peak_gflops(zen4)
     assert peak["fp32"] == pytest.approx(2 * 2.6 * 2 * 8 * 2, abs=0.1)
     assert peak["bf16"] == pytest.approx(2 * peak["fp32"], abs=0.1)
     assert "2 cores x 2.60 GHz x 2 FMA units x 8 lanes x 2" == peak["formula"]
     intel = {**zen4, "microarchitecture": "Intel AVX-512", "simd_flags": ["avx512f", "fma", "avx2"]}
-    assert bench.peak_gflops(intel)["fp32"] == pytest.approx(2 * 2.6 * 2 * 16 * 2, abs=0.1)
-    assert bench.peak_gflops(intel)["bf16"] is None
+    assert bench_machine.peak_gflops(intel)["fp32"] == pytest.approx(2 * 2.6 * 2 * 16 * 2, abs=0.1)
+    assert bench_machine.peak_gflops(intel)["bf16"] is None
     amx = {**intel, "simd_flags": ["avx512f", "amx_bf16", "amx_tile"]}
-    assert bench.peak_gflops(amx)["bf16"] == pytest.approx(2 * 2.6 * 1024, abs=0.1)
+    assert bench_machine.peak_gflops(amx)["bf16"] == pytest.approx(2 * 2.6 * 1024, abs=0.1)
 
 
 def test_machine_description_and_generated_radiographs():
-    machine = bench.describe_machine()
+    machine = bench_machine.describe_machine()
     assert machine["cores"] >= 1 and machine["versions"]
-    assert bench.format_machine(machine)
-    jpegs = bench.make_radiograph_jpegs(2)
+    assert bench_report.format_machine(machine)
+    jpegs = bench_workload.make_radiograph_jpegs(2)
     assert len(jpegs) == 2 and jpegs[0] != jpegs[1]
     image = Image.open(io.BytesIO(jpegs[0]))
     assert image.format == "JPEG" and image.size == (820, 1024)
@@ -247,16 +254,16 @@ def test_machine_description_and_generated_radiographs():
 
 def test_cli_parser_and_quick_config():
     parser = argparse.ArgumentParser()
-    bench.add_bench_parser(parser.add_subparsers(dest="command"))
+    bench_cli.add_bench_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--quick", "--json", "out.json", "--image-size", "384"])
-    assert args.func is bench.cmd_bench
-    config = bench.config_from_args(args)
+    assert args.func is bench_cli.cmd_bench
+    config = bench_cli.config_from_args(args)
     assert config.quick and config.image_size == 384 and config.val_images == 120
-    assert not bench.config_from_args(parser.parse_args(["bench"])).quick
-    with pytest.raises(bench.BenchError):
-        bench.config_from_args(parser.parse_args(["bench", "--model", "m", "--image-size", "224"]))
-    with pytest.raises(bench.BenchError, match="full run"):
-        bench.config_from_args(parser.parse_args(["bench", "--quick", "--apply"]))
+    assert not bench_cli.config_from_args(parser.parse_args(["bench"])).quick
+    with pytest.raises(errors.BenchError):
+        bench_cli.config_from_args(parser.parse_args(["bench", "--model", "m", "--image-size", "224"]))
+    with pytest.raises(errors.BenchError, match="full run"):
+        bench_cli.config_from_args(parser.parse_args(["bench", "--quick", "--apply"]))
     assert BenchConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
 
 
@@ -307,11 +314,11 @@ def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     assert bf16.engine.precision == "bfloat16" and fp32.engine.precision == "float32"
 
     config = BenchConfig.full(val_root=str(tmp_path / "data"), val_images=4)
-    check = bench._auroc_check(fp32, bf16, config)
+    check = bench_measure._auroc_check(fp32, bf16, config)
     assert check["val_images"] == 4 and check["val_split_images"] == 6 and check["val_subset"]
     assert check["check"] == ("PASS" if abs(check["delta_auroc"]) <= 0.005 else "FAIL")
     assert math.isclose(check["delta_auroc"], check["auroc_bf16"] - check["auroc_fp32"])
-    missing = bench._auroc_check(fp32, bf16, BenchConfig.full(val_root=str(tmp_path / "nowhere")))
+    missing = bench_measure._auroc_check(fp32, bf16, BenchConfig.full(val_root=str(tmp_path / "nowhere")))
     assert missing["check"] == "n/a" and "no validation data" in missing["reason"]
 
     # The bfloat16 engine, heat maps included, returns float32 close to float32's.

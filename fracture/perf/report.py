@@ -1,0 +1,413 @@
+"""Summarise a benchmark run: ratios, targets and verdicts, and the tables printed and written to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+
+from fracture.perf.config import BF16_MIN_SPEEDUP, TARGETS, BenchConfig
+from fracture.perf.machine import flops_per_image, peak_gflops
+from fracture.perf.measure import median
+
+if TYPE_CHECKING:
+
+    pass
+
+__all__ = [
+    "summarise",
+    "evaluate_targets",
+    "format_table",
+    "format_machine",
+]
+
+
+def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, Any],
+              cold: list[dict[str, Any]], training: dict[str, Any], timings: dict[str, float],
+              *, isolated: bool = True) -> dict[str, Any]:
+    """Turn raw measurements into figures: every ratio here comes from the measurements given."""
+    from fracture.inference.engine import MAX_INTER_OP_THREADS
+
+    size = serving["model"]["image_size"]
+    project_ips = serving["images"] / median(serving["project_seconds"])
+    naive_ips = serving["naive_images"] / median(serving["naive_seconds"])
+    pipeline = serving["pipeline"]
+    pipelined_s = median(serving["project_seconds"])
+    decode_s = median(pipeline["decode_seconds"])
+    network_s = median(pipeline["inference_seconds"])
+    sequential = decode_s + network_s
+    throughput = {
+        "image_size": size,
+        "batch_size": serving["batch_size"],
+        "images": serving["images"],
+        "naive_images": serving["naive_images"],
+        "repeats": len(serving["project_seconds"]),
+        "project_ips": project_ips,
+        "naive_ips": naive_ips,
+        "throughput_ratio": project_ips / naive_ips,
+        "paired_ratio": _paired_ratio(serving["project_seconds"], serving["images"],
+                                      serving["naive_seconds"], serving["naive_images"]),
+        "pipeline": {
+            "decode_s": decode_s,
+            "inference_s": network_s,
+            "pipelined_s": pipelined_s,
+            "sequential_s": sequential,
+            # Share of the decoding time that the overlap hid behind inference
+            # (above 1: tf.data also decoded in parallel; below 0: it cost more).
+            "decode_hidden_fraction": (sequential - pipelined_s) / decode_s,
+        },
+    }
+
+    bf16_raw = serving["bf16"]
+    bf16: dict[str, Any] = {"supported": bf16_raw["supported"], **bf16_raw["auroc"]}
+    if bf16_raw.get("seconds"):
+        bf16_ips = serving["images"] / median(bf16_raw["seconds"])
+        bf16["fp32_ips"] = project_ips
+        bf16["bf16_ips"] = bf16_ips
+        bf16["speedup"] = bf16_ips / project_ips
+        bf16["paired_speedup"] = _paired_ratio(bf16_raw["seconds"], serving["images"],
+                                               serving["project_seconds"], serving["images"])
+        bf16["load_stable"] = _agrees(bf16["speedup"], bf16["paired_speedup"])
+        bf16["throughput_ratio_vs_naive"] = bf16_ips / naive_ips
+        bf16["latency"] = bf16_raw.get("latency")
+    else:
+        bf16["speedup"] = None
+    # When the load changed mid-run the back-to-back pairs are the fairer speed-up.
+    speedup = bf16.get("paired_speedup") if bf16.get("load_stable") is False else bf16["speedup"]
+    bf16["recommended"] = bool(bf16.get("check") == "PASS" and (speedup or 0) >= BF16_MIN_SPEEDUP)
+
+    peak = peak_gflops(machine)
+    gflop = flops_per_image(size) / 1e9
+    inference_ips = serving["images"] / network_s
+    # Work per CPU-second does not depend on how much of the CPU other jobs took:
+    # it compares the kernels with one core's peak even on a busy machine.
+    cpu_per_image = median(serving["project_cpu_seconds"]) / serving["images"]
+    per_core_peak = peak["fp32"] / machine["cores"] if peak["fp32"] else None
+    efficiency = {
+        "gflop_per_image": gflop,
+        "predict_path_gflops": project_ips * gflop,
+        "network_only_gflops": inference_ips * gflop,
+        "peak_fp32_gflops": peak["fp32"],
+        "peak_bf16_gflops": peak["bf16"],
+        "predict_path_fraction_of_peak": _ratio(project_ips * gflop, peak["fp32"]),
+        "network_only_fraction_of_peak": _ratio(inference_ips * gflop, peak["fp32"]),
+        "bf16_gflops": bf16.get("bf16_ips", 0) * gflop if bf16.get("bf16_ips") else None,
+        "cpu_seconds_per_image": cpu_per_image,
+        "gflop_per_cpu_second": gflop / cpu_per_image if cpu_per_image > 0 else None,
+        "per_core_peak_fp32_gflops": per_core_peak,
+        "fraction_of_per_core_peak": (gflop / cpu_per_image / per_core_peak)
+        if per_core_peak and cpu_per_image > 0 else None,
+        "gemm_fp32_gflop_per_cpu_second": serving["gemm"]["fp32_gflop_per_cpu_second"],
+        # Load-independent efficiency: the predict path's work per CPU-second
+        # against the best a large matrix product does per CPU-second.
+        "fraction_of_gemm_per_cpu_second": _ratio(
+            gflop / cpu_per_image, serving["gemm"]["fp32_gflop_per_cpu_second"]),
+        "measured_gemm_fp32_gflops": serving["gemm"]["fp32_gflops"],
+        "measured_gemm_bf16_gflops": serving["gemm"]["bf16_gflops"],
+        "predict_path_fraction_of_gemm": project_ips * gflop / serving["gemm"]["fp32_gflops"],
+        # The clock the GEMM needs at least, had it reached 100 % of the formula's peak.
+        "implied_min_ghz": (serving["gemm"]["fp32_gflops"] / peak["fp32"] * machine["mhz"] / 1000)
+        if peak["fp32"] and machine.get("mhz") else None,
+        "peak_formula": peak["formula"],
+        "peak_how": peak["how"],
+        "bf16_peak_how": peak.get("bf16_how"),
+        "clock_source": machine.get("mhz_source"),
+    }
+
+    sweep = []
+    for run in cold:
+        sweep.append({
+            "intra_op": run["threads"]["intra_op"],
+            "inter_op": run["threads"]["inter_op"],
+            "ips": run["sweep_images"] / median(run["sweep_seconds"]),
+            "cpu_seconds_per_image": median(run["sweep_cpu_seconds"]) / run["sweep_images"],
+        })
+    # The project's default: configure_threads() with no overrides, on this machine's CPUs.
+    default_inter = min(MAX_INTER_OP_THREADS, machine.get("cores") or 1)
+    chosen = [r for r in cold if r["threads"]["inter_op"] == default_inter] or cold
+    cold_start = None
+    if chosen:
+        keys = ("interpreter_s", "import_s", "build_s", "weights_s", "warmup_s", "first_predict_s",
+                "total_s")
+        cold_start = {key: median([r[key] for r in chosen]) for key in keys}
+        cold_start["runs"] = len(chosen)
+        cold_start["threads"] = chosen[0]["threads"]
+
+    train_ips_uncached = training["batch_size"] / median(training["uncached_seconds"])
+    train_ips_cached = training["batch_size"] / median(training["cached_seconds"])
+    train = {
+        "image_size": training["image_size"],
+        "batch_size": training["batch_size"],
+        "fine_tune_from": training["fine_tune_from"],
+        "steps": training["steps"],
+        "uncached_ips": train_ips_uncached,
+        "cached_ips": train_ips_cached,
+        "cache_speedup": train_ips_cached / train_ips_uncached,
+        "paired_speedup": _paired_ratio(training["cached_seconds"], training["batch_size"],
+                                        training["uncached_seconds"], training["batch_size"]),
+        "flop_bound_speedup": training["flop_bound_speedup"],
+        "forward_gmacs_per_image": training["forward_gmacs_per_image"],
+        "tail_forward_gmacs_per_image": training["tail_forward_gmacs_per_image"],
+        "feature_bytes_per_image_view": training["feature_bytes_per_image_view"],
+    }
+    memory = {
+        "serving_peak_rss_mib": serving["serving_peak_rss_mib"],
+        "serving_precision": serving.get("serving_precision", "float32"),
+        "training_peak_rss_mib": training["training_peak_rss_mib"],
+        "isolated": isolated,
+    }
+    result = {
+        "schema": 1,
+        "quick": config.quick,
+        "config": config.to_json(),
+        "machine": machine,
+        "model": serving["model"],
+        "threads": serving["threads"],
+        "throughput": throughput,
+        "latency": serving["latency"],
+        "latency_224": serving["latency_224"],
+        "cold_start": cold_start,
+        "training": train,
+        "memory": memory,
+        "efficiency": efficiency,
+        "bf16": bf16,
+        "threading": {"default_inter_op": default_inter, "sweep": sweep},
+        "section_seconds": timings,
+        "section_laps": {"serving": serving.get("laps"), "training": training.get("laps")},
+        "raw": {
+            "project_seconds": serving["project_seconds"],
+            "project_cpu_seconds": serving["project_cpu_seconds"],
+            "naive_seconds": serving["naive_seconds"],
+            "bf16_seconds": bf16_raw.get("seconds"),
+            "network_seconds": pipeline["inference_seconds"],
+            "decode_seconds": pipeline["decode_seconds"],
+            "uncached_step_seconds": training["uncached_seconds"],
+            "cached_step_seconds": training["cached_seconds"],
+        },
+    }
+    throughput["load_stable"] = _agrees(throughput["throughput_ratio"], throughput["paired_ratio"])
+    train["load_stable"] = _agrees(train["cache_speedup"], train["paired_speedup"])
+    result["targets"] = evaluate_targets(result)
+    return result
+
+
+def _paired_ratio(first_s: Sequence[float], first_n: int, second_s: Sequence[float],
+                  second_n: int) -> float | None:
+    """Median over repeats of (first img/s) / (second img/s), each pair timed back to back.
+
+    A cross-check of the ratio of medians: if the background load changed
+    during the run, the medians may come from different load, the pairs do not.
+    """
+    pairs = [(first_n / a) / (second_n / b) for a, b in zip(first_s, second_s) if a > 0 and b > 0]
+    return median(pairs) if pairs else None
+
+
+def _agrees(ratio: float | None, paired: float | None, tolerance: float = 0.15) -> bool | None:
+    if ratio is None or paired is None:
+        return None
+    return abs(paired / ratio - 1) <= tolerance
+
+
+def _ratio(numerator: float, denominator: float | None) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _check(op: str, value: float | None, target: float) -> bool | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value >= target if op == ">=" else value <= target
+
+
+def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target: the figure it applies to, met (True/False) or None when not measured."""
+    cold = result.get("cold_start") or {}
+    bf16 = result["bf16"]
+    values: list[tuple[str, str, float | None]] = [
+        ("throughput_ratio", "batch throughput, project / naive",
+         result["throughput"]["throughput_ratio"]),
+        ("latency_prob_cam_p50_ms",
+         f"prob + Grad-CAM p50 at {result['latency']['image_size']} px", 
+         result["latency"]["prob_cam_p50_ms"]),
+    ]
+    if result.get("latency_224"):
+        values.append(("latency_prob_cam_p50_ms", "prob + Grad-CAM p50 at 224 px",
+                       result["latency_224"]["prob_cam_p50_ms"]))
+    values += [
+        ("cold_start_s", "cold start to first prediction", cold.get("total_s")),
+        ("serving_peak_rss_mb", "serving peak RSS", result["memory"]["serving_peak_rss_mib"]),
+        ("cache_speedup", "fine-tuning speed-up from the feature cache",
+         result["training"]["cache_speedup"]),
+        ("bf16_abs_delta_auroc", "bfloat16 |delta AUROC| vs float32",
+         None if bf16.get("delta_auroc") is None else abs(bf16["delta_auroc"])),
+    ]
+    rows = []
+    for key, figure, value in values:
+        op, target, unit = TARGETS[key]
+        met = _check(op, value, target)
+        rows.append({
+            "id": key, "figure": figure, "value": value, "op": op, "target": target, "unit": unit,
+            "met": met, "status": "n/a" if met is None else ("met" if met else "missed"),
+        })
+    return rows
+
+
+def _unstable(figures: dict[str, Any], paired_key: str) -> str:
+    """A warning when the paired ratio disagrees: the load changed during the run."""
+    if figures.get("load_stable") is False:
+        return f" [load changed during the run; paired repeats give {figures[paired_key]:.2f}x]"
+    return ""
+
+
+def _latency_cell(latency: dict[str, Any]) -> str:
+    cpu = latency.get("prob_cam_cpu_p50_ms")
+    return (f"{latency['prob_cam_p50_ms']:.0f} / {latency['prob_cam_p95_ms']:.0f} ms"
+            + (f" (CPU {cpu:.0f} ms)" if cpu is not None else ""))
+
+
+def _pct(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def _fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def format_table(result: dict[str, Any], markdown: bool = False) -> str:
+    """The figures as a table: figure, value, target, status."""
+    t, lat, cold = result["throughput"], result["latency"], result["cold_start"] or {}
+    tr, mem, eff, bf = result["training"], result["memory"], result["efficiency"], result["bf16"]
+    status = {row["figure"]: row for row in result["targets"]}
+
+    def target_cells(figure: str) -> tuple[str, str]:
+        row = status[figure]
+        unit = row["unit"]
+        value = f"{row['target']:g}" if unit in ("", "x") else f"{row['target']:g} {unit}"
+        return f"{row['op']} {value}{'x' if unit == 'x' else ''}", row["status"]
+
+    size = t["image_size"]
+    rows: list[tuple[str, str, str, str]] = [
+        (f"Batch throughput, project predict ({size} px, batch {t['batch_size']})",
+         f"{t['project_ips']:.2f} img/s", "", ""),
+        ("Batch throughput, naive Keras model.predict per image",
+         f"{t['naive_ips']:.2f} img/s", "", ""),
+        ("Throughput ratio project / naive",
+         f"{t['throughput_ratio']:.2f}x" + _unstable(t, "paired_ratio"),
+         *target_cells("batch throughput, project / naive")),
+        ("  decode / inference / pipelined (s)",
+         f"{t['pipeline']['decode_s']:.2f} / {t['pipeline']['inference_s']:.2f} / "
+         f"{t['pipeline']['pipelined_s']:.2f}",
+         "", f"{100 * t['pipeline']['decode_hidden_fraction']:.0f}% of decode hidden"),
+        (f"Single image prob + Grad-CAM overlay, p50 / p95 ({lat['image_size']} px)",
+         _latency_cell(lat),
+         *target_cells(f"prob + Grad-CAM p50 at {lat['image_size']} px")),
+        (f"Single image prob only, p50 / p95 ({lat['image_size']} px)",
+         f"{lat['prob_p50_ms']:.0f} / {lat['prob_p95_ms']:.0f} ms", "", ""),
+    ]
+    if result.get("latency_224"):
+        l224 = result["latency_224"]
+        rows.append(("Single image prob + Grad-CAM overlay, p50 / p95 (224 px)",
+                     _latency_cell(l224),
+                     *target_cells("prob + Grad-CAM p50 at 224 px")))
+        if l224.get("bf16"):
+            rows.append(("  same in bfloat16 (224 px)", _latency_cell(l224["bf16"]), "<= 150 ms",
+                         "met" if l224["bf16"]["prob_cam_p50_ms"] <= 150 else "missed"))
+    rows += [
+        ("Cold start to first prediction (fresh process)", _fmt(cold.get("total_s"), 1, " s"),
+         *target_cells("cold start to first prediction")),
+        ("  interpreter / import / build / weights / warm-up / first predict",
+         " / ".join(_fmt(cold.get(k), 2) for k in ("interpreter_s", "import_s", "build_s",
+                                                   "weights_s", "warmup_s", "first_predict_s"))
+         + " s", "", ""),
+        (f"Serving peak RSS (batch + batch-1 predictors, {mem['serving_precision']})",
+         f"{mem['serving_peak_rss_mib']:.0f} MiB",
+         *target_cells("serving peak RSS")),
+        (f"Training peak RSS (bench steps, batch {tr['batch_size']})",
+         f"{mem['training_peak_rss_mib']:.0f} MiB", "", ""),
+        (f"Fine-tuning without cache ({tr['image_size']} px, from {tr['fine_tune_from']})",
+         f"{tr['uncached_ips']:.2f} img/s", "", ""),
+        ("Fine-tuning with feature cache", f"{tr['cached_ips']:.1f} img/s", "", ""),
+        ("Feature-cache speed-up", f"{tr['cache_speedup']:.1f}x{_unstable(tr, 'paired_speedup')} "
+         f"(FLOP bound at this freeze point {tr['flop_bound_speedup']:.1f}x)",
+         *target_cells("fine-tuning speed-up from the feature cache")),
+        ("Predict path GFLOP/s / fp32 peak",
+         f"{eff['predict_path_gflops']:.1f} / {_fmt(eff['peak_fp32_gflops'])} "
+         f"({_pct(eff['predict_path_fraction_of_peak'])})",
+         "", ""),
+        ("Predict path GFLOP per CPU-second / per-core peak / GEMM per CPU-second",
+         f"{_fmt(eff['gflop_per_cpu_second'])} / {_fmt(eff['per_core_peak_fp32_gflops'])} "
+         f"({_pct(eff['fraction_of_per_core_peak'])}) / "
+         f"{_fmt(eff['gemm_fp32_gflop_per_cpu_second'])} "
+         f"({_pct(eff['fraction_of_gemm_per_cpu_second'])})", "", "load-independent"),
+        ("Predict path GFLOP/s / measured fp32 GEMM GFLOP/s",
+         f"{eff['predict_path_gflops']:.1f} / {eff['measured_gemm_fp32_gflops']:.1f} "
+         f"({100 * eff['predict_path_fraction_of_gemm']:.0f}%; GEMM implies >= "
+         f"{_fmt(eff['implied_min_ghz'], 2)} GHz)", "", ""),
+        ("Network only GFLOP/s (no decode)",
+         f"{eff['network_only_gflops']:.1f} "
+         f"({_pct(eff['network_only_fraction_of_peak'])})",
+         "", ""),
+    ]
+    if bf["supported"] and bf.get("speedup"):
+        rows += [
+            ("bfloat16 predict speed-up vs float32",
+             f"{bf['speedup']:.2f}x{_unstable(bf, 'paired_speedup')} "
+             f"({bf['bf16_ips']:.2f} img/s, {bf['bf16_ips'] * eff['gflop_per_image']:.1f} GFLOP/s "
+             f"of {_fmt(eff['peak_bf16_gflops'])} bf16 peak)", "", ""),
+            ("bfloat16 throughput ratio vs naive", f"{bf['throughput_ratio_vs_naive']:.2f}x",
+             ">= 5x", "met" if bf["throughput_ratio_vs_naive"] >= 5 else "missed"),
+        ]
+        if bf.get("latency"):
+            rows.append((f"bfloat16 prob + Grad-CAM p50 / p95 ({bf['latency']['image_size']} px)",
+                         _latency_cell(bf["latency"]), "<= 150 ms",
+                         "met" if bf["latency"]["prob_cam_p50_ms"] <= 150 else "missed"))
+    if bf.get("check") in ("PASS", "FAIL"):
+        subset = f"{bf['val_images']} val images" + (" (quick subset)" if result["quick"] else "")
+        rows.append((f"bfloat16 AUROC vs float32 ({subset})",
+                     f"{bf['auroc_bf16']:.4f} vs {bf['auroc_fp32']:.4f} "
+                     f"(delta {bf['delta_auroc']:+.4f})", "|delta| <= 0.005", bf["check"]))
+        rows.append(("  labels / OOD flags changed by bfloat16",
+                     f"{bf.get('decisions_changed', 'n/a')} / {bf.get('ood_flags_changed', 'n/a')}"
+                     f" of {bf['val_images']}", "", ""))
+    else:
+        rows.append(("bfloat16 AUROC vs float32", bf.get("reason") or "n/a",
+                     "|delta| <= 0.005", "n/a"))
+    rows.append(("bfloat16 recommended", "yes" if bf["recommended"] else "no", "", ""))
+    for entry in result["threading"]["sweep"]:
+        chosen = entry["inter_op"] == result["threading"]["default_inter_op"]
+        rows.append((f"Threads intra {entry['intra_op']} / inter {entry['inter_op']}"
+                     + (" (default)" if chosen else ""),
+                     f"{entry['ips']:.2f} img/s, {entry['cpu_seconds_per_image']:.2f} CPU s/img",
+                     "", ""))
+
+    header = ("Figure", "Value", "Target", "Status")
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+                  for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)
+
+
+def format_machine(machine: dict[str, Any]) -> str:
+    """One paragraph describing the machine and the load it carried."""
+    versions = machine["versions"]
+    tf_version = versions.get("tensorflow-cpu") or versions.get("tensorflow", "?")
+    pressure = machine.get("cpu_pressure_some_avg60")
+    return (
+        f"{machine['cpu_model']} ({machine['microarchitecture']}, family {machine['cpu_family']} "
+        f"model {machine['cpu_model_number']}), {machine['cores']} cores usable, "
+        f"{machine['threads_per_core'] or '?'} thread(s) per core, "
+        f"{_fmt(machine['mhz'], 0)} MHz ({machine['mhz_source']}); "
+        f"flags {' '.join(machine['simd_flags'])}; RAM {machine['ram_gib']} GiB; "
+        f"Python {machine['python']}, TensorFlow {tf_version}, Keras {versions.get('keras', '?')}, "
+        f"oneDNN {versions['onednn']}. Load average at start {machine['load_average_1m']}"
+        + (f", CPU pressure {pressure:.0f}% (some, 60 s)" if pressure is not None else "")
+        + "."
+    )
