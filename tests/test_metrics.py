@@ -605,7 +605,7 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(tmp_path,
 
     from conftest import write_png
     from fracture.model.card import rewrite_model_config
-    from fracture.evaluation.evaluate import calibrate_model
+    from fracture.evaluation.calibrate import calibrate_model
     from fracture.model.folder import CARD_JSON, read_config
 
     model_dir = tmp_path / "model"

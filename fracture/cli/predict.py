@@ -1,0 +1,93 @@
+"""``python -m fracture predict``: score images or folders and write a CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+__all__ = ['add_predict_parser']
+
+
+def add_predict_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("predict", help="score images or folders and write a CSV")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", help="CSV to write (default: standard output)")
+    p.add_argument("--model", help="model folder (default: the active model, models/ACTIVE)")
+    p.add_argument("--gradcam-dir", help="write one Grad-CAM overlay PNG per image here")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.set_defaults(func=cmd_predict)
+
+
+def _progress(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="img", disable=not sys.stderr.isatty())
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fracture.inference.gradcam import overlay_heatmap
+    from fracture.io.images import iter_image_files
+    from fracture.model.folder import ModelLoadError
+    from fracture.inference.predictor import CSV_COLUMNS, Predictor
+    from fracture.model.imagenet import WeightsError
+
+    files = iter_image_files(args.paths)
+    if not files:
+        print(f"error: no image files found in {', '.join(args.paths)}", file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor(args.model, batch_size=args.batch_size)
+    except (ModelLoadError, WeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    gradcam_dir = Path(args.gradcam_dir) if args.gradcam_dir else None
+    if gradcam_dir:
+        gradcam_dir.mkdir(parents=True, exist_ok=True)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    ok_count = ood_count = 0
+    try:
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        with _progress(len(files), "predict") as bar:
+            for index, result in enumerate(
+                predictor.iter_predict(files, with_cam=gradcam_dir is not None)
+            ):
+                # One row per file, flushed as it comes: an interrupted run keeps its work.
+                writer.writerow(result.row())
+                out.flush()
+                if result.ok:
+                    ok_count += 1
+                    ood_count += result.in_distribution is False
+                    if gradcam_dir and result.heatmap is not None:
+                        _write_overlay(gradcam_dir, index, files[index], result, overlay_heatmap)
+                else:
+                    bar.write(f"skipped {result.source}: {result.error}")
+                bar.update(1)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    failed = len(files) - ok_count
+    print(f"{ok_count} scored, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
+          file=sys.stderr)
+    if ood_count:
+        print(f"warning: {ood_count} image(s) do not look like the bone radiographs the model "
+              f"was trained on (in_distribution=false); treat their predictions as unreliable",
+              file=sys.stderr)
+    if ok_count == 0:
+        print("error: no image could be processed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heatmap) -> None:
+    from PIL import Image
+
+    overlay = overlay_heatmap(result.image, result.heatmap, alpha=0.4)
+    # The index keeps names unique when two folders hold the same file name.
+    Image.fromarray(overlay).save(directory / f"{index:05d}_{path.stem}_gradcam.png")
+
+
+# ---------------------------------------------------------------------------
+# train / evaluate
