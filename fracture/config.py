@@ -31,9 +31,11 @@ def _default_cache_dir() -> Path:
 class Settings:
     """Configurable parameters, with the reason for each default."""
 
-    # Where the active model lives. ``models/`` holds versioned model folders;
-    # ``models/default`` is the FracAtlas model shipped in git.
+    # ``models/`` holds versioned model folders; ``models/default`` is the
+    # FracAtlas model shipped in git. Which one is served is the registry's
+    # business (models/ACTIVE, see fracture.model.registry.active_model_dir).
     models_dir: Path = PROJECT_ROOT / "models"
+    # The model served while models/ACTIVE does not exist yet.
     model_name: str = "default"
     # Datasets browsed by the dashboard and used by ``train`` when no path is given.
     data_dir: Path = PROJECT_ROOT / "data"
@@ -42,8 +44,6 @@ class Settings:
     cache_dir: Path = field(default_factory=_default_cache_dir)
     # Explicit ImageNet weights file; first in the resolution order.
     imagenet_weights: Path | None = None
-    # Input side for models built from scratch; a saved model carries its own.
-    image_size: int = 224
     batch_size: int = 16
     # "float32" or "bfloat16" for every Predictor; None follows the model, which
     # recommends bfloat16 only after `fracture bench --apply` checked it on val.
@@ -54,11 +54,6 @@ class Settings:
     min_image_side: int = 32
     # Admin gate for training/promotion in the dashboard; None means open.
     admin_password: str | None = None
-    max_upload_mb: int = 200
-
-    @property
-    def active_model_dir(self) -> Path:
-        return self.models_dir / self.model_name
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

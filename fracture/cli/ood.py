@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from fracture.config import get_settings
 from fracture.evaluation.ood_fit import extract_features, fit_for_model, measure, ood_probe_images
 from fracture.inference.ood import (
     DEFAULT_COMPONENTS,
@@ -14,6 +15,7 @@ from fracture.inference.ood import (
     OOD_FILE,
     OODGateError,
 )
+from fracture.model.registry import active_model_dir
 
 __all__ = ["add_ood_parser"]
 
@@ -50,9 +52,8 @@ def add_ood_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _model_dir(arg: str | None) -> Path:
-    from fracture.config import get_settings
-
-    return Path(arg) if arg else get_settings().active_model_dir
+    """The folder named on the command line, else the model served now (the registry's ACTIVE)."""
+    return Path(arg) if arg else active_model_dir(get_settings())
 
 
 def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from fracture.config import get_settings
+from fracture.errors import ModelLoadError
+from fracture.model.registry import active_model_dir
 from fracture.perf.config import JPEG_QUALITY, RADIOGRAPH_SHAPE, BenchConfig
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from fracture.model.folder import LoadedModel
 
 __all__ = [
+    "served_model_dir",
     "make_radiograph_jpegs",
     "build_naive_model",
     "naive_predict",
@@ -65,18 +69,25 @@ def resolve_weights(config: BenchConfig) -> str:
     return str(resolve_imagenet_weights().path)
 
 
+def served_model_dir() -> Path | None:
+    """The model served now (the registry's ACTIVE, or its fallback), or None when there is none."""
+    try:
+        return active_model_dir(get_settings())
+    except ModelLoadError:
+        return None
+
+
 def bench_model(config: BenchConfig, weights: str) -> tuple["LoadedModel", dict[str, Any]]:
     """The model to benchmark: the trained one when there is one, else ImageNet + a random head.
 
     A random head changes no timing: the head is one 2048-to-1 dense layer.
     """
-    from fracture.model.folder import CONFIG_FILE, LoadedModel, ModelConfig, load_model
+    from fracture.model.folder import LoadedModel, ModelConfig, load_model
     from fracture.model.network import build_classifier
-    from fracture.config import get_settings
 
     if config.image_size is None:
-        directory = Path(config.model_dir) if config.model_dir else get_settings().active_model_dir
-        if config.model_dir or (directory / CONFIG_FILE).is_file():
+        directory = Path(config.model_dir) if config.model_dir else served_model_dir()
+        if directory is not None:
             loaded = load_model(directory, weights)
             return loaded, {"kind": "trained", "directory": str(directory),
                             "name": loaded.config.name, "image_size": loaded.config.image_size}
@@ -89,13 +100,12 @@ def bench_model(config: BenchConfig, weights: str) -> tuple["LoadedModel", dict[
 
 def bench_image_size(config: BenchConfig) -> int:
     """The benchmarked model's input size, read without building it."""
-    from fracture.model.folder import CONFIG_FILE, read_config
-    from fracture.config import get_settings
+    from fracture.model.folder import read_config
 
     if config.image_size is not None:
         return config.image_size
-    directory = Path(config.model_dir) if config.model_dir else get_settings().active_model_dir
-    if config.model_dir or (directory / CONFIG_FILE).is_file():
+    directory = Path(config.model_dir) if config.model_dir else served_model_dir()
+    if directory is not None:
         return read_config(directory)[0].image_size
     return 224
 
