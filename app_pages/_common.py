@@ -140,8 +140,8 @@ def _load_served_model(model_dir: str, key: str) -> ServedModel:
     configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
     current = get_settings()
     loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
-    single = Predictor(loaded=loaded, settings=current, batch_size=1)
-    batch = Predictor(loaded=loaded, settings=current, batch_size=current.batch_size)
+    single = Predictor(loaded, settings=current, batch_size=1)
+    batch = Predictor(loaded, settings=current, batch_size=current.batch_size)
     return ServedModel(single=single, batch=batch, key=key, directory=Path(model_dir))
 
 

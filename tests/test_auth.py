@@ -56,19 +56,19 @@ def test_password_sources_secrets_first_then_settings():
     assert auth.admin_password(with_env, {}) == "from-env"
     assert auth.admin_password(with_env, MissingSecretsFile()) == "from-env"
     assert auth.admin_password(with_env) == "from-env"
-    assert auth.admin_required(with_env)
+    assert auth.admin_password(with_env) is not None
 
 
 def test_no_password_means_open():
     open_settings = Settings(admin_password=None)
     assert auth.admin_password(open_settings, {}) is None
     assert auth.admin_password(Settings(admin_password=""), {"admin_password": ""}) is None
-    assert not auth.admin_required(open_settings, MissingSecretsFile())
+    assert auth.admin_password(open_settings, MissingSecretsFile()) is None
     assert auth.check_password(None, auth.admin_password(open_settings))
 
 
 def test_env_variable_reaches_the_gate():
     settings = Settings.load(environ={"FRACTURE_ADMIN_PASSWORD": "pw", "FRACTURE_CONFIG": ""},
                              config_file=None)
-    assert auth.admin_required(settings)
+    assert auth.admin_password(settings) is not None
     assert auth.check_password("pw", auth.admin_password(settings))

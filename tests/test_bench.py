@@ -309,8 +309,8 @@ def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
         write_png(tmp_path / "data" / "train" / "normal" / f"t{index}.png", seed=20 + index)
         write_png(tmp_path / "data" / "train" / "fractured" / f"u{index}.png", seed=30 + index)
     loaded = load_model(tiny_model_dir, fake_imagenet_weights)
-    fp32 = Predictor(loaded=loaded, batch_size=2, precision="float32", warmup=False)
-    bf16 = Predictor(loaded=loaded, batch_size=2, precision="bfloat16", warmup=False)
+    fp32 = Predictor(loaded, batch_size=2, precision="float32", warmup=False)
+    bf16 = Predictor(loaded, batch_size=2, precision="bfloat16", warmup=False)
     assert bf16.engine.precision == "bfloat16" and fp32.engine.precision == "float32"
 
     config = BenchConfig.full(val_root=str(tmp_path / "data"), val_images=4)
@@ -337,7 +337,7 @@ def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     assert graph.get_layer("logit").kernel.dtype == "float32"
     assert loaded.model.get_layer("conv1_conv").dtype_policy.name == "float32"
     with pytest.raises(ValueError, match="precision"):
-        Predictor(loaded=loaded, batch_size=2, precision="float16", warmup=False)
+        Predictor(loaded, batch_size=2, precision="float16", warmup=False)
 
 
 # --- end to end, with child processes ----------------------------------------
@@ -373,13 +373,13 @@ def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_
     config, card = read_config(model_dir)  # checksums still verify
     assert config.inference_precision == "bfloat16"
     assert card["inference_precision_evidence"]["speedup"] == 1.6
-    assert predict.Predictor(model_dir, warmup=False).precision == "bfloat16"
+    assert predict.load_predictor(model_dir, warmup=False).precision == "bfloat16"
     from fracture.config import get_settings
 
     forced = get_settings().replace(inference_precision="float32")  # the operator's override
-    assert predict.Predictor(model_dir, settings=forced, warmup=False).precision == "float32"
+    assert predict.load_predictor(model_dir, settings=forced, warmup=False).precision == "float32"
 
     failed = {**verdict, "recommended": False, "check": "FAIL", "delta_auroc": -0.02}
     assert bench.apply_precision_verdict(model_dir, failed) == "float32"
     assert read_config(model_dir)[0].inference_precision is None
-    assert predict.Predictor(model_dir, warmup=False).precision == "float32"
+    assert predict.load_predictor(model_dir, warmup=False).precision == "float32"

@@ -38,7 +38,7 @@ def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
     from fracture.model.folder import load_model
 
     # batch_size 2: single-image calls and two-image batches both occur below.
-    return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=2)
+    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=2)
 
 
 def _png(seed: int) -> bytes:

@@ -33,9 +33,9 @@ def test_default_model_folder_is_small_and_verified(default_model):
 @pytest.mark.slow
 def test_default_model_reaches_val_auroc(default_model, shared_fracatlas, shared_weights):
     from fracture.evaluation.evaluate import evaluate_model
-    from fracture.inference.predictor import Predictor
+    from fracture.inference.predictor import load_predictor
 
-    predictor = Predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
+    predictor = load_predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
     report = evaluate_model(shared_fracatlas, predictor=predictor, pointing_game=False,
                             n_bootstrap=200)
     print(f"val AUROC {report['auroc']:.4f}, sensitivity {report['sensitivity']:.3f}, "

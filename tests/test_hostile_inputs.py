@@ -58,7 +58,7 @@ def catalogue(tmp_path_factory) -> list[HostileFile]:
 def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
     from fracture.model.folder import load_model
 
-    return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 
 
 def test_catalogue_covers_the_required_kinds(catalogue: list[HostileFile]) -> None:

@@ -169,13 +169,13 @@ def test_fit_for_model_on_phantoms_updates_the_model_folder(
 ) -> None:
     from fracture.model.folder import read_config
     from fracture.data.phantoms import synthesize_phantoms
-    from fracture.inference.predictor import Predictor
+    from fracture.inference.predictor import load_predictor
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)  # the session fixture stays gate-free
     data = tmp_path / "phantoms"
     synthesize_phantoms(data, 40, size=64)
-    predictor = Predictor(model_dir, batch_size=8, warmup=False)  # tracing is not under test
+    predictor = load_predictor(model_dir, batch_size=8, warmup=False)  # tracing is not under test
     assert predictor.ood_gate is None
 
     gate = fit_for_model(model_dir, data, predictor=predictor)
@@ -187,7 +187,7 @@ def test_fit_for_model_on_phantoms_updates_the_model_folder(
     assert card["ood"]["threshold"] == gate.threshold
     assert card["name"] == "tiny-test"  # the rest of the card survives
 
-    fresh = Predictor(model_dir, batch_size=8, warmup=False)
+    fresh = load_predictor(model_dir, batch_size=8, warmup=False)
     images = list(ood_probe_images().values())[:3]
     results = fresh.predict([radiograph_like(1), *images])
     for result in results:
@@ -268,7 +268,7 @@ def test_real_model_gate_separates_fracatlas_from_probe_images(
 ) -> None:
     from fracture.model.folder import read_config
     from fracture.evaluation.ood_fit import extract_features
-    from fracture.inference.predictor import Predictor
+    from fracture.inference.predictor import load_predictor
     from fracture.config import PROJECT_ROOT
 
     source = PROJECT_ROOT / "models" / "default"
@@ -281,7 +281,7 @@ def test_real_model_gate_separates_fracatlas_from_probe_images(
     try:
         model_dir = tmp_path / "default"
         shutil.copytree(source, model_dir)  # never rewrite the shipped model's card here
-        predictor = Predictor(model_dir)
+        predictor = load_predictor(model_dir)
         started = time.perf_counter()
         gate = fit_for_model(model_dir, shared_fracatlas, predictor=predictor, max_train=1000)
         read_config(model_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 import numpy as np
@@ -17,7 +18,7 @@ from fracture.inference.predictor import CSV_COLUMNS, Predictor
 def predictor(tiny_model_dir, fake_imagenet_weights):
     from fracture.model.folder import load_model
 
-    return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 
 
 def _png_bytes(seed: int) -> bytes:
@@ -65,9 +66,16 @@ def test_cam_results_carry_heatmap_and_image_at_input_size(predictor):
 
 
 def test_temperature_scales_probability(predictor):
+    # The tiny model's temperature is 1.0, where scaling changes nothing: use 2.0.
+    loaded = dataclasses.replace(
+        predictor.loaded, config=dataclasses.replace(predictor.config, temperature=2.0)
+    )
+    scaled = Predictor(loaded, batch_size=4, warmup=False)
     logits = np.array([-2.0, 0.0, 3.0])
-    expected = 1 / (1 + np.exp(-logits / predictor.config.temperature))
-    np.testing.assert_allclose(predictor.probability_from_logit(logits), expected)
+    # sigmoid(logit / 2): sigmoid(-1), sigmoid(0), sigmoid(1.5)
+    expected = [0.2689414213699951, 0.5, 0.8175744761936437]
+    np.testing.assert_allclose(scaled.probability_from_logit(logits), expected, rtol=1e-12)
+    assert predictor.probability_from_logit(np.array([3.0]))[0] > expected[2]
 
 
 # --- CLI ---------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_mirrored_strategy_on_two_logical_cpus(phantoms, tmp_path):
 @pytest.mark.slow
 def test_tiny_training_on_phantoms_beats_chance(tmp_path):
     from fracture.evaluation.evaluate import evaluate_model
-    from fracture.inference.predictor import Predictor
+    from fracture.inference.predictor import load_predictor
     from fracture.model.imagenet import WeightsError, resolve_imagenet_weights
 
     try:
@@ -184,7 +184,7 @@ def test_tiny_training_on_phantoms_beats_chance(tmp_path):
     config = TrainConfig(image_size=128, fine_tune_from="conv5_block2_out", head_epochs=2,
                          epochs=3, batch_size=16, views=2, seed=0)
     model_dir = train(data, tmp_path / "run", config, settings=Settings(cache_dir=tmp_path / "c"))
-    report = evaluate_model(data, predictor=Predictor(model_dir, batch_size=8), n_bootstrap=100)
+    report = evaluate_model(data, predictor=load_predictor(model_dir, batch_size=8), n_bootstrap=100)
     assert report["auroc"] >= 0.8, report["auroc"]
 
 

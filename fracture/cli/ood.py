@@ -113,14 +113,14 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     def run() -> int:
         from fracture.data.layouts import load_dataset
         from fracture.io.files import atomic_write_json
-        from fracture.inference.predictor import Predictor
+        from fracture.inference.predictor import load_predictor
 
         model_dir = _model_dir(args.model)
         if not (model_dir / OOD_FILE).is_file():  # before the minute a Predictor takes to load
             print(f"error: {model_dir} has no {OOD_FILE}; run 'python -m fracture ood fit DATA "
                   f"--model {model_dir}' first", file=sys.stderr)  # fmt: skip
             return 2
-        predictor = Predictor(model_dir)
+        predictor = load_predictor(model_dir)
         gate = predictor.ood_gate
         assert gate is not None  # the file exists and read_config verified it
         records = load_dataset(args.data).split(args.split)

@@ -30,7 +30,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fracture.inference.gradcam import overlay_heatmap
     from fracture.io.images import iter_image_files
     from fracture.model.folder import ModelLoadError
-    from fracture.inference.predictor import CSV_COLUMNS, Predictor
+    from fracture.inference.predictor import CSV_COLUMNS, load_predictor
     from fracture.model.imagenet import WeightsError
 
     files = iter_image_files(args.paths)
@@ -38,7 +38,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: no image files found in {', '.join(args.paths)}", file=sys.stderr)
         return 2
     try:
-        predictor = Predictor(args.model, batch_size=args.batch_size)
+        predictor = load_predictor(args.model, batch_size=args.batch_size)
     except (ModelLoadError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import numpy as np
 from fracture.data.layouts import load_dataset
 from fracture.evaluation.evaluate import score_records
 from fracture.evaluation.metrics import evaluation_report
-from fracture.inference.predictor import Predictor
+from fracture.inference.predictor import Predictor, load_predictor
 
 __all__ = ["calibrate_model"]
 
@@ -45,7 +45,7 @@ def calibrate_model(
     config, card = read_config(model_dir)
     counts = card["training_data"]["counts"]["train"]
     prior_shift = float(np.log(counts["normal"] / counts["fractured"]))
-    predictor = predictor or Predictor(model_dir)
+    predictor = predictor or load_predictor(model_dir)
     dataset = load_dataset(data_root)
     records = dataset.split("val")
     logits, labels, _, kept = score_records(predictor, records, with_cam=False)

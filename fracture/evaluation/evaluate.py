@@ -15,7 +15,7 @@ import numpy as np
 
 from fracture.data.layouts import load_dataset
 from fracture.evaluation.metrics import evaluation_report, pointing_game
-from fracture.inference.predictor import Predictor
+from fracture.inference.predictor import Predictor, load_predictor
 
 __all__ = ["evaluate_model", "score_records"]
 
@@ -51,7 +51,7 @@ def evaluate_model(
     n_bootstrap: int = 1000,
 ) -> dict[str, Any]:
     """The full evaluation report of a model on ``split`` of ``data_root``."""
-    predictor = predictor or Predictor(model_dir)
+    predictor = predictor or load_predictor(model_dir)
     dataset = load_dataset(data_root)
     records = dataset.split(split)
     if not records:

@@ -84,9 +84,9 @@ def fit_for_model(
     model_dir = Path(model_dir)
     read_config(model_dir)  # refuse a corrupt folder before spending minutes on it
     if predictor is None:
-        from fracture.inference.predictor import Predictor
+        from fracture.inference.predictor import load_predictor
 
-        predictor = Predictor(model_dir)
+        predictor = load_predictor(model_dir)
     dataset = load_dataset(data_root, val_fraction=val_fraction, seed=seed)
     train_records, val_records = dataset.split("train"), dataset.split("val")
     if not train_records or not val_records:

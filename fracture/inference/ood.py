@@ -60,11 +60,12 @@ Threshold
 Fitted on the training split, the distance would be optimistic on the very
 images it was fitted to, so the threshold is chosen on *held-out*
 in-distribution features (the validation split) for a stated false-alarm rate
-alpha (default 5 %): the ceil((n + 1)(1 - alpha))-th smallest held-out score,
-the split-conformal quantile (Vovk, Gammerman and Shafer, "Algorithmic
-Learning in a Random World", 2005; Angelopoulos and Bates, arXiv:2107.07511),
-which for exchangeable new in-distribution images keeps the false-alarm rate
-at or below alpha. For n = 400 it is the 95th percentile up to one rank.
+alpha (default 1 %, see DEFAULT_FALSE_ALARM_RATE): the ceil((n + 1)(1 - alpha))-th
+smallest held-out score, the split-conformal quantile (Vovk, Gammerman and
+Shafer, "Algorithmic Learning in a Random World", 2005; Angelopoulos and Bates,
+arXiv:2107.07511), which for exchangeable new in-distribution images keeps the
+false-alarm rate at or below alpha. For n = 400 it is the 99th percentile up to
+one rank.
 
 The gate does not say that an in-distribution image is classified correctly,
 and a flagged image is not necessarily unusual to a radiologist: it is

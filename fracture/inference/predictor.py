@@ -23,11 +23,12 @@ from fracture.inference.engine import (
 )
 from fracture.inference.gradcam import heatmap_to_image
 from fracture.io.images import InvalidImageError, load_image
+from fracture.model import imagenet, registry
 from fracture.model.folder import OOD_FILE, LoadedModel, load_model
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.config import Settings, get_settings
 
-__all__ = ["Prediction", "Predictor", "Source", "CSV_COLUMNS"]
+__all__ = ["Prediction", "Predictor", "load_predictor", "Source", "CSV_COLUMNS"]
 
 Source = str | os.PathLike[str] | bytes | np.ndarray
 CSV_COLUMNS = (
@@ -86,6 +87,9 @@ class _Prepared:
 class Predictor:
     """A loaded model that serves many prediction calls.
 
+    Takes a model already loaded (:func:`fracture.model.folder.load_model`);
+    :func:`load_predictor` loads one, by default the model the registry serves now.
+
     Thread-safe for concurrent ``predict`` calls: the compiled functions are
     stateless, and each call owns its input arrays.
 
@@ -99,24 +103,16 @@ class Predictor:
 
     def __init__(
         self,
-        model_dir: str | os.PathLike[str] | None = None,
+        loaded: LoadedModel,
         *,
         settings: Settings | None = None,
         batch_size: int | None = None,
-        loaded: LoadedModel | None = None,
         warmup: bool = True,
         precision: str | None = None,
     ) -> None:
-        # Before the model is built: TensorFlow's thread pools are fixed at its first op.
+        # Before the network is compiled: TensorFlow's thread pools are fixed at its first op.
         configure_threads()
         self.settings = settings or get_settings()
-        if loaded is None:
-            from fracture.model.registry import active_model_dir
-            from fracture.model.imagenet import resolve_imagenet_weights
-
-            directory = Path(model_dir) if model_dir else active_model_dir(self.settings)
-            weights = resolve_imagenet_weights(self.settings).path
-            loaded = load_model(directory, weights)
         self.loaded = loaded
         self.config = loaded.config
         self.batch_size = batch_size or self.settings.batch_size
@@ -308,3 +304,19 @@ def _check_array(image: np.ndarray, name: str) -> None:
             f"{name}: arrays must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
         )
 
+
+def load_predictor(
+    model_dir: str | os.PathLike[str] | None = None,
+    *,
+    settings: Settings | None = None,
+    **options: Any,
+) -> Predictor:
+    """A :class:`Predictor` of ``model_dir``, or of the model served now (the registry's ACTIVE).
+
+    ``options`` are :class:`Predictor`'s (``batch_size``, ``warmup``, ``precision``).
+    """
+    configure_threads()  # before the model is built: the thread pools are fixed at the first op
+    settings = settings or get_settings()
+    directory = Path(model_dir) if model_dir else registry.active_model_dir(settings)
+    weights = imagenet.resolve_imagenet_weights(settings).path
+    return Predictor(load_model(directory, weights), settings=settings, **options)

@@ -206,8 +206,8 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
     def dashboard_pair(precision: str) -> tuple[Predictor, Predictor]:
         # The dashboard's two predictors on one model: batch-1 for the image on
         # screen, the configured batch for folders; both warm and used.
-        batch = Predictor(loaded=loaded, batch_size=config.batch_size, precision=precision)
-        single = Predictor(loaded=loaded, batch_size=1, precision=precision)
+        batch = Predictor(loaded, batch_size=config.batch_size, precision=precision)
+        single = Predictor(loaded, batch_size=1, precision=precision)
         batch.predict(jpegs)  # warm: the tf.data pipeline and the partial last batch
         for data in jpegs[:2]:
             _single_request(single, data, with_cam=True)
@@ -215,7 +215,7 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
 
     # The serving peak is that of the precision the dashboard serves (the model's
     # recommendation), taken before anything only the benchmark allocates.
-    served = Predictor(loaded=loaded, batch_size=1, warmup=False).precision
+    served = Predictor(loaded, batch_size=1, warmup=False).precision
     pairs = {served: dashboard_pair(served)}
     serving_rss = _peak_rss_mib()
     lap(f"{served} predictors, warm-up, serving RSS")
@@ -281,9 +281,9 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
 
         small = ModelConfig(image_size=224, name="imagenet-random-head")
         small_loaded = LoadedModel(build_classifier(small, weights), small, {}, None)
-        predictors = [Predictor(loaded=small_loaded, batch_size=1, precision="float32")]
+        predictors = [Predictor(small_loaded, batch_size=1, precision="float32")]
         if bf16_ok and not config.quick:
-            predictors.append(Predictor(loaded=small_loaded, batch_size=1, precision="bfloat16"))
+            predictors.append(Predictor(small_loaded, batch_size=1, precision="bfloat16"))
         latency_224, *rest = _latencies(predictors, jpegs, config.latency_repeats)
         if rest:
             latency_224["bf16"] = rest[0]
@@ -448,7 +448,7 @@ def measure_cold_start(config_json: dict[str, Any], t0: float, t_import: float) 
 
     jpegs = make_radiograph_jpegs(max(config.sweep_images, 1), seed=2)
     t_engine = time.perf_counter()
-    single = Predictor(loaded=loaded, batch_size=1)  # warms up (traces) both paths, as served
+    single = Predictor(loaded, batch_size=1)  # warms up (traces) both paths, as served
     t_warm = time.perf_counter()
     first = single.predict([jpegs[0]], with_cam=True)[0]
     overlay_heatmap(first.image, first.heatmap)
@@ -457,7 +457,7 @@ def measure_cold_start(config_json: dict[str, Any], t0: float, t_import: float) 
     # Whole-pipeline throughput under this process's thread settings.
     # A batch no larger than the image count: padding would time images that do not exist.
     batch_size = min(config.batch_size or single.settings.batch_size, len(jpegs))
-    batch = Predictor(loaded=loaded, batch_size=batch_size, warmup=False)
+    batch = Predictor(loaded, batch_size=batch_size, warmup=False)
     batch.predict(jpegs)
     wall, cpu = [], []
     for _ in range(config.sweep_repeats):

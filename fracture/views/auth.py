@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from fracture.config import Settings, get_settings
 
-__all__ = ["admin_password", "admin_required", "check_password", "SECRET_KEY"]
+__all__ = ["admin_password", "check_password", "SECRET_KEY"]
 
 SECRET_KEY = "admin_password"
 
@@ -41,13 +41,6 @@ def admin_password(
     if value in (None, ""):
         return None
     return str(value)
-
-
-def admin_required(
-    settings: Settings | None = None, secrets: Mapping[str, Any] | None = None
-) -> bool:
-    """Whether admin actions need a password (False means the gate is open)."""
-    return admin_password(settings, secrets) is not None
 
 
 def check_password(candidate: str | None, expected: str | None) -> bool:
