@@ -20,8 +20,7 @@ st.set_page_config(page_title="fracture", page_icon="🦴", layout="wide")
 
 navigation = st.navigation(
     [
-        st.Page("app_pages/predict.py", title="Predict", icon=":material/radiology:",
-                default=True),
+        st.Page("app_pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
         st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("app_pages/model.py", title="Model", icon=":material/description:"),

@@ -16,10 +16,10 @@ from typing import Any
 
 import streamlit as st
 
-from fracture.views import summaries
+from fracture.config import Settings, get_settings
 from fracture.io.files import read_json
 from fracture.model.folder import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelLoadError
-from fracture.config import Settings, get_settings
+from fracture.views import summaries
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
@@ -133,8 +133,8 @@ class ServedModel:
 def _load_served_model(model_dir: str, key: str) -> ServedModel:
     """Build the network once per process and model; ``key`` changes when the model does."""
     from fracture.inference.engine import configure_threads
-    from fracture.model.folder import load_model
     from fracture.inference.predictor import Predictor
+    from fracture.model.folder import load_model
     from fracture.model.imagenet import resolve_imagenet_weights
 
     configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
@@ -217,7 +217,8 @@ def render_sidebar() -> None:
             if st.session_state.get(OPERATING_POINT_KEY) not in options:
                 # A model with other operating points was promoted: start from its default.
                 st.session_state[OPERATING_POINT_KEY] = (
-                    model.config.operating_point if model.config.operating_point in options
+                    model.config.operating_point
+                    if model.config.operating_point in options
                     else options[0]
                 )
             chosen = st.radio(
@@ -229,8 +230,10 @@ def render_sidebar() -> None:
                 "specificity raises fewer false alarms (misses more). Both thresholds were "
                 "chosen on the validation split.",
             )
-            st.caption(f"Threshold {model.config.thresholds[chosen]:.3f}: a probability at or "
-                       f"above it is labelled fracture.")
+            st.caption(
+                f"Threshold {model.config.thresholds[chosen]:.3f}: a probability at or "
+                f"above it is labelled fracture."
+            )
         st.divider()
         st.caption(NOT_FOR_DIAGNOSIS)
 

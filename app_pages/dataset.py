@@ -12,13 +12,13 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.views import browse, figures, results
+from fracture.config import Settings
 from fracture.data.layouts import load_dataset
+from fracture.data.phantoms import REGION as PHANTOM_REGION
 from fracture.data.records import Dataset, DatasetLayoutError
 from fracture.data.splits import find_duplicates
 from fracture.io.images import InvalidImageError
-from fracture.data.phantoms import REGION as PHANTOM_REGION
-from fracture.config import Settings
+from fracture.views import browse, figures, results
 
 ROOT_KEY = "dataset_root"
 PER_PAGE = 12
@@ -79,19 +79,30 @@ def offer_phantoms(settings: Settings) -> None:
         "trying the pipeline end to end, never for judging a model on real radiographs."
     )
     if common.path_exists(str(dest)) and any(dest.iterdir()):
-        st.button(f"Open the phantom set in {dest}", on_click=use_folder, args=(str(dest),),
-                  icon=":material/folder_open:")
+        st.button(
+            f"Open the phantom set in {dest}",
+            on_click=use_folder,
+            args=(str(dest),),
+            icon=":material/folder_open:",
+        )
     else:
-        st.button(f"Generate {PHANTOM_COUNT} synthetic phantoms in {dest}",
-                  on_click=make_phantoms, args=(dest,), icon=":material/science:")
+        st.button(
+            f"Generate {PHANTOM_COUNT} synthetic phantoms in {dest}",
+            on_click=make_phantoms,
+            args=(dest,),
+            icon=":material/science:",
+        )
 
 
 st.title("Dataset")
 common.show_flash()
 settings = common.settings()
 st.session_state.setdefault(ROOT_KEY, str(settings.data_dir))
-root = st.text_input("Dataset folder", key=ROOT_KEY,
-                     help="A folder in the folders, FracAtlas or MURA layout; see the README.")
+root = st.text_input(
+    "Dataset folder",
+    key=ROOT_KEY,
+    help="A folder in the folders, FracAtlas or MURA layout; see the README.",
+)
 
 try:
     dataset = list_dataset(root.strip())
@@ -110,29 +121,37 @@ frame = dataset.to_frame()
 summary = dataset.summary()
 is_phantom = (frame["region"] == PHANTOM_REGION).any()
 if is_phantom:
-    st.warning("**Synthetic phantoms, not clinical data.** A model trained or evaluated on "
-               "them says nothing about real radiographs.", icon=":material/science:")
+    st.warning(
+        "**Synthetic phantoms, not clinical data.** A model trained or evaluated on "
+        "them says nothing about real radiographs.",
+        icon=":material/science:",
+    )
 total = len(frame)
 n_fractured = int(frame["label"].sum())
 st.caption(
     f"`{dataset.root}`: {dataset.layout} layout, {total} images ({n_fractured} fractured, "
     f"{total - n_fractured} normal)."
-    + (f" The {', '.join(dataset.made_splits)} split(s) were made here (seeded, stratified), "
-       f"not found on disk." if dataset.made_splits else "")
+    + (
+        f" The {', '.join(dataset.made_splits)} split(s) were made here (seeded, stratified), "
+        f"not found on disk."
+        if dataset.made_splits
+        else ""
+    )
 )
 
 charts = st.columns(3)
 with charts[0]:
     st.plotly_chart(figures.class_balance_figure(summary), key="balance")
 with charts[1]:
-    st.plotly_chart(figures.breakdown_figure(frame, "region", "Anatomical region"),
-                    key="regions")
+    st.plotly_chart(figures.breakdown_figure(frame, "region", "Anatomical region"), key="regions")
 with charts[2]:
     if frame["hardware"].notna().any():
-        hardware = frame.assign(hardware=frame["hardware"].map(
-            {True: "implant visible", False: "no implant"}))
-        st.plotly_chart(figures.breakdown_figure(hardware, "hardware", "Orthopaedic hardware"),
-                        key="hardware")
+        hardware = frame.assign(
+            hardware=frame["hardware"].map({True: "implant visible", False: "no implant"})
+        )
+        st.plotly_chart(
+            figures.breakdown_figure(hardware, "hardware", "Orthopaedic hardware"), key="hardware"
+        )
     else:
         st.info("No hardware (implant) annotations in this dataset.")
 
@@ -142,16 +161,22 @@ with sizes_column:
     if len(sizes):
         st.plotly_chart(figures.size_figure(sizes), key="sizes")
         longest = sizes[["width", "height"]].max(axis=1)
-        st.caption(f"Longer side: min {longest.min()} px, median {int(longest.median())} px, "
-                   f"max {longest.max()} px. The model letterboxes every image to its input "
-                   f"size, so small images are enlarged and fine detail in large ones is lost.")
+        st.caption(
+            f"Longer side: min {longest.min()} px, median {int(longest.median())} px, "
+            f"max {longest.max()} px. The model letterboxes every image to its input "
+            f"size, so small images are enlarged and fine detail in large ones is lost."
+        )
     if size_problems:
-        st.warning(f"{len(size_problems)} file(s) have unreadable headers:\n\n"
-                   + "\n".join(f"- `{p}`" for p in size_problems[:10]))
+        st.warning(
+            f"{len(size_problems)} file(s) have unreadable headers:\n\n"
+            + "\n".join(f"- `{p}`" for p in size_problems[:10])
+        )
 with checks_column:
     st.subheader("Copies across splits")
-    st.caption("A copy of a training image in validation inflates every validation score. "
-               "The check hashes files, which takes a while on thousands of images.")
+    st.caption(
+        "A copy of a training image in validation inflates every validation score. "
+        "The check hashes files, which takes a while on thousands of images."
+    )
     checked = st.session_state.setdefault("duplicates_checked", set())
     if st.button("Check for duplicates", icon=":material/content_copy:"):
         checked.add(str(dataset.root))
@@ -195,8 +220,11 @@ for index, row in enumerate(on_page.itertuples()):
         unreadable.append(str(error))
         cell.error(f"{row.rel_path}: unreadable")
         continue
-    cell.image(png, caption=f"{Path(row.rel_path).name} · {row.split} · {row.label_name}",
-               width="stretch")
+    cell.image(
+        png, caption=f"{Path(row.rel_path).name} · {row.split} · {row.label_name}", width="stretch"
+    )
 if unreadable:
-    st.warning("Unreadable files (training skips them):\n\n"
-               + "\n".join(f"- {message}" for message in unreadable))
+    st.warning(
+        "Unreadable files (training skips them):\n\n"
+        + "\n".join(f"- {message}" for message in unreadable)
+    )

@@ -10,10 +10,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.views import figures, summaries
-from fracture.model import registry
 from fracture.io.files import read_json
+from fracture.model import registry
 from fracture.model.folder import ModelLoadError
+from fracture.views import figures, summaries
 
 st.title("Model")
 common.show_flash()
@@ -40,15 +40,21 @@ def show_evaluation(report: dict) -> None:
                 matrix = point.get("confusion_matrix")
                 if matrix:
                     title = f"{name.replace('_', ' ')} (threshold {point['threshold']:.3f})"
-                    st.plotly_chart(figures.confusion_figure(matrix, title),
-                                    key=f"confusion_{name}")
-                st.caption(" · ".join(
-                    f"{label} {point[key]:.3f}"
-                    for key, label in (("sensitivity", "sensitivity"),
-                                       ("specificity", "specificity"), ("ppv", "PPV"),
-                                       ("npv", "NPV"))
-                    if point.get(key) is not None
-                ))  # fmt: skip
+                    st.plotly_chart(
+                        figures.confusion_figure(matrix, title), key=f"confusion_{name}"
+                    )
+                st.caption(
+                    " · ".join(
+                        f"{label} {point[key]:.3f}"
+                        for key, label in (
+                            ("sensitivity", "sensitivity"),
+                            ("specificity", "specificity"),
+                            ("ppv", "PPV"),
+                            ("npv", "NPV"),
+                        )
+                        if point.get(key) is not None
+                    )
+                )
 
     st.subheader("Subgroups and localisation")
     subgroups = report.get("subgroups") or {}
@@ -62,14 +68,20 @@ def show_evaluation(report: dict) -> None:
         free = subgroups.get("hardware_free")
         if free is not None:
             value = free.get("auroc")
-            st.metric("AUROC without hardware", "n/a" if value is None else f"{value:.3f}",
-                      help="On cases without plates or screws: metal makes fractures easy to "
-                           "spot, so this is the figure that shows whether the model reads bone.")
+            st.metric(
+                "AUROC without hardware",
+                "n/a" if value is None else f"{value:.3f}",
+                help="On cases without plates or screws: metal makes fractures easy to "
+                "spot, so this is the figure that shows whether the model reads bone.",
+            )
         pointing = report.get("pointing_game")
         if pointing and pointing.get("score") is not None:
-            st.metric("Grad-CAM pointing game", f"{pointing['score']:.1%}",
-                      help=f"{pointing['hits']} of {pointing['n']} fractured images whose heat "
-                           f"map peaks inside an annotated fracture box.")
+            st.metric(
+                "Grad-CAM pointing game",
+                f"{pointing['score']:.1%}",
+                help=f"{pointing['hits']} of {pointing['n']} fractured images whose heat "
+                f"map peaks inside an annotated fracture box.",
+            )
         if report.get("temperature") is not None:
             st.metric("Calibration temperature", f"{report['temperature']:.2f}")
 
@@ -89,17 +101,25 @@ else:
         headline = summaries.card_headline(model.card)
         if headline["val_auroc"] is not None:
             st.metric("Validation AUROC", f"{headline['val_auroc']:.3f}")
-        st.json({"folder": str(model.directory), "image_size": model.config.image_size,
-                 "fine_tune_from": model.config.fine_tune_from,
-                 "temperature": model.config.temperature,
-                 "thresholds": model.config.thresholds}, expanded=True)
+        st.json(
+            {
+                "folder": str(model.directory),
+                "image_size": model.config.image_size,
+                "fine_tune_from": model.config.fine_tune_from,
+                "temperature": model.config.temperature,
+                "thresholds": model.config.thresholds,
+            },
+            expanded=True,
+        )
     report = read_json(model.directory / "evaluation.json", default=None)
     if report:
         st.header("Validation results")
         show_evaluation(report)
     else:
-        st.info("This model folder has no evaluation.json, so there are no plots. "
-                "`python -m fracture evaluate` writes one.")
+        st.info(
+            "This model folder has no evaluation.json, so there are no plots. "
+            "`python -m fracture evaluate` writes one."
+        )
 
 st.header("Stored versions")
 versions = registry.list_versions(settings)
@@ -107,33 +127,44 @@ if not versions:
     st.caption(f"No model folders in `{settings.models_dir}`.")
     st.stop()
 st.dataframe(
-    [{
-        "name": v.name,
-        "active": v.active,
-        "valid": v.valid,
-        "version": v.version,
-        "created": v.created,
-        "val AUROC": v.val_auroc,
-        "problem": v.error or "",
-    } for v in versions],
+    [
+        {
+            "name": v.name,
+            "active": v.active,
+            "valid": v.valid,
+            "version": v.version,
+            "created": v.created,
+            "val AUROC": v.val_auroc,
+            "problem": v.error or "",
+        }
+        for v in versions
+    ],
     hide_index=True,
     width="stretch",
     column_config={"val AUROC": st.column_config.NumberColumn(format="%.3f")},
-)  # fmt: skip
+)
 if not common.admin_gate("Switching the active model"):
     st.stop()
 choices = [v.name for v in versions if v.valid and not v.active]
 actions = st.columns([2, 1, 1])
-target = actions[0].selectbox("Version", choices, label_visibility="collapsed",
-                              placeholder="No other valid version", index=0 if choices else None)
+target = actions[0].selectbox(
+    "Version",
+    choices,
+    label_visibility="collapsed",
+    placeholder="No other valid version",
+    index=0 if choices else None,
+)
 try:
     if actions[1].button("Activate", disabled=not choices, icon=":material/check_circle:"):
         version = registry.set_active(target, settings)
         common.model_changed()
         common.flash("success", f"`{version.name}` is now the active model.")
         st.rerun()
-    if actions[2].button("Roll back", icon=":material/undo:",
-                         help="Re-activate the version that was active before the current one."):
+    if actions[2].button(
+        "Roll back",
+        icon=":material/undo:",
+        help="Re-activate the version that was active before the current one.",
+    ):
         version = registry.rollback(settings)
         common.model_changed()
         common.flash("success", f"Rolled back to `{version.name}`.")

@@ -7,24 +7,26 @@ is written to disk.
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Sequence
 
 import streamlit as st
 from streamlit.typing import UploadedFile
 
 from app_pages import _common as common
-from fracture.views import figures, results
 from fracture.inference.gradcam import overlay_heatmap
-from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
 from fracture.inference.predictor import Prediction
+from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
+from fracture.views import figures, results
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
 UPLOAD_TYPES = sorted({suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES} | {"dcm", "dicom"})
 ALPHA_KEY = "overlay_alpha"
-BAND_COLOURS = {results.BAND_NORMAL: "green", results.BAND_UNCERTAIN: "orange",
-                results.BAND_FRACTURE: "red"}
+BAND_COLOURS = {
+    results.BAND_NORMAL: "green",
+    results.BAND_UNCERTAIN: "orange",
+    results.BAND_FRACTURE: "red",
+}
 
 st.title("Predict")
 st.caption(
@@ -37,8 +39,13 @@ if served is None:
     st.stop()
 op_name, threshold = common.operating_point(served.config)
 
-mode = st.radio("Upload", ["Files", "Folder"], horizontal=True, label_visibility="collapsed",
-                help="A folder upload includes every supported image in it and its sub-folders.")
+mode = st.radio(
+    "Upload",
+    ["Files", "Folder"],
+    horizontal=True,
+    label_visibility="collapsed",
+    help="A folder upload includes every supported image in it and its sub-folders.",
+)
 uploads = st.file_uploader(
     "Radiographs: JPEG, PNG, BMP, TIFF, GIF or DICOM",
     type=UPLOAD_TYPES,
@@ -46,8 +53,10 @@ uploads = st.file_uploader(
     key=f"uploads_{mode.lower()}",
 )
 if not uploads:
-    st.info("Drop radiographs above to score them. A Grad-CAM heat map shows where the "
-            "model looked.", icon=":material/upload_file:")
+    st.info(
+        "Drop radiographs above to score them. A Grad-CAM heat map shows where the model looked.",
+        icon=":material/upload_file:",
+    )
     st.stop()
 
 
@@ -86,22 +95,31 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             icon=":material/warning:",
         )
     left, middle, right = st.columns([1, 1, 2])
-    left.metric("Fracture probability", f"{probability:.1%}",
-                help="Calibrated on the validation split (temperature scaling).")
+    left.metric(
+        "Fracture probability",
+        f"{probability:.1%}",
+        help="Calibrated on the validation split (temperature scaling).",
+    )
     middle.metric("Label", label.capitalize())
     with middle:
         st.badge(band.capitalize(), color=BAND_COLOURS[band])
     left.caption(f"{op_name.replace('_', ' ')} threshold {threshold:.3f}")
     with right:
-        st.plotly_chart(figures.probability_gauge(probability, threshold),
-                        key=f"gauge_{upload.file_id}", config={"displayModeBar": False})
+        st.plotly_chart(
+            figures.probability_gauge(probability, threshold),
+            key=f"gauge_{upload.file_id}",
+            config={"displayModeBar": False},
+        )
 
     alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
     original, overlay = st.columns(2)
     original.image(prediction.image, caption=f"{upload.name}", width="stretch")
     if prediction.heatmap is not None:
-        overlay.image(overlay_heatmap(prediction.image, prediction.heatmap, alpha),
-                      caption="Grad-CAM: where the model looked", width="stretch")
+        overlay.image(
+            overlay_heatmap(prediction.image, prediction.heatmap, alpha),
+            caption="Grad-CAM: where the model looked",
+            width="stretch",
+        )
         if float(prediction.heatmap.max()) <= 0.0:
             # Grad-CAM keeps only evidence *for* fracture; none at all is a result too.
             overlay.caption("The heat map is empty: no region raised the fracture score.")
@@ -109,8 +127,11 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
         overlay.info("This model has no Grad-CAM layer, so there is no heat map.")
 
     if _is_dicom(upload):
-        header = st.expander("Show DICOM header (identifying fields redacted)",
-                             key=f"dicom_{upload.file_id}", on_change="rerun")
+        header = st.expander(
+            "Show DICOM header (identifying fields redacted)",
+            key=f"dicom_{upload.file_id}",
+            on_change="rerun",
+        )
         if header.open:
             with header:
                 try:
@@ -118,8 +139,11 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
                 except InvalidImageError as error:
                     st.error(str(error))
                 else:
-                    st.dataframe([{"attribute": k, "value": v} for k, v in fields.items()],
-                                 hide_index=True, width="stretch")
+                    st.dataframe(
+                        [{"attribute": k, "value": v} for k, v in fields.items()],
+                        hide_index=True,
+                        width="stretch",
+                    )
 
 
 def score_batch(uploads: Sequence[UploadedFile]) -> list[Prediction]:
@@ -130,8 +154,9 @@ def score_batch(uploads: Sequence[UploadedFile]) -> list[Prediction]:
     sources = [upload.getvalue() for upload in uploads]
     for index, prediction in enumerate(served.batch.iter_predict(sources, names=names)):
         results.append(dataclasses.replace(prediction, features=None, image=None, heatmap=None))
-        progress.progress((index + 1) / len(uploads),
-                          text=f"Scored {index + 1} of {len(uploads)}: {names[index]}")
+        progress.progress(
+            (index + 1) / len(uploads), text=f"Scored {index + 1} of {len(uploads)}: {names[index]}"
+        )
     progress.empty()
     return results
 
@@ -152,16 +177,23 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
         top[0].metric("Fracture", counts["fracture"])
         top[1].metric("Normal", counts["normal"])
         bottom[0].metric("Could not be read", counts["error"])
-        bottom[1].metric("Not like a radiograph", counts["out_of_distribution"],
-                         help="Flagged by the out-of-distribution check: their scores are "
-                              "unreliable.")
-        st.caption(f"Labels at the {op_name.replace('_', ' ')} operating point (threshold "
-                   f"{threshold:.3f}); change it in the sidebar.")
+        bottom[1].metric(
+            "Not like a radiograph",
+            counts["out_of_distribution"],
+            help="Flagged by the out-of-distribution check: their scores are unreliable.",
+        )
+        st.caption(
+            f"Labels at the {op_name.replace('_', ' ')} operating point (threshold "
+            f"{threshold:.3f}); change it in the sidebar."
+        )
     with chart_column:
         scored = [p.probability for p in predictions if p.ok]
         if scored:
-            st.plotly_chart(figures.probability_histogram(scored, threshold),
-                            key="batch_histogram", config={"displayModeBar": False})
+            st.plotly_chart(
+                figures.probability_histogram(scored, threshold),
+                key="batch_histogram",
+                config={"displayModeBar": False},
+            )
 
     frame = results.results_frame(predictions, threshold)
     event = st.dataframe(
@@ -174,9 +206,11 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
         column_config={
             "file": st.column_config.TextColumn("file", width="medium"),
             "probability": st.column_config.ProgressColumn(
-                "probability", format="percent", min_value=0.0, max_value=1.0, width="small"),
+                "probability", format="percent", min_value=0.0, max_value=1.0, width="small"
+            ),
             "in_distribution": st.column_config.CheckboxColumn(
-                "radiograph-like", help="False: the out-of-distribution check flagged it."),
+                "radiograph-like", help="False: the out-of-distribution check flagged it."
+            ),
             "error": st.column_config.TextColumn("error", width="large"),
         },
     )

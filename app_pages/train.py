@@ -12,12 +12,12 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.views import figures, summaries
+from fracture.io.files import read_json
+from fracture.model import registry
+from fracture.model.folder import ModelLoadError
 from fracture.training import jobs
 from fracture.training.runs import discard_candidate
-from fracture.model import registry
-from fracture.io.files import read_json
-from fracture.model.folder import ModelLoadError
+from fracture.views import figures, summaries
 
 RUN_KEY = "train_run"
 FINE_TUNE_POINTS = ("conv5_block1_out", "conv4_block6_out", "conv5_block2_out")
@@ -38,38 +38,64 @@ def start_form() -> None:
 
     defaults = TrainConfig()
     with st.form("new_run", border=False):
-        data_root = st.text_input("Dataset folder", value=str(settings.data_dir),
-                                  help="Browse it on the Dataset page first.")
+        data_root = st.text_input(
+            "Dataset folder",
+            value=str(settings.data_dir),
+            help="Browse it on the Dataset page first.",
+        )
         run_name = st.text_input("Run name (optional)", placeholder="run-YYYYmmdd-HHMMSS")
         first = st.columns(4)
         epochs = first[0].number_input("Fine-tune epochs", 0, 100, defaults.epochs)
-        head_epochs = first[1].number_input("Head epochs", 0, 50, defaults.head_epochs,
-                                            help="Epochs that train only the new head first.")
+        head_epochs = first[1].number_input(
+            "Head epochs",
+            0,
+            50,
+            defaults.head_epochs,
+            help="Epochs that train only the new head first.",
+        )
         fine_tune_from = first[2].selectbox(
-            "Fine-tune after", FINE_TUNE_POINTS,
+            "Fine-tune after",
+            FINE_TUNE_POINTS,
             index=FINE_TUNE_POINTS.index(defaults.fine_tune_from),
             help="Layers after this block output are trained; earlier ones stay ImageNet. "
-                 "conv4_block6_out trains more (slower, needs more data).")
-        lr = first[3].select_slider("Learning rate (fine-tune)", LEARNING_RATES,
-                                    value=defaults.lr, format_func=lambda v: f"{v:.0e}")
+            "conv4_block6_out trains more (slower, needs more data).",
+        )
+        lr = first[3].select_slider(
+            "Learning rate (fine-tune)",
+            LEARNING_RATES,
+            value=defaults.lr,
+            format_func=lambda v: f"{v:.0e}",
+        )
         second = st.columns(4)
         batch_size = second[0].number_input("Batch size", 1, 256, defaults.batch_size)
-        image_size = second[1].selectbox("Image size (px)", IMAGE_SIZES,
-                                         index=IMAGE_SIZES.index(defaults.image_size))
+        image_size = second[1].selectbox(
+            "Image size (px)", IMAGE_SIZES, index=IMAGE_SIZES.index(defaults.image_size)
+        )
         seed = second[2].number_input("Seed", 0, 2**31 - 1, defaults.seed)
-        augment = second[3].toggle("Augmentation", value=defaults.augment,
-                                   help="Small rotations, zoom, flips and exposure changes.")
-        submitted = st.form_submit_button("Start training", type="primary",
-                                          icon=":material/play_arrow:")
+        augment = second[3].toggle(
+            "Augmentation",
+            value=defaults.augment,
+            help="Small rotations, zoom, flips and exposure changes.",
+        )
+        submitted = st.form_submit_button(
+            "Start training", type="primary", icon=":material/play_arrow:"
+        )
     if not submitted:
         return
-    config = TrainConfig(image_size=int(image_size), fine_tune_from=fine_tune_from,
-                         head_epochs=int(head_epochs), epochs=int(epochs),
-                         batch_size=int(batch_size), lr=float(lr), seed=int(seed),
-                         augment=bool(augment))  # fmt: skip
+    config = TrainConfig(
+        image_size=int(image_size),
+        fine_tune_from=fine_tune_from,
+        head_epochs=int(head_epochs),
+        epochs=int(epochs),
+        batch_size=int(batch_size),
+        lr=float(lr),
+        seed=int(seed),
+        augment=bool(augment),
+    )
     try:
-        job = jobs.start_training(data_root.strip(), run_name.strip() or None, config=config,
-                                  settings=settings)
+        job = jobs.start_training(
+            data_root.strip(), run_name.strip() or None, config=config, settings=settings
+        )
     except jobs.JobBusyError as error:
         st.error(str(error))
         return
@@ -108,9 +134,14 @@ def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
     columns[1].metric("State", progress.state)
     columns[2].metric("Time left", progress.eta or "–")
     if status.get("epoch") and status.get("epochs"):
-        st.caption(f"Epoch {status['epoch']}/{status['epochs']} ({progress.phase})"
-                   + (f", batch {status.get('batch')}/{status.get('batches')}"
-                      if status.get("batches") else ""))
+        st.caption(
+            f"Epoch {status['epoch']}/{status['epochs']} ({progress.phase})"
+            + (
+                f", batch {status.get('batch')}/{status.get('batches')}"
+                if status.get("batches")
+                else ""
+            )
+        )
     if progress.state in {"failed", "interrupted", "error"}:
         st.error(status.get("message") or "The run stopped.")
         tail = jobs.log_tail(run_dir)
@@ -119,8 +150,10 @@ def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
                 st.code(tail, language=None)
     skipped = status.get("skipped_files") or []
     if skipped:
-        st.warning(f"{len(skipped)} unreadable file(s) were skipped:\n\n"
-                   + "\n".join(f"- `{p}`" for p in skipped[:20]))
+        st.warning(
+            f"{len(skipped)} unreadable file(s) were skipped:\n\n"
+            + "\n".join(f"- `{p}`" for p in skipped[:20])
+        )
     return progress
 
 
@@ -142,8 +175,14 @@ def show_result(run: dict) -> None:
         read_json(active.directory / "evaluation.json", default=None) if active else None
     )
     checksums = card.get("checksums")
-    promoted = next((v for v in registry.list_versions(settings)
-                     if checksums and v.card.get("checksums") == checksums), None)  # fmt: skip
+    promoted = next(
+        (
+            v
+            for v in registry.list_versions(settings)
+            if checksums and v.card.get("checksums") == checksums
+        ),
+        None,
+    )
     st.subheader("Result on the validation split")
     columns = st.columns(2)
     if report:
@@ -151,8 +190,12 @@ def show_result(run: dict) -> None:
         matrix = (report.get("operating_points") or {}).get(point, {}).get("confusion_matrix")
         if matrix:
             with columns[0]:
-                st.plotly_chart(figures.confusion_figure(
-                    matrix, f"Confusion matrix ({point.replace('_', ' ')})"), key="run_confusion")
+                st.plotly_chart(
+                    figures.confusion_figure(
+                        matrix, f"Confusion matrix ({point.replace('_', ' ')})"
+                    ),
+                    key="run_confusion",
+                )
         curves = {"new model": report}
         if active_report and not (promoted and promoted.active):
             curves["active model"] = active_report
@@ -161,18 +204,26 @@ def show_result(run: dict) -> None:
     if promoted is None:
         comparison = summaries.compare_metrics(card, active.card if active else None)
         if not comparison.empty:
-            st.dataframe(comparison, hide_index=True, width="stretch", column_config={
-                name: st.column_config.NumberColumn(format="%.3f")
-                for name in ("new model", "active model", "difference")
-            })  # fmt: skip
-            st.caption("Each model is scored on the validation split of its own dataset: "
-                       "compare them only when both were trained on the same data.")
+            st.dataframe(
+                comparison,
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    name: st.column_config.NumberColumn(format="%.3f")
+                    for name in ("new model", "active model", "difference")
+                },
+            )
+            st.caption(
+                "Each model is scored on the validation split of its own dataset: "
+                "compare them only when both were trained on the same data."
+            )
     else:
         where = "the active model" if promoted.active else "a stored version (not active)"
         st.success(f"This run's model is promoted as `{promoted.name}`, {where}.")
     actions = st.columns([1, 1, 4])
-    if promoted is None and actions[0].button("Promote", type="primary",
-                                              icon=":material/rocket_launch:"):
+    if promoted is None and actions[0].button(
+        "Promote", type="primary", icon=":material/rocket_launch:"
+    ):
         try:
             version = registry.promote(model_dir, settings=settings)
         except (ModelLoadError, FileExistsError, OSError, ValueError) as error:

@@ -31,15 +31,21 @@ def add_evaluation(model_dir: Path) -> None:
     labels = np.array([0, 1] * 30)
     logits = labels * 1.5 + rng.normal(0, 1, labels.size)
     report = evaluation_report(
-        labels, logits, 1.0, {"high_sensitivity": 0.5, "high_specificity": 0.7},
-        regions=["hand", "leg", "hip"] * 20, hardware=[False] * 50 + [True] * 10,
-        pointing={"hits": 5, "n": 8, "score": 0.625}, n_bootstrap=20,
-    )  # fmt: skip
+        labels,
+        logits,
+        1.0,
+        {"high_sensitivity": 0.5, "high_specificity": 0.7},
+        regions=["hand", "leg", "hip"] * 20,
+        hardware=[False] * 50 + [True] * 10,
+        pointing={"hits": 5, "n": 8, "score": 0.625},
+        n_bootstrap=20,
+    )
     (model_dir / "evaluation.json").write_text(json.dumps(report))
     card_path = model_dir / "model_card.json"
     card = json.loads(card_path.read_text())
-    card.update({"version": "1", "val_metrics": {"auroc": report["auroc"],
-                                                 "auroc_ci": report["auroc_ci"]}})  # fmt: skip
+    card.update(
+        {"version": "1", "val_metrics": {"auroc": report["auroc"], "auroc_ci": report["auroc_ci"]}}
+    )
     # Checksums cover config.json and weights.npz, not the card, so the model stays valid.
     card_path.write_text(json.dumps(card))
     name = card.get("name", model_dir.name)
@@ -55,9 +61,13 @@ def make_model(directory: Path, imagenet_weights: Path | None, image_size: int =
     from fracture.model.folder import ModelConfig, imagenet_reference, save_model
     from fracture.model.network import build_classifier
 
-    config = ModelConfig(image_size=image_size, fine_tune_from="conv5_block2_out",
-                         thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},
-                         name="browser-test", version="1")  # fmt: skip
+    config = ModelConfig(
+        image_size=image_size,
+        fine_tune_from="conv5_block2_out",
+        thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},
+        name="browser-test",
+        version="1",
+    )
     model = build_classifier(config, imagenet_weights)
     reference = imagenet_reference(model, config)
     keras.utils.set_random_seed(0)

@@ -62,8 +62,9 @@ def fake_imagenet_weights(tmp_path_factory) -> Path:
     import keras
 
     keras.utils.set_random_seed(1)
-    backbone = keras.applications.ResNet50(include_top=False, weights=None,
-                                           input_shape=(TINY_SIZE, TINY_SIZE, 3))
+    backbone = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(TINY_SIZE, TINY_SIZE, 3)
+    )
     path = tmp_path_factory.mktemp("weights") / "fake_imagenet.weights.h5"
     backbone.save_weights(path)
     return path
@@ -77,9 +78,13 @@ def tiny_model_dir(tmp_path_factory, fake_imagenet_weights: Path) -> Path:
     from fracture.model.folder import ModelConfig, imagenet_reference, save_model
     from fracture.model.network import build_classifier
 
-    config = ModelConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out",
-                         thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},
-                         name="tiny-test", version="1")
+    config = ModelConfig(
+        image_size=TINY_SIZE,
+        fine_tune_from="conv5_block2_out",
+        thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},
+        name="tiny-test",
+        version="1",
+    )
     model = build_classifier(config, fake_imagenet_weights)
     reference = imagenet_reference(model, config)
     keras.utils.set_random_seed(2)
@@ -87,7 +92,9 @@ def tiny_model_dir(tmp_path_factory, fake_imagenet_weights: Path) -> Path:
     conv.set_weights([w * 1.05 for w in conv.get_weights()])
     logit = model.get_layer("logit")
     kernel, bias = logit.get_weights()
-    logit.set_weights([np.random.default_rng(3).normal(0, 0.05, kernel.shape).astype("float32"), bias])
+    logit.set_weights(
+        [np.random.default_rng(3).normal(0, 0.05, kernel.shape).astype("float32"), bias]
+    )
     directory = tmp_path_factory.mktemp("models") / "tiny"
     save_model(model, config, directory, reference=reference, card={"name": "tiny-test"})
     return directory

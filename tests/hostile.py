@@ -32,13 +32,34 @@ PATIENT_NAME = "Hostile^Patient"
 SIZE = (72, 96)  # height, width of the generated radiographs: small, above the 32 px minimum
 # Every kind, in the order built; known without writing files, for test parametrisation.
 KINDS: tuple[str, ...] = (
-    "zero_byte", "truncated_jpeg", "png_bad_crc", "html_as_jpg", "one_pixel",
-    "decompression_bomb_40000px", "zip_upload", "pdf_as_png", "heic_from_phone", "blank_frame",
-    "float_tiff_nan", "png_16bit", "cmyk_jpeg", "rgba_png", "palette_gif", "animated_gif",
-    "exif_rotated_jpeg", "jpeg_named_png", "dicom_monochrome1", "dicom_no_pixel_data",
-    "dicom_compressed_no_decoder", "dicom_multiframe", "dotdot_name", "unicode_name",
-    "newline_name", "control_chars_name", "symlink_to_device",
-)  # fmt: skip
+    "zero_byte",
+    "truncated_jpeg",
+    "png_bad_crc",
+    "html_as_jpg",
+    "one_pixel",
+    "decompression_bomb_40000px",
+    "zip_upload",
+    "pdf_as_png",
+    "heic_from_phone",
+    "blank_frame",
+    "float_tiff_nan",
+    "png_16bit",
+    "cmyk_jpeg",
+    "rgba_png",
+    "palette_gif",
+    "animated_gif",
+    "exif_rotated_jpeg",
+    "jpeg_named_png",
+    "dicom_monochrome1",
+    "dicom_no_pixel_data",
+    "dicom_compressed_no_decoder",
+    "dicom_multiframe",
+    "dotdot_name",
+    "unicode_name",
+    "newline_name",
+    "control_chars_name",
+    "symlink_to_device",
+)
 
 
 class HostileFile(NamedTuple):
@@ -97,41 +118,89 @@ def build_hostile_files(folder: str | os.PathLike[str]) -> list[HostileFile]:
 
     # --- broken or not an image at all
     add("zero_byte", "empty.png", b"", False, "is empty (0 bytes)")
-    add("truncated_jpeg", "truncated.jpg", jpeg[: len(jpeg) // 2], False,
-        "truncated or damaged JPEG")  # fmt: skip
-    add("png_bad_crc", "bad_crc.png", _corrupt_idat(png), False,
-        "checksum (CRC) of its IDAT chunk is wrong")  # fmt: skip
-    add("html_as_jpg", "page.jpg",
+    add(
+        "truncated_jpeg",
+        "truncated.jpg",
+        jpeg[: len(jpeg) // 2],
+        False,
+        "truncated or damaged JPEG",
+    )
+    add(
+        "png_bad_crc",
+        "bad_crc.png",
+        _corrupt_idat(png),
+        False,
+        "checksum (CRC) of its IDAT chunk is wrong",
+    )
+    add(
+        "html_as_jpg",
+        "page.jpg",
         b"<!DOCTYPE html>\n<html><head><title>Login</title></head>"
         b"<body>Session expired</body></html>\n",
-        False, "looks like an HTML/text file")  # fmt: skip
+        False,
+        "looks like an HTML/text file",
+    )
     add("one_pixel", "dot.png", _encode(Image.new("L", (1, 1), 128), "PNG"), False, "is 1x1 px")
-    add("decompression_bomb_40000px", "bomb.png", _png_claiming(40_000, 40_000), False,
-        "decompression bomb")  # fmt: skip
+    add(
+        "decompression_bomb_40000px",
+        "bomb.png",
+        _png_claiming(40_000, 40_000),
+        False,
+        "decompression bomb",
+    )
     add("zip_upload", "xrays.zip", _zip_of({"scan.png": png}), False, "is a ZIP archive")
-    add("pdf_as_png", "report.png", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", False,
-        "is a PDF document")  # fmt: skip
-    add("heic_from_phone", "IMG_0001.jpg", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64, False,
-        "HEIC/AVIF")  # fmt: skip
+    add(
+        "pdf_as_png",
+        "report.png",
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
+        False,
+        "is a PDF document",
+    )
+    add(
+        "heic_from_phone",
+        "IMG_0001.jpg",
+        b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64,
+        False,
+        "HEIC/AVIF",
+    )
     add("blank_frame", "blank.png", _encode(Image.new("L", (64, 64), 0), "PNG"), False, "is blank")
     add("float_tiff_nan", "nan.tif", _float_tiff_with_nan(), False, "NaN or infinite")
 
     # --- valid but unusual: must decode, and decode correctly
-    deep = (radiograph(1).astype(np.uint16) * 16)  # 12 bits used of 16
-    add("png_16bit", "deep.png", _encode(Image.fromarray(deep), "PNG"), True,
-        check=_not_dark)  # fmt: skip
+    deep = radiograph(1).astype(np.uint16) * 16  # 12 bits used of 16
+    add("png_16bit", "deep.png", _encode(Image.fromarray(deep), "PNG"), True, check=_not_dark)
     colour = np.stack([grey, grey // 2, 255 - grey], axis=2)
-    add("cmyk_jpeg", "cmyk.jpg", _encode(Image.fromarray(colour).convert("CMYK"), "JPEG"), True,
-        check=_shape(*SIZE))  # fmt: skip
+    add(
+        "cmyk_jpeg",
+        "cmyk.jpg",
+        _encode(Image.fromarray(colour).convert("CMYK"), "JPEG"),
+        True,
+        check=_shape(*SIZE),
+    )
     rgba = np.dstack([colour, np.full(SIZE, 255, np.uint8)])
     rgba[:, : SIZE[1] // 4, 3] = 0  # a transparent margin: composited on black
-    add("rgba_png", "rgba.png", _encode(Image.fromarray(rgba, "RGBA"), "PNG"), True,
-        check=_transparent_margin_is_black)  # fmt: skip
-    add("palette_gif", "palette.gif", _encode(Image.fromarray(grey).convert("P"), "GIF"), True,
-        check=_shape(*SIZE))  # fmt: skip
+    add(
+        "rgba_png",
+        "rgba.png",
+        _encode(Image.fromarray(rgba, "RGBA"), "PNG"),
+        True,
+        check=_transparent_margin_is_black,
+    )
+    add(
+        "palette_gif",
+        "palette.gif",
+        _encode(Image.fromarray(grey).convert("P"), "GIF"),
+        True,
+        check=_shape(*SIZE),
+    )
     add("animated_gif", "animated.gif", _animated_gif(), True, check=_first_frame_is_dark)
-    add("exif_rotated_jpeg", "rotated.jpg", _exif_rotated_jpeg(grey), True,
-        check=_shape(SIZE[1], SIZE[0]))  # fmt: skip
+    add(
+        "exif_rotated_jpeg",
+        "rotated.jpg",
+        _exif_rotated_jpeg(grey),
+        True,
+        check=_shape(SIZE[1], SIZE[0]),
+    )
     add("jpeg_named_png", "really_a_jpeg.png", jpeg, True, check=_shape(*SIZE))
 
     # --- DICOM
@@ -139,14 +208,25 @@ def build_hostile_files(folder: str | os.PathLike[str]) -> list[HostileFile]:
     add("dicom_monochrome1", "mono1.dcm", dicom["monochrome1"], True, check=_monochrome1_inverted)
     add("dicom_no_pixel_data", "report.dcm", dicom["no_pixels"], False, "contains no pixel data")
     syntax, compressed = dicom["compressed"]
-    add("dicom_compressed_no_decoder", "compressed.dcm", compressed, False,
-        f"({syntax}) transfer syntax")  # fmt: skip
+    add(
+        "dicom_compressed_no_decoder",
+        "compressed.dcm",
+        compressed,
+        False,
+        f"({syntax}) transfer syntax",
+    )
     add("dicom_multiframe", "cine.dcm", dicom["multiframe"], True, check=_shape(40, 48))
 
     # --- hostile names (content is a good radiograph)
     (folder / "nested").mkdir(exist_ok=True)
-    add("dotdot_name", "dotdot.png", png, True, check=_shape(*SIZE),
-        upload_name="../../../etc/cron.d/dotdot.png")  # fmt: skip
+    add(
+        "dotdot_name",
+        "dotdot.png",
+        png,
+        True,
+        check=_shape(*SIZE),
+        upload_name="../../../etc/cron.d/dotdot.png",
+    )
     if entries[-1].kind == "dotdot_name":  # the path itself walks up: nested/../dotdot.png
         entries[-1] = entries[-1]._replace(path=folder / "nested" / ".." / "dotdot.png")
     add("unicode_name", "röntgen_骨折.png", png, True, check=_shape(*SIZE))
@@ -160,8 +240,9 @@ def build_hostile_files(folder: str | os.PathLike[str]) -> list[HostileFile]:
     except (OSError, NotImplementedError, AttributeError):
         pass
     else:
-        entries.append(HostileFile("symlink_to_device", link, False, "is not a regular file",
-                                   link.name))  # fmt: skip
+        entries.append(
+            HostileFile("symlink_to_device", link, False, "is not a regular file", link.name)
+        )
     assert [e.kind for e in entries] == [k for k in KINDS if k in {e.kind for e in entries}]
     return entries
 
@@ -233,11 +314,11 @@ def _dicom_kinds() -> dict[str, object]:
     from pydicom.encaps import encapsulate
     from pydicom.pixels import get_decoder
     from pydicom.uid import (
+        MPEG2MPML,
         ExplicitVRLittleEndian,
         HTJ2KLossless,
         JPEGLosslessSV1,
         JPEGLSLossless,
-        MPEG2MPML,
         generate_uid,
     )
 

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from app_helpers import add_evaluation, png_bytes
 from fracture.config import get_settings
+
+from app_helpers import add_evaluation, png_bytes
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
@@ -80,8 +81,17 @@ def _plotly_charts(at: AppTest) -> list:
 
 def _texts(at: AppTest) -> str:
     parts = []
-    for kind in ("markdown", "caption", "info", "warning", "error", "success", "subheader",
-                 "title", "header"):
+    for kind in (
+        "markdown",
+        "caption",
+        "info",
+        "warning",
+        "error",
+        "success",
+        "subheader",
+        "title",
+        "header",
+    ):
         parts += [str(element.value) for element in at.get(kind)]
     return "\n".join(parts)
 
@@ -157,8 +167,9 @@ def test_predict_one_upload_shows_probability_and_overlay(app_env):
     from app_pages import _common
 
     calls = []
-    served = _common._load_served_model(str(app_env.models / "default"),
-                                        _common._fingerprint(app_env.models / "default"))
+    served = _common._load_served_model(
+        str(app_env.models / "default"), _common._fingerprint(app_env.models / "default")
+    )
     original = served.single.predict
     served.single.predict = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
@@ -204,13 +215,16 @@ def test_predict_warns_when_the_ood_gate_flags_an_upload(app_env, monkeypatch):
     from app_pages import _common
 
     at = _open("app_pages/predict.py")
-    served = _common._load_served_model(str(app_env.models / "default"),
-                                        _common._fingerprint(app_env.models / "default"))
+    served = _common._load_served_model(
+        str(app_env.models / "default"), _common._fingerprint(app_env.models / "default")
+    )
     original = served.single.predict
 
     def flagged(*args, **kwargs):
-        return [dataclasses.replace(p, in_distribution=False, ood_score=9.0)
-                for p in original(*args, **kwargs)]  # fmt: skip
+        return [
+            dataclasses.replace(p, in_distribution=False, ood_score=9.0)
+            for p in original(*args, **kwargs)
+        ]
 
     monkeypatch.setattr(served.single, "predict", flagged)
     at.file_uploader[0].upload("selfie.png", png_bytes(8), "image/png")
@@ -309,7 +323,7 @@ def test_train_start_passes_the_form_and_reports_a_busy_trainer(fresh_settings, 
     next(b for b in at.button if b.label == "Start training").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    (data_root, run_name, config), = calls
+    ((data_root, run_name, config),) = calls
     assert data_root == str(fresh_settings.data) and run_name is None
     assert (config.epochs, config.image_size, config.augment) == (3, 384, False)
     assert any("already in progress" in str(e.value) for e in at.error)
@@ -324,15 +338,23 @@ def finished_run(app_env):
     """A real (tiny, random-init) training run on 24 phantoms, finished in the runs folder."""
     import signal
 
-    from fracture.data.phantoms import synthesize_phantoms
     from fracture.config import Settings
+    from fracture.data.phantoms import synthesize_phantoms
     from fracture.training.config import TrainConfig
     from fracture.training.trainer import train
 
     data = app_env.base / "train-phantoms"
     synthesize_phantoms(data, 24, size=64, seed=0)
-    config = TrainConfig(image_size=64, fine_tune_from="conv5_block2_out", head_epochs=1,
-                         epochs=1, batch_size=8, views=1, augment=False, seed=0)  # fmt: skip
+    config = TrainConfig(
+        image_size=64,
+        fine_tune_from="conv5_block2_out",
+        head_epochs=1,
+        epochs=1,
+        batch_size=8,
+        views=1,
+        augment=False,
+        seed=0,
+    )
     settings = Settings(cache_dir=app_env.base / "cache", runs_dir=app_env.runs)
     # train() installs a SIGTERM handler for the dashboard's Cancel; keep pytest's own.
     previous = signal.getsignal(signal.SIGTERM)

@@ -6,8 +6,8 @@ import hmac
 
 import pytest
 
-from fracture.views import auth
 from fracture.config import Settings
+from fracture.views import auth
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,8 @@ def test_no_password_means_open():
 
 
 def test_env_variable_reaches_the_gate():
-    settings = Settings.load(environ={"FRACTURE_ADMIN_PASSWORD": "pw", "FRACTURE_CONFIG": ""},
-                             config_file=None)
+    settings = Settings.load(
+        environ={"FRACTURE_ADMIN_PASSWORD": "pw", "FRACTURE_CONFIG": ""}, config_file=None
+    )
     assert auth.admin_password(settings) is not None
     assert auth.check_password("pw", auth.admin_password(settings))

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SIZE, write_png
 from fracture import errors
 from fracture.cli import bench as bench_cli
 from fracture.perf import bench
@@ -28,30 +27,82 @@ from fracture.perf import report as bench_report
 from fracture.perf import workload as bench_workload
 from fracture.perf.config import BenchConfig
 
+from conftest import TINY_SIZE, write_png
+
 # Every top-level figure of the JSON, and the fields each must carry.
 EXPECTED_FIELDS = {
-    "throughput": {"project_ips", "naive_ips", "throughput_ratio", "image_size", "batch_size",
-                   "images", "naive_images", "repeats", "pipeline"},
-    "latency": {"prob_cam_p50_ms", "prob_cam_p95_ms", "prob_p50_ms", "prob_p95_ms", "image_size",
-                "precision", "repeats"},
-    "training": {"uncached_ips", "cached_ips", "cache_speedup", "batch_size", "fine_tune_from",
-                 "image_size", "feature_bytes_per_image_view", "flop_bound_speedup"},
+    "throughput": {
+        "project_ips",
+        "naive_ips",
+        "throughput_ratio",
+        "image_size",
+        "batch_size",
+        "images",
+        "naive_images",
+        "repeats",
+        "pipeline",
+    },
+    "latency": {
+        "prob_cam_p50_ms",
+        "prob_cam_p95_ms",
+        "prob_p50_ms",
+        "prob_p95_ms",
+        "image_size",
+        "precision",
+        "repeats",
+    },
+    "training": {
+        "uncached_ips",
+        "cached_ips",
+        "cache_speedup",
+        "batch_size",
+        "fine_tune_from",
+        "image_size",
+        "feature_bytes_per_image_view",
+        "flop_bound_speedup",
+    },
     "memory": {"serving_peak_rss_mib", "serving_precision", "training_peak_rss_mib", "isolated"},
-    "efficiency": {"gflop_per_image", "predict_path_gflops", "network_only_gflops",
-                   "peak_fp32_gflops", "peak_bf16_gflops", "predict_path_fraction_of_peak",
-                   "peak_formula", "peak_how"},
+    "efficiency": {
+        "gflop_per_image",
+        "predict_path_gflops",
+        "network_only_gflops",
+        "peak_fp32_gflops",
+        "peak_bf16_gflops",
+        "predict_path_fraction_of_peak",
+        "peak_formula",
+        "peak_how",
+    },
     "bf16": {"supported", "check", "speedup", "recommended"},
     "threading": {"default_inter_op", "sweep"},
-    "machine": {"cpu_model", "cores", "mhz", "simd_flags", "ram_gib", "versions",
-                "load_average_1m", "microarchitecture"},
+    "machine": {
+        "cpu_model",
+        "cores",
+        "mhz",
+        "simd_flags",
+        "ram_gib",
+        "versions",
+        "load_average_1m",
+        "microarchitecture",
+    },
 }
 
 
 def _tiny_config(tmp_path, weights, **changes) -> BenchConfig:
     base = BenchConfig.quick_config(
-        image_size=TINY_SIZE, weights=str(weights), batch_size=2, images=3, naive_images=2,
-        repeats=2, latency_repeats=2, latency_at_224=False, train_batch_size=2, train_steps=2,
-        sweep_images=2, sweep_repeats=1, thread_settings=(), val_root=str(tmp_path / "none"),
+        image_size=TINY_SIZE,
+        weights=str(weights),
+        batch_size=2,
+        images=3,
+        naive_images=2,
+        repeats=2,
+        latency_repeats=2,
+        latency_at_224=False,
+        train_batch_size=2,
+        train_steps=2,
+        sweep_images=2,
+        sweep_repeats=1,
+        thread_settings=(),
+        val_root=str(tmp_path / "none"),
     )
     return dataclasses.replace(base, **changes)
 
@@ -68,10 +119,12 @@ def _assert_consistent(result: dict) -> None:
     assert eff["predict_path_gflops"] == pytest.approx(t["project_ips"] * eff["gflop_per_image"])
     assert eff["gflop_per_image"] == pytest.approx(2 * 4.1 * (t["image_size"] / 224) ** 2)
     assert eff["predict_path_fraction_of_gemm"] == pytest.approx(
-        eff["predict_path_gflops"] / eff["measured_gemm_fp32_gflops"])
+        eff["predict_path_gflops"] / eff["measured_gemm_fp32_gflops"]
+    )
     if eff["peak_fp32_gflops"]:
         assert eff["predict_path_fraction_of_peak"] == pytest.approx(
-            eff["predict_path_gflops"] / eff["peak_fp32_gflops"])
+            eff["predict_path_gflops"] / eff["peak_fp32_gflops"]
+        )
     bf = result["bf16"]
     if bf.get("speedup") is not None:
         assert bf["speedup"] == pytest.approx(bf["bf16_ips"] / bf["fp32_ips"], rel=1e-9)
@@ -126,48 +179,110 @@ def _raw():
     serving = {
         "model": {"kind": "trained", "image_size": 384, "name": "m", "directory": "x"},
         "threads": {"intra_op": 2, "inter_op": 1},
-        "batch_size": 16, "images": 32, "naive_images": 8,
-        "project_seconds": [4.0, 8.0, 5.0], "naive_seconds": [10.0, 9.0, 11.0],
+        "batch_size": 16,
+        "images": 32,
+        "naive_images": 8,
+        "project_seconds": [4.0, 8.0, 5.0],
+        "naive_seconds": [10.0, 9.0, 11.0],
         "project_cpu_seconds": [8.0, 9.0, 10.0],
         "pipeline": {"decode_seconds": [1.0, 2.0, 0.5], "inference_seconds": [4.5, 4.0, 6.0]},
-        "latency": {"image_size": 384, "precision": "float32", "repeats": 3,
-                    "prob_cam_p50_ms": 300.0, "prob_cam_p95_ms": 350.0, "prob_p50_ms": 280.0,
-                    "prob_p95_ms": 320.0},
-        "latency_224": {"image_size": 224, "precision": "float32", "repeats": 3,
-                        "prob_cam_p50_ms": 120.0, "prob_cam_p95_ms": 130.0, "prob_p50_ms": 100.0,
-                        "prob_p95_ms": 110.0},
+        "latency": {
+            "image_size": 384,
+            "precision": "float32",
+            "repeats": 3,
+            "prob_cam_p50_ms": 300.0,
+            "prob_cam_p95_ms": 350.0,
+            "prob_p50_ms": 280.0,
+            "prob_p95_ms": 320.0,
+        },
+        "latency_224": {
+            "image_size": 224,
+            "precision": "float32",
+            "repeats": 3,
+            "prob_cam_p50_ms": 120.0,
+            "prob_cam_p95_ms": 130.0,
+            "prob_p50_ms": 100.0,
+            "prob_p95_ms": 110.0,
+        },
         "serving_peak_rss_mib": 1200.0,
         "serving_precision": "bfloat16",
-        "gemm": {"gemm_size": 2048.0, "fp32_gflops": 150.0, "bf16_gflops": 300.0,
-                 "fp32_gflop_per_cpu_second": 80.0, "bf16_gflop_per_cpu_second": 160.0},
-        "bf16": {"supported": True, "seconds": [2.5, 2.5, 3.0],
-                 "latency": {"image_size": 384, "precision": "bfloat16", "repeats": 3,
-                             "prob_cam_p50_ms": 200.0, "prob_cam_p95_ms": 220.0,
-                             "prob_p50_ms": 190.0, "prob_p95_ms": 210.0},
-                 "auroc": {"check": "PASS", "reason": None, "val_images": 120,
-                           "auroc_fp32": 0.9, "auroc_bf16": 0.897, "delta_auroc": -0.003}},
+        "gemm": {
+            "gemm_size": 2048.0,
+            "fp32_gflops": 150.0,
+            "bf16_gflops": 300.0,
+            "fp32_gflop_per_cpu_second": 80.0,
+            "bf16_gflop_per_cpu_second": 160.0,
+        },
+        "bf16": {
+            "supported": True,
+            "seconds": [2.5, 2.5, 3.0],
+            "latency": {
+                "image_size": 384,
+                "precision": "bfloat16",
+                "repeats": 3,
+                "prob_cam_p50_ms": 200.0,
+                "prob_cam_p95_ms": 220.0,
+                "prob_p50_ms": 190.0,
+                "prob_p95_ms": 210.0,
+            },
+            "auroc": {
+                "check": "PASS",
+                "reason": None,
+                "val_images": 120,
+                "auroc_fp32": 0.9,
+                "auroc_bf16": 0.897,
+                "delta_auroc": -0.003,
+            },
+        },
     }
-    cold = [{
-        "threads": {"intra_op": 2, "inter_op": inter}, "interpreter_s": 0.05, "import_s": 4.0,
-        "build_s": 2.0, "weights_s": 1.0, "warmup_s": 3.0, "first_predict_s": 0.5,
-        "total_s": 10.55, "sweep_images": 8, "sweep_seconds": [4.0, 4.4],
-        "sweep_cpu_seconds": [8.0, 8.0],
-    } for inter in (1, 2)]
-    training = {"image_size": 384, "batch_size": 16, "fine_tune_from": "conv5_block1_out",
-                "steps": 3, "uncached_seconds": [8.0, 9.0, 10.0], "cached_seconds": [0.5, 1.0, 0.8],
-                "feature_bytes_per_image_view": 12 * 12 * 2048 * 2, "training_peak_rss_mib": 3000.0,
-                "flop_bound_speedup": 3.9, "forward_gmacs_per_image": 11.4,
-                "tail_forward_gmacs_per_image": 1.3}
-    machine = {"cpu_model": "AMD EPYC", "microarchitecture": "AMD Zen 4", "cores": 2, "mhz": 2600.0,
-               "simd_flags": ["avx2", "avx512_bf16", "avx512f", "fma"], "mhz_source": "test",
-               "ram_gib": 24.0, "versions": {"keras": "3", "onednn": "on"}, "load_average_1m": 0.1}
+    cold = [
+        {
+            "threads": {"intra_op": 2, "inter_op": inter},
+            "interpreter_s": 0.05,
+            "import_s": 4.0,
+            "build_s": 2.0,
+            "weights_s": 1.0,
+            "warmup_s": 3.0,
+            "first_predict_s": 0.5,
+            "total_s": 10.55,
+            "sweep_images": 8,
+            "sweep_seconds": [4.0, 4.4],
+            "sweep_cpu_seconds": [8.0, 8.0],
+        }
+        for inter in (1, 2)
+    ]
+    training = {
+        "image_size": 384,
+        "batch_size": 16,
+        "fine_tune_from": "conv5_block1_out",
+        "steps": 3,
+        "uncached_seconds": [8.0, 9.0, 10.0],
+        "cached_seconds": [0.5, 1.0, 0.8],
+        "feature_bytes_per_image_view": 12 * 12 * 2048 * 2,
+        "training_peak_rss_mib": 3000.0,
+        "flop_bound_speedup": 3.9,
+        "forward_gmacs_per_image": 11.4,
+        "tail_forward_gmacs_per_image": 1.3,
+    }
+    machine = {
+        "cpu_model": "AMD EPYC",
+        "microarchitecture": "AMD Zen 4",
+        "cores": 2,
+        "mhz": 2600.0,
+        "simd_flags": ["avx2", "avx512_bf16", "avx512f", "fma"],
+        "mhz_source": "test",
+        "ram_gib": 24.0,
+        "versions": {"keras": "3", "onednn": "on"},
+        "load_average_1m": 0.1,
+    }
     return machine, serving, cold, training
 
 
 def test_summary_ratios_are_the_quotients_of_the_medians():
     machine, serving, cold, training = _raw()
-    result = bench_report.summarise(BenchConfig.quick_config(), machine, serving, cold, training,
-                             {"total": 1.0})
+    result = bench_report.summarise(
+        BenchConfig.quick_config(), machine, serving, cold, training, {"total": 1.0}
+    )
     _assert_consistent(result)
     t = result["throughput"]
     assert t["project_ips"] == pytest.approx(32 / 5.0)  # median of 4, 8, 5
@@ -182,9 +297,11 @@ def test_summary_ratios_are_the_quotients_of_the_medians():
     eff = result["efficiency"]
     assert eff["cpu_seconds_per_image"] == pytest.approx(9.0 / 32)
     assert eff["fraction_of_gemm_per_cpu_second"] == pytest.approx(
-        eff["gflop_per_image"] / (9.0 / 32) / 80.0)
+        eff["gflop_per_image"] / (9.0 / 32) / 80.0
+    )
     assert eff["fraction_of_per_core_peak"] == pytest.approx(
-        eff["gflop_per_image"] / (9.0 / 32) / (eff["peak_fp32_gflops"] / 2))
+        eff["gflop_per_image"] / (9.0 / 32) / (eff["peak_fp32_gflops"] / 2)
+    )
     assert result["bf16"]["speedup"] == pytest.approx((32 / 2.5) / (32 / 5.0))
     assert result["bf16"]["recommended"] is True
     assert result["cold_start"]["total_s"] == pytest.approx(10.55)
@@ -206,7 +323,9 @@ def test_a_load_change_during_the_run_is_flagged():
     # The load vanished halfway: bf16 ran slow in the first repeats, fast later.
     serving["project_seconds"] = [8.0, 8.0, 2.0, 2.0, 2.0]
     serving["bf16"]["seconds"] = [6.0, 6.0, 6.0, 1.3, 1.3]
-    result = bench_report.summarise(BenchConfig.full(), machine, serving, cold, training, {"total": 1.0})
+    result = bench_report.summarise(
+        BenchConfig.full(), machine, serving, cold, training, {"total": 1.0}
+    )
     assert result["bf16"]["speedup"] == pytest.approx(2.0 / 6.0)
     assert result["bf16"]["load_stable"] is False
     assert result["bf16"]["paired_speedup"] == pytest.approx((32 / 6.0) / (32 / 8.0))
@@ -215,11 +334,19 @@ def test_a_load_change_during_the_run_is_flagged():
 
 
 def test_failed_bf16_check_is_not_recommended_and_missing_figures_are_na():
-    failing = {"check": "FAIL", "reason": None, "val_images": 50, "auroc_fp32": 0.9,
-               "auroc_bf16": 0.88, "delta_auroc": -0.02}
+    failing = {
+        "check": "FAIL",
+        "reason": None,
+        "val_images": 50,
+        "auroc_fp32": 0.9,
+        "auroc_bf16": 0.88,
+        "delta_auroc": -0.02,
+    }
     machine, serving, cold, training = _raw()
     serving["bf16"]["auroc"] = failing
-    result = bench_report.summarise(BenchConfig.full(), machine, serving, [], training, {"total": 1.0})
+    result = bench_report.summarise(
+        BenchConfig.full(), machine, serving, [], training, {"total": 1.0}
+    )
     _assert_consistent(result)
     assert result["bf16"]["recommended"] is False
     by_id = {row["id"]: row for row in result["targets"]}
@@ -228,8 +355,12 @@ def test_failed_bf16_check_is_not_recommended_and_missing_figures_are_na():
 
 
 def test_peak_formula_follows_the_cpu_flags():
-    zen4 = {"cores": 2, "mhz": 2600.0, "microarchitecture": "AMD Zen 4",
-            "simd_flags": ["avx2", "avx512_bf16", "avx512f", "fma"]}
+    zen4 = {
+        "cores": 2,
+        "mhz": 2600.0,
+        "microarchitecture": "AMD Zen 4",
+        "simd_flags": ["avx2", "avx512_bf16", "avx512f", "fma"],
+    }
     peak = bench_machine.peak_gflops(zen4)
     assert peak["fp32"] == pytest.approx(2 * 2.6 * 2 * 8 * 2, abs=0.1)
     assert peak["bf16"] == pytest.approx(2 * peak["fp32"], abs=0.1)
@@ -261,7 +392,9 @@ def test_cli_parser_and_quick_config():
     assert config.quick and config.image_size == 384 and config.val_images == 120
     assert not bench_cli.config_from_args(parser.parse_args(["bench"])).quick
     with pytest.raises(errors.BenchError):
-        bench_cli.config_from_args(parser.parse_args(["bench", "--model", "m", "--image-size", "224"]))
+        bench_cli.config_from_args(
+            parser.parse_args(["bench", "--model", "m", "--image-size", "224"])
+        )
     with pytest.raises(errors.BenchError, match="full run"):
         bench_cli.config_from_args(parser.parse_args(["bench", "--quick", "--apply"]))
     assert BenchConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
@@ -300,8 +433,8 @@ def test_configure_threads_is_idempotent_after_tensorflow_started():
 def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     tmp_path, tiny_model_dir, fake_imagenet_weights
 ):
-    from fracture.model.folder import load_model
     from fracture.inference.predictor import Predictor
+    from fracture.model.folder import load_model
 
     for index in range(3):
         write_png(tmp_path / "data" / "val" / "fractured" / f"f{index}.png", seed=index)
@@ -318,7 +451,9 @@ def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     assert check["val_images"] == 4 and check["val_split_images"] == 6 and check["val_subset"]
     assert check["check"] == ("PASS" if abs(check["delta_auroc"]) <= 0.005 else "FAIL")
     assert math.isclose(check["delta_auroc"], check["auroc_bf16"] - check["auroc_fp32"])
-    missing = bench_measure._auroc_check(fp32, bf16, BenchConfig.full(val_root=str(tmp_path / "nowhere")))
+    missing = bench_measure._auroc_check(
+        fp32, bf16, BenchConfig.full(val_root=str(tmp_path / "nowhere"))
+    )
     assert missing["check"] == "n/a" and "no validation data" in missing["reason"]
 
     # The bfloat16 engine, heat maps included, returns float32 close to float32's.
@@ -357,8 +492,9 @@ def test_bench_with_child_processes(tmp_path, fake_imagenet_weights):
     assert result["memory"]["isolated"] is True
 
 
-def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_model_dir,
-                                                                   use_fake_weights, monkeypatch):
+def test_applying_the_bfloat16_verdict_sets_the_served_precision(
+    tmp_path, tiny_model_dir, use_fake_weights, monkeypatch
+):
     import shutil
 
     import fracture.inference.predictor as predict
@@ -367,8 +503,15 @@ def test_applying_the_bfloat16_verdict_sets_the_served_precision(tmp_path, tiny_
     monkeypatch.setattr(predict, "bfloat16_supported", lambda: True)
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    verdict = {"recommended": True, "check": "PASS", "auroc_fp32": 0.9, "auroc_bf16": 0.9,
-               "delta_auroc": 0.0, "val_images": 10, "speedup": 1.6}
+    verdict = {
+        "recommended": True,
+        "check": "PASS",
+        "auroc_fp32": 0.9,
+        "auroc_bf16": 0.9,
+        "delta_auroc": 0.0,
+        "val_images": 10,
+        "speedup": 1.6,
+    }
     assert bench.apply_precision_verdict(model_dir, verdict) == "bfloat16"
     config, card = read_config(model_dir)  # checksums still verify
     assert config.inference_precision == "bfloat16"

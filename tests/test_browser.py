@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import SHARED, radiograph_like
 from fracture.perf.loadtest import CHROMIUM_ARGS, find_chromium
+
+from conftest import SHARED, radiograph_like
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +71,10 @@ def server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
     weights = SHARED / "weights" / "resnet50_imagenet_notop.h5"
     if not weights.is_file():
-        pytest.skip("needs ../shared/weights/resnet50_imagenet_notop.h5 (the server cannot be "
-                    "patched to use fake weights)")  # fmt: skip
+        pytest.skip(
+            "needs ../shared/weights/resnet50_imagenet_notop.h5 (the server cannot be "
+            "patched to use fake weights)"
+        )
     base = tmp_path_factory.mktemp("browser")
     models = base / "models"
     if _valid_model(ROOT / "models" / "default"):
@@ -91,26 +94,43 @@ def server(tmp_path_factory):
         data = base / "phantoms"
         synthesize_phantoms(data, 24, size=96, seed=0)
 
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("FRACTURE_")}  # fmt: skip
-    env.update({
-        "FRACTURE_CONFIG": str(base / "no-such-config.toml"),
-        "FRACTURE_MODELS_DIR": str(models),
-        "FRACTURE_DATA_DIR": str(data),
-        "FRACTURE_RUNS_DIR": str(base / "runs"),
-        "FRACTURE_CACHE_DIR": str(base / "cache"),
-        "FRACTURE_IMAGENET_WEIGHTS": str(weights),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    })  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FRACTURE_")}
+    env.update(
+        {
+            "FRACTURE_CONFIG": str(base / "no-such-config.toml"),
+            "FRACTURE_MODELS_DIR": str(models),
+            "FRACTURE_DATA_DIR": str(data),
+            "FRACTURE_RUNS_DIR": str(base / "runs"),
+            "FRACTURE_CACHE_DIR": str(base / "cache"),
+            "FRACTURE_IMAGENET_WEIGHTS": str(weights),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     port = _free_port()
     log_path = base / "streamlit.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-             "--server.port", str(port), "--server.headless", "true",
-             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(ROOT / "app.py"),
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+                "--server.fileWatcherType",
+                "none",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_S
@@ -174,8 +194,9 @@ def _images_loaded(page, minimum: int) -> None:
     page.wait_for_function(
         """(n) => Array.from(document.querySelectorAll('[data-testid="stImage"] img'))
                  .filter(img => img.complete && img.naturalWidth > 0).length >= n""",
-        arg=minimum, timeout=MODEL_READY_MS,
-    )  # fmt: skip
+        arg=minimum,
+        timeout=MODEL_READY_MS,
+    )
 
 
 def _charts_rendered(page, minimum: int) -> None:
@@ -183,8 +204,9 @@ def _charts_rendered(page, minimum: int) -> None:
     page.wait_for_function(
         """(n) => document.querySelectorAll(
                  '[data-testid="stPlotlyChart"] .js-plotly-plot .main-svg').length >= n""",
-        arg=minimum, timeout=PAGE_READY_MS,
-    )  # fmt: skip
+        arg=minimum,
+        timeout=PAGE_READY_MS,
+    )
 
 
 def _idle(page) -> None:
@@ -193,12 +215,13 @@ def _idle(page) -> None:
         """() => !document.querySelector('[data-testid="stStatusWidgetRunningIcon"],'
                  + '[data-testid="stStatusWidgetRunningManIcon"]')""",
         timeout=MODEL_READY_MS,
-    )  # fmt: skip
+    )
 
 
 def _no_exception(page) -> None:
     assert page.locator("[data-testid='stException']").count() == 0, page.locator(
-        "[data-testid='stException']").first.inner_text()
+        "[data-testid='stException']"
+    ).first.inner_text()
 
 
 def test_predict_dataset_and_model_pages_in_a_browser(server, page):
@@ -259,8 +282,9 @@ def test_predict_dataset_and_model_pages_in_a_browser(server, page):
     page.screenshot(path=ARTIFACTS / "browser-model.png", full_page=True)
 
     page.get_by_role("link", name="Train").click()
-    page.get_by_role("button", name="Start training").wait_for(state="attached",
-                                                               timeout=PAGE_READY_MS)
+    page.get_by_role("button", name="Start training").wait_for(
+        state="attached", timeout=PAGE_READY_MS
+    )
     _idle(page)
     _no_exception(page)
     page.screenshot(path=ARTIFACTS / "browser-train.png", full_page=True)
@@ -271,9 +295,15 @@ def test_load_script_drives_concurrent_sessions(server):
     from fracture.perf.loadtest import LoadConfig, generated_uploads, run_load
 
     url, _, pid = server
-    config = LoadConfig(url=url, sessions=2, requests=2, duration_s=600,
-                        request_timeout_s=MODEL_READY_MS / 1000, server_pid=pid,
-                        chromium=_chromium())  # fmt: skip
+    config = LoadConfig(
+        url=url,
+        sessions=2,
+        requests=2,
+        duration_s=600,
+        request_timeout_s=MODEL_READY_MS / 1000,
+        server_pid=pid,
+        chromium=_chromium(),
+    )
     report = run_load(config, generated_uploads(3, size=256))
     assert report.errors == []
     assert len(report.latencies_s) == report.requests == 4
@@ -288,8 +318,15 @@ def test_load_script_reports_a_page_error_as_a_failed_request(server):
     from fracture.perf.loadtest import LoadConfig, Upload, run_load
 
     url, _, _ = server
-    config = LoadConfig(url=url, sessions=1, requests=1, warmup=False, duration_s=300,
-                        request_timeout_s=120, chromium=_chromium())  # fmt: skip
+    config = LoadConfig(
+        url=url,
+        sessions=1,
+        requests=1,
+        warmup=False,
+        duration_s=300,
+        request_timeout_s=120,
+        chromium=_chromium(),
+    )
     report = run_load(config, [Upload("broken.png", b"this is not an image")])
     assert report.latencies_s == [] and len(report.errors) == 1
     assert "showed an error" in report.errors[0] and "broken.png" in report.errors[0]

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import radiograph_like
 from fracture.inference.predictor import Prediction, Predictor
+
+from conftest import radiograph_like
 
 THREADS = 8
 CALLS = 200
@@ -50,8 +51,10 @@ def _png(seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def sources() -> list[bytes | np.ndarray]:
     """Distinct images of distinct sizes; half encoded (decoded by load_image), half arrays."""
-    return [_png(seed) if seed % 2 else radiograph_like(seed, 64 + 3 * seed, 70)
-            for seed in range(IMAGES)]  # fmt: skip
+    return [
+        _png(seed) if seed % 2 else radiograph_like(seed, 64 + 3 * seed, 70)
+        for seed in range(IMAGES)
+    ]
 
 
 def _same(result: Prediction, expected: Prediction) -> None:
@@ -65,16 +68,18 @@ def _same(result: Prediction, expected: Prediction) -> None:
 def test_shared_predictor_gives_single_threaded_results_with_grad_cam(
     predictor: Predictor, sources: list[bytes | np.ndarray]
 ) -> None:
-    reference = [predictor.predict([s], names=[f"img{i}"], with_cam=True)[0]
-                 for i, s in enumerate(sources)]  # fmt: skip
+    reference = [
+        predictor.predict([s], names=[f"img{i}"], with_cam=True)[0] for i, s in enumerate(sources)
+    ]
     # Call c asks for 1, 2 or 3 images (3 = a full batch plus a padded one,
     # and the tf.data decoding path), starting at a different image each time.
     plans = [[(c + k) % IMAGES for k in range(1 + c % 3)] for c in range(CALLS)]
     start = threading.Barrier(THREADS)
 
     def call(plan: list[int]) -> tuple[list[int], list[Prediction]]:
-        return plan, predictor.predict([sources[i] for i in plan],
-                                       names=[f"img{i}" for i in plan], with_cam=True)  # fmt: skip
+        return plan, predictor.predict(
+            [sources[i] for i in plan], names=[f"img{i}" for i in plan], with_cam=True
+        )
 
     def worker(chunk: list[list[int]]) -> list[tuple[list[int], list[Prediction]]]:
         start.wait()  # all threads begin together, so the calls really overlap
@@ -148,6 +153,8 @@ def test_memory_stays_flat_over_1000_predictions(
     gc.collect()
     end = process.memory_info().rss
     growth = (end - warm) / warm
-    print(f"RSS after warm-up {warm / 2**20:.0f} MiB, after 1000 predictions "
-          f"{end / 2**20:.0f} MiB ({growth:+.1%})")  # fmt: skip
+    print(
+        f"RSS after warm-up {warm / 2**20:.0f} MiB, after 1000 predictions "
+        f"{end / 2**20:.0f} MiB ({growth:+.1%})"
+    )
     assert growth < 0.05

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import radiograph_like
 from fracture.cli.data import add_data_parser
 from fracture.data.augment import augment_radiograph
 from fracture.data.fracatlas import import_fracatlas
 from fracture.data.layouts import load_dataset
+from fracture.data.phantoms import REGION, synthesize_phantoms
 from fracture.data.records import (
     CLASS_SYNONYMS,
     Dataset,
@@ -30,7 +30,8 @@ from fracture.data.records import (
 )
 from fracture.data.splits import find_duplicates
 from fracture.io.images import load_image
-from fracture.data.phantoms import REGION, synthesize_phantoms
+
+from conftest import radiograph_like
 
 
 def _write(path: Path, seed: int, suffix_format: str | None = None) -> Path:
@@ -157,8 +158,17 @@ def test_side_files_attach_regions_hardware_and_boxes(tmp_path: Path) -> None:
     assert by_name["img0000.png"].boxes == ((0.1, 0.2, 0.3, 0.4), (0.5, 0.5, 0.6, 0.7))
 
     frame = dataset.to_frame()
-    assert list(frame.columns) == ["path", "rel_path", "label", "label_name", "split", "region",
-                                   "hardware", "group", "n_boxes"]  # fmt: skip
+    assert list(frame.columns) == [
+        "path",
+        "rel_path",
+        "label",
+        "label_name",
+        "split",
+        "region",
+        "hardware",
+        "group",
+        "n_boxes",
+    ]
     assert len(frame) == 6
     row = frame.set_index("rel_path").loc["train/fractured/img0000.png"]
     assert row["n_boxes"] == 2 and row["label_name"] == "fractured" and row["label"] == 1
@@ -185,8 +195,21 @@ _FRACATLAS_ROWS = [
 
 def _make_fracatlas(root: Path) -> dict[str, tuple[float, float, float, float]]:
     """A tiny copy of the published layout; returns the expected normalised box per image."""
-    header = ["image_id", "hand", "leg", "hip", "shoulder", "mixed", "hardware", "multiscan",
-              "fractured", "fracture_count", "frontal", "lateral", "oblique"]  # fmt: skip
+    header = [
+        "image_id",
+        "hand",
+        "leg",
+        "hip",
+        "shoulder",
+        "mixed",
+        "hardware",
+        "multiscan",
+        "fractured",
+        "fracture_count",
+        "frontal",
+        "lateral",
+        "oblique",
+    ]
     rows, images, annotations, expected = [], [], [], {}
     for index, (name, hand, leg, hip, shoulder, mixed, hardware, fractured) in enumerate(
         _FRACATLAS_ROWS
@@ -196,13 +219,15 @@ def _make_fracatlas(root: Path) -> dict[str, tuple[float, float, float, float]]:
         image = Image.fromarray(radiograph_like(index, height=height, width=width))
         (root / "images" / folder).mkdir(parents=True, exist_ok=True)
         image.save(root / "images" / folder / name, format="JPEG")
-        rows.append([name, hand, leg, hip, shoulder, mixed, hardware, 0, fractured, fractured,
-                     1, 0, 0])  # fmt: skip
+        rows.append(
+            [name, hand, leg, hip, shoulder, mixed, hardware, 0, fractured, fractured, 1, 0, 0]
+        )
         images.append({"id": index, "file_name": name, "width": width, "height": height})
         if fractured:
             x, y, w, h = 4.0, 8.0, 10.0, 20.0
-            annotations.append({"id": index, "image_id": index, "category_id": 1,
-                                "bbox": [x, y, w, h]})  # fmt: skip
+            annotations.append(
+                {"id": index, "image_id": index, "category_id": 1, "bbox": [x, y, w, h]}
+            )
             expected[name] = (x / width, y / height, (x + w) / width, (y + h) / height)
     with (root / "dataset.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -210,8 +235,15 @@ def _make_fracatlas(root: Path) -> dict[str, tuple[float, float, float, float]]:
         writer.writerows(rows)
     coco = root / "Annotations" / "COCO JSON" / "COCO_fracture_masks.json"
     coco.parent.mkdir(parents=True)
-    coco.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "fractured"}]}))  # fmt: skip
+    coco.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "fractured"}],
+            }
+        )
+    )
     return expected
 
 
@@ -250,8 +282,14 @@ def test_import_fracatlas_round_trips(tmp_path: Path) -> None:
     assert (dest / "manifest.csv").is_file() and (dest / "boxes.csv").is_file()
 
     def key(record: Record) -> tuple:
-        return (record.path.name, record.label, record.split, record.region, record.hardware,
-                tuple(tuple(round(v, 5) for v in box) for box in record.boxes))  # fmt: skip
+        return (
+            record.path.name,
+            record.label,
+            record.split,
+            record.region,
+            record.hardware,
+            tuple(tuple(round(v, 5) for v in box) for box in record.boxes),
+        )
 
     assert sorted(map(key, imported.records)) == sorted(map(key, published.records))
     assert all(record.path.parent.parent.parent == dest for record in imported.records)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from fracture.model.folder import read_config
 from fracture.config import PROJECT_ROOT, Settings
+from fracture.model.folder import read_config
 
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "default"
 
@@ -36,10 +36,13 @@ def test_default_model_reaches_val_auroc(default_model, shared_fracatlas, shared
     from fracture.inference.predictor import load_predictor
 
     predictor = load_predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
-    report = evaluate_model(shared_fracatlas, predictor=predictor, pointing_game=False,
-                            n_bootstrap=200)
-    print(f"val AUROC {report['auroc']:.4f}, sensitivity {report['sensitivity']:.3f}, "
-          f"specificity {report['specificity']:.3f}")
+    report = evaluate_model(
+        shared_fracatlas, predictor=predictor, pointing_game=False, n_bootstrap=200
+    )
+    print(
+        f"val AUROC {report['auroc']:.4f}, sensitivity {report['sensitivity']:.3f}, "
+        f"specificity {report['specificity']:.3f}"
+    )
     assert report["auroc"] >= 0.88
     # The default operating point is the high-sensitivity one chosen on val.
     assert report["sensitivity"] >= 0.90

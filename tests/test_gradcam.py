@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TINY_SIZE
 from fracture.inference.engine import InferenceEngine, inference_network
 from fracture.inference.gradcam import heatmap_to_image, overlay_heatmap
+from fracture.inference.preprocess import letterbox
 from fracture.model.folder import ModelConfig, load_model
 from fracture.model.network import CAM_LAYER, build_classifier, fold_batchnorm
-from fracture.inference.preprocess import letterbox
+
+from conftest import TINY_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,9 @@ def loaded(tiny_model_dir, fake_imagenet_weights):
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 255, (n, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
+    return (
+        np.random.default_rng(seed).uniform(0, 255, (n, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
+    )
 
 
 def _reference_cam(model, image: np.ndarray) -> np.ndarray:
@@ -27,7 +30,9 @@ def _reference_cam(model, image: np.ndarray) -> np.ndarray:
     import keras
     import tensorflow as tf
 
-    graph = keras.Model(model.input, [model.get_layer(CAM_LAYER).output, model.get_layer("logit").output])
+    graph = keras.Model(
+        model.input, [model.get_layer(CAM_LAYER).output, model.get_layer("logit").output]
+    )
     with tf.GradientTape() as tape:
         features, logit = graph(image[None], training=False)
         score = logit[0, 0]
@@ -114,8 +119,14 @@ def _with_random_batchnorm_statistics(model, seed: int = 0):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             channels = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.2, channels),
-                               rng.normal(0, 0.2, channels), rng.uniform(0.5, 2.0, channels)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, channels),
+                    rng.normal(0, 0.2, channels),
+                    rng.normal(0, 0.2, channels),
+                    rng.uniform(0.5, 2.0, channels),
+                ]
+            )
     return model
 
 
@@ -123,15 +134,18 @@ def test_folding_batchnorm_keeps_logits_pooled_features_and_cams():
     import keras
 
     model = _with_random_batchnorm_statistics(
-        build_classifier(ModelConfig(image_size=TINY_SIZE, dropout=0.0), None))
+        build_classifier(ModelConfig(image_size=TINY_SIZE, dropout=0.0), None)
+    )
     folded = fold_batchnorm(model)
     assert not [l for l in folded.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert {l.name for l in folded.layers} == {l.name for l in model.layers}  # names kept
     images = _images(3, seed=4)
-    expected = keras.Model(model.input, [model.get_layer(CAM_LAYER).output,
-                                         model.get_layer("logit").output])(images)
-    got = keras.Model(folded.input, [folded.get_layer(CAM_LAYER).output,
-                                     folded.get_layer("logit").output])(images)
+    expected = keras.Model(
+        model.input, [model.get_layer(CAM_LAYER).output, model.get_layer("logit").output]
+    )(images)
+    got = keras.Model(
+        folded.input, [folded.get_layer(CAM_LAYER).output, folded.get_layer("logit").output]
+    )(images)
     scale = float(np.abs(expected[1]).max()) + 1e-6
     np.testing.assert_allclose(got[1], expected[1], atol=1e-4 * scale)
     np.testing.assert_allclose(got[0], expected[0], atol=1e-4 * float(np.abs(expected[0]).max()))
@@ -143,5 +157,6 @@ def test_engines_over_one_model_share_one_inference_network(loaded):
     assert inference_network(loaded.model) is inference_network(loaded.model)
     assert inference_network(loaded.model) is not loaded.model
     images = _images(1, seed=3)
-    np.testing.assert_allclose(first.run(images, True).logits, second.run(images, True).logits,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        first.run(images, True).logits, second.run(images, True).logits, rtol=1e-5, atol=1e-5
+    )

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracture.io.images import InvalidImageError, load_image
-from fracture.inference.predictor import CSV_COLUMNS, Predictor
 from fracture.config import PROJECT_ROOT
+from fracture.inference.predictor import CSV_COLUMNS, Predictor
+from fracture.io.images import InvalidImageError, load_image
+
 from hostile import KINDS, PATIENT_NAME, HostileFile, build_hostile_files, radiograph
 
 # Written by processes outside these tests (the training job, caches), or by
@@ -44,8 +45,7 @@ def nothing_written_outside_tmp():
     for root in roots:
         after = _tree(root)
         assert after == before[root], (
-            f"files appeared or vanished under {root}: "
-            f"{sorted(after ^ before[root])[:10]}"
+            f"files appeared or vanished under {root}: {sorted(after ^ before[root])[:10]}"
         )
 
 
@@ -64,12 +64,27 @@ def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
 def test_catalogue_covers_the_required_kinds(catalogue: list[HostileFile]) -> None:
     kinds = {entry.kind for entry in catalogue}
     required = {
-        "zero_byte", "truncated_jpeg", "png_bad_crc", "html_as_jpg", "one_pixel",
-        "decompression_bomb_40000px", "png_16bit", "cmyk_jpeg", "rgba_png", "palette_gif",
-        "animated_gif", "exif_rotated_jpeg", "float_tiff_nan", "dicom_monochrome1",
-        "dicom_no_pixel_data", "dicom_compressed_no_decoder", "dicom_multiframe", "dotdot_name",
-        "unicode_name", "zip_upload",
-    }  # fmt: skip
+        "zero_byte",
+        "truncated_jpeg",
+        "png_bad_crc",
+        "html_as_jpg",
+        "one_pixel",
+        "decompression_bomb_40000px",
+        "png_16bit",
+        "cmyk_jpeg",
+        "rgba_png",
+        "palette_gif",
+        "animated_gif",
+        "exif_rotated_jpeg",
+        "float_tiff_nan",
+        "dicom_monochrome1",
+        "dicom_no_pixel_data",
+        "dicom_compressed_no_decoder",
+        "dicom_multiframe",
+        "dotdot_name",
+        "unicode_name",
+        "zip_upload",
+    }
     if os.name == "posix":
         required |= {"newline_name", "symlink_to_device"}
     assert required <= kinds, required - kinds
@@ -190,8 +205,21 @@ def test_cli_batch_writes_one_parseable_row_per_file(
     explicit = [str(e.path) for e in catalogue if e.kind in _NOT_WALKED or ".." in e.path.parts]
     out = tmp_path / "results.csv"
     overlays = tmp_path / "overlays"
-    code = main(["predict", str(folder), *explicit, "--model", str(tiny_model_dir), "--out",
-                 str(out), "--gradcam-dir", str(overlays), "--batch-size", "4"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(folder),
+            *explicit,
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--gradcam-dir",
+            str(overlays),
+            "--batch-size",
+            "4",
+        ]
+    )
     assert code == 0
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from fracture.training import jobs
-from fracture.model.folder import read_config
 from fracture.config import Settings
+from fracture.model.folder import read_config
+from fracture.training import jobs
 from fracture.training.config import TrainConfig
 from fracture.training.runs import read_status
 
@@ -43,8 +43,12 @@ status("completed")
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(runs_dir=tmp_path / "runs", models_dir=tmp_path / "models",
-                    cache_dir=tmp_path / "cache", data_dir=tmp_path / "data")
+    return Settings(
+        runs_dir=tmp_path / "runs",
+        models_dir=tmp_path / "models",
+        cache_dir=tmp_path / "cache",
+        data_dir=tmp_path / "data",
+    )
 
 
 @pytest.fixture
@@ -60,8 +64,16 @@ def fake_trainer(monkeypatch):
     behaviour = {"seconds": 30.0, "on_term": "cancel"}
 
     def command(data_root, run_dir, config, pretrained, resume):
-        return [sys.executable, "-c", FAKE_TRAINER, "fracture", "train", str(run_dir),
-                str(behaviour["seconds"]), behaviour["on_term"]]
+        return [
+            sys.executable,
+            "-c",
+            FAKE_TRAINER,
+            "fracture",
+            "train",
+            str(run_dir),
+            str(behaviour["seconds"]),
+            behaviour["on_term"],
+        ]
 
     monkeypatch.setattr(jobs, "_command", command)
     yield behaviour
@@ -90,20 +102,40 @@ def test_command_flags_exist_in_the_cli_and_round_trip(monkeypatch, tmp_path):
     """Parse the generated command with the real CLI: every flag exists and means the same."""
     from fracture.cli import main as cli
 
-    config = TrainConfig(image_size=96, fine_tune_from="conv4_block6_out", head_epochs=0,
-                         epochs=3, batch_size=8, lr=3e-5, views=1, seed=7, augment=False,
-                         strategy="mirrored", head_lr=3e-4, weight_decay=1e-3, dropout=0.5,
-                         patience=5, val_fraction=0.2)
+    config = TrainConfig(
+        image_size=96,
+        fine_tune_from="conv4_block6_out",
+        head_epochs=0,
+        epochs=3,
+        batch_size=8,
+        lr=3e-5,
+        views=1,
+        seed=7,
+        augment=False,
+        strategy="mirrored",
+        head_lr=3e-4,
+        weight_decay=1e-3,
+        dropout=0.5,
+        patience=5,
+        val_fraction=0.2,
+    )
     command = jobs._command(tmp_path / "data", tmp_path / "run", config, False, False)
     assert command[:4] == [sys.executable, "-m", "fracture", "train"]
     seen = {}
-    monkeypatch.setattr("fracture.training.trainer.train",
-                        lambda data, out, cfg, pretrained, resume: seen.update(
-                            data=data, out=out, config=cfg, pretrained=pretrained, resume=resume)
-                        or out)
+    monkeypatch.setattr(
+        "fracture.training.trainer.train",
+        lambda data, out, cfg, pretrained, resume: (
+            seen.update(data=data, out=out, config=cfg, pretrained=pretrained, resume=resume) or out
+        ),
+    )
     assert cli.main(command[3:]) == 0
-    assert seen == {"data": str(tmp_path / "data"), "out": str(tmp_path / "run"),
-                    "config": config, "pretrained": False, "resume": False}
+    assert seen == {
+        "data": str(tmp_path / "data"),
+        "out": str(tmp_path / "run"),
+        "config": config,
+        "pretrained": False,
+        "resume": False,
+    }
     resume = jobs._command(tmp_path / "data", tmp_path / "run", config, True, True)
     assert resume[-1] == "--resume" and "--no-pretrained" not in resume
 
@@ -161,12 +193,26 @@ def test_a_stale_lock_is_cleared(settings, data_root, fake_trainer):
     dead.wait()
     settings.runs_dir.mkdir(parents=True)
     lock = settings.runs_dir / jobs.LOCK_FILE
-    lock.write_text(json.dumps({"run_dir": str(settings.runs_dir / "old"), "pid": dead.pid,
-                                "started": time.time() - 60}))
+    lock.write_text(
+        json.dumps(
+            {
+                "run_dir": str(settings.runs_dir / "old"),
+                "pid": dead.pid,
+                "started": time.time() - 60,
+            }
+        )
+    )
     assert jobs.current_job(settings) is None
     assert not lock.exists()
-    lock.write_text(json.dumps({"run_dir": str(settings.runs_dir / "old"), "pid": dead.pid,
-                                "started": time.time() - 60}))
+    lock.write_text(
+        json.dumps(
+            {
+                "run_dir": str(settings.runs_dir / "old"),
+                "pid": dead.pid,
+                "started": time.time() - 60,
+            }
+        )
+    )
     job = jobs.start_training(data_root, "after-stale", settings=settings)
     assert jobs.current_job(settings) == job
 
@@ -174,8 +220,9 @@ def test_a_stale_lock_is_cleared(settings, data_root, fake_trainer):
 def test_a_run_started_from_the_cli_also_blocks(settings, data_root, tmp_path):
     run_dir = settings.runs_dir / "cli-run"
     run_dir.mkdir(parents=True)
-    process = subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, "fracture", "train",
-                                str(run_dir), "30", "cancel"])
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAKE_TRAINER, "fracture", "train", str(run_dir), "30", "cancel"]
+    )
     try:
         wait_for(lambda: read_status(run_dir).get("state") == "running", 20, "the CLI run")
         with pytest.raises(jobs.JobBusyError, match="'cli-run'"):
@@ -222,8 +269,11 @@ def test_real_training_run_completes_with_a_promotable_model(settings, phantoms)
     from fracture.model import registry
 
     job = jobs.start_training(phantoms, "tiny", config=TINY, settings=settings, pretrained=False)
-    status = wait_for(lambda: (s := job.status())["state"] not in jobs.ACTIVE_STATES and s,
-                      240, "training to finish")
+    status = wait_for(
+        lambda: (s := job.status())["state"] not in jobs.ACTIVE_STATES and s,
+        240,
+        "training to finish",
+    )
     assert status["state"] == "completed", jobs.log_tail(job.run_dir)
     read_config(job.run_dir / "model")
     [run] = jobs.list_runs(settings)
@@ -238,8 +288,11 @@ def test_real_training_run_completes_with_a_promotable_model(settings, phantoms)
 def test_real_training_run_answers_cancel(settings, phantoms):
     job = jobs.start_training(phantoms, "tiny", config=TINY, settings=settings, pretrained=False)
     # By "caching", train.py has installed its SIGTERM handler, so it writes "cancelled" itself.
-    wait_for(lambda: read_status(job.run_dir).get("state") in {"caching", "running"}, 120,
-             "the trainer to start working")
+    wait_for(
+        lambda: read_status(job.run_dir).get("state") in {"caching", "running"},
+        120,
+        "the trainer to start working",
+    )
     status = jobs.cancel(job, settings)
     assert status["state"] == "cancelled", jobs.log_tail(job.run_dir)
     assert "forced" not in status, "the status should come from train.py's handler"

@@ -19,22 +19,39 @@ from fracture.perf.loadtest import (
 )
 
 
-@pytest.mark.parametrize("url", ["http://localhost:8501", "http://127.0.0.1:9000/", "https://[::1]:8501"])
+@pytest.mark.parametrize(
+    "url", ["http://localhost:8501", "http://127.0.0.1:9000/", "https://[::1]:8501"]
+)
 def test_local_urls_are_accepted(url):
     check_local_url(url)
 
 
-@pytest.mark.parametrize("url", ["http://example.com:8501", "http://10.0.0.5:8501",
-                                 "ftp://localhost/", "localhost:8501",
-                                 "http://localhost.example.com/"])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com:8501",
+        "http://10.0.0.5:8501",
+        "ftp://localhost/",
+        "localhost:8501",
+        "http://localhost.example.com/",
+    ],
+)
 def test_other_hosts_are_refused(url):
     with pytest.raises(ValueError, match="not a local server"):
         check_local_url(url)
 
 
-@pytest.mark.parametrize("field, value", [("sessions", 0), ("sessions", MAX_SESSIONS + 1),
-                                          ("requests", 0), ("duration_s", 0.0),
-                                          ("duration_s", 10_000.0), ("request_timeout_s", -1.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("sessions", 0),
+        ("sessions", MAX_SESSIONS + 1),
+        ("requests", 0),
+        ("duration_s", 0.0),
+        ("duration_s", 10_000.0),
+        ("request_timeout_s", -1.0),
+    ],
+)
 def test_unbounded_runs_are_refused(field, value):
     config = LoadConfig(**{field: value})
     with pytest.raises(ValueError):
@@ -47,8 +64,14 @@ def test_cli_refuses_a_remote_server_before_starting_a_browser(capsys):
 
 
 def test_report_percentiles_come_from_its_own_latencies():
-    report = LoadReport("http://localhost:1", sessions=2, requests_planned=5,
-                        latencies_s=[0.4, 0.1, 0.3, 0.2], errors=["boom"], wall_s=2.0)
+    report = LoadReport(
+        "http://localhost:1",
+        sessions=2,
+        requests_planned=5,
+        latencies_s=[0.4, 0.1, 0.3, 0.2],
+        errors=["boom"],
+        wall_s=2.0,
+    )
     figures = report.to_dict()
     assert figures["requests"] == 5 and figures["completed"] == 4 and figures["errors"] == 1
     # Linear interpolation over 100..400 ms: the median is 250 ms, p95 is 385 ms.
@@ -79,8 +102,14 @@ def test_a_server_that_is_not_there_gives_errors_not_a_crash():
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = LoadConfig(url=f"http://127.0.0.1:{port}", sessions=2, requests=2,
-                        duration_s=60, request_timeout_s=10, chromium=chromium)  # fmt: skip
+    config = LoadConfig(
+        url=f"http://127.0.0.1:{port}",
+        sessions=2,
+        requests=2,
+        duration_s=60,
+        request_timeout_s=10,
+        chromium=chromium,
+    )
     started = time.monotonic()
     report = run_load(config, generated_uploads(1, size=64))
     assert time.monotonic() - started < 60

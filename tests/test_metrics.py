@@ -219,9 +219,9 @@ def test_choose_thresholds_flags_nothing_when_specificity_is_out_of_reach():
 @pytest.mark.filterwarnings("ignore:No observed score reaches specificity:RuntimeWarning")
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    data=st.lists(
-        st.tuples(st.integers(0, 1), st.integers(0, 19)), min_size=2, max_size=60
-    ).filter(lambda rows: len({label for label, _ in rows}) == 2),
+    data=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 19)), min_size=2, max_size=60).filter(
+        lambda rows: len({label for label, _ in rows}) == 2
+    ),
     min_sensitivity=st.sampled_from([0.5, 0.8, 0.9, 0.95, 1.0]),
     min_specificity=st.sampled_from([0.5, 0.8, 0.9, 0.95, 1.0]),
 )
@@ -598,15 +598,17 @@ def test_format_report_shows_the_key_numbers(evaluation):
     assert "AUROC" in bare and "n/a" not in bare.split("\n")[1]
 
 
-def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(tmp_path, tiny_model_dir,
-                                                                        use_fake_weights):
+def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
+    tmp_path, tiny_model_dir, use_fake_weights
+):
     """`python -m fracture calibrate`: new temperature, prior shift and thresholds, valid checksums."""
     import shutil
 
-    from conftest import write_png
-    from fracture.model.card import rewrite_model_config
     from fracture.evaluation.calibrate import calibrate_model
+    from fracture.model.card import rewrite_model_config
     from fracture.model.folder import CARD_JSON, read_config
+
+    from conftest import write_png
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)

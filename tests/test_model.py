@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_SIZE
+from fracture.inference.preprocess import letterbox, unletterbox
 from fracture.model.folder import (
     ModelConfig,
     ModelLoadError,
@@ -17,7 +17,8 @@ from fracture.model.folder import (
     save_model,
 )
 from fracture.model.network import CAM_LAYER, build_classifier, set_trainable, split_at
-from fracture.inference.preprocess import letterbox, unletterbox
+
+from conftest import TINY_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,9 @@ def model(config, fake_imagenet_weights):
 
 
 def _batch(seed: int = 0, n: int = 3) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 255, (n, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
+    return (
+        np.random.default_rng(seed).uniform(0, 255, (n, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
+    )
 
 
 def test_model_is_flat_and_exposes_the_cam_layer(model):
@@ -72,7 +75,9 @@ def _fine_tune_a_little(model):
     rng = np.random.default_rng(0)
     for name in ("conv5_block3_2_conv", "logit"):
         layer = model.get_layer(name)
-        layer.set_weights([w + rng.normal(0, 0.01, w.shape).astype("float32") for w in layer.get_weights()])
+        layer.set_weights(
+            [w + rng.normal(0, 0.01, w.shape).astype("float32") for w in layer.get_weights()]
+        )
 
 
 def test_save_load_round_trip_gives_identical_predictions(tmp_path, config, fake_imagenet_weights):

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import radiograph_like
 from fracture.evaluation.ood_fit import fit_for_model, measure, ood_probe_images
 from fracture.inference.ood import (
     OOD_FILE,
@@ -20,6 +19,8 @@ from fracture.inference.ood import (
     conformal_threshold,
     fit_ood_gate,
 )
+
+from conftest import radiograph_like
 
 DIM = 96
 
@@ -40,8 +41,12 @@ def _out_of_distribution(rng: np.random.Generator, n: int, dim: int = DIM) -> np
 @pytest.fixture(scope="module")
 def gate() -> OODGate:
     rng = np.random.default_rng(0)
-    return fit_ood_gate(_in_distribution(rng, 2000), _in_distribution(rng, 1000), n_components=32,
-                        false_alarm_rate=0.05)
+    return fit_ood_gate(
+        _in_distribution(rng, 2000),
+        _in_distribution(rng, 1000),
+        n_components=32,
+        false_alarm_rate=0.05,
+    )
 
 
 def test_separates_in_from_out_of_distribution(gate: OODGate) -> None:
@@ -150,8 +155,16 @@ def test_load_refuses_a_file_that_is_not_a_gate(tmp_path: Path) -> None:
 def test_probe_images_are_valid_rgb_arrays() -> None:
     probes = ood_probe_images()
     assert len(probes) >= 25
-    for name in ("camera", "astronaut", "text_document", "synthetic_chest_ct", "near_white_frame",
-                 "uniform_noise", "hubble_deep_field", "immunohistochemistry"):  # fmt: skip
+    for name in (
+        "camera",
+        "astronaut",
+        "text_document",
+        "synthetic_chest_ct",
+        "near_white_frame",
+        "uniform_noise",
+        "hubble_deep_field",
+        "immunohistochemistry",
+    ):
         assert name in probes
     for name, image in probes.items():
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
@@ -167,9 +180,9 @@ def test_probe_images_are_valid_rgb_arrays() -> None:
 def test_fit_for_model_on_phantoms_updates_the_model_folder(
     tmp_path: Path, tiny_model_dir: Path, use_fake_weights: Path
 ) -> None:
-    from fracture.model.folder import read_config
     from fracture.data.phantoms import synthesize_phantoms
     from fracture.inference.predictor import load_predictor
+    from fracture.model.folder import read_config
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)  # the session fixture stays gate-free
@@ -225,9 +238,9 @@ def test_ood_command_line_fit_then_measure(
 ) -> None:
     import argparse
 
-    from fracture.model.folder import read_config
     from fracture.cli.ood import add_ood_parser
     from fracture.data.phantoms import synthesize_phantoms
+    from fracture.model.folder import read_config
 
     parser = argparse.ArgumentParser()
     add_ood_parser(parser.add_subparsers(dest="command", required=True))
@@ -266,10 +279,10 @@ def test_ood_command_line_fit_then_measure(
 def test_real_model_gate_separates_fracatlas_from_probe_images(
     tmp_path: Path, shared_fracatlas: Path, shared_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fracture.model.folder import read_config
+    from fracture.config import PROJECT_ROOT
     from fracture.evaluation.ood_fit import extract_features
     from fracture.inference.predictor import load_predictor
-    from fracture.config import PROJECT_ROOT
+    from fracture.model.folder import read_config
 
     source = PROJECT_ROOT / "models" / "default"
     if not (source / "config.json").is_file():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import radiograph_like, write_png
 from fracture.inference.predictor import CSV_COLUMNS, Predictor
+
+from conftest import radiograph_like, write_png
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +97,20 @@ def test_cli_writes_one_row_per_file_for_a_mixed_folder(tmp_path, tiny_model_dir
     (folder / "truncated.png").write_bytes(_png_bytes(3)[:60])
     out = tmp_path / "results.csv"
     overlays = tmp_path / "overlays"
-    code = _run_cli(["predict", str(folder), "--model", str(tiny_model_dir), "--out", str(out),
-                     "--gradcam-dir", str(overlays), "--batch-size", "2"])
+    code = _run_cli(
+        [
+            "predict",
+            str(folder),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--gradcam-dir",
+            str(overlays),
+            "--batch-size",
+            "2",
+        ]
+    )
     assert code == 0
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
@@ -114,12 +127,16 @@ def test_cli_writes_one_row_per_file_for_a_mixed_folder(tmp_path, tiny_model_dir
     assert len(list(overlays.glob("*.png"))) == 2
 
 
-def test_cli_fails_clearly_when_nothing_could_be_scored(tmp_path, tiny_model_dir, use_fake_weights, capsys):
+def test_cli_fails_clearly_when_nothing_could_be_scored(
+    tmp_path, tiny_model_dir, use_fake_weights, capsys
+):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "a.png").write_bytes(b"")
     (folder / "b.jpg").write_text("<html></html>")
-    code = _run_cli(["predict", str(folder), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r.csv")])
+    code = _run_cli(
+        ["predict", str(folder), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r.csv")]
+    )
     assert code != 0
     assert "no image could be processed" in capsys.readouterr().err
     assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 2

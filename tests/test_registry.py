@@ -14,21 +14,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracture.model import registry
-from fracture.training import runs
-from fracture.io.files import atomic_write_json
-from fracture.model.folder import ModelConfig, ModelLoadError, file_checksums, read_config
 from fracture.config import PROJECT_ROOT, Settings
+from fracture.io.files import atomic_write_json
+from fracture.model import registry
+from fracture.model.folder import ModelConfig, ModelLoadError, file_checksums, read_config
+from fracture.training import runs
 
 
-def make_model(directory: Path, name: str = "m", version: str = "1", auroc: float = 0.8,
-               created: str = "2025-01-01T00:00:00Z") -> Path:
+def make_model(
+    directory: Path,
+    name: str = "m",
+    version: str = "1",
+    auroc: float = 0.8,
+    created: str = "2025-01-01T00:00:00Z",
+) -> Path:
     """A model folder that passes read_config without building a network (fast)."""
     directory.mkdir(parents=True)
     atomic_write_json(directory / "config.json", ModelConfig(name=name, version=version).to_json())
     np.savez(directory / "weights.npz", head=np.random.default_rng(len(name)).normal(size=64))
-    card = {"name": name, "version": version, "created": created, "val_metrics": {"auroc": auroc},
-            "checksums": file_checksums(directory)}
+    card = {
+        "name": name,
+        "version": version,
+        "created": created,
+        "val_metrics": {"auroc": auroc},
+        "checksums": file_checksums(directory),
+    }
     atomic_write_json(directory / "model_card.json", card)
     return directory
 
@@ -43,16 +53,22 @@ def corrupt(directory: Path) -> None:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     s = Settings(models_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
-    make_model(s.models_dir / "default", name="fracatlas", version="0",
-               created="2024-01-01T00:00:00Z")
+    make_model(
+        s.models_dir / "default", name="fracatlas", version="0", created="2024-01-01T00:00:00Z"
+    )
     s.runs_dir.mkdir()
     return s
 
 
 @pytest.fixture
 def candidate(settings: Settings) -> Path:
-    return make_model(settings.runs_dir / "run-a" / "model", name="run-a", version="20250101",
-                      auroc=0.9, created="2025-01-01T00:00:00Z")
+    return make_model(
+        settings.runs_dir / "run-a" / "model",
+        name="run-a",
+        version="20250101",
+        auroc=0.9,
+        created="2025-01-01T00:00:00Z",
+    )
 
 
 def test_without_active_file_the_default_model_is_served(settings):
@@ -132,8 +148,9 @@ def test_set_active_refuses_invalid_or_unknown_versions(settings, tmp_path):
 
 
 def test_list_versions_is_newest_first_shows_errors_and_skips_staging(settings, tmp_path):
-    registry.promote(make_model(tmp_path / "old", name="old", created="2025-02-01T00:00:00Z"),
-                     settings=settings)
+    registry.promote(
+        make_model(tmp_path / "old", name="old", created="2025-02-01T00:00:00Z"), settings=settings
+    )
     new = registry.promote(
         make_model(tmp_path / "new", name="new", created="2025-03-01T00:00:00Z"), settings=settings
     )
@@ -183,8 +200,12 @@ def test_sigkill_during_promotion_leaves_a_valid_active_model(settings, tmp_path
     previous = registry.promote(make_model(tmp_path / "a", name="a"), settings=settings)
     candidate = make_model(tmp_path / "b", name="b")
     marker = tmp_path / "paused"
-    env = {**os.environ, registry.PAUSE_ENV: step, registry.PAUSE_FILE_ENV: str(marker),
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        registry.PAUSE_ENV: step,
+        registry.PAUSE_FILE_ENV: str(marker),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     process = subprocess.Popen(
         [sys.executable, "-c", PROMOTE_SCRIPT, str(candidate), str(settings.models_dir)], env=env
     )

@@ -45,7 +45,10 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def test_ood_and_bench_defaults_use_the_promoted_model(
-    tmp_path: Path, promoted_second_model, use_fake_weights: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    promoted_second_model,
+    use_fake_weights: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     default, promoted = promoted_second_model
     untouched = _snapshot(default)

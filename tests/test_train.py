@@ -18,15 +18,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_SIZE
-from fracture.data.phantoms import synthesize_phantoms
 from fracture.config import PROJECT_ROOT, Settings
+from fracture.data.phantoms import synthesize_phantoms
 from fracture.training.config import TrainConfig
 from fracture.training.runs import read_status
 from fracture.training.trainer import train
 
-TINY = TrainConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out", head_epochs=1,
-                   epochs=1, batch_size=8, views=2, seed=3)
+from conftest import TINY_SIZE
+
+TINY = TrainConfig(
+    image_size=TINY_SIZE,
+    fine_tune_from="conv5_block2_out",
+    head_epochs=1,
+    epochs=1,
+    batch_size=8,
+    views=2,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +50,15 @@ def _settings(tmp_path: Path) -> Settings:
 
 def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fake_imagenet_weights):
     from fracture.data.layouts import load_dataset
+    from fracture.inference.preprocess import letterbox
+    from fracture.io.images import load_image
     from fracture.model.folder import ModelConfig
     from fracture.model.network import build_classifier, split_at
-    from fracture.io.images import load_image
-    from fracture.inference.preprocess import letterbox
     from fracture.training.cache import FeatureCache, compute_features
 
-    model = build_classifier(ModelConfig(image_size=TINY_SIZE, fine_tune_from=TINY.fine_tune_from),
-                             fake_imagenet_weights)
+    model = build_classifier(
+        ModelConfig(image_size=TINY_SIZE, fine_tune_from=TINY.fine_tune_from), fake_imagenet_weights
+    )
     stem, tail = split_at(model, TINY.fine_tune_from)
     records = load_dataset(phantoms).split("val")[:6]
     cache = FeatureCache(tmp_path / "features", "test-model")
@@ -93,8 +102,15 @@ def test_run_writes_status_metrics_checkpoint_and_a_loadable_model(
     assert status["state"] == "completed"
     history = json.loads((run / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
-    for key in ("train_loss", "train_auroc", "val_loss", "val_auroc", "val_sensitivity",
-                "val_specificity", "train_accuracy"):
+    for key in (
+        "train_loss",
+        "train_auroc",
+        "val_loss",
+        "val_auroc",
+        "val_sensitivity",
+        "val_specificity",
+        "train_accuracy",
+    ):
         assert key in history[0]
     assert (run / "metrics.csv").read_text().startswith("epoch,phase,")
     assert (run / "checkpoints" / "best.weights.h5").is_file()
@@ -117,14 +133,34 @@ def test_same_seed_gives_the_same_metrics(phantoms, tmp_path, use_fake_weights):
 
 
 def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fracture", "train", str(data), "--out", str(out),
-            "--image-size", str(TINY_SIZE), "--fine-tune-from", TINY.fine_tune_from,
-            "--batch-size", "8", "--no-pretrained", "--seed", "3", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fracture",
+        "train",
+        str(data),
+        "--out",
+        str(out),
+        "--image-size",
+        str(TINY_SIZE),
+        "--fine-tune-from",
+        TINY.fine_tune_from,
+        "--batch-size",
+        "8",
+        "--no-pretrained",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "FRACTURE_CACHE_DIR": str(tmp_path / "cache"),
-            "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return {
+        **os.environ,
+        "FRACTURE_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
 
 
 @pytest.mark.slow
@@ -132,11 +168,15 @@ def test_resume_after_sigkill_continues_from_last_complete_epoch(phantoms, tmp_p
     run = tmp_path / "run"
     process = subprocess.Popen(
         _train_command(phantoms, run, "--head-epochs", "1", "--epochs", "4"),
-        env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while time.time() < deadline:
-        state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
+        state = (
+            json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
+        )
         if state.get("completed_epoch", 0) >= 2:
             break
         time.sleep(0.2)
@@ -146,8 +186,13 @@ def test_resume_after_sigkill_continues_from_last_complete_epoch(phantoms, tmp_p
     assert read_status(run)["state"] in {"interrupted", "completed"}
     if read_status(run)["state"] == "completed":
         pytest.skip("the run finished before it could be killed")
-    result = subprocess.run(_train_command(phantoms, run, "--resume"), env=_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        _train_command(phantoms, run, "--resume"),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     epochs = [row["epoch"] for row in json.loads((run / "metrics.json").read_text())]
     assert epochs == list(range(1, len(epochs) + 1))  # no epoch lost or repeated
@@ -159,9 +204,22 @@ def test_resume_after_sigkill_continues_from_last_complete_epoch(phantoms, tmp_p
 def test_mirrored_strategy_on_two_logical_cpus(phantoms, tmp_path):
     run = tmp_path / "mirrored"
     result = subprocess.run(
-        _train_command(phantoms, run, "--head-epochs", "1", "--epochs", "1",
-                       "--strategy", "mirrored", "--logical-cpus", "2"),
-        env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+        _train_command(
+            phantoms,
+            run,
+            "--head-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--strategy",
+            "mirrored",
+            "--logical-cpus",
+            "2",
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     status = read_status(run)
@@ -181,10 +239,19 @@ def test_tiny_training_on_phantoms_beats_chance(tmp_path):
         pytest.skip(f"ImageNet weights unavailable offline: {error}")
     data = tmp_path / "phantoms"
     synthesize_phantoms(data, 120, size=160, seed=5)
-    config = TrainConfig(image_size=128, fine_tune_from="conv5_block2_out", head_epochs=2,
-                         epochs=3, batch_size=16, views=2, seed=0)
+    config = TrainConfig(
+        image_size=128,
+        fine_tune_from="conv5_block2_out",
+        head_epochs=2,
+        epochs=3,
+        batch_size=16,
+        views=2,
+        seed=0,
+    )
     model_dir = train(data, tmp_path / "run", config, settings=Settings(cache_dir=tmp_path / "c"))
-    report = evaluate_model(data, predictor=load_predictor(model_dir, batch_size=8), n_bootstrap=100)
+    report = evaluate_model(
+        data, predictor=load_predictor(model_dir, batch_size=8), n_bootstrap=100
+    )
     assert report["auroc"] >= 0.8, report["auroc"]
 
 

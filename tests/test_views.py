@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import radiograph_like, write_png
-from fracture.views import browse, figures, results, summaries
 from fracture.inference.predictor import CSV_COLUMNS, Prediction
+from fracture.views import browse, figures, results, summaries
+
+from conftest import radiograph_like, write_png
 
 
 def _ok(name: str, probability: float, **extra) -> Prediction:
-    return Prediction(source=name, status="ok", probability=probability,
-                      label="normal", threshold=0.5, **extra)  # fmt: skip
+    return Prediction(
+        source=name, status="ok", probability=probability, label="normal", threshold=0.5, **extra
+    )
 
 
 def _failed(name: str) -> Prediction:
@@ -63,8 +65,12 @@ def test_confidence_band_rejects_a_non_positive_margin():
 
 
 def test_results_frame_sorts_most_suspicious_first_and_errors_last():
-    predictions = [_ok("a.png", 0.2), _failed("broken.png"),
-                   _ok("b.png", 0.9, in_distribution=False), _ok("c.png", 0.2)]  # fmt: skip
+    predictions = [
+        _ok("a.png", 0.2),
+        _failed("broken.png"),
+        _ok("b.png", 0.9, in_distribution=False),
+        _ok("c.png", 0.2),
+    ]
     frame = results.results_frame(predictions, threshold=0.5)
     assert list(frame.columns) == list(results.RESULT_COLUMNS)
     assert frame["file"].tolist() == ["b.png", "a.png", "c.png", "broken.png"]
@@ -95,8 +101,11 @@ def test_predictions_csv_has_the_cli_columns_input_order_and_chosen_threshold():
 def test_batch_counts():
     predictions = [_ok("a", 0.9, in_distribution=False), _ok("b", 0.1), _failed("c")]
     assert results.batch_counts(predictions, 0.5) == {
-        "fracture": 1, "normal": 1, "error": 1, "out_of_distribution": 1,
-    }  # fmt: skip
+        "fracture": 1,
+        "normal": 1,
+        "error": 1,
+        "out_of_distribution": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -118,12 +127,14 @@ def test_overlay_zip_writes_one_png_per_image_and_lists_failures():
     image = radiograph_like(1)
     heat = np.zeros(image.shape[:2], np.float32)
     heat[10:20, 10:20] = 1.0
-    predictions = iter([
-        _ok("x/a.png", 0.7, image=image, heatmap=heat),
-        _ok("y/a.png", 0.2, image=image, heatmap=heat),
-        _ok("x/a.png", 0.2, image=image, heatmap=heat),  # same name twice: kept apart
-        _failed("broken.png"),
-    ])  # fmt: skip
+    predictions = iter(
+        [
+            _ok("x/a.png", 0.7, image=image, heatmap=heat),
+            _ok("y/a.png", 0.2, image=image, heatmap=heat),
+            _ok("x/a.png", 0.2, image=image, heatmap=heat),  # same name twice: kept apart
+            _failed("broken.png"),
+        ]
+    )
     data = results.overlay_zip(predictions, alpha=0.5)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
@@ -182,11 +193,13 @@ def test_image_sizes_reads_headers_samples_and_reports_failures(tmp_path):
 def test_filter_frame_and_pages():
     import pandas as pd
 
-    frame = pd.DataFrame({
-        "split": ["train", "train", "val", "val"],
-        "label_name": ["fractured", "normal", "fractured", "normal"],
-        "region": ["hand", None, "leg", "hand"],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "split": ["train", "train", "val", "val"],
+            "label_name": ["fractured", "normal", "fractured", "normal"],
+            "region": ["hand", None, "leg", "hand"],
+        }
+    )
     assert len(browse.filter_frame(frame, split="val")) == 2
     assert len(browse.filter_frame(frame, split="train", label_name="normal")) == 1
     assert len(browse.filter_frame(frame, region="unknown")) == 1
@@ -200,21 +213,42 @@ def test_filter_frame_and_pages():
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(None, None), (-1, None), (float("nan"), None), (42.4, "42 s"), (750, "12 min 30 s"),
-     (3 * 3600 + 5 * 60, "3 h 05 min")],  # fmt: skip
+    [
+        (None, None),
+        (-1, None),
+        (float("nan"), None),
+        (42.4, "42 s"),
+        (750, "12 min 30 s"),
+        (3 * 3600 + 5 * 60, "3 h 05 min"),
+    ],
 )
 def test_format_duration(seconds, text):
     assert summaries.format_duration(seconds) == text
 
 
 def test_run_progress_for_caching_epochs_and_the_end():
-    caching = summaries.run_progress({"state": "caching", "phase": "caching features",
-                                      "done": 25, "total": 100, "eta_seconds": 90,
-                                      "message": "Computing features"})  # fmt: skip
+    caching = summaries.run_progress(
+        {
+            "state": "caching",
+            "phase": "caching features",
+            "done": 25,
+            "total": 100,
+            "eta_seconds": 90,
+            "message": "Computing features",
+        }
+    )
     assert caching.fraction == pytest.approx(0.25) and caching.eta == "1 min 30 s"
     assert not caching.finished
-    running = summaries.run_progress({"state": "running", "phase": "fine-tune", "epoch": 3,
-                                      "epochs": 4, "batch": 5, "batches": 10})  # fmt: skip
+    running = summaries.run_progress(
+        {
+            "state": "running",
+            "phase": "fine-tune",
+            "epoch": 3,
+            "epochs": 4,
+            "batch": 5,
+            "batches": 10,
+        }
+    )
     assert running.fraction == pytest.approx((2 + 0.5) / 4)
     done = summaries.run_progress({"state": "completed", "eta_seconds": 3})
     assert done.fraction == 1.0 and done.finished and done.eta is None
@@ -223,11 +257,18 @@ def test_run_progress_for_caching_epochs_and_the_end():
 
 
 def test_card_headline_and_comparison():
-    new = {"name": "run", "version": "2", "val_metrics": {"auroc": 0.9, "auroc_ci": [0.85, 0.94],
-                                                          "sensitivity": 0.8}}  # fmt: skip
+    new = {
+        "name": "run",
+        "version": "2",
+        "val_metrics": {"auroc": 0.9, "auroc_ci": [0.85, 0.94], "sensitivity": 0.8},
+    }
     old = {"val_metrics": {"auroc": 0.85, "sensitivity": None}}
-    assert summaries.card_headline(new) == {"name": "run", "version": "2", "val_auroc": 0.9,
-                                           "val_auroc_ci": [0.85, 0.94]}  # fmt: skip
+    assert summaries.card_headline(new) == {
+        "name": "run",
+        "version": "2",
+        "val_auroc": 0.9,
+        "val_auroc_ci": [0.85, 0.94],
+    }
     assert summaries.card_headline(None)["val_auroc"] is None
     table = summaries.compare_metrics(new, old)
     assert table["metric"].tolist() == ["AUROC", "Sensitivity"]
@@ -246,8 +287,16 @@ def report():
     regions = ["hand", "leg"] * 20 + ["hip"] * 40
     hardware = [False] * 70 + [True] * 10
     thresholds = {"high_sensitivity": 0.3, "high_specificity": 0.7}
-    return evaluation_report(labels, logits, 1.2, thresholds, regions=regions, hardware=hardware,
-                             n_bootstrap=50, pointing={"hits": 3, "n": 4, "score": 0.75})
+    return evaluation_report(
+        labels,
+        logits,
+        1.2,
+        thresholds,
+        regions=regions,
+        hardware=hardware,
+        n_bootstrap=50,
+        pointing={"hits": 3, "n": 4, "score": 0.75},
+    )
 
 
 def test_figures_build_from_an_evaluation_report(report):
@@ -285,9 +334,13 @@ def test_probability_and_dataset_figures():
 
     import pandas as pd
 
-    frame = pd.DataFrame({"region": ["hand", None, "hand"],
-                          "label_name": ["fractured", "normal", "normal"],
-                          "hardware": pd.array([True, None, False], dtype="boolean")})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "region": ["hand", None, "hand"],
+            "label_name": ["fractured", "normal", "normal"],
+            "hardware": pd.array([True, None, False], dtype="boolean"),
+        }
+    )
     regions = figures.breakdown_figure(frame, "region", "Regions")
     fractured, normal = regions.data
     assert dict(zip(fractured.x, fractured.y)) == {"hand": 1, "unknown": 0}
@@ -300,11 +353,23 @@ def test_probability_and_dataset_figures():
 
 def test_training_curves_figure_marks_the_fine_tune_switch():
     history = [
-        {"epoch": 1, "phase": "head", "train_loss": 0.7, "val_loss": 0.69, "train_auroc": 0.6,
-         "val_auroc": 0.62},
-        {"epoch": 2, "phase": "fine-tune", "train_loss": 0.5, "val_loss": 0.6, "train_auroc": 0.8,
-         "val_auroc": 0.7},
-    ]  # fmt: skip
+        {
+            "epoch": 1,
+            "phase": "head",
+            "train_loss": 0.7,
+            "val_loss": 0.69,
+            "train_auroc": 0.6,
+            "val_auroc": 0.62,
+        },
+        {
+            "epoch": 2,
+            "phase": "fine-tune",
+            "train_loss": 0.5,
+            "val_loss": 0.6,
+            "train_auroc": 0.8,
+            "val_auroc": 0.7,
+        },
+    ]
     figure = figures.training_curves_figure(history)
     assert len(figure.data) == 4
     assert any(getattr(shape, "x0", None) == 1.5 for shape in figure.layout.shapes)

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from fracture.cli import weights as weights_cli
+from fracture.config import Settings
 from fracture.model import imagenet as weights
 from fracture.model import tfjs
-from fracture.config import Settings
 
 # A few old keras-applications names, in TF.js manifest style, with small shapes.
 TFJS_WEIGHTS = [
@@ -202,9 +202,7 @@ def test_convert_tfjs_weights_renames_and_slices_across_shards(tmp_path: Path) -
     values = write_tfjs_model(tmp_path, split_at=4 * 26)
     model_json = json.loads((tmp_path / "model.json").read_text())
 
-    converted = tfjs.convert_tfjs_weights(
-        model_json, lambda name: (tmp_path / name).read_bytes()
-    )
+    converted = tfjs.convert_tfjs_weights(model_json, lambda name: (tmp_path / name).read_bytes())
 
     assert list(converted) == ["conv2_block1_0_bn", "conv1_bn", "conv1_conv", "conv2_block1_1_conv"]
     assert list(converted["conv1_bn"]) == ["gamma", "beta", "moving_mean", "moving_variance"]

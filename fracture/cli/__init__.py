@@ -1,2 +1,1 @@
-"""The command line (``python -m fracture``): argparse lives here and only here.
-"""
+"""The command line (``python -m fracture``): argparse lives here and only here."""

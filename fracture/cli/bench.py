@@ -32,19 +32,32 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats and a 120-image val subset (under 3 minutes idle)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repeats and a 120-image val subset (under 3 minutes idle)",
+    )
     parser.add_argument("--json", help="write every figure and raw timing here")
     parser.add_argument("--markdown", help="write the table as Markdown here")
     parser.add_argument("--model", help="trained model folder (default: the active model if any)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="benchmark ImageNet ResNet-50 with a random head at this size "
-                             "instead of a trained model (same speed)")
-    parser.add_argument("--val-root", default=None,
-                        help=f"dataset for the bfloat16 AUROC check (default {DEFAULT_VAL_ROOT})")
-    parser.add_argument("--apply", action="store_true",
-                        help="record the bfloat16 verdict in the trained model's config, so "
-                             "predictions use bfloat16 by default only where it passed (full run)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="benchmark ImageNet ResNet-50 with a random head at this size "
+        "instead of a trained model (same speed)",
+    )
+    parser.add_argument(
+        "--val-root",
+        default=None,
+        help=f"dataset for the bfloat16 AUROC check (default {DEFAULT_VAL_ROOT})",
+    )
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="record the bfloat16 verdict in the trained model's config, so "
+        "predictions use bfloat16 by default only where it passed (full run)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -53,8 +66,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             "--image-size builds an untrained model; it cannot be combined with --model"
         )
     if getattr(args, "apply", False) and (args.quick or args.image_size):
-        raise BenchError("--apply needs a full run on a trained model: the bfloat16 check must "
-                         "cover the whole val split")
+        raise BenchError(
+            "--apply needs a full run on a trained model: the bfloat16 check must "
+            "cover the whole val split"
+        )
     changes = {"model_dir": args.model, "image_size": args.image_size, "val_root": args.val_root}
     return BenchConfig.quick_config(**changes) if args.quick else BenchConfig.full(**changes)
 
@@ -72,16 +87,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     model = result["model"]
-    print(f"Model: {model['name']} ({model['kind']}, {model['image_size']} px)"
-          + ("  [--quick]" if config.quick else ""))
+    print(
+        f"Model: {model['name']} ({model['kind']}, {model['image_size']} px)"
+        + ("  [--quick]" if config.quick else "")
+    )
     print(format_machine(result["machine"]))
     print()
     print(format_table(result))
     seconds = result["section_seconds"]
     cores = result["machine"]["cores"] or 1
-    print(f"\nbf16 recommended: {'yes' if result['bf16']['recommended'] else 'no'}; run took "
-          f"{seconds['total']:.0f} s, {seconds.get('children_cpu_seconds', 0):.0f} CPU-s "
-          f"(about {seconds.get('children_cpu_seconds', 0) / cores:.0f} s on an idle machine)")
+    print(
+        f"\nbf16 recommended: {'yes' if result['bf16']['recommended'] else 'no'}; run took "
+        f"{seconds['total']:.0f} s, {seconds.get('children_cpu_seconds', 0):.0f} CPU-s "
+        f"(about {seconds.get('children_cpu_seconds', 0) / cores:.0f} s on an idle machine)"
+    )
     if args.json:
         atomic_write_json(args.json, result)
         print(f"JSON written to {args.json}", file=sys.stderr)
@@ -92,8 +111,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         precision = apply_precision_verdict(model["directory"], result["bf16"])
         print(f"{model['directory']}: serves {precision} by default from now on", file=sys.stderr)
     if args.markdown:
-        atomic_write_text(args.markdown, format_machine(result["machine"]) + "\n\n"
-                          + format_table(result, markdown=True) + "\n")
+        atomic_write_text(
+            args.markdown,
+            format_machine(result["machine"]) + "\n\n" + format_table(result, markdown=True) + "\n",
+        )
     return 0
 
 

@@ -41,10 +41,16 @@ def add_data_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
     synth.set_defaults(func=_cmd_synth)
 
     info = commands.add_parser("info", help="layout and counts of a dataset folder")
-    info.add_argument("root", type=Path, nargs="?", default=None,
-                      help="dataset folder (default: the data_dir setting)")  # fmt: skip
-    info.add_argument("--val-fraction", type=float, default=0.15,
-                      help="for folders without a val split")  # fmt: skip
+    info.add_argument(
+        "root",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="dataset folder (default: the data_dir setting)",
+    )
+    info.add_argument(
+        "--val-fraction", type=float, default=0.15, help="for folders without a val split"
+    )
     info.add_argument("--test-fraction", type=float, default=0.0)
     info.add_argument("--seed", type=int, default=0)
     info.add_argument(

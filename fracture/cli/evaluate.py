@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ['add_evaluate_parser', 'add_calibrate_parser']
+__all__ = ["add_evaluate_parser", "add_calibrate_parser"]
 
 
 def add_evaluate_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -27,11 +27,12 @@ def add_calibrate_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParse
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fracture.evaluation.evaluate import evaluate_model
-    from fracture.io.files import atomic_write_json
     from fracture.evaluation.metrics import format_report
+    from fracture.io.files import atomic_write_json
 
-    report = evaluate_model(args.data, model_dir=args.model, split=args.split,
-                            pointing_game=not args.no_cam)
+    report = evaluate_model(
+        args.data, model_dir=args.model, split=args.split, pointing_game=not args.no_cam
+    )
     print(format_report(report))
     if args.json:
         atomic_write_json(args.json, report)

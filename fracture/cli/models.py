@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ['add_models_parser']
+__all__ = ["add_models_parser"]
 
 
 def add_models_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -31,8 +31,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             for v in registry.list_versions():
                 auroc = "n/a" if v.val_auroc is None else f"{v.val_auroc:.3f}"
                 state = "ok" if v.valid else f"INVALID: {v.error}"
-                print(f"{'*' if v.active else ' '} {v.name:<32} {v.version or '-':<16} "
-                      f"{v.created or '-':<21} auroc={auroc}  {state}")
+                print(
+                    f"{'*' if v.active else ' '} {v.name:<32} {v.version or '-':<16} "
+                    f"{v.created or '-':<21} auroc={auroc}  {state}"
+                )
             return 0
         if args.models_command == "cleanup":
             for path in registry.cleanup_staging():

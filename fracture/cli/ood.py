@@ -25,20 +25,37 @@ def add_ood_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPars
     ood = subparsers.add_parser("ood", help="fit or measure the out-of-distribution gate")
     commands = ood.add_subparsers(dest="ood_command", required=True, metavar="COMMAND")
 
-    fit = commands.add_parser("fit", help="fit the gate on a dataset's train/val splits and "
-                                          "store it in the model folder")  # fmt: skip
+    fit = commands.add_parser(
+        "fit", help="fit the gate on a dataset's train/val splits and store it in the model folder"
+    )
     fit.add_argument("data", help="dataset folder with train and val splits")
     fit.add_argument("--model", default=None, help="model folder (default: the active model)")
-    fit.add_argument("--max-train", type=int, default=None,
-                     help="fit on at most this many train images (seeded subset)")  # fmt: skip
-    fit.add_argument("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE,
-                     help=f"share of held-out radiographs to flag (default {DEFAULT_FALSE_ALARM_RATE})")  # fmt: skip
+    fit.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        help="fit on at most this many train images (seeded subset)",
+    )
+    fit.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=DEFAULT_FALSE_ALARM_RATE,
+        help=f"share of held-out radiographs to flag (default {DEFAULT_FALSE_ALARM_RATE})",
+    )
     fit.add_argument("--components", type=int, default=DEFAULT_COMPONENTS)
-    fit.add_argument("--seed", type=int, default=0,
-                     help="seed of the train subset and, without a val split on disk, of the "
-                          "split (use the training run's)")  # fmt: skip
-    fit.add_argument("--val-fraction", type=float, default=0.15,
-                     help="without a val split on disk: the training val fraction")  # fmt: skip
+    fit.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the train subset and, without a val split on disk, of the "
+        "split (use the training run's)",
+    )
+    fit.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="without a val split on disk: the training val fraction",
+    )
     fit.set_defaults(func=_cmd_fit)
 
     meas = commands.add_parser(
@@ -63,8 +80,9 @@ def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], Non
 
     def update(stage: str, done: int, total: int) -> None:
         if stage not in bars:
-            bars[stage] = tqdm(total=total, desc=f"ood {stage}", unit="img",
-                               disable=not sys.stderr.isatty())  # fmt: skip
+            bars[stage] = tqdm(
+                total=total, desc=f"ood {stage}", unit="img", disable=not sys.stderr.isatty()
+            )
         bars[stage].update(done - bars[stage].n)
 
     def close() -> None:
@@ -94,16 +112,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         model_dir = _model_dir(args.model)
         update, close = _stage_progress()
         try:
-            gate = fit_for_model(model_dir, args.data, max_train=args.max_train,
-                                 false_alarm_rate=args.false_alarm_rate,
-                                 n_components=args.components, seed=args.seed,
-                                 val_fraction=args.val_fraction, on_progress=update)  # fmt: skip
+            gate = fit_for_model(
+                model_dir,
+                args.data,
+                max_train=args.max_train,
+                false_alarm_rate=args.false_alarm_rate,
+                n_components=args.components,
+                seed=args.seed,
+                val_fraction=args.val_fraction,
+                on_progress=update,
+            )
         finally:
             close()
-        print(f"OOD gate written to {model_dir / OOD_FILE}: {gate.n_components} axes, "
-              f"fitted on {gate.n_train} train images, threshold {gate.threshold:.4f} set on "
-              f"{gate.n_heldout} val images for a {gate.false_alarm_rate:.0%} "
-              f"false-alarm rate")  # fmt: skip
+        print(
+            f"OOD gate written to {model_dir / OOD_FILE}: {gate.n_components} axes, "
+            f"fitted on {gate.n_train} train images, threshold {gate.threshold:.4f} set on "
+            f"{gate.n_heldout} val images for a {gate.false_alarm_rate:.0%} "
+            f"false-alarm rate"
+        )
         return 0
 
     return _guarded(run)
@@ -112,13 +138,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_measure(args: argparse.Namespace) -> int:
     def run() -> int:
         from fracture.data.layouts import load_dataset
-        from fracture.io.files import atomic_write_json
         from fracture.inference.predictor import load_predictor
+        from fracture.io.files import atomic_write_json
 
         model_dir = _model_dir(args.model)
         if not (model_dir / OOD_FILE).is_file():  # before the minute a Predictor takes to load
-            print(f"error: {model_dir} has no {OOD_FILE}; run 'python -m fracture ood fit DATA "
-                  f"--model {model_dir}' first", file=sys.stderr)  # fmt: skip
+            print(
+                f"error: {model_dir} has no {OOD_FILE}; run 'python -m fracture ood fit DATA "
+                f"--model {model_dir}' first",
+                file=sys.stderr,
+            )
             return 2
         predictor = load_predictor(model_dir)
         gate = predictor.ood_gate
@@ -129,7 +158,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         update, close = _stage_progress()
         try:
             in_features, _ = extract_features(
-                predictor, [r.path for r in records],
+                predictor,
+                [r.path for r in records],
                 on_progress=lambda done, total: update(args.split, done, total),
             )
         finally:
@@ -145,11 +175,15 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         }
         report["model"] = str(model_dir)
         report["in_distribution_split"] = args.split
-        print(f"OOD gate of {model_dir}: threshold {gate.threshold:.4f} "
-              f"(set for a {gate.false_alarm_rate:.0%} false-alarm rate)")  # fmt: skip
+        print(
+            f"OOD gate of {model_dir}: threshold {gate.threshold:.4f} "
+            f"(set for a {gate.false_alarm_rate:.0%} false-alarm rate)"
+        )
         print(f"AUROC (ID {args.split} vs {report['n_out']} probe images): {report['auroc']:.4f}")
-        print(f"False-alarm rate on {report['n_in']} {args.split} radiographs: "
-              f"{report['false_alarm_rate']:.2%}")  # fmt: skip
+        print(
+            f"False-alarm rate on {report['n_in']} {args.split} radiographs: "
+            f"{report['false_alarm_rate']:.2%}"
+        )
         print(f"Detection rate on probe images: {report['detection_rate']:.2%}")
         width = max(len(name) for name in report["probes"])
         for name, entry in report["probes"].items():

@@ -7,7 +7,7 @@ import csv
 import sys
 from pathlib import Path
 
-__all__ = ['add_predict_parser']
+__all__ = ["add_predict_parser"]
 
 
 def add_predict_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -28,9 +28,9 @@ def _progress(total: int, description: str):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fracture.inference.gradcam import overlay_heatmap
+    from fracture.inference.predictor import CSV_COLUMNS, load_predictor
     from fracture.io.images import iter_image_files
     from fracture.model.folder import ModelLoadError
-    from fracture.inference.predictor import CSV_COLUMNS, load_predictor
     from fracture.model.imagenet import WeightsError
 
     files = iter_image_files(args.paths)
@@ -69,12 +69,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     failed = len(files) - ok_count
-    print(f"{ok_count} scored, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
-          file=sys.stderr)
+    print(
+        f"{ok_count} scored, {failed} failed" + (f"; results in {args.out}" if args.out else ""),
+        file=sys.stderr,
+    )
     if ood_count:
-        print(f"warning: {ood_count} image(s) do not look like the bone radiographs the model "
-              f"was trained on (in_distribution=false); treat their predictions as unreliable",
-              file=sys.stderr)
+        print(
+            f"warning: {ood_count} image(s) do not look like the bone radiographs the model "
+            f"was trained on (in_distribution=false); treat their predictions as unreliable",
+            file=sys.stderr,
+        )
     if ok_count == 0:
         print("error: no image could be processed", file=sys.stderr)
         return 1

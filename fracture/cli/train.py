@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ['add_train_parser']
+__all__ = ["add_train_parser"]
 
 
 def add_train_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -27,8 +27,12 @@ def add_train_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default")
-    p.add_argument("--logical-cpus", type=int, default=0,
-                   help="with --strategy mirrored on a CPU: split it into N logical devices")
+    p.add_argument(
+        "--logical-cpus",
+        type=int,
+        default=0,
+        help="with --strategy mirrored on a CPU: split it into N logical devices",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=cmd_train)
 
@@ -60,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if getattr(args, name) is not None
             },
         )
-    model_dir = train(args.data, args.out, config, pretrained=not args.no_pretrained,
-                      resume=args.resume)
+    model_dir = train(
+        args.data, args.out, config, pretrained=not args.no_pretrained, resume=args.resume
+    )
     print(f"model saved to {model_dir}")
     return 0

@@ -63,10 +63,16 @@ def import_fracatlas(
         _link_or_copy(record.path, target)
         row = table.get(record.path.name, {})
         manifest_rows.append(
-            [record.split, record.label_name, rel, record.path.name, record.region or "",
-             "" if record.hardware is None else int(record.hardware)]
+            [
+                record.split,
+                record.label_name,
+                rel,
+                record.path.name,
+                record.region or "",
+                "" if record.hardware is None else int(record.hardware),
+            ]
             + [row.get(column, "") for column in extra_columns]
-        )  # fmt: skip
+        )
         box_rows.extend([rel, *(f"{v:.6f}" for v in box)] for box in record.boxes)
     atomic_write_text(dest / "manifest.csv", _csv_text(header + extra_columns, manifest_rows))
     atomic_write_text(dest / "boxes.csv", _csv_text(["path", "x0", "y0", "x1", "y1"], box_rows))
@@ -99,8 +105,8 @@ def _fracatlas_readme(source: Dataset, val_fraction: float, seed: int) -> str:
     lines = [
         "# FracAtlas (imported)",
         "",
-        "Source: Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. \"FracAtlas: A Dataset for "
-        "Fracture Classification, Localization and Segmentation of Musculoskeletal Radiographs.\" "
+        'Source: Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. "FracAtlas: A Dataset for '
+        'Fracture Classification, Localization and Segmentation of Musculoskeletal Radiographs." '
         "Scientific Data 10, 521 (2023). doi:10.1038/s41597-023-02432-4. Licence: CC BY 4.0.",
         "",
         f"Imported from `{source.root}` by `fracture.data.fracatlas.import_fracatlas` with a seeded, "
@@ -111,6 +117,10 @@ def _fracatlas_readme(source: Dataset, val_fraction: float, seed: int) -> str:
     ]
     for split, counts in source.summary().items():
         lines.append(f"| {split} | {counts['fractured']} | {counts['normal']} |")
-    lines += ["", "Side files: `manifest.csv` (dataset.csv columns per image), "
-              "`boxes.csv` (path, x0, y0, x1, y1 normalised to [0, 1]).", ""]  # fmt: skip
+    lines += [
+        "",
+        "Side files: `manifest.csv` (dataset.csv columns per image), "
+        "`boxes.csv` (path, x0, y0, x1, y1 normalised to [0, 1]).",
+        "",
+    ]
     return "\n".join(lines)

@@ -153,9 +153,10 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(
         child
         for child in folder.iterdir()
-        if child.is_dir() and not child.name.startswith(".")
+        if child.is_dir()
+        and not child.name.startswith(".")
         and child.name.lower() not in _IGNORED_DIRS
-    )  # fmt: skip
+    )
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -174,8 +175,10 @@ def _detect_layout(root: Path) -> str:
     for child in top:
         if child.name.lower() in _SPLIT_ALIASES and any(map(_is_mura_region, _subdirs(child))):
             return "mura"
-    if any(child.name.lower() in _SPLIT_ALIASES or label_from_name(child.name) is not None
-           for child in top):  # fmt: skip
+    if any(
+        child.name.lower() in _SPLIT_ALIASES or label_from_name(child.name) is not None
+        for child in top
+    ):
         return "folders"
     names = ", ".join(child.name for child in top[:8]) or "no sub-folders"
     raise DatasetLayoutError(root, f"layout not recognised (found: {names})")

@@ -174,28 +174,41 @@ def render_phantom(rng: np.random.Generator, size: int, *, fractured: bool) -> P
     normal = np.array([-axis[1], axis[0]])
     tissue_centre = centre + (offset / 2 if two_bones else 0.0) * normal
     u, v = _bone_frame(grid_x, grid_y, tissue_centre, theta)
-    attenuation += rng.uniform(*MU_TISSUE) * _tube_chord(v, tissue_radius, 0.0)[0] * _ends(
-        u, length * 1.3, 0.03
+    attenuation += (
+        rng.uniform(*MU_TISSUE)
+        * _tube_chord(v, tissue_radius, 0.0)[0]
+        * _ends(u, length * 1.3, 0.03)
     )
     # Uneven tissue thickness, so that brightness alone does not outline the bone.
     # Smooth noise made small and enlarged: the same look as blurring full-size noise, 50x cheaper.
-    lumps = cv2.resize(rng.standard_normal((6, 6)).astype(np.float32), (size, size),
-                       interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    lumps = cv2.resize(
+        rng.standard_normal((6, 6)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC
+    )
     attenuation *= 1.0 + 0.15 * lumps / (np.abs(lumps).max() + 1e-6)
 
     mu_cortex = rng.uniform(*MU_CORTEX)
     mu_marrow = rng.uniform(*MU_MARROW)
     canal = rng.uniform(*CANAL_RATIO)
     fracture = _draw_fracture(rng, radius) if fractured else None
-    attenuation += _bone(grid_x, grid_y, centre, theta, length, radius, canal, mu_cortex, mu_marrow,
-                         fracture, along)  # fmt: skip
+    attenuation += _bone(
+        grid_x, grid_y, centre, theta, length, radius, canal, mu_cortex, mu_marrow, fracture, along
+    )
     if two_bones:
         second_theta = theta + np.deg2rad(rng.uniform(-4.0, 4.0))
         second_radius = radius * rng.uniform(0.6, 0.9)
-        attenuation += _bone(grid_x, grid_y, centre + offset * normal, second_theta,
-                             length * rng.uniform(0.9, 1.05), second_radius,
-                             rng.uniform(*CANAL_RATIO), mu_cortex, mu_marrow,
-                             None, 0.0)  # fmt: skip
+        attenuation += _bone(
+            grid_x,
+            grid_y,
+            centre + offset * normal,
+            second_theta,
+            length * rng.uniform(0.9, 1.05),
+            second_radius,
+            rng.uniform(*CANAL_RATIO),
+            mu_cortex,
+            mu_marrow,
+            None,
+            0.0,
+        )
 
     # Film-like response: bright where much is absorbed, saturating smoothly.
     intensity = 1.0 - np.exp(-attenuation)

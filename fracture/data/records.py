@@ -119,8 +119,17 @@ class Dataset:
             }
             for record in self.records
         ]
-        columns = ["path", "rel_path", "label", "label_name", "split", "region", "hardware",
-                   "group", "n_boxes"]  # fmt: skip
+        columns = [
+            "path",
+            "rel_path",
+            "label",
+            "label_name",
+            "split",
+            "region",
+            "hardware",
+            "group",
+            "n_boxes",
+        ]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.astype({"label": "int64", "n_boxes": "int64", "hardware": "boolean"})
 

@@ -59,8 +59,9 @@ def make_splits(
             )
         except ValueError:
             # Stratifying needs two groups per class on each side; a toy dataset has not.
-            logger.warning("Too few groups per class to stratify the %s split; splitting at random",
-                           name)  # fmt: skip
+            logger.warning(
+                "Too few groups per class to stratify the %s split; splitting at random", name
+            )
             keep, take = train_test_split(remaining, test_size=n_take, random_state=seed)
         for group in take:
             target[group] = name

@@ -1,2 +1,1 @@
-"""Metrics, evaluation of a model on a dataset, calibration and fitting the out-of-distribution gate.
-"""
+"""Metrics, evaluation of a model on a dataset, calibration and fitting the out-of-distribution gate."""

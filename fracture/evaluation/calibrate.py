@@ -36,9 +36,13 @@ def calibrate_model(
     import dataclasses
     import json
 
-    from fracture.model.card import _headline, rewrite_model_config
+    from fracture.evaluation.metrics import (
+        calibrated_probability,
+        choose_thresholds,
+        fit_temperature,
+    )
     from fracture.io.files import atomic_write_json
-    from fracture.evaluation.metrics import calibrated_probability, choose_thresholds, fit_temperature
+    from fracture.model.card import _headline, rewrite_model_config
     from fracture.model.folder import read_config
 
     model_dir = Path(model_dir)
@@ -59,11 +63,22 @@ def calibrate_model(
     )
     kept_records = [records[i] for i in kept]
     report = evaluation_report(
-        labels, logits, temperature, thresholds,
-        regions=[r.region for r in kept_records], hardware=[r.hardware for r in kept_records],
+        labels,
+        logits,
+        temperature,
+        thresholds,
+        regions=[r.region for r in kept_records],
+        hardware=[r.hardware for r in kept_records],
     )
     atomic_write_json(model_dir / "evaluation.json", report)
-    rewrite_model_config(model_dir, config, card, prior_shift=prior_shift, temperature=temperature,
-                         thresholds=thresholds, val_metrics=_headline(report))
+    rewrite_model_config(
+        model_dir,
+        config,
+        card,
+        prior_shift=prior_shift,
+        temperature=temperature,
+        thresholds=thresholds,
+        val_metrics=_headline(report),
+    )
     json.dumps(report)  # fail here, not in the dashboard, if anything is not JSON
     return report

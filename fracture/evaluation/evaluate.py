@@ -71,10 +71,16 @@ def evaluate_model(
     if pointing_game:
         boxed = [(cam, r.boxes) for cam, r in zip(cams, kept_records) if r.label == 1 and r.boxes]
         report["pointing_game"] = _pointing_game(boxed)
-    report["model"] = {"name": config.name, "version": config.version,
-                       "directory": str(predictor.loaded.directory)}
-    report["data"] = {"root": str(Path(data_root)), "split": split,
-                      "unreadable": len(records) - len(kept)}
+    report["model"] = {
+        "name": config.name,
+        "version": config.version,
+        "directory": str(predictor.loaded.directory),
+    }
+    report["data"] = {
+        "root": str(Path(data_root)),
+        "split": split,
+        "unreadable": len(records) - len(kept),
+    }
     return report
 
 

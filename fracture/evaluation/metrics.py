@@ -871,9 +871,13 @@ def evaluation_report(
             )
         else:
             subgroups["hardware_free"] = {
-                "n": 0, "n_positive": 0, "prevalence": None,
-                "auroc": None, "auroc_ci": None, "n_bootstrap_used": 0,
-            }  # fmt: skip
+                "n": 0,
+                "n_positive": 0,
+                "prevalence": None,
+                "auroc": None,
+                "auroc_ci": None,
+                "n_bootstrap_used": 0,
+            }
     if subgroups:
         report["subgroups"] = subgroups
     if pointing is not None:

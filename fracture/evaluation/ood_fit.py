@@ -112,8 +112,12 @@ def fit_for_model(
     )
     if train_features.shape[0] < 2 or heldout_features.shape[0] < 1:
         raise ValueError(f"too few readable images in {data_root} to fit an OOD gate")
-    gate = fit_ood_gate(train_features, heldout_features,
-                        false_alarm_rate=false_alarm_rate, n_components=n_components)  # fmt: skip
+    gate = fit_ood_gate(
+        train_features,
+        heldout_features,
+        false_alarm_rate=false_alarm_rate,
+        n_components=n_components,
+    )
     gate.save(model_dir / OOD_FILE)
     # Recorded because features computed in bfloat16 differ slightly from float32
     # ones: a gate is calibrated for the precision it was fitted in.
@@ -184,9 +188,27 @@ def ood_probe_images(seed: int = 0) -> dict[str, np.ndarray]:
 
     rng = np.random.default_rng(seed)
     probes: dict[str, np.ndarray] = {}
-    photos = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "hubble_deep_field",
-              "immunohistochemistry", "moon", "page", "text", "clock", "brick", "grass",
-              "gravel", "cell", "colorwheel", "retina", "microaneurysms")  # fmt: skip
+    photos = (
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "camera",
+        "coins",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "moon",
+        "page",
+        "text",
+        "clock",
+        "brick",
+        "grass",
+        "gravel",
+        "cell",
+        "colorwheel",
+        "retina",
+        "microaneurysms",
+    )
     for name in photos:
         probes[name] = _to_rgb_uint8(getattr(data, name)())
     probes["horse_silhouette"] = _to_rgb_uint8(data.horse())
@@ -234,8 +256,23 @@ def _text_page(rng: np.random.Generator) -> np.ndarray:
     page = Image.new("RGB", (420, 594), "white")
     draw = ImageDraw.Draw(page)
     font = ImageFont.load_default(size=14)
-    words = ("patient", "report", "fracture", "radiograph", "the", "of", "and", "left",
-             "distal", "radius", "no", "acute", "findings", "impression", "view")  # fmt: skip
+    words = (
+        "patient",
+        "report",
+        "fracture",
+        "radiograph",
+        "the",
+        "of",
+        "and",
+        "left",
+        "distal",
+        "radius",
+        "no",
+        "acute",
+        "findings",
+        "impression",
+        "view",
+    )
     for line in range(26):
         text = " ".join(rng.choice(words, size=int(rng.integers(4, 9))))
         draw.text((30, 30 + line * 20), text, fill="black", font=font)

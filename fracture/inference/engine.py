@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fracture.model.network import CAM_LAYER, LOGIT_LAYER, POOL_LAYER, fold_batchnorm
 from fracture.inference.gradcam import grad_cam, to_float32
+from fracture.model.network import CAM_LAYER, LOGIT_LAYER, POOL_LAYER, fold_batchnorm
 
 if TYPE_CHECKING:
     import keras
@@ -280,5 +280,3 @@ class InferenceEngine:
             logits, pooled = self._scores(padded)
             cams_np = None
         return BatchOutput(logits.numpy()[:count], pooled.numpy()[:count], cams_np)
-
-

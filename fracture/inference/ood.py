@@ -177,9 +177,10 @@ class OODGate:
             # The residual is measured directly, not as |x|^2 - |z|^2, so that
             # float16 axes that are not exactly orthonormal cannot make it negative.
             residual = centred - projected @ axes
-            squared = projected**2 @ inverse_variances + np.einsum(
-                "ij,ij->i", residual, residual
-            ) / residual_variance
+            squared = (
+                projected**2 @ inverse_variances
+                + np.einsum("ij,ij->i", residual, residual) / residual_variance
+            )
             out[start : start + _SCORE_CHUNK] = np.sqrt(squared)
         return out
 
@@ -222,8 +223,16 @@ class OODGate:
         if not isinstance(stored, np.lib.npyio.NpzFile):
             raise OODGateError(f"{path} is not an OOD gate: it holds a single array")
         with stored:
-            missing = {"format", "mean", "components", "variances", "residual_variance",
-                       "threshold", "false_alarm_rate", "n_train"} - set(stored.files)  # fmt: skip
+            missing = {
+                "format",
+                "mean",
+                "components",
+                "variances",
+                "residual_variance",
+                "threshold",
+                "false_alarm_rate",
+                "n_train",
+            } - set(stored.files)
             if missing:
                 lacking = ", ".join(sorted(missing))
                 raise OODGateError(f"{path} is not an OOD gate: it lacks {lacking}")
@@ -261,7 +270,7 @@ class OODGate:
         """The gate's settings, for the model card."""
         return {
             "method": f"Mahalanobis distance on pooled ResNet-50 features, probabilistic PCA "
-                      f"with {self.n_components} axes (Lee et al. 2018; Calli et al. 2019)",
+            f"with {self.n_components} axes (Lee et al. 2018; Calli et al. 2019)",
             "n_components": self.n_components,
             "n_train": self.n_train,
             "n_heldout": self.n_heldout,

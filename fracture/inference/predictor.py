@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from fracture.config import Settings, get_settings
 from fracture.inference.engine import (
     PRECISIONS,
     InferenceEngine,
@@ -22,17 +23,23 @@ from fracture.inference.engine import (
     configure_threads,
 )
 from fracture.inference.gradcam import heatmap_to_image
+from fracture.inference.preprocess import Geometry, letterbox
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model import imagenet, registry
 from fracture.model.folder import OOD_FILE, LoadedModel, load_model
-from fracture.inference.preprocess import Geometry, letterbox
-from fracture.config import Settings, get_settings
 
 __all__ = ["Prediction", "Predictor", "load_predictor", "Source", "CSV_COLUMNS"]
 
 Source = str | os.PathLike[str] | bytes | np.ndarray
 CSV_COLUMNS = (
-    "path", "probability", "prediction", "threshold", "status", "error", "in_distribution", "ood_score",
+    "path",
+    "probability",
+    "prediction",
+    "threshold",
+    "status",
+    "error",
+    "in_distribution",
+    "ood_score",
 )
 FRACTURE, NORMAL = "fracture", "normal"
 
@@ -69,7 +76,9 @@ class Prediction:
             "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
             "status": self.status,
             "error": self.error or "",
-            "in_distribution": "" if self.in_distribution is None else str(self.in_distribution).lower(),
+            "in_distribution": ""
+            if self.in_distribution is None
+            else str(self.in_distribution).lower(),
             "ood_score": "" if self.ood_score is None else f"{self.ood_score:.4f}",
         }
 
@@ -165,7 +174,11 @@ class Predictor:
         With ``with_cam`` each prediction carries its heat map and the decoded
         image, so callers can draw overlays without decoding twice.
         """
-        names = list(names) if names is not None else [_default_name(s, i) for i, s in enumerate(sources)]
+        names = (
+            list(names)
+            if names is not None
+            else [_default_name(s, i) for i, s in enumerate(sources)]
+        )
         if len(names) != len(sources):
             raise ValueError(f"{len(names)} names for {len(sources)} sources")
         batch: list[_Prepared] = []
@@ -255,7 +268,8 @@ class Predictor:
                     features=output.pooled[row],
                     ood_score=None if ood_scores is None else float(ood_scores[row]),
                     in_distribution=(
-                        None if ood_scores is None
+                        None
+                        if ood_scores is None
                         else bool(ood_scores[row] <= self.ood_gate.threshold)
                     ),
                 )

@@ -13,8 +13,14 @@ from typing import Any
 
 from fracture.model.folder import ModelConfig
 
-__all__ = ["build_card", "render_card_markdown", "rewrite_model_card", "rewrite_model_config",
-           "FRACATLAS_CITATION", "INTENDED_USE"]
+__all__ = [
+    "build_card",
+    "render_card_markdown",
+    "rewrite_model_card",
+    "rewrite_model_config",
+    "FRACATLAS_CITATION",
+    "INTENDED_USE",
+]
 
 FRACATLAS_CITATION = (
     "Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. FracAtlas: A Dataset for Fracture "
@@ -103,9 +109,11 @@ def _precision_line(card: dict[str, Any]) -> str:
     evidence = card.get("inference_precision_evidence") or {}
     if evidence.get("auroc_fp32") is None:
         return f"- Inference precision: {precision}"
-    return (f"- Inference precision: {precision} (`fracture bench`: val AUROC bfloat16 "
-            f"{_fmt(evidence.get('auroc_bf16'))} vs float32 {_fmt(evidence.get('auroc_fp32'))}, "
-            f"{_fmt(evidence.get('speedup'))}x the float32 speed)")
+    return (
+        f"- Inference precision: {precision} (`fracture bench`: val AUROC bfloat16 "
+        f"{_fmt(evidence.get('auroc_bf16'))} vs float32 {_fmt(evidence.get('auroc_fp32'))}, "
+        f"{_fmt(evidence.get('speedup'))}x the float32 speed)"
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -134,7 +142,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         f"- Calibration: class-weighting prior shift {_fmt(card.get('prior_shift'))} removed, "
         f"then temperature {_fmt(card.get('temperature'))} (fitted on val)",
         _precision_line(card),
-        f"- Thresholds: " + ", ".join(f"{k} {_fmt(v)}" for k, v in (card.get("thresholds") or {}).items())
+        f"- Thresholds: "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in (card.get("thresholds") or {}).items())
         + f"; default `{card.get('operating_point')}`",
         f"- Trained {card.get('created')} from commit `{card.get('git_commit')}`, seed "
         f"{card.get('seed')}, in {_fmt(card.get('training_seconds'))} s (best epoch "
@@ -152,8 +161,16 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         "| metric | value |",
         "| --- | --- |",
     ]
-    for key in ("auroc", "auroc_ci", "pr_auc", "sensitivity", "specificity", "brier", "ece",
-                "hardware_free_auroc"):
+    for key in (
+        "auroc",
+        "auroc_ci",
+        "pr_auc",
+        "sensitivity",
+        "specificity",
+        "brier",
+        "ece",
+        "hardware_free_auroc",
+    ):
         if key in metrics:
             lines.append(f"| {key} | {_fmt(metrics[key])} |")
     for name, point in (metrics.get("operating_points") or {}).items():

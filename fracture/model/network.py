@@ -181,8 +181,9 @@ def fold_batchnorm(model: "keras.Model") -> "keras.Model":
         beta = bn.beta.numpy() if bn.center else 0.0
         scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
         bias = layer.bias.numpy() if layer.use_bias else 0.0
-        target.set_weights([layer.kernel.numpy() * scale,
-                            (bias - bn.moving_mean.numpy()) * scale + beta])
+        target.set_weights(
+            [layer.kernel.numpy() * scale, (bias - bn.moving_mean.numpy()) * scale + beta]
+        )
     return copy
 
 
@@ -205,5 +206,3 @@ def _pass_through_layer(name: str) -> "keras.layers.Layer":
 
 def trained_layers(model: "keras.Model", config: ModelConfig) -> list["keras.layers.Layer"]:
     return [layer for layer in _tail_layers(model, config.fine_tune_from) if layer.weights]
-
-

@@ -35,9 +35,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+from fracture.config import Settings, get_settings
 from fracture.io.files import atomic_write_json, atomic_write_text, fsync_path, read_json
 from fracture.model.folder import ModelLoadError, read_config
-from fracture.config import Settings, get_settings
 
 __all__ = [
     "ModelVersion",
@@ -161,8 +161,9 @@ def active_name(settings: Settings | None = None) -> str:
     try:
         return _check_name(text)
     except ValueError:
-        log.warning("Ignoring %s: it does not hold a plain model name",
-                    settings.models_dir / ACTIVE_FILE)
+        log.warning(
+            "Ignoring %s: it does not hold a plain model name", settings.models_dir / ACTIVE_FILE
+        )
         return settings.model_name
 
 
@@ -216,7 +217,9 @@ def _resolve_active(settings: Settings) -> tuple[str, Path]:
         )
     log.warning(
         "Active model %r is unusable (%s); serving %r instead. Promote or roll back to fix.",
-        requested, error, fallback,
+        requested,
+        error,
+        fallback,
     )
     return fallback, settings.models_dir / fallback
 
@@ -450,9 +453,11 @@ def cleanup_staging(settings: Settings | None = None) -> list[Path]:
             if path.name.startswith(STAGING_PREFIX) and path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
-            elif (path.is_file() and path.name.endswith(".tmp")
-                  and path.name.startswith((f".{ACTIVE_FILE}.", f".{HISTORY_FILE}."))):
+            elif (
+                path.is_file()
+                and path.name.endswith(".tmp")
+                and path.name.startswith((f".{ACTIVE_FILE}.", f".{HISTORY_FILE}."))
+            ):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
-

@@ -1,2 +1,1 @@
-"""Performance: the benchmark (``python -m fracture bench``) and the dashboard load test.
-"""
+"""Performance: the benchmark (``python -m fracture bench``) and the dashboard load test."""

@@ -37,7 +37,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-
 from fracture.errors import BenchError
 from fracture.perf.config import CHILD_TIMEOUT_S, PROJECT_ROOT, RESULT_MARKER, BenchConfig
 from fracture.perf.machine import describe_machine
@@ -45,7 +44,6 @@ from fracture.perf.measure import COLD_START_SCRIPT, measure_serving, measure_tr
 from fracture.perf.report import summarise
 
 if TYPE_CHECKING:
-
     pass
 
 __all__ = ["run_bench", "apply_precision_verdict"]
@@ -59,19 +57,24 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _run_child(args: list[str], description: str, extra_env: dict[str, str] | None = None
-               ) -> tuple[dict[str, Any], float]:
+def _run_child(
+    args: list[str], description: str, extra_env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], float]:
     """Run ``python ARGS``; return the JSON it printed after RESULT_MARKER and its spawn time."""
     spawned = time.time()
     process = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=_child_env(extra_env),
-        cwd=PROJECT_ROOT, timeout=CHILD_TIMEOUT_S,
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=_child_env(extra_env),
+        cwd=PROJECT_ROOT,
+        timeout=CHILD_TIMEOUT_S,
     )
     lines = [ln for ln in process.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
     if process.returncode != 0 or not lines:
         tail = "\n".join((process.stderr or process.stdout).strip().splitlines()[-15:])
         raise BenchError(f"the {description} step failed (exit {process.returncode}):\n{tail}")
-    return json.loads(lines[-1][len(RESULT_MARKER):]), spawned
+    return json.loads(lines[-1][len(RESULT_MARKER) :]), spawned
 
 
 def _section_in_child(section: str, config: BenchConfig) -> dict[str, Any]:
@@ -104,8 +107,9 @@ def _cold_starts(config: BenchConfig) -> list[dict[str, Any]]:
 # Orchestration and summary
 
 
-def run_bench(config: BenchConfig, *, isolate: bool = True,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_bench(
+    config: BenchConfig, *, isolate: bool = True, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run every measurement and return the summary (see :func:`summarise`).
 
     ``isolate`` runs serving and training in child processes (true peak RSS
@@ -157,10 +161,24 @@ def apply_precision_verdict(model_dir: str | os.PathLike[str], bf16: dict[str, A
 
     config, card = read_config(model_dir)
     precision = "bfloat16" if bf16.get("recommended") else None
-    evidence = {key: bf16.get(key) for key in
-                ("check", "auroc_fp32", "auroc_bf16", "delta_auroc", "val_images",
-                 "decisions_changed", "ood_flags_changed", "speedup")}
-    rewrite_model_config(model_dir, dataclasses.replace(config, inference_precision=precision),
-                         card, inference_precision=precision or "float32",
-                         inference_precision_evidence=evidence)
+    evidence = {
+        key: bf16.get(key)
+        for key in (
+            "check",
+            "auroc_fp32",
+            "auroc_bf16",
+            "delta_auroc",
+            "val_images",
+            "decisions_changed",
+            "ood_flags_changed",
+            "speedup",
+        )
+    }
+    rewrite_model_config(
+        model_dir,
+        dataclasses.replace(config, inference_precision=precision),
+        card,
+        inference_precision=precision or "float32",
+        inference_precision_evidence=evidence,
+    )
     return precision or "float32"

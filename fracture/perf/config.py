@@ -1,5 +1,4 @@
-"""Configurable parameters of the benchmark (the reason for each default beside it) and :class:`BenchConfig`.
-"""
+"""Configurable parameters of the benchmark (the reason for each default beside it) and :class:`BenchConfig`."""
 
 from __future__ import annotations
 
@@ -8,10 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
-
 if TYPE_CHECKING:
-
     pass
 
 __all__ = [
@@ -114,9 +110,18 @@ class BenchConfig:
         decoding cannot overlap inference (the full run measures the overlap).
         """
         quick = cls(
-            quick=True, images=16, naive_images=6, repeats=3, latency_repeats=8,
-            train_batch_size=8, train_steps=2, val_images=120, sweep_images=8,
-            sweep_repeats=1, cold_start_repeats=1, latency_at_224=True,
+            quick=True,
+            images=16,
+            naive_images=6,
+            repeats=3,
+            latency_repeats=8,
+            train_batch_size=8,
+            train_steps=2,
+            val_images=120,
+            sweep_images=8,
+            sweep_repeats=1,
+            cold_start_repeats=1,
+            latency_at_224=True,
         )
         return dataclasses.replace(quick, **changes)
 

@@ -55,9 +55,14 @@ MAX_SESSIONS = 16
 MAX_REQUESTS_PER_SESSION = 50
 MAX_DURATION_S = 1800.0
 CHROMIUM_ARGS = (
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-)  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 RSS_SAMPLE_S = 0.5
 
 # Streamlit's DOM test ids (stable across releases; the browser test uses them too).
@@ -81,8 +86,12 @@ class Upload:
     @property
     def mime_type(self) -> str:
         suffix = Path(self.name).suffix.lower()
-        return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                ".dcm": "application/dicom"}.get(suffix, "application/octet-stream")
+        return {
+            ".png": "image/png",
+            ".jpg": "image/jpeg",
+            ".jpeg": "image/jpeg",
+            ".dcm": "application/dicom",
+        }.get(suffix, "application/octet-stream")
 
 
 @dataclass
@@ -105,7 +114,9 @@ class LoadConfig:
         if not 1 <= self.requests <= MAX_REQUESTS_PER_SESSION:
             raise ValueError(f"requests must be 1..{MAX_REQUESTS_PER_SESSION}, got {self.requests}")
         if not 0 < self.duration_s <= MAX_DURATION_S:
-            raise ValueError(f"duration must be in (0, {MAX_DURATION_S:.0f}] s, got {self.duration_s}")
+            raise ValueError(
+                f"duration must be in (0, {MAX_DURATION_S:.0f}] s, got {self.duration_s}"
+            )
         if self.request_timeout_s <= 0:
             raise ValueError("request timeout must be positive")
 
@@ -169,13 +180,19 @@ class LoadReport:
             ("latency p50", ms(figures["p50_ms"])),
             ("latency p95", ms(figures["p95_ms"])),
             ("latency max", ms(figures["max_ms"])),
-            ("throughput", "-" if not figures["throughput_per_s"]
-             else f"{figures['throughput_per_s']:.2f} requests/s"),
+            (
+                "throughput",
+                "-"
+                if not figures["throughput_per_s"]
+                else f"{figures['throughput_per_s']:.2f} requests/s",
+            ),
             ("warm-up request", "-" if self.warmup_s is None else f"{self.warmup_s:.1f} s"),
             ("wall time", f"{self.wall_s:.1f} s"),
-            ("server peak RSS", "-" if self.server_peak_rss_mib is None
-             else f"{self.server_peak_rss_mib:,.0f} MiB"),
-        ]  # fmt: skip
+            (
+                "server peak RSS",
+                "-" if self.server_peak_rss_mib is None else f"{self.server_peak_rss_mib:,.0f} MiB",
+            ),
+        ]
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
         lines += [f"  error: {message}" for message in self.errors[:10]]
@@ -196,9 +213,14 @@ def check_local_url(url: str) -> None:
 
 def find_chromium(explicit: str | None = None) -> str:
     """A Chromium executable: the explicit one, $CHROMIUM, or the usual Debian paths."""
-    candidates = (explicit, os.environ.get("CHROMIUM"), "/usr/bin/chromium",
-                  shutil.which("chromium"), shutil.which("chromium-browser"),
-                  shutil.which("google-chrome"))  # fmt: skip
+    candidates = (
+        explicit,
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    )
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return candidate
@@ -302,13 +324,15 @@ def _run_in_own_loop(coroutine: Any) -> None:
         pool.submit(asyncio.run, coroutine).result()
 
 
-async def _run(config: LoadConfig, uploads: list[Upload], chromium: str, report: LoadReport,
-               deadline: float) -> None:  # fmt: skip
+async def _run(
+    config: LoadConfig, uploads: list[Upload], chromium: str, report: LoadReport, deadline: float
+) -> None:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium,
-                                                   args=list(CHROMIUM_ARGS))
+        browser = await playwright.chromium.launch(
+            executable_path=chromium, args=list(CHROMIUM_ARGS)
+        )
         try:
             if config.warmup:
                 outcome = await _session(browser, config, [uploads[0]], deadline, "warm-up")
@@ -318,13 +342,17 @@ async def _run(config: LoadConfig, uploads: list[Upload], chromium: str, report:
                     report.errors.extend([reason] * report.requests_planned)
                     return
                 report.warmup_s = outcome.latencies_s[0]
-            plans = [[uploads[(s * config.requests + r) % len(uploads)]
-                      for r in range(config.requests)] for s in range(config.sessions)]
+            plans = [
+                [uploads[(s * config.requests + r) % len(uploads)] for r in range(config.requests)]
+                for s in range(config.sessions)
+            ]
             started = time.monotonic()
-            outcomes = await asyncio.gather(*(
-                _session(browser, config, plan, deadline, f"session {index + 1}")
-                for index, plan in enumerate(plans)
-            ))  # fmt: skip
+            outcomes = await asyncio.gather(
+                *(
+                    _session(browser, config, plan, deadline, f"session {index + 1}")
+                    for index, plan in enumerate(plans)
+                )
+            )
             for outcome in outcomes:
                 report.latencies_s.extend(outcome.latencies_s)
                 report.errors.extend(outcome.errors)
@@ -341,8 +369,9 @@ class _Outcome:
     stopped_by_deadline: bool = False
 
 
-async def _session(browser: Any, config: LoadConfig, plan: list[Upload], deadline: float,
-                   label: str) -> _Outcome:  # fmt: skip
+async def _session(
+    browser: Any, config: LoadConfig, plan: list[Upload], deadline: float, label: str
+) -> _Outcome:
     """One browser context = one Streamlit session, uploading ``plan`` in turn."""
     outcome = _Outcome()
     context = await browser.new_context(viewport={"width": 1280, "height": 1600})
@@ -350,8 +379,9 @@ async def _session(browser: Any, config: LoadConfig, plan: list[Upload], deadlin
         page = await context.new_page()
         try:
             await page.goto(config.url, timeout=_timeout_ms(config, deadline))
-            await page.locator(UPLOADER).wait_for(state="attached",
-                                                  timeout=_timeout_ms(config, deadline))
+            await page.locator(UPLOADER).wait_for(
+                state="attached", timeout=_timeout_ms(config, deadline)
+            )
         except Exception as error:  # noqa: BLE001 - any failure is a reported error, not a crash
             outcome.errors.extend(f"{label}: page did not load: {_reason(error)}" for _ in plan)
             return outcome
@@ -359,12 +389,16 @@ async def _session(browser: Any, config: LoadConfig, plan: list[Upload], deadlin
             if time.monotonic() >= deadline:
                 outcome.stopped_by_deadline = True
                 remaining = len(plan) - number + 1
-                outcome.errors.extend(f"{label}: not run, deadline reached" for _ in range(remaining))
+                outcome.errors.extend(
+                    f"{label}: not run, deadline reached" for _ in range(remaining)
+                )
                 break
             try:
                 outcome.latencies_s.append(await _one_request(page, config, upload, deadline))
             except Exception as error:  # noqa: BLE001
-                outcome.errors.append(f"{label}, request {number} ({upload.name}): {_reason(error)}")
+                outcome.errors.append(
+                    f"{label}, request {number} ({upload.name}): {_reason(error)}"
+                )
     finally:
         await context.close()
     return outcome
@@ -378,7 +412,8 @@ async def _one_request(page: Any, config: LoadConfig, upload: Upload, deadline: 
         await delete.first.click(timeout=timeout)
         await page.wait_for_function(
             "([selector, n]) => document.querySelectorAll(selector).length < n",
-            arg=[DELETE_UPLOAD, remaining], timeout=timeout,
+            arg=[DELETE_UPLOAD, remaining],
+            timeout=timeout,
         )
     await page.locator(PROBABILITY).wait_for(state="detached", timeout=timeout)
     start = time.perf_counter()

@@ -1,5 +1,4 @@
-"""Describe the machine a benchmark ran on: CPU, memory, load, library versions, peak FLOP/s.
-"""
+"""Describe the machine a benchmark ran on: CPU, memory, load, library versions, peak FLOP/s."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import platform
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
-
 
 from fracture.perf.config import RESNET50_GMACS_AT_224
 
@@ -21,7 +19,6 @@ __all__ = [
     "peak_gflops",
     "flops_per_image",
     "count_macs",
-
 ]
 
 
@@ -30,7 +27,8 @@ def describe_machine() -> dict[str, Any]:
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     interesting = sorted(
-        f for f in flags
+        f
+        for f in flags
         if f in {"fma", "avx", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16"}
         or f.startswith("amx")
     )
@@ -68,8 +66,14 @@ def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    packages = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "opencv-python-headless",
-                "pillow")
+    packages = (
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "opencv-python-headless",
+        "pillow",
+    )
     for name in packages:
         try:
             versions[name] = version(name)
@@ -174,12 +178,16 @@ def peak_gflops(machine: dict[str, Any]) -> dict[str, Any]:
     arch = machine.get("microarchitecture", "")
     if "avx512f" in flags and arch == "AMD Zen 4":
         units, lanes = 2, 8
-        how = ("Zen 4 runs AVX-512 on two 256-bit FMA pipes (each 512-bit FMA is double-pumped): "
-               "2 units x 8 fp32 lanes")
+        how = (
+            "Zen 4 runs AVX-512 on two 256-bit FMA pipes (each 512-bit FMA is double-pumped): "
+            "2 units x 8 fp32 lanes"
+        )
     elif "avx512f" in flags:
         units, lanes = 2, 16
-        how = ("AVX-512: assumed 2 FMA units of 16 fp32 lanes (server parts; "
-               "CPUs with one AVX-512 FMA unit have half this peak)")
+        how = (
+            "AVX-512: assumed 2 FMA units of 16 fp32 lanes (server parts; "
+            "CPUs with one AVX-512 FMA unit have half this peak)"
+        )
     elif "avx2" in flags and "fma" in flags:
         units, lanes = 2, 8
         how = "AVX2 + FMA: assumed 2 FMA units of 8 fp32 lanes"
@@ -196,8 +204,9 @@ def peak_gflops(machine: dict[str, Any]) -> dict[str, Any]:
         bf16_how = "AMX: 1024 bf16 FLOPs per cycle per core (one TMUL tile op per 16 cycles)"
     elif "avx512_bf16" in flags:
         bf16 = 2 * fp32
-        bf16_how = ("AVX-512 BF16: VDPBF16PS does two bf16 products per fp32 lane, so 2 x the "
-                    "fp32 peak")
+        bf16_how = (
+            "AVX-512 BF16: VDPBF16PS does two bf16 products per fp32 lane, so 2 x the fp32 peak"
+        )
     return {
         "fp32": round(fp32, 1),
         "bf16": None if bf16 is None else round(bf16, 1),
@@ -229,5 +238,3 @@ def count_macs(layers: Sequence["keras.layers.Layer"]) -> int:
         elif isinstance(layer, keras.layers.Dense):
             total += layer.input.shape[-1] * layer.units
     return int(total)
-
-

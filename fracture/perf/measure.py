@@ -25,7 +25,6 @@ from fracture.perf.workload import (
 )
 
 if TYPE_CHECKING:
-
     from fracture.inference.predictor import Predictor
 
 __all__ = [
@@ -91,8 +90,9 @@ def _single_request(predictor: "Predictor", data: bytes, with_cam: bool) -> None
         overlay_heatmap(result.image, result.heatmap)
 
 
-def _latencies(predictors: Sequence["Predictor"], jpegs: Sequence[bytes],
-               repeats: int) -> list[dict[str, Any]]:
+def _latencies(
+    predictors: Sequence["Predictor"], jpegs: Sequence[bytes], repeats: int
+) -> list[dict[str, Any]]:
     """Per predictor, p50/p95 of bytes -> probability + Grad-CAM overlay and bytes -> probability.
 
     Requests alternate between the predictors and the two kinds, so a change
@@ -114,16 +114,18 @@ def _latencies(predictors: Sequence["Predictor"], jpegs: Sequence[bytes],
     for predictor, timing in zip(predictors, timings):
         cam_p50, cam_p95 = _percentiles_ms(timing["cam"])
         prob_p50, prob_p95 = _percentiles_ms(timing["prob"])
-        results.append({
-            "image_size": predictor.config.image_size,
-            "precision": predictor.precision,
-            "repeats": repeats,
-            "prob_cam_p50_ms": cam_p50,
-            "prob_cam_p95_ms": cam_p95,
-            "prob_p50_ms": prob_p50,
-            "prob_p95_ms": prob_p95,
-            "prob_cam_cpu_p50_ms": _percentiles_ms(timing["cam_cpu"])[0],
-        })
+        results.append(
+            {
+                "image_size": predictor.config.image_size,
+                "precision": predictor.precision,
+                "repeats": repeats,
+                "prob_cam_p50_ms": cam_p50,
+                "prob_cam_p95_ms": cam_p95,
+                "prob_p50_ms": prob_p50,
+                "prob_p95_ms": prob_p95,
+                "prob_cam_cpu_p50_ms": _percentiles_ms(timing["cam_cpu"])[0],
+            }
+        )
     return results
 
 
@@ -183,8 +185,13 @@ def _auroc_check(fp32: "Predictor", bf16: "Predictor", config: BenchConfig) -> d
         "max_abs_probability_diff": float(np.max(np.abs(p32 - p16))),
         "decisions_changed": int(np.sum((p32 >= fp32.threshold) != (p16 >= fp32.threshold))),
         # The OOD gate was fitted in one precision: say whether the other moves its flags.
-        "ood_flags_changed": int(sum(a.in_distribution != b.in_distribution
-                                     for a, b, kept in zip(first, second, ok) if kept)),
+        "ood_flags_changed": int(
+            sum(
+                a.in_distribution != b.in_distribution
+                for a, b, kept in zip(first, second, ok)
+                if kept
+            )
+        ),
     }
 
 
@@ -251,8 +258,11 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
         runs["project_cpu"].append(_cpu_seconds() - cpu_start)
         runs["network"].append(_timed(lambda: [engine.run(c, False) for c in chunks]))
         runs["decode"].append(_timed(lambda: letterboxed(jpegs, size)))
-        runs["naive"].append(_timed(lambda: [naive_predict(naive, data, size)
-                                             for data in jpegs[: config.naive_images]]))
+        runs["naive"].append(
+            _timed(
+                lambda: [naive_predict(naive, data, size) for data in jpegs[: config.naive_images]]
+            )
+        )
         if bf16_batch is not None:
             runs["bf16"].append(_timed(lambda: bf16_batch.predict(jpegs)))
     del naive, inputs, chunks
@@ -265,8 +275,10 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
         if model_info["kind"] == "trained":
             bf16["auroc"] = _auroc_check(batch, bf16_batch, config)
         else:
-            bf16["auroc"] = {"check": "n/a",
-                             "reason": "n/a: no trained model (ImageNet + random head)"}
+            bf16["auroc"] = {
+                "check": "n/a",
+                "reason": "n/a: no trained model (ImageNet + random head)",
+            }
     else:
         bf16["auroc"] = {"check": "n/a", "reason": "n/a: no native bfloat16 on this machine"}
     lap("bf16 AUROC check")

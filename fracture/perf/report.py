@@ -1,18 +1,15 @@
-"""Summarise a benchmark run: ratios, targets and verdicts, and the tables printed and written to BENCHMARKS.md.
-"""
+"""Summarise a benchmark run: ratios, targets and verdicts, and the tables printed and written to BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
-
 from fracture.perf.config import BF16_MIN_SPEEDUP, TARGETS, BenchConfig
 from fracture.perf.machine import flops_per_image, peak_gflops
 from fracture.perf.measure import median
 
 if TYPE_CHECKING:
-
     pass
 
 __all__ = [
@@ -23,9 +20,16 @@ __all__ = [
 ]
 
 
-def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, Any],
-              cold: list[dict[str, Any]], training: dict[str, Any], timings: dict[str, float],
-              *, isolated: bool = True) -> dict[str, Any]:
+def summarise(
+    config: BenchConfig,
+    machine: dict[str, Any],
+    serving: dict[str, Any],
+    cold: list[dict[str, Any]],
+    training: dict[str, Any],
+    timings: dict[str, float],
+    *,
+    isolated: bool = True,
+) -> dict[str, Any]:
     """Turn raw measurements into figures: every ratio here comes from the measurements given."""
     from fracture.inference.engine import MAX_INTER_OP_THREADS
 
@@ -46,8 +50,12 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
         "project_ips": project_ips,
         "naive_ips": naive_ips,
         "throughput_ratio": project_ips / naive_ips,
-        "paired_ratio": _paired_ratio(serving["project_seconds"], serving["images"],
-                                      serving["naive_seconds"], serving["naive_images"]),
+        "paired_ratio": _paired_ratio(
+            serving["project_seconds"],
+            serving["images"],
+            serving["naive_seconds"],
+            serving["naive_images"],
+        ),
         "pipeline": {
             "decode_s": decode_s,
             "inference_s": network_s,
@@ -66,8 +74,9 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
         bf16["fp32_ips"] = project_ips
         bf16["bf16_ips"] = bf16_ips
         bf16["speedup"] = bf16_ips / project_ips
-        bf16["paired_speedup"] = _paired_ratio(bf16_raw["seconds"], serving["images"],
-                                               serving["project_seconds"], serving["images"])
+        bf16["paired_speedup"] = _paired_ratio(
+            bf16_raw["seconds"], serving["images"], serving["project_seconds"], serving["images"]
+        )
         bf16["load_stable"] = _agrees(bf16["speedup"], bf16["paired_speedup"])
         bf16["throughput_ratio_vs_naive"] = bf16_ips / naive_ips
         bf16["latency"] = bf16_raw.get("latency")
@@ -97,18 +106,21 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
         "gflop_per_cpu_second": gflop / cpu_per_image if cpu_per_image > 0 else None,
         "per_core_peak_fp32_gflops": per_core_peak,
         "fraction_of_per_core_peak": (gflop / cpu_per_image / per_core_peak)
-        if per_core_peak and cpu_per_image > 0 else None,
+        if per_core_peak and cpu_per_image > 0
+        else None,
         "gemm_fp32_gflop_per_cpu_second": serving["gemm"]["fp32_gflop_per_cpu_second"],
         # Load-independent efficiency: the predict path's work per CPU-second
         # against the best a large matrix product does per CPU-second.
         "fraction_of_gemm_per_cpu_second": _ratio(
-            gflop / cpu_per_image, serving["gemm"]["fp32_gflop_per_cpu_second"]),
+            gflop / cpu_per_image, serving["gemm"]["fp32_gflop_per_cpu_second"]
+        ),
         "measured_gemm_fp32_gflops": serving["gemm"]["fp32_gflops"],
         "measured_gemm_bf16_gflops": serving["gemm"]["bf16_gflops"],
         "predict_path_fraction_of_gemm": project_ips * gflop / serving["gemm"]["fp32_gflops"],
         # The clock the GEMM needs at least, had it reached 100 % of the formula's peak.
         "implied_min_ghz": (serving["gemm"]["fp32_gflops"] / peak["fp32"] * machine["mhz"] / 1000)
-        if peak["fp32"] and machine.get("mhz") else None,
+        if peak["fp32"] and machine.get("mhz")
+        else None,
         "peak_formula": peak["formula"],
         "peak_how": peak["how"],
         "bf16_peak_how": peak.get("bf16_how"),
@@ -117,19 +129,28 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
 
     sweep = []
     for run in cold:
-        sweep.append({
-            "intra_op": run["threads"]["intra_op"],
-            "inter_op": run["threads"]["inter_op"],
-            "ips": run["sweep_images"] / median(run["sweep_seconds"]),
-            "cpu_seconds_per_image": median(run["sweep_cpu_seconds"]) / run["sweep_images"],
-        })
+        sweep.append(
+            {
+                "intra_op": run["threads"]["intra_op"],
+                "inter_op": run["threads"]["inter_op"],
+                "ips": run["sweep_images"] / median(run["sweep_seconds"]),
+                "cpu_seconds_per_image": median(run["sweep_cpu_seconds"]) / run["sweep_images"],
+            }
+        )
     # The project's default: configure_threads() with no overrides, on this machine's CPUs.
     default_inter = min(MAX_INTER_OP_THREADS, machine.get("cores") or 1)
     chosen = [r for r in cold if r["threads"]["inter_op"] == default_inter] or cold
     cold_start = None
     if chosen:
-        keys = ("interpreter_s", "import_s", "build_s", "weights_s", "warmup_s", "first_predict_s",
-                "total_s")
+        keys = (
+            "interpreter_s",
+            "import_s",
+            "build_s",
+            "weights_s",
+            "warmup_s",
+            "first_predict_s",
+            "total_s",
+        )
         cold_start = {key: median([r[key] for r in chosen]) for key in keys}
         cold_start["runs"] = len(chosen)
         cold_start["threads"] = chosen[0]["threads"]
@@ -144,8 +165,12 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
         "uncached_ips": train_ips_uncached,
         "cached_ips": train_ips_cached,
         "cache_speedup": train_ips_cached / train_ips_uncached,
-        "paired_speedup": _paired_ratio(training["cached_seconds"], training["batch_size"],
-                                        training["uncached_seconds"], training["batch_size"]),
+        "paired_speedup": _paired_ratio(
+            training["cached_seconds"],
+            training["batch_size"],
+            training["uncached_seconds"],
+            training["batch_size"],
+        ),
         "flop_bound_speedup": training["flop_bound_speedup"],
         "forward_gmacs_per_image": training["forward_gmacs_per_image"],
         "tail_forward_gmacs_per_image": training["tail_forward_gmacs_per_image"],
@@ -192,8 +217,9 @@ def summarise(config: BenchConfig, machine: dict[str, Any], serving: dict[str, A
     return result
 
 
-def _paired_ratio(first_s: Sequence[float], first_n: int, second_s: Sequence[float],
-                  second_n: int) -> float | None:
+def _paired_ratio(
+    first_s: Sequence[float], first_n: int, second_s: Sequence[float], second_n: int
+) -> float | None:
     """Median over repeats of (first img/s) / (second img/s), each pair timed back to back.
 
     A cross-check of the ratio of medians: if the background load changed
@@ -224,31 +250,55 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     cold = result.get("cold_start") or {}
     bf16 = result["bf16"]
     values: list[tuple[str, str, float | None]] = [
-        ("throughput_ratio", "batch throughput, project / naive",
-         result["throughput"]["throughput_ratio"]),
-        ("latency_prob_cam_p50_ms",
-         f"prob + Grad-CAM p50 at {result['latency']['image_size']} px", 
-         result["latency"]["prob_cam_p50_ms"]),
+        (
+            "throughput_ratio",
+            "batch throughput, project / naive",
+            result["throughput"]["throughput_ratio"],
+        ),
+        (
+            "latency_prob_cam_p50_ms",
+            f"prob + Grad-CAM p50 at {result['latency']['image_size']} px",
+            result["latency"]["prob_cam_p50_ms"],
+        ),
     ]
     if result.get("latency_224"):
-        values.append(("latency_prob_cam_p50_ms", "prob + Grad-CAM p50 at 224 px",
-                       result["latency_224"]["prob_cam_p50_ms"]))
+        values.append(
+            (
+                "latency_prob_cam_p50_ms",
+                "prob + Grad-CAM p50 at 224 px",
+                result["latency_224"]["prob_cam_p50_ms"],
+            )
+        )
     values += [
         ("cold_start_s", "cold start to first prediction", cold.get("total_s")),
         ("serving_peak_rss_mb", "serving peak RSS", result["memory"]["serving_peak_rss_mib"]),
-        ("cache_speedup", "fine-tuning speed-up from the feature cache",
-         result["training"]["cache_speedup"]),
-        ("bf16_abs_delta_auroc", "bfloat16 |delta AUROC| vs float32",
-         None if bf16.get("delta_auroc") is None else abs(bf16["delta_auroc"])),
+        (
+            "cache_speedup",
+            "fine-tuning speed-up from the feature cache",
+            result["training"]["cache_speedup"],
+        ),
+        (
+            "bf16_abs_delta_auroc",
+            "bfloat16 |delta AUROC| vs float32",
+            None if bf16.get("delta_auroc") is None else abs(bf16["delta_auroc"]),
+        ),
     ]
     rows = []
     for key, figure, value in values:
         op, target, unit = TARGETS[key]
         met = _check(op, value, target)
-        rows.append({
-            "id": key, "figure": figure, "value": value, "op": op, "target": target, "unit": unit,
-            "met": met, "status": "n/a" if met is None else ("met" if met else "missed"),
-        })
+        rows.append(
+            {
+                "id": key,
+                "figure": figure,
+                "value": value,
+                "op": op,
+                "target": target,
+                "unit": unit,
+                "met": met,
+                "status": "n/a" if met is None else ("met" if met else "missed"),
+            }
+        )
     return rows
 
 
@@ -261,8 +311,9 @@ def _unstable(figures: dict[str, Any], paired_key: str) -> str:
 
 def _latency_cell(latency: dict[str, Any]) -> str:
     cpu = latency.get("prob_cam_cpu_p50_ms")
-    return (f"{latency['prob_cam_p50_ms']:.0f} / {latency['prob_cam_p95_ms']:.0f} ms"
-            + (f" (CPU {cpu:.0f} ms)" if cpu is not None else ""))
+    return f"{latency['prob_cam_p50_ms']:.0f} / {latency['prob_cam_p95_ms']:.0f} ms" + (
+        f" (CPU {cpu:.0f} ms)" if cpu is not None else ""
+    )
 
 
 def _pct(fraction: float | None) -> str:
@@ -289,104 +340,207 @@ def format_table(result: dict[str, Any], markdown: bool = False) -> str:
 
     size = t["image_size"]
     rows: list[tuple[str, str, str, str]] = [
-        (f"Batch throughput, project predict ({size} px, batch {t['batch_size']})",
-         f"{t['project_ips']:.2f} img/s", "", ""),
-        ("Batch throughput, naive Keras model.predict per image",
-         f"{t['naive_ips']:.2f} img/s", "", ""),
-        ("Throughput ratio project / naive",
-         f"{t['throughput_ratio']:.2f}x" + _unstable(t, "paired_ratio"),
-         *target_cells("batch throughput, project / naive")),
-        ("  decode / inference / pipelined (s)",
-         f"{t['pipeline']['decode_s']:.2f} / {t['pipeline']['inference_s']:.2f} / "
-         f"{t['pipeline']['pipelined_s']:.2f}",
-         "", f"{100 * t['pipeline']['decode_hidden_fraction']:.0f}% of decode hidden"),
-        (f"Single image prob + Grad-CAM overlay, p50 / p95 ({lat['image_size']} px)",
-         _latency_cell(lat),
-         *target_cells(f"prob + Grad-CAM p50 at {lat['image_size']} px")),
-        (f"Single image prob only, p50 / p95 ({lat['image_size']} px)",
-         f"{lat['prob_p50_ms']:.0f} / {lat['prob_p95_ms']:.0f} ms", "", ""),
+        (
+            f"Batch throughput, project predict ({size} px, batch {t['batch_size']})",
+            f"{t['project_ips']:.2f} img/s",
+            "",
+            "",
+        ),
+        (
+            "Batch throughput, naive Keras model.predict per image",
+            f"{t['naive_ips']:.2f} img/s",
+            "",
+            "",
+        ),
+        (
+            "Throughput ratio project / naive",
+            f"{t['throughput_ratio']:.2f}x" + _unstable(t, "paired_ratio"),
+            *target_cells("batch throughput, project / naive"),
+        ),
+        (
+            "  decode / inference / pipelined (s)",
+            f"{t['pipeline']['decode_s']:.2f} / {t['pipeline']['inference_s']:.2f} / "
+            f"{t['pipeline']['pipelined_s']:.2f}",
+            "",
+            f"{100 * t['pipeline']['decode_hidden_fraction']:.0f}% of decode hidden",
+        ),
+        (
+            f"Single image prob + Grad-CAM overlay, p50 / p95 ({lat['image_size']} px)",
+            _latency_cell(lat),
+            *target_cells(f"prob + Grad-CAM p50 at {lat['image_size']} px"),
+        ),
+        (
+            f"Single image prob only, p50 / p95 ({lat['image_size']} px)",
+            f"{lat['prob_p50_ms']:.0f} / {lat['prob_p95_ms']:.0f} ms",
+            "",
+            "",
+        ),
     ]
     if result.get("latency_224"):
         l224 = result["latency_224"]
-        rows.append(("Single image prob + Grad-CAM overlay, p50 / p95 (224 px)",
-                     _latency_cell(l224),
-                     *target_cells("prob + Grad-CAM p50 at 224 px")))
+        rows.append(
+            (
+                "Single image prob + Grad-CAM overlay, p50 / p95 (224 px)",
+                _latency_cell(l224),
+                *target_cells("prob + Grad-CAM p50 at 224 px"),
+            )
+        )
         if l224.get("bf16"):
-            rows.append(("  same in bfloat16 (224 px)", _latency_cell(l224["bf16"]), "<= 150 ms",
-                         "met" if l224["bf16"]["prob_cam_p50_ms"] <= 150 else "missed"))
+            rows.append(
+                (
+                    "  same in bfloat16 (224 px)",
+                    _latency_cell(l224["bf16"]),
+                    "<= 150 ms",
+                    "met" if l224["bf16"]["prob_cam_p50_ms"] <= 150 else "missed",
+                )
+            )
     rows += [
-        ("Cold start to first prediction (fresh process)", _fmt(cold.get("total_s"), 1, " s"),
-         *target_cells("cold start to first prediction")),
-        ("  interpreter / import / build / weights / warm-up / first predict",
-         " / ".join(_fmt(cold.get(k), 2) for k in ("interpreter_s", "import_s", "build_s",
-                                                   "weights_s", "warmup_s", "first_predict_s"))
-         + " s", "", ""),
-        (f"Serving peak RSS (batch + batch-1 predictors, {mem['serving_precision']})",
-         f"{mem['serving_peak_rss_mib']:.0f} MiB",
-         *target_cells("serving peak RSS")),
-        (f"Training peak RSS (bench steps, batch {tr['batch_size']})",
-         f"{mem['training_peak_rss_mib']:.0f} MiB", "", ""),
-        (f"Fine-tuning without cache ({tr['image_size']} px, from {tr['fine_tune_from']})",
-         f"{tr['uncached_ips']:.2f} img/s", "", ""),
+        (
+            "Cold start to first prediction (fresh process)",
+            _fmt(cold.get("total_s"), 1, " s"),
+            *target_cells("cold start to first prediction"),
+        ),
+        (
+            "  interpreter / import / build / weights / warm-up / first predict",
+            " / ".join(
+                _fmt(cold.get(k), 2)
+                for k in (
+                    "interpreter_s",
+                    "import_s",
+                    "build_s",
+                    "weights_s",
+                    "warmup_s",
+                    "first_predict_s",
+                )
+            )
+            + " s",
+            "",
+            "",
+        ),
+        (
+            f"Serving peak RSS (batch + batch-1 predictors, {mem['serving_precision']})",
+            f"{mem['serving_peak_rss_mib']:.0f} MiB",
+            *target_cells("serving peak RSS"),
+        ),
+        (
+            f"Training peak RSS (bench steps, batch {tr['batch_size']})",
+            f"{mem['training_peak_rss_mib']:.0f} MiB",
+            "",
+            "",
+        ),
+        (
+            f"Fine-tuning without cache ({tr['image_size']} px, from {tr['fine_tune_from']})",
+            f"{tr['uncached_ips']:.2f} img/s",
+            "",
+            "",
+        ),
         ("Fine-tuning with feature cache", f"{tr['cached_ips']:.1f} img/s", "", ""),
-        ("Feature-cache speed-up", f"{tr['cache_speedup']:.1f}x{_unstable(tr, 'paired_speedup')} "
-         f"(FLOP bound at this freeze point {tr['flop_bound_speedup']:.1f}x)",
-         *target_cells("fine-tuning speed-up from the feature cache")),
-        ("Predict path GFLOP/s / fp32 peak",
-         f"{eff['predict_path_gflops']:.1f} / {_fmt(eff['peak_fp32_gflops'])} "
-         f"({_pct(eff['predict_path_fraction_of_peak'])})",
-         "", ""),
-        ("Predict path GFLOP per CPU-second / per-core peak / GEMM per CPU-second",
-         f"{_fmt(eff['gflop_per_cpu_second'])} / {_fmt(eff['per_core_peak_fp32_gflops'])} "
-         f"({_pct(eff['fraction_of_per_core_peak'])}) / "
-         f"{_fmt(eff['gemm_fp32_gflop_per_cpu_second'])} "
-         f"({_pct(eff['fraction_of_gemm_per_cpu_second'])})", "", "load-independent"),
-        ("Predict path GFLOP/s / measured fp32 GEMM GFLOP/s",
-         f"{eff['predict_path_gflops']:.1f} / {eff['measured_gemm_fp32_gflops']:.1f} "
-         f"({100 * eff['predict_path_fraction_of_gemm']:.0f}%; GEMM implies >= "
-         f"{_fmt(eff['implied_min_ghz'], 2)} GHz)", "", ""),
-        ("Network only GFLOP/s (no decode)",
-         f"{eff['network_only_gflops']:.1f} "
-         f"({_pct(eff['network_only_fraction_of_peak'])})",
-         "", ""),
+        (
+            "Feature-cache speed-up",
+            f"{tr['cache_speedup']:.1f}x{_unstable(tr, 'paired_speedup')} "
+            f"(FLOP bound at this freeze point {tr['flop_bound_speedup']:.1f}x)",
+            *target_cells("fine-tuning speed-up from the feature cache"),
+        ),
+        (
+            "Predict path GFLOP/s / fp32 peak",
+            f"{eff['predict_path_gflops']:.1f} / {_fmt(eff['peak_fp32_gflops'])} "
+            f"({_pct(eff['predict_path_fraction_of_peak'])})",
+            "",
+            "",
+        ),
+        (
+            "Predict path GFLOP per CPU-second / per-core peak / GEMM per CPU-second",
+            f"{_fmt(eff['gflop_per_cpu_second'])} / {_fmt(eff['per_core_peak_fp32_gflops'])} "
+            f"({_pct(eff['fraction_of_per_core_peak'])}) / "
+            f"{_fmt(eff['gemm_fp32_gflop_per_cpu_second'])} "
+            f"({_pct(eff['fraction_of_gemm_per_cpu_second'])})",
+            "",
+            "load-independent",
+        ),
+        (
+            "Predict path GFLOP/s / measured fp32 GEMM GFLOP/s",
+            f"{eff['predict_path_gflops']:.1f} / {eff['measured_gemm_fp32_gflops']:.1f} "
+            f"({100 * eff['predict_path_fraction_of_gemm']:.0f}%; GEMM implies >= "
+            f"{_fmt(eff['implied_min_ghz'], 2)} GHz)",
+            "",
+            "",
+        ),
+        (
+            "Network only GFLOP/s (no decode)",
+            f"{eff['network_only_gflops']:.1f} ({_pct(eff['network_only_fraction_of_peak'])})",
+            "",
+            "",
+        ),
     ]
     if bf["supported"] and bf.get("speedup"):
         rows += [
-            ("bfloat16 predict speed-up vs float32",
-             f"{bf['speedup']:.2f}x{_unstable(bf, 'paired_speedup')} "
-             f"({bf['bf16_ips']:.2f} img/s, {bf['bf16_ips'] * eff['gflop_per_image']:.1f} GFLOP/s "
-             f"of {_fmt(eff['peak_bf16_gflops'])} bf16 peak)", "", ""),
-            ("bfloat16 throughput ratio vs naive", f"{bf['throughput_ratio_vs_naive']:.2f}x",
-             ">= 5x", "met" if bf["throughput_ratio_vs_naive"] >= 5 else "missed"),
+            (
+                "bfloat16 predict speed-up vs float32",
+                f"{bf['speedup']:.2f}x{_unstable(bf, 'paired_speedup')} "
+                f"({bf['bf16_ips']:.2f} img/s, {bf['bf16_ips'] * eff['gflop_per_image']:.1f} GFLOP/s "
+                f"of {_fmt(eff['peak_bf16_gflops'])} bf16 peak)",
+                "",
+                "",
+            ),
+            (
+                "bfloat16 throughput ratio vs naive",
+                f"{bf['throughput_ratio_vs_naive']:.2f}x",
+                ">= 5x",
+                "met" if bf["throughput_ratio_vs_naive"] >= 5 else "missed",
+            ),
         ]
         if bf.get("latency"):
-            rows.append((f"bfloat16 prob + Grad-CAM p50 / p95 ({bf['latency']['image_size']} px)",
-                         _latency_cell(bf["latency"]), "<= 150 ms",
-                         "met" if bf["latency"]["prob_cam_p50_ms"] <= 150 else "missed"))
+            rows.append(
+                (
+                    f"bfloat16 prob + Grad-CAM p50 / p95 ({bf['latency']['image_size']} px)",
+                    _latency_cell(bf["latency"]),
+                    "<= 150 ms",
+                    "met" if bf["latency"]["prob_cam_p50_ms"] <= 150 else "missed",
+                )
+            )
     if bf.get("check") in ("PASS", "FAIL"):
         subset = f"{bf['val_images']} val images" + (" (quick subset)" if result["quick"] else "")
-        rows.append((f"bfloat16 AUROC vs float32 ({subset})",
-                     f"{bf['auroc_bf16']:.4f} vs {bf['auroc_fp32']:.4f} "
-                     f"(delta {bf['delta_auroc']:+.4f})", "|delta| <= 0.005", bf["check"]))
-        rows.append(("  labels / OOD flags changed by bfloat16",
-                     f"{bf.get('decisions_changed', 'n/a')} / {bf.get('ood_flags_changed', 'n/a')}"
-                     f" of {bf['val_images']}", "", ""))
+        rows.append(
+            (
+                f"bfloat16 AUROC vs float32 ({subset})",
+                f"{bf['auroc_bf16']:.4f} vs {bf['auroc_fp32']:.4f} "
+                f"(delta {bf['delta_auroc']:+.4f})",
+                "|delta| <= 0.005",
+                bf["check"],
+            )
+        )
+        rows.append(
+            (
+                "  labels / OOD flags changed by bfloat16",
+                f"{bf.get('decisions_changed', 'n/a')} / {bf.get('ood_flags_changed', 'n/a')}"
+                f" of {bf['val_images']}",
+                "",
+                "",
+            )
+        )
     else:
-        rows.append(("bfloat16 AUROC vs float32", bf.get("reason") or "n/a",
-                     "|delta| <= 0.005", "n/a"))
+        rows.append(
+            ("bfloat16 AUROC vs float32", bf.get("reason") or "n/a", "|delta| <= 0.005", "n/a")
+        )
     rows.append(("bfloat16 recommended", "yes" if bf["recommended"] else "no", "", ""))
     for entry in result["threading"]["sweep"]:
         chosen = entry["inter_op"] == result["threading"]["default_inter_op"]
-        rows.append((f"Threads intra {entry['intra_op']} / inter {entry['inter_op']}"
-                     + (" (default)" if chosen else ""),
-                     f"{entry['ips']:.2f} img/s, {entry['cpu_seconds_per_image']:.2f} CPU s/img",
-                     "", ""))
+        rows.append(
+            (
+                f"Threads intra {entry['intra_op']} / inter {entry['inter_op']}"
+                + (" (default)" if chosen else ""),
+                f"{entry['ips']:.2f} img/s, {entry['cpu_seconds_per_image']:.2f} CPU s/img",
+                "",
+                "",
+            )
+        )
 
     header = ("Figure", "Value", "Target", "Status")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-                  for row in rows]
+        lines += [
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows
+        ]
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

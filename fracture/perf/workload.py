@@ -32,8 +32,9 @@ __all__ = [
 ]
 
 
-def make_radiograph_jpegs(count: int, shape: tuple[int, int] = RADIOGRAPH_SHAPE,
-                          seed: int = 0) -> list[bytes]:
+def make_radiograph_jpegs(
+    count: int, shape: tuple[int, int] = RADIOGRAPH_SHAPE, seed: int = 0
+) -> list[bytes]:
     """``count`` JPEGs that decode like radiographs: grey, smooth, bright bones, some noise.
 
     Decoding cost depends on size and entropy, so the images have the size
@@ -89,13 +90,21 @@ def bench_model(config: BenchConfig, weights: str) -> tuple["LoadedModel", dict[
         directory = Path(config.model_dir) if config.model_dir else served_model_dir()
         if directory is not None:
             loaded = load_model(directory, weights)
-            return loaded, {"kind": "trained", "directory": str(directory),
-                            "name": loaded.config.name, "image_size": loaded.config.image_size}
+            return loaded, {
+                "kind": "trained",
+                "directory": str(directory),
+                "name": loaded.config.name,
+                "image_size": loaded.config.image_size,
+            }
     size = config.image_size or 224
     model_config = ModelConfig(image_size=size, name="imagenet-random-head")
     loaded = LoadedModel(build_classifier(model_config, weights), model_config, {}, None)
-    return loaded, {"kind": "imagenet-random-head", "directory": None, "name": model_config.name,
-                    "image_size": size}
+    return loaded, {
+        "kind": "imagenet-random-head",
+        "directory": None,
+        "name": model_config.name,
+        "image_size": size,
+    }
 
 
 def bench_image_size(config: BenchConfig) -> int:
@@ -111,8 +120,8 @@ def bench_image_size(config: BenchConfig) -> int:
 
 
 def letterboxed(jpegs: Sequence[bytes], size: int) -> np.ndarray:
-    from fracture.io.images import load_image
     from fracture.inference.preprocess import letterbox
+    from fracture.io.images import load_image
 
     return np.stack([letterbox(load_image(data), size)[0] for data in jpegs])
 

@@ -1,2 +1,1 @@
-"""Fine-tuning: the trainer, its feature cache, the run-folder format and background jobs.
-"""
+"""Fine-tuning: the trainer, its feature cache, the run-folder format and background jobs."""

@@ -16,9 +16,8 @@ command line hold no lock but are still detected from their status files.
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+from fracture.config import PROJECT_ROOT, Settings, get_settings
 from fracture.errors import JobBusyError
 from fracture.io.files import atomic_write_json, read_json
-from fracture.config import PROJECT_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
     from fracture.training.config import TrainConfig
@@ -190,7 +189,8 @@ def _lock_is_live(lock: dict[str, Any]) -> bool:
 def _clear_stale_lock(settings: Settings, lock: dict[str, Any]) -> None:
     log.info(
         "Clearing stale training lock for %s (its process %s is gone)",
-        lock.get("run_dir"), lock.get("pid") or lock.get("launcher_pid"),
+        lock.get("run_dir"),
+        lock.get("pid") or lock.get("launcher_pid"),
     )
     _lock_path(settings).unlink(missing_ok=True)
 
@@ -238,12 +238,20 @@ def job_status(job: TrainingJob) -> dict[str, Any]:
     if status.get("pid") == job.pid:
         return status
     if _alive(job.pid):
-        return {"state": "starting", "pid": job.pid, "started": job.started,
-                "message": "Starting the training process (loading TensorFlow)"}
+        return {
+            "state": "starting",
+            "pid": job.pid,
+            "started": job.started,
+            "message": "Starting the training process (loading TensorFlow)",
+        }
     if status.get("state") in _FINAL_STATES:
         return status
-    return {**status, "state": "interrupted", "pid": job.pid,
-            "message": f"The training process exited before reporting; see {LOG_FILE}."}
+    return {
+        **status,
+        "state": "interrupted",
+        "pid": job.pid,
+        "message": f"The training process exited before reporting; see {LOG_FILE}.",
+    }
 
 
 def _live_unlocked_runs(settings: Settings) -> list[tuple[Path, dict[str, Any]]]:
@@ -299,7 +307,10 @@ def _command(
             if not value:
                 command.append("--no-augment")
             continue
-        command += [f"--{field.name.replace('_', '-')}", repr(value) if isinstance(value, float) else str(value)]
+        command += [
+            f"--{field.name.replace('_', '-')}",
+            repr(value) if isinstance(value, float) else str(value),
+        ]
     return command
 
 
@@ -378,10 +389,16 @@ def start_training(
         for other, status in _live_unlocked_runs(settings):
             raise JobBusyError(_busy_message(other, status.get("pid")))
         try:
-            _create_lock(settings, {"run_dir": str(run_dir), "launching": True,
-                                    "launcher_pid": os.getpid(),
-                                    "launcher_start": _start_ticks(os.getpid()),
-                                    "started": started})
+            _create_lock(
+                settings,
+                {
+                    "run_dir": str(run_dir),
+                    "launching": True,
+                    "launcher_pid": os.getpid(),
+                    "launcher_start": _start_ticks(os.getpid()),
+                    "started": started,
+                },
+            )
         except FileExistsError:  # only without fcntl: another launcher won the race
             raise JobBusyError(_busy_message(None, None)) from None
 
@@ -405,12 +422,26 @@ def start_training(
         raise
     _CHILDREN[process.pid] = process
     with _guard(settings):
-        atomic_write_json(_lock_path(settings), {"run_dir": str(run_dir), "pid": process.pid,
-                                                 "pid_start": _start_ticks(process.pid),
-                                                 "started": started})
-    atomic_write_json(run_dir / JOB_FILE, {"pid": process.pid, "started": started,
-                                           "data_root": str(data), "pretrained": pretrained,
-                                           "resume": resume, "command": command})
+        atomic_write_json(
+            _lock_path(settings),
+            {
+                "run_dir": str(run_dir),
+                "pid": process.pid,
+                "pid_start": _start_ticks(process.pid),
+                "started": started,
+            },
+        )
+    atomic_write_json(
+        run_dir / JOB_FILE,
+        {
+            "pid": process.pid,
+            "started": started,
+            "data_root": str(data),
+            "pretrained": pretrained,
+            "resume": resume,
+            "command": command,
+        },
+    )
     log.info("Started training run %s (pid %d)", run_dir.name, process.pid)
     return TrainingJob(run_dir, process.pid, started)
 
@@ -418,8 +449,10 @@ def start_training(
 def _busy_message(run_dir: Any, pid: Any) -> str:
     which = f"run {Path(run_dir).name!r}" if run_dir else "another run"
     where = f" (pid {pid})" if pid else ""
-    return (f"Training {which}{where} is already in progress; wait for it to finish or "
-            f"cancel it before starting another")
+    return (
+        f"Training {which}{where} is already in progress; wait for it to finish or "
+        f"cancel it before starting another"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -492,9 +525,14 @@ def cancel(
     if signalled and status.get("state") not in _FINAL_STATES and run_dir.is_dir():
         # The process is gone, so nothing else writes this file any more. An
         # interrupted run that nobody signalled keeps its resumable status.
-        status = {**status, "state": "cancelled", "phase": "cancelled", "forced": forced,
-                  "updated": time.time(),
-                  "message": "Cancelled by the user (stopped before it could save its status)"}
+        status = {
+            **status,
+            "state": "cancelled",
+            "phase": "cancelled",
+            "forced": forced,
+            "updated": time.time(),
+            "message": "Cancelled by the user (stopped before it could save its status)",
+        }
         atomic_write_json(run_dir / "status.json", status)
     return status
 
@@ -524,16 +562,18 @@ def list_runs(settings: Settings | None = None) -> list[dict[str, Any]]:
         status = job_status(job) if running else _read_status(run_dir)
         model_dir = run_dir / "model"
         has_model = (model_dir / "config.json").is_file()
-        runs.append({
-            "name": run_dir.name,
-            "run_dir": run_dir,
-            "status": status,
-            "state": status.get("state", "unknown"),
-            "running": running,
-            "has_model": has_model,
-            "model_dir": model_dir if has_model else None,
-            "started": float(status.get("started") or run_dir.stat().st_mtime),
-        })
+        runs.append(
+            {
+                "name": run_dir.name,
+                "run_dir": run_dir,
+                "status": status,
+                "state": status.get("state", "unknown"),
+                "running": running,
+                "has_model": has_model,
+                "model_dir": model_dir if has_model else None,
+                "started": float(status.get("started") or run_dir.stat().st_mtime),
+            }
+        )
     runs.sort(key=lambda r: (r["started"], r["name"]), reverse=True)
     return runs
 

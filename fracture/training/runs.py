@@ -87,7 +87,9 @@ def _csv_cell(value: Any) -> str:
 def read_status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """A run's status; a run whose process died mid-way reads as ``interrupted``."""
     status = read_json(Path(run_dir) / STATUS_FILE, default={"state": "unknown"})
-    if status.get("state") in {"running", "caching", "starting"} and not pid_alive(status.get("pid")):
+    if status.get("state") in {"running", "caching", "starting"} and not pid_alive(
+        status.get("pid")
+    ):
         status["state"] = "interrupted"
         status["message"] = "The training process stopped unexpectedly; resume to continue."
     return status
@@ -110,7 +112,9 @@ def pid_alive(pid: Any) -> bool:
         return True
 
 
-def discard_candidate(candidate_dir: str | os.PathLike[str], settings: Settings | None = None) -> None:
+def discard_candidate(
+    candidate_dir: str | os.PathLike[str], settings: Settings | None = None
+) -> None:
     """Delete a run's candidate model folder; refuses anything outside ``settings.runs_dir``.
 
     Deleting is irreversible, so the path must be a real (not symlinked)

@@ -179,11 +179,16 @@ def train(
         # A resumed run's clock (ETA, training time in the card) starts at its first start.
         writer.started = read_json(run_dir / STATUS_FILE, default={}).get("started", writer.started)
     try:
-        return _train(data_root, run_dir, writer, config, settings or get_settings(),
-                      pretrained, resume)
+        return _train(
+            data_root, run_dir, writer, config, settings or get_settings(), pretrained, resume
+        )
     except Exception as error:
-        writer.status("failed", phase="failed", message=f"Training failed: {error}",
-                      error=type(error).__name__)
+        writer.status(
+            "failed",
+            phase="failed",
+            message=f"Training failed: {error}",
+            error=type(error).__name__,
+        )
         raise
 
 
@@ -267,7 +272,9 @@ def _train(
     )
     progress_base[0] = len(train_records) * views
     val_features, val_ok = compute_features(val_records, 1, stem, cache, config, on_cache_progress)
-    skipped = [str(r.path) for r, ok in zip(train_records + val_records, [*train_ok, *val_ok]) if not ok]
+    skipped = [
+        str(r.path) for r, ok in zip(train_records + val_records, [*train_ok, *val_ok]) if not ok
+    ]
     train_labels = np.array([r.label for r in train_records])[train_ok]
     val_labels = np.array([r.label for r in val_records])[val_ok]
     # In place: the train features are the run's largest array (views x images x
@@ -294,7 +301,9 @@ def _train(
         if phase != compiled_phase:
             set_trainable(model, None if phase == "head" else config.fine_tune_from)
             with strategy.scope():
-                _compile(tail, config.head_lr if phase == "head" else config.lr, config.weight_decay)
+                _compile(
+                    tail, config.head_lr if phase == "head" else config.lr, config.weight_decay
+                )
             compiled_phase = phase
         batches = _batches(train_features, train_labels, sample_weights, config, epoch)
         epoch_started = time.time()
@@ -339,9 +348,21 @@ def _train(
     writer.status("finishing", phase="ood", message="Fitting the out-of-distribution gate")
     ood_gate = _fit_ood_from_cache(model, config, train_features[0], val_features)
     model_dir = _finalise(
-        model, model_config, reference, run_dir, val_logits, val_labels,
-        [r for r, ok in zip(val_records, val_ok) if ok], config, dataset, history, best_epoch,
-        writer.started, weights_sha, ood_gate, _prior_shift(class_weight),
+        model,
+        model_config,
+        reference,
+        run_dir,
+        val_logits,
+        val_labels,
+        [r for r, ok in zip(val_records, val_ok) if ok],
+        config,
+        dataset,
+        history,
+        best_epoch,
+        writer.started,
+        weights_sha,
+        ood_gate,
+        _prior_shift(class_weight),
     )
     writer.status(
         "completed",
@@ -369,36 +390,51 @@ def _fit_ood_from_cache(model, config: TrainConfig, train_stem: np.ndarray, val_
     """
     import keras
 
-    from fracture.model.network import POOL_LAYER
     from fracture.inference.ood import fit_ood_gate
+    from fracture.model.network import POOL_LAYER
 
     pool = keras.Model(
         model.get_layer(config.fine_tune_from).output, model.get_layer(POOL_LAYER).output
     )
 
     def pooled(stem_features: np.ndarray) -> np.ndarray:
-        chunks = [pool(stem_features[i : i + 64].astype(np.float32), training=False).numpy()
-                  for i in range(0, len(stem_features), 64)]
+        chunks = [
+            pool(stem_features[i : i + 64].astype(np.float32), training=False).numpy()
+            for i in range(0, len(stem_features), 64)
+        ]
         return np.concatenate(chunks)
 
     return fit_ood_gate(pooled(train_stem), pooled(val_stem))
 
 
 def _finalise(
-    model, model_config, reference, run_dir, val_logits, val_labels, val_records,
-    config, dataset, history, best_epoch, started, weights_sha, ood_gate, prior_shift,
+    model,
+    model_config,
+    reference,
+    run_dir,
+    val_logits,
+    val_labels,
+    val_records,
+    config,
+    dataset,
+    history,
+    best_epoch,
+    started,
+    weights_sha,
+    ood_gate,
+    prior_shift,
 ) -> Path:
     """Fit temperature and thresholds on val, then save the model with its card and OOD gate.
 
     ``val_logits`` are already prior-corrected (``prior_shift`` removed).
     """
-    from fracture.model.card import build_card
     from fracture.evaluation.metrics import (
         calibrated_probability,
         choose_thresholds,
         evaluation_report,
         fit_temperature,
     )
+    from fracture.model.card import build_card
 
     temperature = fit_temperature(val_logits, val_labels)
     probabilities = calibrated_probability(val_logits, temperature)
@@ -446,7 +482,10 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -1,2 +1,1 @@
-"""What the dashboard pages show, computed without Streamlit: tables, figures, downloads, the admin gate.
-"""
+"""What the dashboard pages show, computed without Streamlit: tables, figures, downloads, the admin gate."""

@@ -1,5 +1,4 @@
-"""What the Dataset page shows: thumbnails with fracture boxes, image sizes, filters and pages.
-"""
+"""What the Dataset page shows: thumbnails with fracture boxes, image sizes, filters and pages."""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
@@ -40,13 +39,22 @@ COLOUR_FRACTURE = "#d62728"
 COLOUR_NORMAL = "#1f77b4"
 COLOUR_TRAIN = "#7f7f7f"
 COLOUR_VAL = "#1f6feb"
-_CLASS_COLOURS = {"fractured": COLOUR_FRACTURE, "fracture": COLOUR_FRACTURE,
-                  "normal": COLOUR_NORMAL}  # fmt: skip
+_CLASS_COLOURS = {
+    "fractured": COLOUR_FRACTURE,
+    "fracture": COLOUR_FRACTURE,
+    "normal": COLOUR_NORMAL,
+}
 _FIGURE_MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 # Curves keep their legend inside the empty corner of the plot, where it never
 # collides with the axis title.
-_LEGEND_BOTTOM_RIGHT = {"x": 0.98, "y": 0.02, "xanchor": "right", "yanchor": "bottom",
-                        "bgcolor": "rgba(255,255,255,0.8)", "orientation": "v"}  # fmt: skip
+_LEGEND_BOTTOM_RIGHT = {
+    "x": 0.98,
+    "y": 0.02,
+    "xanchor": "right",
+    "yanchor": "bottom",
+    "bgcolor": "rgba(255,255,255,0.8)",
+    "orientation": "v",
+}
 _LEGEND_BOTTOM_LEFT = {**_LEGEND_BOTTOM_RIGHT, "x": 0.02, "xanchor": "left"}
 
 
@@ -55,9 +63,12 @@ def _figure(title: str | None = None, height: int = 320) -> "go.Figure":
 
     figure = go.Figure()
     figure.update_layout(
-        title=title, height=height, margin=_FIGURE_MARGIN, template="plotly_white",
+        title=title,
+        height=height,
+        margin=_FIGURE_MARGIN,
+        template="plotly_white",
         legend={"orientation": "h", "y": -0.2},
-    )  # fmt: skip
+    )
     return figure
 
 
@@ -79,8 +90,11 @@ def probability_gauge(probability: float, threshold: float, title: str = "") -> 
                     {"range": [0, 100.0 * threshold], "color": "#e8f1fb"},
                     {"range": [100.0 * threshold, 100], "color": "#fbe9e9"},
                 ],
-                "threshold": {"line": {"color": "black", "width": 4}, "thickness": 0.9,
-                              "value": 100.0 * threshold},  # fmt: skip
+                "threshold": {
+                    "line": {"color": "black", "width": 4},
+                    "thickness": 0.9,
+                    "value": 100.0 * threshold,
+                },
             },
         )
     )
@@ -94,10 +108,14 @@ def probability_histogram(probabilities: Sequence[float], threshold: float) -> "
 
     values = np.asarray([p for p in probabilities if p is not None], dtype=float)
     figure = _figure(f"Fracture probabilities (dashed: threshold {threshold:.2f})", height=300)
-    figure.add_trace(go.Histogram(
-        x=values, xbins={"start": 0.0, "end": 1.0, "size": 0.05}, marker_color=COLOUR_VAL,
-        name="images",
-    ))  # fmt: skip
+    figure.add_trace(
+        go.Histogram(
+            x=values,
+            xbins={"start": 0.0, "end": 1.0, "size": 0.05},
+            marker_color=COLOUR_VAL,
+            name="images",
+        )
+    )
     figure.add_vline(x=threshold, line_dash="dash", line_color="black")
     figure.update_xaxes(range=[0, 1], title="probability of fracture")
     figure.update_yaxes(title="images")
@@ -113,8 +131,16 @@ def class_balance_figure(summary: Mapping[str, Mapping[str, int]]) -> "go.Figure
     figure = _figure("Class balance per split")
     for name in ("fractured", "normal"):
         counts = [summary[split].get(name, 0) for split in splits]
-        figure.add_trace(go.Bar(x=splits, y=counts, name=name, marker_color=_CLASS_COLOURS[name],
-                                text=counts, textposition="auto"))  # fmt: skip
+        figure.add_trace(
+            go.Bar(
+                x=splits,
+                y=counts,
+                name=name,
+                marker_color=_CLASS_COLOURS[name],
+                text=counts,
+                textposition="auto",
+            )
+        )
     figure.update_layout(barmode="group")
     figure.update_yaxes(title="images")
     return figure
@@ -134,8 +160,14 @@ def breakdown_figure(frame: "pd.DataFrame", column: str, title: str) -> "go.Figu
     figure = _figure(title)
     for name in ("fractured", "normal"):
         if name in table.columns:
-            figure.add_trace(go.Bar(x=table.index.tolist(), y=table[name].tolist(), name=name,
-                                    marker_color=_CLASS_COLOURS[name]))  # fmt: skip
+            figure.add_trace(
+                go.Bar(
+                    x=table.index.tolist(),
+                    y=table[name].tolist(),
+                    name=name,
+                    marker_color=_CLASS_COLOURS[name],
+                )
+            )
     figure.update_layout(barmode="stack")
     figure.update_yaxes(title="images")
     return figure
@@ -146,11 +178,16 @@ def size_figure(sizes: "pd.DataFrame") -> "go.Figure":
     import plotly.graph_objects as go
 
     figure = _figure(f"Image sizes (sample of {len(sizes)})")
-    figure.add_trace(go.Scatter(
-        x=sizes["width"], y=sizes["height"], mode="markers", text=sizes["path"].map(
-            lambda p: Path(p).name), marker={"color": COLOUR_VAL, "opacity": 0.6, "size": 7},
-        hovertemplate="%{text}<br>%{x} x %{y} px<extra></extra>",
-    ))  # fmt: skip
+    figure.add_trace(
+        go.Scatter(
+            x=sizes["width"],
+            y=sizes["height"],
+            mode="markers",
+            text=sizes["path"].map(lambda p: Path(p).name),
+            marker={"color": COLOUR_VAL, "opacity": 0.6, "size": 7},
+            hovertemplate="%{text}<br>%{x} x %{y} px<extra></extra>",
+        )
+    )
     figure.update_xaxes(title="width (px)")
     figure.update_yaxes(title="height (px)")
     return figure
@@ -167,22 +204,39 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> "go.Figure":
         for split, colour in (("train", COLOUR_TRAIN), ("val", COLOUR_VAL)):
             values = [row.get(f"{split}_{metric}") for row in history]
             figure.add_trace(
-                go.Scatter(x=epochs, y=values, mode="lines+markers", name=f"{split}",
-                           line={"color": colour}, legendgroup=split, showlegend=col == 1),
-                row=1, col=col,
-            )  # fmt: skip
-    switch = next(
-        (row.get("epoch") for row in history if row.get("phase") == "fine-tune"), None
-    )
+                go.Scatter(
+                    x=epochs,
+                    y=values,
+                    mode="lines+markers",
+                    name=f"{split}",
+                    line={"color": colour},
+                    legendgroup=split,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+    switch = next((row.get("epoch") for row in history if row.get("phase") == "fine-tune"), None)
     if switch is not None and len(history) > 1:
         for col in (1, 2):
             figure.add_vline(x=switch - 0.5, line_dash="dot", line_color="#999", row=1, col=col)
-        figure.add_annotation(x=switch - 0.5, y=1.0, yref="y2 domain", xref="x2",
-                              text="fine-tune", showarrow=False, yanchor="bottom")  # fmt: skip
+        figure.add_annotation(
+            x=switch - 0.5,
+            y=1.0,
+            yref="y2 domain",
+            xref="x2",
+            text="fine-tune",
+            showarrow=False,
+            yanchor="bottom",
+        )
     figure.update_xaxes(title="epoch", dtick=1)
     figure.update_yaxes(range=[0, 1.02], row=1, col=2)
-    figure.update_layout(height=320, margin=_FIGURE_MARGIN, template="plotly_white",
-                         legend={"orientation": "h", "y": -0.25})  # fmt: skip
+    figure.update_layout(
+        height=320,
+        margin=_FIGURE_MARGIN,
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.25},
+    )
     return figure
 
 
@@ -197,11 +251,19 @@ def confusion_figure(
         raise ValueError(f"confusion matrix must be 2 x 2, got shape {values.shape}")
     names = ["normal", "fracture"]
     figure = _figure(title, height=300)
-    figure.add_trace(go.Heatmap(
-        z=values, x=[f"predicted {n}" for n in names], y=[f"true {n}" for n in names],
-        text=values, texttemplate="%{text}", textfont={"size": 18}, colorscale="Blues",
-        showscale=False, hovertemplate="%{y}, %{x}: %{z}<extra></extra>",
-    ))  # fmt: skip
+    figure.add_trace(
+        go.Heatmap(
+            z=values,
+            x=[f"predicted {n}" for n in names],
+            y=[f"true {n}" for n in names],
+            text=values,
+            texttemplate="%{text}",
+            textfont={"size": 18},
+            colorscale="Blues",
+            showscale=False,
+            hovertemplate="%{y}, %{x}: %{z}<extra></extra>",
+        )
+    )
     figure.update_yaxes(autorange="reversed")
     return figure
 
@@ -213,11 +275,15 @@ def _operating_markers(figure: "go.Figure", report: Mapping[str, Any]) -> None:
         sensitivity, specificity = point.get("sensitivity"), point.get("specificity")
         if sensitivity is None or specificity is None:
             continue
-        figure.add_trace(go.Scatter(
-            x=[1 - specificity], y=[sensitivity], mode="markers",
-            marker={"size": 11, "symbol": "diamond", "line": {"width": 1, "color": "black"}},
-            name=f"{name.replace('_', ' ')} (t={point.get('threshold', float('nan')):.2f})",
-        ))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=[1 - specificity],
+                y=[sensitivity],
+                mode="markers",
+                marker={"size": 11, "symbol": "diamond", "line": {"width": 1, "color": "black"}},
+                name=f"{name.replace('_', ' ')} (t={point.get('threshold', float('nan')):.2f})",
+            )
+        )
 
 
 def roc_figure(reports: Mapping[str, Mapping[str, Any]], title: str = "ROC curve") -> "go.Figure":
@@ -229,16 +295,26 @@ def roc_figure(reports: Mapping[str, Mapping[str, Any]], title: str = "ROC curve
     import plotly.graph_objects as go
 
     figure = _figure(title, height=360)
-    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
-                                line={"dash": "dash", "color": "#bbb"}))  # fmt: skip
+    figure.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dash", "color": "#bbb"}
+        )
+    )
     for index, (name, report) in enumerate(reports.items()):
         roc = report.get("roc")
         if not roc:
             continue
         auroc = report.get("auroc")
         label = f"{name} (AUROC {auroc:.3f})" if auroc is not None else name
-        figure.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=label,
-                                    line={"width": 2.5 if index == 0 else 1.5}))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=roc["fpr"],
+                y=roc["tpr"],
+                mode="lines",
+                name=label,
+                line={"width": 2.5 if index == 0 else 1.5},
+            )
+        )
         if index == 0:
             _operating_markers(figure, report)
     figure.update_xaxes(title="1 - specificity (false-positive rate)", range=[0, 1])
@@ -256,11 +332,22 @@ def pr_figure(report: Mapping[str, Any]) -> "go.Figure":
     if pr:
         pr_auc = report.get("pr_auc")
         name = f"PR-AUC {pr_auc:.3f}" if pr_auc is not None else "model"
-        figure.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=name,
-                                    line={"color": COLOUR_VAL, "width": 2.5}))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=pr["recall"],
+                y=pr["precision"],
+                mode="lines",
+                name=name,
+                line={"color": COLOUR_VAL, "width": 2.5},
+            )
+        )
     if report.get("prevalence") is not None:
-        figure.add_hline(y=report["prevalence"], line_dash="dash", line_color="#bbb",
-                         annotation_text="prevalence")  # fmt: skip
+        figure.add_hline(
+            y=report["prevalence"],
+            line_dash="dash",
+            line_color="#bbb",
+            annotation_text="prevalence",
+        )
     figure.update_xaxes(title="recall (sensitivity)", range=[0, 1])
     figure.update_yaxes(title="precision (PPV)", range=[0, 1.02])
     figure.update_layout(legend=_LEGEND_BOTTOM_LEFT)
@@ -273,8 +360,15 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
     import plotly.graph_objects as go
 
     figure = _figure("Reliability (calibration)", height=360)
-    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                                line={"dash": "dash", "color": "#bbb"}))  # fmt: skip
+    figure.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            name="perfect calibration",
+            line={"dash": "dash", "color": "#bbb"},
+        )
+    )
     curves = (
         ("reliability", "calibrated", report.get("ece"), COLOUR_VAL),
         ("reliability_uncalibrated", "before scaling", report.get("ece_uncalibrated"), "#ff7f0e"),
@@ -285,19 +379,27 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
             continue
         points = [
             (x, y, n)
-            for x, y, n in zip(curve["mean_predicted"], curve["observed_frequency"],
-                               curve["counts"])  # fmt: skip
+            for x, y, n in zip(
+                curve["mean_predicted"], curve["observed_frequency"], curve["counts"]
+            )
             if x is not None and y is not None
         ]
         if not points:
             continue
         xs, ys, ns = zip(*points)
         label = f"{name} (ECE {ece:.3f})" if ece is not None else name
-        figure.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines+markers", name=label, line={"color": colour},
-            customdata=ns, hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>"
-            "n=%{customdata}<extra></extra>",
-        ))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=label,
+                line={"color": colour},
+                customdata=ns,
+                hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>"
+                "n=%{customdata}<extra></extra>",
+            )
+        )
     figure.update_xaxes(title="mean predicted probability", range=[0, 1])
     figure.update_yaxes(title="observed fracture frequency", range=[0, 1.02])
     figure.update_layout(legend={**_LEGEND_BOTTOM_LEFT, "y": 0.98, "yanchor": "top"})
@@ -329,14 +431,24 @@ def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
         texts.append(f"n={entry.get('n')}")
     figure = _figure("AUROC per subgroup (95% bootstrap CI)", height=340)
     colours = ["#9467bd" if name == "without hardware" else COLOUR_VAL for name in names]
-    figure.add_trace(go.Bar(
-        x=names, y=values, marker_color=colours, text=texts, textposition="inside",
-        error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower},
-        hovertemplate="%{x}: AUROC %{y:.3f}<extra></extra>",
-    ))  # fmt: skip
+    figure.add_trace(
+        go.Bar(
+            x=names,
+            y=values,
+            marker_color=colours,
+            text=texts,
+            textposition="inside",
+            error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower},
+            hovertemplate="%{x}: AUROC %{y:.3f}<extra></extra>",
+        )
+    )
     if report.get("auroc") is not None:
-        figure.add_hline(y=report["auroc"], line_dash="dash", line_color="black",
-                         annotation_text=f"all {report['auroc']:.3f}")  # fmt: skip
+        figure.add_hline(
+            y=report["auroc"],
+            line_dash="dash",
+            line_color="black",
+            annotation_text=f"all {report['auroc']:.3f}",
+        )
     figure.update_yaxes(title="AUROC", range=[0, 1.05])
     figure.update_layout(showlegend=False)
     return figure

@@ -71,8 +71,14 @@ _PROBABILITY_EPS = 1e-6
 
 # Columns of the on-screen results table (the CSV download uses CSV_COLUMNS, as the CLI).
 RESULT_COLUMNS = (
-    "file", "probability", "label", "confidence", "status", "error", "in_distribution",
-)  # fmt: skip
+    "file",
+    "probability",
+    "label",
+    "confidence",
+    "status",
+    "error",
+    "in_distribution",
+)
 
 
 def label_for(probability: float, threshold: float) -> str:

@@ -1,5 +1,4 @@
-"""What the Train and Model pages show about runs and models: progress, durations, card headlines, comparisons.
-"""
+"""What the Train and Model pages show about runs and models: progress, durations, card headlines, comparisons."""
 
 from __future__ import annotations
 
@@ -7,8 +6,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,6 +17,7 @@ __all__ = [
     "format_duration",
     "run_progress",
 ]
+
 
 @dataclass(frozen=True)
 class RunProgress:
@@ -74,8 +72,9 @@ def run_progress(status: Mapping[str, Any]) -> RunProgress:
         fraction = min(1.0, int(status.get("done") or 0) / int(status["total"]))
     eta = None if finished else format_duration(status.get("eta_seconds"))
     text = message or phase
-    return RunProgress(state=state, phase=phase, fraction=fraction, text=text, eta=eta,
-                       finished=finished)  # fmt: skip
+    return RunProgress(
+        state=state, phase=phase, fraction=fraction, text=text, eta=eta, finished=finished
+    )
 
 
 def card_headline(card: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -118,12 +117,17 @@ def compare_metrics(
         if key not in new and key not in old:
             continue
         a, b = new.get(key), old.get(key)
-        rows.append({
-            "metric": title,
-            "new model": a,
-            "active model": b,
-            "difference": a - b if isinstance(a, (int, float)) and isinstance(b, (int, float))
-            else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "metric": title,
+                "new model": a,
+                "active model": b,
+                "difference": a - b
+                if isinstance(a, (int, float)) and isinstance(b, (int, float))
+                else None,
+            }
+        )
     frame = pd.DataFrame(rows, columns=["metric", "new model", "active model", "difference"])
-    return frame.astype({column: "Float64" for column in ("new model", "active model", "difference")})
+    return frame.astype(
+        {column: "Float64" for column in ("new model", "active model", "difference")}
+    )
