@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test test-all test-fast weights bench clean
+.PHONY: run test test-all test-fast lint weights bench clean
 
 $(PY):
 	# Debian's python3 may lack ensurepip (package python3-venv); then bootstrap pip from PyPI.
@@ -28,14 +28,23 @@ run: $(VENV)/.runtime weights
 # The default suite skips the slow end-to-end tests; CI (CI=true) runs them too.
 SLOW_FILTER := $(if $(filter true 1,$(CI)),,-m "not slow")
 
-test: $(VENV)/.dev
+# Lint, formatting, types and the import layers (pyproject.toml configures all four).
+LINT_PATHS := fracture app.py app_pages tests tools
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q $(SLOW_FILTER)
 
-test-all: $(VENV)/.dev
+test-all: lint
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.runtime
 	$(PY) -m fracture bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache test-artifacts build

@@ -216,7 +216,7 @@ def render_phantom(rng: np.random.Generator, size: int, *, fractured: bool) -> P
     intensity = background + (1.0 - background) * intensity
     intensity = np.power(np.clip(intensity, 0.0, 1.0), rng.uniform(*GAMMA))
     intensity = (intensity - 0.5) * rng.uniform(*CONTRAST) + 0.5 + rng.uniform(*BRIGHTNESS)
-    intensity = cv2.GaussianBlur(intensity.astype(np.float32), (0, 0), rng.uniform(*BLUR_SIGMA_PX))
+    intensity = cv2.GaussianBlur(intensity.astype(np.float32), (0, 0), rng.uniform(*BLUR_SIGMA_PX))  # type: ignore[assignment]
     intensity += rng.normal(0.0, rng.uniform(*NOISE_SIGMA), size=intensity.shape).astype(np.float32)
     image = np.clip(np.rint(intensity * 255.0), 0, 255).astype(np.uint8)
 

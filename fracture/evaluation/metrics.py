@@ -708,8 +708,8 @@ def pointing_game(
 
     hits = 0
     counted = 0
-    for index, (cam, image_boxes) in enumerate(zip(cams, boxes)):
-        image_boxes = _boxes(image_boxes, index)
+    for index, (cam, raw_boxes) in enumerate(zip(cams, boxes)):
+        image_boxes = _boxes(raw_boxes, index)
         if image_boxes.shape[0] == 0:
             continue
         if cam is None:

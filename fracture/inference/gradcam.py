@@ -78,7 +78,7 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) 
     if heatmap.shape[:2] != image.shape[:2]:
         raise ValueError(f"heat map {heatmap.shape[:2]} and image {image.shape[:2]} differ in size")
     heat = np.clip(heatmap, 0, 1).astype(np.float32, copy=False)
-    jet = cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET)
+    jet = cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET)  # type: ignore[call-overload]
     colour = cv2.cvtColor(jet, cv2.COLOR_BGR2RGB)
     weight = heat * np.float32(alpha)
     # OpenCV's per-pixel weighted blend in one vectorised pass: about 5x faster

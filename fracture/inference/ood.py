@@ -207,7 +207,7 @@ class OODGate:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the gate as an ``.npz`` file, atomically (readers never see half of it)."""
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.to_arrays())
+        np.savez_compressed(buffer, **self.to_arrays())  # type: ignore[arg-type]
         path = Path(path)
         atomic_write_bytes(path, buffer.getvalue())
         return path

@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -247,7 +247,8 @@ class Predictor:
         good = [p for p in batch if p.error is None]
         results: dict[int, Prediction] = {}
         if good:
-            output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)
+            # Prepared without error means network_input and geometry are set.
+            output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)  # type: ignore[misc]
             logits = self.corrected_logit(output.logits)
             probabilities = self.probability_from_logit(logits)
             ood_scores = self.ood_gate.score(output.pooled) if self.ood_gate is not None else None
@@ -255,7 +256,7 @@ class Predictor:
                 probability = float(probabilities[row])
                 heatmap = None
                 if output.cams is not None:
-                    heatmap = heatmap_to_image(output.cams[row], prepared.geometry)
+                    heatmap = heatmap_to_image(output.cams[row], prepared.geometry)  # type: ignore[arg-type]
                 results[prepared.index] = Prediction(
                     source=prepared.name,
                     status="ok",

@@ -521,9 +521,10 @@ def _is_deep_colour(image: Image.Image) -> bool:
     which makes an image that uses 12 of its 16 bits nearly black. Must be
     called before ``load()``, which clears ``tile``.
     """
-    if image.mode not in ("RGB", "RGBA") or not image.tile:
+    # ImageFile.tile is not in Pillow's type stubs for Image.
+    if image.mode not in ("RGB", "RGBA") or not image.tile:  # type: ignore[attr-defined]
         return False
-    args = image.tile[0].args
+    args = image.tile[0].args  # type: ignore[attr-defined]
     rawmode = args[0] if isinstance(args, tuple) and args else args
     return isinstance(rawmode, str) and ";16" in rawmode
 
@@ -798,8 +799,8 @@ class _VoiWindow:
         if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
             return None
         try:
-            center = float(_first_value(dataset.WindowCenter))
-            width = float(_first_value(dataset.WindowWidth))
+            center = float(_first_value(dataset.WindowCenter))  # type: ignore[arg-type]
+            width = float(_first_value(dataset.WindowWidth))  # type: ignore[arg-type]
         except (TypeError, ValueError, IndexError):
             return None  # an unusable window falls back to the data's own range
         if not (np.isfinite(center) and np.isfinite(width)):

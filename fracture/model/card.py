@@ -142,7 +142,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         f"- Calibration: class-weighting prior shift {_fmt(card.get('prior_shift'))} removed, "
         f"then temperature {_fmt(card.get('temperature'))} (fitted on val)",
         _precision_line(card),
-        f"- Thresholds: "
+        "- Thresholds: "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in (card.get("thresholds") or {}).items())
         + f"; default `{card.get('operating_point')}`",
         f"- Trained {card.get('created')} from commit `{card.get('git_commit')}`, seed "

@@ -134,7 +134,7 @@ def save_model(
         for index, (value, base_value) in enumerate(zip(values, base)):
             arrays[f"delta/{layer.name}/{index}"] = (value - base_value).astype(np.float16)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(directory / WEIGHTS_FILE, buffer.getvalue())
     atomic_write_json(directory / CONFIG_FILE, config.to_json())
     card = dict(card or {})

@@ -34,7 +34,7 @@ def describe_machine() -> dict[str, Any]:
     )
     mem_kb = _meminfo_kb("MemTotal")
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    machine = {
+    machine: dict[str, Any] = {
         "cpu_model": info.get("model name", platform.processor() or "unknown"),
         "vendor": info.get("vendor_id", "unknown"),
         "cpu_family": _int_or_none(info.get("cpu family")),

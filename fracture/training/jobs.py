@@ -256,7 +256,7 @@ def job_status(job: TrainingJob) -> dict[str, Any]:
 
 def _live_unlocked_runs(settings: Settings) -> list[tuple[Path, dict[str, Any]]]:
     """Runs started outside the dashboard (CLI) whose process is still working."""
-    live = []
+    live: list[tuple[Path, dict[str, Any]]] = []
     if not settings.runs_dir.is_dir():
         return live
     for status_file in settings.runs_dir.glob("*/status.json"):
@@ -559,7 +559,7 @@ def list_runs(settings: Settings | None = None) -> list[dict[str, Any]]:
         if not any((run_dir / f).is_file() for f in ("status.json", "train_config.json", JOB_FILE)):
             continue  # not a training run (e.g. a stray folder)
         running = job is not None and _same_dir(job.run_dir, run_dir)
-        status = job_status(job) if running else _read_status(run_dir)
+        status = job_status(job) if job is not None and running else _read_status(run_dir)
         model_dir = run_dir / "model"
         has_model = (model_dir / "config.json").is_file()
         runs.append(

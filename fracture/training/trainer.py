@@ -161,7 +161,7 @@ def _compile(tail: "keras.Model", learning_rate: float, weight_decay: float) -> 
 def train(
     data_root: str | os.PathLike[str],
     run_dir: str | os.PathLike[str],
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig = TrainConfig(),  # noqa: B008 (frozen: a shared default is safe)
     *,
     settings: Settings | None = None,
     pretrained: bool = True,

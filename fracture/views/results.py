@@ -136,8 +136,8 @@ def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.Da
                 "position": position,
                 "file": prediction.source,
                 "probability": prediction.probability if ok else None,
-                "label": label_for(prediction.probability, threshold) if ok else None,
-                "confidence": confidence_band(prediction.probability, threshold) if ok else None,
+                "label": label_for(prediction.probability, threshold) if ok else None,  # type: ignore[arg-type]
+                "confidence": confidence_band(prediction.probability, threshold) if ok else None,  # type: ignore[arg-type]
                 "status": prediction.status,
                 "error": prediction.error or "",
                 "in_distribution": prediction.in_distribution,
