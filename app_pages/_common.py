@@ -17,8 +17,7 @@ from typing import Any
 import streamlit as st
 
 from fracture.config import Settings, get_settings
-from fracture.io.files import read_json
-from fracture.model.folder import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE, ModelConfig, ModelLoadError
+from fracture.model.folder import ModelConfig, ModelFolder, ModelLoadError
 from fracture.views import summaries
 
 __all__ = [
@@ -77,12 +76,13 @@ def _fingerprint(directory: Path) -> str:
     # Path plus the files' change times and sizes: a folder replaced in place
     # (git checkout of models/default) gets a new key without hashing 100 MB.
     parts = [str(directory.resolve())]
-    for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_JSON):
+    folder = ModelFolder(directory)
+    for path in (folder.config_path, folder.weights_path, folder.card_path):
         try:
-            stat = (directory / name).stat()
-            parts.append(f"{name}:{stat.st_mtime_ns}:{stat.st_size}")
+            stat = path.stat()
+            parts.append(f"{path.name}:{stat.st_mtime_ns}:{stat.st_size}")
         except OSError:
-            parts.append(f"{name}:missing")
+            parts.append(f"{path.name}:missing")
     return "|".join(parts)
 
 
@@ -338,8 +338,4 @@ def path_exists(text: str) -> bool:
 
 def read_card(model_dir: Path) -> dict[str, Any]:
     """A model folder's card, or an empty dict."""
-    try:
-        card = read_json(Path(model_dir) / CARD_JSON, default={})
-    except ValueError:
-        return {}
-    return card if isinstance(card, dict) else {}
+    return ModelFolder(model_dir).read_card()

@@ -10,9 +10,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.io.files import read_json
 from fracture.model import registry
-from fracture.model.folder import ModelLoadError
+from fracture.model.folder import ModelFolder, ModelLoadError
 from fracture.views import figures, summaries
 
 st.title("Model")
@@ -91,10 +90,10 @@ if model is None:
 else:
     card_column, summary_column = st.columns([3, 2])
     with card_column:
-        card_md = model.directory / "model_card.md"
+        card_markdown = ModelFolder(model.directory).card_markdown()
         with st.container(border=True):
-            if card_md.is_file():
-                st.markdown(card_md.read_text(encoding="utf-8"))
+            if card_markdown is not None:
+                st.markdown(card_markdown)
             else:
                 st.info(f"`{model.directory.name}` has no model_card.md.")
     with summary_column:
@@ -111,7 +110,7 @@ else:
             },
             expanded=True,
         )
-    report = read_json(model.directory / "evaluation.json", default=None)
+    report = ModelFolder(model.directory).read_evaluation()
     if report:
         st.header("Validation results")
         show_evaluation(report)

@@ -12,11 +12,10 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
-from fracture.io.files import read_json
 from fracture.model import registry
-from fracture.model.folder import ModelLoadError
+from fracture.model.folder import ModelFolder, ModelLoadError
 from fracture.training import jobs
-from fracture.training.runs import discard_candidate
+from fracture.training.runs import candidate_dir, discard_candidate, read_metrics
 from fracture.views import figures, summaries
 
 RUN_KEY = "train_run"
@@ -158,7 +157,7 @@ def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
 
 
 def show_curves(run_dir: Path) -> None:
-    history = read_json(run_dir / "metrics.json", default=[]) or []
+    history = read_metrics(run_dir)
     if history:
         st.plotly_chart(figures.training_curves_figure(history), key="training_curves")
     else:
@@ -167,13 +166,11 @@ def show_curves(run_dir: Path) -> None:
 
 def show_result(run: dict) -> None:
     """The candidate's validation results next to the active model's, and what to do with it."""
-    model_dir = Path(run["run_dir"]) / "model"
-    report = read_json(model_dir / "evaluation.json", default=None)
+    model_dir = candidate_dir(run["run_dir"])
+    report = ModelFolder(model_dir).read_evaluation()
     card = common.read_card(model_dir)
     active, _ = common.active_model()
-    active_report = (
-        read_json(active.directory / "evaluation.json", default=None) if active else None
-    )
+    active_report = ModelFolder(active.directory).read_evaluation() if active else None
     checksums = card.get("checksums")
     promoted = next(
         (

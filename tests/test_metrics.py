@@ -605,8 +605,7 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
     import shutil
 
     from fracture.evaluation.calibrate import calibrate_model
-    from fracture.model.card import rewrite_model_config
-    from fracture.model.folder import CARD_JSON, read_config
+    from fracture.model.folder import CARD_JSON, ModelFolder, read_config
 
     from conftest import write_png
 
@@ -614,7 +613,7 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
     shutil.copytree(tiny_model_dir, model_dir)
     card = json.loads((model_dir / CARD_JSON).read_text())
     card["training_data"] = {"counts": {"train": {"fractured": 10, "normal": 40}}}
-    rewrite_model_config(model_dir, _config_of(model_dir), card)
+    ModelFolder(model_dir).rewrite_config(_config_of(model_dir), card)
     for index in range(6):
         write_png(tmp_path / "data" / "val" / "fractured" / f"f{index}.png", seed=index)
         write_png(tmp_path / "data" / "val" / "normal" / f"n{index}.png", seed=50 + index)

@@ -12,9 +12,9 @@ from fracture.evaluation.ood_fit import extract_features, fit_for_model, measure
 from fracture.inference.ood import (
     DEFAULT_COMPONENTS,
     DEFAULT_FALSE_ALARM_RATE,
-    OOD_FILE,
     OODGateError,
 )
+from fracture.model.folder import ModelFolder
 from fracture.model.registry import active_model_dir
 
 __all__ = ["add_ood_parser"]
@@ -125,7 +125,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         finally:
             close()
         print(
-            f"OOD gate written to {model_dir / OOD_FILE}: {gate.n_components} axes, "
+            f"OOD gate written to {ModelFolder(model_dir).ood_path}: {gate.n_components} axes, "
             f"fitted on {gate.n_train} train images, threshold {gate.threshold:.4f} set on "
             f"{gate.n_heldout} val images for a {gate.false_alarm_rate:.0%} "
             f"false-alarm rate"
@@ -142,9 +142,10 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         from fracture.io.files import atomic_write_json
 
         model_dir = _model_dir(args.model)
-        if not (model_dir / OOD_FILE).is_file():  # before the minute a Predictor takes to load
+        folder = ModelFolder(model_dir)
+        if not folder.has_ood_gate():  # before the minute a Predictor takes to load
             print(
-                f"error: {model_dir} has no {OOD_FILE}; run 'python -m fracture ood fit DATA "
+                f"error: {model_dir} has no {folder.ood_path.name}; run 'python -m fracture ood fit DATA "
                 f"--model {model_dir}' first",
                 file=sys.stderr,
             )

@@ -6,18 +6,38 @@ The maths (Guo et al. 2017 temperature scaling, threshold choice) is in
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fracture.data.layouts import load_dataset
 from fracture.evaluation.evaluate import score_records
-from fracture.evaluation.metrics import evaluation_report
+from fracture.evaluation.metrics import (
+    calibrated_probability,
+    choose_thresholds,
+    evaluation_report,
+    fit_temperature,
+)
 from fracture.inference.predictor import Predictor, load_predictor
+from fracture.model.card import headline
+from fracture.model.folder import ModelFolder
 
-__all__ = ["calibrate_model"]
+__all__ = ["fit_calibration", "calibrate_model"]
+
+
+def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The temperature (Guo et al. 2017) and both operating thresholds, fitted on val.
+
+    ``logits`` are prior-corrected (the class-weighting shift removed). Training
+    and :func:`calibrate_model` both calibrate through here.
+    """
+    temperature = fit_temperature(logits, labels)
+    chosen = choose_thresholds(calibrated_probability(logits, temperature), labels)
+    thresholds = {k: float(chosen[k]) for k in ("high_sensitivity", "high_specificity")}
+    return temperature, thresholds
 
 
 def calibrate_model(
@@ -33,20 +53,8 @@ def calibrate_model(
     rewrites ``config.json``, ``evaluation.json`` and the card (checksums
     included) atomically. Returns the new evaluation report.
     """
-    import dataclasses
-    import json
-
-    from fracture.evaluation.metrics import (
-        calibrated_probability,
-        choose_thresholds,
-        fit_temperature,
-    )
-    from fracture.io.files import atomic_write_json
-    from fracture.model.card import _headline, rewrite_model_config
-    from fracture.model.folder import read_config
-
-    model_dir = Path(model_dir)
-    config, card = read_config(model_dir)
+    folder = ModelFolder(model_dir)
+    config, card = folder.read()
     counts = card["training_data"]["counts"]["train"]
     prior_shift = float(np.log(counts["normal"] / counts["fractured"]))
     predictor = predictor or load_predictor(model_dir)
@@ -55,9 +63,7 @@ def calibrate_model(
     logits, labels, _, kept = score_records(predictor, records, with_cam=False)
     # Undo whatever shift the folder had, then apply the one implied by the training counts.
     logits = logits + config.prior_shift - prior_shift
-    temperature = fit_temperature(logits, labels)
-    chosen = choose_thresholds(calibrated_probability(logits, temperature), labels)
-    thresholds = {k: float(chosen[k]) for k in ("high_sensitivity", "high_specificity")}
+    temperature, thresholds = fit_calibration(logits, labels)
     config = dataclasses.replace(
         config, prior_shift=prior_shift, temperature=temperature, thresholds=thresholds
     )
@@ -70,15 +76,14 @@ def calibrate_model(
         regions=[r.region for r in kept_records],
         hardware=[r.hardware for r in kept_records],
     )
-    atomic_write_json(model_dir / "evaluation.json", report)
-    rewrite_model_config(
-        model_dir,
+    folder.write_evaluation(report)
+    folder.rewrite_config(
         config,
         card,
         prior_shift=prior_shift,
         temperature=temperature,
         thresholds=thresholds,
-        val_metrics=_headline(report),
+        val_metrics=headline(report),
     )
     json.dumps(report)  # fail here, not in the dashboard, if anything is not JSON
     return report

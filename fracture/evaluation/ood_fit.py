@@ -7,7 +7,6 @@ images that are not radiographs at all.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -18,12 +17,11 @@ import numpy as np
 from fracture.inference.ood import (
     DEFAULT_COMPONENTS,
     DEFAULT_FALSE_ALARM_RATE,
-    OOD_FILE,
     OODGate,
     as_feature_matrix,
     fit_ood_gate,
 )
-from fracture.model.folder import CARD_JSON
+from fracture.model.folder import ModelFolder
 
 if TYPE_CHECKING:
     from fracture.inference.predictor import Predictor
@@ -79,10 +77,9 @@ def fit_for_model(
     the "held-out" set, and their lower scores would set too low a threshold.
     """
     from fracture.data.layouts import load_dataset
-    from fracture.model.folder import read_config
 
     model_dir = Path(model_dir)
-    read_config(model_dir)  # refuse a corrupt folder before spending minutes on it
+    ModelFolder(model_dir).read()  # refuse a corrupt folder before spending minutes on it
     if predictor is None:
         from fracture.inference.predictor import load_predictor
 
@@ -118,24 +115,18 @@ def fit_for_model(
         false_alarm_rate=false_alarm_rate,
         n_components=n_components,
     )
-    gate.save(model_dir / OOD_FILE)
-    # Recorded because features computed in bfloat16 differ slightly from float32
-    # ones: a gate is calibrated for the precision it was fitted in.
-    _update_card(model_dir, gate, precision=str(getattr(predictor, "precision", "float32")))
-    if predictor.loaded.directory is not None and _same_path(predictor.loaded.directory, model_dir):
-        predictor.ood_gate = gate
-    return gate
-
-
-def _update_card(model_dir: Path, gate: OODGate, *, precision: str) -> None:
+    folder = ModelFolder(model_dir)
     # Between the two atomic writes a reader of a folder that already had a
     # gate sees the new ood.npz with the old checksum and refuses the folder
     # ("half-written"); that is the safe side of the race.
-    from fracture.model.card import rewrite_model_card
-
-    card_path = model_dir / CARD_JSON
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    rewrite_model_card(model_dir, card, ood={**gate.summary(), "fitted_precision": precision})
+    gate.save(folder.ood_path)
+    # The precision is recorded because features computed in bfloat16 differ
+    # slightly from float32 ones: a gate is calibrated for the precision it was fitted in.
+    precision = str(getattr(predictor, "precision", "float32"))
+    folder.rewrite_card(folder.read_card(), ood={**gate.summary(), "fitted_precision": precision})
+    if predictor.loaded.directory is not None and _same_path(predictor.loaded.directory, model_dir):
+        predictor.ood_gate = gate
+    return gate
 
 
 def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -23,10 +23,11 @@ from fracture.inference.engine import (
     configure_threads,
 )
 from fracture.inference.gradcam import heatmap_to_image
+from fracture.inference.ood import OODGate
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model import imagenet, registry
-from fracture.model.folder import OOD_FILE, LoadedModel, load_model
+from fracture.model.folder import LoadedModel, ModelFolder, load_model
 
 __all__ = ["Prediction", "Predictor", "load_predictor", "Source", "CSV_COLUMNS"]
 
@@ -251,7 +252,8 @@ class Predictor:
             output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)  # type: ignore[misc]
             logits = self.corrected_logit(output.logits)
             probabilities = self.probability_from_logit(logits)
-            ood_scores = self.ood_gate.score(output.pooled) if self.ood_gate is not None else None
+            gate = self.ood_gate
+            ood_scores = gate.score(output.pooled) if gate is not None else None
             for row, prepared in enumerate(good):
                 probability = float(probabilities[row])
                 heatmap = None
@@ -270,8 +272,8 @@ class Predictor:
                     ood_score=None if ood_scores is None else float(ood_scores[row]),
                     in_distribution=(
                         None
-                        if ood_scores is None
-                        else bool(ood_scores[row] <= self.ood_gate.threshold)
+                        if gate is None or ood_scores is None
+                        else bool(ood_scores[row] <= gate.threshold)
                     ),
                 )
         for prepared in batch:
@@ -280,14 +282,11 @@ class Predictor:
             )
 
 
-def _load_ood_gate(directory: Path | None):
+def _load_ood_gate(directory: Path | None) -> OODGate | None:
     """The model's out-of-distribution gate, when the model folder has one."""
-    if directory is None or not (Path(directory) / OOD_FILE).is_file():
+    if directory is None or not ModelFolder(directory).has_ood_gate():
         return None
-    # Imported only for a model that has a gate: one import less at start-up otherwise.
-    from fracture.inference.ood import OODGate
-
-    return OODGate.load(Path(directory) / OOD_FILE)
+    return OODGate.load(ModelFolder(directory).ood_path)
 
 
 def _resolve_precision(requested: str | None, recommended: str | None) -> str:

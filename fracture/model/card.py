@@ -1,23 +1,21 @@
 """Model cards (Mitchell et al., "Model Cards for Model Reporting", FAT* 2019).
 
 A card travels inside every model folder as ``model_card.json`` (for the
-dashboard and for checksums) and ``model_card.md`` (for people).
+dashboard and for checksums) and ``model_card.md`` (for people); writing them
+is :class:`fracture.model.folder.ModelFolder`'s job.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fracture.model.folder import ModelConfig
+if TYPE_CHECKING:
+    from fracture.model.folder import ModelConfig
 
 __all__ = [
     "build_card",
     "render_card_markdown",
-    "rewrite_model_card",
-    "rewrite_model_config",
     "FRACATLAS_CITATION",
     "INTENDED_USE",
 ]
@@ -88,13 +86,13 @@ def build_card(
         "prior_shift": model_config.prior_shift,
         "thresholds": model_config.thresholds,
         "operating_point": model_config.operating_point,
-        "val_metrics": _headline(report),
+        "val_metrics": headline(report),
         "intended_use": INTENDED_USE,
         "limitations": KNOWN_LIMITATIONS,
     }
 
 
-def _headline(report: dict[str, Any]) -> dict[str, Any]:
+def headline(report: dict[str, Any]) -> dict[str, Any]:
     keys = ("auroc", "auroc_ci", "pr_auc", "sensitivity", "specificity", "brier", "ece")
     headline = {k: report.get(k) for k in keys if k in report}
     subgroups = report.get("subgroups") or {}
@@ -193,42 +191,3 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Known limitations"]
     lines += [f"- {item}" for item in card.get("limitations", [])]
     return "\n".join(lines) + "\n"
-
-
-def rewrite_model_config(
-    model_dir: str | os.PathLike[str],
-    config: ModelConfig,
-    card: dict[str, Any],
-    **card_updates: Any,
-) -> None:
-    """Write ``config`` into a model folder and bring its card up to date.
-
-    The card gets ``card_updates`` and fresh checksums of every file (so write
-    any other changed file first), then its Markdown is re-rendered. Each write
-    is atomic and the card with the checksums goes last: an interruption leaves
-    a folder that fails its checksum and is refused, never one that loads with
-    mismatched parts.
-    """
-    from fracture.io.files import atomic_write_json
-    from fracture.model.folder import CONFIG_FILE
-
-    atomic_write_json(Path(model_dir) / CONFIG_FILE, config.to_json())
-    rewrite_model_card(model_dir, card, **card_updates)
-
-
-def rewrite_model_card(
-    model_dir: str | os.PathLike[str], card: dict[str, Any], **card_updates: Any
-) -> None:
-    """Give a model folder's card ``card_updates`` and fresh checksums, then re-render its Markdown.
-
-    Call it after every other file of the folder is written: the checksums it
-    stores are what :func:`fracture.model.folder.read_config` verifies.
-    """
-    from fracture.io.files import atomic_write_json, atomic_write_text
-    from fracture.model.folder import CARD_JSON, CARD_MD, file_checksums
-
-    model_dir = Path(model_dir)
-    card = {**card, **card_updates}
-    card["checksums"] = file_checksums(model_dir)
-    atomic_write_json(model_dir / CARD_JSON, card)
-    atomic_write_text(model_dir / CARD_MD, render_card_markdown(card))

@@ -23,18 +23,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fracture.errors import ModelLoadError
-from fracture.io.files import atomic_write_bytes, atomic_write_json
+from fracture.io.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from fracture.model.card import render_card_markdown
 from fracture.model.network import LOGIT_LAYER, build_classifier, trained_layers
 
 if TYPE_CHECKING:
     import keras
 
 __all__ = [
+    "ModelFolder",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "CARD_JSON",
     "CARD_MD",
     "OOD_FILE",
+    "EVALUATION_FILE",
     "ModelConfig",
     "LoadedModel",
     "ModelLoadError",
@@ -60,6 +63,7 @@ CARD_MD = "model_card.md"
 
 
 OOD_FILE = "ood.npz"
+EVALUATION_FILE = "evaluation.json"
 
 
 FORMAT_VERSION = 1
@@ -121,8 +125,7 @@ def save_model(
     float16 loses nothing that matters. Call :func:`quantise_like_saved` first
     when the in-memory model must predict exactly as the saved one will.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    folder = ModelFolder(directory)
     arrays: dict[str, np.ndarray] = {}
     for layer in trained_layers(model, config):
         values = [np.asarray(w) for w in layer.get_weights()]
@@ -135,12 +138,10 @@ def save_model(
             arrays[f"delta/{layer.name}/{index}"] = (value - base_value).astype(np.float16)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-    atomic_write_bytes(directory / WEIGHTS_FILE, buffer.getvalue())
-    atomic_write_json(directory / CONFIG_FILE, config.to_json())
-    card = dict(card or {})
-    card["checksums"] = file_checksums(directory)
-    atomic_write_json(directory / CARD_JSON, card)
-    return directory
+    folder.write_weights(buffer.getvalue())
+    folder.write_config(config)
+    folder.write_card(dict(card or {}), markdown=False)
+    return folder.path
 
 
 def imagenet_reference(model: "keras.Model", config: ModelConfig) -> dict[str, list[np.ndarray]]:
@@ -189,6 +190,121 @@ class LoadedModel:
     config: ModelConfig
     card: dict[str, Any]
     directory: Path | None
+
+
+class ModelFolder:
+    """One model folder on disk: the only code that knows its file names and how they change.
+
+    Every write is atomic. Whatever rewrites a file that the card's checksums
+    cover (config, weights, OOD gate) rewrites the card last, so that an
+    interruption leaves a folder that fails its checksum and is refused, never
+    one that loads with mismatched parts.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ModelFolder({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def card_path(self) -> Path:
+        return self.path / CARD_JSON
+
+    @property
+    def card_markdown_path(self) -> Path:
+        return self.path / CARD_MD
+
+    @property
+    def ood_path(self) -> Path:
+        return self.path / OOD_FILE
+
+    @property
+    def evaluation_path(self) -> Path:
+        return self.path / EVALUATION_FILE
+
+    def has_config(self) -> bool:
+        return self.config_path.is_file()
+
+    def has_ood_gate(self) -> bool:
+        return self.ood_path.is_file()
+
+    def looks_like_model(self) -> bool:
+        """Whether any file a model folder always has is here (complete or not)."""
+        return any(path.exists() for path in (self.config_path, self.weights_path, self.card_path))
+
+    def checksums(self) -> dict[str, str]:
+        return file_checksums(self.path)
+
+    def read(self) -> tuple[ModelConfig, dict[str, Any]]:
+        """The config and card, verified against the card's checksums (see :func:`read_config`)."""
+        return read_config(self.path)
+
+    def read_card(self) -> dict[str, Any]:
+        """The card as it is, unverified; empty when missing or unreadable (for listings)."""
+        try:
+            card = json.loads(self.card_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return card if isinstance(card, dict) else {}
+
+    def card_markdown(self) -> str | None:
+        """The card for people, or None when the folder has none."""
+        try:
+            return self.card_markdown_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def read_evaluation(self) -> dict[str, Any] | None:
+        """The validation report written with the model, or None."""
+        report = read_json(self.evaluation_path, default=None)
+        return report if isinstance(report, dict) else None
+
+    def write_weights(self, data: bytes) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.weights_path, data)
+
+    def write_config(self, config: ModelConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config_path, config.to_json())
+
+    def write_evaluation(self, report: dict[str, Any]) -> None:
+        atomic_write_json(self.evaluation_path, report)
+
+    def write_card(self, card: dict[str, Any], *, markdown: bool = True) -> dict[str, Any]:
+        """Write ``card`` with fresh checksums of every file; returns what was written.
+
+        Call it after every other file of the folder is written: the checksums
+        it stores are what :func:`read_config` verifies.
+        """
+        card = {**card, "checksums": self.checksums()}
+        atomic_write_json(self.card_path, card)
+        if markdown:
+            self.write_markdown(card)
+        return card
+
+    def write_markdown(self, card: dict[str, Any]) -> None:
+        """Render ``card`` as ``model_card.md`` (not covered by the checksums)."""
+        atomic_write_text(self.card_markdown_path, render_card_markdown(card))
+
+    def rewrite_card(self, card: dict[str, Any], **card_updates: Any) -> dict[str, Any]:
+        """Give the card ``card_updates`` and fresh checksums, then re-render its Markdown."""
+        return self.write_card({**card, **card_updates})
+
+    def rewrite_config(
+        self, config: ModelConfig, card: dict[str, Any], **card_updates: Any
+    ) -> dict[str, Any]:
+        """Write ``config``, then bring the card up to date (see :meth:`rewrite_card`)."""
+        self.write_config(config)
+        return self.rewrite_card(card, **card_updates)
 
 
 def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, Any]]:

@@ -23,7 +23,6 @@ TensorFlow, so the dashboard and the CLI can list versions instantly.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ from typing import Any, Iterator
 
 from fracture.config import Settings, get_settings
 from fracture.io.files import atomic_write_json, atomic_write_text, fsync_path, read_json
-from fracture.model.folder import ModelLoadError, read_config
+from fracture.model.folder import ModelFolder, ModelLoadError, read_config
 
 __all__ = [
     "ModelVersion",
@@ -129,18 +128,14 @@ def _validate(directory: Path) -> tuple[bool, str | None, dict[str, Any]]:
         _, card = read_config(directory)
         return True, None, card
     except ModelLoadError as error:
-        return False, str(error), _read_card_quietly(directory)
+        return False, str(error), ModelFolder(directory).read_card()
     except (OSError, ValueError, TypeError) as error:
         # A truncated model_card.json or config.json is "corrupt", not a crash.
-        return False, f"Model {directory} is unreadable: {error}", _read_card_quietly(directory)
-
-
-def _read_card_quietly(directory: Path) -> dict[str, Any]:
-    try:
-        card = json.loads((directory / "model_card.json").read_text())
-        return card if isinstance(card, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        return (
+            False,
+            f"Model {directory} is unreadable: {error}",
+            ModelFolder(directory).read_card(),
+        )
 
 
 def _is_valid(directory: Path) -> bool:

@@ -156,10 +156,10 @@ def apply_precision_verdict(model_dir: str | os.PathLike[str], bf16: dict[str, A
     """
     import dataclasses
 
-    from fracture.model.card import rewrite_model_config
-    from fracture.model.folder import read_config
+    from fracture.model.folder import ModelFolder
 
-    config, card = read_config(model_dir)
+    folder = ModelFolder(model_dir)
+    config, card = folder.read()
     precision = "bfloat16" if bf16.get("recommended") else None
     evidence = {
         key: bf16.get(key)
@@ -174,8 +174,7 @@ def apply_precision_verdict(model_dir: str | os.PathLike[str], bf16: dict[str, A
             "speedup",
         )
     }
-    rewrite_model_config(
-        model_dir,
+    folder.rewrite_config(
         dataclasses.replace(config, inference_precision=precision),
         card,
         inference_precision=precision or "float32",

@@ -34,6 +34,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from fracture.config import PROJECT_ROOT, Settings, get_settings
 from fracture.errors import JobBusyError
 from fracture.io.files import atomic_write_json, read_json
+from fracture.model.folder import ModelFolder
+from fracture.training.runs import (
+    STATUS_FILE,
+    TRAIN_CONFIG_FILE,
+    candidate_dir,
+    pid_alive,
+    read_status,
+)
 
 if TYPE_CHECKING:
     from fracture.training.config import TrainConfig
@@ -110,8 +118,6 @@ def _start_ticks(pid: int) -> int | None:
 
 def _alive(pid: Any, start_ticks: Any = None) -> bool:
     """Alive, not a zombie, and (when known) the same process, not a reused pid."""
-    from fracture.training.runs import pid_alive
-
     _reap()
     if not pid_alive(pid):
         return False
@@ -221,8 +227,6 @@ def _same_dir(a: Any, b: Any) -> bool:
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
-    from fracture.training.runs import read_status
-
     try:
         return read_status(run_dir)
     except ValueError:  # status.json is written atomically; this is hand-editing
@@ -533,7 +537,7 @@ def cancel(
             "updated": time.time(),
             "message": "Cancelled by the user (stopped before it could save its status)",
         }
-        atomic_write_json(run_dir / "status.json", status)
+        atomic_write_json(run_dir / STATUS_FILE, status)
     return status
 
 
@@ -556,12 +560,12 @@ def list_runs(settings: Settings | None = None) -> list[dict[str, Any]]:
     for run_dir in settings.runs_dir.iterdir():
         if run_dir.name.startswith(".") or not run_dir.is_dir():
             continue
-        if not any((run_dir / f).is_file() for f in ("status.json", "train_config.json", JOB_FILE)):
+        if not any((run_dir / f).is_file() for f in (STATUS_FILE, TRAIN_CONFIG_FILE, JOB_FILE)):
             continue  # not a training run (e.g. a stray folder)
         running = job is not None and _same_dir(job.run_dir, run_dir)
         status = job_status(job) if job is not None and running else _read_status(run_dir)
-        model_dir = run_dir / "model"
-        has_model = (model_dir / "config.json").is_file()
+        model_dir = candidate_dir(run_dir)
+        has_model = ModelFolder(model_dir).has_config()
         runs.append(
             {
                 "name": run_dir.name,

@@ -17,7 +17,7 @@ from typing import Any
 
 from fracture.config import Settings, get_settings
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
-from fracture.model.folder import CARD_JSON, CONFIG_FILE, WEIGHTS_FILE
+from fracture.model.folder import ModelFolder
 
 __all__ = [
     "STATUS_FILE",
@@ -26,8 +26,13 @@ __all__ = [
     "STATE_FILE",
     "RunWriter",
     "read_status",
+    "read_metrics",
     "pid_alive",
     "discard_candidate",
+    "candidate_dir",
+    "MODEL_SUBDIR",
+    "TRAIN_CONFIG_FILE",
+    "CHECKPOINTS_DIR",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,18 @@ METRICS_CSV = "metrics.csv"
 
 
 STATE_FILE = "state.json"
+
+
+# Where a finished run leaves its candidate model (a model folder, see ModelFolder).
+MODEL_SUBDIR = "model"
+# The run's TrainConfig (plus "pretrained"), so that a resume trains the same way.
+TRAIN_CONFIG_FILE = "train_config.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def candidate_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """The candidate model folder of a run (it exists once training has finished)."""
+    return Path(run_dir) / MODEL_SUBDIR
 
 
 class RunWriter:
@@ -95,6 +112,12 @@ def read_status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return status
 
 
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One row per finished epoch (see :meth:`RunWriter.metrics`); empty before the first."""
+    history = read_json(Path(run_dir) / METRICS_JSON, default=[])
+    return history if isinstance(history, list) else []
+
+
 def pid_alive(pid: Any) -> bool:
     if not isinstance(pid, int):
         return False
@@ -133,7 +156,7 @@ def discard_candidate(
         )
     if not resolved.is_dir():
         raise FileNotFoundError(f"No model folder at {candidate}")
-    if not any((resolved / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_JSON)):
+    if not ModelFolder(resolved).looks_like_model():
         raise ValueError(f"Refusing to discard {candidate}: it is not a model folder")
     status = _run_state(resolved.parent)
     if status in {"starting", "caching", "running", "finishing"}:
@@ -144,7 +167,7 @@ def discard_candidate(
 
 def _run_state(run_dir: Path) -> str | None:
     # fracture.training.trainer imports Keras; only pay for it when a status file exists.
-    if not (run_dir / "status.json").is_file():
+    if not (run_dir / STATUS_FILE).is_file():
         return None
     from fracture.training.runs import read_status
 

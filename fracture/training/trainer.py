@@ -34,12 +34,26 @@ import numpy as np
 
 from fracture.config import Settings, get_settings
 from fracture.data.layouts import load_dataset
-from fracture.io.files import atomic_write_json, atomic_write_text, read_json
-from fracture.model.folder import ModelConfig, imagenet_reference, quantise_like_saved, save_model
+from fracture.io.files import atomic_write_json, read_json
+from fracture.model.folder import (
+    ModelConfig,
+    ModelFolder,
+    imagenet_reference,
+    quantise_like_saved,
+    save_model,
+)
 from fracture.model.network import build_classifier, set_trainable, split_at
 from fracture.training.cache import FeatureCache, compute_features, keep_usable, model_key
 from fracture.training.config import TrainConfig
-from fracture.training.runs import METRICS_JSON, STATE_FILE, STATUS_FILE, RunWriter
+from fracture.training.runs import (
+    CHECKPOINTS_DIR,
+    METRICS_JSON,
+    STATE_FILE,
+    STATUS_FILE,
+    TRAIN_CONFIG_FILE,
+    RunWriter,
+    candidate_dir,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -208,13 +222,13 @@ def _train(
     if resume and not state:
         raise ValueError(f"{run_dir} has no completed epoch to resume from")
     if resume:
-        saved = read_json(run_dir / "train_config.json")
+        saved = read_json(run_dir / TRAIN_CONFIG_FILE)
         # A run keeps its own weights choice: resuming must not mix random and ImageNet stems.
         pretrained = bool(saved.pop("pretrained", pretrained))
         config = TrainConfig(**saved)
     else:
         atomic_write_json(
-            run_dir / "train_config.json", {**dataclasses.asdict(config), "pretrained": pretrained}
+            run_dir / TRAIN_CONFIG_FILE, {**dataclasses.asdict(config), "pretrained": pretrained}
         )
     writer.status("starting", message="Loading data and model", phase="setup")
     _install_signal_handlers(writer)
@@ -289,7 +303,7 @@ def _train(
     start_epoch = int(state.get("completed_epoch", 0))
     best_auroc = float(state.get("best_auroc", -1.0))
     best_epoch = int(state.get("best_epoch", 0))
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINTS_DIR
     checkpoints.mkdir(exist_ok=True)
     if resume:
         tail.load_weights(checkpoints / "last.weights.h5")
@@ -428,18 +442,11 @@ def _finalise(
 
     ``val_logits`` are already prior-corrected (``prior_shift`` removed).
     """
-    from fracture.evaluation.metrics import (
-        calibrated_probability,
-        choose_thresholds,
-        evaluation_report,
-        fit_temperature,
-    )
+    from fracture.evaluation.calibrate import fit_calibration
+    from fracture.evaluation.metrics import evaluation_report
     from fracture.model.card import build_card
 
-    temperature = fit_temperature(val_logits, val_labels)
-    probabilities = calibrated_probability(val_logits, temperature)
-    chosen = choose_thresholds(probabilities, val_labels)
-    thresholds = {k: float(chosen[k]) for k in ("high_sensitivity", "high_specificity")}
+    temperature, thresholds = fit_calibration(val_logits, val_labels)
     model_config = dataclasses.replace(
         model_config, temperature=temperature, thresholds=thresholds, prior_shift=prior_shift
     )
@@ -463,19 +470,15 @@ def _finalise(
         imagenet_sha256=weights_sha,
         commit=_git_commit(),
     )
-    model_dir = run_dir / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
+    folder = ModelFolder(candidate_dir(run_dir))
+    folder.path.mkdir(parents=True, exist_ok=True)
     # Saved before the card so that its checksum is in the card.
-    from fracture.inference.ood import OOD_FILE
-
-    ood_gate.save(model_dir / OOD_FILE)
+    ood_gate.save(folder.ood_path)
     card["ood"] = ood_gate.summary()
-    save_model(model, model_config, model_dir, reference=reference, card=card)
-    atomic_write_json(model_dir / "evaluation.json", report)
-    from fracture.model.card import render_card_markdown
-
-    atomic_write_text(model_dir / "model_card.md", render_card_markdown(card))
-    return model_dir
+    save_model(model, model_config, folder.path, reference=reference, card=card)
+    folder.write_evaluation(report)
+    folder.write_markdown(card)
+    return folder.path
 
 
 def _git_commit() -> str | None:
