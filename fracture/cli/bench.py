@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from fracture.cli.common import configure_logging
 from fracture.errors import BenchError
 from fracture.perf.bench import apply_precision_verdict, run_bench
 from fracture.perf.config import DEFAULT_VAL_ROOT, RESULT_MARKER, BenchConfig
@@ -120,6 +121,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fracture.cli.bench``: as ``python -m fracture bench``, plus the child entry."""
+    configure_logging()
     parser = argparse.ArgumentParser(prog="python -m fracture.cli.bench")
     _add_arguments(parser)
     parser.add_argument("--child", choices=["serving", "training"], help=argparse.SUPPRESS)

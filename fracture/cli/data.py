@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
+from fracture.cli.common import guarded
 from fracture.data.fracatlas import import_fracatlas
 from fracture.data.layouts import load_dataset
-from fracture.data.records import Dataset, DatasetLayoutError
+from fracture.data.records import Dataset
 from fracture.data.splits import find_duplicates
 
 __all__ = ["add_data_parser"]
@@ -70,7 +69,7 @@ def _cmd_import_fracatlas(args: argparse.Namespace) -> int:
         _print_counts(dataset)
         return 0
 
-    return _guarded(run)
+    return guarded(run)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -85,7 +84,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         _print_counts(dataset)
         return 0
 
-    return _guarded(run)
+    return guarded(run)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -126,18 +125,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 print(f"  {first}  ==  {second}")
         return 0
 
-    return _guarded(run)
-
-
-def _guarded(run: Any) -> int:
-    try:
-        return int(run())
-    except DatasetLayoutError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return guarded(run)
 
 
 def _print_counts(dataset: Dataset) -> None:

@@ -10,6 +10,8 @@ import argparse
 import os
 from typing import Sequence
 
+from fracture.cli.common import configure_logging
+
 __all__ = ["main", "build_parser"]
 
 
@@ -52,5 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow()
+    configure_logging()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

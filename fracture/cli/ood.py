@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from fracture.cli.common import guarded
 from fracture.config import get_settings
 from fracture.evaluation.ood_fit import extract_features, fit_for_model, measure, ood_probe_images
 from fracture.inference.ood import (
     DEFAULT_COMPONENTS,
     DEFAULT_FALSE_ALARM_RATE,
-    OODGateError,
 )
 from fracture.model.folder import ModelFolder
 from fracture.model.registry import active_model_dir
@@ -92,21 +92,6 @@ def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], Non
     return update, close
 
 
-def _guarded(run: Callable[[], int]) -> int:
-    from fracture.data.records import DatasetLayoutError
-    from fracture.model.folder import ModelLoadError
-    from fracture.model.imagenet import WeightsError
-
-    try:
-        return int(run())
-    except (ModelLoadError, WeightsError, DatasetLayoutError, OODGateError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-
-
 def _cmd_fit(args: argparse.Namespace) -> int:
     def run() -> int:
         model_dir = _model_dir(args.model)
@@ -132,7 +117,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _guarded(run)
+    return guarded(run)
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
@@ -195,4 +180,4 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             print(f"full report written to {args.json}", file=sys.stderr)
         return 0
 
-    return _guarded(run)
+    return guarded(run)

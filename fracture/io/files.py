@@ -8,11 +8,13 @@ the old file or the new one, never half of one, even after SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = [
     "atomic_write_bytes",
@@ -20,7 +22,12 @@ __all__ = [
     "atomic_write_json",
     "read_json",
     "fsync_path",
+    "exclusive_lock",
+    "check_name",
 ]
+
+# A name that is only ever one plain path part: model versions, training runs.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -81,3 +88,40 @@ def fsync_path(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) between processes.
+
+    Serialises check-then-act sequences (promotions, starting a training run)
+    between dashboard sessions, servers and the CLI. Without ``fcntl``
+    (Windows) it does not lock: single-user use there.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` when it is one plain path part (letters, digits, '.', '_', '-'); else ValueError.
+
+    Names come from files and forms, so a name is never allowed to climb out
+    of the folder it names something in.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        raise ValueError(
+            f"Invalid {what} name {name!r}: use letters, digits, '.', '_' or '-' "
+            f"(at most 100 characters, not starting with '.' or '-')"
+        )
+    return name

