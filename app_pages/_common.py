@@ -113,13 +113,15 @@ def active_model() -> tuple[ActiveModel | None, str | None]:
 class ServedModel:
     """One loaded network behind two predictors.
 
-    ``single`` runs batches of one, for the image a person is looking at;
+    ``single`` scores the image a person is looking at. It is shared by every
+    session of this server: one worker thread runs the requests of all sessions
+    in batches (fracture.inference.batching), so colleagues scoring at the same
+    moment share network calls instead of queueing on the CPU one image at a time.
     ``batch`` runs the configured batch size for folders. They share the Keras
-    model, so the weights are in memory once; only the compiled functions
-    differ (a batch-16 engine would pad one image to sixteen).
+    model, so the weights are in memory once; only the compiled functions differ.
     """
 
-    single: Any  # fracture.inference.predictor.Predictor
+    single: Any  # fracture.inference.batching.SharedPredictor
     batch: Any
     key: str
     directory: Path
@@ -129,9 +131,15 @@ class ServedModel:
         return self.single.config
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=1)
+def _release_served_model(served: ServedModel) -> None:
+    # A replaced model's worker finishes the requests it already has, then stops.
+    served.single.close(drain=True)
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=1, on_release=_release_served_model)
 def _load_served_model(model_dir: str, key: str) -> ServedModel:
     """Build the network once per process and model; ``key`` changes when the model does."""
+    from fracture.inference.batching import DEFAULT_MAX_BATCH, SharedPredictor
     from fracture.inference.engine import configure_threads
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
@@ -140,7 +148,9 @@ def _load_served_model(model_dir: str, key: str) -> ServedModel:
     configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
     current = get_settings()
     loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
-    single = Predictor(loaded, settings=current, batch_size=1)
+    single = SharedPredictor(
+        Predictor(loaded, settings=current, batch_size=DEFAULT_MAX_BATCH, fixed_batch=False)
+    )
     batch = Predictor(loaded, settings=current, batch_size=current.batch_size)
     return ServedModel(single=single, batch=batch, key=key, directory=Path(model_dir))
 

@@ -209,7 +209,11 @@ class InferenceEngine:
     Two compiled functions share one model: ``scores`` (forward only) and
     ``scores_and_cams`` (one forward pass under a gradient tape, then a
     backward pass that stops at ``target_layer``). Both take a fixed
-    ``(batch_size, size, size, 3)`` input; callers pad the last batch.
+    ``(batch_size, size, size, 3)`` input; callers pad the last batch. With
+    ``fixed_batch=False`` the batch dimension is left open instead (still one
+    trace, any size up to ``batch_size``, no padding): the shared serving queue
+    (:mod:`fracture.inference.batching`) runs whatever batch has formed, and
+    padding one waiting image to eight would cost eight images' time.
 
     It runs :func:`inference_network` of the model (BatchNorm folded, and in
     bfloat16 when ``precision="bfloat16"``); inputs and outputs stay float32.
@@ -221,6 +225,7 @@ class InferenceEngine:
         batch_size: int,
         target_layer: str = CAM_LAYER,
         precision: str = "float32",
+        fixed_batch: bool = True,
     ) -> None:
         import keras
         import tensorflow as tf
@@ -241,6 +246,7 @@ class InferenceEngine:
             )
             target_layer = POOL_LAYER
         self.batch_size = batch_size
+        self.fixed_batch = fixed_batch
         self.size = int(model.input.shape[1])
         model = inference_network(model, precision)
         self._graph = keras.Model(
@@ -251,7 +257,11 @@ class InferenceEngine:
                 model.get_layer(LOGIT_LAYER).output,
             ],
         )
-        spec = [tf.TensorSpec((batch_size, self.size, self.size, 3), tf.float32)]
+        spec = [
+            tf.TensorSpec(
+                (batch_size if fixed_batch else None, self.size, self.size, 3), tf.float32
+            )
+        ]
         self._scores = tf.function(self._forward, input_signature=spec, jit_compile=False)
         self._scores_and_cams = tf.function(self._forward_with_cam, input_signature=spec)
 
@@ -268,10 +278,11 @@ class InferenceEngine:
         count = images.shape[0]
         if count > self.batch_size:
             raise ValueError(f"batch of {count} exceeds the engine's batch size {self.batch_size}")
-        if count == self.batch_size and images.dtype == np.float32:
-            padded = np.ascontiguousarray(images)  # a full batch needs no copy
+        if (count == self.batch_size or not self.fixed_batch) and images.dtype == np.float32:
+            padded = np.ascontiguousarray(images)  # a full (or open-sized) batch needs no copy
         else:
-            padded = np.zeros((self.batch_size, self.size, self.size, 3), np.float32)
+            rows = self.batch_size if self.fixed_batch else count
+            padded = np.zeros((rows, self.size, self.size, 3), np.float32)
             padded[:count] = images
         if with_cam and self.has_cam:
             logits, pooled, cams = self._scores_and_cams(padded)

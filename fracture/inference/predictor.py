@@ -109,6 +109,10 @@ class Predictor:
     --apply``), else float32. bfloat16 is used only where the hardware computes it
     natively (see :func:`~fracture.inference.engine.bfloat16_supported`); elsewhere
     it would be emulated, slower than float32, so float32 is used with a warning.
+
+    ``fixed_batch=False`` compiles the engine for any batch size up to
+    ``batch_size`` instead of padding to it (for the shared serving queue,
+    :mod:`fracture.inference.batching`).
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class Predictor:
         batch_size: int | None = None,
         warmup: bool = True,
         precision: str | None = None,
+        fixed_batch: bool = True,
     ) -> None:
         # Before the network is compiled: TensorFlow's thread pools are fixed at its first op.
         configure_threads()
@@ -129,7 +134,9 @@ class Predictor:
         self.precision = _resolve_precision(
             precision or self.settings.inference_precision, loaded.config.inference_precision
         )
-        self.engine = InferenceEngine(loaded.model, self.batch_size, precision=self.precision)
+        self.engine = InferenceEngine(
+            loaded.model, self.batch_size, precision=self.precision, fixed_batch=fixed_batch
+        )
         self.ood_gate = _load_ood_gate(loaded.directory)
         if warmup:
             self.warm_up()
