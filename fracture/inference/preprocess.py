@@ -2,9 +2,9 @@
 
 Training, evaluation, prediction and Grad-CAM all go through :func:`letterbox`,
 so a model never sees pixels prepared differently from the ones it learnt on.
-The caffe-style ImageNet normalisation of ResNet-50 lives inside the model
-(:class:`fracture.model.network.CaffePreprocess`), so the network's input is plain RGB
-in [0, 255].
+The caffe-style ImageNet normalisation of ResNet-50 lives inside the model (the
+``CaffePreprocess`` layer of :func:`fracture.model.network.build_classifier`), so the
+network's input is plain RGB in [0, 255].
 """
 
 from __future__ import annotations
