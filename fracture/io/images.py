@@ -208,8 +208,9 @@ def iter_image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand ``paths`` into the list of image files to process, in a stable order.
 
     Folders are walked recursively in sorted order and keep files with a
-    supported suffix or with the DICOM marker (DICOM files are often named by
-    UID, e.g. ``1.2.840.113619.2.1``, or have no suffix at all). Hidden files
+    supported suffix or with DICOM content (DICOM files are often named by
+    UID, e.g. ``1.2.840.113619.2.1``, or have no suffix at all, and older PACS
+    exports lack the preamble and ``DICM`` marker too). Hidden files
     and folders are skipped, and so is ``DICOMDIR``, the index file of a CD,
     which holds no image. A path given explicitly is always kept, whatever its
     suffix and even if it does not exist, so that a bad file the user chose
@@ -677,6 +678,7 @@ def _decode_dicom(data: bytes, label: str, limits: _Limits) -> np.ndarray:
             )
         _check_dimensions(columns, rows, label, limits)
         _check_decodable(dataset, label)
+        _check_native_length(dataset, label)
         frame = _first_frame(dataset, label)
         return _dicom_frame_to_rgb(frame, dataset, label)
     except InvalidImageError:
@@ -742,6 +744,39 @@ def _check_decodable(dataset: Dataset, label: str) -> None:
         raise InvalidImageError(
             f"{label} uses the {described} transfer syntax, and no decoder for it is installed "
             f"(it needs one of: {options}); install one or export the file uncompressed"
+        )
+
+
+def _check_native_length(dataset: Dataset, label: str) -> None:
+    """Refuse uncompressed pixel data whose length disagrees with the image header.
+
+    pydicom only warns about excess data and reads the first bytes as the
+    image, so a file whose Rows, Columns or Bits Allocated were damaged would
+    be scored as a scrambled picture. Only the one pad byte that makes the
+    length even (PS3.5 8.1.1) is tolerated.
+    """
+    if dataset.file_meta.TransferSyntaxUID.is_compressed or "PixelData" not in dataset:
+        return
+    values = (
+        dataset.get(keyword)
+        for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "NumberOfFrames")
+    )
+    rows, columns, samples, bits, frames = (_first_value(v) for v in values)
+    try:
+        frames = int(frames) if frames not in (None, "") else 1
+        pixels = int(rows) * int(columns) * int(samples or 1) * max(frames, 1)
+        bits = int(bits)
+    except (TypeError, ValueError):
+        raise InvalidImageError(
+            f"{label} is a DICOM file whose image header (size, samples, bits) is not readable"
+        ) from None
+    expected = (pixels * bits + 7) // 8
+    actual = len(dataset.PixelData)
+    if actual not in (expected, expected + expected % 2):
+        raise InvalidImageError(
+            f"{label}: its DICOM pixel data could not be decoded: it is {actual} bytes long, "
+            f"but the header declares {expected} bytes; the file is truncated or its header "
+            "is damaged, so it is refused rather than guessed"
         )
 
 
@@ -988,9 +1023,30 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _has_dicom_marker(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM file, with or without preamble and ``DICM``."""
     try:
         with path.open("rb") as handle:
             head = handle.read(_DICOM_MAGIC_OFFSET + 4)
     except OSError:
         return False
-    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
+    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC or _looks_like_bare_dicom(head)
+
+
+def _looks_like_bare_dicom(head: bytes) -> bool:
+    """Whether ``head`` opens a DICOM data set written without preamble (older PACS exports).
+
+    Such a file starts with a little-endian element of group 0002 (file meta)
+    or 0008 (identification), followed by an explicit VR (two capital letters)
+    or an implicit 32-bit length small enough for a header element. A text or
+    binary file matching all of that by chance is rare, and still gets a
+    precise error from the loader instead of silently vanishing.
+    """
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    element = int.from_bytes(head[2:4], "little")
+    if element > 0x0100:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(head[4:8], "little") <= 1024
