@@ -32,7 +32,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from fracture.images import InvalidImageError, iter_image_files, load_image
+from fracture.io.images import InvalidImageError, iter_image_files, load_image
 
 # Largest mean absolute difference (0-255 scale) accepted from a lossy codec.
 LOSSY_MEAN_ERROR = 2.0
