@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_ood_parser(sub)
     add_bench_parser(sub)
     add_load_parser(sub)
+
+    from fracture.cli.dicom import add_dicom_parser
+
+    add_dicom_parser(sub)
     return parser
 
 

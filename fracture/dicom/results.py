@@ -1,0 +1,331 @@
+"""DICOM result objects: a Secondary Capture per image, a Structured Report per study.
+
+A PACS files results by the patient and study attributes they carry, so both
+objects copy them from the source images (highdicom does this from the
+reference data set) and join the source study in new series. Result UIDs are
+derived from the source UIDs and the model version: scoring the same images
+again, after a crash for instance, yields the same instances, which a PACS
+stores once, never twice.
+
+The Structured Report is a Comprehensive SR (PS3.3 A.35.3) with one finding
+(fracture present or absent at the model's operating point), the calibrated
+probability, the out-of-distribution flag, the algorithm's name and version
+(DCM 111001/111003) and the region of strongest evidence as a spatial
+coordinate on the image it came from. The study probability is the maximum
+over the study's images: a study is as suspicious as its most suspicious view.
+Codes without a standard equivalent use the private scheme ``99FRACTURE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cv2
+import highdicom as hd
+import numpy as np
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from fracture.inference.engine import overlay_heatmap
+
+__all__ = [
+    "BANNER",
+    "ImageFinding",
+    "StudyFinding",
+    "evidence_region",
+    "burn_overlay",
+    "secondary_capture",
+    "structured_report",
+    "read_report",
+    "result_uid",
+    "study_key",
+    "SC_SERIES_NUMBER",
+    "SR_SERIES_NUMBER",
+]
+
+# --------------------------------------------------------------------------- parameters
+
+BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+MANUFACTURER = "fracture (open-source research software)"
+# High series numbers keep the results after the acquisition series in a viewer.
+SC_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = 9902
+# The evidence region is the part of the heat map's hottest blob above this
+# fraction of its peak: half the peak outlines the blob without its faint halo.
+EVIDENCE_LEVEL = 0.5
+HEATMAP_ALPHA = 0.4
+BOX_COLOUR = (255, 255, 0)  # yellow reads on both the grey image and the JET colours
+
+_SCHEME = "99FRACTURE"
+REPORT_TITLE = CodedConcept("18748-4", "LN", "Diagnostic imaging report")
+FRACTURE = CodedConcept("72704001", "SCT", "Fracture")
+PRESENT = CodedConcept("52101004", "SCT", "Present")
+ABSENT = CodedConcept("2667000", "SCT", "Absent")
+YES = CodedConcept("373066001", "SCT", "Yes")
+NO = CodedConcept("373067005", "SCT", "No")
+ALGORITHM_NAME = CodedConcept("111001", "DCM", "Algorithm Name")
+ALGORITHM_VERSION = CodedConcept("111003", "DCM", "Algorithm Version")
+SOURCE_IMAGE = CodedConcept("121112", "DCM", "Source of Measurement")
+PROBABILITY = CodedConcept("FRACPROB", _SCHEME, "Fracture probability")
+OPERATING_POINT = CodedConcept("FRACTHR", _SCHEME, "Operating point (probability threshold)")
+OUT_OF_DISTRIBUTION = CodedConcept("FRACOOD", _SCHEME, "Outside the model's training data")
+EVIDENCE_REGION = CodedConcept("FRACROI", _SCHEME, "Region of strongest evidence")
+IMAGE_RESULT = CodedConcept("FRACIMG", _SCHEME, "Image result")
+DISCLAIMER = CodedConcept("FRACNOTE", _SCHEME, "Disclaimer")
+UNITY = CodedConcept("1", "UCUM", "no units")
+DISCLAIMER_TEXT = (
+    "Research use only, not for diagnosis. Produced automatically by the fracture research "
+    "model; it has not been cleared as a medical device and must not guide patient care."
+)
+
+
+# --------------------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class ImageFinding:
+    """The model's result for one source image."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    probability: float
+    in_distribution: bool | None
+    region: tuple[int, int, int, int] | None  # (left, top, right, bottom) pixels, inclusive
+
+
+@dataclass(frozen=True)
+class StudyFinding:
+    """The model's result for one study: its most suspicious image decides."""
+
+    images: tuple[ImageFinding, ...]
+    threshold: float
+    model_name: str
+    model_version: str
+
+    @property
+    def strongest(self) -> ImageFinding:
+        return max(self.images, key=lambda image: image.probability)
+
+    @property
+    def probability(self) -> float:
+        return self.strongest.probability
+
+    @property
+    def present(self) -> bool:
+        return self.probability >= self.threshold
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return any(image.in_distribution is False for image in self.images)
+
+
+def evidence_region(heatmap: np.ndarray, level: float = EVIDENCE_LEVEL) -> tuple[int, int, int, int] | None:
+    """The bounding box of the heat map's peak blob, or None for a flat map.
+
+    The blob is the connected region above ``level`` times the peak that
+    contains the peak, so a second, weaker hot spot does not stretch the box.
+    """
+    heat = np.asarray(heatmap, np.float32)
+    peak = float(heat.max()) if heat.size else 0.0
+    if peak <= 0.0 or float(heat.min()) >= peak:
+        return None
+    mask = (heat >= level * peak).astype(np.uint8)
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    row, column = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    rows, columns = np.nonzero(labels == labels[row, column])
+    return int(columns.min()), int(rows.min()), int(columns.max()), int(rows.max())
+
+
+def burn_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray | None,
+    region: tuple[int, int, int, int] | None,
+    caption: str,
+) -> np.ndarray:
+    """The radiograph with heat map, evidence box, the research banner and ``caption`` burned in."""
+    picture = overlay_heatmap(image, heatmap, HEATMAP_ALPHA) if heatmap is not None else image.copy()
+    height, width = picture.shape[:2]
+    thickness = max(1, round(min(height, width) / 250))
+    if region is not None:
+        left, top, right, bottom = region
+        cv2.rectangle(picture, (left, top), (right, bottom), BOX_COLOUR, thickness)
+    # The banner spans the top of the image on a black band, sized to the width,
+    # so it stays legible on a thumbnail and on a 4000-pixel detector image.
+    lines = [BANNER, caption]
+    scale = _font_scale_for(max(lines, key=len), width * 0.94)
+    line_height = int(cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][1] * 1.8) + 2
+    band = min(height, line_height * len(lines) + line_height // 2)
+    picture[:band] = (picture[:band] * 0.15).astype(np.uint8)
+    for index, text in enumerate(lines):
+        y = line_height * (index + 1)
+        colour = (255, 255, 255) if index else (255, 64, 64)
+        cv2.putText(picture, text, (max(2, width // 50), y), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    colour, max(1, thickness), cv2.LINE_AA)
+    return picture
+
+
+def _font_scale_for(text: str, width: float) -> float:
+    unit = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0]
+    return max(0.25, min(3.0, width / max(unit, 1)))
+
+
+# --------------------------------------------------------------------------- DICOM objects
+
+
+def result_uid(*parts: str) -> str:
+    """A UID derived from ``parts``: the same inputs always give the same result instance."""
+    return generate_uid(entropy_srcs=[str(part) for part in parts])
+
+
+def study_key(study_uid: str) -> str:
+    """A short, non-identifying name for a study in logs and folder names."""
+    return hashlib.sha256(study_uid.encode("utf-8")).hexdigest()[:16]
+
+
+def secondary_capture(
+    source: Dataset,
+    pixels: np.ndarray,
+    finding: ImageFinding,
+    *,
+    model_version: str,
+    instance_number: int,
+) -> Dataset:
+    """A Secondary Capture of ``pixels`` (RGB uint8) in a new series of the source's study."""
+    orientation = source.get("PatientOrientation")
+    known = orientation is not None and len(orientation) == 2 and all(orientation)
+    study_uid = str(source.StudyInstanceUID)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=np.ascontiguousarray(pixels, dtype=np.uint8),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=result_uid(study_uid, model_version, "sc-series"),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=result_uid(finding.sop_instance_uid, model_version, "sc"),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        patient_orientation=tuple(orientation) if known else ("L", "F"),
+        laterality=source.get("Laterality") or None,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    if not known:
+        sc.PatientOrientation = ""  # Type 2: unknown is empty, never a guess
+    sc.SeriesDescription = "fracture heat map (research use only)"
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageComments = DISCLAIMER_TEXT
+    sc.DerivationDescription = "Grad-CAM heat map and evidence box of the fracture model"
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = finding.sop_class_uid
+    reference.ReferencedSOPInstanceUID = finding.sop_instance_uid
+    sc.SourceImageSequence = [reference]
+    return sc
+
+
+def structured_report(
+    sources: Sequence[Dataset],
+    finding: StudyFinding,
+) -> Dataset:
+    """A Comprehensive SR with the study's finding, in a new series of the source study."""
+    study_uid = str(sources[0].StudyInstanceUID)
+    strongest = finding.strongest
+    items: list[Any] = [
+        _text(DISCLAIMER, DISCLAIMER_TEXT),
+        _text(ALGORITHM_NAME, finding.model_name),
+        _text(ALGORITHM_VERSION, finding.model_version),
+        _code(FRACTURE, PRESENT if finding.present else ABSENT),
+        _num(PROBABILITY, finding.probability, _image_ref(strongest)),
+        _num(OPERATING_POINT, finding.threshold),
+        _code(OUT_OF_DISTRIBUTION, YES if finding.out_of_distribution else NO),
+    ]
+    if strongest.region is not None:
+        left, top, right, bottom = strongest.region
+        # A closed polyline around the pixels (PS3.3 C.18.6: column, row; pixel
+        # centres at integer + 0.5 with the top-left corner at 0).
+        corners = np.array(
+            [[left, top], [right + 1, top], [right + 1, bottom + 1], [left, bottom + 1], [left, top]],
+            dtype=np.float32,
+        )
+        region = hd.sr.ScoordContentItem(
+            name=EVIDENCE_REGION, graphic_type="POLYLINE", graphic_data=corners,
+            relationship_type="CONTAINS",
+        )
+        region.ContentSequence = hd.sr.ContentSequence([_image_ref(strongest, "SELECTED FROM")],
+                                                       is_root=False)
+        items.append(region)
+    for image in finding.images:
+        container = hd.sr.ContainerContentItem(name=IMAGE_RESULT, relationship_type="CONTAINS")
+        children = [_num(PROBABILITY, image.probability, _image_ref(image))]
+        if image.in_distribution is not None:
+            children.append(_code(OUT_OF_DISTRIBUTION, NO if image.in_distribution else YES))
+        container.ContentSequence = hd.sr.ContentSequence(children, is_root=False)
+        items.append(container)
+    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
+    root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
+    sop_uids = sorted(image.sop_instance_uid for image in finding.images)
+    sr = hd.sr.ComprehensiveSR(
+        evidence=list(sources),
+        content=root,
+        series_instance_uid=result_uid(study_uid, finding.model_version, "sr-series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=result_uid(*sop_uids, finding.model_version, "sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+    )
+    sr.SeriesDescription = "fracture result (research use only)"
+    return sr
+
+
+def read_report(sr: Dataset) -> dict[str, Any]:
+    """The study-level values of a report made by :func:`structured_report`."""
+    values: dict[str, Any] = {}
+    for item in sr.ContentSequence:
+        concept = item.ConceptNameCodeSequence[0]
+        key = (concept.CodeValue, concept.CodingSchemeDesignator)
+        if key == (PROBABILITY.value, _SCHEME):
+            values["probability"] = float(item.MeasuredValueSequence[0].NumericValue)
+            image = item.ContentSequence[0].ReferencedSOPSequence[0]
+            values["strongest_image"] = str(image.ReferencedSOPInstanceUID)
+        elif key == (OPERATING_POINT.value, _SCHEME):
+            values["threshold"] = float(item.MeasuredValueSequence[0].NumericValue)
+        elif key == (FRACTURE.value, "SCT"):
+            values["present"] = item.ConceptCodeSequence[0].CodeValue == PRESENT.value
+        elif key == (OUT_OF_DISTRIBUTION.value, _SCHEME):
+            values["out_of_distribution"] = item.ConceptCodeSequence[0].CodeValue == YES.value
+        elif key == (ALGORITHM_NAME.value, "DCM"):
+            values["model_name"] = str(item.TextValue)
+        elif key == (ALGORITHM_VERSION.value, "DCM"):
+            values["model_version"] = str(item.TextValue)
+        elif key == (EVIDENCE_REGION.value, _SCHEME):
+            points = np.asarray(item.GraphicData, np.float32).reshape(-1, 2)
+            values["region"] = tuple(int(v) for v in (*points.min(0), *points.max(0)))
+    return values
+
+
+def _text(name: CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type="CONTAINS")
+
+
+def _code(name: CodedConcept, value: CodedConcept) -> hd.sr.CodeContentItem:
+    return hd.sr.CodeContentItem(name=name, value=value, relationship_type="CONTAINS")
+
+
+def _num(name: CodedConcept, value: float, source: Any = None) -> hd.sr.NumContentItem:
+    item = hd.sr.NumContentItem(name=name, value=round(float(value), 6), unit=UNITY,
+                                relationship_type="CONTAINS")
+    if source is not None:
+        item.ContentSequence = hd.sr.ContentSequence([source], is_root=False)
+    return item
+
+
+def _image_ref(image: ImageFinding, relationship: str = "INFERRED FROM") -> hd.sr.ImageContentItem:
+    return hd.sr.ImageContentItem(
+        name=SOURCE_IMAGE,
+        referenced_sop_class_uid=image.sop_class_uid,
+        referenced_sop_instance_uid=image.sop_instance_uid,
+        relationship_type=relationship,
+    )

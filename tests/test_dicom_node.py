@@ -1,0 +1,214 @@
+"""The DICOM node in-process: refusals, scoring once, result objects, restart and delivery.
+
+The node runs on a free localhost port with the tiny test model; a pynetdicom
+SCU plays the PACS. The end-to-end test against a real Orthanc is in
+test_dicom_orthanc.py.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicom_helpers import (
+    COMPREHENSIVE_SR,
+    DX_SOP_CLASS,
+    PATIENT_ID,
+    PATIENT_NAME,
+    SC_SOP_CLASS,
+    free_port,
+    make_study,
+    wait_for,
+)
+from fracture.dicom.node import Destination, DicomNode, NodeConfig
+from fracture.dicom.results import BANNER, evidence_region, read_report
+from fracture.dicom.spool import read_summaries
+
+pynetdicom = pytest.importorskip("pynetdicom")
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir, fake_imagenet_weights):
+    from fracture.inference.predictor import Predictor
+    from fracture.model.network import load_model
+
+    return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+
+
+def start_node(predictor, tmp_path: Path, **overrides) -> DicomNode:
+    settings = dict(spool=tmp_path / "spool", port=free_port(), host="127.0.0.1",
+                    allowed_callers=frozenset({"PACS"}), store=tmp_path / "store",
+                    quiet_seconds=0.5, retry_seconds=0.5)
+    config = NodeConfig(**(settings | overrides))
+    node = DicomNode(config, predictor)
+    node.start()
+    return node
+
+
+def send(node: DicomNode, datasets, calling: str = "PACS") -> list[int]:
+    """C-STORE ``datasets`` to the node; the status of each, or [] if the association failed."""
+    ae = pynetdicom.AE(ae_title=calling)
+    ae.add_requested_context(DX_SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)  # CT
+    assoc = ae.associate("127.0.0.1", node.config.port, ae_title=node.config.ae_title)
+    if not assoc.is_established:
+        return []
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def rounds(node: DicomNode) -> list[dict]:
+    return read_summaries(node.config.spool)
+
+
+def test_study_is_scored_once_into_a_report_and_one_capture_per_image(predictor, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    node = start_node(predictor, tmp_path)
+    try:
+        study = make_study(3)
+        assert send(node, study) == [0, 0, 0]
+        assert send(node, study[:1]) == [0]  # resent image: acknowledged, not rescored
+        assert wait_for(lambda: len(rounds(node)) == 1 and
+                        len(list((tmp_path / "store").rglob("*.dcm"))) == 4, 60)
+        time.sleep(1.5)  # a second round would have appeared by now
+        assert len(rounds(node)) == 1
+    finally:
+        node.stop()
+    files = sorted((tmp_path / "store").rglob("*.dcm"))
+    objects = [pydicom.dcmread(path) for path in files]
+    captures = [o for o in objects if o.SOPClassUID == SC_SOP_CLASS]
+    (report,) = [o for o in objects if o.SOPClassUID == COMPREHENSIVE_SR]
+    assert len(captures) == 3
+    sources = {str(ds.SOPInstanceUID) for ds in study}
+    for capture in captures:
+        assert capture.StudyInstanceUID == study[0].StudyInstanceUID
+        assert capture.SeriesInstanceUID != study[0].SeriesInstanceUID
+        assert capture.PatientID == PATIENT_ID and str(capture.PatientName) == PATIENT_NAME
+        assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID in sources
+        assert capture.BurnedInAnnotation == "YES"
+    assert report.StudyInstanceUID == study[0].StudyInstanceUID and report.PatientID == PATIENT_ID
+    values = read_report(report)
+    expected = predictor.predict([_encode(ds) for ds in study])
+    best = max(expected, key=lambda p: p.probability)
+    assert values["probability"] == pytest.approx(best.probability, abs=1e-6)
+    assert values["present"] == (best.probability >= predictor.threshold)
+    assert values["model_name"] == "tiny-test" and values["model_version"] == "1"
+    assert values["strongest_image"] in sources
+    assert "out_of_distribution" in values
+    # identifiers are in the results, never in the logs
+    assert PATIENT_ID not in caplog.text and "Testpatient" not in caplog.text
+    assert node.health()["scored_studies"] == 1
+
+
+def _encode(ds) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_refusals_give_error_statuses_and_the_node_keeps_serving(predictor, tmp_path):
+    node = start_node(predictor, tmp_path)
+    try:
+        assert send(node, make_study(1), calling="STRANGER") == []  # association rejected
+        good, no_pixels, truncated, ct = make_study(4, seed=1)
+        del no_pixels.PixelData
+        truncated.PixelData = truncated.PixelData[:1000]
+        ct.Modality = "CT"
+        ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        statuses = send(node, [no_pixels, truncated, ct, good])
+        assert statuses[0] not in (0,) and statuses[0] >= 0xA000
+        assert statuses[1] >= 0xA000 and statuses[2] >= 0xA000
+        assert statuses[3] == 0
+        assert node.health()["refused"] == 3
+        assert wait_for(lambda: len(rounds(node)) == 1, 60)
+    finally:
+        node.stop()
+    assert rounds(node)[0]["instances"] and len(rounds(node)[0]["images"]) == 1
+
+
+def test_kill_before_scoring_loses_nothing_and_scores_once(predictor, tmp_path):
+    study = make_study(4, seed=2)
+    first = start_node(predictor, tmp_path, quiet_seconds=3600)  # never scores by itself
+    assert send(first, study[:2]) == [0, 0]
+    # A crash: the server goes away without stop(), its threads never commit.
+    first._server.shutdown()
+    first._stop.set()
+    second = start_node(predictor, tmp_path)
+    try:
+        assert send(second, study[2:] + study[:1]) == [0, 0, 0]
+        assert wait_for(lambda: len(rounds(second)) == 1, 60)
+        time.sleep(1.5)
+        assert len(rounds(second)) == 1
+        assert len(rounds(second)[0]["images"]) == 4
+        # a restart after scoring does not score again
+        third = DicomNode(second.config, predictor)
+        assert third.spool.pending() == []
+    finally:
+        second.stop()
+
+
+def test_forward_destination_down_then_up_gets_everything(predictor, tmp_path):
+    from pynetdicom import AE, evt, StoragePresentationContexts
+
+    received: list[str] = []
+
+    def on_store(event):
+        received.append(str(event.dataset.SOPClassUID))
+        return 0
+
+    port = free_port()
+    node = start_node(predictor, tmp_path, store=None,
+                      forward=Destination.parse(f"ARCHIVE@127.0.0.1:{port}"))
+    try:
+        assert send(node, make_study(2, seed=3)) == [0, 0]
+        assert wait_for(lambda: node.counters.failed_deliveries >= 1, 60)
+        assert received == [] and len(rounds(node)) == 1
+        archive = AE(ae_title="ARCHIVE")
+        archive.supported_contexts = StoragePresentationContexts
+        server = archive.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            assert wait_for(lambda: len(received) == 3, 60)
+        finally:
+            server.shutdown()
+    finally:
+        node.stop()
+    assert sorted(received) == sorted([SC_SOP_CLASS] * 2 + [COMPREHENSIVE_SR])
+    assert node.spool.undelivered(node.config.destinations()[0]) == []
+
+
+def test_evidence_region_surrounds_the_hottest_blob():
+    heat = np.zeros((50, 60), np.float32)
+    heat[10:20, 30:45] = 1.0
+    heat[40:45, 5:8] = 0.6  # a second, weaker blob is not included
+    assert evidence_region(heat) == (30, 10, 44, 19)
+    assert evidence_region(np.zeros((5, 5))) is None
+
+
+def test_secondary_capture_shows_the_banner_and_overlay(predictor, tmp_path):
+    node = start_node(predictor, tmp_path)
+    try:
+        study = make_study(1, seed=4)
+        assert send(node, study) == [0]
+        assert wait_for(lambda: list((tmp_path / "store").rglob("sc-*.dcm")), 60)
+    finally:
+        node.stop()
+    (path,) = (tmp_path / "store").rglob("sc-*.dcm")
+    capture = pydicom.dcmread(path).pixel_array
+    grey = study[0].pixel_array
+    assert capture.shape == (*grey.shape, 3)
+    # the banner band is dark with bright red text, the overlay gives colour below it
+    band = capture[: capture.shape[0] // 10]
+    assert (band[..., 0].astype(int) - band[..., 2].astype(int) > 100).any()
+    body = capture[capture.shape[0] // 4:]
+    assert np.abs(body[..., 0].astype(int) - body[..., 2].astype(int)).max() > 30
+    assert BANNER.startswith("RESEARCH USE ONLY")
