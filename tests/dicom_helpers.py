@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from conftest import SHARED
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-from conftest import SHARED
 
 PATIENT_NAME = "Testpatient^Jane"
 PATIENT_ID = "PID-4711-SECRET"
@@ -144,9 +143,9 @@ class Orthanc:
         }
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(config))
-        log = open(self.folder / "orthanc.log", "ab")
-        self.process = subprocess.Popen(["Orthanc", str(config_path)], stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.folder / "orthanc.log", "ab") as log:
+            self.process = subprocess.Popen(["Orthanc", str(config_path)], stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -199,7 +198,7 @@ def storescu(port: int, files: list[Path], *, calling: str = "PACS",
              called: str = "FRACTURE") -> subprocess.CompletedProcess:
     return subprocess.run(
         ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
 
 

@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
 from dicom_helpers import (
     COMPREHENSIVE_SR,
     DX_SOP_CLASS,
@@ -27,6 +25,8 @@ from dicom_helpers import (
     make_study,
     wait_for,
 )
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from fracture.dicom.node import Destination, DicomNode, NodeConfig
 from fracture.dicom.results import BANNER, evidence_region, read_report
 from fracture.dicom.spool import read_summaries
@@ -43,9 +43,9 @@ def predictor(tiny_model_dir, fake_imagenet_weights):
 
 
 def start_node(predictor, tmp_path: Path, **overrides) -> DicomNode:
-    settings = dict(spool=tmp_path / "spool", port=free_port(), host="127.0.0.1",
-                    allowed_callers=frozenset({"PACS"}), store=tmp_path / "store",
-                    quiet_seconds=0.5, retry_seconds=0.5)
+    settings = {"spool": tmp_path / "spool", "port": free_port(), "host": "127.0.0.1",
+                    "allowed_callers": frozenset({"PACS"}), "store": tmp_path / "store",
+                    "quiet_seconds": 0.5, "retry_seconds": 0.5}
     config = NodeConfig(**(settings | overrides))
     node = DicomNode(config, predictor)
     node.start()
@@ -142,11 +142,11 @@ def test_kill_before_scoring_loses_nothing_and_scores_once(predictor, tmp_path):
     # A crash: the server goes away without stop(), its threads never commit.
     first._server.shutdown()
     first._stop.set()
-    second = start_node(predictor, tmp_path)
+    second = start_node(predictor, tmp_path, quiet_seconds=3)
     try:
         assert send(second, study[2:] + study[:1]) == [0, 0, 0]
         assert wait_for(lambda: len(rounds(second)) == 1, 60)
-        time.sleep(1.5)
+        time.sleep(4)  # a second round would have appeared by now
         assert len(rounds(second)) == 1
         assert len(rounds(second)[0]["images"]) == 4
         # a restart after scoring does not score again
@@ -157,7 +157,7 @@ def test_kill_before_scoring_loses_nothing_and_scores_once(predictor, tmp_path):
 
 
 def test_forward_destination_down_then_up_gets_everything(predictor, tmp_path):
-    from pynetdicom import AE, evt, StoragePresentationContexts
+    from pynetdicom import AE, StoragePresentationContexts, evt
 
     received: list[str] = []
 

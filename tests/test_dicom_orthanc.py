@@ -9,6 +9,7 @@ points it at the fake ImageNet weights the tiny model was built from.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -20,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import io
-
 from dicom_helpers import (
     COMPREHENSIVE_SR,
     SC_SOP_CLASS,
@@ -33,6 +32,7 @@ from dicom_helpers import (
     wait_for,
     write_study,
 )
+
 from fracture.dicom.results import read_report
 from fracture.dicom.spool import read_summaries
 
@@ -66,14 +66,14 @@ class NodeProcess:
         health = self.spool / "health.json"
         health.unlink(missing_ok=True)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-        log = open(self.folder / "node.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(self.weights), "dicom", "listen",
-             "--ae-title", "FRACTURE", "--host", "127.0.0.1", "--port", str(self.port),
-             "--forward", self.forward, "--allow", "PACS", "--spool", str(self.spool),
-             "--quiet-seconds", "2", "--retry-seconds", "1", "--model", str(self.model)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.folder / "node.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", LAUNCHER, str(self.weights), "dicom", "listen",
+                 "--ae-title", "FRACTURE", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--forward", self.forward, "--allow", "PACS", "--spool", str(self.spool),
+                 "--quiet-seconds", "2", "--retry-seconds", "1", "--model", str(self.model)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         ready = wait_for(lambda: self.process.poll() is not None or (
             health.is_file() and json.loads(health.read_text())["status"] == "running"), 240)
         if not ready or self.process.poll() is not None:
@@ -98,7 +98,6 @@ def pacs(tmp_path_factory, tiny_model_dir, fake_imagenet_weights):
     """(orthanc, node): Orthanc forwarding nowhere, the node forwarding results to Orthanc."""
     folder = tmp_path_factory.mktemp("pacs")
     orthanc = Orthanc(folder / "orthanc", free_port(), free_port())
-    # the .h5 copy: Keras picks the legacy loader from the name only for *.weights.h5
     node = NodeProcess(folder, fake_imagenet_weights, tiny_model_dir,
                        f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
     try:
@@ -158,7 +157,7 @@ def test_study_round_trip_through_orthanc(pacs, tmp_path, tiny_model_dir, use_fa
 
 
 def test_unknown_calling_ae_is_refused(pacs, tmp_path):
-    orthanc, node = pacs
+    _orthanc, node = pacs
     files = write_study(make_study(1, seed=5), tmp_path / "study")
     sent = storescu(node.port, files, calling="STRANGER")
     assert sent.returncode != 0
@@ -197,7 +196,30 @@ def test_killed_mid_study_loses_nothing_and_scores_once(pacs, tmp_path):
 
 
 def test_sigterm_stops_cleanly(pacs):
-    orthanc, node = pacs
+    _orthanc, node = pacs
     assert node.terminate() == 0
     assert json.loads((node.spool / "health.json").read_text())["status"] == "stopped"
     node.start()  # leave it running for any later test in the module
+
+
+def test_dicomweb_route_reads_and_stores_back(pacs, tmp_path, tiny_model_dir, use_fake_weights,
+                                              capsys):
+    orthanc, _node = pacs
+    from dicom_helpers import ORTHANC_PLUGINS
+
+    if not (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").is_file():
+        pytest.skip("needs orthanc-dicomweb (.ci/run installs it)")
+    study = make_study(2, seed=8)
+    # the study reaches Orthanc straight from the "modality"
+    assert storescu(orthanc.dicom_port, write_study(study, tmp_path / "study"),
+                    called="ORTHANC").returncode == 0
+    uid = str(study[0].StudyInstanceUID)
+    from fracture.cli.main import main
+
+    assert main(["dicom", "score", "--url", f"{orthanc.url}/dicom-web", "--study", uid,
+                 "--model", str(tiny_model_dir)]) == 0
+    assert "probability" in capsys.readouterr().out
+    reports, captures = results_in_orthanc(orthanc, uid, 2)
+    assert len(reports) == 1 and len(captures) == 2
+    assert main(["dicom", "score", "--url", f"{orthanc.url}/dicom-web", "--study", "1.2.3.4",
+                 "--model", str(tiny_model_dir)]) == 1

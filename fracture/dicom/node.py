@@ -31,15 +31,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -50,24 +49,17 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from fracture.dicom.results import (
-    ImageFinding,
-    StudyFinding,
-    burn_overlay,
-    evidence_region,
-    secondary_capture,
-    structured_report,
-)
-from fracture.dicom.spool import SR_FILE, SUMMARY_FILE, PendingStudy, Spool
+from fracture.dicom.scoring import SR_FILE, ScoredStudy, score_instances, summary_images
+from fracture.dicom.spool import PendingStudy, Spool
 from fracture.inference.predictor import Predictor
 from fracture.io.images import InvalidImageError, load_image
 
 __all__ = [
-    "Destination",
-    "NodeConfig",
-    "DicomNode",
-    "RADIOGRAPH_MODALITIES",
     "ACCEPTED_TRANSFER_SYNTAXES",
+    "RADIOGRAPH_MODALITIES",
+    "Destination",
+    "DicomNode",
+    "NodeConfig",
     "send_files",
 ]
 
@@ -162,8 +154,8 @@ class DicomNode:
 
     def __init__(self, config: NodeConfig, predictor: Predictor) -> None:
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import Verification
         from pynetdicom.presentation import AllStoragePresentationContexts
+        from pynetdicom.sop_class import Verification
 
         self.config = config
         self.predictor = predictor
@@ -307,7 +299,7 @@ class DicomNode:
                 if now - study.last_arrival >= self.config.quiet_seconds:
                     try:
                         self.score(study)
-                    except Exception as error:  # noqa: BLE001 - keep serving other studies
+                    except Exception as error:
                         self.counters.last_error = f"scoring: {type(error).__name__}"
                         log.exception("scoring study %s failed; it will be retried", study.key)
             self._stop.wait(min(1.0, max(0.1, self.config.quiet_seconds / 4)))
@@ -316,56 +308,21 @@ class DicomNode:
         """Score one study's waiting instances and commit the results; returns the round folder."""
         started = time.time()
         headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in study.files]
-        predictions = self.predictor.predict(list(study.files), with_cam=True)
-        findings: list[ImageFinding] = []
-        pictures: list[tuple[Dataset, np.ndarray, ImageFinding]] = []
-        failed: list[Path] = []
-        for path, header, prediction in zip(study.files, headers, predictions):
-            if not prediction.ok or prediction.image is None:
-                log.warning("study %s: an image could not be scored: %s", study.key,
-                            prediction.error)
-                failed.append(path)
-                continue
-            finding = ImageFinding(
-                sop_class_uid=str(header.SOPClassUID),
-                sop_instance_uid=str(header.SOPInstanceUID),
-                probability=float(prediction.probability),
-                in_distribution=prediction.in_distribution,
-                region=evidence_region(prediction.heatmap) if prediction.heatmap is not None else None,
-            )
-            findings.append(finding)
-            pictures.append((header, self._picture(prediction, finding), finding))
-        self.counters.failed_images += len(failed)
-        if not findings:
+        scored = score_instances(self.predictor, headers, list(study.files),
+                                 log_name=f"study {study.key}")
+        self.counters.failed_images += len(scored.failed)
+        if scored.finding is None:
             log.warning("study %s: no image could be scored; its instances are dropped", study.key)
             self.spool.drop(study.files)
             return None
-        config = self.predictor.config
-        study_finding = StudyFinding(tuple(findings), self.predictor.threshold,
-                                     str(config.name), str(config.version))
-        objects: list[tuple[str, Dataset]] = []
-        for number, (header, picture, finding) in enumerate(pictures, start=1):
-            sc = secondary_capture(header, picture, finding, model_version=str(config.version),
-                                   instance_number=number)
-            objects.append((f"sc-{number:04d}.dcm", sc))
-        sr = structured_report([h for h, _, _ in pictures], study_finding)
-        objects.append((SR_FILE, sr))
-        summary = _summary(pictures[0][0], study_finding, objects, study.last_arrival)
-        round_dir = self.spool.commit(study, objects, summary)
+        summary = _summary(scored, study.last_arrival)
+        round_dir = self.spool.commit(study, scored.objects, summary)
         self.counters.scored_studies += 1
-        self.counters.scored_images += len(findings)
+        self.counters.scored_images += len(scored.finding.images)
         log.info("study %s scored: %d image(s), probability %.3f, in %.1f s", study.key,
-                 len(findings), study_finding.probability, time.time() - started)
+                 len(scored.finding.images), scored.finding.probability, time.time() - started)
         self._wake_sender.set()
         return round_dir
-
-    def _picture(self, prediction: Any, finding: ImageFinding) -> np.ndarray:
-        verdict = "fracture suspected" if finding.probability >= self.predictor.threshold \
-            else "no fracture found"
-        caption = f"{verdict}: probability {finding.probability:.2f}"
-        if finding.in_distribution is False:
-            caption += " - UNUSUAL IMAGE, RESULT UNRELIABLE"
-        return burn_overlay(prediction.image, prediction.heatmap, finding.region, caption)
 
     # ------------------------------------------------------------------ delivering
 
@@ -443,14 +400,10 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
-def _summary(header: Dataset, finding: StudyFinding, objects: list[tuple[str, Dataset]],
-             arrived: float) -> dict[str, Any]:
+def _summary(scored: ScoredStudy, arrived: float) -> dict[str, Any]:
     """What the Inbox shows for a round (identifiers included: the page masks them)."""
-    images = []
-    for (name, sc), image in zip(objects, finding.images):
-        images.append({"sop_instance_uid": image.sop_instance_uid, "probability": image.probability,
-                       "in_distribution": image.in_distribution, "region": image.region,
-                       "secondary_capture": name})
+    assert scored.finding is not None
+    header, finding = scored.sources[0], scored.finding
     return {
         "study_uid": str(header.StudyInstanceUID),
         "patient_name": str(header.get("PatientName", "")),
@@ -465,9 +418,9 @@ def _summary(header: Dataset, finding: StudyFinding, objects: list[tuple[str, Da
         "threshold": finding.threshold,
         "out_of_distribution": finding.out_of_distribution,
         "model": f"{finding.model_name} {finding.model_version}",
-        "images": images,
+        "images": summary_images(scored),
+        "failed_images": len(scored.failed),
         "structured_report": SR_FILE,
-        "summary_file": SUMMARY_FILE,
     }
 
 

@@ -19,8 +19,9 @@ Codes without a standard equivalent use the private scheme ``99FRACTURE``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import highdicom as hd
@@ -29,21 +30,21 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fracture.inference.engine import overlay_heatmap
+from fracture.inference.gradcam import overlay_heatmap
 
 __all__ = [
     "BANNER",
-    "ImageFinding",
-    "StudyFinding",
-    "evidence_region",
-    "burn_overlay",
-    "secondary_capture",
-    "structured_report",
-    "read_report",
-    "result_uid",
-    "study_key",
     "SC_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
+    "ImageFinding",
+    "StudyFinding",
+    "burn_overlay",
+    "evidence_region",
+    "read_report",
+    "result_uid",
+    "secondary_capture",
+    "structured_report",
+    "study_key",
 ]
 
 # --------------------------------------------------------------------------- parameters

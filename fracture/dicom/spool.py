@@ -29,20 +29,20 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from fracture.dicom.results import study_key
 
-__all__ = ["Spool", "PendingStudy", "SUMMARY_FILE", "SR_FILE", "read_summaries"]
+__all__ = ["SUMMARY_FILE", "PendingStudy", "Spool", "read_summaries"]
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-SR_FILE = "sr.dcm"
 _TEMP_PREFIX = ".tmp-"
 
 

@@ -1,0 +1,105 @@
+"""Score the images of one study and build its DICOM results; shared by the node and DICOMweb."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from fracture.dicom.results import (
+    ImageFinding,
+    StudyFinding,
+    burn_overlay,
+    evidence_region,
+    secondary_capture,
+    structured_report,
+)
+from fracture.inference.predictor import Prediction, Predictor
+
+__all__ = ["SR_FILE", "ScoredStudy", "score_instances", "summary_images"]
+
+log = logging.getLogger(__name__)
+
+SR_FILE = "sr.dcm"
+# Where the result is unreliable, the burned-in caption says so in capitals.
+UNUSUAL_IMAGE_NOTE = " - UNUSUAL IMAGE, RESULT UNRELIABLE"
+
+
+@dataclass
+class ScoredStudy:
+    """The results of one scoring round: what to send, and what to show."""
+
+    finding: StudyFinding | None  # None when no image could be scored
+    objects: list[tuple[str, Dataset]] = field(default_factory=list)  # (file name, data set)
+    sources: list[Dataset] = field(default_factory=list)  # headers of the scored images
+    failed: list[int] = field(default_factory=list)  # indexes of images that could not be scored
+    errors: list[str] = field(default_factory=list)
+
+
+def score_instances(
+    predictor: Predictor,
+    headers: Sequence[Dataset],
+    sources: Sequence[str | os.PathLike[str] | bytes],
+    *,
+    log_name: str = "study",
+) -> ScoredStudy:
+    """Score every image of a study; ``headers[i]`` describes ``sources[i]`` (path or bytes)."""
+    predictions = predictor.predict(list(sources), with_cam=True,
+                                    names=[f"image {i + 1}" for i in range(len(sources))])
+    scored = ScoredStudy(finding=None)
+    findings: list[ImageFinding] = []
+    pictures: list[np.ndarray] = []
+    for index, (header, prediction) in enumerate(zip(headers, predictions)):
+        if not prediction.ok or prediction.image is None:
+            log.warning("%s: an image could not be scored: %s", log_name, prediction.error)
+            scored.failed.append(index)
+            scored.errors.append(str(prediction.error))
+            continue
+        finding = ImageFinding(
+            sop_class_uid=str(header.SOPClassUID),
+            sop_instance_uid=str(header.SOPInstanceUID),
+            probability=float(prediction.probability),
+            in_distribution=prediction.in_distribution,
+            region=None if prediction.heatmap is None else evidence_region(prediction.heatmap),
+        )
+        findings.append(finding)
+        scored.sources.append(header)
+        pictures.append(_picture(prediction, finding, predictor.threshold))
+    if not findings:
+        return scored
+    config = predictor.config
+    scored.finding = StudyFinding(tuple(findings), predictor.threshold, str(config.name),
+                                  str(config.version))
+    for number, (header, picture, finding) in enumerate(
+        zip(scored.sources, pictures, findings), start=1
+    ):
+        sc = secondary_capture(header, picture, finding, model_version=str(config.version),
+                               instance_number=number)
+        scored.objects.append((f"sc-{number:04d}.dcm", sc))
+    scored.objects.append((SR_FILE, structured_report(scored.sources, scored.finding)))
+    return scored
+
+
+def _picture(prediction: Prediction, finding: ImageFinding, threshold: float) -> np.ndarray:
+    verdict = "fracture suspected" if finding.probability >= threshold else "no fracture found"
+    caption = f"{verdict}: probability {finding.probability:.2f}"
+    if finding.in_distribution is False:
+        caption += UNUSUAL_IMAGE_NOTE
+    assert prediction.image is not None
+    return burn_overlay(prediction.image, prediction.heatmap, finding.region, caption)
+
+
+def summary_images(scored: ScoredStudy) -> list[dict[str, Any]]:
+    """Per-image rows of a round's summary (the node's ``summary.json``)."""
+    assert scored.finding is not None
+    return [
+        {"sop_instance_uid": image.sop_instance_uid, "probability": image.probability,
+         "in_distribution": image.in_distribution, "region": image.region,
+         "secondary_capture": name}
+        for (name, _), image in zip(scored.objects, scored.finding.images)
+    ]
