@@ -15,7 +15,7 @@ DEFAULT_SPOOL = "dicom-spool"
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from fracture.dicom.node import DicomNode, Destination, NodeConfig
+    from fracture.dicom.node import Destination, DicomNode, NodeConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
