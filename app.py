@@ -1,6 +1,6 @@
 """fracture dashboard entry point: ``streamlit run app.py``.
 
-Four pages (Predict, Dataset, Train, Model) share one sidebar: the active
+Five pages (Predict, Dataset, Train, Model, Inbox) share one sidebar: the active
 model, the operating point used to label predictions, and the notice that
 this is a research demo. The model itself is loaded once per server process
 (see ``app_pages/_common.py``) the first time a page needs it.
@@ -24,6 +24,7 @@ navigation = st.navigation(
         st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("app_pages/model.py", title="Model", icon=":material/description:"),
+        st.Page("app_pages/inbox.py", title="Inbox", icon=":material/inbox:"),
     ]
 )
 common.render_sidebar()

@@ -54,6 +54,9 @@ class Settings:
     min_image_side: int = 32
     # Admin gate for training/promotion in the dashboard; None means open.
     admin_password: str | None = None
+    # Working folder of `fracture dicom listen` (received studies, results not yet
+    # delivered, health); the dashboard's Inbox reads the same folder.
+    dicom_spool: Path = PROJECT_ROOT / "dicom-spool"
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

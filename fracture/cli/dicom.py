@@ -11,7 +11,6 @@ from typing import Any
 
 __all__ = ["add_dicom_parser"]
 
-DEFAULT_SPOOL = "dicom-spool"
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -32,8 +31,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
         print("error: no calling AE title allowed; give --allow AET (repeatable) or --allow-any",
               file=sys.stderr)
         return 2
+    from fracture.config import get_settings
+
+    spool = Path(args.spool) if args.spool else get_settings().dicom_spool
     config = NodeConfig(
-        spool=Path(args.spool), ae_title=args.ae_title, host=args.host, port=args.port,
+        spool=spool, ae_title=args.ae_title, host=args.host, port=args.port,
         allowed_callers=callers, forward=forward,
         store=Path(args.store) if args.store else None,
         quiet_seconds=args.quiet_seconds, retry_seconds=args.retry_seconds,
@@ -56,7 +58,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     print(f"{args.ae_title} listening on {args.host}:{args.port}; results to "
-          f"{', '.join(config.destinations())}; health in {Path(args.spool) / 'health.json'}",
+          f"{', '.join(config.destinations())}; health in {spool / 'health.json'}",
           file=sys.stderr, flush=True)
     node.wait()
     node.stop()
@@ -109,8 +111,9 @@ def add_dicom_parser(sub: argparse._SubParsersAction) -> None:
                    help="calling AE title allowed to send (repeatable)")
     p.add_argument("--allow-any", action="store_true",
                    help="accept any calling AE title (only on a closed network)")
-    p.add_argument("--spool", default=DEFAULT_SPOOL,
-                   help="folder for received instances and undelivered results")
+    p.add_argument("--spool", default=None,
+                   help="folder for received instances and undelivered results (default: the "
+                        "dicom_spool setting, which the dashboard's Inbox reads)")
     p.add_argument("--quiet-seconds", type=float, default=10.0,
                    help="score a study once no instance arrived for this long")
     p.add_argument("--retry-seconds", type=float, default=30.0,
