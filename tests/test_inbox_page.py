@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from dicom_helpers import PATIENT_ID, encoded, make_study
+
 from fracture.config import get_settings
 from fracture.dicom.scoring import score_instances
-from fracture.dicom.spool import PendingStudy, Spool
+from fracture.dicom.spool import Spool
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 ROOT = Path(__file__).resolve().parents[1]

@@ -85,13 +85,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _load_predictor(model: str | None):
+    from fracture.errors import FractureError
     from fracture.inference.predictor import Predictor
-    from fracture.model.imagenet import WeightsError
-    from fracture.model.network import ModelLoadError
 
     try:
         return Predictor(model)
-    except (ModelLoadError, WeightsError) as error:
+    except FractureError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
 

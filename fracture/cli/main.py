@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     # and --help should answer without them.
     from fracture.cli.bench import add_bench_parser
     from fracture.cli.data import add_data_parser
+    from fracture.cli.dicom import add_dicom_parser
     from fracture.cli.evaluate import add_calibrate_parser, add_evaluate_parser
     from fracture.cli.load import add_load_parser
     from fracture.cli.models import add_models_parser
@@ -49,9 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_ood_parser(sub)
     add_bench_parser(sub)
     add_load_parser(sub)
-
-    from fracture.cli.dicom import add_dicom_parser
-
     add_dicom_parser(sub)
     return parser
 

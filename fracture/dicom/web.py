@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from fracture.dicom.node import RADIOGRAPH_MODALITIES
 from fracture.dicom.results import study_key
 from fracture.dicom.scoring import score_instances
+from fracture.errors import FractureError
 from fracture.inference.predictor import Predictor
 
 __all__ = ["DicomWebError", "score_study"]
@@ -23,7 +24,7 @@ __all__ = ["DicomWebError", "score_study"]
 log = logging.getLogger(__name__)
 
 
-class DicomWebError(RuntimeError):
+class DicomWebError(FractureError, RuntimeError):
     """The DICOMweb server could not be read from or written to; the message says why."""
 
 

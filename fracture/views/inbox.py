@@ -18,7 +18,7 @@ import numpy as np
 
 from fracture.dicom.spool import read_summaries
 
-__all__ = ["InboxStudy", "inbox_studies", "node_health", "mask", "capture_pixels", "SORTS"]
+__all__ = ["SORTS", "InboxStudy", "capture_pixels", "inbox_studies", "mask", "node_health"]
 
 MASK = "••••••"
 SORTS = ("Most suspicious first", "Newest first")
