@@ -29,7 +29,7 @@ COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
 COPY . .
-RUN mkdir -p /app/cache /app/runs /app/data /app/models \
+RUN mkdir -p /app/cache /app/runs /app/data /app/models /app/dicom-spool \
     && chown -R fracture:fracture /app
 USER fracture
 

@@ -127,7 +127,8 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, modalities: dict[str, list[Any]] | None = None) -> None:
+    def start(self, modalities: dict[str, list[Any]] | None = None,
+              lua_scripts: list[str] | None = None) -> None:
         storage = self.folder / "storage"
         storage.mkdir(parents=True, exist_ok=True)
         config = {
@@ -139,7 +140,7 @@ class Orthanc:
             "Plugins": [str(ORTHANC_PLUGINS / "libOrthancDicomWeb.so")]
             if (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").is_file() else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "StorageCompression": False, "ConcurrentJobs": 1,
+            "StorageCompression": False, "ConcurrentJobs": 1, "LuaScripts": lua_scripts or [],
         }
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(config))

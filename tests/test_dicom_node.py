@@ -37,7 +37,7 @@ pynetdicom = pytest.importorskip("pynetdicom")
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir, fake_imagenet_weights):
     from fracture.inference.predictor import Predictor
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
 
     return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 

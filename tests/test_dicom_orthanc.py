@@ -70,7 +70,7 @@ class NodeProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", LAUNCHER, str(self.weights), "dicom", "listen",
                  "--ae-title", "FRACTURE", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--forward", self.forward, "--allow", "PACS", "--spool", str(self.spool),
+                 "--forward", self.forward, "--allow", "PACS", "--allow", "ORTHANC", "--spool", str(self.spool),
                  "--quiet-seconds", "2", "--retry-seconds", "1", "--model", str(self.model)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -193,6 +193,30 @@ def test_killed_mid_study_loses_nothing_and_scores_once(pacs, tmp_path):
     reports, captures = results_in_orthanc(orthanc, uid, 4)
     assert len(reports) == 1 and len(captures) == 4
     assert len([s for s in read_summaries(node.spool) if s["study_uid"] == uid]) == 1
+
+
+def test_orthanc_auto_routes_with_the_readme_configuration(pacs, tmp_path):
+    orthanc, node = pacs
+    readme_config = json.loads((ROOT / "deploy" / "fracture.json").read_text())
+    (name, (aet, _host, _port)), = readme_config["DicomModalities"].items()
+    orthanc.stop()
+    orthanc.start(modalities={name: [aet, "127.0.0.1", node.port]},
+                  lua_scripts=[str(ROOT / "deploy" / "autoroute.lua")])
+    try:
+        study = make_study(2, seed=9)
+        # the modality sends to Orthanc only; Orthanc routes the study to fracture
+        sent = storescu(orthanc.dicom_port, write_study(study, tmp_path / "study"),
+                        called="ORTHANC")
+        assert sent.returncode == 0, sent.stderr
+        found = wait_for(lambda: results_in_orthanc(orthanc, str(study[0].StudyInstanceUID), 2),
+                         120)
+        assert found, node.log()
+        time.sleep(3)  # the results themselves are not routed back to fracture
+        reports, captures = results_in_orthanc(orthanc, str(study[0].StudyInstanceUID), 2)
+        assert len(reports) == 1 and len(captures) == 2
+    finally:
+        orthanc.stop()
+        orthanc.start()
 
 
 def test_sigterm_stops_cleanly(pacs):

@@ -22,7 +22,7 @@ def spool_with_studies(tmp_path_factory, tiny_model_dir, fake_imagenet_weights):
     """A node spool with two scored studies, made by the node's own scoring code."""
     from fracture.dicom.node import _summary
     from fracture.inference.predictor import Predictor
-    from fracture.model.network import load_model
+    from fracture.model.folder import load_model
 
     predictor = Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
     root = tmp_path_factory.mktemp("inbox") / "spool"
