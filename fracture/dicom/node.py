@@ -26,7 +26,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,6 @@ class _Counters:
     delivered_rounds: int = 0
     failed_deliveries: int = 0
     last_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DicomNode:
@@ -213,7 +212,7 @@ class DicomNode:
         """What an operator needs to see that the node works (no patient data)."""
         pending = self.spool.pending()
         undelivered = {d: len(self.spool.undelivered(d)) for d in self.config.destinations()}
-        counters = {k: v for k, v in vars(self.counters).items() if k != "extra"}
+        counters = dict(vars(self.counters))
         return {
             "status": "stopped" if self._stop.is_set() else "running",
             "ae_title": self.config.ae_title,
