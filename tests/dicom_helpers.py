@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import SHARED
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from conftest import SHARED
 
 PATIENT_NAME = "Testpatient^Jane"
 PATIENT_ID = "PID-4711-SECRET"
@@ -42,8 +43,11 @@ def free_port() -> int:
 def study_pixels(count: int, seed: int = 0) -> list[np.ndarray]:
     """``count`` grey radiographs (uint16, 12 bits used): FracAtlas where present, else phantoms."""
     fracatlas = SHARED / "data" / "fracatlas" / "val"
-    files = sorted(fracatlas.glob("*/*.jpg"))[seed * count: seed * count + count] \
-        if fracatlas.is_dir() else []
+    files = (
+        sorted(fracatlas.glob("*/*.jpg"))[seed * count : seed * count + count]
+        if fracatlas.is_dir()
+        else []
+    )
     images = []
     if len(files) == count:
         for path in files:
@@ -60,8 +64,9 @@ def study_pixels(count: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def dx_instance(pixels: np.ndarray, study_uid: str, series_uid: str, number: int,
-                **attributes: Any) -> Dataset:
+def dx_instance(
+    pixels: np.ndarray, study_uid: str, series_uid: str, number: int, **attributes: Any
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -93,8 +98,10 @@ def dx_instance(pixels: np.ndarray, study_uid: str, series_uid: str, number: int
 
 def make_study(count: int, seed: int = 0) -> list[Dataset]:
     study_uid, series_uid = generate_uid(), generate_uid()
-    return [dx_instance(pixels, study_uid, series_uid, number)
-            for number, pixels in enumerate(study_pixels(count, seed), start=1)]
+    return [
+        dx_instance(pixels, study_uid, series_uid, number)
+        for number, pixels in enumerate(study_pixels(count, seed), start=1)
+    ]
 
 
 def write_study(datasets: list[Dataset], folder: Path) -> list[Path]:
@@ -127,26 +134,40 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, modalities: dict[str, list[Any]] | None = None,
-              lua_scripts: list[str] | None = None) -> None:
+    def start(
+        self, modalities: dict[str, list[Any]] | None = None, lua_scripts: list[str] | None = None
+    ) -> None:
         storage = self.folder / "storage"
         storage.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "fracture-test", "DicomAet": self.ae_title, "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port, "StorageDirectory": str(storage),
-            "IndexDirectory": str(storage), "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomModalities": modalities or {}, "HttpsVerifyPeers": False,
+            "Name": "fracture-test",
+            "DicomAet": self.ae_title,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomModalities": modalities or {},
+            "HttpsVerifyPeers": False,
             "Plugins": [str(ORTHANC_PLUGINS / "libOrthancDicomWeb.so")]
-            if (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").is_file() else [],
+            if (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").is_file()
+            else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "StorageCompression": False, "ConcurrentJobs": 1, "LuaScripts": lua_scripts or [],
+            "StorageCompression": False,
+            "ConcurrentJobs": 1,
+            "LuaScripts": lua_scripts or [],
         }
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(config))
         with open(self.folder / "orthanc.log", "ab") as log:
-            self.process = subprocess.Popen(["Orthanc", str(config_path)], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                ["Orthanc", str(config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -176,7 +197,8 @@ class Orthanc:
     def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
         """Every instance Orthanc holds for ``study_uid``, with its main tags."""
         request = urllib.request.Request(
-            self.url + "/tools/find", method="POST",
+            self.url + "/tools/find",
+            method="POST",
             data=json.dumps({"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}).encode(),
         )
         with urllib.request.urlopen(request, timeout=10) as reply:
@@ -184,8 +206,9 @@ class Orthanc:
         if not studies:
             return []
         instances = self.get(f"/studies/{studies[0]}/instances")
-        return [self.get(f"/instances/{i['ID']}/simplified-tags") | {"ID": i["ID"]}
-                for i in instances]
+        return [
+            self.get(f"/instances/{i['ID']}/simplified-tags") | {"ID": i["ID"]} for i in instances
+        ]
 
     def instance_file(self, orthanc_id: str) -> bytes:
         return self.get(f"/instances/{orthanc_id}/file")
@@ -195,11 +218,15 @@ def orthanc_available() -> bool:
     return shutil.which("Orthanc") is not None and shutil.which("storescu") is not None
 
 
-def storescu(port: int, files: list[Path], *, calling: str = "PACS",
-             called: str = "FRACTURE") -> subprocess.CompletedProcess:
+def storescu(
+    port: int, files: list[Path], *, calling: str = "PACS", called: str = "FRACTURE"
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

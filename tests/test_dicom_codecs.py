@@ -86,8 +86,12 @@ def dcmtk_twin(tmp_path: Path, ds: Dataset, options: list[str]) -> bytes:
         pytest.skip("dcmtk (dcmcjpeg) is not installed; .ci/run installs it")
     source, target = tmp_path / "plain.dcm", tmp_path / "jpeg.dcm"
     source.write_bytes(to_bytes(ds))
-    subprocess.run(["dcmcjpeg", *options, str(source), str(target)], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["dcmcjpeg", *options, str(source), str(target)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return target.read_bytes()
 
 
@@ -95,35 +99,72 @@ def dcmtk_twin(tmp_path: Path, ds: Dataset, options: list[str]) -> bytes:
 CASES = [
     ("rle", 12, lambda tmp, ds: pydicom_twin(ds, RLELossless), RLELossless, True),
     ("deflated", 12, lambda tmp, ds: deflated_twin(ds), DeflatedExplicitVRLittleEndian, True),
-    ("jpeg-ls-lossless", 12, lambda tmp, ds: pydicom_twin(ds, JPEGLSLossless),
-     JPEGLSLossless, True),
-    ("jpeg-ls-near-lossless", 12,
-     lambda tmp, ds: pydicom_twin(ds, JPEGLSNearLossless, jls_error=3),
-     JPEGLSNearLossless, False),
-    ("jpeg2000-lossless", 12, lambda tmp, ds: pydicom_twin(ds, JPEG2000Lossless),
-     JPEG2000Lossless, True),
-    ("jpeg2000-lossy", 12,
-     lambda tmp, ds: pydicom_twin(ds, JPEG2000, j2k_cr=[4], use_mct=False),
-     JPEG2000, False),
-    ("jpeg-lossless-sv1", 12, lambda tmp, ds: dcmtk_twin(tmp, ds, ["+e1"]),
-     JPEGLosslessSV1, True),
-    ("jpeg-lossless", 12, lambda tmp, ds: dcmtk_twin(tmp, ds, ["+el", "+sv", "6"]),
-     JPEGLossless, True),
-    ("jpeg-baseline", 8, lambda tmp, ds: dcmtk_twin(tmp, ds, ["+eb", "+q", "95"]),
-     JPEGBaseline8Bit, False),
-    ("jpeg-extended-12bit", 12, lambda tmp, ds: dcmtk_twin(tmp, ds, ["+ee", "+q", "95"]),
-     JPEGExtended12Bit, False),
+    (
+        "jpeg-ls-lossless",
+        12,
+        lambda tmp, ds: pydicom_twin(ds, JPEGLSLossless),
+        JPEGLSLossless,
+        True,
+    ),
+    (
+        "jpeg-ls-near-lossless",
+        12,
+        lambda tmp, ds: pydicom_twin(ds, JPEGLSNearLossless, jls_error=3),
+        JPEGLSNearLossless,
+        False,
+    ),
+    (
+        "jpeg2000-lossless",
+        12,
+        lambda tmp, ds: pydicom_twin(ds, JPEG2000Lossless),
+        JPEG2000Lossless,
+        True,
+    ),
+    (
+        "jpeg2000-lossy",
+        12,
+        lambda tmp, ds: pydicom_twin(ds, JPEG2000, j2k_cr=[4], use_mct=False),
+        JPEG2000,
+        False,
+    ),
+    ("jpeg-lossless-sv1", 12, lambda tmp, ds: dcmtk_twin(tmp, ds, ["+e1"]), JPEGLosslessSV1, True),
+    (
+        "jpeg-lossless",
+        12,
+        lambda tmp, ds: dcmtk_twin(tmp, ds, ["+el", "+sv", "6"]),
+        JPEGLossless,
+        True,
+    ),
+    (
+        "jpeg-baseline",
+        8,
+        lambda tmp, ds: dcmtk_twin(tmp, ds, ["+eb", "+q", "95"]),
+        JPEGBaseline8Bit,
+        False,
+    ),
+    (
+        "jpeg-extended-12bit",
+        12,
+        lambda tmp, ds: dcmtk_twin(tmp, ds, ["+ee", "+q", "95"]),
+        JPEGExtended12Bit,
+        False,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("bits", "make", "syntax", "lossless"),
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    ("bits", "make", "syntax", "lossless"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
 def test_compressed_twin_decodes_to_the_same_pixels(tmp_path, bits, make, syntax, lossless):
     ds = dx_dataset(radiograph_pixels(bits), bits)
     plain = load_image(to_bytes(ds), name="plain.dcm")
     twin_bytes = make(tmp_path, ds)
-    assert dcmread(io.BytesIO(twin_bytes), stop_before_pixels=True).file_meta.TransferSyntaxUID \
+    assert (
+        dcmread(io.BytesIO(twin_bytes), stop_before_pixels=True).file_meta.TransferSyntaxUID
         == syntax
+    )
     twin = load_image(twin_bytes, name="twin.dcm")
     assert twin.shape == plain.shape == (96, 80, 3)
     error = np.abs(twin.astype(int) - plain.astype(int))

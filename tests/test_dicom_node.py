@@ -43,9 +43,15 @@ def predictor(tiny_model_dir, fake_imagenet_weights):
 
 
 def start_node(predictor, tmp_path: Path, **overrides) -> DicomNode:
-    settings = {"spool": tmp_path / "spool", "port": free_port(), "host": "127.0.0.1",
-                    "allowed_callers": frozenset({"PACS"}), "store": tmp_path / "store",
-                    "quiet_seconds": 0.5, "retry_seconds": 0.5}
+    settings = {
+        "spool": tmp_path / "spool",
+        "port": free_port(),
+        "host": "127.0.0.1",
+        "allowed_callers": frozenset({"PACS"}),
+        "store": tmp_path / "store",
+        "quiet_seconds": 0.5,
+        "retry_seconds": 0.5,
+    }
     config = NodeConfig(**(settings | overrides))
     node = DicomNode(config, predictor)
     node.start()
@@ -77,8 +83,10 @@ def test_study_is_scored_once_into_a_report_and_one_capture_per_image(predictor,
         study = make_study(3)
         assert send(node, study) == [0, 0, 0]
         assert send(node, study[:1]) == [0]  # resent image: acknowledged, not rescored
-        assert wait_for(lambda: len(rounds(node)) == 1 and
-                        len(list((tmp_path / "store").rglob("*.dcm"))) == 4, 60)
+        assert wait_for(
+            lambda: len(rounds(node)) == 1 and len(list((tmp_path / "store").rglob("*.dcm"))) == 4,
+            60,
+        )
         time.sleep(1.5)  # a second round would have appeared by now
         assert len(rounds(node)) == 1
     finally:
@@ -166,16 +174,18 @@ def test_forward_destination_down_then_up_gets_everything(predictor, tmp_path):
         return 0
 
     port = free_port()
-    node = start_node(predictor, tmp_path, store=None,
-                      forward=Destination.parse(f"ARCHIVE@127.0.0.1:{port}"))
+    node = start_node(
+        predictor, tmp_path, store=None, forward=Destination.parse(f"ARCHIVE@127.0.0.1:{port}")
+    )
     try:
         assert send(node, make_study(2, seed=3)) == [0, 0]
         assert wait_for(lambda: node.counters.failed_deliveries >= 1, 60)
         assert received == [] and len(rounds(node)) == 1
         archive = AE(ae_title="ARCHIVE")
         archive.supported_contexts = StoragePresentationContexts
-        server = archive.start_server(("127.0.0.1", port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        server = archive.start_server(
+            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
         try:
             assert wait_for(lambda: len(received) == 3, 60)
         finally:
@@ -209,6 +219,6 @@ def test_secondary_capture_shows_the_banner_and_overlay(predictor, tmp_path):
     # the banner band is dark with bright red text, the overlay gives colour below it
     band = capture[: capture.shape[0] // 10]
     assert (band[..., 0].astype(int) - band[..., 2].astype(int) > 100).any()
-    body = capture[capture.shape[0] // 4:]
+    body = capture[capture.shape[0] // 4 :]
     assert np.abs(body[..., 0].astype(int) - body[..., 2].astype(int)).max() > 30
     assert BANNER.startswith("RESEARCH USE ONLY")

@@ -38,8 +38,9 @@ from fracture.dicom.spool import read_summaries
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not orthanc_available(), reason="needs Orthanc and dcmtk (.ci/run installs "
-                                                       "them)"),
+    pytest.mark.skipif(
+        not orthanc_available(), reason="needs Orthanc and dcmtk (.ci/run installs them)"
+    ),
 ]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,14 +69,47 @@ class NodeProcess:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
         with open(self.folder / "node.log", "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", LAUNCHER, str(self.weights), "dicom", "listen",
-                 "--ae-title", "FRACTURE", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--forward", self.forward, "--allow", "PACS", "--allow", "ORTHANC", "--spool", str(self.spool),
-                 "--quiet-seconds", "2", "--retry-seconds", "1", "--model", str(self.model)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-c",
+                    LAUNCHER,
+                    str(self.weights),
+                    "dicom",
+                    "listen",
+                    "--ae-title",
+                    "FRACTURE",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--forward",
+                    self.forward,
+                    "--allow",
+                    "PACS",
+                    "--allow",
+                    "ORTHANC",
+                    "--spool",
+                    str(self.spool),
+                    "--quiet-seconds",
+                    "2",
+                    "--retry-seconds",
+                    "1",
+                    "--model",
+                    str(self.model),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-        ready = wait_for(lambda: self.process.poll() is not None or (
-            health.is_file() and json.loads(health.read_text())["status"] == "running"), 240)
+        ready = wait_for(
+            lambda: (
+                self.process.poll() is not None
+                or (health.is_file() and json.loads(health.read_text())["status"] == "running")
+            ),
+            240,
+        )
         if not ready or self.process.poll() is not None:
             raise RuntimeError(f"the node did not start:\n{self.log()}")
 
@@ -98,8 +132,9 @@ def pacs(tmp_path_factory, tiny_model_dir, fake_imagenet_weights):
     """(orthanc, node): Orthanc forwarding nowhere, the node forwarding results to Orthanc."""
     folder = tmp_path_factory.mktemp("pacs")
     orthanc = Orthanc(folder / "orthanc", free_port(), free_port())
-    node = NodeProcess(folder, fake_imagenet_weights, tiny_model_dir,
-                       f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+    node = NodeProcess(
+        folder, fake_imagenet_weights, tiny_model_dir, f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    )
     try:
         orthanc.start()
         node.start()
@@ -128,8 +163,10 @@ def test_study_round_trip_through_orthanc(pacs, tmp_path, tiny_model_dir, use_fa
     found = wait_for(lambda: results_in_orthanc(orthanc, str(study[0].StudyInstanceUID), 4), 120)
     elapsed = time.monotonic() - started
     assert found, node.log()
-    print(f"\nstudy of 4 images: SR in Orthanc {elapsed:.1f} s after the first image was sent "
-          "(quiet period 2 s)")
+    print(
+        f"\nstudy of 4 images: SR in Orthanc {elapsed:.1f} s after the first image was sent "
+        "(quiet period 2 s)"
+    )
     reports, captures = found
     assert len(reports) == 1 and len(captures) == 4
     sources = {str(ds.SOPInstanceUID) for ds in study}
@@ -147,12 +184,17 @@ def test_study_round_trip_through_orthanc(pacs, tmp_path, tiny_model_dir, use_fa
     from fracture.cli.main import main
 
     out = tmp_path / "predict.csv"
-    assert main(["predict", str(tmp_path / "study"), "--model", str(tiny_model_dir),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["predict", str(tmp_path / "study"), "--model", str(tiny_model_dir), "--out", str(out)]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 4
-    assert values["probability"] == pytest.approx(max(float(r["probability"]) for r in rows),
-                                                  abs=1e-6)
+    assert values["probability"] == pytest.approx(
+        max(float(r["probability"]) for r in rows), abs=1e-6
+    )
     assert node.process.poll() is None
 
 
@@ -198,18 +240,22 @@ def test_killed_mid_study_loses_nothing_and_scores_once(pacs, tmp_path):
 def test_orthanc_auto_routes_with_the_readme_configuration(pacs, tmp_path):
     orthanc, node = pacs
     readme_config = json.loads((ROOT / "deploy" / "fracture.json").read_text())
-    (name, (aet, _host, _port)), = readme_config["DicomModalities"].items()
+    ((name, (aet, _host, _port)),) = readme_config["DicomModalities"].items()
     orthanc.stop()
-    orthanc.start(modalities={name: [aet, "127.0.0.1", node.port]},
-                  lua_scripts=[str(ROOT / "deploy" / "autoroute.lua")])
+    orthanc.start(
+        modalities={name: [aet, "127.0.0.1", node.port]},
+        lua_scripts=[str(ROOT / "deploy" / "autoroute.lua")],
+    )
     try:
         study = make_study(2, seed=9)
         # the modality sends to Orthanc only; Orthanc routes the study to fracture
-        sent = storescu(orthanc.dicom_port, write_study(study, tmp_path / "study"),
-                        called="ORTHANC")
+        sent = storescu(
+            orthanc.dicom_port, write_study(study, tmp_path / "study"), called="ORTHANC"
+        )
         assert sent.returncode == 0, sent.stderr
-        found = wait_for(lambda: results_in_orthanc(orthanc, str(study[0].StudyInstanceUID), 2),
-                         120)
+        found = wait_for(
+            lambda: results_in_orthanc(orthanc, str(study[0].StudyInstanceUID), 2), 120
+        )
         assert found, node.log()
         time.sleep(3)  # the results themselves are not routed back to fracture
         reports, captures = results_in_orthanc(orthanc, str(study[0].StudyInstanceUID), 2)
@@ -226,8 +272,9 @@ def test_sigterm_stops_cleanly(pacs):
     node.start()  # leave it running for any later test in the module
 
 
-def test_dicomweb_route_reads_and_stores_back(pacs, tmp_path, tiny_model_dir, use_fake_weights,
-                                              capsys):
+def test_dicomweb_route_reads_and_stores_back(
+    pacs, tmp_path, tiny_model_dir, use_fake_weights, capsys
+):
     orthanc, _node = pacs
     from dicom_helpers import ORTHANC_PLUGINS
 
@@ -235,15 +282,45 @@ def test_dicomweb_route_reads_and_stores_back(pacs, tmp_path, tiny_model_dir, us
         pytest.skip("needs orthanc-dicomweb (.ci/run installs it)")
     study = make_study(2, seed=8)
     # the study reaches Orthanc straight from the "modality"
-    assert storescu(orthanc.dicom_port, write_study(study, tmp_path / "study"),
-                    called="ORTHANC").returncode == 0
+    assert (
+        storescu(
+            orthanc.dicom_port, write_study(study, tmp_path / "study"), called="ORTHANC"
+        ).returncode
+        == 0
+    )
     uid = str(study[0].StudyInstanceUID)
     from fracture.cli.main import main
 
-    assert main(["dicom", "score", "--url", f"{orthanc.url}/dicom-web", "--study", uid,
-                 "--model", str(tiny_model_dir)]) == 0
+    assert (
+        main(
+            [
+                "dicom",
+                "score",
+                "--url",
+                f"{orthanc.url}/dicom-web",
+                "--study",
+                uid,
+                "--model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 0
+    )
     assert "probability" in capsys.readouterr().out
     reports, captures = results_in_orthanc(orthanc, uid, 2)
     assert len(reports) == 1 and len(captures) == 2
-    assert main(["dicom", "score", "--url", f"{orthanc.url}/dicom-web", "--study", "1.2.3.4",
-                 "--model", str(tiny_model_dir)]) == 1
+    assert (
+        main(
+            [
+                "dicom",
+                "score",
+                "--url",
+                f"{orthanc.url}/dicom-web",
+                "--study",
+                "1.2.3.4",
+                "--model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 1
+    )

@@ -73,7 +73,9 @@ def test_inbox_lists_studies_most_suspicious_first_with_identifiers_masked(inbox
     (table,) = at.dataframe
     frame = table.value
     assert list(frame["Probability"]) == pytest.approx(inbox_env)
-    assert set(frame["Patient ID"]) == {"••••••"} and "Testpatient Jane" not in set(frame["Patient"])
+    assert set(frame["Patient ID"]) == {"••••••"} and "Testpatient Jane" not in set(
+        frame["Patient"]
+    )
     assert set(frame["Images"]) == {2, 1}
     # newest first reorders; the most recent study is the second one made
     at.radio[0].set_value("Newest first").run()

@@ -154,7 +154,7 @@ class DicomNode:
     def __init__(self, config: NodeConfig, predictor: Predictor) -> None:
         from pynetdicom import AE, evt
         from pynetdicom.presentation import AllStoragePresentationContexts
-        from pynetdicom.sop_class import Verification
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         self.config = config
         self.predictor = predictor
@@ -163,19 +163,22 @@ class DicomNode:
         self._stop = threading.Event()
         self._wake_sender = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._server = None
+        self._server: Any = None
         self._started = time.time()
         self._retry_at: dict[str, float] = {}
         ae = AE(ae_title=config.ae_title)
         ae.maximum_pdu_size = 0  # no limit: large radiographs arrive in fewer PDUs
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = config.timeout_s
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(context.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         if config.allowed_callers is not None:
             ae.require_calling_aet = sorted(config.allowed_callers)
         self._ae = ae
-        self._handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0)]
+        self._handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda event: 0),
+        ]
 
     # ------------------------------------------------------------------ life cycle
 
@@ -189,8 +192,12 @@ class DicomNode:
             thread.start()
             self._threads.append(thread)
         self._write_health("running")
-        log.info("DICOM node %s listening on %s:%d", self.config.ae_title, self.config.host,
-                 self.config.port)
+        log.info(
+            "DICOM node %s listening on %s:%d",
+            self.config.ae_title,
+            self.config.host,
+            self.config.port,
+        )
 
     def stop(self) -> None:
         """Stop accepting, let the current scoring and sending finish, and record the state."""
@@ -307,8 +314,9 @@ class DicomNode:
         """Score one study's waiting instances and commit the results; returns the round folder."""
         started = time.time()
         headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in study.files]
-        scored = score_instances(self.predictor, headers, list(study.files),
-                                 log_name=f"study {study.key}")
+        scored = score_instances(
+            self.predictor, headers, list(study.files), log_name=f"study {study.key}"
+        )
         self.counters.failed_images += len(scored.failed)
         if scored.finding is None:
             log.warning("study %s: no image could be scored; its instances are dropped", study.key)
@@ -318,8 +326,13 @@ class DicomNode:
         round_dir = self.spool.commit(study, scored.objects, summary)
         self.counters.scored_studies += 1
         self.counters.scored_images += len(scored.finding.images)
-        log.info("study %s scored: %d image(s), probability %.3f, in %.1f s", study.key,
-                 len(scored.finding.images), scored.finding.probability, time.time() - started)
+        log.info(
+            "study %s scored: %d image(s), probability %.3f, in %.1f s",
+            study.key,
+            len(scored.finding.images),
+            scored.finding.probability,
+            time.time() - started,
+        )
         self._wake_sender.set()
         return round_dir
 
@@ -346,8 +359,12 @@ class DicomNode:
                     self.counters.failed_deliveries += 1
                     self.counters.last_error = f"{destination}: {error}"
                     self._retry_at[destination] = now + self.config.retry_seconds
-                    log.warning("delivery to %s failed (%s); retrying in %.0f s", destination,
-                                error, self.config.retry_seconds)
+                    log.warning(
+                        "delivery to %s failed (%s); retrying in %.0f s",
+                        destination,
+                        error,
+                        self.config.retry_seconds,
+                    )
                     break
                 self.spool.mark_delivered(round_dir, destination)
                 self.counters.delivered_rounds += 1
@@ -356,18 +373,24 @@ class DicomNode:
     def _deliver(self, round_dir: Path, destination: str) -> None:
         files = sorted(p for p in round_dir.glob("*.dcm"))
         if destination == "store":
-            target = Path(self.config.store) / round_dir.name
+            assert self.config.store is not None
+            target = self.config.store / round_dir.name
             target.mkdir(parents=True, exist_ok=True)
             for path in files:
                 shutil.copyfile(path, target / path.name)
             return
         assert self.config.forward is not None
-        send_files(files, self.config.forward, calling_ae=self.config.ae_title,
-                   timeout_s=self.config.timeout_s)
+        send_files(
+            files,
+            self.config.forward,
+            calling_ae=self.config.ae_title,
+            timeout_s=self.config.timeout_s,
+        )
 
 
-def send_files(files: list[Path], destination: Destination, *, calling_ae: str,
-               timeout_s: float = 30.0) -> None:
+def send_files(
+    files: list[Path], destination: Destination, *, calling_ae: str, timeout_s: float = 30.0
+) -> None:
     """C-STORE ``files`` to ``destination`` in one association; raises RuntimeError on failure."""
     from pynetdicom import AE
 

@@ -123,7 +123,9 @@ class StudyFinding:
         return any(image.in_distribution is False for image in self.images)
 
 
-def evidence_region(heatmap: np.ndarray, level: float = EVIDENCE_LEVEL) -> tuple[int, int, int, int] | None:
+def evidence_region(
+    heatmap: np.ndarray, level: float = EVIDENCE_LEVEL
+) -> tuple[int, int, int, int] | None:
     """The bounding box of the heat map's peak blob, or None for a flat map.
 
     The blob is the connected region above ``level`` times the peak that
@@ -147,7 +149,9 @@ def burn_overlay(
     caption: str,
 ) -> np.ndarray:
     """The radiograph with heat map, evidence box, the research banner and ``caption`` burned in."""
-    picture = overlay_heatmap(image, heatmap, HEATMAP_ALPHA) if heatmap is not None else image.copy()
+    picture = (
+        overlay_heatmap(image, heatmap, HEATMAP_ALPHA) if heatmap is not None else image.copy()
+    )
     height, width = picture.shape[:2]
     thickness = max(1, round(min(height, width) / 250))
     if region is not None:
@@ -163,8 +167,16 @@ def burn_overlay(
     for index, text in enumerate(lines):
         y = line_height * (index + 1)
         colour = (255, 255, 255) if index else (255, 64, 64)
-        cv2.putText(picture, text, (max(2, width // 50), y), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    colour, max(1, thickness), cv2.LINE_AA)
+        cv2.putText(
+            picture,
+            text,
+            (max(2, width // 50), y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            colour,
+            max(1, thickness),
+            cv2.LINE_AA,
+        )
     return picture
 
 
@@ -214,7 +226,7 @@ def secondary_capture(
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     if not known:
-        sc.PatientOrientation = ""  # Type 2: unknown is empty, never a guess
+        sc.PatientOrientation = []  # Type 2: unknown is empty, never a guess
     sc.SeriesDescription = "fracture heat map (research use only)"
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = DISCLAIMER_TEXT
@@ -247,19 +259,28 @@ def structured_report(
         # A closed polyline around the pixels (PS3.3 C.18.6: column, row; pixel
         # centres at integer + 0.5 with the top-left corner at 0).
         corners = np.array(
-            [[left, top], [right + 1, top], [right + 1, bottom + 1], [left, bottom + 1], [left, top]],
+            [
+                [left, top],
+                [right + 1, top],
+                [right + 1, bottom + 1],
+                [left, bottom + 1],
+                [left, top],
+            ],
             dtype=np.float32,
         )
         region = hd.sr.ScoordContentItem(
-            name=EVIDENCE_REGION, graphic_type="POLYLINE", graphic_data=corners,
+            name=EVIDENCE_REGION,
+            graphic_type="POLYLINE",
+            graphic_data=corners,
             relationship_type="CONTAINS",
         )
-        region.ContentSequence = hd.sr.ContentSequence([_image_ref(strongest, "SELECTED FROM")],
-                                                       is_root=False)
+        region.ContentSequence = hd.sr.ContentSequence(
+            [_image_ref(strongest, "SELECTED FROM")], is_root=False
+        )
         items.append(region)
     for image in finding.images:
         container = hd.sr.ContainerContentItem(name=IMAGE_RESULT, relationship_type="CONTAINS")
-        children = [_num(PROBABILITY, image.probability, _image_ref(image))]
+        children: list[Any] = [_num(PROBABILITY, image.probability, _image_ref(image))]
         if image.in_distribution is not None:
             children.append(_code(OUT_OF_DISTRIBUTION, NO if image.in_distribution else YES))
         container.ContentSequence = hd.sr.ContentSequence(children, is_root=False)
@@ -316,8 +337,9 @@ def _code(name: CodedConcept, value: CodedConcept) -> hd.sr.CodeContentItem:
 
 
 def _num(name: CodedConcept, value: float, source: Any = None) -> hd.sr.NumContentItem:
-    item = hd.sr.NumContentItem(name=name, value=round(float(value), 6), unit=UNITY,
-                                relationship_type="CONTAINS")
+    item = hd.sr.NumContentItem(
+        name=name, value=round(float(value), 6), unit=UNITY, relationship_type="CONTAINS"
+    )
     if source is not None:
         item.ContentSequence = hd.sr.ContentSequence([source], is_root=False)
     return item

@@ -49,13 +49,14 @@ def score_instances(
     log_name: str = "study",
 ) -> ScoredStudy:
     """Score every image of a study; ``headers[i]`` describes ``sources[i]`` (path or bytes)."""
-    predictions = predictor.predict(list(sources), with_cam=True,
-                                    names=[f"image {i + 1}" for i in range(len(sources))])
+    predictions = predictor.predict(
+        list(sources), with_cam=True, names=[f"image {i + 1}" for i in range(len(sources))]
+    )
     scored = ScoredStudy(finding=None)
     findings: list[ImageFinding] = []
     pictures: list[np.ndarray] = []
     for index, (header, prediction) in enumerate(zip(headers, predictions)):
-        if not prediction.ok or prediction.image is None:
+        if not prediction.ok or prediction.image is None or prediction.probability is None:
             log.warning("%s: an image could not be scored: %s", log_name, prediction.error)
             scored.failed.append(index)
             scored.errors.append(str(prediction.error))
@@ -73,13 +74,15 @@ def score_instances(
     if not findings:
         return scored
     config = predictor.config
-    scored.finding = StudyFinding(tuple(findings), predictor.threshold, str(config.name),
-                                  str(config.version))
+    scored.finding = StudyFinding(
+        tuple(findings), predictor.threshold, str(config.name), str(config.version)
+    )
     for number, (header, picture, finding) in enumerate(
         zip(scored.sources, pictures, findings), start=1
     ):
-        sc = secondary_capture(header, picture, finding, model_version=str(config.version),
-                               instance_number=number)
+        sc = secondary_capture(
+            header, picture, finding, model_version=str(config.version), instance_number=number
+        )
         scored.objects.append((f"sc-{number:04d}.dcm", sc))
     scored.objects.append((SR_FILE, structured_report(scored.sources, scored.finding)))
     return scored
@@ -98,8 +101,12 @@ def summary_images(scored: ScoredStudy) -> list[dict[str, Any]]:
     """Per-image rows of a round's summary (the node's ``summary.json``)."""
     assert scored.finding is not None
     return [
-        {"sop_instance_uid": image.sop_instance_uid, "probability": image.probability,
-         "in_distribution": image.in_distribution, "region": image.region,
-         "secondary_capture": name}
+        {
+            "sop_instance_uid": image.sop_instance_uid,
+            "probability": image.probability,
+            "in_distribution": image.in_distribution,
+            "region": image.region,
+            "secondary_capture": name,
+        }
         for (name, _), image in zip(scored.objects, scored.finding.images)
     ]

@@ -181,7 +181,11 @@ class Spool:
 
     def rounds(self) -> Iterator[Path]:
         for folder in self.results.iterdir():
-            if folder.is_dir() and not folder.name.startswith(".") and (folder / SUMMARY_FILE).is_file():
+            if (
+                folder.is_dir()
+                and not folder.name.startswith(".")
+                and (folder / SUMMARY_FILE).is_file()
+            ):
                 yield folder
 
     # ------------------------------------------------------------------ start-up
@@ -210,7 +214,7 @@ class Spool:
 def read_summaries(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The summaries of every scored round under a spool folder, each with its ``folder``."""
     results = Path(root) / "results"
-    summaries = []
+    summaries: list[dict[str, Any]] = []
     if not results.is_dir():
         return summaries
     for folder in results.iterdir():

@@ -28,8 +28,9 @@ class DicomWebError(FractureError, RuntimeError):
     """The DICOMweb server could not be read from or written to; the message says why."""
 
 
-def score_study(url: str, study_uid: str, predictor: Predictor, *, send: bool = True,
-                client: Any = None) -> dict[str, Any]:
+def score_study(
+    url: str, study_uid: str, predictor: Predictor, *, send: bool = True, client: Any = None
+) -> dict[str, Any]:
     """Score the radiographs of study ``study_uid`` at ``url``; store results there if ``send``."""
     from dicomweb_client.api import DICOMwebClient
     from requests import RequestException
@@ -40,17 +41,23 @@ def score_study(url: str, study_uid: str, predictor: Predictor, *, send: bool = 
         instances = client.retrieve_study(study_uid)
     except RequestException as error:
         raise DicomWebError(f"could not read the study from {url}: {_reason(error)}") from None
-    radiographs = [ds for ds in instances
-                   if str(ds.get("Modality", "")).upper() in RADIOGRAPH_MODALITIES]
+    radiographs = [
+        ds for ds in instances if str(ds.get("Modality", "")).upper() in RADIOGRAPH_MODALITIES
+    ]
     if not radiographs:
-        raise DicomWebError(f"the study has no radiographs at {url} ({len(instances)} "
-                            "instance(s) of other kinds)" if instances else
-                            f"no study with that UID at {url}")
-    scored = score_instances(predictor, radiographs, [_encode(ds) for ds in radiographs],
-                             log_name=f"study {key}")
+        raise DicomWebError(
+            f"the study has no radiographs at {url} ({len(instances)} instance(s) of other kinds)"
+            if instances
+            else f"no study with that UID at {url}"
+        )
+    scored = score_instances(
+        predictor, radiographs, [_encode(ds) for ds in radiographs], log_name=f"study {key}"
+    )
     if scored.finding is None:
-        raise DicomWebError(f"none of the {len(radiographs)} radiograph(s) could be scored: "
-                            + "; ".join(scored.errors))
+        raise DicomWebError(
+            f"none of the {len(radiographs)} radiograph(s) could be scored: "
+            + "; ".join(scored.errors)
+        )
     sent = 0
     if send:
         try:
@@ -58,8 +65,12 @@ def score_study(url: str, study_uid: str, predictor: Predictor, *, send: bool = 
         except RequestException as error:
             raise DicomWebError(f"could not store the results at {url}: {_reason(error)}") from None
         sent = len(scored.objects)
-    log.info("study %s scored over DICOMweb: %d image(s), %d result object(s) stored", key,
-             len(scored.finding.images), sent)
+    log.info(
+        "study %s scored over DICOMweb: %d image(s), %d result object(s) stored",
+        key,
+        len(scored.finding.images),
+        sent,
+    )
     return {
         "probability": scored.finding.probability,
         "present": scored.finding.present,

@@ -763,14 +763,14 @@ def _check_native_length(dataset: Dataset, label: str) -> None:
     )
     rows, columns, samples, bits, frames = (_first_value(v) for v in values)
     try:
-        frames = int(frames) if frames not in (None, "") else 1
-        pixels = int(rows) * int(columns) * int(samples or 1) * max(frames, 1)
-        bits = int(bits)
+        count = int(str(frames)) if frames not in (None, "") else 1
+        pixels = int(str(rows)) * int(str(columns)) * int(str(samples or 1)) * max(count, 1)
+        bits_allocated = int(str(bits))
     except (TypeError, ValueError):
         raise InvalidImageError(
             f"{label} is a DICOM file whose image header (size, samples, bits) is not readable"
         ) from None
-    expected = (pixels * bits + 7) // 8
+    expected = (pixels * bits_allocated + 7) // 8
     actual = len(dataset.PixelData)
     if actual not in (expected, expected + expected % 2):
         raise InvalidImageError(

@@ -50,9 +50,12 @@ class InboxStudy:
     def row(self) -> dict[str, Any]:
         return {
             "Received": _readable_time(self.received_at),
-            "Patient": self.patient_name, "Patient ID": self.patient_id,
-            "Accession": self.accession_number, "Images": self.images,
-            "Probability": self.probability, "Result": self.verdict,
+            "Patient": self.patient_name,
+            "Patient ID": self.patient_id,
+            "Accession": self.accession_number,
+            "Images": self.images,
+            "Probability": self.probability,
+            "Result": self.verdict,
             "Unusual images": "yes - check" if self.out_of_distribution else "",
             "Reference": self.reference,
         }
@@ -63,30 +66,35 @@ def mask(text: str, reveal: bool) -> str:
     return text if reveal or not text else MASK
 
 
-def inbox_studies(spool: str | os.PathLike[str], *, reveal: bool,
-                  sort: str = SORTS[0]) -> list[InboxStudy]:
+def inbox_studies(
+    spool: str | os.PathLike[str], *, reveal: bool, sort: str = SORTS[0]
+) -> list[InboxStudy]:
     """The scored studies under ``spool``, sorted by ``sort`` (one of :data:`SORTS`)."""
     studies = []
     for summary in read_summaries(spool):
         try:
-            studies.append(InboxStudy(
-                reference=str(summary["study_key"])[:8],
-                received_at=str(summary.get("received_at", "")),
-                patient_name=mask(str(summary.get("patient_name", "")).replace("^", " ").strip(),
-                                  reveal),
-                patient_id=mask(str(summary.get("patient_id", "")), reveal),
-                accession_number=mask(str(summary.get("accession_number", "")), reveal),
-                study_date=str(summary.get("study_date", "")),
-                images=len(summary["images"]),
-                failed_images=int(summary.get("failed_images", 0)),
-                probability=float(summary["probability"]),
-                present=bool(summary["present"]),
-                out_of_distribution=bool(summary.get("out_of_distribution")),
-                model=str(summary.get("model", "")),
-                folder=Path(summary["folder"]),
-                captures=tuple((i["secondary_capture"], float(i["probability"]))
-                               for i in summary["images"]),
-            ))
+            studies.append(
+                InboxStudy(
+                    reference=str(summary["study_key"])[:8],
+                    received_at=str(summary.get("received_at", "")),
+                    patient_name=mask(
+                        str(summary.get("patient_name", "")).replace("^", " ").strip(), reveal
+                    ),
+                    patient_id=mask(str(summary.get("patient_id", "")), reveal),
+                    accession_number=mask(str(summary.get("accession_number", "")), reveal),
+                    study_date=str(summary.get("study_date", "")),
+                    images=len(summary["images"]),
+                    failed_images=int(summary.get("failed_images", 0)),
+                    probability=float(summary["probability"]),
+                    present=bool(summary["present"]),
+                    out_of_distribution=bool(summary.get("out_of_distribution")),
+                    model=str(summary.get("model", "")),
+                    folder=Path(summary["folder"]),
+                    captures=tuple(
+                        (i["secondary_capture"], float(i["probability"])) for i in summary["images"]
+                    ),
+                )
+            )
         except (KeyError, TypeError, ValueError):
             continue  # a summary from another version: skipped rather than shown wrong
     if sort == SORTS[1]:
