@@ -58,15 +58,15 @@ def cmd_listen(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
         return 2
 
-    def request_stop(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
         print(
             f"received {signal.Signals(signum).name}: finishing current work, then stopping",
             file=sys.stderr,
         )
-        node._stop.set()
+        node.request_stop()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     print(
         f"{args.ae_title} listening on {args.host}:{args.port}; results to "
         f"{', '.join(config.destinations())}; health in {spool / 'health.json'}",

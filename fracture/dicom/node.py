@@ -210,6 +210,10 @@ class DicomNode:
         self._write_health("stopped")
         log.info("DICOM node stopped")
 
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return; safe to call from a signal handler."""
+        self._stop.set()
+
     def wait(self) -> None:
         """Block until :meth:`stop` is called from another thread or a signal handler."""
         while not self._stop.wait(HEALTH_EVERY_S):
