@@ -39,7 +39,7 @@ def predictor(tiny_model_dir, fake_imagenet_weights):
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
 
-    return Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 
 
 def start_node(predictor, tmp_path: Path, **overrides) -> DicomNode:

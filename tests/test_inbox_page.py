@@ -24,7 +24,7 @@ def spool_with_studies(tmp_path_factory, tiny_model_dir, fake_imagenet_weights):
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
 
-    predictor = Predictor(loaded=load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+    predictor = Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
     root = tmp_path_factory.mktemp("inbox") / "spool"
     spool = Spool(root)
     probabilities = []

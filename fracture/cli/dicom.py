@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ __all__ = ["add_dicom_parser"]
 def cmd_listen(args: argparse.Namespace) -> int:
     from fracture.dicom.node import Destination, DicomNode, NodeConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         forward = Destination.parse(args.forward) if args.forward else None
     except ValueError as error:
@@ -81,7 +79,6 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from fracture.dicom.web import DicomWebError, score_study
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     predictor = _load_predictor(args.model)
     if predictor is None:
         return 2

@@ -49,6 +49,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from fracture.config import get_settings
 from fracture.errors import InvalidImageError
+from fracture.io.dicom import check_pixel_data_length, first_value, looks_like_bare_dicom
 
 __all__ = [
     "InvalidImageError",
@@ -678,7 +679,7 @@ def _decode_dicom(data: bytes, label: str, limits: _Limits) -> np.ndarray:
             )
         _check_dimensions(columns, rows, label, limits)
         _check_decodable(dataset, label)
-        _check_native_length(dataset, label)
+        check_pixel_data_length(dataset, label)
         frame = _first_frame(dataset, label)
         return _dicom_frame_to_rgb(frame, dataset, label)
     except InvalidImageError:
@@ -747,39 +748,6 @@ def _check_decodable(dataset: Dataset, label: str) -> None:
         )
 
 
-def _check_native_length(dataset: Dataset, label: str) -> None:
-    """Refuse uncompressed pixel data whose length disagrees with the image header.
-
-    pydicom only warns about excess data and reads the first bytes as the
-    image, so a file whose Rows, Columns or Bits Allocated were damaged would
-    be scored as a scrambled picture. Only the one pad byte that makes the
-    length even (PS3.5 8.1.1) is tolerated.
-    """
-    if dataset.file_meta.TransferSyntaxUID.is_compressed or "PixelData" not in dataset:
-        return
-    values = (
-        dataset.get(keyword)
-        for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "NumberOfFrames")
-    )
-    rows, columns, samples, bits, frames = (_first_value(v) for v in values)
-    try:
-        count = int(str(frames)) if frames not in (None, "") else 1
-        pixels = int(str(rows)) * int(str(columns)) * int(str(samples or 1)) * max(count, 1)
-        bits_allocated = int(str(bits))
-    except (TypeError, ValueError):
-        raise InvalidImageError(
-            f"{label} is a DICOM file whose image header (size, samples, bits) is not readable"
-        ) from None
-    expected = (pixels * bits_allocated + 7) // 8
-    actual = len(dataset.PixelData)
-    if actual not in (expected, expected + expected % 2):
-        raise InvalidImageError(
-            f"{label}: its DICOM pixel data could not be decoded: it is {actual} bytes long, "
-            f"but the header declares {expected} bytes; the file is truncated or its header "
-            "is damaged, so it is refused rather than guessed"
-        )
-
-
 def _first_frame(dataset: Dataset, label: str) -> np.ndarray:
     # index=0 decodes only the first frame, so a long multi-frame file costs
     # the memory of one frame.
@@ -834,8 +802,8 @@ class _VoiWindow:
         if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
             return None
         try:
-            center = float(_first_value(dataset.WindowCenter))  # type: ignore[arg-type]
-            width = float(_first_value(dataset.WindowWidth))  # type: ignore[arg-type]
+            center = float(first_value(dataset.WindowCenter))  # type: ignore[arg-type]
+            width = float(first_value(dataset.WindowWidth))  # type: ignore[arg-type]
         except (TypeError, ValueError, IndexError):
             return None  # an unusable window falls back to the data's own range
         if not (np.isfinite(center) and np.isfinite(width)):
@@ -863,12 +831,6 @@ class _VoiWindow:
         if width == 0:
             return (x > center).astype(np.float32)
         return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-
-
-def _first_value(value: object) -> object:
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return value[0]
-    return value
 
 
 # --------------------------------------------------------------------------- DICOM header redaction
@@ -1029,24 +991,4 @@ def _has_dicom_marker(path: Path) -> bool:
             head = handle.read(_DICOM_MAGIC_OFFSET + 4)
     except OSError:
         return False
-    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC or _looks_like_bare_dicom(head)
-
-
-def _looks_like_bare_dicom(head: bytes) -> bool:
-    """Whether ``head`` opens a DICOM data set written without preamble (older PACS exports).
-
-    Such a file starts with a little-endian element of group 0002 (file meta)
-    or 0008 (identification), followed by an explicit VR (two capital letters)
-    or an implicit 32-bit length small enough for a header element. A text or
-    binary file matching all of that by chance is rare, and still gets a
-    precise error from the loader instead of silently vanishing.
-    """
-    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
-        return False
-    element = int.from_bytes(head[2:4], "little")
-    if element > 0x0100:
-        return False
-    vr = head[4:6]
-    if vr.isalpha() and vr.isupper():
-        return True
-    return int.from_bytes(head[4:8], "little") <= 1024
+    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC or looks_like_bare_dicom(head)
