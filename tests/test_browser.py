@@ -103,6 +103,7 @@ def server(tmp_path_factory):
             "FRACTURE_RUNS_DIR": str(base / "runs"),
             "FRACTURE_CACHE_DIR": str(base / "cache"),
             "FRACTURE_IMAGENET_WEIGHTS": str(weights),
+            "FRACTURE_DICOM_SPOOL": str(base / "dicom-spool"),
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
     )
@@ -224,7 +225,7 @@ def _no_exception(page) -> None:
     ).first.inner_text()
 
 
-def test_predict_dataset_and_model_pages_in_a_browser(server, page):
+def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     url, data, _ = server
     page.goto(url, timeout=PAGE_READY_MS)
     uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
@@ -288,6 +289,12 @@ def test_predict_dataset_and_model_pages_in_a_browser(server, page):
     _idle(page)
     _no_exception(page)
     page.screenshot(path=ARTIFACTS / "browser-train.png", full_page=True)
+
+    page.get_by_role("link", name="Inbox").click()
+    page.get_by_text("No DICOM node has run with this folder yet").wait_for(timeout=PAGE_READY_MS)
+    _idle(page)
+    _no_exception(page)
+    page.screenshot(path=ARTIFACTS / "browser-inbox.png", full_page=True)
 
 
 def test_load_script_drives_concurrent_sessions(server):
