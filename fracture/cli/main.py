@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fracture.cli.data import add_data_parser
     from fracture.cli.dicom import add_dicom_parser
     from fracture.cli.evaluate import add_calibrate_parser, add_evaluate_parser
+    from fracture.cli.export import add_export_parser
     from fracture.cli.load import add_load_parser
     from fracture.cli.models import add_models_parser
     from fracture.cli.ood import add_ood_parser
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_load_parser(sub)
     add_dicom_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -1,0 +1,296 @@
+"""Export the classifier for runtimes without this package: SavedModel, ONNX and TFLite.
+
+Each export is one folder holding the network file and ``preprocessing.json``
+(owned by this module: :func:`export_model` writes it, :func:`read_export_config`
+reads it). The exported function takes what :func:`~fracture.inference.preprocess.letterbox`
+returns, a batch of letterboxed RGB images as float32 in [0, 255], ``(N, S, S, 3)``;
+the caffe normalisation of ResNet-50 is inside the network, as in the Keras model.
+It returns three outputs:
+
+* ``probability`` (N,): the calibrated probability, with the model's prior
+  shift and temperature applied inside (``sigmoid((logit - prior_shift) / T)``),
+  the number the dashboard shows;
+* ``logit`` (N,): the prior-corrected logit, before temperature;
+* ``heatmap`` (N, h, w): the conv5 Grad-CAM in [0, 1] on the network's feature
+  grid. For a global-average-pooling + dense head the gradient of the logit
+  with respect to the last feature map A is the dense kernel w divided by the
+  number of positions, the same at every position, so Grad-CAM (Selvaraju et
+  al., ICCV 2017) reduces to ``relu(w · A)`` normalised by its maximum: the
+  class activation map of Zhou et al. (CVPR 2016), a forward computation that
+  every runtime can run, no gradient needed. It maps back onto the original
+  image with the letterbox geometry in ``preprocessing.json``.
+
+The network is exported in float32 with BatchNorm folded
+(:func:`~fracture.inference.engine.inference_network`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fracture.errors import FractureError
+from fracture.inference.engine import inference_network
+from fracture.inference.preprocess import PAD_VALUE
+from fracture.model.network import CAM_LAYER, LOGIT_LAYER
+
+if TYPE_CHECKING:
+    from fracture.model.folder import LoadedModel
+
+__all__ = [
+    "EXPORT_CONFIG_FILE",
+    "FORMATS",
+    "ExportError",
+    "ExportResult",
+    "export_model",
+    "read_export_config",
+    "run_export",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("savedmodel", "onnx", "tflite")
+EXPORT_CONFIG_FILE = "preprocessing.json"
+NETWORK_FILES = {"savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
+OUTPUTS = ("probability", "logit", "heatmap")
+# ONNX opset: 17 is read by every ONNX Runtime since 1.12 and by TensorRT 8.6+.
+ONNX_OPSET = 17
+_EXPORT_FORMAT_VERSION = 1
+
+
+class ExportError(FractureError, RuntimeError):
+    """A model could not be exported; the message says which format and why."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: str
+    directory: Path
+    network: Path
+    config: Path
+
+
+def export_model(loaded: "LoadedModel", fmt: str, out_dir: str | os.PathLike[str]) -> ExportResult:
+    """Write ``loaded`` as ``fmt`` (one of :data:`FORMATS`) into ``out_dir`` with its config."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    network = out / NETWORK_FILES[fmt]
+    if network.exists():
+        shutil.rmtree(network) if network.is_dir() else network.unlink()
+    module = _ExportModule(loaded)
+    try:
+        if fmt == "savedmodel":
+            _save_savedmodel(module, network)
+        elif fmt == "onnx":
+            _save_onnx(module, network)
+        else:
+            _save_tflite(module, network)
+    except ExportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - converters raise anything; say which step failed
+        raise ExportError(f"the {fmt} export failed: {error}") from error
+    config = out / EXPORT_CONFIG_FILE
+    config.write_text(json.dumps(_export_config(loaded, fmt, network.name), indent=2) + "\n")
+    logger.info("exported %s to %s", fmt, network)
+    return ExportResult(fmt, out, network, config)
+
+
+def read_export_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``preprocessing.json`` of an export folder."""
+    path = Path(directory) / EXPORT_CONFIG_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{path} could not be read: {error}") from error
+
+
+def run_export(directory: str | os.PathLike[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Run an export folder in its own runtime on letterboxed ``images`` (N, S, S, 3) float32.
+
+    SavedModel in ``tf.saved_model.load``, ONNX in ONNX Runtime, TFLite in the
+    TFLite interpreter: what a deployment would do, so the parity tests check
+    the files, not this package's Keras model.
+    """
+    config = read_export_config(directory)
+    network = Path(directory) / config["network_file"]
+    images = np.ascontiguousarray(images, np.float32)
+    fmt = config["format"]
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(str(network)).signatures["serving_default"]
+        outputs = serve(image=tf.constant(images))
+        return {name: outputs[name].numpy() for name in OUTPUTS}
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(network), providers=["CPUExecutionProvider"])
+        names = [output.name for output in session.get_outputs()]
+        values = session.run(names, {session.get_inputs()[0].name: images})
+        return {_output_name(name): value for name, value in zip(names, values)}
+    if fmt == "tflite":
+        import tensorflow as tf
+
+        interpreter = tf.lite.Interpreter(model_path=str(network))
+        runner = interpreter.get_signature_runner(next(iter(interpreter.get_signature_list())))
+        # The TFLite file has a fixed batch of one (phones score one image at a time).
+        rows = [runner(image=images[i : i + 1]) for i in range(images.shape[0])]
+        names = config.get("output_names", {})
+        return {names.get(key, key): np.concatenate([row[key] for row in rows]) for key in rows[0]}
+    raise ExportError(f"{network}: unknown export format {fmt!r}")
+
+
+# ------------------------------------------------------------------------------------
+
+
+class _ExportModule:
+    """The exported function: letterboxed images in, probability, logit and heat map out."""
+
+    def __init__(self, loaded: "LoadedModel") -> None:
+        import keras
+        import tensorflow as tf
+
+        network = inference_network(loaded.model, "float32")
+        self.size = int(network.input.shape[1])
+        self.graph = keras.Model(
+            network.input,
+            [network.get_layer(CAM_LAYER).output, network.get_layer(LOGIT_LAYER).output],
+        )
+        kernel = network.get_layer(LOGIT_LAYER).get_weights()[0]  # (channels, 1)
+        # numpy, made a constant inside the traced function: a tensor captured from
+        # outside would become an extra graph input in the ONNX and TFLite converters.
+        self.kernel = kernel[:, 0].astype(np.float32)
+        self.prior_shift = float(loaded.config.prior_shift)
+        self.temperature = float(loaded.config.temperature)
+        self.module = tf.Module()
+        self.module.graph = self.graph  # tracked, so the SavedModel carries the weights
+
+    def function(self, batch: int | None):
+        import tensorflow as tf
+
+        spec = tf.TensorSpec((batch, self.size, self.size, 3), tf.float32, name="image")
+
+        @tf.function(input_signature=[spec])
+        def serve(image):
+            features, logits = self.graph(image, training=False)
+            logit = logits[:, 0] - self.prior_shift
+            probability = tf.sigmoid(logit / self.temperature)
+            kernel = tf.constant(self.kernel)
+            cam = tf.nn.relu(tf.tensordot(features, kernel, axes=[[3], [0]]))
+            peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+            # An all-zero map stays zero (0 / tiny); no divide_no_nan, which TFLite lacks.
+            heatmap = cam / tf.maximum(peak, 1e-12)
+            return {
+                "probability": tf.identity(probability, name="probability"),
+                "logit": tf.identity(logit, name="logit"),
+                "heatmap": tf.identity(heatmap, name="heatmap"),
+            }
+
+        return serve
+
+
+def _save_savedmodel(module: _ExportModule, path: Path) -> None:
+    import tensorflow as tf
+
+    serve = module.function(None)
+    module.module.serve = serve
+    tf.saved_model.save(module.module, str(path), signatures={"serving_default": serve})
+
+
+def _save_onnx(module: _ExportModule, path: Path) -> None:
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise ExportError(
+            "the ONNX export needs tf2onnx: pip install -r requirements-dev.txt"
+        ) from error
+    import tensorflow as tf
+
+    serve = module.function(None)
+    spec = [tf.TensorSpec((None, module.size, module.size, 3), tf.float32, name="image")]
+    tf2onnx.convert.from_function(
+        serve, input_signature=spec, opset=ONNX_OPSET, output_path=str(path)
+    )
+
+
+def _save_tflite(module: _ExportModule, path: Path) -> None:
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    # Weights frozen into constants first: left as resource variables, the
+    # TFLite file reads variables that nothing initialises (NaN outputs).
+    frozen = convert_variables_to_constants_v2(module.function(1).get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
+    path.write_bytes(converter.convert())
+
+
+def _output_name(name: str) -> str:
+    # tf2onnx keeps the dict keys as output names; strip any ":0" suffix a converter adds.
+    return name.split(":")[0]
+
+
+def _export_config(loaded: "LoadedModel", fmt: str, network_file: str) -> dict[str, Any]:
+    config = loaded.config
+    return {
+        "export_format_version": _EXPORT_FORMAT_VERSION,
+        "format": fmt,
+        "network_file": network_file,
+        "model": {"name": config.name, "version": config.version},
+        "input": {
+            "name": "image",
+            "shape": [1 if fmt == "tflite" else None, config.image_size, config.image_size, 3],
+            "dtype": "float32",
+            "layout": "NHWC, RGB, values 0-255 (no normalisation: the network does it)",
+        },
+        "preprocessing": {
+            "method": "letterbox",
+            "size": config.image_size,
+            "keep_aspect_ratio": True,
+            "resize": "longest side to size; OpenCV INTER_AREA when shrinking, INTER_LINEAR when enlarging",
+            "placement": "centred; top = (size - new_height) // 2, left = (size - new_width) // 2",
+            "pad_value": PAD_VALUE,
+            "colour": "greyscale radiographs are repeated to three RGB channels",
+        },
+        "outputs": {
+            "probability": "calibrated fracture probability: sigmoid((logit_raw - prior_shift) / temperature), applied inside",
+            "logit": "prior-corrected logit (logit_raw - prior_shift), before temperature",
+            "heatmap": "Grad-CAM of conv5 in [0, 1] on the feature grid; crop the letterbox padding and resize to the image",
+        },
+        "calibration": {
+            "applied_inside": True,
+            "temperature": config.temperature,
+            "prior_shift": config.prior_shift,
+        },
+        "thresholds": dict(config.thresholds),
+        "operating_point": config.operating_point,
+        "heatmap_layer": CAM_LAYER,
+        # Freezing the weights (TFLite) drops the output names: the converter
+        # numbers them in the order tf.nest flattens the output dict, by name.
+        "output_names": (
+            {f"output_{i}": name for i, name in enumerate(sorted(OUTPUTS))}
+            if fmt == "tflite"
+            else {}
+        ),
+        "model_config": _jsonable(asdict(config)) if _is_dataclass(config) else None,
+    }
+
+
+def _is_dataclass(value: Any) -> bool:
+    import dataclasses
+
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
