@@ -16,7 +16,7 @@ from app_pages import _common as common
 from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.views import figures, results
+from fracture.views import display, figures, results
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
@@ -76,9 +76,37 @@ def cam_prediction(upload: UploadedFile) -> Prediction:
                 [upload.getvalue()], names=[upload.name], with_cam=True
             )[0]
         # Pooled features are only for the OOD gate; the session need not keep them.
-        prediction = dataclasses.replace(prediction, features=None)
+        # The page shows the image at display size: keep that, not the full-size
+        # pixels (downloads start again from the upload itself).
+        image, heatmap = prediction.image, prediction.heatmap
+        if image is not None:
+            image, heatmap = display.fit_for_display(image, heatmap)
+        prediction = dataclasses.replace(prediction, features=None, image=image, heatmap=heatmap)
         common.cache_prediction(key, prediction)
     return prediction
+
+
+@st.fragment
+def image_pair(name: str, image, heatmap) -> None:
+    """The image and its Grad-CAM overlay, at display size, as JPEG.
+
+    A fragment: moving the opacity slider reruns only this, re-blending the
+    display-size overlay; nothing is scored, decoded or charted again.
+    """
+    alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
+    original, overlay = st.columns(2)
+    original.image(display.jpeg(image), caption=f"{name}", width="stretch")
+    if heatmap is not None:
+        overlay.image(
+            display.jpeg(overlay_heatmap(image, heatmap, alpha)),
+            caption="Grad-CAM: where the model looked",
+            width="stretch",
+        )
+        if float(heatmap.max()) <= 0.0:
+            # Grad-CAM keeps only evidence *for* fracture; none at all is a result too.
+            overlay.caption("The heat map is empty: no region raised the fracture score.")
+    else:
+        overlay.info("This model has no Grad-CAM layer, so there is no heat map.")
 
 
 def show_result(upload: UploadedFile, prediction: Prediction) -> None:
@@ -106,25 +134,12 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
     left.caption(f"{op_name.replace('_', ' ')} threshold {threshold:.3f}")
     with right:
         st.plotly_chart(
-            figures.probability_gauge(probability, threshold),
+            display.probability_gauge(probability, threshold),
             key=f"gauge_{upload.file_id}",
             config={"displayModeBar": False},
         )
 
-    alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
-    original, overlay = st.columns(2)
-    original.image(prediction.image, caption=f"{upload.name}", width="stretch")
-    if prediction.heatmap is not None:
-        overlay.image(
-            overlay_heatmap(prediction.image, prediction.heatmap, alpha),
-            caption="Grad-CAM: where the model looked",
-            width="stretch",
-        )
-        if float(prediction.heatmap.max()) <= 0.0:
-            # Grad-CAM keeps only evidence *for* fracture; none at all is a result too.
-            overlay.caption("The heat map is empty: no region raised the fracture score.")
-    else:
-        overlay.info("This model has no Grad-CAM layer, so there is no heat map.")
+    image_pair(upload.name, prediction.image, prediction.heatmap)
 
     if _is_dicom(upload):
         header = st.expander(
