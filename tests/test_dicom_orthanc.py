@@ -23,6 +23,7 @@ import pydicom
 import pytest
 from dicom_helpers import (
     COMPREHENSIVE_SR,
+    PATIENT_ID,
     SC_SOP_CLASS,
     Orthanc,
     free_port,
@@ -196,6 +197,8 @@ def test_study_round_trip_through_orthanc(pacs, tmp_path, tiny_model_dir, use_fa
         max(float(r["probability"]) for r in rows), abs=1e-6
     )
     assert node.process.poll() is None
+    # identifiers travel in the results, never into the node's log
+    assert PATIENT_ID not in node.log() and "Testpatient" not in node.log()
 
 
 def test_unknown_calling_ae_is_refused(pacs, tmp_path):
