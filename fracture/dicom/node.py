@@ -19,9 +19,7 @@ a failure status with an explanation in Error Comment, and a disk failure gets
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -52,6 +50,7 @@ from pydicom.uid import (
 from fracture.dicom.scoring import SR_FILE, ScoredStudy, score_instances, summary_images
 from fracture.dicom.spool import PendingStudy, Spool
 from fracture.inference.predictor import Predictor
+from fracture.io.files import atomic_write_json
 from fracture.io.images import InvalidImageError, load_image
 
 __all__ = [
@@ -240,12 +239,7 @@ class DicomNode:
 
     def _write_health(self, status: str) -> None:
         try:
-            health = self.health()
-            health["status"] = status
-            path = self.config.spool / HEALTH_FILE
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(health, indent=1))
-            os.replace(temporary, path)
+            atomic_write_json(self.config.spool / HEALTH_FILE, {**self.health(), "status": status})
         except OSError as error:
             log.warning("could not write the health file: %s", error)
 

@@ -37,6 +37,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from fracture.dicom.results import study_key
+from fracture.io.files import atomic_write_bytes
 
 __all__ = ["SUMMARY_FILE", "PendingStudy", "Spool", "read_summaries"]
 
@@ -61,20 +62,6 @@ def _instance_key(sop_instance_uid: str) -> str:
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class Spool:
@@ -102,7 +89,7 @@ class Spool:
             if instance in self._scored.get(key, ()) or path.exists():
                 self._arrivals[key] = time.time()
                 return False
-        _write_atomic(path, encoded)
+        atomic_write_bytes(path, encoded)
         with self._lock:
             self._arrivals[key] = time.time()
         return True
@@ -177,7 +164,7 @@ class Spool:
         return sorted(rounds, key=lambda r: (r / SUMMARY_FILE).stat().st_mtime)
 
     def mark_delivered(self, round_dir: Path, destination: str) -> None:
-        _write_atomic(round_dir / f"delivered-{_safe_name(destination)}", b"")
+        atomic_write_bytes(round_dir / f"delivered-{_safe_name(destination)}", b"")
 
     def rounds(self) -> Iterator[Path]:
         for folder in self.results.iterdir():
@@ -195,7 +182,7 @@ class Spool:
         for folder in self.results.iterdir():
             if folder.name.startswith(_TEMP_PREFIX):
                 shutil.rmtree(folder, ignore_errors=True)
-        for path in self.incoming.rglob(f"{_TEMP_PREFIX}*"):
+        for path in self.incoming.rglob(".*.tmp"):  # atomic_write_bytes's temporary names
             path.unlink(missing_ok=True)
         for summary in read_summaries(self.root):
             self._scored.setdefault(summary["study_key"], set()).update(summary["instances"])
