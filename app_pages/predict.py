@@ -60,6 +60,15 @@ if not uploads:
     st.stop()
 
 
+def _overlay_caption(style: str | None) -> str:
+    caption = "Grad-CAM evidence for fracture, on one fixed scale for every image"
+    if style == "solid":
+        return caption + "; solid box: strongest region, above the high-specificity threshold"
+    if style == "dotted":
+        return caption + "; dotted box: strongest region, above the high-sensitivity threshold"
+    return caption
+
+
 def _is_dicom(upload: UploadedFile) -> bool:
     # A view of the buffer, not a copy: this runs on every rerun.
     marker = bytes(upload.getbuffer()[128:132])
@@ -87,8 +96,8 @@ def cam_prediction(upload: UploadedFile) -> Prediction:
 
 
 @st.fragment
-def image_pair(name: str, image, heatmap) -> None:
-    """The image and its Grad-CAM overlay, at display size, as JPEG.
+def image_pair(name: str, image, heatmap, box=None, style=None) -> None:
+    """The image and its Grad-CAM overlay (with the strongest-region box), at display size, as JPEG.
 
     A fragment: moving the opacity slider reruns only this, re-blending the
     display-size overlay; nothing is scored, decoded or charted again.
@@ -98,8 +107,8 @@ def image_pair(name: str, image, heatmap) -> None:
     original.image(display.jpeg(image), caption=f"{name}", width="stretch")
     if heatmap is not None:
         overlay.image(
-            display.jpeg(overlay_heatmap(image, heatmap, alpha)),
-            caption="Grad-CAM: where the model looked",
+            display.jpeg(overlay_heatmap(image, heatmap, alpha, box=box, style=style)),
+            caption=_overlay_caption(style),
             width="stretch",
         )
         if float(heatmap.max()) <= 0.0:
@@ -139,7 +148,9 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             config={"displayModeBar": False},
         )
 
-    image_pair(upload.name, prediction.image, prediction.heatmap)
+    image_pair(
+        upload.name, prediction.image, prediction.heatmap, prediction.box, prediction.box_style
+    )
 
     if _is_dicom(upload):
         header = st.expander(

@@ -62,8 +62,10 @@ def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fak
     stem, tail = split_at(model, TINY.fine_tune_from)
     records = load_dataset(phantoms).split("val")[:6]
     cache = FeatureCache(tmp_path / "features", "test-model")
-    features, usable = compute_features(records, 1, stem, cache, TINY)
+    features, usable, boxes = compute_features(records, 1, stem, cache, TINY)
     assert usable.all()
+    # View 0 is unaugmented: boxes only move into the letterboxed frame.
+    assert [len(b) for b in boxes[0]] == [len(r.boxes) for r in records]
     images = np.stack([letterbox(load_image(r.path), TINY_SIZE)[0] for r in records])
     direct = tail(stem(images)).numpy()[:, 0]
     cached = tail(features[0].astype(np.float32)).numpy()[:, 0]
@@ -74,9 +76,12 @@ def test_feature_cache_matches_the_uncached_forward_pass(phantoms, tmp_path, fak
     calls = []
     original_call = stem.call
     stem.call = lambda *a, **k: calls.append(1) or original_call(*a, **k)
-    again, _ = compute_features(records, 1, stem, cache, TINY)
+    again, _, boxes_again = compute_features(records, 1, stem, cache, TINY)
     stem.call = original_call
     assert calls == [] and np.array_equal(again, features)
+    np.testing.assert_allclose(
+        np.array(sum(boxes_again[0], ())), np.array(sum(boxes[0], ())), atol=1e-6
+    )
 
 
 def test_cache_key_depends_on_content_view_and_preprocessing(tmp_path):

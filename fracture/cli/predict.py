@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -16,6 +17,10 @@ def add_predict_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--out", help="CSV to write (default: standard output)")
     p.add_argument("--model", help="model folder (default: the active model, models/ACTIVE)")
     p.add_argument("--gradcam-dir", help="write one Grad-CAM overlay PNG per image here")
+    p.add_argument(
+        "--heatmap-dir",
+        help="write each raw heat map (Grad-CAM evidence, original image size) as float32 .npy here",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.set_defaults(func=cmd_predict)
 
@@ -43,8 +48,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     gradcam_dir = Path(args.gradcam_dir) if args.gradcam_dir else None
-    if gradcam_dir:
-        gradcam_dir.mkdir(parents=True, exist_ok=True)
+    heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
+    for directory in (gradcam_dir, heatmap_dir):
+        if directory:
+            directory.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     ok_count = ood_count = 0
     try:
@@ -52,7 +59,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer.writeheader()
         with _progress(len(files), "predict") as bar:
             for index, result in enumerate(
-                predictor.iter_predict(files, with_cam=gradcam_dir is not None)
+                # Always with the heat map: the CSV carries the drawn box's coordinates.
+                predictor.iter_predict(files, with_cam=True)
             ):
                 # One row per file, flushed as it comes: an interrupted run keeps its work.
                 writer.writerow(result.row())
@@ -62,6 +70,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     ood_count += result.in_distribution is False
                     if gradcam_dir and result.heatmap is not None:
                         _write_overlay(gradcam_dir, index, files[index], result, overlay_heatmap)
+                    if heatmap_dir and result.evidence is not None:
+                        _write_raw_heatmap(heatmap_dir, index, files[index], result)
                 else:
                     bar.write(f"skipped {result.source}: {result.error}")
                 bar.update(1)
@@ -88,10 +98,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heatmap) -> None:
     from PIL import Image
 
-    overlay = overlay_heatmap(result.image, result.heatmap, alpha=0.4)
+    overlay = overlay_heatmap(
+        result.image, result.heatmap, alpha=0.4, box=result.box, style=result.box_style
+    )
     # The index keeps names unique when two folders hold the same file name.
     Image.fromarray(overlay).save(directory / f"{index:05d}_{path.stem}_gradcam.png")
 
 
 # ---------------------------------------------------------------------------
 # train / evaluate
+
+
+def _write_raw_heatmap(directory: Path, index: int, path: Path, result) -> None:
+    """The raw Grad-CAM evidence at the original image size, float32 ``.npy``, for scoring."""
+    import numpy as np
+
+    from fracture.io.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, result.evidence_image().astype(np.float32))
+    # The index keeps names unique when two folders hold the same file name.
+    atomic_write_bytes(directory / f"{index:05d}_{path.stem}_heatmap.npy", buffer.getvalue())

@@ -22,7 +22,12 @@ from fracture.inference.engine import (
     bfloat16_supported,
     configure_threads,
 )
-from fracture.inference.gradcam import heatmap_to_image
+from fracture.inference.gradcam import (
+    box_style,
+    evidence_heat,
+    heatmap_to_image,
+    strongest_region,
+)
 from fracture.inference.ood import OODGate
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.io.images import InvalidImageError, load_image
@@ -41,6 +46,11 @@ CSV_COLUMNS = (
     "error",
     "in_distribution",
     "ood_score",
+    "box_x0",
+    "box_y0",
+    "box_x1",
+    "box_y1",
+    "box_style",
 )
 FRACTURE, NORMAL = "fracture", "normal"
 
@@ -60,13 +70,30 @@ class Prediction:
     # not look like the bone radiographs the model was trained on.
     in_distribution: bool | None = None
     ood_score: float | None = None
-    heatmap: np.ndarray | None = field(default=None, repr=False)  # original size, [0, 1]
+    # Display heat at the original size, in [0, 1] on the model's absolute evidence
+    # scale (see fracture.inference.gradcam.evidence_heat).
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    # The strongest region (normalised x0, y0, x1, y1 of the original image) and how
+    # to draw it: "solid" above the high-specificity threshold, "dotted" above the
+    # high-sensitivity one, None (no box) below both.
+    box: tuple[float, float, float, float] | None = None
+    box_style: str | None = None
+    # The raw Grad-CAM evidence (logit units) on the network's grid, and where the
+    # image sits in the network input; :meth:`evidence_image` maps it to the image.
+    evidence: np.ndarray | None = field(default=None, repr=False)
+    geometry: Geometry | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)  # original uint8 RGB
     features: np.ndarray | None = field(default=None, repr=False)  # pooled ResNet-50 features
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def evidence_image(self) -> np.ndarray | None:
+        """The raw heat map (logit evidence, unclipped) at the original image's size."""
+        if self.evidence is None or self.geometry is None:
+            return None
+        return heatmap_to_image(self.evidence, self.geometry)
 
     def row(self) -> dict[str, Any]:
         """One CSV row, with the columns of :data:`CSV_COLUMNS`."""
@@ -81,6 +108,11 @@ class Prediction:
             if self.in_distribution is None
             else str(self.in_distribution).lower(),
             "ood_score": "" if self.ood_score is None else f"{self.ood_score:.4f}",
+            **{
+                f"box_{name}": "" if self.box is None else f"{value:.4f}"
+                for name, value in zip(("x0", "y0", "x1", "y1"), self.box or (0.0,) * 4)
+            },
+            "box_style": self.box_style or "",
         }
 
 
@@ -263,9 +295,15 @@ class Predictor:
             ood_scores = gate.score(output.pooled) if gate is not None else None
             for row, prepared in enumerate(good):
                 probability = float(probabilities[row])
-                heatmap = None
+                heatmap = box = style = None
                 if output.cams is not None:
-                    heatmap = heatmap_to_image(output.cams[row], prepared.geometry)  # type: ignore[arg-type]
+                    heatmap = evidence_heat(
+                        heatmap_to_image(output.cams[row], prepared.geometry),  # type: ignore[arg-type]
+                        self.config.evidence_scale,
+                    )
+                    style = box_style(probability, self.config.thresholds)
+                    box = strongest_region(heatmap) if style else None
+                    style = style if box else None
                 results[prepared.index] = Prediction(
                     source=prepared.name,
                     status="ok",
@@ -274,6 +312,10 @@ class Predictor:
                     threshold=self.threshold,
                     logit=float(logits[row]),
                     heatmap=heatmap,
+                    box=box,
+                    box_style=style,
+                    evidence=None if output.cams is None else output.cams[row],
+                    geometry=prepared.geometry,
                     image=prepared.image,
                     features=output.pooled[row],
                     ood_score=None if ood_scores is None else float(ood_scores[row]),

@@ -90,6 +90,17 @@ class ModelConfig:
     # "bfloat16" once `python -m fracture bench --apply` has found it within 0.005
     # AUROC of float32 on val and faster; None serves float32.
     inference_precision: str | None = None
+    # 2: the last stage (conv5) runs at stride 1 with dilation 2, so the Grad-CAM
+    # grid is 1/16 of the input (24 x 24 at 384 px) instead of 1/32 (Yu and Koltun,
+    # "Multi-Scale Context Aggregation by Dilated Convolutions", ICLR 2016; the
+    # DeepLab recipe). The ImageNet weights stay valid; a finer grid is what lets
+    # a heat map land on a fracture a few millimetres wide. 1: plain ResNet-50.
+    conv5_dilation: int = 1
+    # Heat-map intensity is evidence / evidence_scale, clipped to [0, 1]: one
+    # absolute scale fixed on val, so a confident normal shows little heat and a
+    # fracture shows its evidence (see fracture.inference.gradcam). None: each
+    # map is scaled to its own peak (models saved before the scale existed).
+    evidence_scale: float | None = None
     name: str = "untrained"
     version: str = "0"
 

@@ -35,6 +35,8 @@ __all__ = [
 CAM_LAYER = "conv5_block3_out"
 LOGIT_LAYER = "logit"
 POOL_LAYER = "avg_pool"
+# The two convolutions that halve the grid at the start of conv5 (main path and shortcut).
+_CONV5_STRIDED = ("conv5_block1_1_conv", "conv5_block1_0_conv")
 # ImageNet channel means in BGR order, as used by the original caffe ResNet.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -74,14 +76,40 @@ def build_classifier(
         weights=str(imagenet_weights) if imagenet_weights else None,
         input_tensor=normalised,
     )
+    if config.conv5_dilation not in (1, 2):
+        raise ValueError(f"conv5_dilation must be 1 or 2, got {config.conv5_dilation}")
     pooled = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(backbone.output)
     dropped = keras.layers.Dropout(config.dropout, name="head_dropout")(pooled)
     logit = keras.layers.Dense(1, name=LOGIT_LAYER)(dropped)
     probability = keras.layers.Activation("sigmoid", name="probability")(logit)
     model = keras.Model(image, probability, name="fracture_resnet50")
+    if config.conv5_dilation == 2:
+        model = _dilate_last_stage(model)
     if model.get_layer(CAM_LAYER) is None:  # pragma: no cover - keras renamed its layers
         raise RuntimeError(f"ResNet-50 has no layer {CAM_LAYER!r}; Grad-CAM cannot work")
     return model
+
+
+def _dilate_last_stage(model: "keras.Model") -> "keras.Model":
+    """The same network with conv5 at stride 1 and its 3x3 convolutions dilated by 2.
+
+    Rebuilt from the functional config, since Keras fixes strides when a layer is
+    called; every weight keeps its shape, so ``model``'s weights are copied over.
+    """
+    import keras
+
+    config = model.get_config()
+    for layer in config["layers"]:
+        name = layer["config"]["name"]
+        if name in _CONV5_STRIDED:
+            layer["config"]["strides"] = [1, 1]
+        elif name.startswith("conv5_block") and name.endswith("_2_conv"):
+            layer["config"]["dilation_rate"] = [2, 2]
+    dilated = keras.Model.from_config(config)
+    for source, target in zip(model.layers, dilated.layers):
+        if source.weights:
+            target.set_weights(source.get_weights())
+    return dilated
 
 
 def _layer_names(model: "keras.Model") -> list[str]:

@@ -4,7 +4,9 @@ Everything up to ``fine_tune_from`` is frozen, so its output for a given image
 never changes. :class:`FeatureCache` stores it keyed by the image's bytes, the
 view and the preprocessing; every epoch, and every later run on the same data,
 then trains only the top blocks. Augmented views are drawn on the *image*,
-before the frozen stem, exactly as without a cache.
+before the frozen stem, exactly as without a cache; a view's fracture boxes move
+with it (:func:`fracture.data.augment.augment_with_boxes`) and are cached beside
+its features, in the letterboxed network input's normalised coordinates.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from fracture.data.augment import augment_radiograph
+from fracture.data.augment import Box, augment_with_boxes
 from fracture.data.records import Record
-from fracture.inference.preprocess import letterbox
+from fracture.inference.preprocess import Geometry, letterbox
 from fracture.io.files import atomic_write_bytes
 from fracture.io.images import InvalidImageError, load_image
 from fracture.training.config import TrainConfig
@@ -26,10 +28,17 @@ from fracture.training.config import TrainConfig
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["CACHE_VERSION", "FeatureCache", "compute_features", "keep_usable", "model_key"]
+__all__ = [
+    "CACHE_VERSION",
+    "FeatureCache",
+    "compute_features",
+    "keep_usable",
+    "model_key",
+    "boxes_in_network_input",
+]
 
 
-CACHE_VERSION = "1"  # bump when letterbox or augmentation change
+CACHE_VERSION = "2"  # bump when letterbox, augmentation or the cached entries change
 
 
 class FeatureCache:
@@ -47,21 +56,31 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.npy"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> tuple[np.ndarray, tuple[Box, ...]] | None:
+        """The cached (features, boxes), or None when the entry is missing or unreadable."""
         path = self.path(key)
         try:
-            return np.load(path)
+            boxes = np.load(path.with_suffix(".boxes.npy"))
+            return np.load(path), tuple(tuple(float(v) for v in box) for box in boxes)  # type: ignore[misc]
         except (FileNotFoundError, ValueError, EOFError, OSError):
             return None
 
-    def put(self, key: str, value: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, value.astype(np.float16))
-        atomic_write_bytes(self.path(key), buffer.getvalue())
+    def put(self, key: str, value: np.ndarray, boxes: Sequence[Box] = ()) -> None:
+        # Boxes first: the features file is what marks an entry complete.
+        for suffix, array in (
+            (".boxes.npy", np.asarray(boxes, np.float32).reshape(-1, 4)),
+            (".npy", value.astype(np.float16)),
+        ):
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            atomic_write_bytes(self.path(key).with_suffix(suffix), buffer.getvalue())
 
 
 def model_key(config: TrainConfig, weights_sha256: str) -> str:
-    return f"resnet50|{weights_sha256}|{config.image_size}|{config.fine_tune_from}"
+    return (
+        f"resnet50|{weights_sha256}|{config.image_size}|{config.fine_tune_from}"
+        f"|dilation{config.conv5_dilation}"
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -75,11 +94,12 @@ def compute_features(
     cache: FeatureCache,
     config: TrainConfig,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[list[tuple[Box, ...]]]]:
     """Stem features for every record and view, from the cache or computed now.
 
-    Returns (features[views, n, h, w, c] float16, usable[n] bool): unreadable
-    images are marked unusable instead of stopping the run.
+    Returns (features[views, n, h, w, c] float16, usable[n] bool, boxes[view][n]):
+    unreadable images are marked unusable instead of stopping the run; each
+    view's fracture boxes are in the network input's normalised coordinates.
     """
     import tensorflow as tf
 
@@ -88,17 +108,18 @@ def compute_features(
     out_shape = tuple(int(d) for d in stem.output.shape[1:])
     features = np.zeros((views, len(records), *out_shape), np.float16)
     usable = np.ones(len(records), bool)
+    boxes: list[list[tuple[Box, ...]]] = [[() for _ in records] for _ in range(views)]
     digests = [file_sha256(r.path) for r in records]
     todo = []
     for i, digest in enumerate(digests):
         for view in range(views):
             cached = cache.get(cache.key(digest, view, config.seed))
-            if cached is not None and cached.shape == out_shape:
-                features[view, i] = cached
+            if cached is not None and cached[0].shape == out_shape:
+                features[view, i], boxes[view][i] = cached
             else:
                 todo.append((i, view))
     if not todo:
-        return features, usable
+        return features, usable, boxes
     spec = [tf.TensorSpec((batch_size, size, size, 3), tf.float32)]
     forward = tf.function(lambda x: stem(x, training=False), input_signature=spec)
 
@@ -108,15 +129,19 @@ def compute_features(
             image = load_image(records[i].path)
         except InvalidImageError:
             return np.zeros((size, size, 3), np.float32), np.bool_(False)
+        moved = records[i].boxes
         if view > 0:
             rng = np.random.default_rng([config.seed, view, int(digests[i][:12], 16)])
-            image = augment_radiograph(image, rng)
-        return letterbox(image, size)[0], np.bool_(True)
+            image, moved = augment_with_boxes(image, moved, rng)
+        network_input, geometry = letterbox(image, size)
+        # Python objects travel beside tf.data, keyed by the item (as in the Predictor).
+        boxes[view][i] = boxes_in_network_input(moved, geometry)
+        return network_input, np.bool_(True)
 
     pipeline = (
         tf.data.Dataset.range(len(todo))
         .map(
-            lambda k: tf.numpy_function(prepare, [k], (tf.float32, tf.bool), stateful=False),
+            lambda k: tf.numpy_function(prepare, [k], (tf.float32, tf.bool), stateful=True),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -135,11 +160,25 @@ def compute_features(
                 usable[i] = False
                 continue
             features[view, i] = out[row]
-            cache.put(cache.key(digests[i], view, config.seed), out[row])
+            cache.put(cache.key(digests[i], view, config.seed), out[row], boxes[view][i])
         done += count
         if on_progress:
             on_progress(done, len(todo))
-    return features, usable
+    return features, usable, boxes
+
+
+def boxes_in_network_input(boxes: Sequence[Box], geometry: Geometry) -> tuple[Box, ...]:
+    """Boxes normalised to the original image, normalised to the letterboxed square instead."""
+    size = geometry.size
+    return tuple(
+        (
+            (geometry.left + x0 * geometry.width) / size,
+            (geometry.top + y0 * geometry.height) / size,
+            (geometry.left + x1 * geometry.width) / size,
+            (geometry.top + y1 * geometry.height) / size,
+        )
+        for x0, y0, x1, y1 in boxes
+    )
 
 
 def keep_usable(features: np.ndarray, usable: np.ndarray) -> np.ndarray:

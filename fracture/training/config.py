@@ -26,6 +26,15 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"  # default | mirrored | multiworker
     val_fraction: float = 0.15
+    # Box supervision (fracture.training.losses): how much the box-alignment loss
+    # counts against the cross-entropy; 0 turns it off. Images without boxes are
+    # unaffected, so it is on by default.
+    box_weight: float = 1.0
+    # How much positive evidence on a normal image costs, inside that loss.
+    normal_evidence_weight: float = 0.2
+    # 2 runs conv5 at stride 1, dilation 2: a Grad-CAM grid twice as fine
+    # (fracture.model.network.ModelConfig.conv5_dilation).
+    conv5_dilation: int = 1
 
     @property
     def total_epochs(self) -> int:

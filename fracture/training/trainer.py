@@ -45,6 +45,13 @@ from fracture.model.folder import (
 from fracture.model.network import build_classifier, set_trainable, split_at
 from fracture.training.cache import FeatureCache, compute_features, keep_usable, model_key
 from fracture.training.config import TrainConfig
+from fracture.training.losses import (
+    EVIDENCE_OUTPUT,
+    LOGIT_OUTPUT,
+    box_alignment_loss,
+    box_masks,
+    evidence_tail,
+)
 from fracture.training.runs import (
     CHECKPOINTS_DIR,
     METRICS_JSON,
@@ -110,8 +117,11 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
     return {k: float(len(labels) / (2 * counts[k])) for k in (0, 1)}
 
 
-def _batches(features, labels, weights, config: TrainConfig, epoch: int):
-    """A keras PyDataset over cached features: each epoch draws one view per image."""
+def _batches(features, labels, weights, masks, config: TrainConfig, epoch: int):
+    """A keras PyDataset over cached features: each epoch draws one view per image.
+
+    Targets are the label for the logit and (box mask, label) for the evidence map.
+    """
     import keras
 
     class CachedBatches(keras.utils.PyDataset):
@@ -127,17 +137,41 @@ def _batches(features, labels, weights, config: TrainConfig, epoch: int):
         def __getitem__(self, index: int):
             rows = self.order[index * config.batch_size : (index + 1) * config.batch_size]
             x = features[self.views[rows], rows].astype(np.float32)
-            return x, labels[rows].astype(np.float32), weights[rows].astype(np.float32)
+            y = labels[rows].astype(np.float32)
+            mask = masks[self.views[rows], rows]
+            evidence_target = np.stack([mask, np.broadcast_to(y[:, None, None], mask.shape)], -1)
+            targets = {LOGIT_OUTPUT: y, EVIDENCE_OUTPUT: evidence_target}
+            return x, targets, weights[rows].astype(np.float32)
 
     return CachedBatches()
 
 
-def _predict_logits(tail: "keras.Model", features: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    outputs = [
-        tail(features[i : i + batch_size].astype(np.float32), training=False).numpy()
-        for i in range(0, len(features), batch_size)
-    ]
-    return np.concatenate(outputs)[:, 0] if outputs else np.zeros(0)
+def _predict(
+    tail: "keras.Model", features: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (n,) and evidence maps (n, h, w) of the tail, in batches."""
+    logits, evidence = [], []
+    for i in range(0, len(features), batch_size):
+        out = tail(features[i : i + batch_size].astype(np.float32), training=False)
+        logits.append(np.asarray(out[LOGIT_OUTPUT])[:, 0])
+        evidence.append(np.asarray(out[EVIDENCE_OUTPUT]))
+    if not logits:
+        return np.zeros(0), np.zeros((0, 1, 1))
+    return np.concatenate(logits), np.concatenate(evidence)
+
+
+def _predict_logits(tail: "keras.Model", features: np.ndarray) -> np.ndarray:
+    return _predict(tail, features)[0]
+
+
+def _pointing(evidence: np.ndarray, labels: np.ndarray, boxes: list) -> float | None:
+    """Val pointing game in the network input's frame (None when val has no boxes)."""
+    from fracture.evaluation.metrics import pointing_game
+
+    boxed = [i for i in np.flatnonzero(labels == 1) if boxes[i]]
+    if not boxed:
+        return None
+    return pointing_game([evidence[i] for i in boxed], [boxes[i] for i in boxed])["score"]
 
 
 def _epoch_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -155,21 +189,34 @@ def _epoch_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     }
 
 
-def _compile(tail: "keras.Model", learning_rate: float, weight_decay: float) -> None:
+def _compile(tail: "keras.Model", learning_rate: float, config: TrainConfig) -> None:
     import keras
 
     tail.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=config.weight_decay
+        ),
+        loss={
+            LOGIT_OUTPUT: keras.losses.BinaryCrossentropy(from_logits=True),
+            EVIDENCE_OUTPUT: box_alignment_loss(config.normal_evidence_weight),
+        },
+        loss_weights={LOGIT_OUTPUT: 1.0, EVIDENCE_OUTPUT: config.box_weight},
         # The tail outputs logits, so every threshold is 0 (probability 0.5).
-        weighted_metrics=[
-            keras.metrics.AUC(name="auroc", from_logits=True),
-            keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
-            keras.metrics.Recall(name="sensitivity", thresholds=0.0),
-            keras.metrics.TrueNegatives(name="tn", thresholds=0.0),
-            keras.metrics.FalsePositives(name="fp", thresholds=0.0),
-        ],
+        weighted_metrics={
+            LOGIT_OUTPUT: [
+                keras.metrics.AUC(name="auroc", from_logits=True),
+                keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
+                keras.metrics.Recall(name="sensitivity", thresholds=0.0),
+                keras.metrics.TrueNegatives(name="tn", thresholds=0.0),
+                keras.metrics.FalsePositives(name="fp", thresholds=0.0),
+            ]
+        },
     )
+
+
+def _log(logs: dict[str, float], name: str) -> float:
+    # Keras prefixes a metric of one output of several with the output's name.
+    return logs[name] if name in logs else logs[f"{LOGIT_OUTPUT}_{name}"]
 
 
 def train(
@@ -254,6 +301,7 @@ def _train(
         image_size=config.image_size,
         fine_tune_from=config.fine_tune_from,
         dropout=config.dropout,
+        conv5_dilation=config.conv5_dilation,
         name=run_dir.name,
         version=time.strftime("%Y%m%d-%H%M%S"),
     )
@@ -261,7 +309,8 @@ def _train(
     with strategy.scope():
         # The tail is a Keras model of its own; made in scope, it trains replicated.
         model = build_classifier(model_config, weights_path)
-        stem, tail = split_at(model, config.fine_tune_from)
+        stem, _ = split_at(model, config.fine_tune_from)
+        tail = evidence_tail(model, config.fine_tune_from)
     reference = imagenet_reference(model, model_config)
 
     cache = FeatureCache(settings.cache_dir / "features", model_key(config, weights_sha))
@@ -281,11 +330,16 @@ def _train(
             message=f"Computing frozen-backbone features ({progress_base[0] + done}/{total})",
         )
 
-    train_features, train_ok = compute_features(
+    train_features, train_ok, train_boxes = compute_features(
         train_records, views, stem, cache, config, on_cache_progress
     )
     progress_base[0] = len(train_records) * views
-    val_features, val_ok = compute_features(val_records, 1, stem, cache, config, on_cache_progress)
+    val_features, val_ok, val_boxes = compute_features(
+        val_records, 1, stem, cache, config, on_cache_progress
+    )
+    grid = tuple(int(d) for d in tail.output[EVIDENCE_OUTPUT].shape[1:3])
+    train_masks = np.stack([box_masks(view, grid) for view in train_boxes])[:, train_ok]
+    val_boxes_ok = [b for b, ok in zip(val_boxes[0], val_ok) if ok]
     skipped = [
         str(r.path) for r, ok in zip(train_records + val_records, [*train_ok, *val_ok]) if not ok
     ]
@@ -315,24 +369,25 @@ def _train(
         if phase != compiled_phase:
             set_trainable(model, None if phase == "head" else config.fine_tune_from)
             with strategy.scope():
-                _compile(
-                    tail, config.head_lr if phase == "head" else config.lr, config.weight_decay
-                )
+                _compile(tail, config.head_lr if phase == "head" else config.lr, config)
             compiled_phase = phase
-        batches = _batches(train_features, train_labels, sample_weights, config, epoch)
+        batches = _batches(train_features, train_labels, sample_weights, train_masks, config, epoch)
         epoch_started = time.time()
         progress = _status_callback(writer, epoch, config.total_epochs, phase, len(batches))
         fit = tail.fit(batches, epochs=1, verbose=0, callbacks=[progress])
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
-        val = _epoch_metrics(val_labels, _predict_logits(tail, val_features))
+        val_logits_now, val_evidence = _predict(tail, val_features)
+        val: dict[str, Any] = _epoch_metrics(val_labels, val_logits_now)
+        val["pointing"] = _pointing(val_evidence, val_labels, val_boxes_ok)
+        tn, fp = _log(logs, "tn"), _log(logs, "fp")
         row = {
             "epoch": epoch,
             "phase": phase,
             "train_loss": logs["loss"],
-            "train_auroc": logs["auroc"],
-            "train_accuracy": logs["accuracy"],
-            "train_sensitivity": logs["sensitivity"],
-            "train_specificity": logs["tn"] / max(logs["tn"] + logs["fp"], 1.0),
+            "train_auroc": _log(logs, "auroc"),
+            "train_accuracy": _log(logs, "accuracy"),
+            "train_sensitivity": _log(logs, "sensitivity"),
+            "train_specificity": tn / max(tn + fp, 1.0),
             **{f"val_{k}": v for k, v in val.items()},
             "seconds": time.time() - epoch_started,
         }

@@ -234,7 +234,13 @@ def overlay_zip(predictions: Iterable[Prediction], alpha: float) -> bytes:
                 counter += 1
                 name = base.replace("_gradcam.png", f"_{counter}_gradcam.png")
             used.add(name)
-            overlay = overlay_heatmap(prediction.image, prediction.heatmap, alpha)
+            overlay = overlay_heatmap(
+                prediction.image,
+                prediction.heatmap,
+                alpha,
+                box=prediction.box,
+                style=prediction.box_style,
+            )
             archive.writestr(name, encode_png(overlay))
         if problems:
             archive.writestr("errors.txt", "\n".join(problems) + "\n")

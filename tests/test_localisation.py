@@ -1,0 +1,189 @@
+"""Box supervision, the honest heat-map display, calibration and stable operating points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fracture.data.augment import augment_radiograph, augment_with_boxes
+from fracture.evaluation.metrics import choose_thresholds, expected_calibration_error
+from fracture.evaluation.operating_points import (
+    fit_platt,
+    out_of_fold_probabilities,
+    platt_probability,
+    stable_thresholds,
+    threshold_intervals,
+)
+from fracture.inference.gradcam import box_style, draw_region, evidence_heat, strongest_region
+from fracture.training.losses import box_masks
+
+# ---------------------------------------------------------------------------
+# Augmentation moves boxes with the image
+
+
+def _image_with_line(height: int = 120, width: int = 90) -> tuple[np.ndarray, tuple]:
+    """A dark image with one bright bar (the "fracture line") and the box around it."""
+    image = np.full((height, width, 3), 20, np.uint8)
+    image[50:58, 30:60] = 250
+    box = (30 / width, 50 / height, 60 / width, 58 / height)
+    return image, box
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_augmented_box_still_covers_the_fracture_line(seed: int) -> None:
+    image, box = _image_with_line()
+    out, (moved,) = augment_with_boxes(image, (box,), np.random.default_rng(seed))
+    height, width = out.shape[:2]
+    bright = out[..., 0] > 150
+    ys, xs = np.nonzero(bright)
+    assert ys.size > 0
+    x0, y0, x1, y1 = moved[0] * width, moved[1] * height, moved[2] * width, moved[3] * height
+    inside = (xs >= x0 - 1.5) & (xs <= x1 + 1.5) & (ys >= y0 - 1.5) & (ys <= y1 + 1.5)
+    # Every bright pixel of the moved line lies in the moved box (1.5 px for interpolation) ...
+    assert inside.mean() > 0.98
+    # ... and the box is not a loose frame around everything: at most 3x the area
+    # after a 10 degree rotation of a thin bar.
+    assert (x1 - x0) * (y1 - y0) < 3.0 * (np.ptp(xs) + 1) * (np.ptp(ys) + 1)
+
+
+def test_augment_with_boxes_draws_the_same_image_as_augment_radiograph() -> None:
+    image, box = _image_with_line()
+    with_boxes, _ = augment_with_boxes(image, (box,), np.random.default_rng(7))
+    assert np.array_equal(with_boxes, augment_radiograph(image, np.random.default_rng(7)))
+
+
+def test_flip_mirrors_the_box() -> None:
+    image, box = _image_with_line()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        if rng.random() < 0.5:  # the first draw decides the flip
+            _, (moved,) = augment_with_boxes(image, (box,), np.random.default_rng(seed))
+            centre = (moved[0] + moved[2]) / 2
+            assert abs(centre - (1 - (box[0] + box[2]) / 2)) < 0.08
+            return
+    pytest.fail("no flipped draw in 40 seeds")
+
+
+def test_box_masks_mark_every_cell_a_box_touches() -> None:
+    masks = box_masks([[(0.0, 0.0, 0.26, 0.1)], []], (4, 4))
+    assert masks.shape == (2, 4, 4)
+    assert masks[0, 0].tolist() == [1, 1, 0, 0] and masks[0, 1:].sum() == 0
+    assert masks[1].sum() == 0
+
+
+# ---------------------------------------------------------------------------
+# The heat map's intensity carries meaning
+
+
+def test_absolute_scale_keeps_a_weak_map_faint() -> None:
+    strong = np.zeros((24, 24), np.float32)
+    strong[5, 7] = 8.0
+    weak = strong * 0.05
+    assert evidence_heat(strong, 4.0).max() == 1.0
+    assert evidence_heat(weak, 4.0).max() == pytest.approx(0.1)
+    # Scaling each map to its own peak (the old display) would paint both the same.
+    assert evidence_heat(weak, None).max() == evidence_heat(strong, None).max() == 1.0
+    with pytest.raises(ValueError):
+        evidence_heat(strong, 0.0)
+
+
+def test_strongest_region_boxes_the_peak_and_ignores_faint_maps() -> None:
+    heat = np.zeros((100, 200), np.float32)
+    heat[40:60, 120:150] = 0.9
+    heat[10:20, 10:20] = 0.3  # a weaker, separate blob is not part of the region
+    box = strongest_region(heat)
+    assert box == pytest.approx((0.6, 0.4, 0.75, 0.6))
+    assert strongest_region(heat * 0.05) is None
+
+
+def test_box_style_follows_the_operating_points() -> None:
+    thresholds = {"high_sensitivity": 0.2, "high_specificity": 0.6}
+    assert box_style(0.1, thresholds) is None
+    assert box_style(0.3, thresholds) == "dotted"
+    assert box_style(0.7, thresholds) == "solid"
+    assert box_style(None, thresholds) is None
+
+
+def test_drawn_region_changes_only_the_outline() -> None:
+    image = np.zeros((100, 100, 3), np.uint8)
+    solid = draw_region(image, (0.2, 0.2, 0.8, 0.8), "solid")
+    dotted = draw_region(image, (0.2, 0.2, 0.8, 0.8), "dotted")
+    assert solid[50, 50].sum() == 0 and solid[20, 50].sum() > 0
+    # A dotted outline has gaps: fewer lit pixels than the solid one.
+    assert 0 < (dotted > 0).sum() < (solid > 0).sum()
+    assert draw_region(image, None, "solid") is image
+
+
+# ---------------------------------------------------------------------------
+# Calibration and thresholds on constructed scores with a known answer
+
+
+def _logistic_scores(n: int, slope: float, intercept: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(slope * z + intercept)))).astype(int)
+    return z, y
+
+
+def test_platt_recovers_a_known_slope_and_bias() -> None:
+    # Truth: p = sigmoid(0.5 z - 1.2), i.e. temperature 2, shift 2.4.
+    z, y = _logistic_scores(20000, 0.5, -1.2)
+    temperature, shift = fit_platt(z, y)
+    assert temperature == pytest.approx(2.0, rel=0.08)
+    assert shift == pytest.approx(2.4, abs=0.2)
+
+
+def test_platt_removes_a_bias_that_temperature_scaling_leaves() -> None:
+    from fracture.evaluation.metrics import calibrated_probability, fit_temperature
+
+    z, y = _logistic_scores(4000, 1.0, -1.5, seed=1)
+    ece_temperature = expected_calibration_error(
+        y, calibrated_probability(z, fit_temperature(z, y))
+    )[0]
+    ece_platt = expected_calibration_error(y, platt_probability(z, *fit_platt(z, y)))[0]
+    assert ece_platt < 0.02 < ece_temperature
+
+
+def test_out_of_fold_probabilities_never_see_their_own_label() -> None:
+    z, y = _logistic_scores(400, 1.0, 0.0, seed=2)
+    # Pure noise logits: in-sample Platt would still fit; out of fold, probabilities
+    # stay near the prevalence and cannot separate the classes.
+    noise = np.random.default_rng(3).normal(size=z.size)
+    oof = out_of_fold_probabilities(noise, y)
+    assert abs(oof.mean() - y.mean()) < 0.05
+    assert np.ptp(oof) < 0.3
+
+
+def test_stable_thresholds_vary_less_than_single_picks() -> None:
+    def one_split(seed: int):
+        rng = np.random.default_rng(seed)
+        y = np.r_[np.ones(74, int), np.zeros(334, int)]
+        p = np.where(y == 1, rng.beta(5, 2, y.size), rng.beta(2, 5, y.size))
+        return p, y
+
+    single, bagged = [], []
+    for seed in range(12):
+        p, y = one_split(seed)
+        single.append(choose_thresholds(p, y)["high_sensitivity"])
+        bagged.append(
+            stable_thresholds(p, y, choose_thresholds, n_bootstrap=200, seed=seed)[
+                "high_sensitivity"
+            ]
+        )
+    assert np.std(bagged) < np.std(single)
+    # Both aim at the same point: the population threshold with 90% sensitivity.
+    from scipy.stats import beta
+
+    target = beta(5, 2).ppf(0.10)
+    assert abs(np.mean(bagged) - target) < 0.05
+
+
+def test_threshold_intervals_contain_the_point_estimate() -> None:
+    p = np.r_[np.linspace(0.3, 1, 50), np.linspace(0, 0.6, 200)]
+    y = np.r_[np.ones(50, int), np.zeros(200, int)]
+    result = threshold_intervals(p, y, 0.5)
+    assert result["sensitivity"] == pytest.approx(np.mean(p[:50] >= 0.5))
+    assert result["specificity"] == pytest.approx(np.mean(p[50:] < 0.5))
+    for name in ("sensitivity", "specificity"):
+        low, high = result[f"{name}_ci"]
+        assert low <= result[name] <= high and high - low > 0
