@@ -187,3 +187,64 @@ def test_threshold_intervals_contain_the_point_estimate() -> None:
     for name in ("sensitivity", "specificity"):
         low, high = result[f"{name}_ci"]
         assert low <= result[name] <= high and high - low > 0
+
+
+# ---------------------------------------------------------------------------
+# The out-of-distribution gate does not flag fractures
+
+
+def _two_class_features(n_normal: int, n_fractured: int, seed: int):
+    """Normals around one centre; fractures around another, with a heavier spread."""
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(0, 1, (n_normal, 16))
+    fractured = rng.normal(0, 1.6, (n_fractured, 16)) + np.r_[7.0, np.zeros(15)]
+    features = np.vstack([normal, fractured]).astype(np.float32)
+    labels = np.r_[np.zeros(n_normal, int), np.ones(n_fractured, int)]
+    return features, labels
+
+
+def test_class_conditional_gate_keeps_false_alarms_low_in_each_class(tmp_path) -> None:
+    from fracture.inference.ood import OODGate, fit_ood_gate
+
+    train, train_y = _two_class_features(2000, 400, seed=0)
+    heldout, heldout_y = _two_class_features(1000, 200, seed=1)
+    fresh, fresh_y = _two_class_features(4000, 800, seed=2)
+    alpha = 0.02
+    pooled = fit_ood_gate(train, heldout, false_alarm_rate=alpha, n_components=8)
+    per_class = fit_ood_gate(
+        train,
+        heldout,
+        false_alarm_rate=alpha,
+        n_components=8,
+        train_labels=train_y,
+        heldout_labels=heldout_y,
+    )
+
+    def false_alarms(gate, label):
+        return float(np.mean(~gate.is_in_distribution(fresh[fresh_y == label])))
+
+    # One Gaussian puts the minority class in its tail: most alarms fall on it.
+    assert false_alarms(pooled, 1) > 2 * alpha
+    # One mean per class: each class keeps about the stated rate.
+    assert false_alarms(per_class, 0) < 2 * alpha and false_alarms(per_class, 1) < 2 * alpha
+    # Inputs far from both classes are still caught.
+    strangers = np.random.default_rng(3).normal(0, 1, (50, 16)).astype(np.float32) + 30
+    assert not per_class.is_in_distribution(strangers).any()
+    # Saved and loaded, it scores the same.
+    per_class.save(tmp_path / "gate.npz")
+    again = OODGate.load(tmp_path / "gate.npz")
+    np.testing.assert_array_equal(again.score(fresh[:20]), per_class.score(fresh[:20]))
+    assert again.class_means is not None and again.class_means.shape == (2, 16)
+
+
+def test_a_gate_of_format_1_still_loads_and_scores_as_before(tmp_path) -> None:
+    from fracture.inference.ood import OODGate, fit_ood_gate
+
+    train, _ = _two_class_features(300, 60, seed=4)
+    gate = fit_ood_gate(train, train[:50], n_components=4)
+    arrays = gate.to_arrays()
+    arrays["format"] = np.array(1, np.int64)
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = OODGate.load(tmp_path / "old.npz")
+    assert old.class_means is None
+    np.testing.assert_array_equal(old.score(train[:10]), gate.score(train[:10]))

@@ -1,7 +1,7 @@
-"""Calibration: temperature scaling and operating points fitted on the validation split.
+"""Calibration: Platt scaling and operating points fitted on the validation split.
 
-The maths (Guo et al. 2017 temperature scaling, threshold choice) is in
-:mod:`fracture.evaluation.metrics`; this module applies it to a saved model.
+The maths is :func:`fracture.evaluation.operating_points.calibrate`, the one
+calibration that training uses too; this module applies it to a saved model.
 """
 
 from __future__ import annotations
@@ -11,33 +11,15 @@ import json
 import os
 from typing import Any
 
-import numpy as np
-
 from fracture.data.layouts import load_dataset
 from fracture.evaluation.evaluate import score_records
-from fracture.evaluation.metrics import (
-    calibrated_probability,
-    choose_thresholds,
-    evaluation_report,
-    fit_temperature,
-)
+from fracture.evaluation.metrics import evaluation_report
+from fracture.evaluation.operating_points import calibrate
 from fracture.inference.predictor import Predictor, load_predictor
 from fracture.model.card import headline
 from fracture.model.folder import ModelFolder
 
-__all__ = ["fit_calibration", "calibrate_model"]
-
-
-def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
-    """The temperature (Guo et al. 2017) and both operating thresholds, fitted on val.
-
-    ``logits`` are prior-corrected (the class-weighting shift removed). Training
-    and :func:`calibrate_model` both calibrate through here.
-    """
-    temperature = fit_temperature(logits, labels)
-    chosen = choose_thresholds(calibrated_probability(logits, temperature), labels)
-    thresholds = {k: float(chosen[k]) for k in ("high_sensitivity", "high_specificity")}
-    return temperature, thresholds
+__all__ = ["calibrate_model"]
 
 
 def calibrate_model(
@@ -48,34 +30,34 @@ def calibrate_model(
 ) -> dict[str, Any]:
     """Refit a saved model's calibration and operating points on the val split.
 
-    Removes the class-weighting prior shift (computed from the training counts
-    in the model card), fits the temperature and both thresholds on val, and
-    rewrites ``config.json``, ``evaluation.json`` and the card (checksums
-    included) atomically. Returns the new evaluation report.
+    Fits Platt scaling (which also removes the class-weighting bias) and both
+    thresholds on val, and rewrites ``config.json``, ``evaluation.json`` and the
+    card (checksums included) atomically. Returns the new evaluation report.
     """
     folder = ModelFolder(model_dir)
     config, card = folder.read()
-    counts = card["training_data"]["counts"]["train"]
-    prior_shift = float(np.log(counts["normal"] / counts["fractured"]))
     predictor = predictor or load_predictor(model_dir)
     dataset = load_dataset(data_root)
     records = dataset.split("val")
     logits, labels, _, kept = score_records(predictor, records, with_cam=False)
-    # Undo whatever shift the folder had, then apply the one implied by the training counts.
-    logits = logits + config.prior_shift - prior_shift
-    temperature, thresholds = fit_calibration(logits, labels)
+    # Undo whatever shift the folder had: Platt scaling fits its own.
+    raw_logits = logits + config.prior_shift
+    calibration = calibrate(raw_logits, labels)
+    prior_shift, temperature = calibration.shift, calibration.temperature
+    thresholds = calibration.thresholds
     config = dataclasses.replace(
         config, prior_shift=prior_shift, temperature=temperature, thresholds=thresholds
     )
     kept_records = [records[i] for i in kept]
     report = evaluation_report(
         labels,
-        logits,
+        raw_logits - prior_shift,
         temperature,
         thresholds,
         regions=[r.region for r in kept_records],
         hardware=[r.hardware for r in kept_records],
     )
+    report["calibration_fit"] = calibration.summary()
     folder.write_evaluation(report)
     folder.rewrite_config(
         config,
@@ -84,6 +66,7 @@ def calibrate_model(
         temperature=temperature,
         thresholds=thresholds,
         val_metrics=headline(report),
+        calibration=calibration.summary(),
     )
     json.dumps(report)  # fail here, not in the dashboard, if anything is not JSON
     return report

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -36,6 +37,8 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 __all__ = [
+    "Calibration",
+    "calibrate",
     "fit_platt",
     "platt_probability",
     "out_of_fold_probabilities",
@@ -183,3 +186,64 @@ def threshold_intervals(
         "n_fractured": int(fractured.size),
         "n_normal": int(normal.size),
     }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` fits on val: the probability map and both operating points."""
+
+    temperature: float
+    shift: float  # ModelConfig.prior_shift: p = sigmoid((logit - shift) / temperature)
+    thresholds: dict[str, float]
+    ece_before: float  # sigmoid of the raw logit
+    ece_in_sample: float  # fitted and measured on the same images
+    ece_out_of_fold: float  # each image calibrated by a fit that did not see it
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def probability(self, logits: ArrayLike) -> np.ndarray:
+        return platt_probability(logits, self.temperature, self.shift)
+
+    def summary(self) -> dict[str, Any]:
+        """For the model card and evaluation.json."""
+        return {
+            "method": "Platt scaling (a temperature and a bias), fitted on val",
+            "temperature": self.temperature,
+            "shift": self.shift,
+            "ece_before": self.ece_before,
+            "ece_after_in_sample": self.ece_in_sample,
+            "ece_after_out_of_fold": self.ece_out_of_fold,
+            "threshold_method": "median over stratified bootstrap resamples of val",
+            "operating_points": self.intervals,
+        }
+
+
+def calibrate(
+    logits: ArrayLike, labels: ArrayLike, *, seed: int = 0, n_bootstrap: int = 1000
+) -> Calibration:
+    """The one calibration of a model: Platt scaling and bootstrap-stable thresholds on val.
+
+    ``logits`` are the network's raw fracture logits on the validation images.
+    Training and ``python -m fracture calibrate`` both call this.
+    """
+    from fracture.evaluation.metrics import choose_thresholds, expected_calibration_error
+
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels).astype(int)
+    temperature, shift = fit_platt(z, y)
+    probabilities = platt_probability(z, temperature, shift)
+    thresholds = stable_thresholds(
+        probabilities, y, choose_thresholds, n_bootstrap=n_bootstrap, seed=seed
+    )
+    out_of_fold = out_of_fold_probabilities(z, y, seed=seed)
+    return Calibration(
+        temperature=temperature,
+        shift=shift,
+        thresholds=thresholds,
+        ece_before=expected_calibration_error(y, expit(z))[0],
+        ece_in_sample=expected_calibration_error(y, probabilities)[0],
+        ece_out_of_fold=expected_calibration_error(y, out_of_fold)[0],
+        intervals={
+            name: threshold_intervals(probabilities, y, value, seed=seed)
+            for name, value in thresholds.items()
+        },
+    )

@@ -39,11 +39,11 @@ KNOWN_LIMITATIONS = [
     "fractures below the network's resolution can be missed.",
     "No patient identifiers exist in FracAtlas, so the train/val split cannot be made by "
     "patient; val figures may be optimistic.",
-    "Probabilities are calibrated on the validation split by temperature scaling; calibration "
-    "does not transfer to other populations or prevalences.",
-    "The out-of-distribution gate flags unusual fractured radiographs (casts, hardware, several "
-    "regions in one image) more often than normal ones; a flag marks the probability as "
-    "unreliable but does not hide it.",
+    "Probabilities are calibrated on the validation split by Platt scaling (a temperature and a "
+    "bias); calibration does not transfer to other populations or prevalences.",
+    "The out-of-distribution gate measures an image against the nearest class of training "
+    "radiographs; it knows only what the training images looked like, not whether an image is "
+    "a valid radiograph in general.",
 ]
 
 
@@ -137,8 +137,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         f"- Architecture: {card.get('architecture')}",
         f"- Input: {card.get('image_size')} px letterboxed RGB; fine-tuned after "
         f"`{card.get('fine_tune_from')}`",
-        f"- Calibration: class-weighting prior shift {_fmt(card.get('prior_shift'))} removed, "
-        f"then temperature {_fmt(card.get('temperature'))} (fitted on val)",
+        f"- Calibration: Platt scaling fitted on val, temperature {_fmt(card.get('temperature'))}"
+        f" after a shift of {_fmt(card.get('prior_shift'))}",
         _precision_line(card),
         "- Thresholds: "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in (card.get("thresholds") or {}).items())

@@ -413,9 +413,14 @@ def _train(
     writer.status("finishing", phase="calibrating", message="Calibrating and saving the model")
     tail.load_weights(checkpoints / "best.weights.h5")
     quantise_like_saved(model, model_config, reference)
-    val_logits = _predict_logits(tail, val_features) - _prior_shift(class_weight)
+    val_logits, val_evidence = _predict(tail, val_features)
     writer.status("finishing", phase="ood", message="Fitting the out-of-distribution gate")
-    ood_gate = _fit_ood_from_cache(model, config, train_features[0], val_features)
+    ood_gate = _fit_ood_from_cache(
+        model, config, train_features[0], val_features, train_labels, val_labels
+    )
+    model_config = dataclasses.replace(
+        model_config, evidence_scale=evidence_scale(val_evidence, val_labels)
+    )
     model_dir = _finalise(
         model,
         model_config,
@@ -431,7 +436,6 @@ def _train(
         writer.started,
         weights_sha,
         ood_gate,
-        _prior_shift(class_weight),
     )
     writer.status(
         "completed",
@@ -451,7 +455,25 @@ def _prior_shift(class_weight: dict[int, float]) -> float:
     return float(np.log(class_weight[1] / class_weight[0]))
 
 
-def _fit_ood_from_cache(model, config: TrainConfig, train_stem: np.ndarray, val_stem: np.ndarray):
+def evidence_scale(evidence: np.ndarray, labels: np.ndarray) -> float | None:
+    """The heat map's absolute scale: the 75th percentile of the peak evidence on val fractures.
+
+    A fracture as clear as the clearest quarter of val fractures fills the colour
+    scale; a normal whose evidence the training pushed below zero shows nothing.
+    """
+    peaks = np.maximum(evidence[labels == 1], 0).reshape(int((labels == 1).sum()), -1).max(axis=1)
+    scale = float(np.percentile(peaks, 75)) if peaks.size else 0.0
+    return scale if scale > 0 else None
+
+
+def _fit_ood_from_cache(
+    model,
+    config: TrainConfig,
+    train_stem: np.ndarray,
+    val_stem: np.ndarray,
+    train_labels: np.ndarray,
+    val_labels: np.ndarray,
+):
     """Fit the OOD gate on pooled features of the final model, from the cached stem outputs.
 
     Train images (unaugmented view) fit the Gaussian; val images set the
@@ -473,7 +495,11 @@ def _fit_ood_from_cache(model, config: TrainConfig, train_stem: np.ndarray, val_
         ]
         return np.concatenate(chunks)
 
-    return fit_ood_gate(pooled(train_stem), pooled(val_stem))
+    # One mean per class (Lee et al. 2018), so fractured images with plates or casts
+    # are measured against fractured images (fracture.inference.ood).
+    return fit_ood_gate(
+        pooled(train_stem), pooled(val_stem), train_labels=train_labels, heldout_labels=val_labels
+    )
 
 
 def _finalise(
@@ -491,29 +517,32 @@ def _finalise(
     started,
     weights_sha,
     ood_gate,
-    prior_shift,
 ) -> Path:
-    """Fit temperature and thresholds on val, then save the model with its card and OOD gate.
+    """Calibrate on val, then save the model with its card and OOD gate.
 
-    ``val_logits`` are already prior-corrected (``prior_shift`` removed).
+    ``val_logits`` are the network's raw logits on val. Platt scaling removes the
+    bias that class weighting adds to them (log of the weight ratio) along with
+    any other (:func:`fracture.evaluation.operating_points.calibrate`).
     """
-    from fracture.evaluation.calibrate import fit_calibration
     from fracture.evaluation.metrics import evaluation_report
+    from fracture.evaluation.operating_points import calibrate
     from fracture.model.card import build_card
 
-    temperature, thresholds = fit_calibration(val_logits, val_labels)
+    calibration = calibrate(val_logits, val_labels, seed=config.seed)
+    temperature, thresholds = calibration.temperature, calibration.thresholds
     model_config = dataclasses.replace(
-        model_config, temperature=temperature, thresholds=thresholds, prior_shift=prior_shift
+        model_config, temperature=temperature, thresholds=thresholds, prior_shift=calibration.shift
     )
     report = evaluation_report(
         val_labels,
-        val_logits,
+        val_logits - calibration.shift,
         temperature,
         thresholds,
         regions=[r.region for r in val_records],
         hardware=[r.hardware for r in val_records],
         seed=config.seed,
     )
+    report["calibration_fit"] = calibration.summary()
     card = build_card(
         model_config=model_config,
         train_config=dataclasses.asdict(config),
