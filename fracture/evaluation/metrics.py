@@ -975,4 +975,15 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"Pointing game: {pointing['hits']}/{pointing['n']} hits, "
             f"score {_fmt(pointing['score'])}",
         ]
+    located = report.get("localisation")
+    if located and located["pointing_game"]["n"]:
+        tolerant, drawn = located["pointing_game_tolerant"], located["drawn_box_hit_rate"]
+        lines += [
+            f"Pointing game within {tolerant['tolerance']:.0%} of the side: "
+            f"{tolerant['hits']}/{tolerant['n']} hits, score {_fmt(tolerant['rate'])} "
+            f"{_fmt_ci(tolerant['ci'])}",
+            f"Heat-map energy inside the boxes: {_fmt(located['energy_inside_boxes'])}",
+            f"Drawn box hits a true box (IoU >= {drawn['min_iou']}): "
+            f"{drawn['hits']}/{drawn['n']}, rate {_fmt(drawn['rate'])} {_fmt_ci(drawn['ci'])}",
+        ]
     return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Does the heat map point at the fracture? Localisation figures against radiologists' boxes.
+
+Three figures, per fractured image with at least one box, on the raw heat map
+(Grad-CAM evidence at the original image size) and the box the app draws:
+
+* **pointing game** (Zhang et al., "Top-down Neural Attention by Excitation
+  Backprop", ECCV 2016): the map's maximum lies inside a box, at tolerance 0 and
+  at 3% of the image side (:func:`fracture.evaluation.metrics.pointing_game`);
+* **energy inside boxes**: the share of the map's positive evidence that falls
+  inside the union of the boxes (the "energy-based pointing game" of Wang et al.,
+  "Score-CAM", CVPRW 2020);
+* **drawn-box hit rate**: the strongest-region box the app draws overlaps a
+  true box with IoU >= 0.1 (a lenient detection criterion: FracAtlas boxes are
+  small and the drawn box is a contour of a coarse map). An image with no box
+  drawn counts as a miss.
+
+For reference, FracAtlas's own baseline detector (YOLOv8s, Abedeen et al., Sci
+Data 2023) reports box mAP50 0.56 on its test split. That is a different task
+(a detector trained to output boxes, scored by precision over all predicted
+boxes at IoU >= 0.5), so the figures here are not comparable to it one to one:
+they score a classifier's explanation, not a detector.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from fracture.evaluation.metrics import pointing_game
+
+__all__ = [
+    "TOLERANCE",
+    "MIN_IOU",
+    "image_localisation",
+    "summarise_localisation",
+    "energy_inside",
+    "box_iou",
+]
+
+Box = tuple[float, float, float, float]
+TOLERANCE = 0.03  # of the image side, for the tolerant pointing game
+MIN_IOU = 0.1  # a drawn box "hits" when it overlaps a true box at least this much
+
+
+def energy_inside(heat: np.ndarray, boxes: Sequence[Box]) -> float | None:
+    """Share of the positive heat inside the union of ``boxes`` (normalised); None if no heat."""
+    heat = np.maximum(np.asarray(heat, np.float64), 0.0)
+    total = float(heat.sum())
+    if total <= 0:
+        return None
+    height, width = heat.shape
+    inside = np.zeros(heat.shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[
+            int(math.floor(y0 * height)) : int(math.ceil(y1 * height)),
+            int(math.floor(x0 * width)) : int(math.ceil(x1 * width)),
+        ] = True
+    return float(heat[inside].sum() / total)
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two normalised boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    intersection = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    return intersection / union if union > 0 else 0.0
+
+
+def image_localisation(heat: np.ndarray, boxes: Sequence[Box], drawn: Box | None) -> dict[str, Any]:
+    """The three figures for one image: hits at both tolerances, energy, drawn-box hit."""
+    return {
+        "hit": pointing_game([heat], [boxes])["hits"] == 1,
+        "hit_tolerant": pointing_game([heat], [boxes], tolerance=TOLERANCE)["hits"] == 1,
+        "energy": energy_inside(heat, boxes),
+        "drawn_hit": drawn is not None and max(box_iou(drawn, box) for box in boxes) >= MIN_IOU,
+        "drawn": drawn is not None,
+    }
+
+
+def _rate(hits: int, n: int) -> dict[str, Any]:
+    """A proportion with its Wilson 95% interval (Wilson 1927), which stays inside [0, 1]."""
+    if n == 0:
+        return {"hits": 0, "n": 0, "rate": None, "ci": None}
+    z = 1.959963984540054
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {
+        "hits": hits,
+        "n": n,
+        "rate": p,
+        "ci": [max(0.0, centre - half), min(1.0, centre + half)],
+    }
+
+
+def summarise_localisation(per_image: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Figures over images: rates with Wilson intervals and the mean energy inside boxes."""
+    n = len(per_image)
+    energies = [item["energy"] for item in per_image if item["energy"] is not None]
+    return {
+        "pointing_game": _rate(sum(item["hit"] for item in per_image), n),
+        "pointing_game_tolerant": {
+            **_rate(sum(item["hit_tolerant"] for item in per_image), n),
+            "tolerance": TOLERANCE,
+        },
+        # Images with no positive evidence at all put none of it inside the box.
+        "energy_inside_boxes": float(np.mean(energies + [0.0] * (n - len(energies))))
+        if n
+        else None,
+        "drawn_box_hit_rate": {
+            **_rate(sum(item["drawn_hit"] for item in per_image), n),
+            "min_iou": MIN_IOU,
+        },
+        "drawn_boxes": sum(item["drawn"] for item in per_image),
+        "reference": "FracAtlas YOLOv8s detector baseline: box mAP50 0.56 (Abedeen et al. 2023); "
+        "a detector's score, not comparable one to one with a classifier's heat map",
+    }
