@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages import _localisation as localisation_section
 from fracture.model import registry
 from fracture.model.folder import ModelFolder, ModelLoadError
 from fracture.views import figures, summaries
@@ -114,6 +115,7 @@ else:
     if report:
         st.header("Validation results")
         show_evaluation(report)
+        localisation_section.show(report, model.card)
     else:
         st.info(
             "This model folder has no evaluation.json, so there are no plots. "

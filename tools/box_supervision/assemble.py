@@ -1,0 +1,192 @@
+"""Assemble a model folder from a box-supervised run of train_box.py, with its card and evaluation.
+
+usage: python tools/box_supervision/assemble.py RUN_DIR EPOCH INIT_MODEL DATA OUT
+
+RUN_DIR/epochN.npz holds the trained conv5_block3 and head; INIT_MODEL is the model
+folder whose conv5 blocks 1-2 were frozen (the previous default model); DATA is
+FracAtlas in the folder layout. Everything fitted here (calibration, operating
+points, heat-map scale, OOD gate) uses the model as served: bfloat16, BatchNorm
+folded, through the same Predictor as the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# --- configurable parameters -------------------------------------------------------------
+IMAGE_SIZE = 384
+DROPOUT = 0.5
+PRECISION = "bfloat16"
+OOD_FALSE_ALARM_RATE = 0.01
+NAME = "fracatlas-384-dilated-boxes"
+
+
+def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path) -> None:
+    from fracture.data.layouts import load_dataset
+    from fracture.evaluation.localisation import image_localisation, summarise_localisation
+    from fracture.evaluation.metrics import evaluation_report
+    from fracture.evaluation.ood_fit import ood_probe_images
+    from fracture.evaluation.operating_points import calibrate
+    from fracture.inference.gradcam import (
+        box_style,
+        evidence_heat,
+        heatmap_to_image,
+        strongest_region,
+    )
+    from fracture.inference.ood import OOD_FILE, fit_ood_gate
+    from fracture.inference.predictor import Predictor
+    from fracture.io.files import atomic_write_json, atomic_write_text
+    from fracture.model.card import build_card, render_card_markdown
+    from fracture.model.folder import (
+        ModelConfig,
+        imagenet_reference,
+        load_model,
+        quantise_like_saved,
+        save_model,
+    )
+    from fracture.model.imagenet import resolve_imagenet_weights
+    from fracture.model.network import build_classifier
+    from fracture.training.trainer import evidence_scale as fit_evidence_scale
+
+    started = time.time()
+    resolved = resolve_imagenet_weights(allow_download=False)
+    config = ModelConfig(
+        image_size=IMAGE_SIZE,
+        fine_tune_from="conv4_block6_out",
+        dropout=DROPOUT,
+        conv5_dilation=2,
+        inference_precision=PRECISION,
+        name=NAME,
+        version=time.strftime("%Y%m%d-%H%M%S"),
+    )
+    model = build_classifier(config, resolved.path)
+    reference = imagenet_reference(model, config)
+    # conv5 blocks 1-2 from the previous model, block 3 and the head from the run.
+    previous = load_model(init_model, resolved.path).model
+    for layer in model.layers:
+        if layer.name.startswith("conv5_") and layer.weights:
+            layer.set_weights(previous.get_layer(layer.name).get_weights())
+    trained = np.load(run_dir / f"epoch{epoch}.npz")
+    names = sorted({key.rsplit("/", 1)[0] for key in trained.files})
+    for name in names:
+        layer = model.get_layer(name)
+        layer.set_weights([trained[f"{name}/{i}"] for i in range(len(layer.get_weights()))])
+    quantise_like_saved(model, config, reference)
+    draft = out.with_name(out.name + ".draft")
+    save_model(model, config, draft, reference=reference, card={"name": NAME})
+
+    dataset = load_dataset(data)
+    val, train = dataset.split("val"), dataset.split("train")
+    predictor = Predictor(draft, precision=PRECISION)
+    print(f"scoring {len(val)} val images", flush=True)
+    val_rows = []
+    for record, result in zip(val, predictor.iter_predict([r.path for r in val], with_cam=True)):
+        if result.ok:
+            val_rows.append(
+                (record, result.logit, result.evidence, result.geometry, result.features)
+            )
+    labels = np.array([r.label for r, *_ in val_rows])
+    logits = np.array([z for _, z, *_ in val_rows])
+    calibration = calibrate(logits, labels, seed=0)
+    scale = fit_evidence_scale(np.stack([e for *_, e, _, _ in val_rows]), labels)
+    config = dataclasses.replace(
+        config,
+        temperature=calibration.temperature,
+        prior_shift=calibration.shift,
+        thresholds=calibration.thresholds,
+        evidence_scale=scale,
+    )
+    probabilities = calibration.probability(logits)
+    per_image = []
+    for (record, _, evidence, geometry, _), probability in zip(val_rows, probabilities):
+        if record.label != 1 or not record.boxes:
+            continue
+        raw = heatmap_to_image(evidence, geometry)
+        style = box_style(float(probability), config.thresholds)
+        drawn = strongest_region(evidence_heat(raw, scale)) if style else None
+        per_image.append(image_localisation(raw, record.boxes, drawn))
+    localisation = summarise_localisation(per_image)
+    report = evaluation_report(
+        labels,
+        logits - calibration.shift,
+        calibration.temperature,
+        config.thresholds,
+        regions=[r.region for r, *_ in val_rows],
+        hardware=[r.hardware for r, *_ in val_rows],
+    )
+    report["localisation"] = localisation
+    game = localisation["pointing_game"]
+    report["pointing_game"] = {"hits": game["hits"], "n": game["n"], "score": game["rate"]}
+    report["calibration_fit"] = calibration.summary()
+
+    print(f"scoring {len(train)} train images for the OOD gate", flush=True)
+    train_features, train_labels = [], []
+    for record, result in zip(train, predictor.iter_predict([r.path for r in train])):
+        if result.ok:
+            train_features.append(result.features)
+            train_labels.append(record.label)
+    gate = fit_ood_gate(
+        np.stack(train_features),
+        np.stack([f for *_, f in val_rows]),
+        false_alarm_rate=OOD_FALSE_ALARM_RATE,
+        train_labels=np.array(train_labels),
+        heldout_labels=labels,
+    )
+    val_flags = ~gate.is_in_distribution(np.stack([f for *_, f in val_rows]))
+    probes = ood_probe_images()
+    probe_results = predictor.predict(list(probes.values()), names=list(probes))
+    probe_flags = ~gate.is_in_distribution(np.stack([p.features for p in probe_results]))
+    report["ood"] = {
+        "val_false_alarms": {
+            "fractured": f"{int(val_flags[labels == 1].sum())}/{int((labels == 1).sum())}",
+            "normal": f"{int(val_flags[labels == 0].sum())}/{int((labels == 0).sum())}",
+        },
+        "probes_flagged": f"{int(probe_flags.sum())}/{len(probes)}",
+    }
+
+    history = json.loads((run_dir / "history.json").read_text())
+    card = build_card(
+        model_config=config,
+        train_config={
+            "method": "box-supervised fine-tuning of conv5_block3 and the head on cached, "
+            "dilated conv5_block2_out features (tools/box_supervision)",
+            "epochs": len(history) - 1,
+            "shipped_epoch": epoch,
+            "seed": 0,
+        },
+        dataset=dataset,
+        report=report,
+        history=history,
+        best_epoch=epoch,
+        training_seconds=float(sum(row.get("seconds", 0) for row in history)),
+        imagenet_sha256=resolved.sha256,
+        commit=None,
+    )
+    card["ood"] = gate.summary()
+    out.mkdir(parents=True, exist_ok=True)
+    gate.save(out / OOD_FILE)
+    save_model(model, config, out, reference=reference, card=card)
+    atomic_write_json(out / "evaluation.json", report)
+    atomic_write_text(out / "model_card.md", render_card_markdown(card))
+    summary = {
+        "auroc": report.get("auroc"),
+        "auroc_ci": report.get("auroc_ci"),
+        "pointing": game,
+        "localisation": localisation,
+        "calibration": calibration.summary(),
+        "ood": report["ood"],
+        "evidence_scale": scale,
+        "seconds": time.time() - started,
+    }
+    print(json.dumps(summary, indent=1, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    run, epoch_arg, init, data_arg, out_arg = sys.argv[1:6]
+    main(Path(run), int(epoch_arg), Path(init), Path(data_arg), Path(out_arg))
