@@ -1,12 +1,16 @@
 """Assemble a model folder from a box-supervised run of train_box.py, with its card and evaluation.
 
-usage: python tools/box_supervision/assemble.py RUN_DIR EPOCH INIT_MODEL DATA OUT
+usage: python tools/box_supervision/assemble.py RUN_DIR EPOCH INIT_MODEL DATA OUT CACHE
 
 RUN_DIR/epochN.npz holds the trained conv5_block3 and head; INIT_MODEL is the model
 folder whose conv5 blocks 1-2 were frozen (the previous default model); DATA is
 FracAtlas in the folder layout. Everything fitted here (calibration, operating
 points, heat-map scale, OOD gate) uses the model as served: bfloat16, BatchNorm
-folded, through the same Predictor as the app.
+folded, through the same Predictor as the app, except the OOD gate's class means
+and covariance: those come from the train images' cached conv5_block2_out features
+(CACHE, from cache_features.py) passed through the final block 3 and pooling, which
+saves a full forward pass over 3,000 images; its threshold is set on val features
+from the served model.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ OOD_FALSE_ALARM_RATE = 0.01
 NAME = "fracatlas-384-dilated-boxes"
 
 
-def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path) -> None:
+def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cache: Path) -> None:
     from fracture.data.layouts import load_dataset
     from fracture.evaluation.localisation import image_localisation, summarise_localisation
     from fracture.evaluation.metrics import evaluation_report
@@ -125,17 +129,25 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path) -> 
     report["pointing_game"] = {"hits": game["hits"], "n": game["n"], "score": game["rate"]}
     report["calibration_fit"] = calibration.summary()
 
-    print(f"scoring {len(train)} train images for the OOD gate", flush=True)
-    train_features, train_labels = [], []
-    for record, result in zip(train, predictor.iter_predict([r.path for r in train])):
-        if result.ok:
-            train_features.append(result.features)
-            train_labels.append(record.label)
+    print(f"pooling {len(train)} cached train features for the OOD gate", flush=True)
+    import keras
+
+    pool = keras.Model(
+        model.get_layer("conv5_block2_out").output, model.get_layer("avg_pool").output
+    )
+    cached = np.load(cache / "train_features.npy", mmap_mode="r")[0]
+    train_labels = np.array(json.loads((cache / "train_meta.json").read_text())["labels"])
+    train_features = np.concatenate(
+        [
+            pool(np.asarray(cached[i : i + 32], np.float32), training=False).numpy()
+            for i in range(0, len(cached), 32)
+        ]
+    )
     gate = fit_ood_gate(
-        np.stack(train_features),
+        train_features,
         np.stack([f for *_, f in val_rows]),
         false_alarm_rate=OOD_FALSE_ALARM_RATE,
-        train_labels=np.array(train_labels),
+        train_labels=train_labels,
         heldout_labels=labels,
     )
     val_flags = ~gate.is_in_distribution(np.stack([f for *_, f in val_rows]))
@@ -188,5 +200,5 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path) -> 
 
 
 if __name__ == "__main__":
-    run, epoch_arg, init, data_arg, out_arg = sys.argv[1:6]
-    main(Path(run), int(epoch_arg), Path(init), Path(data_arg), Path(out_arg))
+    run, epoch_arg, init, data_arg, out_arg, cache_arg = sys.argv[1:7]
+    main(Path(run), int(epoch_arg), Path(init), Path(data_arg), Path(out_arg), Path(cache_arg))
