@@ -288,9 +288,9 @@ def test_a_gate_of_format_1_still_loads_and_scores_as_before(tmp_path) -> None:
 def _pointing_on_val(model_dir, data) -> tuple[float, list]:
     from fracture.data.layouts import load_dataset
     from fracture.evaluation.metrics import pointing_game
-    from fracture.inference.predictor import Predictor
+    from fracture.inference.predictor import load_predictor
 
-    predictor = Predictor(model_dir, batch_size=8)
+    predictor = load_predictor(model_dir, batch_size=8)
     records = [r for r in load_dataset(data).split("val")]
     predictions = predictor.predict([r.path for r in records], with_cam=True)
     boxed = [(p, r) for p, r in zip(predictions, records) if r.label == 1 and r.boxes]

@@ -42,9 +42,11 @@ def score_records(
             logits.append(result.logit)
             labels.append(record.label)
             heat = result.evidence_image() if with_cam else None
-            boxed = heat is not None and record.label == 1 and bool(record.boxes)
+            boxed = record.label == 1 and bool(record.boxes)
             localisation.append(
-                image_localisation(heat, record.boxes, result.box) if boxed else None
+                image_localisation(heat, record.boxes, result.box)
+                if heat is not None and boxed
+                else None
             )
             kept.append(index)
         if on_progress:

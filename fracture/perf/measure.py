@@ -339,11 +339,11 @@ def measure_training(config: BenchConfig) -> dict[str, Any]:
     from fracture.inference.engine import configure_threads
 
     configure_threads()
-    import keras
 
     from fracture.model.folder import ModelConfig
-    from fracture.model.network import LOGIT_LAYER, build_classifier, set_trainable, split_at
+    from fracture.model.network import build_classifier, set_trainable, split_at
     from fracture.training.config import TrainConfig
+    from fracture.training.losses import EVIDENCE_OUTPUT, LOGIT_OUTPUT, evidence_tail
     from fracture.training.trainer import _compile
 
     started = time.perf_counter()
@@ -355,10 +355,12 @@ def measure_training(config: BenchConfig) -> dict[str, Any]:
         resolve_weights(config),
     )
     set_trainable(model, train_config.fine_tune_from)
-    stem, tail = split_at(model, train_config.fine_tune_from)
-    full = keras.Model(model.input, model.get_layer(LOGIT_LAYER).output, name="full")
-    _compile(full, train_config.lr, train_config.weight_decay)
-    _compile(tail, train_config.lr, train_config.weight_decay)
+    stem, _ = split_at(model, train_config.fine_tune_from)
+    # The two-output models training compiles (logit and evidence map, box loss included).
+    full = evidence_tail(model, None)
+    tail = evidence_tail(model, train_config.fine_tune_from)
+    _compile(full, train_config.lr, train_config)
+    _compile(tail, train_config.lr, train_config)
 
     # FLOP bound of the speed-up: a cached step is the tail's forward and backward
     # (backward ~ 2 x forward: input and weight gradients); an uncached step adds
@@ -370,14 +372,19 @@ def measure_training(config: BenchConfig) -> dict[str, Any]:
     images = letterboxed(make_radiograph_jpegs(batch, seed=1), size)
     labels = (np.arange(batch) % 2).astype(np.float32)
     weights = np.ones(batch, np.float32)
+    grid = tuple(int(d) for d in tail.output[EVIDENCE_OUTPUT].shape[1:3])
+    box_target = np.zeros((batch, *grid, 2), np.float32)
+    box_target[:, : grid[0] // 2, : grid[1] // 2, 0] = 1.0  # a box in one quadrant
+    box_target[..., 1] = labels[:, None, None]
+    targets = {LOGIT_OUTPUT: labels, EVIDENCE_OUTPUT: box_target}
     features = stem.predict(images, batch_size=batch, verbose=0).astype(np.float16)
     lap("build, compile, features")
 
     def uncached() -> None:
-        full.train_on_batch(images, labels, sample_weight=weights)
+        full.train_on_batch(images, targets, sample_weight=weights)
 
     def cached() -> None:
-        tail.train_on_batch(features.astype(np.float32), labels, sample_weight=weights)
+        tail.train_on_batch(features.astype(np.float32), targets, sample_weight=weights)
 
     uncached()  # warm: traces each train function
     cached()

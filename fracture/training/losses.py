@@ -60,8 +60,8 @@ def box_masks(boxes: Sequence[Sequence[Box]], grid: tuple[int, int]) -> np.ndarr
     return masks
 
 
-def evidence_tail(model: "keras.Model", cut: str) -> "keras.Model":
-    """The trainable part of ``model`` after ``cut``, with two outputs: logit and evidence map.
+def evidence_tail(model: "keras.Model", cut: str | None) -> "keras.Model":
+    """The part of ``model`` after ``cut`` (None: all of it), with two outputs: logit and evidence map.
 
     The evidence map ``w . A`` shares the dense layer's kernel, so the box loss
     and the cross-entropy train the same weights.
@@ -80,7 +80,7 @@ def evidence_tail(model: "keras.Model", cut: str) -> "keras.Model":
     features = model.get_layer(CAM_LAYER).output
     evidence = EvidenceMap(name=EVIDENCE_OUTPUT)(features)
     return keras.Model(
-        model.get_layer(cut).output,
+        model.input if cut is None else model.get_layer(cut).output,
         {LOGIT_OUTPUT: dense.output, EVIDENCE_OUTPUT: evidence},
         name="tail",
     )

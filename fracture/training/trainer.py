@@ -337,7 +337,8 @@ def _train(
     val_features, val_ok, val_boxes = compute_features(
         val_records, 1, stem, cache, config, on_cache_progress
     )
-    grid = tuple(int(d) for d in tail.output[EVIDENCE_OUTPUT].shape[1:3])
+    shape = tail.output[EVIDENCE_OUTPUT].shape
+    grid = (int(shape[1]), int(shape[2]))
     train_masks = np.stack([box_masks(view, grid) for view in train_boxes])[:, train_ok]
     val_boxes_ok = [b for b, ok in zip(val_boxes[0], val_ok) if ok]
     skipped = [

@@ -44,7 +44,7 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
         strongest_region,
     )
     from fracture.inference.ood import OOD_FILE, fit_ood_gate
-    from fracture.inference.predictor import Predictor
+    from fracture.inference.predictor import load_predictor
     from fracture.io.files import atomic_write_json, atomic_write_text
     from fracture.model.card import build_card, render_card_markdown
     from fracture.model.folder import (
@@ -87,7 +87,7 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
 
     dataset = load_dataset(data)
     val, train = dataset.split("val"), dataset.split("train")
-    predictor = Predictor(draft, precision=PRECISION)
+    predictor = load_predictor(draft, precision=PRECISION)
     print(f"scoring {len(val)} val images", flush=True)
     val_rows = []
     for record, result in zip(val, predictor.iter_predict([r.path for r in val], with_cam=True)):
