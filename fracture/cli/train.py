@@ -23,6 +23,26 @@ def add_train_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument(
+        "--box-weight",
+        type=float,
+        default=None,
+        help="weight of the box-alignment loss that teaches the heat map the radiologists' "
+        "boxes (0 turns it off; images without boxes are unaffected)",
+    )
+    p.add_argument(
+        "--normal-evidence-weight",
+        type=float,
+        default=None,
+        help="cost of heat-map evidence on normal images, inside the box loss",
+    )
+    p.add_argument(
+        "--conv5-dilation",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="2: conv5 at stride 1, dilation 2, a heat-map grid twice as fine (slower)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet")
@@ -60,7 +80,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             views=args.views or defaults.views,
             **{
                 name: getattr(args, name)
-                for name in ("head_lr", "weight_decay", "dropout", "patience", "val_fraction")
+                for name in (
+                    "head_lr",
+                    "weight_decay",
+                    "dropout",
+                    "patience",
+                    "val_fraction",
+                    "box_weight",
+                    "normal_evidence_weight",
+                    "conv5_dilation",
+                )
                 if getattr(args, name) is not None
             },
         )
