@@ -31,18 +31,26 @@ def test_default_model_folder_is_small_and_verified(default_model):
 
 
 @pytest.mark.slow
-def test_default_model_reaches_val_auroc(default_model, shared_fracatlas, shared_weights):
+def test_default_model_reaches_val_auroc_and_points_at_fractures(
+    default_model, shared_fracatlas, shared_weights
+):
     from fracture.evaluation.evaluate import evaluate_model
     from fracture.inference.predictor import load_predictor
 
     predictor = load_predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
-    report = evaluate_model(
-        shared_fracatlas, predictor=predictor, pointing_game=False, n_bootstrap=200
-    )
+    report = evaluate_model(shared_fracatlas, predictor=predictor, n_bootstrap=200)
+    located = report["localisation"]
     print(
         f"val AUROC {report['auroc']:.4f}, sensitivity {report['sensitivity']:.3f}, "
-        f"specificity {report['specificity']:.3f}"
+        f"specificity {report['specificity']:.3f}, pointing {located['pointing_game']['rate']:.3f}"
     )
-    assert report["auroc"] >= 0.88
-    # The default operating point is the high-sensitivity one chosen on val.
-    assert report["sensitivity"] >= 0.90
+    assert report["auroc"] >= 0.90
+    # The box-supervised heat map peaks inside a radiologist's box on most val fractures.
+    assert located["pointing_game"]["rate"] >= 0.5
+    # The default (high-sensitivity) threshold is a bootstrap median, not the val pick, so val
+    # sensitivity sits near 0.90 rather than exactly above it: it must lie inside the
+    # interval the card states.
+    card_point = predictor.loaded.card["calibration"]["operating_points"]["high_sensitivity"]
+    low, high = card_point["sensitivity_ci"]
+    assert low <= report["sensitivity"] <= high
+    assert report["sensitivity"] >= 0.85

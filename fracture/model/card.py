@@ -124,6 +124,52 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _percent_ci(entry: dict[str, Any] | None, key: str = "rate") -> str:
+    if not entry or entry.get(key) is None:
+        return "not measured"
+    ci = entry.get("ci") or entry.get(f"{key}_ci")
+    interval = f" (95% interval {ci[0]:.0%} to {ci[1]:.0%})" if ci else ""
+    return f"{entry[key]:.0%}{interval}"
+
+
+def _heat_map_lines(card: dict[str, Any]) -> list[str]:
+    """How the heat map was trained and how well it points, when the card knows."""
+    lines: list[str] = []
+    if card.get("box_supervision"):
+        lines += ["", "## How the radiologists' boxes were used", card["box_supervision"]]
+    located = card.get("localisation")
+    if located and located.get("pointing_game", {}).get("n"):
+        game = located["pointing_game"]
+        lines += [
+            "",
+            f"## Where the heat map points (validation, {game['n']} fractured images with boxes)",
+            f"- Peak inside a radiologist's box: {_percent_ci(game)}",
+            f"- Peak within 3% of the image side of a box: "
+            f"{_percent_ci(located.get('pointing_game_tolerant'))}",
+            f"- Share of the heat inside the boxes: {located.get('energy_inside_boxes', 0):.0%}",
+            f"- Drawn box overlaps a true box (IoU >= 0.1): "
+            f"{_percent_ci(located.get('drawn_box_hit_rate'))}",
+            f"- Reference, not like for like: {located.get('reference')}",
+        ]
+    calibration = card.get("calibration")
+    if calibration:
+        lines += [
+            "",
+            "## Calibration and operating points",
+            f"- {calibration['method']}; expected calibration error "
+            f"{calibration['ece_before']:.3f} before, {calibration['ece_after_out_of_fold']:.3f} "
+            f"after (out of fold: each image calibrated by a fit that did not see it)",
+            f"- Thresholds: {calibration['threshold_method']}",
+        ]
+        for name, point in (calibration.get("operating_points") or {}).items():
+            lines.append(
+                f"- {name.replace('_', '-')} threshold {point['threshold']:.3f}: sensitivity "
+                f"{_percent_ci(point, 'sensitivity')}, specificity "
+                f"{_percent_ci(point, 'specificity')}"
+            )
+    return lines
+
+
 def render_card_markdown(card: dict[str, Any]) -> str:
     """The human-readable model card."""
     metrics = card.get("val_metrics", {})
@@ -146,6 +192,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         f"- Trained {card.get('created')} from commit `{card.get('git_commit')}`, seed "
         f"{card.get('seed')}, in {_fmt(card.get('training_seconds'))} s (best epoch "
         f"{card.get('best_epoch')})",
+        *_heat_map_lines(card),
         "",
         "## Training data",
         f"- {data.get('root')} ({data.get('layout')} layout), licence {data.get('licence')}",

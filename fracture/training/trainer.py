@@ -560,6 +560,8 @@ def _finalise(
     # Saved before the card so that its checksum is in the card.
     ood_gate.save(folder.ood_path)
     card["ood"] = ood_gate.summary()
+    card["calibration"] = calibration.summary()
+    card["evidence_scale"] = model_config.evidence_scale
     save_model(model, model_config, folder.path, reference=reference, card=card)
     folder.write_evaluation(report)
     folder.write_markdown(card)
