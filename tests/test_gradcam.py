@@ -38,16 +38,23 @@ def _reference_cam(model, image: np.ndarray) -> np.ndarray:
         score = logit[0, 0]
     grads = tape.gradient(score, features)[0].numpy()
     features = features[0].numpy()
-    cam = np.maximum((features * grads.mean(axis=(0, 1))).sum(-1), 0)
-    return cam / cam.max() if cam.max() > 0 else cam
+    # Gradients summed over the cells: the map is in logit units (see gradcam's docstring).
+    return np.maximum((features * grads.sum(axis=(0, 1))).sum(-1), 0)
 
 
-def test_cams_have_the_grid_shape_and_unit_range(loaded):
+def test_cams_are_the_class_activation_map_in_logit_units(loaded):
+    import keras
+
     engine = InferenceEngine(loaded.model, batch_size=4)
-    out = engine.run(_images(3), with_cam=True)
+    images = _images(3)
+    out = engine.run(images, with_cam=True)
     assert out.cams.shape == (3, 2, 2)  # 64 px / 32
-    assert out.cams.min() >= 0 and out.cams.max() <= 1
     assert out.pooled.shape == (3, 2048)
+    # For GAP + one dense unit, Grad-CAM is relu(w . A) (Zhou et al. 2016), not rescaled.
+    features = keras.Model(loaded.model.input, loaded.model.get_layer(CAM_LAYER).output)(images)
+    kernel = loaded.model.get_layer("logit").get_weights()[0][:, 0]
+    expected = np.maximum(np.asarray(features) @ kernel, 0)
+    np.testing.assert_allclose(out.cams, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
 def test_batched_cam_matches_per_image_reference(loaded):
