@@ -58,12 +58,12 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
         heatmap_to_image,
         strongest_region,
     )
-    from fracture.inference.ood import OOD_FILE, fit_ood_gate
+    from fracture.inference.ood import fit_ood_gate
     from fracture.inference.predictor import load_predictor
-    from fracture.io.files import atomic_write_json, atomic_write_text
-    from fracture.model.card import build_card, render_card_markdown
+    from fracture.model.card import build_card
     from fracture.model.folder import (
         ModelConfig,
+        ModelFolder,
         imagenet_reference,
         load_model,
         quantise_like_saved,
@@ -202,10 +202,11 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
     card["box_supervision"] = BOX_SUPERVISION
     card["architecture"] = ARCHITECTURE
     out.mkdir(parents=True, exist_ok=True)
-    gate.save(out / OOD_FILE)
+    folder = ModelFolder(out)
+    gate.save(folder.ood_path)
     save_model(model, config, out, reference=reference, card=card)
-    atomic_write_json(out / "evaluation.json", report)
-    atomic_write_text(out / "model_card.md", render_card_markdown(card))
+    folder.write_evaluation(report)
+    folder.write_markdown(card)
     summary = {
         "auroc": report.get("auroc"),
         "auroc_ci": report.get("auroc_ci"),
