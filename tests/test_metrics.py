@@ -601,7 +601,7 @@ def test_format_report_shows_the_key_numbers(evaluation):
 def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
     tmp_path, tiny_model_dir, use_fake_weights
 ):
-    """`python -m fracture calibrate`: new temperature, prior shift and thresholds, valid checksums."""
+    """`python -m fracture calibrate`: Platt scaling and thresholds refitted, valid checksums."""
     import shutil
 
     from fracture.evaluation.calibrate import calibrate_model
@@ -618,9 +618,20 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
         write_png(tmp_path / "data" / "val" / "fractured" / f"f{index}.png", seed=index)
         write_png(tmp_path / "data" / "val" / "normal" / f"n{index}.png", seed=50 + index)
         write_png(tmp_path / "data" / "train" / "normal" / f"t{index}.png", seed=90 + index)
+    # The oracle: Platt scaling fitted directly on the network's raw val logits.
+    from fracture.data.layouts import load_dataset
+    from fracture.evaluation.evaluate import score_records
+    from fracture.evaluation.operating_points import fit_platt
+    from fracture.inference.predictor import load_predictor
+
+    raw, labels, _, _ = score_records(
+        load_predictor(model_dir), load_dataset(tmp_path / "data").split("val"), with_cam=False
+    )
+    expected_temperature, expected_shift = fit_platt(raw, labels)  # the tiny model's shift is 0
     report = calibrate_model(model_dir, tmp_path / "data")
     config, card = read_config(model_dir)  # checksums verify after the rewrite
-    assert config.prior_shift == pytest.approx(np.log(4.0))
+    assert config.prior_shift == pytest.approx(expected_shift, rel=1e-4, abs=1e-6)
+    assert config.temperature == pytest.approx(expected_temperature, rel=1e-4)
     assert config.temperature > 0 and config.temperature != 1.0
     assert set(config.thresholds) == {"high_sensitivity", "high_specificity"}
     assert card["temperature"] == config.temperature
