@@ -30,7 +30,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fracture.inference.gradcam import overlay_heatmap
+from fracture.inference.gradcam import overlay_heatmap, strongest_region
 
 __all__ = [
     "BANNER",
@@ -54,9 +54,6 @@ MANUFACTURER = "fracture (open-source research software)"
 # High series numbers keep the results after the acquisition series in a viewer.
 SC_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
-# The evidence region is the part of the heat map's hottest blob above this
-# fraction of its peak: half the peak outlines the blob without its faint halo.
-EVIDENCE_LEVEL = 0.5
 HEATMAP_ALPHA = 0.4
 BOX_COLOUR = (255, 255, 0)  # yellow reads on both the grey image and the JET colours
 
@@ -123,23 +120,25 @@ class StudyFinding:
         return any(image.in_distribution is False for image in self.images)
 
 
-def evidence_region(
-    heatmap: np.ndarray, level: float = EVIDENCE_LEVEL
-) -> tuple[int, int, int, int] | None:
-    """The bounding box of the heat map's peak blob, or None for a flat map.
+def evidence_region(heatmap: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The app's strongest-region box, in pixels (left, top, right, bottom, inclusive), or None.
 
-    The blob is the connected region above ``level`` times the peak that
-    contains the peak, so a second, weaker hot spot does not stretch the box.
+    The same region the Predict page draws
+    (:func:`fracture.inference.gradcam.strongest_region`): the connected area around the
+    peak above half the peak, so a second, weaker hot spot does not stretch the box; None
+    for a map too faint to point anywhere.
     """
     heat = np.asarray(heatmap, np.float32)
-    peak = float(heat.max()) if heat.size else 0.0
-    if peak <= 0.0 or float(heat.min()) >= peak:
+    box = strongest_region(heat) if heat.size else None
+    if box is None:
         return None
-    mask = (heat >= level * peak).astype(np.uint8)
-    _, labels = cv2.connectedComponents(mask, connectivity=8)
-    row, column = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    rows, columns = np.nonzero(labels == labels[row, column])
-    return int(columns.min()), int(rows.min()), int(columns.max()), int(rows.max())
+    height, width = heat.shape
+    return (
+        round(box[0] * width),
+        round(box[1] * height),
+        round(box[2] * width) - 1,
+        round(box[3] * height) - 1,
+    )
 
 
 def burn_overlay(
