@@ -25,7 +25,7 @@ from fracture.inference.preprocess import letterbox
 from conftest import radiograph_like
 
 PROBABILITY_TOLERANCE = 1e-3
-HEATMAP_TOLERANCE = 1e-3
+HEATMAP_TOLERANCE = 1e-3  # relative to the largest evidence in the batch (logit units)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,9 @@ def test_export_matches_keras_in_its_own_runtime(loaded, tmp_path, fmt):
     np.testing.assert_allclose(outputs["probability"], expected, atol=PROBABILITY_TOLERANCE, rtol=0)
     np.testing.assert_allclose(outputs["logit"], logits, atol=1e-3, rtol=1e-4)
     assert outputs["heatmap"].shape == cams.shape
-    np.testing.assert_allclose(outputs["heatmap"], cams, atol=HEATMAP_TOLERANCE, rtol=0)
-    assert outputs["heatmap"].min() >= 0 and outputs["heatmap"].max() <= 1
+    tolerance = HEATMAP_TOLERANCE * max(1.0, float(np.abs(cams).max()))
+    np.testing.assert_allclose(outputs["heatmap"], cams, atol=tolerance, rtol=0)
+    assert outputs["heatmap"].min() >= 0
 
     config = read_export_config(result.directory)
     assert config["format"] == fmt
@@ -90,7 +91,8 @@ def test_export_parity_on_validation_radiographs(shared_fracatlas, shared_weight
     inputs, _, expected, cams = _reference(loaded, images)
     outputs = run_export(export_model(loaded, fmt, tmp_path / fmt).directory, inputs)
     np.testing.assert_allclose(outputs["probability"], expected, atol=PROBABILITY_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(outputs["heatmap"], cams, atol=HEATMAP_TOLERANCE, rtol=0)
+    tolerance = HEATMAP_TOLERANCE * max(1.0, float(np.abs(cams).max()))
+    np.testing.assert_allclose(outputs["heatmap"], cams, atol=tolerance, rtol=0)
 
 
 def test_cli_export_writes_the_network_and_its_config(

@@ -11,14 +11,16 @@ It returns three outputs:
   shift and temperature applied inside (``sigmoid((logit - prior_shift) / T)``),
   the number the dashboard shows;
 * ``logit`` (N,): the prior-corrected logit, before temperature;
-* ``heatmap`` (N, h, w): the conv5 Grad-CAM in [0, 1] on the network's feature
-  grid. For a global-average-pooling + dense head the gradient of the logit
-  with respect to the last feature map A is the dense kernel w divided by the
-  number of positions, the same at every position, so Grad-CAM (Selvaraju et
-  al., ICCV 2017) reduces to ``relu(w · A)`` normalised by its maximum: the
-  class activation map of Zhou et al. (CVPR 2016), a forward computation that
-  every runtime can run, no gradient needed. It maps back onto the original
-  image with the letterbox geometry in ``preprocessing.json``.
+* ``heatmap`` (N, h, w): the conv5 Grad-CAM on the network's feature grid, in
+  logit units, exactly what the app computes. For a global-average-pooling +
+  dense head the gradient of the logit with respect to the last feature map A
+  is the dense kernel w divided by the number of positions, the same at every
+  position, so Grad-CAM (Selvaraju et al., ICCV 2017) reduces to
+  ``relu(w · A)``: the class activation map of Zhou et al. (CVPR 2016), a
+  forward computation that every runtime can run, no gradient needed. It is
+  not normalised per image; divide by ``display.evidence_scale`` from
+  ``preprocessing.json`` and clip to [0, 1] for the app's display, and map it
+  back onto the original image with the letterbox geometry.
 
 The network is exported in float32 with BatchNorm folded
 (:func:`~fracture.inference.engine.inference_network`).
@@ -185,10 +187,7 @@ class _ExportModule:
             logit = logits[:, 0] - self.prior_shift
             probability = tf.sigmoid(logit / self.temperature)
             kernel = tf.constant(self.kernel)
-            cam = tf.nn.relu(tf.tensordot(features, kernel, axes=[[3], [0]]))
-            peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-            # An all-zero map stays zero (0 / tiny); no divide_no_nan, which TFLite lacks.
-            heatmap = cam / tf.maximum(peak, 1e-12)
+            heatmap = tf.nn.relu(tf.tensordot(features, kernel, axes=[[3], [0]]))
             return {
                 "probability": tf.identity(probability, name="probability"),
                 "logit": tf.identity(logit, name="logit"),
@@ -265,7 +264,11 @@ def _export_config(loaded: "LoadedModel", fmt: str, network_file: str) -> dict[s
         "outputs": {
             "probability": "calibrated fracture probability: sigmoid((logit_raw - prior_shift) / temperature), applied inside",
             "logit": "prior-corrected logit (logit_raw - prior_shift), before temperature",
-            "heatmap": "Grad-CAM of conv5 in [0, 1] on the feature grid; crop the letterbox padding and resize to the image",
+            "heatmap": "Grad-CAM of conv5, relu(w . A) in logit units on the feature grid; crop the letterbox padding and resize to the image",
+        },
+        "display": {
+            "evidence_scale": getattr(config, "evidence_scale", None),
+            "meaning": "display heat = clip(heatmap / evidence_scale, 0, 1); null: scale each map to its own peak",
         },
         "calibration": {
             "applied_inside": True,
