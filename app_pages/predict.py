@@ -29,6 +29,7 @@ BAND_COLOURS = {
 }
 
 st.title("Predict")
+common.show_model_banner()
 st.caption(
     "Upload one radiograph, several, or a whole folder. Images are processed in memory and "
     "never stored. " + common.NOT_FOR_DIAGNOSIS
@@ -37,7 +38,8 @@ st.caption(
 served = common.get_served_model()
 if served is None:
     st.stop()
-op_name, threshold = common.operating_point(served.config)
+# Here, not only in the sidebar: on a phone the sidebar is folded away.
+op_name, threshold = common.operating_point_picker(served.config)
 
 mode = st.radio(
     "Upload",
@@ -48,7 +50,9 @@ mode = st.radio(
 )
 uploads = st.file_uploader(
     "Radiographs: JPEG, PNG, BMP, TIFF, GIF or DICOM",
-    type=UPLOAD_TYPES,
+    # A folder is taken whole and its other files are listed once as skipped:
+    # the uploader's own type filter would mark each of them with a red chip.
+    type=UPLOAD_TYPES if mode == "Files" else None,
     accept_multiple_files=True if mode == "Files" else "directory",
     key=f"uploads_{mode.lower()}",
 )
@@ -75,6 +79,12 @@ def _is_dicom(upload: UploadedFile) -> bool:
     return upload.name.lower().endswith((".dcm", ".dicom")) or marker == b"DICM"
 
 
+def _is_image_candidate(upload: UploadedFile) -> bool:
+    """A supported suffix or the DICOM marker (DICOM files often have no suffix)."""
+    suffix = upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ""
+    return suffix in UPLOAD_TYPES or _is_dicom(upload)
+
+
 def cam_prediction(upload: UploadedFile) -> Prediction:
     """The upload's prediction with heat map, from this session's cache when already scored."""
     key = (served.key, upload.file_id)
@@ -96,19 +106,19 @@ def cam_prediction(upload: UploadedFile) -> Prediction:
 
 
 @st.fragment
-def image_pair(name: str, image, heatmap, box=None, style=None) -> None:
-    """The image and its Grad-CAM overlay (with the strongest-region box), at display size, as JPEG.
+def image_pair(name: str, image, heatmap, box=None, style=None, caption: str | None = None) -> None:
+    """The Grad-CAM overlay (with the strongest-region box), then the image, at display size.
 
-    A fragment: moving the opacity slider reruns only this, re-blending the
-    display-size overlay; nothing is scored, decoded or charted again.
+    The overlay comes first so that a phone, which stacks the columns, shows it
+    right under the verdict. A fragment: moving the opacity slider reruns only
+    this, re-blending the display-size overlay; nothing is scored or charted again.
     """
     alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
-    original, overlay = st.columns(2)
-    original.image(display.jpeg(image), caption=f"{name}", width="stretch")
+    overlay, original = st.columns(2)
     if heatmap is not None:
         overlay.image(
             display.jpeg(overlay_heatmap(image, heatmap, alpha, box=box, style=style)),
-            caption=_overlay_caption(style),
+            caption=caption or _overlay_caption(style),
             width="stretch",
         )
         if float(heatmap.max()) <= 0.0:
@@ -116,41 +126,65 @@ def image_pair(name: str, image, heatmap, box=None, style=None) -> None:
             overlay.caption("The heat map is empty: no region raised the fracture score.")
     else:
         overlay.info("This model has no Grad-CAM layer, so there is no heat map.")
+    original.image(display.jpeg(image), caption=name, width="stretch")
 
 
 def show_result(upload: UploadedFile, prediction: Prediction) -> None:
-    """Probability, label, confidence band, gauge, and the image with its overlay."""
+    """Label and probability first, then the overlay, then the gauge (a phone stacks them so)."""
     if not prediction.ok:
         st.error(prediction.error or f"{upload.name} could not be scored.")
         return
-    probability = prediction.probability
-    label = results.label_for(probability, threshold)
-    band = results.confidence_band(probability, threshold)
     if prediction.in_distribution is False:
-        st.warning(
-            "This image does not look like a bone radiograph; the score is unreliable.",
-            icon=":material/warning:",
+        # No label, no gauge: the model cannot judge this input.
+        st.warning(f"**Not assessed.** {results.NOT_ASSESSED_REASON}", icon=":material/block:")
+        st.metric("Result", "Not assessed")
+        if st.toggle(
+            "Show the heat map anyway",
+            key=f"show_anyway_{upload.file_id}",
+            help="Where the network looked, for curiosity only: it says nothing "
+            "about a fracture in this image.",
+        ):
+            # No strongest-region box: it would read as a finding.
+            image_pair(
+                upload.name,
+                prediction.image,
+                prediction.heatmap,
+                caption="Grad-CAM of an image the model cannot judge",
+            )
+        else:
+            st.columns(2)[0].image(
+                display.jpeg(prediction.image), caption=upload.name, width="stretch"
+            )
+    else:
+        probability = prediction.probability
+        label = results.label_for(probability, threshold)
+        band = results.confidence_band(probability, threshold)
+        left, middle = st.columns(2)
+        left.metric(
+            "Fracture probability",
+            results.format_probability(probability),
+            help="Calibrated on the validation split of the model's training data; "
+            "shown in whole percent, which is the precision it can bear.",
         )
-    left, middle, right = st.columns([1, 1, 2])
-    left.metric(
-        "Fracture probability",
-        f"{probability:.1%}",
-        help="Calibrated on the validation split (temperature scaling).",
-    )
-    middle.metric("Label", label.capitalize())
-    with middle:
-        st.badge(band.capitalize(), color=BAND_COLOURS[band])
-    left.caption(f"{op_name.replace('_', ' ')} threshold {threshold:.3f}")
-    with right:
+        middle.metric("Label", label.capitalize())
+        with middle:
+            st.badge(
+                band.capitalize(),
+                color=BAND_COLOURS[band],
+                help="How far the probability lies from the decision threshold.",
+            )
+        left.caption(
+            f"{op_name.replace('_', ' ').capitalize()} threshold "
+            f"{results.format_threshold(threshold)}"
+        )
+        image_pair(
+            upload.name, prediction.image, prediction.heatmap, prediction.box, prediction.box_style
+        )
         st.plotly_chart(
             display.probability_gauge(probability, threshold),
             key=f"gauge_{upload.file_id}",
             config={"displayModeBar": False},
         )
-
-    image_pair(
-        upload.name, prediction.image, prediction.heatmap, prediction.box, prediction.box_style
-    )
 
     if _is_dicom(upload):
         header = st.expander(
@@ -187,8 +221,8 @@ def score_batch(uploads: Sequence[UploadedFile]) -> list[Prediction]:
     return results
 
 
-def batch_view(uploads: Sequence[UploadedFile]) -> None:
-    """Summary, histogram, sortable table, the selected image, and downloads."""
+def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
+    """Summary, histogram, table, downloads, and the selected image."""
     batch_key = (served.key, tuple(upload.file_id for upload in uploads))
     stored = st.session_state.get("batch_results")
     if not stored or stored["key"] != batch_key:
@@ -202,18 +236,21 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
         top, bottom = st.columns(2), st.columns(2)
         top[0].metric("Fracture", counts["fracture"])
         top[1].metric("Normal", counts["normal"])
-        bottom[0].metric("Could not be read", counts["error"])
-        bottom[1].metric(
-            "Not like a radiograph",
-            counts["out_of_distribution"],
-            help="Flagged by the out-of-distribution check: their scores are unreliable.",
+        bottom[0].metric(
+            "Not assessed",
+            counts["not_assessed"],
+            help="Flagged by the out-of-distribution check: the model cannot "
+            "judge them, so they get no label.",
         )
+        bottom[1].metric("Could not be read", counts["error"])
         st.caption(
             f"Labels at the {op_name.replace('_', ' ')} operating point (threshold "
-            f"{threshold:.3f}); change it in the sidebar."
+            f"{results.format_threshold(threshold)})."
         )
+        if skipped:
+            st.caption(f"Skipped, not an image: {', '.join(skipped)}")
     with chart_column:
-        scored = [p.probability for p in predictions if p.ok]
+        scored = [p.probability for p in predictions if results.is_assessed(p)]
         if scored:
             st.plotly_chart(
                 figures.probability_histogram(scored, threshold),
@@ -222,6 +259,10 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
             )
 
     frame = results.results_frame(predictions, threshold)
+    # The error column only when some row failed, so it never pushes the rest off screen.
+    shown = ["file", "shown_probability", "label", "confidence", "in_distribution"]
+    if (frame["error"] != "").any():
+        shown.append("error")
     event = st.dataframe(
         frame,
         hide_index=True,
@@ -229,22 +270,37 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
         on_select="rerun",
         selection_mode="single-row",
         key="batch_table",
+        column_order=shown,
         column_config={
             "file": st.column_config.TextColumn("file", width="medium"),
-            "probability": st.column_config.ProgressColumn(
-                "probability", format="percent", min_value=0.0, max_value=1.0, width="small"
+            "shown_probability": st.column_config.TextColumn(
+                "fracture probability",
+                width="small",
+                help="Most suspicious first; images the model cannot judge and unreadable "
+                "files come last.",
             ),
+            "label": st.column_config.TextColumn("label", width="small"),
+            "confidence": st.column_config.TextColumn("distance from threshold", width="small"),
             "in_distribution": st.column_config.CheckboxColumn(
-                "radiograph-like", help="False: the out-of-distribution check flagged it."
+                "radiograph-like",
+                width="small",
+                help="Unticked: the out-of-distribution check flagged it (not assessed).",
             ),
-            "error": st.column_config.TextColumn("error", width="large"),
+            "error": st.column_config.TextColumn("problem", width="medium"),
         },
     )
 
     downloads = st.columns(2)
+    model = served.config
     downloads[0].download_button(
         "Download results (CSV)",
-        results.predictions_csv(predictions, threshold),
+        results.predictions_csv(
+            predictions,
+            threshold,
+            model_name=model.name or "",
+            model_version=str(model.version or ""),
+            operating_point=op_name,
+        ),
         file_name="fracture_predictions.csv",
         mime="text/csv",
         on_click="ignore",
@@ -259,7 +315,7 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
         sources = [upload.getvalue() for upload in uploads]
         names = [upload.name for upload in uploads]
         return results.overlay_zip(
-            batch_predictor.iter_predict(sources, names=names, with_cam=True), alpha
+            batch_predictor.iter_predict(sources, names=names, with_cam=True), alpha, threshold
         )
 
     downloads[1].download_button(
@@ -279,7 +335,17 @@ def batch_view(uploads: Sequence[UploadedFile]) -> None:
     show_result(uploads[position], cam_prediction(uploads[position]))
 
 
-if len(uploads) == 1:
-    show_result(uploads[0], cam_prediction(uploads[0]))
+skipped = [upload.name for upload in uploads if not _is_image_candidate(upload)]
+images = [upload for upload in uploads if _is_image_candidate(upload)]
+if mode == "Folder":
+    # Browsers hand a folder's files over in their own order; people look for paths.
+    images.sort(key=lambda upload: upload.name)
+if not images:
+    st.warning(
+        f"No images among the {len(uploads)} uploaded file(s); skipped, not an image: "
+        f"{', '.join(skipped)}"
+    )
+elif len(images) == 1 and not skipped:
+    show_result(images[0], cam_prediction(images[0]))
 else:
-    batch_view(uploads)
+    batch_view(images, skipped)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -225,6 +226,46 @@ def _no_exception(page) -> None:
     ).first.inner_text()
 
 
+def _shown_result(page) -> str:
+    """Wait for the verdict of one upload: its probability, or "Not assessed"; return its text."""
+    metric = page.locator(
+        "[data-testid='stMetric']", has_text=re.compile("Fracture probability|Result")
+    )
+    metric.first.wait_for(timeout=MODEL_READY_MS)
+    value = metric.first.locator("[data-testid='stMetricValue']").inner_text()
+    # Whole percent, never 0 % or 100 %; or no number at all for an input the model cannot judge.
+    assert re.fullmatch(r"< 1%|> 99%|[1-9][0-9]?%|Not assessed", value), value
+    return value
+
+
+def _visit_pages(page, width: int) -> None:
+    """Dataset, Model, Train and Inbox at the current viewport, a screenshot of each."""
+    for name, ready, charts in (
+        ("Dataset", "Images", 3),
+        ("Model", "Stored versions", 5),
+        ("Train", None, 0),
+        ("Inbox", None, 0),
+    ):
+        page.get_by_role("link", name=name).click()
+        if name == "Train":
+            page.get_by_role("button", name="Start training").wait_for(
+                state="attached", timeout=PAGE_READY_MS
+            )
+        elif name == "Inbox":
+            page.get_by_text("No DICOM node has run with this folder yet").wait_for(
+                timeout=PAGE_READY_MS
+            )
+        else:
+            page.get_by_role("heading", name=ready).wait_for(timeout=PAGE_READY_MS)
+        if charts:
+            _charts_rendered(page, charts)
+        _idle(page)
+        _no_exception(page)
+        # Streamlit's own toolbar keeps no Deploy button (client.toolbarMode).
+        assert page.get_by_role("button", name="Deploy").count() == 0
+        page.screenshot(path=ARTIFACTS / f"browser-{name.lower()}-{width}.png", full_page=True)
+
+
 def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     url, data, _ = server
     page.goto(url, timeout=PAGE_READY_MS)
@@ -234,16 +275,13 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     assert "not for diagnosis" in sidebar.inner_text()
 
     uploader.set_input_files([_upload(data)])
-    metric = page.locator("[data-testid='stMetric']", has_text="Fracture probability")
-    metric.wait_for(timeout=MODEL_READY_MS)
-    value = metric.locator("[data-testid='stMetricValue']").inner_text()
-    assert value.endswith("%") and 0 <= float(value.rstrip("%")) <= 100
-    _images_loaded(page, 2)  # the radiograph and its Grad-CAM overlay
-    assert page.get_by_text("Grad-CAM: where the model looked").is_visible()
-    _charts_rendered(page, 1)  # the probability gauge
+    if _shown_result(page) != "Not assessed":
+        _images_loaded(page, 2)  # the radiograph and its Grad-CAM overlay
+        assert page.get_by_text("Grad-CAM evidence for fracture").first.is_visible()
+        _charts_rendered(page, 1)  # the probability gauge
     _idle(page)
     _no_exception(page)
-    page.screenshot(path=ARTIFACTS / "browser-predict.png", full_page=True)
+    page.screenshot(path=ARTIFACTS / "browser-predict-1400.png", full_page=True)
 
     # A batch: two more images and a broken file join the first upload.
     extra = [
@@ -258,37 +296,43 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
         page.get_by_role("button", name="Download results (CSV)").click()
     rows = Path(csv_download.value.path()).read_text().splitlines()
     assert rows[0].startswith("path,probability,prediction") and len(rows) == 4
+    assert rows[0].endswith(",model_name,model_version,operating_point")
     assert any(row.startswith("broken.png,") and ",error," in row for row in rows)
     with page.expect_download(timeout=MODEL_READY_MS) as zip_download:
         page.get_by_role("button", name="Download Grad-CAM overlays (ZIP)").click()
     with zipfile.ZipFile(zip_download.value.path()) as archive:
         names = set(archive.namelist())
+        overlay = Image.open(io.BytesIO(archive.read("second_gradcam.png")))
     assert {"second_gradcam.png", "errors.txt"} <= names and len(names) == 3
-    _images_loaded(page, 2)
-    page.screenshot(path=ARTIFACTS / "browser-predict-batch.png", full_page=True)
+    assert overlay.width > 320 and overlay.height > 384  # colour bar and caption added
+    _images_loaded(page, 1)
+    page.screenshot(path=ARTIFACTS / "browser-predict-batch-1400.png", full_page=True)
+    _visit_pages(page, 1400)
 
-    page.get_by_role("link", name="Dataset").click()
-    page.get_by_role("heading", name="Dataset").wait_for(timeout=PAGE_READY_MS)
-    _charts_rendered(page, 3)  # class balance, regions, hardware or sizes
-    _images_loaded(page, 1)  # thumbnails
+    # Phone width: the verdict and the overlay come before the gauge, and the operating
+    # point is on the page, not only in the folded sidebar.
+    page.set_viewport_size({"width": 390, "height": 4000})
+    page.goto(url, timeout=PAGE_READY_MS)
+    uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
+    uploader.wait_for(state="attached", timeout=MODEL_READY_MS)
+    assert page.get_by_text("Operating point").first.is_visible()
+    uploader.set_input_files([_upload(data)])
+    verdict = _shown_result(page)
     _idle(page)
     _no_exception(page)
-    page.screenshot(path=ARTIFACTS / "browser-dataset.png", full_page=True)
-
-    page.get_by_role("link", name="Model").click()
-    page.get_by_role("heading", name="Stored versions").wait_for(timeout=PAGE_READY_MS)
-    _charts_rendered(page, 5)  # ROC, PR, reliability, confusion matrices, subgroups
-    _idle(page)
-    _no_exception(page)
-    page.screenshot(path=ARTIFACTS / "browser-model.png", full_page=True)
-
-    page.get_by_role("link", name="Train").click()
-    page.get_by_role("button", name="Start training").wait_for(
-        state="attached", timeout=PAGE_READY_MS
-    )
-    _idle(page)
-    _no_exception(page)
-    page.screenshot(path=ARTIFACTS / "browser-train.png", full_page=True)
+    if verdict != "Not assessed":
+        _images_loaded(page, 2)
+        top_of = {
+            name: page.locator(selector).first.bounding_box()["y"]
+            for name, selector in (
+                ("probability", "[data-testid='stMetric']"),
+                ("overlay", "[data-testid='stImage']"),
+                ("gauge", "[data-testid='stPlotlyChart']"),
+            )
+        }
+        assert top_of["probability"] < top_of["overlay"] < top_of["gauge"], top_of
+    page.screenshot(path=ARTIFACTS / "browser-predict-390.png", full_page=True)
+    _visit_pages(page, 390)
 
     page.get_by_role("link", name="Inbox").click()
     page.get_by_text("No DICOM node has run with this folder yet").wait_for(timeout=PAGE_READY_MS)

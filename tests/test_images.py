@@ -771,3 +771,23 @@ def test_random_valid_or_damaged_images(
         assert result.shape[:2] == (height, width)
     if damage == "none" and min(height, width) >= 32 and fmt != "JPEG":
         assert result is not None  # random noise this large is a valid image
+
+
+def test_a_truncated_jpeg_says_how_much_arrived_not_pillows_buffer_count():
+    import io
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from fracture.io.images import InvalidImageError, load_image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    with pytest.raises(InvalidImageError) as caught:
+        load_image(data[: len(data) // 2], name="knee.jpg")
+    message = str(caught.value)
+    assert "not processed" not in message and "truncated" in message
+    assert f"{len(data) // 2 // 1024} KB" in message or f"{len(data) // 2 / 1024:.0f} KB" in message

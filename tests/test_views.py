@@ -73,13 +73,16 @@ def test_results_frame_sorts_most_suspicious_first_and_errors_last():
     ]
     frame = results.results_frame(predictions, threshold=0.5)
     assert list(frame.columns) == list(results.RESULT_COLUMNS)
-    assert frame["file"].tolist() == ["b.png", "a.png", "c.png", "broken.png"]
+    assert frame["file"].tolist() == ["a.png", "c.png", "b.png", "broken.png"]
     # The index leads back to the input order whatever the sort.
-    assert frame.index.tolist() == [2, 0, 3, 1]
-    assert frame.loc[2, "label"] == "fracture" and frame.loc[0, "label"] == "normal"
+    assert frame.index.tolist() == [0, 3, 2, 1]
+    assert frame.loc[0, "label"] == "normal"
+    # Flagged out of distribution: no label, no band, no probability shown; after judged rows.
+    assert frame.loc[2, "label"] == "not assessed" and frame.loc[2, "confidence"] == ""
+    assert frame.loc[2, "shown_probability"] == ""
     assert not frame.loc[2, "in_distribution"] and frame.loc[0, "in_distribution"] is not True
-    assert frame.loc[1, "status"] == "error" and "empty" in frame.loc[1, "error"]
-    assert frame.loc[1, "label"] == "" and frame.loc[1, "confidence"] == ""
+    assert frame.loc[1, "label"] == "could not be read" and "empty" in frame.loc[1, "error"]
+    assert frame.loc[1, "confidence"] == ""
     assert frame["probability"].isna().tolist() == [False, False, False, True]
 
 
@@ -89,10 +92,23 @@ def test_results_frame_relabels_at_the_chosen_operating_point():
 
 
 def test_predictions_csv_has_the_cli_columns_input_order_and_chosen_threshold():
-    predictions = [_ok("a.png", 0.4), _failed("broken.png"), _ok("b.png", 0.1)]
-    rows = list(csv.DictReader(io.StringIO(results.predictions_csv(predictions, 0.3).decode())))
-    assert list(rows[0]) == list(CSV_COLUMNS)
-    assert [row["path"] for row in rows] == ["a.png", "broken.png", "b.png"]
+    predictions = [
+        _ok("a.png", 0.4),
+        _failed("broken.png"),
+        _ok("b.png", 0.1),
+        _ok("cat.png", 0.9, in_distribution=False),
+    ]
+    data = results.predictions_csv(
+        predictions, 0.3, model_name="m", model_version="7", operating_point="high_sensitivity"
+    )
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    assert list(rows[0]) == [*CSV_COLUMNS, "model_name", "model_version", "operating_point"]
+    assert {(r["model_name"], r["model_version"], r["operating_point"]) for r in rows} == {
+        ("m", "7", "high_sensitivity")
+    }
+    # Out of distribution: its own documented value, never a label.
+    assert rows[3]["prediction"] == results.CSV_NOT_ASSESSED == "not_assessed"
+    assert [row["path"] for row in rows] == ["a.png", "broken.png", "b.png", "cat.png"]
     assert rows[0]["prediction"] == "fracture" and float(rows[0]["threshold"]) == pytest.approx(0.3)
     assert rows[1]["status"] == "error" and rows[1]["probability"] == ""
     assert rows[2]["prediction"] == "normal"
@@ -100,12 +116,36 @@ def test_predictions_csv_has_the_cli_columns_input_order_and_chosen_threshold():
 
 def test_batch_counts():
     predictions = [_ok("a", 0.9, in_distribution=False), _ok("b", 0.1), _failed("c")]
+    # The flagged image counts as not assessed, not as a fracture: the counts add up.
     assert results.batch_counts(predictions, 0.5) == {
-        "fracture": 1,
+        "fracture": 0,
         "normal": 1,
         "error": 1,
-        "out_of_distribution": 1,
+        "not_assessed": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("probability", "text"),
+    [
+        (0.0, "< 1%"),
+        (0.004, "< 1%"),
+        (0.01, "1%"),
+        (0.1844, "18%"),
+        (0.99, "99%"),
+        (0.9996, "> 99%"),
+        (1.0, "> 99%"),
+        (None, ""),
+    ],
+)
+def test_probabilities_are_shown_with_the_precision_they_bear(probability, text):
+    assert results.format_probability(probability) == text
+
+
+def test_threshold_is_formatted_alike_everywhere():
+    assert results.format_threshold(0.12775) == "12.8%"
+    figure = figures.probability_histogram([0.1, 0.2], 0.12775)
+    assert "12.8%" in figure.layout.title.text
 
 
 @pytest.mark.parametrize(
@@ -135,18 +175,24 @@ def test_overlay_zip_writes_one_png_per_image_and_lists_failures():
             _failed("broken.png"),
         ]
     )
-    data = results.overlay_zip(predictions, alpha=0.5)
+    data = results.overlay_zip(predictions, alpha=0.5, threshold=0.5)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
         assert sorted(names) == sorted(
             ["x/a_gradcam.png", "y/a_gradcam.png", "x/a_2_gradcam.png", "errors.txt"]
         )
         overlay = np.asarray(Image.open(io.BytesIO(archive.read("x/a_gradcam.png"))))
-        assert overlay.shape == image.shape
+        # The overlay, a colour bar on its right and a caption strip below it.
+        assert overlay.shape[0] > image.shape[0] and overlay.shape[1] > image.shape[1]
+        bar = overlay[: image.shape[0], image.shape[1] :]
+        assert (bar[..., 0] > 200).any() and (bar[..., 2] > 200).any()  # red and blue ends
+        caption = overlay[image.shape[0] :, : image.shape[1]]
+        assert (caption < 100).any()  # dark text on white
         # Hot pixels are coloured, cold ones are the radiograph unchanged.
         assert not np.array_equal(overlay[15, 15], image[15, 15])
         np.testing.assert_array_equal(overlay[60, 60], image[60, 60])
-        assert "broken.png" in archive.read("errors.txt").decode()
+        errors = archive.read("errors.txt").decode()
+        assert errors.count("broken.png") == 1  # the message already names the file
 
 
 def test_thumbnail_shrinks_keeping_aspect_and_never_enlarges():
@@ -271,10 +317,31 @@ def test_card_headline_and_comparison():
     }
     assert summaries.card_headline(None)["val_auroc"] is None
     table = summaries.compare_metrics(new, old)
-    assert table["metric"].tolist() == ["AUROC", "Sensitivity"]
+    assert table["metric"].tolist() == [
+        "Area under the ROC curve (AUROC)",
+        "Sensitivity (default operating point)",
+    ]
     assert table.loc[0, "difference"] == pytest.approx(0.05)
     assert table.loc[1, "difference"] is None or str(table.loc[1, "difference"]) == "<NA>"
     assert summaries.compare_metrics(None, None).empty
+
+
+def test_models_compare_only_on_the_same_dataset_fingerprint():
+    def card(fingerprint):
+        return {"training_data": {"fingerprint": fingerprint}}
+
+    assert summaries.same_dataset(card("abc"), card("abc"))
+    assert not summaries.same_dataset(card("abc"), card("xyz"))
+    assert not summaries.same_dataset(card(None), card(None))  # unknown matches nothing
+    assert not summaries.same_dataset({}, card("abc"))
+
+
+def test_hardware_subgroup_only_where_the_dataset_has_hardware():
+    with_hardware = {"n": 60, "subgroups": {"hardware_free": {"n": 50, "auroc": 0.8}}}
+    without = {"n": 60, "subgroups": {"hardware_free": {"n": 60, "auroc": 0.8}}}
+    assert summaries.hardware_free_subgroup(with_hardware)["auroc"] == 0.8
+    assert summaries.hardware_free_subgroup(without) is None
+    assert summaries.hardware_free_subgroup({}) is None
 
 
 @pytest.fixture(scope="module")
@@ -347,8 +414,17 @@ def test_probability_and_dataset_figures():
     assert dict(zip(normal.x, normal.y)) == {"hand": 1, "unknown": 1}
     hardware = figures.breakdown_figure(frame, "hardware", "Hardware")
     assert set(hardware.data[1].x) == {"True", "False", "unknown"}
-    sizes = figures.size_figure(pd.DataFrame({"path": ["/a/b.png"], "width": [3], "height": [4]}))
-    assert list(sizes.data[0].text) == ["b.png"]
+    sizes = figures.size_figure(
+        pd.DataFrame(
+            {"path": ["/a/b.png", "/a/c.png", "/a/d.png"], "width": [3, 3, 5], "height": [4, 4, 6]}
+        )
+    )
+    # One marker per distinct size, with its count: three files, two sizes.
+    assert list(sizes.data[0].customdata) == [2, 1]
+    assert "3 images sampled, 2 distinct sizes" in sizes.layout.title.text
+    assert (
+        figures.plural(1, "image") == "1 image" and figures.plural(1204, "image") == "1,204 images"
+    )
 
 
 def test_training_curves_figure_marks_the_fine_tune_switch():

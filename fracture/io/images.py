@@ -475,7 +475,7 @@ def _decode_raster(data: bytes, fmt: str, label: str, limits: _Limits) -> np.nda
         if _is_deep_colour(image):
             pixels = _decode_deep_colour(data, fmt, label)
         else:
-            _load_pixels(image, fmt, label)
+            _load_pixels(image, fmt, label, len(data))
             pixels = _pillow_pixels(image)
         orientation = _exif_orientation(image)
     return _apply_orientation(_to_rgb8(pixels, label), orientation)
@@ -507,13 +507,29 @@ def _check_png_checksums(data: bytes, label: str) -> None:
         pos = end
 
 
-def _load_pixels(image: Image.Image, fmt: str, label: str) -> None:
+def _load_pixels(image: Image.Image, fmt: str, label: str, n_bytes: int) -> None:
     # Decoding errors surface here because Image.open only reads the header.
     # LOAD_TRUNCATED_IMAGES stays off: a half-grey radiograph must not be scored.
     try:
         image.load()
     except _DECODER_ERRORS as exc:
+        if "truncated" in str(exc):
+            # Pillow's "(5 bytes not processed)" counts its buffer, not what is missing,
+            # which the file cannot tell: say what is known instead.
+            raise InvalidImageError(
+                f"{label} is a truncated or damaged {fmt} file: its data stops after "
+                f"{_size_text(n_bytes)}, before the image is complete; the copy or download "
+                f"was probably cut short"
+            ) from exc
         raise InvalidImageError(f"{label} is a truncated or damaged {fmt} file ({exc})") from exc
+
+
+def _size_text(n_bytes: int) -> str:
+    if n_bytes >= 1 << 20:
+        return f"{n_bytes / (1 << 20):.1f} MB"
+    if n_bytes >= 1 << 10:
+        return f"{n_bytes / (1 << 10):.0f} KB"
+    return f"{n_bytes} bytes"
 
 
 def _is_deep_colour(image: Image.Image) -> bool:

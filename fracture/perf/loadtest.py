@@ -68,12 +68,24 @@ RSS_SAMPLE_S = 0.5
 # Streamlit's DOM test ids (stable across releases; the browser test uses them too).
 UPLOADER = "[data-testid='stFileUploaderDropzoneInput']"
 DELETE_UPLOAD = "[data-testid='stFileChipDeleteBtn'] button"
-PROBABILITY = "[data-testid='stMetric']:has-text('Fracture probability')"
+# The verdict: a probability, or "Not assessed" for an input the model cannot judge.
+PROBABILITY = (
+    "[data-testid='stMetric']:has-text('Fracture probability'), "
+    "[data-testid='stMetric']:has-text('Not assessed')"
+)
 EXCEPTION = "[data-testid='stException']"
 ERROR_BOX = "[data-testid='stAlertContentError']"
-OVERLAY_READY = """() => Array.from(document.querySelectorAll('[data-testid="stImage"]'))
-    .some(el => el.innerText.includes('Grad-CAM') &&
-                Array.from(el.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 0))"""
+# Done: the Grad-CAM overlay drawn, or, for an input flagged out of distribution (which
+# gets no overlay unless asked), the "Not assessed" verdict beside its drawn image.
+OVERLAY_READY = """() => {
+    const drawn = el => Array.from(el.querySelectorAll('img'))
+        .some(i => i.complete && i.naturalWidth > 0);
+    const images = Array.from(document.querySelectorAll('[data-testid="stImage"]'));
+    if (images.some(el => el.innerText.includes('Grad-CAM') && drawn(el))) return true;
+    const judged = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
+        .some(el => el.innerText.includes('Not assessed'));
+    return judged && images.some(drawn);
+}"""
 
 
 @dataclass(frozen=True)

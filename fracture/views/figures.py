@@ -6,11 +6,14 @@ The pages only place these figures; nothing here imports Streamlit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fracture.views.results import format_threshold
+from fracture.views.summaries import hardware_free_subgroup
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,6 +28,7 @@ __all__ = [
     "class_balance_figure",
     "confusion_figure",
     "pr_figure",
+    "plural",
     "probability_gauge",
     "probability_histogram",
     "region_auroc_figure",
@@ -79,9 +83,10 @@ def probability_gauge(probability: float, threshold: float, title: str = "") -> 
     colour = COLOUR_FRACTURE if probability >= threshold else COLOUR_NORMAL
     figure = go.Figure(
         go.Indicator(
-            mode="gauge+number",
+            # No number: the page prints the probability with honest precision
+            # beside it; the gauge's own would read "100.0 %".
+            mode="gauge",
             value=100.0 * probability,
-            number={"suffix": " %", "valueformat": ".1f"},
             title={"text": title} if title else None,
             gauge={
                 "axis": {"range": [0, 100], "ticksuffix": "%"},
@@ -107,7 +112,9 @@ def probability_histogram(probabilities: Sequence[float], threshold: float) -> "
     import plotly.graph_objects as go
 
     values = np.asarray([p for p in probabilities if p is not None], dtype=float)
-    figure = _figure(f"Fracture probabilities (dashed: threshold {threshold:.2f})", height=300)
+    figure = _figure(
+        f"Fracture probabilities (dashed: threshold {format_threshold(threshold)})", height=300
+    )
     figure.add_trace(
         go.Histogram(
             x=values,
@@ -117,8 +124,12 @@ def probability_histogram(probabilities: Sequence[float], threshold: float) -> "
         )
     )
     figure.add_vline(x=threshold, line_dash="dash", line_color="black")
-    figure.update_xaxes(range=[0, 1], title="probability of fracture")
-    figure.update_yaxes(title="images")
+    figure.update_xaxes(range=[0, 1], title="probability of fracture", tickformat=".0%")
+    # Whole images only: no "0.5 images" tick on a small batch.
+    tallest = int(np.histogram(values, bins=20, range=(0.0, 1.0))[0].max()) if values.size else 0
+    figure.update_yaxes(
+        title="images", tickformat="d", dtick=max(1, math.ceil(tallest / 5)), rangemode="tozero"
+    )
     figure.update_layout(showlegend=False)
     return figure
 
@@ -173,19 +184,41 @@ def breakdown_figure(frame: "pd.DataFrame", column: str, title: str) -> "go.Figu
     return figure
 
 
+def plural(count: int, word: str, plural_word: str | None = None) -> str:
+    """``1 image``, ``3 images``, ``1,204 images``."""
+    return f"{count:,} {word if count == 1 else plural_word or word + 's'}"
+
+
 def size_figure(sizes: "pd.DataFrame") -> "go.Figure":
-    """Image width against height, one point per sampled file."""
+    """Image width against height, one marker per distinct size, its area by how many share it.
+
+    Many datasets hold a handful of sizes: one dot per file would draw 300
+    samples as 3 dots and hide the counts.
+    """
     import plotly.graph_objects as go
 
-    figure = _figure(f"Image sizes (sample of {len(sizes)})")
+    grouped = (
+        sizes.groupby(["width", "height"]).size().reset_index(name="count")
+        if len(sizes)
+        else sizes.assign(count=[])
+    )
+    figure = _figure(
+        f"Image sizes ({plural(len(sizes), 'image')} sampled, "
+        f"{plural(len(grouped), 'distinct size')})"
+    )
+    largest = max(1, int(grouped["count"].max())) if len(grouped) else 1
     figure.add_trace(
         go.Scatter(
-            x=sizes["width"],
-            y=sizes["height"],
+            x=grouped["width"],
+            y=grouped["height"],
             mode="markers",
-            text=sizes["path"].map(lambda p: Path(p).name),
-            marker={"color": COLOUR_VAL, "opacity": 0.6, "size": 7},
-            hovertemplate="%{text}<br>%{x} x %{y} px<extra></extra>",
+            customdata=grouped["count"],
+            marker={
+                "color": COLOUR_VAL,
+                "opacity": 0.6,
+                "size": [7 + 25 * (n / largest) ** 0.5 for n in grouped["count"]],
+            },
+            hovertemplate="%{x} x %{y} px: %{customdata} image(s)<extra></extra>",
         )
     )
     figure.update_xaxes(title="width (px)")
@@ -281,7 +314,8 @@ def _operating_markers(figure: "go.Figure", report: Mapping[str, Any]) -> None:
                 y=[sensitivity],
                 mode="markers",
                 marker={"size": 11, "symbol": "diamond", "line": {"width": 1, "color": "black"}},
-                name=f"{name.replace('_', ' ')} (t={point.get('threshold', float('nan')):.2f})",
+                name=f"{name.replace('_', ' ')} (threshold "
+                f"{format_threshold(point.get('threshold', float('nan')))})",
             )
         )
 
@@ -305,7 +339,7 @@ def roc_figure(reports: Mapping[str, Mapping[str, Any]], title: str = "ROC curve
         if not roc:
             continue
         auroc = report.get("auroc")
-        label = f"{name} (AUROC {auroc:.3f})" if auroc is not None else name
+        label = f"{name} (AUROC {auroc:.2f})" if auroc is not None else name
         figure.add_trace(
             go.Scatter(
                 x=roc["fpr"],
@@ -331,7 +365,7 @@ def pr_figure(report: Mapping[str, Any]) -> "go.Figure":
     pr = report.get("pr")
     if pr:
         pr_auc = report.get("pr_auc")
-        name = f"PR-AUC {pr_auc:.3f}" if pr_auc is not None else "model"
+        name = f"area {pr_auc:.2f}" if pr_auc is not None else "model"
         figure.add_trace(
             go.Scatter(
                 x=pr["recall"],
@@ -370,7 +404,7 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
         )
     )
     curves = (
-        ("reliability", "calibrated", report.get("ece"), COLOUR_VAL),
+        ("reliability", "after temperature scaling", report.get("ece"), COLOUR_VAL),
         ("reliability_uncalibrated", "before scaling", report.get("ece_uncalibrated"), "#ff7f0e"),
     )
     for key, name, ece, colour in curves:
@@ -387,7 +421,7 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
         if not points:
             continue
         xs, ys, ns = zip(*points)
-        label = f"{name} (ECE {ece:.3f})" if ece is not None else name
+        label = f"{name} (calibration error {100 * ece:.1f}%)" if ece is not None else name
         figure.add_trace(
             go.Scatter(
                 x=xs,
@@ -416,8 +450,9 @@ def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
 
     subgroups = report.get("subgroups") or {}
     entries = dict((subgroups.get("region") or {}).items())
-    if subgroups.get("hardware_free"):
-        entries["without hardware"] = subgroups["hardware_free"]
+    free = hardware_free_subgroup(report)
+    if free:
+        entries["without hardware"] = free
     names, values, lower, upper, texts = [], [], [], [], []
     for name, entry in entries.items():
         auroc = entry.get("auroc")
@@ -447,7 +482,7 @@ def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
             y=report["auroc"],
             line_dash="dash",
             line_color="black",
-            annotation_text=f"all {report['auroc']:.3f}",
+            annotation_text=f"all {report['auroc']:.2f}",
         )
     figure.update_yaxes(title="AUROC", range=[0, 1.05])
     figure.update_layout(showlegend=False)

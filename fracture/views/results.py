@@ -1,4 +1,4 @@
-"""What the Predict page shows, computed without Streamlit: labels, confidence bands, tables, downloads.
+"""What the Predict page shows, computed without Streamlit: verdicts, honest numbers, tables, downloads.
 
 The Streamlit pages (``app.py``, ``app_pages/``) only lay out widgets; everything
 they display is built in :mod:`fracture.views` from the project's own objects
@@ -21,7 +21,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -36,49 +36,68 @@ __all__ = [
     "BAND_FRACTURE",
     "BAND_NORMAL",
     "BAND_UNCERTAIN",
+    "CSV_CONTEXT_COLUMNS",
+    "CSV_NOT_ASSESSED",
+    "DISPLAY_CEILING",
+    "DISPLAY_FLOOR",
+    "NOT_ASSESSED",
+    "NOT_ASSESSED_REASON",
     "RESULT_COLUMNS",
     "UNCERTAIN_LOGIT_MARGIN",
     "batch_counts",
     "confidence_band",
     "encode_png",
+    "annotated_overlay",
+    "format_probability",
+    "format_threshold",
+    "is_assessed",
     "label_for",
+    "verdict",
     "overlay_member_name",
     "overlay_zip",
     "predictions_csv",
     "results_frame",
 ]
 
-# Confidence bands, named for the person reading them rather than for the model.
-BAND_NORMAL = "clearly normal"
-
-
-BAND_UNCERTAIN = "uncertain"
-
-
-BAND_FRACTURE = "likely fracture"
-
-
-# Half-width of the "uncertain" band, in logits around the threshold: a factor of
+# Confidence bands say what they measure: how far the probability sits from the
+# decision threshold, not how sure anyone is of the diagnosis.
+BAND_NORMAL = "far below the threshold"
+BAND_UNCERTAIN = "close to the threshold"
+BAND_FRACTURE = "far above the threshold"
+# The verdict for an input the out-of-distribution gate flags: the model cannot
+# judge it, so it gets neither label (shown on pages and counted in batches).
+NOT_ASSESSED = "not assessed"
+# The same verdict in the CSV's ``prediction`` column (documented in the README).
+CSV_NOT_ASSESSED = "not_assessed"
+NOT_ASSESSED_REASON = (
+    "The image does not look like the bone radiographs the model was trained on "
+    "(out-of-distribution check), so the model cannot judge it. Casts, plates, several body "
+    "parts in one image, photographs and other modalities all trigger this."
+)
+# Half-width of the "close to the threshold" band, in logits around the threshold: a factor of
 # e (about 2.7) in the odds either way. Measured in logits rather than in
 # probability so that the band means the same thing for a threshold of 0.05
 # (high sensitivity) as for 0.5, where a fixed +-0.1 would swallow every
 # normal case below a low threshold.
 UNCERTAIN_LOGIT_MARGIN = 1.0
-
-
+# A calibrated probability from a validation split of a few hundred images
+# cannot tell 99.6 % from 100 %: below and above these bounds it is shown as a bound.
+DISPLAY_FLOOR = 0.01
+DISPLAY_CEILING = 0.99
 _PROBABILITY_EPS = 1e-6
-
 
 # Columns of the on-screen results table (the CSV download uses CSV_COLUMNS, as the CLI).
 RESULT_COLUMNS = (
     "file",
     "probability",
+    "shown_probability",
     "label",
     "confidence",
-    "status",
-    "error",
     "in_distribution",
+    "error",
 )
+# Extra columns of the dashboard's CSV, after the CLI's: which model, at which operating point.
+CSV_CONTEXT_COLUMNS = ("model_name", "model_version", "operating_point")
 
 
 def label_for(probability: float, threshold: float) -> str:
@@ -111,71 +130,141 @@ def confidence_band(
     return BAND_UNCERTAIN
 
 
+def format_probability(probability: float | None) -> str:
+    """A probability as whole percent, never ``0 %`` or ``100 %``: ``< 1%``, ``18%``, ``> 99%``.
+
+    Whole percent is what a calibration fitted on a few hundred validation
+    images can bear; the ends are shown as bounds because the model is never
+    certain.
+    """
+    if probability is None or not math.isfinite(probability):
+        return ""
+    if probability < DISPLAY_FLOOR:
+        return "< 1%"
+    if probability > DISPLAY_CEILING:
+        return "> 99%"
+    return f"{100.0 * probability:.0f}%"
+
+
+def format_threshold(threshold: float) -> str:
+    """A decision threshold as percent with one decimal, the same on every page and chart.
+
+    One decimal more than a probability, so that an image a whole-percent
+    display rounds onto the threshold still shows on which side it falls.
+    """
+    return f"{100.0 * threshold:.1f}%"
+
+
+def is_assessed(prediction: Prediction) -> bool:
+    """Whether the model can judge this input: it was scored and the OOD gate did not flag it."""
+    return (
+        prediction.ok
+        and prediction.probability is not None
+        and prediction.in_distribution is not False
+    )
+
+
+def verdict(prediction: Prediction, threshold: float) -> str:
+    """``fracture``, ``normal``, ``not assessed`` (flagged out of distribution) or ``""``
+    (failed)."""
+    if not prediction.ok or prediction.probability is None:
+        return ""
+    if prediction.in_distribution is False:
+        return NOT_ASSESSED
+    return label_for(prediction.probability, threshold)
+
+
 def _relabelled(prediction: Prediction, threshold: float) -> Prediction:
     """``prediction`` as seen at ``threshold`` (the sidebar's operating point)."""
     if not prediction.ok or prediction.probability is None:
         return prediction
+    label = verdict(prediction, threshold)
     return dataclasses.replace(
-        prediction, label=label_for(prediction.probability, threshold), threshold=threshold
+        prediction,
+        label=CSV_NOT_ASSESSED if label == NOT_ASSESSED else label,
+        threshold=threshold,
     )
 
 
 def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.DataFrame":
-    """One row per input, most suspicious first, failed inputs last.
+    """One row per input, most suspicious first; inputs not assessed, then failed ones, last.
 
-    The frame's index is each prediction's position in ``predictions``, so a
-    row picked in the table leads back to its input whatever the sort order.
+    ``probability`` is the number (for sorting), ``shown_probability`` the text
+    a person reads. The frame's index is each prediction's position in
+    ``predictions``, so a row picked in the table leads back to its input
+    whatever the sort order.
     """
     import pandas as pd
 
     rows = []
     for position, prediction in enumerate(predictions):
         ok = prediction.ok and prediction.probability is not None
+        assessed = is_assessed(prediction)
         rows.append(
             {
                 "position": position,
                 "file": prediction.source,
                 "probability": prediction.probability if ok else None,
-                "label": label_for(prediction.probability, threshold) if ok else None,  # type: ignore[arg-type]
-                "confidence": confidence_band(prediction.probability, threshold) if ok else None,  # type: ignore[arg-type]
-                "status": prediction.status,
-                "error": prediction.error or "",
+                "shown_probability": format_probability(prediction.probability) if assessed else "",
+                "label": verdict(prediction, threshold) if ok else "could not be read",
+                "confidence": confidence_band(prediction.probability, threshold)
+                if assessed and prediction.probability is not None
+                else "",
                 "in_distribution": prediction.in_distribution,
+                "error": prediction.error or "",
+                "_rank": 0 if assessed else 1 if ok else 2,
             }
         )
-    frame = pd.DataFrame(rows, columns=["position", *RESULT_COLUMNS])
-    # A failed input shows empty cells, not "None" or "nan".
-    frame[["label", "confidence"]] = frame[["label", "confidence"]].fillna("")
+    frame = pd.DataFrame(rows, columns=["position", *RESULT_COLUMNS, "_rank"])
     frame = frame.astype({"probability": "Float64", "in_distribution": "boolean"})
-    # Sort key: errors after every scored image, then by falling probability;
-    # position breaks ties so equal scores keep the upload order.
-    frame["_failed"] = frame["probability"].isna()
+    # Judged images by falling probability, then those the model cannot judge,
+    # then failures; position breaks ties so equal scores keep the upload order.
     frame = frame.sort_values(
-        ["_failed", "probability", "position"], ascending=[True, False, True], na_position="last"
+        ["_rank", "probability", "position"], ascending=[True, False, True], na_position="last"
     )
-    return frame.drop(columns="_failed").set_index("position")
+    return frame.drop(columns="_rank").set_index("position")
 
 
-def predictions_csv(predictions: Iterable[Prediction], threshold: float) -> bytes:
-    """The CLI's CSV (:data:`fracture.inference.predictor.CSV_COLUMNS`) in input order, labels at ``threshold``."""
+def predictions_csv(
+    predictions: Iterable[Prediction],
+    threshold: float,
+    *,
+    model_name: str = "",
+    model_version: str = "",
+    operating_point: str = "",
+) -> bytes:
+    """The CLI's CSV in input order, labels at ``threshold``, plus which model and operating point.
+
+    Columns: :data:`fracture.inference.predictor.CSV_COLUMNS`, then :data:`CSV_CONTEXT_COLUMNS`.
+    An input flagged out of distribution keeps its probability (for research)
+    but its ``prediction`` is :data:`CSV_NOT_ASSESSED`, never a label.
+    """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=[*CSV_COLUMNS, *CSV_CONTEXT_COLUMNS], lineterminator="\n"
+    )
     writer.writeheader()
+    context = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "operating_point": operating_point,
+    }
     for prediction in predictions:
-        writer.writerow(_relabelled(prediction, threshold).row())
+        writer.writerow({**_relabelled(prediction, threshold).row(), **context})
     return buffer.getvalue().encode("utf-8")
 
 
 def batch_counts(predictions: Sequence[Prediction], threshold: float) -> dict[str, int]:
-    """Counts for the batch summary: per label, failed, and flagged out of distribution."""
-    counts = {FRACTURE: 0, NORMAL: 0, "error": 0, "out_of_distribution": 0}
+    """Counts for the batch summary: per label, not assessed (OOD), and failed; they add up."""
+    counts = {FRACTURE: 0, NORMAL: 0, "not_assessed": 0, "error": 0}
     for prediction in predictions:
-        if not prediction.ok or prediction.probability is None:
+        label = verdict(prediction, threshold)
+        if label == "":
             counts["error"] += 1
-            continue
-        counts[label_for(prediction.probability, threshold)] += 1
-        if prediction.in_distribution is False:
-            counts["out_of_distribution"] += 1
+        elif label == NOT_ASSESSED:
+            counts["not_assessed"] += 1
+        else:
+            counts[label] += 1
     return counts
 
 
@@ -211,13 +300,84 @@ def overlay_member_name(source: str) -> str:
     return "/".join([*parts[:-1], f"{stem}_gradcam.png"])
 
 
-def overlay_zip(predictions: Iterable[Prediction], alpha: float) -> bytes:
-    """A ZIP of Grad-CAM overlay PNGs, built one image at a time.
+def _overlay_caption(prediction: Prediction, threshold: float) -> str:
+    label = verdict(prediction, threshold)
+    if label == NOT_ASSESSED:
+        return "NOT ASSESSED: does not look like a bone radiograph"
+    return (
+        f"{label.upper()}: fracture probability {format_probability(prediction.probability)} "
+        f"(threshold {format_threshold(threshold)})"
+    )
+
+
+def annotated_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    alpha: float,
+    caption: str,
+    box: Any = None,
+    style: str | None = None,
+) -> np.ndarray:
+    """The Grad-CAM overlay with a caption strip below it and a colour bar on its right.
+
+    A downloaded overlay travels without the page: the strip says what the
+    model concluded and the bar says what the colours mean.
+    """
+    overlay = overlay_heatmap(image, heatmap, alpha, box=box, style=style)
+    height, width = overlay.shape[:2]
+    unit = max(12, round(max(height, width) / 40))
+    bar_width = unit * 4
+    # The bar: JET from low (bottom) to high (top), as the overlay colours the heat.
+    ramp = np.linspace(255, 0, height, dtype=np.float32).astype(np.uint8)[:, None]
+    bar = cv2.cvtColor(
+        cv2.applyColorMap(np.repeat(ramp, unit, axis=1), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
+    )
+    side = np.full((height, bar_width, 3), 255, np.uint8)
+    side[:, unit // 2 : unit // 2 + unit] = bar
+    scale = unit / 30
+    thickness = max(1, round(unit / 12))
+    for text, y in (("high", unit), ("low", height - unit // 2)):
+        cv2.putText(
+            side,
+            text,
+            (unit // 2 + unit + 2, y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            thickness,
+            cv2.LINE_AA,
+        )
+    body = np.concatenate([overlay, side], axis=1)
+    strip = np.full((unit * 2, body.shape[1], 3), 255, np.uint8)
+    font_scale = scale
+    # Shrink the caption until it fits the strip's width.
+    while (
+        font_scale > 0.2
+        and cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)[0][0]
+        > body.shape[1] - unit
+    ):
+        font_scale *= 0.9
+    cv2.putText(
+        strip,
+        caption,
+        (unit // 2, round(unit * 1.3)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        font_scale,
+        (0, 0, 0),
+        thickness,
+        cv2.LINE_AA,
+    )
+    return np.concatenate([body, strip], axis=0)
+
+
+def overlay_zip(predictions: Iterable[Prediction], alpha: float, threshold: float) -> bytes:
+    """A ZIP of captioned Grad-CAM overlay PNGs, built one image at a time.
 
     ``predictions`` is typically ``Predictor.iter_predict(..., with_cam=True)``:
     it is consumed lazily, so a large batch never holds every decoded image in
-    memory at once. Failed inputs, and inputs without a heat map, are listed
-    in ``errors.txt`` instead.
+    memory at once. Each overlay carries its probability and label at
+    ``threshold`` (or "not assessed") and a colour bar. Failed inputs, and
+    inputs without a heat map, are listed in ``errors.txt`` instead.
     """
     buffer = io.BytesIO()
     used: set[str] = set()
@@ -226,7 +386,11 @@ def overlay_zip(predictions: Iterable[Prediction], alpha: float) -> bytes:
         # PNG is already deflated; storing avoids compressing twice for nothing.
         for prediction in predictions:
             if not prediction.ok or prediction.image is None or prediction.heatmap is None:
-                problems.append(f"{prediction.source}: {prediction.error or 'no heat map'}")
+                reason = prediction.error or "no heat map"
+                # Error messages usually start with the file's name already.
+                problems.append(
+                    reason if prediction.source in reason else f"{prediction.source}: {reason}"
+                )
                 continue
             name = overlay_member_name(prediction.source)
             base, counter = name, 1
@@ -234,11 +398,12 @@ def overlay_zip(predictions: Iterable[Prediction], alpha: float) -> bytes:
                 counter += 1
                 name = base.replace("_gradcam.png", f"_{counter}_gradcam.png")
             used.add(name)
-            overlay = overlay_heatmap(
+            overlay = annotated_overlay(
                 prediction.image,
                 prediction.heatmap,
                 alpha,
-                box=prediction.box,
+                _overlay_caption(prediction, threshold),
+                box=prediction.box if is_assessed(prediction) else None,
                 style=prediction.box_style,
             )
             archive.writestr(name, encode_png(overlay))
