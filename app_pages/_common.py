@@ -18,7 +18,7 @@ import streamlit as st
 
 from fracture.config import Settings, get_settings
 from fracture.model.folder import ModelConfig, ModelFolder, ModelLoadError
-from fracture.views import summaries
+from fracture.views import results, summaries
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
@@ -33,6 +33,8 @@ __all__ = [
     "get_served_model",
     "model_changed",
     "operating_point",
+    "operating_point_picker",
+    "show_model_banner",
     "path_exists",
     "read_card",
     "render_sidebar",
@@ -43,6 +45,12 @@ __all__ = [
 
 NOT_FOR_DIAGNOSIS = "Research demo — not for diagnosis."
 OPERATING_POINT_KEY = "operating_point"
+_OPERATING_POINT_WIDGET = "operating_point_choice"
+SYNTHETIC_BANNER = (
+    "**The active model was trained on synthetic phantoms; its output means "
+    "nothing for real radiographs.** Activate a model trained on radiographs on "
+    "the Model page."
+)
 ADMIN_OK_KEY = "admin_ok"  # a boolean only: the password itself is never kept
 _FLASH_KEY = "flash_messages"
 # How long a looked-up active model is trusted before the registry is asked again:
@@ -194,7 +202,7 @@ def show_no_model(problem: str | None) -> None:
 
 
 def operating_point(config: ModelConfig) -> tuple[str, float]:
-    """The operating point chosen in the sidebar and its threshold for ``config``."""
+    """The operating point chosen on the Predict page and its threshold for ``config``."""
     name = st.session_state.get(OPERATING_POINT_KEY)
     if name not in config.thresholds:
         name = config.operating_point
@@ -207,8 +215,56 @@ def _operating_point_label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+def _keep_operating_point() -> None:
+    st.session_state[OPERATING_POINT_KEY] = st.session_state[_OPERATING_POINT_WIDGET]
+
+
+def operating_point_picker(config: ModelConfig) -> tuple[str, float]:
+    """The operating point selector, on the page itself (a phone folds the sidebar away).
+
+    The choice lives under a plain session key, so it survives a visit to
+    another page (Streamlit forgets a widget's state when a page lacks it).
+    """
+    name, _ = operating_point(config)
+    st.session_state[_OPERATING_POINT_WIDGET] = name
+    columns = st.columns([3, 2], vertical_alignment="center")
+    with columns[0]:
+        st.radio(
+            "Operating point",
+            list(config.thresholds),
+            key=_OPERATING_POINT_WIDGET,
+            format_func=_operating_point_label,
+            horizontal=True,
+            on_change=_keep_operating_point,
+            help="High sensitivity misses fewer fractures (more false alarms); high "
+            "specificity raises fewer false alarms (misses more). Both thresholds were "
+            "chosen on the validation split.",
+        )
+    name, threshold = operating_point(config)
+    columns[1].caption(
+        f"Threshold {results.format_threshold(threshold)}: a probability at "
+        f"or above it is labelled fracture."
+    )
+    return name, threshold
+
+
+def show_model_banner() -> None:
+    """A banner on every page while the active model was trained on synthetic data.
+
+    A warning box, not an error box: nothing failed, and load tests count error boxes
+    as failed requests.
+    """
+    from fracture.data.provenance import is_synthetic
+
+    model, _ = active_model()
+    if model is not None and is_synthetic(model.card):
+        st.warning(SYNTHETIC_BANNER, icon=":material/science:")
+
+
 def render_sidebar() -> None:
-    """Active model, operating point selector and the not-for-diagnosis notice, on every page."""
+    """Active model, its training data and the not-for-diagnosis notice, on every page."""
+    from fracture.data.provenance import training_data_of
+
     with st.sidebar:
         model, _ = active_model()
         if model is None:
@@ -217,32 +273,18 @@ def render_sidebar() -> None:
             headline = summaries.card_headline(model.card)
             name = headline["name"] or model.config.name
             version = headline["version"] or model.config.version
-            st.markdown(f"**Model:** `{model.directory.name}`  \n{name}, version {version}")
+            st.markdown(f"**Model:** {name}  \nversion {version}")
+            data = training_data_of(model.card)
+            st.caption(f"Trained on {data.get('name')} ({data.get('kind')})")
             auroc = headline["val_auroc"]
             if auroc is not None:
                 ci = headline["val_auroc_ci"]
-                interval = f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
-                st.caption(f"Validation AUROC {auroc:.3f}{interval}")
-            options = list(model.config.thresholds)
-            if st.session_state.get(OPERATING_POINT_KEY) not in options:
-                # A model with other operating points was promoted: start from its default.
-                st.session_state[OPERATING_POINT_KEY] = (
-                    model.config.operating_point
-                    if model.config.operating_point in options
-                    else options[0]
-                )
-            chosen = st.radio(
-                "Operating point",
-                options,
-                key=OPERATING_POINT_KEY,
-                format_func=_operating_point_label,
-                help="High sensitivity misses fewer fractures (more false alarms); high "
-                "specificity raises fewer false alarms (misses more). Both thresholds were "
-                "chosen on the validation split.",
-            )
+                interval = f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})" if ci else ""
+                st.caption(f"Validation AUROC {auroc:.2f}{interval}")
+            op_name, threshold = operating_point(model.config)
             st.caption(
-                f"Threshold {model.config.thresholds[chosen]:.3f}: a probability at or "
-                f"above it is labelled fracture."
+                f"Operating point: {_operating_point_label(op_name).lower()}, threshold "
+                f"{results.format_threshold(threshold)} (change it on Predict)"
             )
         st.divider()
         st.caption(NOT_FOR_DIAGNOSIS)

@@ -1,6 +1,6 @@
 """Model: the active model's card and validation results, and the stored versions.
 
-Everything shown comes from files in the model folder (``model_card.md``,
+Everything shown comes from files in the model folder (``model_card.json``,
 ``evaluation.json``), written when the model was trained; nothing is
 recomputed here.
 """
@@ -11,11 +11,14 @@ import streamlit as st
 
 from app_pages import _common as common
 from app_pages import _localisation as localisation_section
+from fracture.data.provenance import is_synthetic, training_data_of
 from fracture.model import registry
+from fracture.model.card import calibration_sentence, render_card_markdown
 from fracture.model.folder import ModelFolder, ModelLoadError
-from fracture.views import figures, summaries
+from fracture.views import figures, results, summaries
 
 st.title("Model")
+common.show_model_banner()
 common.show_flash()
 settings = common.settings()
 model, problem = common.active_model()
@@ -25,11 +28,16 @@ def show_evaluation(report: dict) -> None:
     """ROC, PR, reliability, confusion per operating point, subgroups, pointing game."""
     curves = st.columns(3)
     with curves[0]:
-        st.plotly_chart(figures.roc_figure({model.directory.name: report}), key="roc")
+        st.plotly_chart(figures.roc_figure({"this model": report}), key="roc")
     with curves[1]:
         st.plotly_chart(figures.pr_figure(report), key="pr")
     with curves[2]:
         st.plotly_chart(figures.reliability_figure(report), key="reliability")
+        st.caption(
+            calibration_sentence(
+                report.get("temperature"), report.get("ece_uncalibrated"), report.get("ece")
+            )
+        )
 
     points = report.get("operating_points") or {}
     if points:
@@ -39,136 +47,169 @@ def show_evaluation(report: dict) -> None:
             with column:
                 matrix = point.get("confusion_matrix")
                 if matrix:
-                    title = f"{name.replace('_', ' ')} (threshold {point['threshold']:.3f})"
+                    title = (
+                        f"{name.replace('_', ' ').capitalize()} (threshold "
+                        f"{results.format_threshold(point['threshold'])})"
+                    )
                     st.plotly_chart(
                         figures.confusion_figure(matrix, title), key=f"confusion_{name}"
                     )
                 st.caption(
                     " · ".join(
-                        f"{label} {point[key]:.3f}"
+                        f"{label} {results.format_probability(point[key])}"
                         for key, label in (
                             ("sensitivity", "sensitivity"),
                             ("specificity", "specificity"),
-                            ("ppv", "PPV"),
-                            ("npv", "NPV"),
+                            ("ppv", "positive predictive value"),
+                            ("npv", "negative predictive value"),
                         )
                         if point.get(key) is not None
                     )
                 )
 
-    st.subheader("Subgroups and localisation")
     subgroups = report.get("subgroups") or {}
+    free = summaries.hardware_free_subgroup(report)
+    pointing = report.get("pointing_game")
+    if not (subgroups.get("region") or free or pointing):
+        return
+    st.subheader("Subgroups and localisation")
     left, right = st.columns([2, 1])
     with left:
-        if subgroups:
+        if subgroups.get("region") or free:
             st.plotly_chart(figures.region_auroc_figure(report), key="regions")
-        else:
-            st.caption("No subgroup results in this evaluation.")
     with right:
-        free = subgroups.get("hardware_free")
         if free is not None:
             value = free.get("auroc")
             st.metric(
                 "AUROC without hardware",
-                "n/a" if value is None else f"{value:.3f}",
-                help="On cases without plates or screws: metal makes fractures easy to "
-                "spot, so this is the figure that shows whether the model reads bone.",
+                "not computable" if value is None else f"{value:.2f}",
+                help=f"On the {free.get('n')} validation images without plates or screws: "
+                "metal makes fractures easy to spot, so this is the figure that shows "
+                "whether the model reads bone.",
             )
-        pointing = report.get("pointing_game")
         if pointing and pointing.get("score") is not None:
             st.metric(
                 "Grad-CAM pointing game",
-                f"{pointing['score']:.1%}",
+                f"{pointing['score']:.0%}",
                 help=f"{pointing['hits']} of {pointing['n']} fractured images whose heat "
                 f"map peaks inside an annotated fracture box.",
             )
-        if report.get("temperature") is not None:
-            st.metric("Calibration temperature", f"{report['temperature']:.2f}")
+
+
+def show_summary(model: common.ActiveModel, report: dict | None) -> None:
+    """The figures a reader looks for first, in words and units."""
+    from fracture.data.provenance import training_data_of
+
+    headline = summaries.card_headline(model.card)
+    if headline["val_auroc"] is not None:
+        ci = headline["val_auroc_ci"]
+        st.metric(
+            "Validation AUROC",
+            f"{headline['val_auroc']:.2f}",
+            help="Area under the ROC curve on the validation split: 0.5 is chance, 1 is perfect.",
+        )
+        if ci:
+            st.caption(f"95% bootstrap interval {ci[0]:.2f} to {ci[1]:.2f}")
+    data = training_data_of(model.card)
+    config = model.config
+    st.markdown(
+        f"- **Trained on:** {data.get('name')} ({data.get('kind')})\n"
+        f"- **Input size:** {config.image_size} × {config.image_size} px\n"
+        f"- **Thresholds:** "
+        + ", ".join(
+            f"{name.replace('_', ' ')} {results.format_threshold(value)}"
+            for name, value in config.thresholds.items()
+        )
+        + "\n"
+        f"- **Model folder:** {model.directory.name}"
+    )
 
 
 if model is None:
     common.show_no_model(problem)
 else:
-    card_column, summary_column = st.columns([3, 2])
-    with card_column:
-        card_markdown = ModelFolder(model.directory).card_markdown()
-        with st.container(border=True):
-            if card_markdown is not None:
-                st.markdown(card_markdown)
-            else:
-                st.info(f"`{model.directory.name}` has no model_card.md.")
-    with summary_column:
-        headline = summaries.card_headline(model.card)
-        if headline["val_auroc"] is not None:
-            st.metric("Validation AUROC", f"{headline['val_auroc']:.3f}")
-        st.json(
-            {
-                "folder": str(model.directory),
-                "image_size": model.config.image_size,
-                "fine_tune_from": model.config.fine_tune_from,
-                "temperature": model.config.temperature,
-                "thresholds": model.config.thresholds,
-            },
-            expanded=True,
-        )
     report = ModelFolder(model.directory).read_evaluation()
+    card_column, summary_column = st.columns([3, 2])
+    with summary_column:
+        show_summary(model, report)
+    with card_column:
+        with st.container(border=True):
+            # Rendered from the card's data, not the stored Markdown: cards written
+            # before provenance was recorded would otherwise show stale limitations.
+            st.markdown(render_card_markdown(model.card, report))
     if report:
         st.header("Validation results")
         show_evaluation(report)
         localisation_section.show(report, model.card)
     else:
         st.info(
-            "This model folder has no evaluation.json, so there are no plots. "
-            "`python -m fracture evaluate` writes one."
+            "This model folder has no evaluation results, so there are no plots. "
+            "`python -m fracture evaluate` makes them."
         )
 
 st.header("Stored versions")
 versions = registry.list_versions(settings)
 if not versions:
-    st.caption(f"No model folders in `{settings.models_dir}`.")
+    st.caption("No model folders yet.")
     st.stop()
 st.dataframe(
     [
         {
             "name": v.name,
             "active": v.active,
-            "valid": v.valid,
+            "usable": v.valid,
             "version": v.version,
-            "created": v.created,
-            "val AUROC": v.val_auroc,
+            "created": (v.created or "").replace("T", " ").rstrip("Z"),
+            "trained on": training_data_of(v.card).get("name"),
+            "validation AUROC": v.val_auroc,
             "problem": v.error or "",
         }
         for v in versions
     ],
     hide_index=True,
     width="stretch",
-    column_config={"val AUROC": st.column_config.NumberColumn(format="%.3f")},
+    column_config={"validation AUROC": st.column_config.NumberColumn(format="%.2f")},
 )
 if not common.admin_gate("Switching the active model"):
     st.stop()
+by_name = {v.name: v for v in versions}
 choices = [v.name for v in versions if v.valid and not v.active]
+rollback_to = registry.rollback_target(settings)
 actions = st.columns([2, 1, 1])
 target = actions[0].selectbox(
     "Version",
     choices,
     label_visibility="collapsed",
-    placeholder="No other valid version",
+    placeholder="No other usable version",
     index=0 if choices else None,
 )
+synthetic_target = target is not None and is_synthetic(by_name[target].card)
+confirmed = True
+if synthetic_target:
+    confirmed = st.checkbox(
+        f"I understand that {target} was trained on synthetic phantoms and that its output "
+        "means nothing for real radiographs.",
+        key="confirm_synthetic_activate",
+    )
 try:
-    if actions[1].button("Activate", disabled=not choices, icon=":material/check_circle:"):
+    if actions[1].button(
+        "Activate", disabled=not choices or not confirmed, icon=":material/check_circle:"
+    ):
         version = registry.set_active(target, settings)
         common.model_changed()
-        common.flash("success", f"`{version.name}` is now the active model.")
+        common.flash("success", f"{version.name} is now the active model.")
         st.rerun()
     if actions[2].button(
         "Roll back",
         icon=":material/undo:",
-        help="Re-activate the version that was active before the current one.",
+        disabled=rollback_to is None,
+        help=f"Re-activate {rollback_to}, the version active before this one."
+        if rollback_to
+        else "No earlier version to go back to.",
     ):
         version = registry.rollback(settings)
         common.model_changed()
-        common.flash("success", f"Rolled back to `{version.name}`.")
+        common.flash("success", f"Rolled back to {version.name}.")
         st.rerun()
 except (ModelLoadError, OSError, ValueError) as error:
     st.error(str(error))

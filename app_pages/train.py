@@ -25,23 +25,73 @@ LEARNING_RATES = (3e-5, 1e-4, 3e-4, 1e-3)
 POLL_SECONDS = 2
 
 st.title("Train")
+common.show_model_banner()
 common.show_flash()
 settings = common.settings()
 if not common.admin_gate("Training and promoting models"):
     st.stop()
 
 
+@st.cache_data(ttl=30, max_entries=8, show_spinner="Checking the dataset folder…")
+def check_folder(path: str) -> tuple[str | None, dict | None]:
+    """(None, what the run would train on) or (why it cannot, None); cached per path briefly."""
+    from fracture.data.provenance import describe_dataset
+    from fracture.data.records import DatasetLayoutError
+
+    try:
+        dataset = jobs.check_training_data(path)
+    except DatasetLayoutError as error:
+        return f"{error.folder}: {error.reason}", None
+    except (OSError, ValueError) as error:
+        return str(error), None
+    described = describe_dataset(dataset)
+    return None, {
+        "layout": dataset.layout,
+        "counts": dataset.summary(),
+        "made_splits": list(dataset.made_splits),
+        "name": described["name"],
+        "kind": described["kind"],
+    }
+
+
+def show_folder_check(problem: str | None, found: dict | None) -> None:
+    if problem is not None:
+        st.error("This folder cannot be trained on:")
+        st.code(problem, language=None)  # literal: paths hold *, _ and other Markdown
+        return
+    counts = found["counts"]
+    parts = [
+        f"{split}: {row['fractured']:,} fractured, {row['normal']:,} normal"
+        for split, row in counts.items()
+    ]
+    made = (
+        f" The {', '.join(found['made_splits'])} split will be made here (seeded, stratified)."
+        if found["made_splits"]
+        else ""
+    )
+    st.success(
+        f"{found['name']} ({found['kind']}), {found['layout']} layout. "
+        + "; ".join(parts)
+        + "."
+        + made,
+        icon=":material/check:",
+    )
+
+
 def start_form() -> None:
-    """The run's settings, and Start."""
+    """The dataset folder (checked as it is typed), the run's settings, and Start."""
     from fracture.training.config import TrainConfig
 
     defaults = TrainConfig()
+    data_root = st.text_input(
+        "Dataset folder",
+        value=str(settings.data_dir),
+        key="train_data",
+        help="Browse it on the Dataset page first.",
+    ).strip()
+    problem, found = check_folder(data_root)
+    show_folder_check(problem, found)
     with st.form("new_run", border=False):
-        data_root = st.text_input(
-            "Dataset folder",
-            value=str(settings.data_dir),
-            help="Browse it on the Dataset page first.",
-        )
         run_name = st.text_input("Run name (optional)", placeholder="run-YYYYmmdd-HHMMSS")
         first = st.columns(4)
         epochs = first[0].number_input("Fine-tune epochs", 0, 100, defaults.epochs)
@@ -77,7 +127,10 @@ def start_form() -> None:
             help="Small rotations, zoom, flips and exposure changes.",
         )
         submitted = st.form_submit_button(
-            "Start training", type="primary", icon=":material/play_arrow:"
+            "Start training",
+            type="primary",
+            icon=":material/play_arrow:",
+            disabled=problem is not None,
         )
     if not submitted:
         return
@@ -93,16 +146,17 @@ def start_form() -> None:
     )
     try:
         job = jobs.start_training(
-            data_root.strip(), run_name.strip() or None, config=config, settings=settings
+            data_root, run_name.strip() or None, config=config, settings=settings
         )
     except jobs.JobBusyError as error:
         st.error(str(error))
         return
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as error:
-        st.error(f"Could not start training: {error}")
+        st.error("Could not start training:")
+        st.code(str(error), language=None)
         return
     st.session_state[RUN_KEY] = str(job.run_dir)
-    common.flash("success", f"Started run `{job.name}` (process {job.pid}).")
+    common.flash("success", f"Started run {job.name} (process {job.pid}).")
     st.rerun()
 
 
@@ -142,17 +196,17 @@ def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
             )
         )
     if progress.state in {"failed", "interrupted", "error"}:
-        st.error(status.get("message") or "The run stopped.")
+        # Once, and literally: Markdown would eat the * of a glob and the _ of a name.
+        st.error("The run stopped with this error:")
+        st.code(status.get("message") or "no message recorded", language=None)
         tail = jobs.log_tail(run_dir)
         if tail:
-            with st.expander("Last lines of train.log"):
+            with st.expander("Last lines of the training log"):
                 st.code(tail, language=None)
     skipped = status.get("skipped_files") or []
     if skipped:
-        st.warning(
-            f"{len(skipped)} unreadable file(s) were skipped:\n\n"
-            + "\n".join(f"- `{p}`" for p in skipped[:20])
-        )
+        st.warning(f"{len(skipped)} unreadable file(s) were skipped:")
+        st.code("\n".join(str(p) for p in skipped[:20]), language=None)
     return progress
 
 
@@ -165,12 +219,16 @@ def show_curves(run_dir: Path) -> None:
 
 
 def show_result(run: dict) -> None:
-    """The candidate's validation results next to the active model's, and what to do with it."""
+    """The candidate's validation results, the active model's beside them when comparable, and
+    what to do with the candidate."""
+    from fracture.data.provenance import is_synthetic, training_data_of
+
     model_dir = candidate_dir(run["run_dir"])
     report = ModelFolder(model_dir).read_evaluation()
     card = common.read_card(model_dir)
     active, _ = common.active_model()
-    active_report = ModelFolder(active.directory).read_evaluation() if active else None
+    comparable = active is not None and summaries.same_dataset(card, active.card)
+    active_report = ModelFolder(active.directory).read_evaluation() if comparable else None
     checksums = card.get("checksums")
     promoted = next(
         (
@@ -180,7 +238,9 @@ def show_result(run: dict) -> None:
         ),
         None,
     )
+    data = training_data_of(card)
     st.subheader("Result on the validation split")
+    st.caption(f"Trained on {data.get('name')} ({data.get('kind')}).")
     columns = st.columns(2)
     if report:
         point = report.get("operating_point", "high_sensitivity")
@@ -199,43 +259,84 @@ def show_result(run: dict) -> None:
         with columns[1]:
             st.plotly_chart(figures.roc_figure(curves), key="run_roc")
     if promoted is None:
-        comparison = summaries.compare_metrics(card, active.card if active else None)
+        comparison = summaries.compare_metrics(card, active.card if comparable else None)
+        if not comparable:
+            comparison = comparison.drop(columns=["active model", "difference"])
         if not comparison.empty:
             st.dataframe(
                 comparison,
                 hide_index=True,
                 width="stretch",
                 column_config={
-                    name: st.column_config.NumberColumn(format="%.3f")
+                    name: st.column_config.NumberColumn(format="%.2f")
                     for name in ("new model", "active model", "difference")
                 },
             )
+        if active is not None and not comparable:
+            other = training_data_of(active.card)
             st.caption(
-                "Each model is scored on the validation split of its own dataset: "
-                "compare them only when both were trained on the same data."
+                f"The active model was trained and validated on other data "
+                f"({other.get('name')}), so its figures are not shown beside these: "
+                f"they would not compare like with like."
             )
     else:
         where = "the active model" if promoted.active else "a stored version (not active)"
-        st.success(f"This run's model is promoted as `{promoted.name}`, {where}.")
+        st.success(f"This run's model is promoted as {promoted.name}, {where}.")
+        return
+    synthetic = is_synthetic(card)
+    confirmed = True
+    if synthetic:
+        st.warning(
+            "This model was trained on **synthetic phantoms**. Promoted, it would label "
+            "every radiograph anyone uploads, and its output means nothing for real "
+            "radiographs.",
+            icon=":material/science:",
+        )
+        confirmed = st.checkbox(
+            "I understand: promote it anyway, for a demo", key=f"confirm_synthetic_{run['name']}"
+        )
     actions = st.columns([1, 1, 4])
-    if promoted is None and actions[0].button(
-        "Promote", type="primary", icon=":material/rocket_launch:"
+    if actions[0].button(
+        "Promote", type="primary", icon=":material/rocket_launch:", disabled=not confirmed
     ):
         try:
             version = registry.promote(model_dir, settings=settings)
         except (ModelLoadError, FileExistsError, OSError, ValueError) as error:
-            st.error(f"Promotion refused: {error}")
+            st.error("Promotion refused:")
+            st.code(str(error), language=None)
         else:
             common.model_changed()
-            common.flash("success", f"Promoted as `{version.name}`; predictions now use it.")
+            common.flash("success", f"Promoted as {version.name}; predictions now use it.")
             st.rerun()
-    if actions[1].button("Discard", icon=":material/delete:"):
+    if actions[1].button(
+        "Discard",
+        icon=":material/delete:",
+        help="Delete this run's model (the curves and log stay).",
+    ):
         try:
             discard_candidate(model_dir, settings=settings)
         except (FileNotFoundError, OSError, ValueError) as error:
             st.error(f"Could not discard: {error}")
         else:
-            common.flash("info", f"Discarded the model of run `{run['name']}`.")
+            common.flash("info", f"Discarded the model of run {run['name']}.")
+            st.rerun()
+
+
+def offer_delete(run: dict) -> None:
+    """Delete a finished run that has no model worth keeping (failed, cancelled, discarded)."""
+    if st.button(
+        "Delete this run",
+        icon=":material/delete_forever:",
+        key="delete_run",
+        help="Removes the run folder: its log, curves and any model in it.",
+    ):
+        try:
+            jobs.delete_run(run["run_dir"], settings)
+        except (OSError, ValueError) as error:
+            st.error(str(error))
+        else:
+            st.session_state.pop(RUN_KEY, None)
+            common.flash("info", f"Deleted run {run['name']}.")
             st.rerun()
 
 
@@ -243,7 +344,7 @@ def run_view(run_dir: Path, was_live: bool) -> None:
     """Status, curves and, once finished, the result; reruns itself every few seconds while live."""
     run = next((r for r in jobs.list_runs(settings) if Path(r["run_dir"]) == run_dir), None)
     if run is None:
-        st.warning(f"Run folder {run_dir} disappeared.")
+        st.warning(f"Run folder {run_dir.name} disappeared.")
         return
     progress = show_progress(run_dir, run["status"])
     if was_live and progress.finished:
@@ -257,6 +358,8 @@ def run_view(run_dir: Path, was_live: bool) -> None:
     show_curves(run_dir)
     if run["has_model"] and progress.state == "completed":
         show_result(run)
+    elif progress.finished and not run["running"]:
+        offer_delete(run)
 
 
 runs = jobs.list_runs(settings)
@@ -266,7 +369,7 @@ with st.expander("New training run", expanded=not runs, icon=":material/add:"):
 
 run = pick_run(runs)
 if run is None:
-    st.info(f"No training runs yet in `{settings.runs_dir}`.")
+    st.info("No training runs yet.")
     st.stop()
 live = bool(run["running"])
 st.fragment(run_every=POLL_SECONDS if live else None)(run_view)(Path(run["run_dir"]), live)

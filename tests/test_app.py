@@ -116,25 +116,45 @@ def test_sidebar_shows_model_operating_point_and_notice(app_env):
     at = _open("app_pages/predict.py")
     sidebar = "\n".join(str(m.value) for m in at.sidebar.markdown)
     assert "tiny-test" in sidebar and "version 1" in sidebar
-    assert any("Validation AUROC" in str(c.value) for c in at.sidebar.caption)
-    assert any("not for diagnosis" in str(c.value) for c in at.sidebar.caption)
-    radio = at.sidebar.radio[0]
+    captions = "\n".join(str(c.value) for c in at.sidebar.caption)
+    assert "Validation AUROC" in captions and "not for diagnosis" in captions
+    assert "high sensitivity, threshold 50.0%" in captions
+    # The selector is on the page itself: a phone folds the sidebar away.
+    radio = at.radio(key="operating_point_choice")
     assert radio.label == "Operating point" and radio.value == "high_sensitivity"
     assert list(radio.options) == ["High sensitivity", "High specificity"]
-    assert any("Threshold 0.500" in str(c.value) for c in at.sidebar.caption)
+    assert any("Threshold 50.0%" in str(c.value) for c in at.caption)
     radio.set_value("high_specificity").run()
-    assert any("Threshold 0.700" in str(c.value) for c in at.sidebar.caption)
+    assert any("Threshold 70.0%" in str(c.value) for c in at.caption)
+    assert any("high specificity, threshold 70.0%" in str(c.value) for c in at.sidebar.caption)
+    # The choice survives a visit to another page.
+    at.switch_page("app_pages/model.py").run()
+    at.switch_page("app_pages/predict.py").run()
+    assert at.radio(key="operating_point_choice").value == "high_specificity"
 
 
 def test_model_page_shows_card_and_evaluation_plots(app_env):
     at = _open("app_pages/model.py")
-    assert "A test model: its metrics are synthetic." in _texts(at)
+    texts = _texts(at)
+    assert "Known limitations" in texts and "Validation results" in texts
     # ROC, PR, reliability, one confusion matrix per operating point, subgroups.
     assert len(_plotly_charts(at)) >= 6
     labels = [m.label for m in at.metric]
     assert "AUROC without hardware" in labels and "Grad-CAM pointing game" in labels
     versions = at.dataframe[-1].value
     assert versions["name"].tolist() == ["default"] and bool(versions["active"].iloc[0])
+    # Nothing to roll back to: the button says so by being disabled.
+    assert next(b for b in at.button if b.label == "Roll back").disabled
+
+
+def test_model_page_has_no_raw_json_and_no_machine_paths(app_env):
+    at = _open("app_pages/model.py")
+    shown = _texts(at) + "\n".join(f"{m.label} {m.value}" for m in at.metric)
+    assert "{" not in shown and "}" not in shown
+    assert str(app_env.base) not in shown and "/tmp" not in shown
+    assert not at.get("json")
+    # Calibration is described with its before/after error, whichever way it went.
+    assert "expected calibration error" in shown
 
 
 def test_no_model_gives_advice_not_a_crash(app_env, tmp_path, monkeypatch):
@@ -158,7 +178,10 @@ def test_predict_one_upload_shows_probability_and_overlay(app_env):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     probability = next(m for m in at.metric if m.label == "Fracture probability")
-    assert probability.value.endswith("%") and 0 <= float(probability.value[:-1]) <= 100
+    # Whole percent, and never 0 % or 100 %: the ends are shown as bounds.
+    assert probability.value in ("< 1%", "> 99%") or (
+        probability.value.endswith("%") and 1 <= int(probability.value[:-1]) <= 99
+    )
     captions = [image.caption for image in at.get("imgs")] if at.get("imgs") else []
     assert len(at.image) >= 2 or len(captions) >= 2  # original and Grad-CAM overlay
     assert len(_plotly_charts(at)) == 1  # the gauge
@@ -190,7 +213,7 @@ def test_predict_batch_with_broken_files_lists_error_rows(app_env):
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value
     assert len(table) == 4
-    assert table["status"].tolist()[-2:] == ["error", "error"]
+    assert table["label"].tolist()[-2:] == ["could not be read", "could not be read"]
     assert set(table["file"].tolist()[-2:]) == {"empty.png", "notes.png"}
     scored = table["probability"].dropna().tolist()
     assert len(scored) == 2 and scored == sorted(scored, reverse=True)
@@ -209,28 +232,66 @@ def test_predict_single_broken_upload_shows_an_error(app_env):
     assert any("PDF" in str(e.value) for e in at.error)
 
 
-def test_predict_warns_when_the_ood_gate_flags_an_upload(app_env, monkeypatch):
+def _flag_everything(monkeypatch, predictor) -> None:
+    """Make ``predictor`` flag every input as out of distribution (the gate's verdict)."""
     import dataclasses
 
-    from app_pages import _common
-
-    at = _open("app_pages/predict.py")
-    served = _common._load_served_model(
-        str(app_env.models / "default"), _common._fingerprint(app_env.models / "default")
-    )
-    original = served.single.predict
+    original_predict, original_iter = predictor.predict, predictor.iter_predict
 
     def flagged(*args, **kwargs):
         return [
-            dataclasses.replace(p, in_distribution=False, ood_score=9.0)
-            for p in original(*args, **kwargs)
+            dataclasses.replace(p, in_distribution=False, ood_score=9.0) if p.ok else p
+            for p in original_predict(*args, **kwargs)
         ]
 
-    monkeypatch.setattr(served.single, "predict", flagged)
+    def flagged_iter(*args, **kwargs):
+        for p in original_iter(*args, **kwargs):
+            yield dataclasses.replace(p, in_distribution=False, ood_score=9.0) if p.ok else p
+
+    monkeypatch.setattr(predictor, "predict", flagged)
+    monkeypatch.setattr(predictor, "iter_predict", flagged_iter)
+
+
+def _served(app_env):
+    from app_pages import _common
+
+    return _common._load_served_model(
+        str(app_env.models / "default"), _common._fingerprint(app_env.models / "default")
+    )
+
+
+def test_predict_out_of_distribution_upload_is_not_assessed(app_env, monkeypatch):
+    at = _open("app_pages/predict.py")
+    _flag_everything(monkeypatch, _served(app_env).single)
     at.file_uploader[0].upload("selfie.png", png_bytes(8), "image/png")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("does not look like a bone radiograph" in str(w.value) for w in at.warning)
+    assert any("Not assessed" in str(w.value) for w in at.warning)
+    assert any("does not look like the bone radiographs" in str(w.value) for w in at.warning)
+    labels = {m.label: m.value for m in at.metric}
+    assert labels == {"Result": "Not assessed"}  # no label, no probability
+    assert len(_plotly_charts(at)) == 0  # no gauge
+    assert len(at.image) == 1  # the image, without its heat map
+    at.toggle(key=next(k for k in at.session_state if str(k).startswith("show_anyway_"))).set_value(
+        True
+    ).run()
+    assert len(at.image) == 2  # the heat map, shown on request
+
+
+def test_predict_batch_counts_out_of_distribution_as_not_assessed(app_env, monkeypatch):
+    at = _open("app_pages/predict.py")
+    _flag_everything(monkeypatch, _served(app_env).batch)
+    _flag_everything(monkeypatch, _served(app_env).single)
+    uploader = at.file_uploader[0]
+    uploader.upload("cat.png", png_bytes(4), "image/png")
+    uploader.upload("dog.png", png_bytes(5), "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    counts = {m.label: m.value for m in at.metric}
+    assert (counts["Fracture"], counts["Normal"], counts["Not assessed"]) == ("0", "0", "2")
+    table = at.dataframe[0].value
+    assert table["label"].tolist() == ["not assessed", "not assessed"]
+    assert table["shown_probability"].tolist() == ["", ""]
 
 
 def test_predict_dicom_offers_a_redacted_header(app_env):
@@ -254,6 +315,24 @@ def test_predict_dicom_offers_a_redacted_header(app_env):
 
 # --------------------------------------------------------------------------------------
 # Dataset
+
+
+def test_dataset_page_offers_fracatlas_and_says_plainly_when_there_is_no_network(
+    app_env, monkeypatch
+):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("FRACTURE_FRACATLAS_API", f"http://127.0.0.1:{closed}/api")
+    at = _open("app_pages/dataset.py")
+    assert "CC BY 4.0" in _texts(at) and "10.1038/s41597-023-02432-4" in _texts(at)
+    next(b for b in at.button if b.label == "Download FracAtlas").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("could not be downloaded" in str(e.value) for e in at.error)
+    assert any("no network" in str(c.value) and "Manual route" in str(c.value) for c in at.code)
+    assert not (app_env.data / "fracatlas").exists()
 
 
 def test_dataset_page_offers_phantoms_then_shows_them(app_env):
@@ -306,8 +385,48 @@ def test_train_page_is_open_without_a_configured_password(fresh_settings):
     assert "No training runs yet" in _texts(at)
 
 
-def test_train_start_passes_the_form_and_reports_a_busy_trainer(fresh_settings, monkeypatch):
+def test_train_form_refuses_a_bad_folder_before_any_process_starts(fresh_settings, monkeypatch):
+    import subprocess
+
     import fracture.training.jobs as jobs
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or 1 / 0)
+    bad = fresh_settings.base / "scans*" / "not_a_dataset"
+    bad.mkdir(parents=True)
+    (bad / "notes.txt").write_text("no images here")
+    at = _open("app_pages/train.py")
+    next(t for t in at.text_input if t.label == "Dataset folder").input(str(bad)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("cannot be trained on" in str(e.value) for e in at.error)
+    # The reason is shown once, literally: the * of the folder's name survives.
+    codes = [str(c.value) for c in at.code]
+    assert len([c for c in codes if "scans*" in c]) == 1
+    start = next(b for b in at.button if b.label == "Start training")
+    assert start.disabled  # AppTest, like a browser, cannot click it
+    assert started == []
+    # The core refuses too, before it launches anything.
+    with pytest.raises(ValueError):
+        jobs.start_training(bad, settings=get_settings())
+    assert started == []
+
+
+def test_train_form_shows_the_counts_of_a_good_folder(fresh_settings, tmp_path):
+    from fracture.data.phantoms import synthesize_phantoms
+
+    synthesize_phantoms(tmp_path / "ph", 20, size=64, seed=0)
+    at = _open("app_pages/train.py")
+    next(t for t in at.text_input if t.label == "Dataset folder").input(str(tmp_path / "ph")).run()
+    message = " ".join(str(s.value) for s in at.success)
+    assert "synthetic phantoms" in message and "train:" in message and "val:" in message
+    assert not next(b for b in at.button if b.label == "Start training").disabled
+
+
+def test_train_start_passes_the_form_and_reports_a_busy_trainer(
+    fresh_settings, monkeypatch, tmp_path
+):
+    import fracture.training.jobs as jobs
+    from fracture.data.phantoms import synthesize_phantoms
 
     calls = []
 
@@ -316,7 +435,9 @@ def test_train_start_passes_the_form_and_reports_a_busy_trainer(fresh_settings, 
         raise jobs.JobBusyError("Training run 'other' (pid 1) is already in progress")
 
     monkeypatch.setattr(jobs, "start_training", busy)
+    synthesize_phantoms(tmp_path / "ph", 20, size=64, seed=0)
     at = _open("app_pages/train.py")
+    next(t for t in at.text_input if t.label == "Dataset folder").input(str(tmp_path / "ph")).run()
     next(n for n in at.number_input if n.label == "Fine-tune epochs").set_value(3)
     next(s for s in at.selectbox if s.label == "Image size (px)").set_value(384)
     next(t for t in at.toggle if t.label == "Augmentation").set_value(False)
@@ -324,7 +445,7 @@ def test_train_start_passes_the_form_and_reports_a_busy_trainer(fresh_settings, 
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     ((data_root, run_name, config),) = calls
-    assert data_root == str(fresh_settings.data) and run_name is None
+    assert data_root == str(tmp_path / "ph") and run_name is None
     assert (config.epochs, config.image_size, config.augment) == (3, 384, False)
     assert any("already in progress" in str(e.value) for e in at.error)
 
@@ -396,3 +517,121 @@ def test_train_page_promotes_a_finished_run(finished_run, fresh_settings, monkey
     assert not at.exception, [e.value for e in at.exception]
     assert calls == [finished_run / "model"]
     assert any("Promoted as `tiny-run-1`" in str(s.value) for s in at.success)
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic models: provenance, confirmation, banner
+
+
+def _synthetic_model(source: Path, dest: Path) -> Path:
+    """A copy of ``source`` whose card says it was trained on synthetic phantoms."""
+    import dataclasses
+
+    from fracture.model.card import rewrite_model_config
+    from fracture.model.folder import read_config
+
+    shutil.copytree(source, dest)
+    config, card = read_config(dest)
+    training_data = {
+        "name": "Synthetic phantom long bones (generated by fracture)",
+        "kind": "synthetic phantoms",
+        "licence": None,
+        "citation": None,
+        "fingerprint": "ab" * 32,
+        "counts": {"train": {"fractured": 10, "normal": 10, "total": 20}},
+    }
+    # A new name makes new checksums: the copy is a model of its own, not the source promoted.
+    rewrite_model_config(
+        dest,
+        dataclasses.replace(config, name="phantom-demo"),
+        card,
+        name="phantom-demo",
+        training_data=training_data,
+    )
+    return dest
+
+
+@pytest.fixture
+def synthetic_active(fresh_settings, tmp_path, monkeypatch):
+    """A models folder whose active model was trained on phantoms, with a real one beside it."""
+    models = tmp_path / "models"
+    shutil.copytree(fresh_settings.models / "default", models / "default")
+    _synthetic_model(fresh_settings.models / "default", models / "phantom-demo")
+    (models / "ACTIVE").write_text("phantom-demo\n")
+    monkeypatch.setenv("FRACTURE_MODELS_DIR", str(models))
+    get_settings.cache_clear()
+    from app_pages import _common
+
+    _common._lookup_active_model.clear()
+    yield models
+    _common._lookup_active_model.clear()
+
+
+def test_a_synthetic_active_model_puts_a_banner_on_every_page(synthetic_active):
+    at = _open("app_pages/predict.py")
+    for page in (
+        "app_pages/predict.py",
+        "app_pages/dataset.py",
+        "app_pages/train.py",
+        "app_pages/model.py",
+    ):
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert any(
+            "trained on synthetic phantoms; its output means nothing for real "
+            "radiographs" in str(w.value)
+            for w in at.warning
+        ), page
+
+
+def test_a_synthetic_models_card_has_no_fracatlas_text(synthetic_active):
+    at = _open("app_pages/model.py")
+    texts = _texts(at)
+    assert "synthetic phantoms" in texts.lower()
+    limitations = texts.lower().split("known limitations")[1]
+    assert "FracAtlas" not in texts and "hardware" not in limitations
+
+
+def test_activating_a_synthetic_version_needs_a_confirmation(fresh_settings, tmp_path, monkeypatch):
+    from fracture.model import registry
+
+    models = tmp_path / "models"
+    shutil.copytree(fresh_settings.models / "default", models / "default")
+    _synthetic_model(fresh_settings.models / "default", models / "phantom-demo")
+    monkeypatch.setenv("FRACTURE_MODELS_DIR", str(models))
+    get_settings.cache_clear()
+    at = _open("app_pages/model.py")
+    assert at.selectbox[0].value == "phantom-demo"
+    activate = next(b for b in at.button if b.label == "Activate")
+    assert activate.disabled
+    next(c for c in at.checkbox if "synthetic phantoms" in c.label).check().run()
+    next(b for b in at.button if b.label == "Activate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert registry.active_name(get_settings()) == "phantom-demo"
+
+
+def test_promoting_a_synthetic_run_needs_a_confirmation(fresh_settings, tmp_path, monkeypatch):
+    import json
+
+    import fracture.model.registry as registry
+
+    runs = tmp_path / "runs"
+    run = runs / "phantom-run"
+    _synthetic_model(fresh_settings.models / "default", run / "model")
+    (run / "status.json").write_text(json.dumps({"state": "completed", "started": 1.0}))
+    monkeypatch.setenv("FRACTURE_RUNS_DIR", str(runs))
+    get_settings.cache_clear()
+    calls = []
+    monkeypatch.setattr(
+        registry,
+        "promote",
+        lambda candidate, **k: calls.append(candidate) or SimpleNamespace(name="phantom-demo-1"),
+    )
+    at = _open("app_pages/train.py")
+    assert not at.exception, [e.value for e in at.exception]
+    promote = next(b for b in at.button if b.label == "Promote")
+    assert promote.disabled
+    next(c for c in at.checkbox if "promote it anyway" in c.label).check().run()
+    next(b for b in at.button if b.label == "Promote").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert calls == [run / "model"]

@@ -53,8 +53,14 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
+    """The smallest folder a run accepts: both classes in train and in val."""
+    from conftest import write_png
+
     root = tmp_path / "dataset"
-    root.mkdir()
+    for index, rel in enumerate(
+        ("train/fractured/a.png", "train/normal/b.png", "val/fractured/c.png", "val/normal/d.png")
+    ):
+        write_png(root / rel, index)
     return root
 
 
@@ -297,3 +303,30 @@ def test_real_training_run_answers_cancel(settings, phantoms):
     assert status["state"] == "cancelled", jobs.log_tail(job.run_dir)
     assert "forced" not in status, "the status should come from train.py's handler"
     assert jobs.current_job(settings) is None
+
+
+def test_a_cancelled_run_can_be_deleted_but_a_running_one_cannot(settings, data_root, fake_trainer):
+    job = jobs.start_training(data_root, "to-delete", settings=settings)
+    with pytest.raises(ValueError, match="still"):
+        jobs.delete_run(job.run_dir, settings)
+    jobs.cancel(job, settings, timeout=5)
+    jobs.delete_run(job.run_dir, settings)
+    assert not job.run_dir.exists()
+    # Only run folders directly inside runs_dir.
+    with pytest.raises(ValueError, match="not a run folder"):
+        jobs.delete_run(settings.runs_dir, settings)
+
+
+def test_start_refuses_a_folder_that_cannot_train_before_launching(
+    settings, tmp_path, fake_trainer
+):
+    only_normal = tmp_path / "only-normal" / "normal"
+    only_normal.mkdir(parents=True)
+    from conftest import write_png
+
+    for index in range(4):
+        write_png(only_normal / f"n{index}.png", index)
+    with pytest.raises(ValueError, match="fractured and normal"):
+        jobs.start_training(only_normal.parent, "never", settings=settings)
+    assert jobs.current_job(settings) is None
+    assert not (settings.runs_dir / "never").exists()

@@ -16,35 +16,57 @@ if TYPE_CHECKING:
 __all__ = [
     "build_card",
     "render_card_markdown",
-    "FRACATLAS_CITATION",
+    "calibration_sentence",
+    "limitations_for",
     "INTENDED_USE",
 ]
 
-FRACATLAS_CITATION = (
-    "Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. FracAtlas: A Dataset for Fracture "
-    "Classification, Localization and Segmentation of Musculoskeletal Radiographs. "
-    "Scientific Data 10, 521 (2023). doi:10.1038/s41597-023-02432-4. Licence: CC BY 4.0."
-)
 INTENDED_USE = (
     "Research and education demo, not a medical device. It must not be used to diagnose, "
     "triage or treat patients."
 )
-KNOWN_LIMITATIONS = [
+# True of every model this project trains, whatever its data.
+GENERAL_LIMITATIONS = [
+    "Probabilities are calibrated on the validation split; calibration does not transfer to "
+    "other populations or prevalences.",
+    "The out-of-distribution gate flags unusual inputs; a flagged input is not assessed (no "
+    "label is given), and the gate can also flag unusual radiographs of the trained kind.",
+]
+# Facts measured on FracAtlas: they belong on FracAtlas models only.
+FRACATLAS_LIMITATIONS = [
     "Trained on FracAtlas only (one source, hand/leg/hip/shoulder radiographs); other "
     "institutions, devices and body parts are out of distribution.",
     "Shortcut risk: orthopaedic hardware (plates, screws) appears in about 14% of fractured "
-    "training images and almost never in normal ones, so metal can raise the score by itself. "
+    "FracAtlas images and almost never in normal ones, so metal can raise the score by itself. "
     "See the hardware-free subgroup AUROC.",
     "Small fractures: the median FracAtlas box is about 6.5% of the image side; hairline "
     "fractures below the network's resolution can be missed.",
-    "No patient identifiers exist in FracAtlas, so the train/val split cannot be made by "
-    "patient; val figures may be optimistic.",
-    "Probabilities are calibrated on the validation split by Platt scaling (a temperature and a "
-    "bias); calibration does not transfer to other populations or prevalences.",
-    "The out-of-distribution gate measures an image against the nearest class of training "
-    "radiographs; it knows only what the training images looked like, not whether an image is "
-    "a valid radiograph in general.",
+    "FracAtlas has no patient identifiers, so the train/val split cannot be made by patient; "
+    "validation figures may be optimistic.",
 ]
+SYNTHETIC_LIMITATIONS = [
+    "Trained on SYNTHETIC PHANTOMS (computer-drawn long bones), not on radiographs of people. "
+    "Its output means nothing for real radiographs; use it only to try the pipeline.",
+    "Its validation figures measure how well it separates drawn phantoms, not fractures.",
+]
+UNKNOWN_DATA_LIMITATIONS = [
+    "The training data was not recognised as a published dataset: what it holds, where it "
+    "comes from and under which licence are not recorded here. Judge the model only with that "
+    "knowledge.",
+]
+
+
+def limitations_for(training_data: dict[str, Any]) -> list[str]:
+    """The known limitations of a model trained on ``training_data`` (a card's section)."""
+    from fracture.data.provenance import FRACATLAS_NAME, KIND_SYNTHETIC
+
+    if training_data.get("kind") == KIND_SYNTHETIC:
+        specific = SYNTHETIC_LIMITATIONS
+    elif training_data.get("name") == FRACATLAS_NAME:
+        specific = FRACATLAS_LIMITATIONS
+    else:
+        specific = UNKNOWN_DATA_LIMITATIONS
+    return [*specific, *GENERAL_LIMITATIONS]
 
 
 def build_card(
@@ -60,7 +82,9 @@ def build_card(
     commit: str | None,
 ) -> dict[str, Any]:
     """Collect everything a reviewer needs to judge a model into one dict."""
-    is_fracatlas = "fracatlas" in str(dataset.root).lower()
+    from fracture.data.provenance import describe_dataset
+
+    training_data = {**describe_dataset(dataset), "root": str(dataset.root)}
     return {
         "name": model_config.name,
         "version": model_config.version,
@@ -71,13 +95,7 @@ def build_card(
         "image_size": model_config.image_size,
         "fine_tune_from": model_config.fine_tune_from,
         "imagenet_weights_sha256": imagenet_sha256,
-        "training_data": {
-            "root": str(dataset.root),
-            "layout": dataset.layout,
-            "counts": dataset.summary(),
-            "citation": FRACATLAS_CITATION if is_fracatlas else None,
-            "licence": "CC BY 4.0" if is_fracatlas else "see the dataset's own licence",
-        },
+        "training_data": training_data,
         "train_config": train_config,
         "training_seconds": round(training_seconds, 1),
         "best_epoch": best_epoch,
@@ -88,16 +106,29 @@ def build_card(
         "operating_point": model_config.operating_point,
         "val_metrics": headline(report),
         "intended_use": INTENDED_USE,
-        "limitations": KNOWN_LIMITATIONS,
+        "limitations": limitations_for(training_data),
     }
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("auroc", "auroc_ci", "pr_auc", "sensitivity", "specificity", "brier", "ece")
+    keys = (
+        "auroc",
+        "auroc_ci",
+        "pr_auc",
+        "sensitivity",
+        "specificity",
+        "brier",
+        "ece",
+        "ece_uncalibrated",
+        "n",
+        "n_positive",
+    )
     headline = {k: report.get(k) for k in keys if k in report}
     subgroups = report.get("subgroups") or {}
-    if "hardware_free" in subgroups:
-        headline["hardware_free_auroc"] = subgroups["hardware_free"].get("auroc")
+    free = subgroups.get("hardware_free") or {}
+    # Only where some image has hardware: otherwise the subgroup is the whole split.
+    if free.get("n") is not None and report.get("n") is not None and free["n"] < report["n"]:
+        headline["hardware_free_auroc"] = free.get("auroc")
     headline["operating_points"] = report.get("operating_points")
     return headline
 
@@ -106,21 +137,21 @@ def _precision_line(card: dict[str, Any]) -> str:
     precision = card.get("inference_precision") or "float32"
     evidence = card.get("inference_precision_evidence") or {}
     if evidence.get("auroc_fp32") is None:
-        return f"- Inference precision: {precision}"
+        return f"- Arithmetic when predicting: {precision}"
     return (
-        f"- Inference precision: {precision} (`fracture bench`: val AUROC bfloat16 "
-        f"{_fmt(evidence.get('auroc_bf16'))} vs float32 {_fmt(evidence.get('auroc_fp32'))}, "
-        f"{_fmt(evidence.get('speedup'))}x the float32 speed)"
+        f"- Arithmetic when predicting: {precision} (validation AUROC "
+        f"{_fmt(evidence.get('auroc_bf16'), 3)} in bfloat16, "
+        f"{_fmt(evidence.get('auroc_fp32'), 3)} in float32; "
+        f"{_fmt(evidence.get('speedup'), 1)} times as fast)"
     )
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 2) -> str:
+    """A number rounded to ``digits`` decimals; "not recorded" for a missing one."""
     if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return f"[{_fmt(value[0])}, {_fmt(value[1])}]"
+        return "not recorded"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.{digits}f}"
     return str(value)
 
 
@@ -170,71 +201,193 @@ def _heat_map_lines(card: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_card_markdown(card: dict[str, Any]) -> str:
-    """The human-readable model card."""
-    metrics = card.get("val_metrics", {})
-    data = card.get("training_data", {})
-    lines = [
-        f"# Model card: {card.get('name')} (version {card.get('version')})",
-        "",
-        f"**Intended use.** {card.get('intended_use')}",
-        "",
-        "## Model",
-        f"- Architecture: {card.get('architecture')}",
-        f"- Input: {card.get('image_size')} px letterboxed RGB; fine-tuned after "
-        f"`{card.get('fine_tune_from')}`",
-        f"- Calibration: Platt scaling fitted on val, temperature {_fmt(card.get('temperature'))}"
-        f" after a shift of {_fmt(card.get('prior_shift'))}",
-        _precision_line(card),
-        "- Thresholds: "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in (card.get("thresholds") or {}).items())
-        + f"; default `{card.get('operating_point')}`",
-        f"- Trained {card.get('created')} from commit `{card.get('git_commit')}`, seed "
-        f"{card.get('seed')}, in {_fmt(card.get('training_seconds'))} s (best epoch "
-        f"{card.get('best_epoch')})",
-        *_heat_map_lines(card),
-        "",
-        "## Training data",
-        f"- {data.get('root')} ({data.get('layout')} layout), licence {data.get('licence')}",
-        f"- Counts: {data.get('counts')}",
+def _percent(value: Any, digits: int = 0) -> str:
+    if not isinstance(value, (int, float)):
+        return "not recorded"
+    return f"{100 * value:.{digits}f}%"
+
+
+def _interval(ci: Any, digits: int = 2) -> str:
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or None in ci:
+        return ""
+    return f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
+
+
+def _plain(identifier: Any) -> str:
+    """``high_sensitivity`` -> ``high sensitivity``."""
+    return str(identifier or "").replace("_", " ")
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return "an unrecorded time"
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+def _when(created: Any) -> str:
+    if not created:
+        return "at an unrecorded time"
+    return str(created).replace("T", " ").rstrip("Z") + " UTC"
+
+
+def _counts_table(counts: dict[str, Any]) -> list[str]:
+    if not counts:
+        return ["- Image counts: not recorded"]
+    lines = ["", "| split | fractured | normal | total |", "| --- | ---: | ---: | ---: |"]
+    for split, row in counts.items():
+        row = row or {}
+        lines.append(
+            f"| {split} | {row.get('fractured', 0):,} | {row.get('normal', 0):,} | "
+            f"{row.get('total', 0):,} |"
+        )
+    return lines + [""]
+
+
+def calibration_sentence(
+    temperature: Any, ece_before: Any, ece_after: Any, prior_shift: Any = None
+) -> str:
+    """The calibration method and what it did to the expected calibration error, truthfully."""
+    method = (
+        'Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", '
+        f"ICML 2017), temperature {_fmt(temperature)}, fitted on the validation split"
+    )
+    if isinstance(prior_shift, (int, float)) and abs(prior_shift) >= 0.005:
+        method += (
+            f", after removing the {_fmt(prior_shift)} logit offset that class weighting "
+            "adds in training"
+        )
+    if not isinstance(ece_before, (int, float)) or not isinstance(ece_after, (int, float)):
+        return method + "."
+    before, after = _percent(ece_before, 1), _percent(ece_after, 1)
+    if round(ece_after, 3) < round(ece_before, 3):
+        effect = f"it lowered the expected calibration error from {before} to {after}"
+    elif round(ece_after, 3) > round(ece_before, 3):
+        effect = (
+            f"it did not improve calibration: the expected calibration error rose from "
+            f"{before} to {after} (the scaling minimises log loss, not this error)"
+        )
+    else:
+        effect = f"the expected calibration error stayed at {after}"
+    return f"{method}; on that split {effect}."
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[str]:
+    rows = [
+        (
+            "Area under the ROC curve (AUROC)",
+            _fmt(metrics.get("auroc")),
+            _interval(metrics.get("auroc_ci")),
+        ),
+        ("Area under the precision-recall curve", _fmt(metrics.get("pr_auc")), ""),
+        (
+            "AUROC on images without orthopaedic hardware",
+            _fmt(metrics.get("hardware_free_auroc")),
+            "",
+        )
+        if "hardware_free_auroc" in metrics
+        else None,
+        ("Brier score (0 is perfect)", _fmt(metrics.get("brier")), ""),
+        ("Expected calibration error", _percent(metrics.get("ece"), 1), ""),
     ]
-    if data.get("citation"):
-        lines.append(f"- Citation: {data['citation']}")
-    lines += [
-        "",
-        "## Validation metrics",
-        "| metric | value |",
-        "| --- | --- |",
-    ]
-    for key in (
-        "auroc",
-        "auroc_ci",
-        "pr_auc",
-        "sensitivity",
-        "specificity",
-        "brier",
-        "ece",
-        "hardware_free_auroc",
-    ):
-        if key in metrics:
-            lines.append(f"| {key} | {_fmt(metrics[key])} |")
+    lines = ["| measure | value | 95% interval |", "| --- | ---: | --- |"]
+    for row in rows:
+        if row is not None and row[1] != "not recorded":
+            lines.append(f"| {row[0]} | {row[1]} | {row[2] or '–'} |")
     for name, point in (metrics.get("operating_points") or {}).items():
         lines.append(
-            f"| {name}: sensitivity / specificity | {_fmt(point.get('sensitivity'))} / "
-            f"{_fmt(point.get('specificity'))} |"
+            f"| Sensitivity / specificity at {_plain(name)} (threshold "
+            f"{_percent(point.get('threshold'), 1)}) | {_percent(point.get('sensitivity'))} / "
+            f"{_percent(point.get('specificity'))} | – |"
         )
+    return lines
+
+
+def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = None) -> str:
+    """The human-readable model card: plain words, rounded numbers, no machine paths.
+
+    ``report`` (the folder's ``evaluation.json``) fills figures that older
+    cards did not record. The limitations follow the recorded training data
+    (:func:`limitations_for`), so a phantom model never carries FracAtlas facts.
+    """
+    from fracture.data.provenance import KIND_SYNTHETIC, training_data_of
+
+    report = report or {}
+    metrics = {
+        **{
+            k: report.get(k)
+            for k in ("ece_uncalibrated", "n", "n_positive")
+            if report.get(k) is not None
+        },
+        **(card.get("val_metrics") or {}),
+    }
+    data = training_data_of(card)
+    kind = data.get("kind")
+    lines = [f"# {card.get('name')}, version {card.get('version')}", ""]
+    if kind == KIND_SYNTHETIC:
+        lines += [
+            "> **Trained on synthetic phantoms.** Its output means nothing for real radiographs.",
+            "",
+        ]
+    lines += [
+        f"**Intended use.** {card.get('intended_use') or INTENDED_USE}",
+        "",
+        "## Training data",
+        f"- Dataset: {data.get('name')} ({kind})",
+        f"- Licence: {data.get('licence') or 'not recorded'}",
+    ]
+    if data.get("citation"):
+        lines.append(f"- Cite: {data['citation']}")
+    if data.get("fingerprint"):
+        lines.append(f"- Dataset fingerprint: `{str(data['fingerprint'])[:12]}`")
+    lines += _counts_table(data.get("counts") or {})
+    thresholds = card.get("thresholds") or {}
+    lines += [
+        "## Model",
+        f"- Network: {card.get('architecture')}",
+        f"- Input: {card.get('image_size')} × {card.get('image_size')} px (each image scaled to "
+        f"fit, then padded); layers after `{card.get('fine_tune_from')}` were fine-tuned",
+        "- Calibration: "
+        + (
+            f"{card['calibration']['method']} (details below)."
+            if card.get("calibration")
+            else calibration_sentence(
+                card.get("temperature"),
+                metrics.get("ece_uncalibrated"),
+                metrics.get("ece"),
+                card.get("prior_shift"),
+            )
+        ),
+        _precision_line(card),
+        "- Thresholds (a probability at or above one is labelled fracture): "
+        + ", ".join(f"{_plain(k)} {_percent(v, 1)}" for k, v in thresholds.items())
+        + f"; default {_plain(card.get('operating_point'))}",
+        f"- Trained {_when(card.get('created'))} in {_duration(card.get('training_seconds'))}, "
+        f"best epoch {card.get('best_epoch')}, "
+        f"seed {card.get('seed')}, source commit {card.get('git_commit') or 'not recorded'}",
+        "",
+        "## Validation results",
+    ]
+    if metrics.get("n"):
+        lines.append(
+            f"On {metrics['n']:,} validation images ({metrics.get('n_positive', 0):,} "
+            f"fractured) of the training dataset."
+        )
+        lines.append("")
+    lines += _metric_rows(metrics)
     ood = card.get("ood")
     if ood:
         lines += [
             "",
-            "## Out-of-distribution gate",
+            "## Out-of-distribution check",
             f"- {ood.get('method')}",
-            f"- Fitted on {ood.get('n_train')} training images; threshold {_fmt(ood.get('threshold'))} "
-            f"set on {ood.get('n_heldout')} validation images for a "
-            f"{_fmt(ood.get('false_alarm_rate'))} false-alarm rate.",
-            "- Inputs above the threshold are flagged `in_distribution = false`: their "
-            "probability is unreliable.",
+            f"- Fitted on {ood.get('n_train'):,} training images; its threshold flags "
+            f"{_percent(ood.get('false_alarm_rate'), 0)} of {ood.get('n_heldout'):,} validation "
+            f"images. A flagged input is not assessed: it gets no label.",
         ]
     lines += ["", "## Known limitations"]
-    lines += [f"- {item}" for item in card.get("limitations", [])]
+    lines += [f"- {item}" for item in limitations_for(data)]
     return "\n".join(lines) + "\n"

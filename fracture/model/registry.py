@@ -52,6 +52,7 @@ __all__ = [
     "active_model_dir",
     "promote",
     "rollback",
+    "rollback_target",
     "set_active",
     "cleanup_staging",
     "ACTIVE_FILE",
@@ -400,6 +401,13 @@ def set_active(name: str, settings: Settings | None = None) -> ModelVersion:
         _activate(settings, name, history)
     log.info("Activated model %r", name)
     return _version(settings, name)
+
+
+def rollback_target(settings: Settings | None = None) -> str | None:
+    """The version :func:`rollback` would re-activate, or None when there is nothing to roll back."""
+    settings = _settings(settings)
+    previous = _previous_valid(settings, active_name(settings))
+    return previous[1] if previous else None
 
 
 def rollback(settings: Settings | None = None) -> ModelVersion:

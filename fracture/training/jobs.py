@@ -43,6 +43,7 @@ from fracture.training.runs import (
 )
 
 if TYPE_CHECKING:
+    from fracture.data.records import Dataset
     from fracture.training.config import TrainConfig
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "cancel",
     "list_runs",
     "log_tail",
+    "check_training_data",
+    "delete_run",
     "LOCK_FILE",
     "LOG_FILE",
 ]
@@ -353,6 +356,10 @@ def start_training(
             pretrained = bool(previous.get("pretrained", True))
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"Run folder {run_dir} already exists; choose another run name")
+    else:
+        # Fail here, in words, rather than in a child process after TensorFlow has loaded.
+        checked = config or TrainConfig()
+        check_training_data(data, val_fraction=checked.val_fraction, seed=checked.seed)
     pretrained = True if pretrained is None else pretrained
     command = _command(data, run_dir, config or TrainConfig(), pretrained, resume)
 
@@ -553,6 +560,55 @@ def list_runs(settings: Settings | None = None) -> list[dict[str, Any]]:
         )
     runs.sort(key=lambda r: (r["started"], r["name"]), reverse=True)
     return runs
+
+
+def check_training_data(
+    data_root: str | os.PathLike[str], *, val_fraction: float = 0.15, seed: int = 0
+) -> "Dataset":
+    """The dataset a run on ``data_root`` would train on, or why it cannot.
+
+    Lists the folder (nothing is decoded) and checks that both the train and
+    the validation split hold both classes. Raises
+    :class:`fracture.data.records.DatasetLayoutError` for an unrecognised
+    folder and ValueError for a split that cannot train or validate.
+    """
+    from fracture.data.layouts import load_dataset
+
+    dataset = load_dataset(data_root, val_fraction=val_fraction, seed=seed)
+    summary = dataset.summary()
+    for split in ("train", "val"):
+        counts = summary.get(split) or {}
+        if not counts.get("fractured") or not counts.get("normal"):
+            raise ValueError(
+                f"The {split} split of {dataset.root} needs both fractured and normal images; "
+                f"it has {counts.get('fractured', 0)} fractured and {counts.get('normal', 0)} "
+                f"normal"
+            )
+    return dataset
+
+
+def delete_run(run_dir: str | os.PathLike[str], settings: Settings | None = None) -> None:
+    """Delete a finished run folder (failed, cancelled, or one whose model is not wanted).
+
+    Refuses a run that is still going, and anything that is not a run folder
+    directly inside ``settings.runs_dir`` (deleting is irreversible).
+    """
+    import shutil
+
+    settings = _settings(settings)
+    path = Path(run_dir)
+    runs = settings.runs_dir.resolve()
+    if path.is_symlink() or path.resolve().parent != runs or not path.is_dir():
+        raise ValueError(f"Refusing to delete {path}: it is not a run folder in {runs}")
+    entry = next((r for r in list_runs(settings) if _same_dir(r["run_dir"], path)), None)
+    if entry is None:
+        raise ValueError(f"Refusing to delete {path}: it is not a training run")
+    if entry["running"] or entry["state"] in ACTIVE_STATES:
+        raise ValueError(
+            f"Refusing to delete run {path.name}: it is still {entry['state']}; cancel it first"
+        )
+    shutil.rmtree(path.resolve())
+    log.info("Deleted run folder %s", path)
 
 
 def log_tail(run_dir: str | os.PathLike[str], lines: int = 40, max_bytes: int = 65536) -> str:

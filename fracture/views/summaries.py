@@ -14,6 +14,8 @@ __all__ = [
     "RunProgress",
     "card_headline",
     "compare_metrics",
+    "hardware_free_subgroup",
+    "same_dataset",
     "format_duration",
     "run_progress",
 ]
@@ -90,14 +92,25 @@ def card_headline(card: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 _COMPARED = (
-    ("auroc", "AUROC"),
-    ("pr_auc", "PR-AUC"),
-    ("sensitivity", "Sensitivity"),
-    ("specificity", "Specificity"),
-    ("hardware_free_auroc", "AUROC without hardware"),
-    ("brier", "Brier (lower is better)"),
-    ("ece", "ECE (lower is better)"),
+    ("auroc", "Area under the ROC curve (AUROC)"),
+    ("pr_auc", "Area under the precision-recall curve"),
+    ("sensitivity", "Sensitivity (default operating point)"),
+    ("specificity", "Specificity (default operating point)"),
+    ("hardware_free_auroc", "AUROC on images without hardware"),
+    ("brier", "Brier score (lower is better)"),
+    ("ece", "Expected calibration error (lower is better)"),
 )
+
+
+def same_dataset(card: Mapping[str, Any] | None, other: Mapping[str, Any] | None) -> bool:
+    """Whether two models were trained and validated on the same data (same fingerprint).
+
+    Only then do their validation figures compare like with like; a card
+    without a fingerprint (written before they were recorded) matches nothing.
+    """
+    first = ((card or {}).get("training_data") or {}).get("fingerprint")
+    second = ((other or {}).get("training_data") or {}).get("fingerprint")
+    return bool(first) and first == second
 
 
 def compare_metrics(
@@ -131,3 +144,17 @@ def compare_metrics(
     return frame.astype(
         {column: "Float64" for column in ("new model", "active model", "difference")}
     )
+
+
+def hardware_free_subgroup(report: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The report's images-without-hardware subgroup; None when the dataset has no hardware.
+
+    A dataset without any implant (phantoms, most external sets) makes the
+    subgroup equal to the whole split: showing it would suggest a check that
+    was never made.
+    """
+    report = report or {}
+    free = (report.get("subgroups") or {}).get("hardware_free")
+    if not free or free.get("n") is None or report.get("n") is None:
+        return None
+    return free if int(free["n"]) < int(report["n"]) else None
