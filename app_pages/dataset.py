@@ -21,6 +21,7 @@ from fracture.io.images import InvalidImageError
 from fracture.views import browse, figures, results
 
 ROOT_KEY = "dataset_root"
+PENDING_ROOT_KEY = "dataset_root_next"
 PER_PAGE = 12
 SIZE_SAMPLE = 300
 THUMBNAIL_SIDE = 256
@@ -70,6 +71,54 @@ def make_phantoms(dest: Path) -> None:
     common.flash("success", f"Wrote {PHANTOM_COUNT} synthetic phantom images to {dest}.")
 
 
+def download_fracatlas(dest: Path) -> None:
+    """Fetch and import FracAtlas with a progress bar; say plainly why when it cannot."""
+    from fracture.data.download import DownloadError
+    from fracture.data.download import download_fracatlas as fetch
+
+    bar = st.progress(0.0, text="Asking figshare for FracAtlas…")
+
+    def progress(done: int, total: int | None) -> None:
+        if total:
+            bar.progress(
+                min(1.0, done / total),
+                text=f"Downloading FracAtlas: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB",
+            )
+        else:
+            bar.progress(0.0, text=f"Downloading FracAtlas: {done / 1e6:,.0f} MB")
+
+    try:
+        with st.spinner("Downloading, checking and importing FracAtlas…"):
+            dataset = fetch(dest, progress=progress)
+    except DownloadError as error:
+        bar.empty()
+        st.error("FracAtlas could not be downloaded:")
+        st.code(str(error), language=None)
+        return
+    bar.empty()
+    list_dataset.clear()
+    common.flash("success", f"FracAtlas is ready: {len(dataset.records):,} radiographs.")
+    st.session_state[PENDING_ROOT_KEY] = str(dest)
+    st.rerun()
+
+
+def offer_fracatlas(settings: Settings) -> None:
+    """The real data, one click away: FracAtlas from its publisher."""
+    dest = settings.data_dir / "fracatlas"
+    st.markdown(
+        "**Real radiographs:** download **FracAtlas** (4,083 musculoskeletal radiographs, 717 "
+        "fractured; Abedeen et al., *Scientific Data* 2023, doi:10.1038/s41597-023-02432-4, "
+        "licence CC BY 4.0) from figshare and import it. The archive is several hundred MB; an "
+        "interrupted download resumes when you press the button again."
+    )
+    if common.path_exists(str(dest)) and any(dest.iterdir()):
+        st.button(
+            "Open FracAtlas", on_click=use_folder, args=(str(dest),), icon=":material/folder_open:"
+        )
+    elif st.button("Download FracAtlas", icon=":material/download:", type="primary"):
+        download_fracatlas(dest)
+
+
 def offer_phantoms(settings: Settings) -> None:
     """The way out for a fresh machine: a synthetic demo set that needs no patient data."""
     dest = settings.data_dir / "phantoms"
@@ -95,9 +144,13 @@ def offer_phantoms(settings: Settings) -> None:
 
 
 st.title("Dataset")
+common.show_model_banner()
 common.show_flash()
 settings = common.settings()
 st.session_state.setdefault(ROOT_KEY, str(settings.data_dir))
+if PENDING_ROOT_KEY in st.session_state:
+    # Set before the text box exists: a widget's value cannot change once it is drawn.
+    st.session_state[ROOT_KEY] = st.session_state.pop(PENDING_ROOT_KEY)
 root = st.text_input(
     "Dataset folder",
     key=ROOT_KEY,
@@ -110,10 +163,12 @@ except DatasetLayoutError as error:
     st.warning(f"No dataset found in `{error.folder}`: {error.reason}.")
     with st.expander("Accepted layouts"):
         st.code(str(error).split("\n", 1)[1] if "\n" in str(error) else str(error), language=None)
+    offer_fracatlas(settings)
     offer_phantoms(settings)
     st.stop()
 except (OSError, ValueError) as error:
     st.error(f"Could not list `{root}`: {error}")
+    offer_fracatlas(settings)
     offer_phantoms(settings)
     st.stop()
 
@@ -128,11 +183,17 @@ if is_phantom:
     )
 total = len(frame)
 n_fractured = int(frame["label"].sum())
+splits_on_disk = [name for name in summary if name not in dataset.made_splits]
 st.caption(
-    f"`{dataset.root}`: {dataset.layout} layout, {total} images ({n_fractured} fractured, "
-    f"{total - n_fractured} normal)."
+    f"{dataset.layout.capitalize()} layout, {figures.plural(total, 'image')} "
+    f"({n_fractured:,} fractured, {total - n_fractured:,} normal). "
     + (
-        f" The {', '.join(dataset.made_splits)} split(s) were made here (seeded, stratified), "
+        f"Split(s) as given by the folder or its manifest: {', '.join(splits_on_disk)}. "
+        if splits_on_disk
+        else ""
+    )
+    + (
+        f"The {', '.join(dataset.made_splits)} split(s) were made here (seeded, stratified), "
         f"not found on disk."
         if dataset.made_splits
         else ""
@@ -204,7 +265,9 @@ pages = browse.page_count(len(shown), PER_PAGE)
 boxes = {str(record.path): record.boxes for record in dataset.records if record.boxes}
 # The key names the filters, so a new filter starts again at page 1.
 page = st.pagination(pages, key=f"thumb_page|{split}|{label_name}|{region}|{pages}")
-st.caption(f"{len(shown)} images; fracture boxes in red where the dataset has them.")
+st.caption(
+    f"{figures.plural(len(shown), 'image')}; fracture boxes in red where the dataset has them."
+)
 unreadable = []
 columns_per_row = 6
 on_page = shown.iloc[browse.page_slice(len(shown), page, PER_PAGE)]

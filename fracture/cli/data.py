@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,8 @@ __all__ = ["add_data_parser"]
 
 
 def add_data_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register ``data import fracatlas``, ``data synth`` and ``data info``."""
+    """Register ``data import fracatlas``, ``data download fracatlas``, ``data synth`` and
+    ``data info``."""
     data = subparsers.add_parser("data", help="import, synthesise and inspect datasets")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
@@ -30,6 +32,22 @@ def add_data_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
     fracatlas.add_argument("--val-fraction", type=float, default=0.15)
     fracatlas.add_argument("--seed", type=int, default=0)
     fracatlas.set_defaults(func=_cmd_import_fracatlas)
+
+    download = commands.add_parser("download", help="fetch a public dataset from its publisher")
+    remote = download.add_subparsers(dest="download_source", required=True, metavar="SOURCE")
+    fetch = remote.add_parser(
+        "fracatlas", help="FracAtlas (Abedeen et al., Sci Data 2023; CC BY 4.0) from figshare"
+    )
+    fetch.add_argument(
+        "dest",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="new folder for the dataset (default: DATA_DIR/fracatlas)",
+    )
+    fetch.add_argument("--val-fraction", type=float, default=0.15)
+    fetch.add_argument("--seed", type=int, default=0)
+    fetch.set_defaults(func=_cmd_download_fracatlas)
 
     synth = commands.add_parser("synth", help="write synthetic phantom radiographs (not clinical)")
     synth.add_argument("dest", type=Path, help="new folder for the phantoms")
@@ -123,6 +141,42 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"Duplicates across splits: {len(pairs)}")
             for first, second in pairs:
                 print(f"  {first}  ==  {second}")
+        return 0
+
+    return guarded(run)
+
+
+def _print_progress(done: int, total: int | None) -> None:
+    text = (
+        f"\r  {done / 1e6:,.1f} of {total / 1e6:,.1f} MB ({done / total:.0%})"
+        if total
+        else f"\r  {done / 1e6:,.1f} MB"
+    )
+    print(text, end="", file=sys.stderr, flush=True)
+
+
+def _cmd_download_fracatlas(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from fracture.data.download import FIGSHARE_DOI, download_fracatlas
+
+        dest = args.dest
+        if dest is None:
+            from fracture.config import get_settings
+
+            dest = get_settings().data_dir / "fracatlas"
+        print(f"Downloading FracAtlas (doi:{FIGSHARE_DOI}, CC BY 4.0) into {dest}", file=sys.stderr)
+        try:
+            dataset = download_fracatlas(
+                dest, progress=_print_progress, val_fraction=args.val_fraction, seed=args.seed
+            )
+        finally:
+            print("", file=sys.stderr)  # end the progress line
+        print(f"Imported FracAtlas into {dataset.root}")
+        _print_counts(dataset)
+        print(
+            "Cite: Abedeen et al., Scientific Data 10, 521 (2023), "
+            "doi:10.1038/s41597-023-02432-4 (CC BY 4.0)"
+        )
         return 0
 
     return guarded(run)

@@ -5,7 +5,8 @@ Three on-disk layouts are recognised, so a dataset can be used as downloaded:
 ``folders``
     ``ROOT/{train,val,test}/<class>/*`` or ``ROOT/<class>/*``, where ``<class>`` is
     one of :data:`CLASS_SYNONYMS`. Optional side files at ``ROOT``: ``manifest.csv``
-    (``path`` relative to ROOT, ``region``, ``hardware`` 0/1, optional ``group``)
+    (``path`` relative to ROOT, ``region``, ``hardware`` 0/1, optional ``group`` and
+    ``split``, which applies where the folders give none)
     and ``boxes.csv`` (``path,x0,y0,x1,y1`` normalised to [0, 1], one row per box).
     This is the layout :func:`import_fracatlas` and :mod:`fracture.data.phantoms` write.
 ``fracatlas``
@@ -376,6 +377,11 @@ def _apply_side_files(root: Path, found: list[_Found]) -> None:
             group = row.get("group") or row.get("patient_id")
             if group and group.strip():
                 item.group = group.strip()
+            # The manifest's own split, where the folders do not give one: a folder of
+            # test images must not be re-split into train and val here.
+            split = _SPLIT_ALIASES.get((row.get("split") or "").strip().lower())
+            if split is not None and item.split is None:
+                item.split = split
         if unmatched:
             logger.warning("%d row(s) of %s name no listed image", unmatched, manifest)
     boxes_file = root / "boxes.csv"
