@@ -270,7 +270,12 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     url, data, _ = server
     page.goto(url, timeout=PAGE_READY_MS)
     uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
-    uploader.wait_for(state="attached", timeout=MODEL_READY_MS)
+    try:
+        uploader.wait_for(state="attached", timeout=MODEL_READY_MS)
+    except Exception:
+        # What the page showed instead (a model error, a spinner) is the clue.
+        page.screenshot(path=ARTIFACTS / "browser-failure.png", full_page=True)
+        raise
     sidebar = page.locator("[data-testid='stSidebar']")
     assert "not for diagnosis" in sidebar.inner_text()
 
