@@ -15,6 +15,7 @@ from fracture.views import inbox
 REFRESH_S = 5
 
 st.title("Inbox")
+common.show_model_banner()
 st.caption(
     "Studies sent to this fracture node by the PACS (`fracture dicom listen`). "
     "Research use only, not for diagnosis: each result is a prompt to look again, "

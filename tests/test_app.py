@@ -236,7 +236,8 @@ def _flag_everything(monkeypatch, predictor) -> None:
     """Make ``predictor`` flag every input as out of distribution (the gate's verdict)."""
     import dataclasses
 
-    original_predict, original_iter = predictor.predict, predictor.iter_predict
+    original_predict = predictor.predict
+    original_iter = getattr(predictor, "iter_predict", None)
 
     def flagged(*args, **kwargs):
         return [
@@ -249,7 +250,8 @@ def _flag_everything(monkeypatch, predictor) -> None:
             yield dataclasses.replace(p, in_distribution=False, ood_score=9.0) if p.ok else p
 
     monkeypatch.setattr(predictor, "predict", flagged)
-    monkeypatch.setattr(predictor, "iter_predict", flagged_iter)
+    if hasattr(predictor, "iter_predict"):  # the shared single-image predictor has none
+        monkeypatch.setattr(predictor, "iter_predict", flagged_iter)
 
 
 def _served(app_env):
@@ -527,8 +529,7 @@ def _synthetic_model(source: Path, dest: Path) -> Path:
     """A copy of ``source`` whose card says it was trained on synthetic phantoms."""
     import dataclasses
 
-    from fracture.model.card import rewrite_model_config
-    from fracture.model.folder import read_config
+    from fracture.model.folder import ModelFolder, read_config
 
     shutil.copytree(source, dest)
     config, card = read_config(dest)
@@ -541,8 +542,7 @@ def _synthetic_model(source: Path, dest: Path) -> Path:
         "counts": {"train": {"fractured": 10, "normal": 10, "total": 20}},
     }
     # A new name makes new checksums: the copy is a model of its own, not the source promoted.
-    rewrite_model_config(
-        dest,
+    ModelFolder(dest).rewrite_config(
         dataclasses.replace(config, name="phantom-demo"),
         card,
         name="phantom-demo",

@@ -636,7 +636,7 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
     assert set(config.thresholds) == {"high_sensitivity", "high_specificity"}
     assert card["temperature"] == config.temperature
     assert json.loads((model_dir / "evaluation.json").read_text()) == json.loads(json.dumps(report))
-    assert f"temperature {config.temperature:.3f}" in (model_dir / "model_card.md").read_text()
+    assert f"temperature {config.temperature:.2f}" in (model_dir / "model_card.md").read_text()
 
 
 def _config_of(model_dir):
