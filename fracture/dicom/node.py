@@ -445,7 +445,9 @@ def _summary(scored: ScoredStudy, arrived: float) -> dict[str, Any]:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+    # Milliseconds: two studies arriving within one second must still sort newest first
+    # (the Inbox sorts these strings).
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _rss_mb() -> float:
