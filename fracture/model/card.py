@@ -188,13 +188,13 @@ def _heat_map_lines(card: dict[str, Any]) -> list[str]:
             "",
             "## Calibration and operating points",
             f"- {calibration['method']}; expected calibration error "
-            f"{calibration['ece_before']:.3f} before, {calibration['ece_after_out_of_fold']:.3f} "
+            f"{calibration['ece_before']:.1%} before, {calibration['ece_after_out_of_fold']:.1%} "
             f"after (out of fold: each image calibrated by a fit that did not see it)",
             f"- Thresholds: {calibration['threshold_method']}",
         ]
         for name, point in (calibration.get("operating_points") or {}).items():
             lines.append(
-                f"- {name.replace('_', '-')} threshold {point['threshold']:.3f}: sensitivity "
+                f"- {name.replace('_', '-')} threshold {point['threshold']:.1%}: sensitivity "
                 f"{_percent_ci(point, 'sensitivity')}, specificity "
                 f"{_percent_ci(point, 'specificity')}"
             )
@@ -380,6 +380,7 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
         )
         lines.append("")
     lines += _metric_rows(metrics)
+    lines += _heat_map_lines(card)
     ood = card.get("ood")
     if ood:
         lines += [
