@@ -246,7 +246,12 @@ def _visit_pages(page, width: int) -> None:
         ("Train", None, 0),
         ("Inbox", None, 0),
     ):
-        page.get_by_role("link", name=name).click()
+        if width < 600:
+            # A phone folds the sidebar away: open the page by its address instead.
+            origin = "/".join(page.url.split("/")[:3])  # scheme://host:port
+            page.goto(f"{origin}/{name.lower()}", timeout=PAGE_READY_MS)
+        else:
+            page.get_by_role("link", name=name).click()
         if name == "Train":
             page.get_by_role("button", name="Start training").wait_for(
                 state="attached", timeout=PAGE_READY_MS
