@@ -497,7 +497,7 @@ def test_train_page_shows_a_finished_run(finished_run, fresh_settings):
     assert len(keys) == 3, keys  # training curves, confusion matrix, ROC
     assert any(m.label == "State" and m.value == "completed" for m in at.metric)
     comparison = at.dataframe[0].value
-    assert "AUROC" in comparison["metric"].tolist()
+    assert "Area under the ROC curve (AUROC)" in comparison["metric"].tolist()
     assert any(b.label == "Promote" for b in at.button)
     assert any(b.label == "Discard" for b in at.button)
 
@@ -515,10 +515,12 @@ def test_train_page_promotes_a_finished_run(finished_run, fresh_settings, monkey
     # The real promotion is tested in test_registry; here only the page's wiring.
     monkeypatch.setattr(registry, "promote", fake_promote)
     at = _open("app_pages/train.py")
+    # The run trained on phantoms: promoting it needs the explicit confirmation first.
+    next(c for c in at.checkbox if c.label.startswith("I understand")).check().run()
     next(b for b in at.button if b.label == "Promote").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert calls == [finished_run / "model"]
-    assert any("Promoted as `tiny-run-1`" in str(s.value) for s in at.success)
+    assert any("Promoted as tiny-run-1" in str(s.value) for s in at.success)
 
 
 # --------------------------------------------------------------------------------------
