@@ -342,13 +342,8 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
         }
         assert top_of["probability"] < top_of["overlay"] < top_of["gauge"], top_of
     page.screenshot(path=ARTIFACTS / "browser-predict-390.png", full_page=True)
+    # Dataset, Model, Train and the Inbox again, opened by address (the sidebar is folded).
     _visit_pages(page, 390)
-
-    page.get_by_role("link", name="Inbox").click()
-    page.get_by_text("No DICOM node has run with this folder yet").wait_for(timeout=PAGE_READY_MS)
-    _idle(page)
-    _no_exception(page)
-    page.screenshot(path=ARTIFACTS / "browser-inbox.png", full_page=True)
 
 
 def test_load_script_drives_concurrent_sessions(server):
