@@ -96,6 +96,31 @@ def show_evaluation(report: dict) -> None:
             )
 
 
+def show_body_region(card: dict) -> None:
+    """The region head's validation accuracy per region, when the model has one."""
+    region = card.get("region_head")
+    if not region or not region.get("per_region"):
+        return
+    st.subheader("Body region")
+    left, right = st.columns([2, 1])
+    with left:
+        st.plotly_chart(figures.body_region_accuracy_figure(region), key="body_regions")
+    with right:
+        single = region.get("single_region_accuracy") or {}
+        if single.get("rate") is not None:
+            st.metric(
+                "Region named correctly",
+                f"{single['rate']:.0%}",
+                help=f"{single['hits']} of {single['n']} validation images showing one body "
+                "region; images labelled as showing several regions are counted apart.",
+            )
+        st.caption(
+            "A small second head on the same image features names the body region. It was "
+            "fitted after training, so it leaves the fracture probability unchanged, and it "
+            "names a region only when it is at least 50% sure."
+        )
+
+
 def show_summary(model: common.ActiveModel, report: dict | None) -> None:
     """The figures a reader looks for first, in words and units."""
     from fracture.data.provenance import training_data_of
@@ -146,6 +171,7 @@ else:
             "This model folder has no evaluation results, so there are no plots. "
             "`python -m fracture evaluate` makes them."
         )
+    show_body_region(model.card)
 
 st.header("Stored versions")
 versions = registry.list_versions(settings)

@@ -177,6 +177,13 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             f"{op_name.replace('_', ' ').capitalize()} threshold "
             f"{results.format_threshold(threshold)}"
         )
+        region = results.body_region_text(prediction)
+        if region is not None:
+            middle.caption(
+                f"Body region: {region}",
+                help="Named by the model's region head (hand, leg, hip, shoulder or several "
+                "regions), only when it is at least 50% sure.",
+            )
         image_pair(
             upload.name, prediction.image, prediction.heatmap, prediction.box, prediction.box_style
         )
@@ -261,6 +268,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     frame = results.results_frame(predictions, threshold)
     # The error column only when some row failed, so it never pushes the rest off screen.
     shown = ["file", "shown_probability", "label", "confidence", "in_distribution"]
+    if (frame["body_region"] != "").any():
+        shown.append("body_region")
     if (frame["error"] != "").any():
         shown.append("error")
     event = st.dataframe(
@@ -286,6 +295,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
                 width="small",
                 help="Unticked: the out-of-distribution check flagged it (not assessed).",
             ),
+            "body_region": st.column_config.TextColumn("body region", width="small"),
             "error": st.column_config.TextColumn("problem", width="medium"),
         },
     )

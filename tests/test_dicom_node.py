@@ -222,3 +222,34 @@ def test_secondary_capture_shows_the_banner_and_overlay(predictor, tmp_path):
     body = capture[capture.shape[0] // 4 :]
     assert np.abs(body[..., 0].astype(int) - body[..., 2].astype(int)).max() > 30
     assert BANNER.startswith("RESEARCH USE ONLY")
+
+
+def test_report_and_summary_name_the_body_region_of_a_model_with_a_region_head(
+    predictor, monkeypatch
+):
+    import numpy as np
+
+    from fracture.dicom.scoring import score_instances, summary_images
+    from fracture.inference.region import RegionHead
+
+    study = make_study(2)
+    plain = score_instances(predictor, study, [_encode(ds) for ds in study])
+    assert "body_region" not in read_report(plain.objects[-1][1])
+    assert all(row["body_region"] is None for row in summary_images(plain))
+
+    # A head that is sure every image shows several regions.
+    monkeypatch.setattr(
+        predictor,
+        "region_head",
+        RegionHead(
+            classes=("hand", "mixed"),
+            weights=np.zeros((2048, 2), np.float32),
+            bias=np.array([0.0, 6.0], np.float32),
+        ),
+    )
+    monkeypatch.setattr(predictor, "ood_gate", None)
+    named = score_instances(predictor, study, [_encode(ds) for ds in study])
+    name, report = named.objects[-1]
+    assert report.SOPClassUID == COMPREHENSIVE_SR
+    assert read_report(report)["body_region"] == "several regions"
+    assert [row["body_region"] for row in summary_images(named)] == ["several regions"] * 2

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from fracture.errors import FractureError
 
-__all__ = ["guarded", "configure_logging"]
+__all__ = ["guarded", "configure_logging", "stage_progress", "model_dir_or_active"]
 
 
 def guarded(run: Callable[[], int]) -> int:
@@ -48,3 +49,33 @@ def configure_logging() -> None:
     handler.setFormatter(logging.Formatter("fracture: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+def stage_progress(
+    prefix: str,
+) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    """A progress bar per stage (``on_progress(stage, done, total)``) and a function closing them."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(
+                total=total, desc=f"{prefix} {stage}", unit="img", disable=not sys.stderr.isatty()
+            )
+        bars[stage].update(done - bars[stage].n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return update, close
+
+
+def model_dir_or_active(arg: str | None) -> Path:
+    """The folder named on the command line, else the model served now (the registry's ACTIVE)."""
+    from fracture.config import get_settings
+    from fracture.model.registry import active_model_dir
+
+    return Path(arg) if arg else active_model_dir(get_settings())

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fracture.cli.models import add_models_parser
     from fracture.cli.ood import add_ood_parser
     from fracture.cli.predict import add_predict_parser
+    from fracture.cli.region import add_region_parser
     from fracture.cli.train import add_train_parser
     from fracture.cli.weights import add_weights_parser
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_data_parser(sub)
     add_ood_parser(sub)
+    add_region_parser(sub)
     add_bench_parser(sub)
     add_load_parser(sub)
     add_dicom_parser(sub)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any, Callable
 
-from fracture.cli.common import guarded
-from fracture.config import get_settings
+from fracture.cli.common import guarded, model_dir_or_active, stage_progress
 from fracture.evaluation.ood_fit import extract_features, fit_for_model, measure, ood_probe_images
 from fracture.inference.ood import (
     DEFAULT_COMPONENTS,
     DEFAULT_FALSE_ALARM_RATE,
 )
 from fracture.model.folder import ModelFolder
-from fracture.model.registry import active_model_dir
 
 __all__ = ["add_ood_parser"]
 
@@ -68,34 +64,10 @@ def add_ood_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPars
     meas.set_defaults(func=_cmd_measure)
 
 
-def _model_dir(arg: str | None) -> Path:
-    """The folder named on the command line, else the model served now (the registry's ACTIVE)."""
-    return Path(arg) if arg else active_model_dir(get_settings())
-
-
-def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = tqdm(
-                total=total, desc=f"ood {stage}", unit="img", disable=not sys.stderr.isatty()
-            )
-        bars[stage].update(done - bars[stage].n)
-
-    def close() -> None:
-        for bar in bars.values():
-            bar.close()
-
-    return update, close
-
-
 def _cmd_fit(args: argparse.Namespace) -> int:
     def run() -> int:
-        model_dir = _model_dir(args.model)
-        update, close = _stage_progress()
+        model_dir = model_dir_or_active(args.model)
+        update, close = stage_progress("ood")
         try:
             gate = fit_for_model(
                 model_dir,
@@ -126,7 +98,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         from fracture.inference.predictor import load_predictor
         from fracture.io.files import atomic_write_json
 
-        model_dir = _model_dir(args.model)
+        model_dir = model_dir_or_active(args.model)
         folder = ModelFolder(model_dir)
         if not folder.has_ood_gate():  # before the minute a Predictor takes to load
             print(
@@ -141,7 +113,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         records = load_dataset(args.data).split(args.split)
         if not records:
             raise ValueError(f"{args.data} has no {args.split!r} split")
-        update, close = _stage_progress()
+        update, close = stage_progress("ood")
         try:
             in_features, _ = extract_features(
                 predictor,

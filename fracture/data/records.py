@@ -27,6 +27,7 @@ __all__ = [
     "DatasetLayoutError",
     "label_from_name",
     "relative_posix",
+    "region_words",
 ]
 
 # Folder names accepted for each class, compared case-insensitively with "-" and
@@ -38,6 +39,8 @@ CLASS_SYNONYMS: dict[str, frozenset[str]] = {
 _LABEL_OF_CLASS = {"fracture": 1, "normal": 0}
 # The folder names this package writes; label 1 is always the fracture class.
 LABEL_NAMES: dict[int, str] = {1: "fractured", 0: "normal"}
+# Region labels that do not read well on a page (FracAtlas's "mixed": several regions).
+_REGION_WORDS = {"mixed": "several regions"}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 LAYOUTS: tuple[str, ...] = ("folders", "fracatlas", "mura")
 _ACCEPTED_LAYOUTS = (
@@ -163,3 +166,8 @@ def relative_posix(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return Path(os.path.relpath(path, root)).as_posix()
+
+
+def region_words(region: str) -> str:
+    """A body-region label in plain words ("mixed" -> "several regions", "lower_leg" -> "lower leg")."""
+    return _REGION_WORDS.get(region, region.replace("_", " "))

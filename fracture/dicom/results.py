@@ -72,6 +72,7 @@ OPERATING_POINT = CodedConcept("FRACTHR", _SCHEME, "Operating point (probability
 OUT_OF_DISTRIBUTION = CodedConcept("FRACOOD", _SCHEME, "Outside the model's training data")
 EVIDENCE_REGION = CodedConcept("FRACROI", _SCHEME, "Region of strongest evidence")
 IMAGE_RESULT = CodedConcept("FRACIMG", _SCHEME, "Image result")
+BODY_REGION = CodedConcept("FRACREG", _SCHEME, "Body region named by the model")
 DISCLAIMER = CodedConcept("FRACNOTE", _SCHEME, "Disclaimer")
 UNITY = CodedConcept("1", "UCUM", "no units")
 DISCLAIMER_TEXT = (
@@ -92,6 +93,8 @@ class ImageFinding:
     probability: float
     in_distribution: bool | None
     region: tuple[int, int, int, int] | None  # (left, top, right, bottom) pixels, inclusive
+    # The body region the model's region head names (plain words), when it names one.
+    body_region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,8 @@ def structured_report(
         _num(OPERATING_POINT, finding.threshold),
         _code(OUT_OF_DISTRIBUTION, YES if finding.out_of_distribution else NO),
     ]
+    if strongest.body_region is not None:
+        items.append(_text(BODY_REGION, strongest.body_region))
     if strongest.region is not None:
         left, top, right, bottom = strongest.region
         # A closed polyline around the pixels (PS3.3 C.18.6: column, row; pixel
@@ -282,6 +287,8 @@ def structured_report(
         children: list[Any] = [_num(PROBABILITY, image.probability, _image_ref(image))]
         if image.in_distribution is not None:
             children.append(_code(OUT_OF_DISTRIBUTION, NO if image.in_distribution else YES))
+        if image.body_region is not None:
+            children.append(_text(BODY_REGION, image.body_region))
         container.ContentSequence = hd.sr.ContentSequence(children, is_root=False)
         items.append(container)
     root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
@@ -321,6 +328,8 @@ def read_report(sr: Dataset) -> dict[str, Any]:
             values["model_name"] = str(item.TextValue)
         elif key == (ALGORITHM_VERSION.value, "DCM"):
             values["model_version"] = str(item.TextValue)
+        elif key == (BODY_REGION.value, _SCHEME):
+            values["body_region"] = str(item.TextValue)
         elif key == (EVIDENCE_REGION.value, _SCHEME):
             points = np.asarray(item.GraphicData, np.float32).reshape(-1, 2)
             values["region"] = tuple(int(v) for v in (*points.min(0), *points.max(0)))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from fracture.data.records import region_words
 from fracture.dicom.results import (
     ImageFinding,
     StudyFinding,
@@ -67,6 +68,9 @@ def score_instances(
             probability=float(prediction.probability),
             in_distribution=prediction.in_distribution,
             region=None if prediction.heatmap is None else evidence_region(prediction.heatmap),
+            body_region=None
+            if prediction.body_region is None
+            else region_words(prediction.body_region),
         )
         findings.append(finding)
         scored.sources.append(header)
@@ -91,6 +95,8 @@ def score_instances(
 def _picture(prediction: Prediction, finding: ImageFinding, threshold: float) -> np.ndarray:
     verdict = "fracture suspected" if finding.probability >= threshold else "no fracture found"
     caption = f"{verdict}: probability {finding.probability:.2f}"
+    if finding.body_region is not None:
+        caption += f" ({finding.body_region})"
     if finding.in_distribution is False:
         caption += UNUSUAL_IMAGE_NOTE
     assert prediction.image is not None
@@ -106,6 +112,7 @@ def summary_images(scored: ScoredStudy) -> list[dict[str, Any]]:
             "probability": image.probability,
             "in_distribution": image.in_distribution,
             "region": image.region,
+            "body_region": image.body_region,
             "secondary_capture": name,
         }
         for (name, _), image in zip(scored.objects, scored.finding.images)

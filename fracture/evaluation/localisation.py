@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fracture.evaluation.metrics import pointing_game
+from fracture.evaluation.proportions import wilson_rate
 
 __all__ = [
     "TOLERANCE",
@@ -80,30 +81,14 @@ def image_localisation(heat: np.ndarray, boxes: Sequence[Box], drawn: Box | None
     }
 
 
-def _rate(hits: int, n: int) -> dict[str, Any]:
-    """A proportion with its Wilson 95% interval (Wilson 1927), which stays inside [0, 1]."""
-    if n == 0:
-        return {"hits": 0, "n": 0, "rate": None, "ci": None}
-    z = 1.959963984540054
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {
-        "hits": hits,
-        "n": n,
-        "rate": p,
-        "ci": [max(0.0, centre - half), min(1.0, centre + half)],
-    }
-
-
 def summarise_localisation(per_image: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Figures over images: rates with Wilson intervals and the mean energy inside boxes."""
     n = len(per_image)
     energies = [item["energy"] for item in per_image if item["energy"] is not None]
     return {
-        "pointing_game": _rate(sum(item["hit"] for item in per_image), n),
+        "pointing_game": wilson_rate(sum(item["hit"] for item in per_image), n),
         "pointing_game_tolerant": {
-            **_rate(sum(item["hit_tolerant"] for item in per_image), n),
+            **wilson_rate(sum(item["hit_tolerant"] for item in per_image), n),
             "tolerance": TOLERANCE,
         },
         # Images with no positive evidence at all put none of it inside the box.
@@ -111,7 +96,7 @@ def summarise_localisation(per_image: Sequence[dict[str, Any]]) -> dict[str, Any
         if n
         else None,
         "drawn_box_hit_rate": {
-            **_rate(sum(item["drawn_hit"] for item in per_image), n),
+            **wilson_rate(sum(item["drawn_hit"] for item in per_image), n),
             "min_iou": MIN_IOU,
         },
         "drawn_boxes": sum(item["drawn"] for item in per_image),

@@ -30,6 +30,7 @@ from fracture.inference.gradcam import (
 )
 from fracture.inference.ood import OODGate
 from fracture.inference.preprocess import Geometry, letterbox
+from fracture.inference.region import RegionHead
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model import imagenet, registry
 from fracture.model.folder import LoadedModel, ModelFolder, load_model
@@ -51,6 +52,8 @@ CSV_COLUMNS = (
     "box_x1",
     "box_y1",
     "box_style",
+    "body_region",
+    "body_region_probability",
 )
 FRACTURE, NORMAL = "fracture", "normal"
 
@@ -84,6 +87,11 @@ class Prediction:
     geometry: Geometry | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)  # original uint8 RGB
     features: np.ndarray | None = field(default=None, repr=False)  # pooled ResNet-50 features
+    # The body region the region head names (see fracture.inference.region), and its
+    # probability. None when the model has no region head, the head is unsure, or the
+    # OOD gate flagged the input (an untrained body part still gets the nearest region).
+    body_region: str | None = None
+    body_region_probability: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -113,6 +121,12 @@ class Prediction:
                 for name, value in zip(("x0", "y0", "x1", "y1"), self.box or (0.0,) * 4)
             },
             "box_style": self.box_style or "",
+            # A probability without a name: the head was unsure (below its minimum).
+            "body_region": self.body_region
+            or ("uncertain" if self.body_region_probability is not None else ""),
+            "body_region_probability": ""
+            if self.body_region_probability is None
+            else f"{self.body_region_probability:.3f}",
         }
 
 
@@ -170,6 +184,7 @@ class Predictor:
             loaded.model, self.batch_size, precision=self.precision, fixed_batch=fixed_batch
         )
         self.ood_gate = _load_ood_gate(loaded.directory)
+        self.region_head = _load_region_head(loaded.directory)
         if warmup:
             self.warm_up()
 
@@ -293,6 +308,11 @@ class Predictor:
             probabilities = self.probability_from_logit(logits)
             gate = self.ood_gate
             ood_scores = gate.score(output.pooled) if gate is not None else None
+            regions = (
+                self.region_head.probabilities(output.pooled)
+                if self.region_head is not None
+                else None
+            )
             for row, prepared in enumerate(good):
                 probability = float(probabilities[row])
                 heatmap = box = style = None
@@ -304,6 +324,16 @@ class Predictor:
                     style = box_style(probability, self.config.thresholds)
                     box = strongest_region(heatmap) if style else None
                     style = style if box else None
+                in_distribution = (
+                    None
+                    if gate is None or ood_scores is None
+                    else bool(ood_scores[row] <= gate.threshold)
+                )
+                region, region_probability = (
+                    self.region_head.name(regions[row])  # type: ignore[union-attr]
+                    if regions is not None and in_distribution is not False
+                    else (None, None)
+                )
                 results[prepared.index] = Prediction(
                     source=prepared.name,
                     status="ok",
@@ -319,11 +349,9 @@ class Predictor:
                     image=prepared.image,
                     features=output.pooled[row],
                     ood_score=None if ood_scores is None else float(ood_scores[row]),
-                    in_distribution=(
-                        None
-                        if gate is None or ood_scores is None
-                        else bool(ood_scores[row] <= gate.threshold)
-                    ),
+                    in_distribution=in_distribution,
+                    body_region=region,
+                    body_region_probability=region_probability,
                 )
         for prepared in batch:
             yield results.get(prepared.index) or Prediction(
@@ -336,6 +364,13 @@ def _load_ood_gate(directory: Path | None) -> OODGate | None:
     if directory is None or not ModelFolder(directory).has_ood_gate():
         return None
     return OODGate.load(ModelFolder(directory).ood_path)
+
+
+def _load_region_head(directory: Path | None) -> RegionHead | None:
+    """The model's body-region head, when the model folder has one."""
+    if directory is None or not ModelFolder(directory).has_region_head():
+        return None
+    return RegionHead.load(ModelFolder(directory).region_head_path)
 
 
 def _resolve_precision(requested: str | None, recommended: str | None) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from fracture.data.records import region_words
+
 if TYPE_CHECKING:
     from fracture.model.folder import ModelConfig
 
@@ -198,6 +200,35 @@ def _heat_map_lines(card: dict[str, Any]) -> list[str]:
                 f"{_percent_ci(point, 'sensitivity')}, specificity "
                 f"{_percent_ci(point, 'specificity')}"
             )
+    return lines
+
+
+def _region_head_lines(report: dict[str, Any] | None) -> list[str]:
+    """The body-region head: what it was fitted on and its validation accuracy per region."""
+    if not report or not report.get("per_region"):
+        return []
+    trained = ", ".join(
+        f"{region_words(name)} {count:,}" for name, count in report.get("train_counts", {}).items()
+    )
+    lines = [
+        "",
+        "## Body region",
+        "A second head on the same pooled features names the body region (multinomial "
+        "logistic regression, fitted after training on the training images' region labels; "
+        "the network and the fracture head are unchanged by it). It names a region only at "
+        "a probability of 0.5 or more, and not for inputs the out-of-distribution check flags.",
+        f"- Fitted on {report.get('n_train', 0):,} training images ({trained}).",
+        "",
+        f"Validation accuracy on {report.get('n', 0):,} images:",
+        "",
+        "| Region | Accuracy (95% interval) | Images |",
+        "|---|---|---|",
+    ]
+    for name, rate in report["per_region"].items():
+        lines.append(f"| {region_words(name)} | {_percent_ci(rate)} | {rate.get('n', 0):,} |")
+    single = report.get("single_region_accuracy") or {}
+    if single.get("n"):
+        lines.append(f"| all single-region images | {_percent_ci(single)} | {single['n']:,} |")
     return lines
 
 
@@ -391,6 +422,7 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
             f"{_percent(ood.get('false_alarm_rate'), 0)} of {ood.get('n_heldout'):,} validation "
             f"images. A flagged input is not assessed: it gets no label.",
         ]
+    lines += _region_head_lines(card.get("region_head"))
     lines += ["", "## Known limitations"]
     lines += [f"- {item}" for item in limitations_for(data)]
     return "\n".join(lines) + "\n"

@@ -37,6 +37,7 @@ __all__ = [
     "CARD_JSON",
     "CARD_MD",
     "OOD_FILE",
+    "REGION_FILE",
     "EVALUATION_FILE",
     "ModelConfig",
     "LoadedModel",
@@ -63,6 +64,8 @@ CARD_MD = "model_card.md"
 
 
 OOD_FILE = "ood.npz"
+# Optional body-region head on the pooled features (see fracture.inference.region).
+REGION_FILE = "region_head.npz"
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -188,7 +191,7 @@ def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
     directory = Path(directory)
     return {
         name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
-        for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE, REGION_FILE)
         if (directory / name).is_file()
     }
 
@@ -207,7 +210,7 @@ class ModelFolder:
     """One model folder on disk: the only code that knows its file names and how they change.
 
     Every write is atomic. Whatever rewrites a file that the card's checksums
-    cover (config, weights, OOD gate) rewrites the card last, so that an
+    cover (config, weights, OOD gate, region head) rewrites the card last, so that an
     interruption leaves a folder that fails its checksum and is refused, never
     one that loads with mismatched parts.
     """
@@ -239,6 +242,10 @@ class ModelFolder:
         return self.path / OOD_FILE
 
     @property
+    def region_head_path(self) -> Path:
+        return self.path / REGION_FILE
+
+    @property
     def evaluation_path(self) -> Path:
         return self.path / EVALUATION_FILE
 
@@ -247,6 +254,9 @@ class ModelFolder:
 
     def has_ood_gate(self) -> bool:
         return self.ood_path.is_file()
+
+    def has_region_head(self) -> bool:
+        return self.region_head_path.is_file()
 
     def looks_like_model(self) -> bool:
         """Whether any file a model folder always has is here (complete or not)."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fracture.data.records import region_words
 from fracture.views.results import format_threshold
 from fracture.views.summaries import hardware_free_subgroup
 
@@ -485,5 +486,36 @@ def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
             annotation_text=f"all {report['auroc']:.2f}",
         )
     figure.update_yaxes(title="AUROC", range=[0, 1.05])
+    figure.update_layout(showlegend=False)
+    return figure
+
+
+def body_region_accuracy_figure(region_report: Mapping[str, Any]) -> "go.Figure":
+    """Validation accuracy of the body-region head per region, with Wilson 95% intervals."""
+    import plotly.graph_objects as go
+
+    names, values, lower, upper, texts = [], [], [], [], []
+    for name, rate in (region_report.get("per_region") or {}).items():
+        if not rate.get("n"):
+            continue
+        low, high = rate["ci"]
+        names.append(region_words(name))
+        values.append(rate["rate"])
+        lower.append(max(0.0, rate["rate"] - low))
+        upper.append(max(0.0, high - rate["rate"]))
+        texts.append(f"{rate['hits']}/{rate['n']}")
+    figure = _figure("Body region named correctly, validation (95% interval)", height=320)
+    figure.add_trace(
+        go.Bar(
+            x=names,
+            y=values,
+            marker_color=COLOUR_VAL,
+            text=texts,
+            textposition="inside",
+            error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower},
+            hovertemplate="%{x}: %{y:.0%} correct<extra></extra>",
+        )
+    )
+    figure.update_yaxes(title="accuracy", range=[0, 1.05], tickformat=".0%")
     figure.update_layout(showlegend=False)
     return figure

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from fracture.data.records import region_words
 from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import CSV_COLUMNS, FRACTURE, NORMAL, Prediction
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "body_region_text",
     "BAND_FRACTURE",
     "BAND_NORMAL",
     "BAND_UNCERTAIN",
@@ -94,10 +96,24 @@ RESULT_COLUMNS = (
     "label",
     "confidence",
     "in_distribution",
+    "body_region",
     "error",
 )
 # Extra columns of the dashboard's CSV, after the CLI's: which model, at which operating point.
 CSV_CONTEXT_COLUMNS = ("model_name", "model_version", "operating_point")
+
+
+def body_region_text(prediction: Prediction) -> str | None:
+    """The body region in words ("hand", "several regions", "uncertain"), or None without one.
+
+    None when the model has no region head or did not assess the image (see
+    :mod:`fracture.inference.region`); "uncertain" when the head was unsure.
+    """
+    if prediction.body_region is not None:
+        return region_words(prediction.body_region)
+    if prediction.body_region_probability is not None:
+        return "uncertain"
+    return None
 
 
 def label_for(probability: float, threshold: float) -> str:
@@ -211,6 +227,7 @@ def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.Da
                 if assessed and prediction.probability is not None
                 else "",
                 "in_distribution": prediction.in_distribution,
+                "body_region": body_region_text(prediction) or "",
                 "error": prediction.error or "",
                 "_rank": 0 if assessed else 1 if ok else 2,
             }

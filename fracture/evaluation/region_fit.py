@@ -1,0 +1,218 @@
+"""Fit a model folder's body-region head on a dataset's region labels, and measure it.
+
+The head's maths and file are :mod:`fracture.inference.region`; this module
+feeds it the pooled features of the dataset's radiographs (through the same
+:class:`Predictor` that serves them, so the features are computed in the
+precision the dashboard uses) and reports per-region accuracy on the val split.
+
+FracAtlas labels one region per image: hand, leg, hip, shoulder, or "mixed"
+for images that show several. Mixed images are trained on like the others but
+reported apart: "several regions" is not a body part, and the accuracy a
+clinician cares about is the single-region one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from fracture.evaluation.ood_fit import extract_features
+from fracture.evaluation.proportions import wilson_rate
+from fracture.inference.region import RegionHead
+from fracture.model.folder import ModelFolder
+
+if TYPE_CHECKING:
+    from fracture.inference.predictor import Predictor
+
+__all__ = [
+    "fit_region_head",
+    "region_report",
+    "fit_for_model",
+    "MULTI_REGION_LABELS",
+]
+
+logger = logging.getLogger(__name__)
+
+# -- Configurable parameters ---------------------------------------------------------
+# Labels that mean "several regions": trained on, reported apart.
+MULTI_REGION_LABELS = frozenset({"mixed"})
+# Inverse regularisation strengths tried by cross-validation on train (standardised features).
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+CV_FOLDS = 3
+MIN_IMAGES_PER_REGION = 5
+
+
+def fit_region_head(
+    features: np.ndarray,
+    regions: Sequence[str],
+    *,
+    fitted_precision: str = "float32",
+    seed: int = 0,
+) -> RegionHead:
+    """Multinomial logistic regression on standardised ``features``, folded into one affine map.
+
+    Classes are weighted by inverse frequency (FracAtlas has 1,063 hand images
+    and 78 shoulders), and the regularisation strength is chosen by stratified
+    cross-validation on these features alone, never on val.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    features = np.asarray(features, np.float64)
+    labels = np.asarray(regions, dtype=object)
+    if features.ndim != 2 or features.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"features {features.shape} and {labels.shape[0]} region labels do not match"
+        )
+    counts = Counter(labels.tolist())
+    if len(counts) < 2:
+        raise ValueError(f"a region head needs at least two regions, got {dict(counts)}")
+    scarce = {name: n for name, n in counts.items() if n < MIN_IMAGES_PER_REGION}
+    if scarce:
+        raise ValueError(
+            f"too few training images for region(s) {scarce} (at least "
+            f"{MIN_IMAGES_PER_REGION} each): merge or drop them"
+        )
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale < 1e-6] = 1.0  # constant features carry nothing; avoid dividing by zero
+    standardised = (features - mean) / scale
+    folds = min(CV_FOLDS, min(counts.values()))
+    search = LogisticRegressionCV(
+        Cs=list(C_GRID),
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        class_weight="balanced",
+        max_iter=3000,
+        # Log loss, not accuracy: a C chosen for accuracy alone can leave probabilities
+        # so soft that the head rarely reaches its minimum and names nothing.
+        scoring="neg_log_loss",
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
+    )
+    search.fit(standardised, labels)
+    chosen = float(np.atleast_1d(search.C_)[0])
+    logger.info("region head: C=%s chosen by %d-fold cross-validation on train", chosen, folds)
+    classes = tuple(str(name) for name in search.classes_)
+    coef = np.asarray(search.coef_, np.float64)  # (R, D) on standardised features
+    intercept = np.asarray(search.intercept_, np.float64)
+    if coef.shape[0] == 1 and len(classes) == 2:
+        # scikit-learn fits two classes as one logit for the second; as a softmax head
+        # that is logits (0, z), whose softmax is the same sigmoid.
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    weights = (coef / scale).T  # (D, R) on raw features
+    bias = intercept - (mean / scale) @ coef.T
+    return RegionHead(
+        classes=classes,
+        weights=weights.astype(np.float32),
+        bias=bias.astype(np.float32),
+        fitted_precision=fitted_precision,
+    )
+
+
+def region_report(head: RegionHead, features: np.ndarray, regions: Sequence[str]) -> dict[str, Any]:
+    """Per-region accuracy (Wilson 95% intervals), the confusion matrix, and the single-region total.
+
+    Images whose head is unsure (below its minimum probability) count as wrong:
+    the page would show no region for them.
+    """
+    labels = [str(name) for name in regions]
+    probabilities = head.probabilities(features)
+    named = [head.name(row)[0] for row in probabilities]
+    per_region = {}
+    for region in head.classes:
+        rows = [i for i, label in enumerate(labels) if label == region]
+        hits = sum(1 for i in rows if named[i] == region)
+        per_region[region] = wilson_rate(hits, len(rows))
+    single = [i for i, label in enumerate(labels) if label not in MULTI_REGION_LABELS]
+    multi = [i for i, label in enumerate(labels) if label in MULTI_REGION_LABELS]
+    index = {name: k for k, name in enumerate(head.classes)}
+    confusion = np.zeros((len(head.classes), len(head.classes) + 1), np.int64)  # last: unsure
+    for label, name in zip(labels, named):
+        if label in index:
+            confusion[index[label], index[name] if name is not None else -1] += 1
+    unknown = sorted({label for label in labels if label not in index})
+    return {
+        "regions": list(head.classes),
+        "per_region": per_region,
+        "single_region_accuracy": wilson_rate(
+            sum(1 for i in single if named[i] == labels[i]), len(single)
+        ),
+        "multi_region_accuracy": wilson_rate(
+            sum(1 for i in multi if named[i] == labels[i]), len(multi)
+        ),
+        "unsure": int(sum(1 for name in named if name is None)),
+        "confusion": confusion.tolist(),  # rows: true region; columns: named region, then unsure
+        "unknown_labels": unknown,
+        "n": len(labels),
+    }
+
+
+def fit_for_model(
+    model_dir: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    *,
+    predictor: "Predictor | None" = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[RegionHead, dict[str, Any]]:
+    """Fit the region head of the model in ``model_dir`` on ``data_root``'s region labels.
+
+    Train images fit the head; the val split measures it. Writes
+    ``region_head.npz`` into the folder, then the card (checksums, and a
+    ``region_head`` summary with the val figures), each atomically. A
+    ``predictor`` of the same folder gets the new head too. ``seed`` and
+    ``val_fraction`` must be the training run's when the dataset has no val
+    split on disk.
+    """
+    from fracture.data.layouts import load_dataset
+
+    model_dir = Path(model_dir)
+    ModelFolder(model_dir).read()  # refuse a corrupt folder before spending minutes on it
+    dataset = load_dataset(data_root, val_fraction=val_fraction, seed=seed)
+    train = [r for r in dataset.split("train") if r.region]
+    val = [r for r in dataset.split("val") if r.region]
+    if not train or not val:
+        raise ValueError(
+            f"{data_root} needs region labels (manifest.csv's region column) in both its "
+            f"train and val splits to fit a region head"
+        )
+    if predictor is None:
+        from fracture.inference.predictor import load_predictor
+
+        predictor = load_predictor(model_dir)
+
+    def progress(stage: str) -> Callable[[int, int], None] | None:
+        if on_progress is None:
+            return None
+        return lambda done, total: on_progress(stage, done, total)
+
+    train_features, kept = extract_features(
+        predictor, [r.path for r in train], on_progress=progress("train")
+    )
+    train_regions = [str(train[i].region) for i in kept]
+    val_features, val_kept = extract_features(
+        predictor, [r.path for r in val], on_progress=progress("val")
+    )
+    val_regions = [str(val[i].region) for i in val_kept]
+    precision = str(getattr(predictor, "precision", "float32"))
+    head = fit_region_head(train_features, train_regions, fitted_precision=precision, seed=seed)
+    report = region_report(head, val_features, val_regions)
+    report["n_train"] = len(train_regions)
+    report["train_counts"] = dict(sorted(Counter(train_regions).items()))
+    report["fitted_precision"] = precision
+    folder = ModelFolder(model_dir)
+    # As with the OOD gate: between the two atomic writes a reader sees a checksum
+    # mismatch and refuses the folder, the safe side of the race.
+    head.save(folder.region_head_path)
+    folder.rewrite_card(folder.read_card(), region_head=report)
+    loaded_dir = getattr(getattr(predictor, "loaded", None), "directory", None)
+    if loaded_dir is not None and os.path.realpath(loaded_dir) == os.path.realpath(model_dir):
+        predictor.region_head = head
+    return head, report
