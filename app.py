@@ -17,6 +17,7 @@ import streamlit as st
 from app_pages import _common as common
 
 st.set_page_config(page_title="fracture", page_icon="🦴", layout="wide")
+common.keep_keras_state_between_reruns()
 
 navigation = st.navigation(
     [

@@ -7,7 +7,9 @@ mostly :mod:`fracture.views`.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,8 +22,11 @@ from fracture.config import Settings, get_settings
 from fracture.model.folder import ModelConfig, ModelFolder, ModelLoadError
 from fracture.views import results, summaries
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
+    "keep_keras_state_between_reruns",
     "ActiveModel",
     "ServedModel",
     "active_model",
@@ -391,3 +396,39 @@ def path_exists(text: str) -> bool:
 def read_card(model_dir: Path) -> dict[str, Any]:
     """A model folder's card, or an empty dict."""
     return ModelFolder(model_dir).read_card()
+
+
+def keep_keras_state_between_reruns() -> None:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit (1.67, ``scriptrunner.script_runner._clean_problem_modules``) clears
+    the Keras session after each run of any page whenever Keras is imported. Keras 3
+    then runs a full ``gc.collect()`` over TensorFlow's heap and clears TensorFlow's
+    eager kernel cache. Profiled with py-spy on the Predict page, one session, that
+    cleanup took 2.2x the CPU time of the network itself (1,988 samples against
+    887), every rerun, every session, a slider move included. This server never
+    builds models in a loop (training runs in its own process; the served model is
+    built once and cached), which is the leak ``clear_session`` exists for, so the
+    Keras part is dropped and the rest of Streamlit's cleanup (matplotlib) kept.
+    Idempotent; warns when a Streamlit release has moved the function.
+    """
+    try:
+        from streamlit.runtime.scriptrunner import script_runner
+    except ImportError:  # pragma: no cover - depends on the Streamlit release
+        _log.warning("Streamlit's script runner moved; reruns will clear the Keras session")
+        return
+    current = getattr(script_runner, "_clean_problem_modules", None)
+    if current is None:
+        _log.warning("Streamlit's cleanup hook moved; reruns will clear the Keras session")
+        return
+    if getattr(current, "keeps_keras", False):
+        return
+
+    def clean_problem_modules_but_keras() -> None:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close("all")  # what Streamlit's own cleanup does for matplotlib
+
+    clean_problem_modules_but_keras.keeps_keras = True  # type: ignore[attr-defined]
+    script_runner._clean_problem_modules = clean_problem_modules_but_keras
+    _log.info("Keras state is kept between script runs (the served model is built once)")

@@ -637,3 +637,30 @@ def test_promoting_a_synthetic_run_needs_a_confirmation(fresh_settings, tmp_path
     next(b for b in at.button if b.label == "Promote").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert calls == [run / "model"]
+
+
+def test_reruns_keep_the_keras_state_but_still_close_matplotlib_figures(monkeypatch):
+    """Streamlit's after-run cleanup would clear the Keras session on every rerun."""
+    import sys
+
+    import keras
+    from streamlit.runtime.scriptrunner import script_runner
+
+    from app_pages import _common as common
+
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(1))
+    monkeypatch.setattr(
+        script_runner, "_clean_problem_modules", script_runner._clean_problem_modules
+    )
+    script_runner._clean_problem_modules()
+    assert cleared == [1]  # Streamlit's own cleanup, as shipped, clears it
+
+    closed = []
+    monkeypatch.setitem(
+        sys.modules, "matplotlib.pyplot", SimpleNamespace(close=lambda which: closed.append(which))
+    )
+    common.keep_keras_state_between_reruns()
+    common.keep_keras_state_between_reruns()  # idempotent
+    script_runner._clean_problem_modules()
+    assert cleared == [1] and closed == ["all"]
