@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -136,3 +137,144 @@ def test_letterbox_keeps_aspect_ratio_and_maps_back(shape):
     back = unletterbox(square[..., 0], geometry)
     assert back.shape == (height, width)
     assert back[:, : width // 2 - 2].mean() > 150 and back[:, width // 2 + 2 :].mean() < 50
+
+
+# ---------------------------------------------------------------------------
+# K classes, and binary folders saved before K classes existed
+
+# What config.json held before ModelConfig had ``classes`` (format 1).
+_PRE_CLASSES_KEYS = {
+    "format",
+    "image_size",
+    "fine_tune_from",
+    "dropout",
+    "prior_shift",
+    "temperature",
+    "thresholds",
+    "operating_point",
+    "inference_precision",
+    "conv5_dilation",
+    "evidence_scale",
+    "name",
+    "version",
+}
+ODD_CLASSES = ["type-B", "Grünstick fracture", "no_finding"]
+
+
+def test_binary_folder_from_before_classes_loads_and_predicts_the_same(
+    tmp_path, config, fake_imagenet_weights
+):
+    from fracture.model.folder import ModelFolder
+
+    model = build_classifier(config, fake_imagenet_weights)
+    reference = imagenet_reference(model, config)
+    _fine_tune_a_little(model)
+    quantise_like_saved(model, config, reference)
+    tuned = dataclasses.replace(config, prior_shift=0.4, temperature=1.3)
+    save_model(model, tuned, tmp_path / "m", reference=reference, card={"name": "t"})
+    folder = ModelFolder(tmp_path / "m")
+    # The binary config.json is what the code before K classes wrote, key for key...
+    written = json.loads(folder.config_path.read_text())
+    assert set(written) == _PRE_CLASSES_KEYS
+    # ... and a folder written by that code (no "classes" at all) is the binary model.
+    folder.config_path.write_text(json.dumps({k: written[k] for k in _PRE_CLASSES_KEYS}))
+    folder.write_card({"name": "t"})
+    x = _batch(2)
+    before = model(x).numpy()
+    loaded = load_model(folder.path, fake_imagenet_weights)
+    assert loaded.config.classes is None and loaded.config == tuned
+    assert loaded.model.output.shape[-1] == 1
+    np.testing.assert_array_equal(loaded.model(x).numpy(), before)
+    # Its calibrated probability is the formula the binary Predictor has always applied.
+    import keras
+
+    logit_output = loaded.model.get_layer("logit").output
+    # As the Predictor does: float64 from the network's float32 logit on.
+    raw_logits = keras.Model(loaded.model.input, logit_output)(x).numpy()[:, 0].astype(np.float64)
+    expected = 1.0 / (1.0 + np.exp(-((raw_logits - 0.4) / 1.3)))
+    probabilities = loaded.config.probabilities(raw_logits)
+    np.testing.assert_array_equal(loaded.config.any_fracture(probabilities), expected)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_k_class_model_saves_and_loads_with_its_classes(tmp_path, fake_imagenet_weights):
+    import keras
+
+    config = ModelConfig(
+        image_size=TINY_SIZE, fine_tune_from="conv5_block2_out", classes=ODD_CLASSES
+    )
+    model = build_classifier(config, fake_imagenet_weights)
+    assert model.get_layer("logit").units == 3
+    reference = imagenet_reference(model, config)
+    _fine_tune_a_little(model)
+    quantise_like_saved(model, config, reference)
+    save_model(model, config, tmp_path / "k", reference=reference, card={"name": "k"})
+    assert json.loads((tmp_path / "k" / "config.json").read_text())["classes"] == ODD_CLASSES
+    loaded = load_model(tmp_path / "k", fake_imagenet_weights)
+    assert loaded.config == config and loaded.config.class_names == ODD_CLASSES
+    x = _batch(3, n=4)
+    outputs = loaded.model(x).numpy()
+    np.testing.assert_array_equal(outputs, model(x).numpy())
+    assert outputs.shape == (4, 3)
+    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, rtol=1e-5)
+    # Temperature 1 turns the logit layer into the network's own softmax.
+    logits = keras.Model(loaded.model.input, loaded.model.get_layer("logit").output)(x).numpy()
+    np.testing.assert_allclose(loaded.config.probabilities(logits), outputs, rtol=1e-5)
+
+
+def test_a_head_that_does_not_match_the_classes_is_refused(tmp_path, fake_imagenet_weights):
+    from fracture.model.folder import ModelFolder
+
+    config = ModelConfig(
+        image_size=TINY_SIZE, fine_tune_from="conv5_block2_out", classes=ODD_CLASSES
+    )
+    model = build_classifier(config, fake_imagenet_weights)
+    save_model(model, config, tmp_path / "k", reference=imagenet_reference(model, config))
+    folder = ModelFolder(tmp_path / "k")
+    folder.rewrite_config(dataclasses.replace(config, classes=[*ODD_CLASSES, "extra"]), {})
+    with pytest.raises(ModelLoadError, match="does not match its config"):
+        load_model(folder.path, fake_imagenet_weights)
+
+
+def test_model_config_names_its_classes_and_the_normal_one():
+    binary = ModelConfig()
+    assert binary.class_names == ["normal", "fracture"] and binary.num_outputs == 1
+    assert binary.normal_index == 0 and not binary.is_multiclass
+    types = ModelConfig(classes=["comminuted", "Non-fractured", "oblique"], thresholds={})
+    assert types.num_outputs == 3 and types.normal_index == 1 and types.is_multiclass
+    assert ModelConfig(classes=ODD_CLASSES).normal_index is None
+    # From JSON (a list) and from code (a tuple) compare equal.
+    assert ModelConfig.from_json(types.to_json()) == types
+    assert ModelConfig(classes=("a", "b")).classes == ["a", "b"]
+
+
+def test_k_class_probabilities_are_a_tempered_softmax_and_any_fracture_skips_normal():
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    config = ModelConfig(classes=["oblique", "normal", "transverse"], temperature=2.0)
+    p = config.probabilities(logits)
+    scaled = np.exp(logits / 2.0)
+    np.testing.assert_allclose(p, scaled / scaled.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(config.any_fracture(p), 1.0 - p[:, 1])
+    # A warmer temperature flattens, it never reorders.
+    assert (p.argmax(axis=1) == logits.argmax(axis=1)).all()
+    assert p.max() < ModelConfig(classes=config.classes).probabilities(logits).max()
+    no_normal = ModelConfig(classes=ODD_CLASSES, thresholds={})
+    assert no_normal.any_fracture(no_normal.probabilities(logits)) is None
+    with pytest.raises(ValueError, match="no normal class"):
+        _ = no_normal.threshold
+    with pytest.raises(ValueError, match="shape"):
+        config.probabilities(logits[:, :2])
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [(["only"], "at least 2"), (["a", "a", "b"], "repeated: a"), (["a", " "], "blank")],
+)
+def test_bad_class_lists_are_clear_errors(classes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(classes=classes)
+
+
+def test_prior_shift_is_binary_only():
+    with pytest.raises(ValueError, match="binary model only"):
+        ModelConfig(classes=["a", "b", "c"], prior_shift=0.3)

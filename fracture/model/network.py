@@ -3,7 +3,11 @@
 The network is one flat Keras functional graph::
 
     RGB [0, 255] -> CaffePreprocess -> ResNet-50 (He et al. 2016, ImageNet) ->
-    GlobalAveragePooling -> Dropout -> Dense(1, "logit") -> sigmoid
+    GlobalAveragePooling -> Dropout -> Dense(1, "logit") -> sigmoid      (binary)
+                                    or Dense(K, "logit") -> softmax      (K classes)
+
+The binary model has one logit for "fracture"; a K-class model
+(``ModelConfig.classes``) one logit per class, in the config's order.
 
 Flat (not a nested sub-model) so that Grad-CAM reaches ``conv5_block3_out`` by
 name. Saving and loading are :mod:`fracture.model.folder`'s.
@@ -61,7 +65,7 @@ def _caffe_preprocess_layer() -> "keras.layers.Layer":
 def build_classifier(
     config: ModelConfig, imagenet_weights: str | os.PathLike[str] | None
 ) -> "keras.Model":
-    """Build the flat ResNet-50 binary classifier.
+    """Build the flat ResNet-50 classifier: binary, or K-class when ``config.classes`` is set.
 
     ``imagenet_weights`` is a path from :func:`fracture.model.imagenet.resolve_imagenet_weights`,
     or ``None`` for random initialisation (tests, ``--no-pretrained``).
@@ -80,8 +84,10 @@ def build_classifier(
         raise ValueError(f"conv5_dilation must be 1 or 2, got {config.conv5_dilation}")
     pooled = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(backbone.output)
     dropped = keras.layers.Dropout(config.dropout, name="head_dropout")(pooled)
-    logit = keras.layers.Dense(1, name=LOGIT_LAYER)(dropped)
-    probability = keras.layers.Activation("sigmoid", name="probability")(logit)
+    # Linear logits in both cases: losses, calibration and Grad-CAM all work on them.
+    logit = keras.layers.Dense(config.num_outputs, name=LOGIT_LAYER)(dropped)
+    activation = "softmax" if config.is_multiclass else "sigmoid"
+    probability = keras.layers.Activation(activation, name="probability")(logit)
     model = keras.Model(image, probability, name="fracture_resnet50")
     if config.conv5_dilation == 2:
         model = _dilate_last_stage(model)
