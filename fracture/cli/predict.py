@@ -33,7 +33,7 @@ def _progress(total: int, description: str):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fracture.inference.gradcam import overlay_heatmap
-    from fracture.inference.predictor import CSV_COLUMNS, load_predictor
+    from fracture.inference.predictor import load_predictor
     from fracture.io.images import iter_image_files
     from fracture.model.folder import ModelLoadError
     from fracture.model.imagenet import WeightsError
@@ -55,7 +55,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     ok_count = ood_count = 0
     try:
-        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+        # A K-class model adds one probability column per class.
+        writer = csv.DictWriter(out, fieldnames=predictor.csv_columns)
         writer.writeheader()
         with _progress(len(files), "predict") as bar:
             for index, result in enumerate(

@@ -292,7 +292,7 @@ class SharedPredictor:
         return [
             prediction
             if job.with_cam
-            else dataclasses.replace(prediction, heatmap=None, image=None)
+            else dataclasses.replace(prediction, heatmap=None, image=None, class_evidence=None)
             for job, prediction in zip(jobs, predictions)
         ]
 

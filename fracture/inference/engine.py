@@ -1,7 +1,7 @@
-"""The batched inference engine: probability, pooled features and Grad-CAM in one pass.
+"""The batched inference engine: logits, pooled features and Grad-CAM in one pass.
 
-:class:`InferenceEngine` computes probability and heat map from one forward
-pass, inside a ``tf.function`` with a fixed input signature, in float32 or,
+:class:`InferenceEngine` computes the logits and heat maps from one forward
+pass (for a K-class model, every class's map at once), inside a ``tf.function`` with a fixed input signature, in float32 or,
 on hardware with native bfloat16 arithmetic, in bfloat16 (see
 :func:`bfloat16_copy`). :func:`configure_threads` sizes TensorFlow's thread
 pools; callers run it before TensorFlow executes its first operation.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fracture.inference.gradcam import grad_cam, to_float32
+from fracture.inference.gradcam import class_activation_maps, grad_cam, to_float32
 from fracture.model.network import CAM_LAYER, LOGIT_LAYER, POOL_LAYER, fold_batchnorm
 
 if TYPE_CHECKING:
@@ -196,11 +196,16 @@ def inference_network(model: "keras.Model", precision: str = "float32") -> "kera
 
 @dataclass
 class BatchOutput:
-    """Network outputs for one batch, as numpy arrays."""
+    """Network outputs for one batch, as numpy arrays.
 
-    logits: np.ndarray  # (B,)
+    A binary model has one logit and one map per image; a K-class model has K of each,
+    the last axis following the model's class list.
+    """
+
+    logits: np.ndarray  # (B,) binary, (B, K) K-class
     pooled: np.ndarray  # (B, 2048) global-average-pooled features, used by the OOD gate
-    cams: np.ndarray | None  # (B, h, w) in [0, 1] on the network's input grid, or None
+    # Grad-CAM in logit units on the network's grid: (B, h, w) binary, (B, h, w, K) K-class
+    cams: np.ndarray | None
 
 
 class InferenceEngine:
@@ -217,6 +222,10 @@ class InferenceEngine:
 
     It runs :func:`inference_network` of the model (BatchNorm folded, and in
     bfloat16 when ``precision="bfloat16"``); inputs and outputs stay float32.
+
+    A model whose logit layer has K > 1 units (a softmax classifier) gets every
+    class's map from the forward pass alone (:func:`~fracture.inference.gradcam.class_activation_maps`):
+    K backward passes would cost K times the binary path's, for the same maps.
     """
 
     def __init__(
@@ -249,6 +258,9 @@ class InferenceEngine:
         self.fixed_batch = fixed_batch
         self.size = int(model.input.shape[1])
         model = inference_network(model, precision)
+        logit_layer = model.get_layer(LOGIT_LAYER)
+        self.num_outputs = int(logit_layer.output.shape[-1])
+        self._class_kernel = logit_layer.kernel if self.num_outputs > 1 else None
         self._graph = keras.Model(
             model.input,
             [
@@ -268,9 +280,13 @@ class InferenceEngine:
     def _forward(self, images):
         _, pooled, logits = self._graph(images, training=False)
         # Callers always get float32, whatever precision the network computes in.
-        return to_float32(logits[:, 0]), to_float32(pooled)
+        if self.num_outputs == 1:
+            logits = logits[:, 0]
+        return to_float32(logits), to_float32(pooled)
 
     def _forward_with_cam(self, images):
+        if self._class_kernel is not None:
+            return class_activation_maps(self._graph, self._class_kernel, images)
         return grad_cam(self._graph, images)
 
     def run(self, images: np.ndarray, with_cam: bool) -> BatchOutput:

@@ -26,7 +26,9 @@ evidence; scaling each map to its own peak would paint the same bright blob on
 both. :func:`strongest_region` boxes the region around the map's peak, the way
 clinical tools mark a finding, and :func:`box_style` says how to draw it.
 
-:func:`grad_cam` is the maths, run inside the compiled function of
+:func:`grad_cam` is the maths for the binary model, :func:`class_activation_maps` for a
+K-class one (where Grad-CAM of class ``k`` is ``relu(w_k . A)``, the same identity for the
+``k``-th unit, so all K maps come from the forward pass), both run inside the compiled function of
 :class:`fracture.inference.engine.InferenceEngine`, which shares one forward
 pass between the probability and the heat map. :func:`heatmap_to_image` maps a
 heat map back to the original image and :func:`overlay_heatmap` draws it.
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "grad_cam",
+    "class_activation_maps",
     "heatmap_to_image",
     "evidence_heat",
     "strongest_region",
@@ -87,6 +90,26 @@ def grad_cam(graph: "keras.Model", images: Any) -> tuple[Any, Any, Any]:
     channel_weights = tf.reduce_sum(gradients, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(channel_weights * features, axis=-1))
     return to_float32(logits[:, 0]), to_float32(pooled), cams
+
+
+def class_activation_maps(graph: "keras.Model", kernel: Any, images: Any) -> tuple[Any, Any, Any]:
+    """Logits (B, K), pooled features (B, 2048) and every class's Grad-CAM (B, h, w, K), float32.
+
+    For a global-average-pooling + dense head, Grad-CAM of class ``k`` with the
+    gradients summed over the cells is exactly ``relu(sum_c w_ck A_c)``: the class
+    activation map of Zhou et al. (CVPR 2016), in the logit units of
+    :func:`grad_cam` (module docstring). It needs no gradient, so a K-class model
+    gets all K maps from one forward pass and one (h*w, C) x (C, K) product;
+    choosing which class to show later costs nothing. ``kernel`` is the logit
+    layer's (C, K) weight matrix; the bias adds to every cell alike and is not
+    evidence for any place, as in the binary map.
+    """
+    import tensorflow as tf
+
+    features, pooled, logits = graph(images, training=False)
+    features = to_float32(features)
+    cams = tf.nn.relu(tf.einsum("bhwc,ck->bhwk", features, to_float32(kernel)))
+    return to_float32(logits), to_float32(pooled), cams
 
 
 def to_float32(tensor):

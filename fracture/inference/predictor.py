@@ -3,10 +3,18 @@
 :class:`Predictor` is what the CLI, the dashboard and notebooks share. One bad
 file never stops a batch: it becomes a :class:`Prediction` with
 ``status="error"`` and a message a person can act on.
+
+A K-class model (``ModelConfig.classes``) gives every prediction its per-class
+probabilities, ``softmax(logits / T)`` in the model's class order, and every
+class's heat map from the same pass; the map shown is the top class's, and
+:func:`with_class_map` switches to another class without running the network.
+``probability`` stays the fracture probability that operating points, triage and
+the CSV use: 1 - P(normal) where the model has a normal class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +26,7 @@ import numpy as np
 from fracture.config import Settings, get_settings
 from fracture.inference.engine import (
     PRECISIONS,
+    BatchOutput,
     InferenceEngine,
     bfloat16_supported,
     configure_threads,
@@ -33,9 +42,18 @@ from fracture.inference.preprocess import Geometry, letterbox
 from fracture.inference.region import RegionHead
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model import imagenet, registry
-from fracture.model.folder import LoadedModel, ModelFolder, load_model
+from fracture.model.folder import LoadedModel, ModelConfig, ModelFolder, load_model
 
-__all__ = ["Prediction", "Predictor", "load_predictor", "Source", "CSV_COLUMNS"]
+__all__ = [
+    "Prediction",
+    "Predictor",
+    "load_predictor",
+    "with_class_map",
+    "csv_columns",
+    "Source",
+    "CSV_COLUMNS",
+    "CLASS_COLUMN_PREFIX",
+]
 
 Source = str | os.PathLike[str] | bytes | np.ndarray
 CSV_COLUMNS = (
@@ -56,6 +74,15 @@ CSV_COLUMNS = (
     "body_region_probability",
 )
 FRACTURE, NORMAL = "fracture", "normal"
+# A K-class model's CSV adds one column per class: this prefix, then the class name.
+CLASS_COLUMN_PREFIX = "probability_"
+
+
+def csv_columns(class_names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The CSV columns: :data:`CSV_COLUMNS`, then one probability per class for a K-class model."""
+    if not class_names:
+        return CSV_COLUMNS
+    return (*CSV_COLUMNS, *(CLASS_COLUMN_PREFIX + name for name in class_names), "top_class")
 
 
 @dataclass
@@ -67,7 +94,9 @@ class Prediction:
     probability: float | None = None
     label: str | None = None
     threshold: float | None = None
-    logit: float | None = None  # prior-corrected logit (see ModelConfig.prior_shift)
+    # Prior-corrected logit (see ModelConfig.prior_shift); None for a K-class model,
+    # whose K logits are summed up by class_probabilities.
+    logit: float | None = None
     error: str | None = None
     # Out-of-distribution gate (see fracture.inference.ood): False flags an input that does
     # not look like the bone radiographs the model was trained on.
@@ -92,10 +121,23 @@ class Prediction:
     # OOD gate flagged the input (an untrained body part still gets the nearest region).
     body_region: str | None = None
     body_region_probability: float | None = None
+    # K-class models only: the calibrated probability of each class, in the model's
+    # class order (they sum to 1), which class the heat map shows, and every class's
+    # evidence on the network's grid (h, w, K) so another class can be shown later.
+    class_probabilities: dict[str, float] | None = None
+    cam_class: str | None = None
+    class_evidence: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def top_class(self) -> str | None:
+        """The most probable class of a K-class model (the first on a tie), else None."""
+        if not self.class_probabilities:
+            return None
+        return max(self.class_probabilities, key=self.class_probabilities.__getitem__)
 
     def evidence_image(self) -> np.ndarray | None:
         """The raw heat map (logit evidence, unclipped) at the original image's size."""
@@ -104,8 +146,8 @@ class Prediction:
         return heatmap_to_image(self.evidence, self.geometry)
 
     def row(self) -> dict[str, Any]:
-        """One CSV row, with the columns of :data:`CSV_COLUMNS`."""
-        return {
+        """One CSV row: the columns of :data:`CSV_COLUMNS`, and of :func:`csv_columns` for K classes."""
+        row = {
             "path": self.source,
             "probability": "" if self.probability is None else f"{self.probability:.6f}",
             "prediction": self.label or "",
@@ -128,6 +170,11 @@ class Prediction:
             if self.body_region_probability is None
             else f"{self.body_region_probability:.3f}",
         }
+        if self.class_probabilities is not None:
+            for name, value in self.class_probabilities.items():
+                row[CLASS_COLUMN_PREFIX + name] = f"{value:.6f}"
+            row["top_class"] = self.top_class or ""
+        return row
 
 
 @dataclass
@@ -191,6 +238,11 @@ class Predictor:
     @property
     def threshold(self) -> float:
         return self.config.threshold
+
+    @property
+    def csv_columns(self) -> tuple[str, ...]:
+        """The CSV columns of this model's predictions (see :func:`csv_columns`)."""
+        return csv_columns(self.config.class_names if self.config.is_multiclass else None)
 
     def warm_up(self) -> None:
         """Trace both compiled paths now, so the first user request is not the slow one."""
@@ -304,8 +356,6 @@ class Predictor:
         if good:
             # Prepared without error means network_input and geometry are set.
             output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)  # type: ignore[misc]
-            logits = self.corrected_logit(output.logits)
-            probabilities = self.probability_from_logit(logits)
             gate = self.ood_gate
             ood_scores = gate.score(output.pooled) if gate is not None else None
             regions = (
@@ -313,17 +363,23 @@ class Predictor:
                 if self.region_head is not None
                 else None
             )
+            if output.logits.ndim == 1:
+                scored = self._binary(output)
+            else:
+                scored = self._classes(output)
             for row, prepared in enumerate(good):
-                probability = float(probabilities[row])
-                heatmap = box = style = None
-                if output.cams is not None:
-                    heatmap = evidence_heat(
-                        heatmap_to_image(output.cams[row], prepared.geometry),  # type: ignore[arg-type]
-                        self.config.evidence_scale,
+                prediction = scored[row]
+                if prediction.class_evidence is not None:
+                    prediction = with_class_map(
+                        prediction, prediction.top_class, self.config, prepared.geometry
                     )
-                    style = box_style(probability, self.config.thresholds)
-                    box = strongest_region(heatmap) if style else None
-                    style = style if box else None
+                elif prediction.evidence is not None:
+                    prediction.heatmap, prediction.box, prediction.box_style = _heat_and_box(
+                        prediction.evidence,
+                        prepared.geometry,  # type: ignore[arg-type]
+                        prediction.probability,
+                        self.config,
+                    )
                 in_distribution = (
                     None
                     if gate is None or ood_scores is None
@@ -334,17 +390,9 @@ class Predictor:
                     if regions is not None and in_distribution is not False
                     else (None, None)
                 )
-                results[prepared.index] = Prediction(
+                results[prepared.index] = dataclasses.replace(
+                    prediction,
                     source=prepared.name,
-                    status="ok",
-                    probability=probability,
-                    label=FRACTURE if probability >= self.threshold else NORMAL,
-                    threshold=self.threshold,
-                    logit=float(logits[row]),
-                    heatmap=heatmap,
-                    box=box,
-                    box_style=style,
-                    evidence=None if output.cams is None else output.cams[row],
                     geometry=prepared.geometry,
                     image=prepared.image,
                     features=output.pooled[row],
@@ -357,6 +405,110 @@ class Predictor:
             yield results.get(prepared.index) or Prediction(
                 source=prepared.name, status="error", error=prepared.error
             )
+
+    def _binary(self, output: BatchOutput) -> list[Prediction]:
+        """The binary model's predictions: one calibrated sigmoid probability each."""
+        logits = self.corrected_logit(output.logits)
+        probabilities = self.probability_from_logit(logits)
+        return [
+            Prediction(
+                source="",
+                status="ok",
+                probability=float(probability),
+                label=FRACTURE if probability >= self.threshold else NORMAL,
+                threshold=self.threshold,
+                logit=float(logit),
+                evidence=None if output.cams is None else output.cams[row],
+            )
+            for row, (logit, probability) in enumerate(zip(logits, probabilities))
+        ]
+
+    def _classes(self, output: BatchOutput) -> list[Prediction]:
+        """A K-class model's predictions: per-class probabilities, and the fracture probability.
+
+        With a normal class, the fracture probability is 1 - P(normal), labelled at the
+        operating point like a binary model's. Without one every class is a kind of
+        finding, so there is no fracture-or-normal decision: probability and threshold
+        are None and the label is the top class.
+        """
+        names = self.config.class_names
+        matrix = self.config.probabilities(output.logits)  # softmax(logits / T), the contract's
+        any_fracture = self.config.any_fracture(matrix)
+        predictions = []
+        for row, values in enumerate(matrix):
+            classes = {name: float(value) for name, value in zip(names, values)}
+            top = names[int(np.argmax(values))]
+            if any_fracture is None:
+                probability, threshold, label = None, None, top
+            else:
+                probability = float(any_fracture[row])
+                threshold = self.threshold
+                label = FRACTURE if probability >= threshold else NORMAL
+            predictions.append(
+                Prediction(
+                    source="",
+                    status="ok",
+                    probability=probability,
+                    label=label,
+                    threshold=threshold,
+                    class_probabilities=classes,
+                    class_evidence=None if output.cams is None else output.cams[row],
+                )
+            )
+        return predictions
+
+
+def _heat_and_box(
+    evidence: np.ndarray, geometry: Geometry, probability: float | None, config: ModelConfig
+) -> tuple[np.ndarray, tuple[float, float, float, float] | None, str | None]:
+    """Display heat at the image's size, and the strongest-region box and its style.
+
+    The box marks a finding: it is drawn only where the fracture probability passes an
+    operating point (:func:`~fracture.inference.gradcam.box_style`).
+    """
+    heatmap = evidence_heat(heatmap_to_image(evidence, geometry), config.evidence_scale)
+    style = box_style(probability, config.thresholds)
+    box = strongest_region(heatmap) if style else None
+    return heatmap, box, style if box else None
+
+
+def with_class_map(
+    prediction: Prediction,
+    class_name: str | None,
+    config: ModelConfig,
+    geometry: Geometry | None = None,
+) -> Prediction:
+    """``prediction`` showing the heat map of ``class_name`` (a copy; no network run).
+
+    For K-class predictions made with heat maps: every class's evidence was kept on the
+    network's grid, so this only upsamples one map. The strongest-region box is drawn
+    for fracture classes only (the normal class's evidence is not a finding), at the
+    operating point, as for the binary model. ``geometry`` defaults to the prediction's.
+    """
+    if prediction.class_evidence is None or prediction.class_probabilities is None:
+        raise ValueError(
+            "this prediction has no per-class heat maps (binary model, or no Grad-CAM)"
+        )
+    names = list(prediction.class_probabilities)
+    if class_name not in names:
+        raise ValueError(f"{class_name!r} is not one of the model's classes: {', '.join(names)}")
+    geometry = geometry or prediction.geometry
+    if geometry is None:
+        raise ValueError("this prediction has no image geometry to map its heat map onto")
+    index = names.index(class_name)
+    evidence = prediction.class_evidence[..., index]
+    is_normal = index == config.normal_index
+    heatmap, box, style = _heat_and_box(
+        evidence, geometry, None if is_normal else prediction.probability, config
+    )
+    return dataclasses.replace(
+        prediction,
+        cam_class=class_name,
+        evidence=evidence,
+        heatmap=heatmap,
+        box=box,
+        box_style=style,
+    )
 
 
 def _load_ood_gate(directory: Path | None) -> OODGate | None:
