@@ -286,11 +286,15 @@ def render_sidebar() -> None:
                 ci = headline["val_auroc_ci"]
                 interval = f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})" if ci else ""
                 st.caption(f"Validation AUROC {auroc:.2f}{interval}")
-            op_name, threshold = operating_point(model.config)
-            st.caption(
-                f"Operating point: {_operating_point_label(op_name).lower()}, threshold "
-                f"{results.format_threshold(threshold)} (change it on Predict)"
-            )
+            if model.config.thresholds:
+                op_name, threshold = operating_point(model.config)
+                st.caption(
+                    f"Operating point: {_operating_point_label(op_name).lower()}, threshold "
+                    f"{results.format_threshold(threshold)} (change it on Predict)"
+                )
+            else:
+                # A K-class model without a normal class: nothing to threshold.
+                st.caption(f"Names the most probable of {len(model.config.class_names)} classes")
         st.divider()
         st.caption(NOT_FOR_DIAGNOSIS)
 

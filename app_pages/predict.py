@@ -38,8 +38,13 @@ st.caption(
 served = common.get_served_model()
 if served is None:
     st.stop()
-# Here, not only in the sidebar: on a phone the sidebar is folded away.
-op_name, threshold = common.operating_point_picker(served.config)
+threshold: float | None = None
+op_name = ""
+if served.config.thresholds:
+    # Here, not only in the sidebar: on a phone the sidebar is folded away.
+    op_name, threshold = common.operating_point_picker(served.config)
+# else: a K-class model without a normal class names its most probable class; there is
+# no fracture probability, so no operating point to pick.
 
 mode = st.radio(
     "Upload",
@@ -64,8 +69,8 @@ if not uploads:
     st.stop()
 
 
-def _overlay_caption(style: str | None) -> str:
-    caption = "Grad-CAM evidence for fracture, on one fixed scale for every image"
+def _overlay_caption(style: str | None, shown_class: str = "fracture") -> str:
+    caption = f"Grad-CAM evidence for {shown_class}, on one fixed scale for every image"
     if style == "solid":
         return caption + "; solid box: strongest region, above the high-specificity threshold"
     if style == "dotted":
@@ -106,7 +111,15 @@ def cam_prediction(upload: UploadedFile) -> Prediction:
 
 
 @st.fragment
-def image_pair(name: str, image, heatmap, box=None, style=None, caption: str | None = None) -> None:
+def image_pair(
+    name: str,
+    image,
+    heatmap,
+    box=None,
+    style=None,
+    caption: str | None = None,
+    shown_class: str = "fracture",
+) -> None:
     """The Grad-CAM overlay (with the strongest-region box), then the image, at display size.
 
     The overlay comes first so that a phone, which stacks the columns, shows it
@@ -118,12 +131,12 @@ def image_pair(name: str, image, heatmap, box=None, style=None, caption: str | N
     if heatmap is not None:
         overlay.image(
             display.jpeg(overlay_heatmap(image, heatmap, alpha, box=box, style=style)),
-            caption=caption or _overlay_caption(style),
+            caption=caption or _overlay_caption(style, shown_class),
             width="stretch",
         )
         if float(heatmap.max()) <= 0.0:
-            # Grad-CAM keeps only evidence *for* fracture; none at all is a result too.
-            overlay.caption("The heat map is empty: no region raised the fracture score.")
+            # Grad-CAM keeps only evidence *for* the class; none at all is a result too.
+            overlay.caption(f"The heat map is empty: no region raised the {shown_class} score.")
     else:
         overlay.info("This model has no Grad-CAM layer, so there is no heat map.")
     original.image(display.jpeg(image), caption=name, width="stretch")
@@ -155,6 +168,11 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             st.columns(2)[0].image(
                 display.jpeg(prediction.image), caption=upload.name, width="stretch"
             )
+    elif prediction.probability is None or threshold is None:
+        # A K-class model without a normal class: every class is a finding, so there is
+        # no fracture probability and no threshold, only the classes.
+        st.metric("Most probable class", prediction.top_class or "")
+        show_classes(upload, prediction)
     else:
         probability = prediction.probability
         label = results.label_for(probability, threshold)
@@ -184,9 +202,16 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
                 help="Named by the model's region head (hand, leg, hip, shoulder or several "
                 "regions), only when it is at least 50% sure.",
             )
-        image_pair(
-            upload.name, prediction.image, prediction.heatmap, prediction.box, prediction.box_style
-        )
+        if prediction.class_probabilities is not None:
+            show_classes(upload, prediction)
+        else:
+            image_pair(
+                upload.name,
+                prediction.image,
+                prediction.heatmap,
+                prediction.box,
+                prediction.box_style,
+            )
         st.plotly_chart(
             display.probability_gauge(probability, threshold),
             key=f"gauge_{upload.file_id}",
@@ -213,6 +238,40 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
                     )
 
 
+def show_classes(upload: UploadedFile, prediction: Prediction) -> None:
+    """A K-class model: every class's probability, and the heat map of the class picked.
+
+    All classes' maps came from the one scoring pass; picking another class only
+    redraws (nothing is scored again).
+    """
+    names = list(prediction.class_probabilities or {})
+    top = prediction.top_class
+    picked = st.selectbox(
+        "Heat map for",
+        names,
+        index=names.index(top) if top in names else 0,
+        key=f"cam_class_{upload.file_id}",
+        format_func=lambda name: f"{name} (most probable)" if name == top else name,
+        help="Where the image raised the score of this class. The most probable class is shown first.",
+    )
+    shown = prediction
+    if prediction.class_evidence is not None and picked != prediction.cam_class:
+        shown = results.heat_for_class(prediction, picked, served.config)
+    image_pair(
+        upload.name,
+        shown.image,
+        shown.heatmap,
+        shown.box,
+        shown.box_style,
+        shown_class=picked,
+    )
+    st.plotly_chart(
+        figures.class_probability_figure(prediction.class_probabilities or {}, shown=picked),
+        key=f"classes_{upload.file_id}",
+        config={"displayModeBar": False},
+    )
+
+
 def score_batch(uploads: Sequence[UploadedFile]) -> list[Prediction]:
     """Score every upload (no heat maps: those are made for the row a person opens)."""
     names = [upload.name for upload in uploads]
@@ -228,14 +287,60 @@ def score_batch(uploads: Sequence[UploadedFile]) -> list[Prediction]:
     return results
 
 
-def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
-    """Summary, histogram, table, downloads, and the selected image."""
+def batch_predictions(uploads: Sequence[UploadedFile]) -> list[Prediction]:
+    """The batch's predictions, scored once per set of uploads and model."""
     batch_key = (served.key, tuple(upload.file_id for upload in uploads))
     stored = st.session_state.get("batch_results")
     if not stored or stored["key"] != batch_key:
         stored = {"key": batch_key, "predictions": score_batch(uploads)}
         st.session_state["batch_results"] = stored
-    predictions = stored["predictions"]
+    return stored["predictions"]
+
+
+def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
+    """A batch for a model without a normal class: each image's most probable class."""
+    predictions = batch_predictions(uploads)
+    frame = results.class_results_frame(predictions)
+    if skipped:
+        st.caption(f"Skipped, not an image: {', '.join(skipped)}")
+    shown = [c for c in frame.columns if c != "error" or (frame["error"] != "").any()]
+    event = st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key="class_batch_table",
+        column_order=shown,
+        column_config={"class": "most probable class", "error": "problem"},
+    )
+    model = served.config
+    st.download_button(
+        "Download results (CSV)",
+        results.predictions_csv(
+            predictions,
+            None,
+            model_name=model.name or "",
+            model_version=str(model.version or ""),
+            class_names=model.class_names,
+        ),
+        file_name="fracture_predictions.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    rows = event.selection.rows if event and event.selection else []
+    position = int(frame.index[rows[0]]) if rows else int(frame.index[0])
+    st.subheader(f"{uploads[position].name}")
+    show_result(uploads[position], cam_prediction(uploads[position]))
+
+
+def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
+    """Summary, histogram, table, downloads, and the selected image."""
+    if threshold is None:
+        class_batch_view(uploads, skipped)
+        return
+    predictions = batch_predictions(uploads)
 
     counts = results.batch_counts(predictions, threshold)
     summary_column, chart_column = st.columns([2, 3])
@@ -310,6 +415,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
             model_name=model.name or "",
             model_version=str(model.version or ""),
             operating_point=op_name,
+            class_names=model.class_names if model.is_multiclass else None,
         ),
         file_name="fracture_predictions.csv",
         mime="text/csv",

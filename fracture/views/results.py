@@ -28,7 +28,14 @@ import numpy as np
 
 from fracture.data.records import region_words
 from fracture.inference.gradcam import overlay_heatmap
-from fracture.inference.predictor import CSV_COLUMNS, FRACTURE, NORMAL, Prediction
+from fracture.inference.predictor import (
+    FRACTURE,
+    NORMAL,
+    Prediction,
+    csv_columns,
+    with_class_map,
+)
+from fracture.model.folder import ModelConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,11 +54,13 @@ __all__ = [
     "RESULT_COLUMNS",
     "UNCERTAIN_LOGIT_MARGIN",
     "batch_counts",
+    "class_results_frame",
     "confidence_band",
     "encode_png",
     "annotated_overlay",
     "format_probability",
     "format_threshold",
+    "heat_for_class",
     "is_assessed",
     "label_for",
     "verdict",
@@ -88,7 +97,7 @@ DISPLAY_FLOOR = 0.01
 DISPLAY_CEILING = 0.99
 _PROBABILITY_EPS = 1e-6
 
-# Columns of the on-screen results table (the CSV download uses CSV_COLUMNS, as the CLI).
+# Columns of the on-screen results table (the CSV download uses the CLI's columns).
 RESULT_COLUMNS = (
     "file",
     "probability",
@@ -190,9 +199,9 @@ def verdict(prediction: Prediction, threshold: float) -> str:
     return label_for(prediction.probability, threshold)
 
 
-def _relabelled(prediction: Prediction, threshold: float) -> Prediction:
+def _relabelled(prediction: Prediction, threshold: float | None) -> Prediction:
     """``prediction`` as seen at ``threshold`` (the sidebar's operating point)."""
-    if not prediction.ok or prediction.probability is None:
+    if not prediction.ok or prediction.probability is None or threshold is None:
         return prediction
     label = verdict(prediction, threshold)
     return dataclasses.replace(
@@ -244,21 +253,24 @@ def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.Da
 
 def predictions_csv(
     predictions: Iterable[Prediction],
-    threshold: float,
+    threshold: float | None,
     *,
     model_name: str = "",
     model_version: str = "",
     operating_point: str = "",
+    class_names: Sequence[str] | None = None,
 ) -> bytes:
     """The CLI's CSV in input order, labels at ``threshold``, plus which model and operating point.
 
-    Columns: :data:`fracture.inference.predictor.CSV_COLUMNS`, then :data:`CSV_CONTEXT_COLUMNS`.
+    Columns: :func:`fracture.inference.predictor.csv_columns` (one probability per class
+    of a K-class model, whose ``class_names`` are given), then :data:`CSV_CONTEXT_COLUMNS`.
     An input flagged out of distribution keeps its probability (for research)
-    but its ``prediction`` is :data:`CSV_NOT_ASSESSED`, never a label.
+    but its ``prediction`` is :data:`CSV_NOT_ASSESSED`, never a label. ``threshold``
+    is None for a K-class model without a normal class: its label is the top class.
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(
-        buffer, fieldnames=[*CSV_COLUMNS, *CSV_CONTEXT_COLUMNS], lineterminator="\n"
+        buffer, fieldnames=[*csv_columns(class_names), *CSV_CONTEXT_COLUMNS], lineterminator="\n"
     )
     writer.writeheader()
     context = {
@@ -269,6 +281,52 @@ def predictions_csv(
     for prediction in predictions:
         writer.writerow({**_relabelled(prediction, threshold).row(), **context})
     return buffer.getvalue().encode("utf-8")
+
+
+def class_results_frame(predictions: Sequence[Prediction]) -> "pd.DataFrame":
+    """A K-class model's batch: file, most probable class, each class's probability (text).
+
+    For models without a normal class, which have no fracture probability to sort by:
+    rows keep the upload order, failed files last. The index is each prediction's position.
+    """
+    import pandas as pd
+
+    names = next((list(p.class_probabilities) for p in predictions if p.class_probabilities), [])
+    rows = []
+    for position, prediction in enumerate(predictions):
+        probabilities = prediction.class_probabilities or {}
+        not_assessed = prediction.ok and prediction.in_distribution is False
+        rows.append(
+            {
+                "position": position,
+                "file": prediction.source,
+                "class": NOT_ASSESSED
+                if not_assessed
+                else (prediction.top_class or "" if prediction.ok else "could not be read"),
+                **{name: format_probability(probabilities.get(name)) for name in names},
+                "error": prediction.error or "",
+                "_rank": 0 if prediction.ok else 1,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["position", "file", "class", *names, "error", "_rank"])
+    frame = frame.sort_values(["_rank", "position"])
+    return frame.drop(columns="_rank").set_index("position")
+
+
+def heat_for_class(prediction: Prediction, class_name: str, config: ModelConfig) -> Prediction:
+    """``prediction`` showing ``class_name``'s heat map at the size of its (display) image.
+
+    No network run: the prediction kept every class's evidence
+    (:func:`~fracture.inference.predictor.with_class_map`). The map comes out at the
+    original image's size and is shrunk here to the image the page keeps.
+    """
+    shown = with_class_map(prediction, class_name, config)
+    if shown.heatmap is not None and prediction.image is not None:
+        height, width = prediction.image.shape[:2]
+        if shown.heatmap.shape[:2] != (height, width):
+            heat = cv2.resize(shown.heatmap, (width, height), interpolation=cv2.INTER_AREA)
+            shown = dataclasses.replace(shown, heatmap=heat)
+    return shown
 
 
 def batch_counts(predictions: Sequence[Prediction], threshold: float) -> dict[str, int]:
