@@ -3,8 +3,11 @@
 Three on-disk layouts are recognised, so a dataset can be used as downloaded:
 
 ``folders``
-    ``ROOT/{train,val,test}/<class>/*`` or ``ROOT/<class>/*``, where ``<class>`` is
-    one of :data:`CLASS_SYNONYMS`. Optional side files at ``ROOT``: ``manifest.csv``
+    ``ROOT/{train,val,test}/<class>/*`` or ``ROOT/<class>/*``. When every ``<class>``
+    is one of :data:`CLASS_SYNONYMS` the dataset is the binary fracture dataset;
+    folders named anything else (fracture types, a hospital's own classes) make a
+    K-class dataset whose classes are all the folder names, sorted
+    (:func:`fracture.data.records.class_sort_key`). Optional side files at ``ROOT``: ``manifest.csv``
     (``path`` relative to ROOT, ``region``, ``hardware`` 0/1, optional ``group`` and
     ``split``, which applies where the folders give none)
     and ``boxes.csv`` (``path,x0,y0,x1,y1`` normalised to [0, 1], one row per box).
@@ -37,16 +40,20 @@ import csv
 import json
 import logging
 import os
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from fracture.data.records import (
     SPLITS,
     Dataset,
     DatasetLayoutError,
     Record,
+    class_sort_key,
     label_from_name,
     relative_posix,
 )
@@ -111,12 +118,13 @@ def load_dataset(
     if not root.is_dir():
         raise DatasetLayoutError(root, "does not exist or is not a folder")
     layout = _detect_layout(root)
+    classes: list[str] | None = None
     if layout == "fracatlas":
         found = _list_fracatlas(root)
     elif layout == "mura":
         found = _list_mura(root)
     else:
-        found = _list_folders(root)
+        found, classes = _list_folders(root)
     if not found:
         raise DatasetLayoutError(root, f"recognised as the {layout!r} layout but holds no images")
     if layout != "fracatlas":
@@ -133,10 +141,11 @@ def load_dataset(
             hardware=item.hardware,
             group=item.group,
             boxes=item.boxes,
+            class_name=None if classes is None else classes[item.label],
         )
         for item in found
     ]
-    return Dataset(root=root, layout=layout, records=records, made_splits=made)
+    return Dataset(root=root, layout=layout, records=records, made_splits=made, classes=classes)
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -181,8 +190,15 @@ def _detect_layout(root: Path) -> str:
         for child in top
     ):
         return "folders"
+    # ROOT/<class>/* with classes of any name: at least two folders holding images.
+    if sum(1 for child in top if _holds_images(child)) >= 2:
+        return "folders"
     names = ", ".join(child.name for child in top[:8]) or "no sub-folders"
     raise DatasetLayoutError(root, f"layout not recognised (found: {names})")
+
+
+def _holds_images(folder: Path) -> bool:
+    return bool(_images_in(folder))
 
 
 def _is_mura_region(folder: Path) -> bool:
@@ -203,7 +219,8 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return splits
 
 
-def _list_folders(root: Path) -> list[_Found]:
+def _list_folders(root: Path) -> tuple[list[_Found], list[str] | None]:
+    """The images of a folders-layout dataset, and its K classes (None: binary)."""
     splits = _split_folders(root)
     class_dirs = [d for d in _subdirs(root) if label_from_name(d.name) is not None]
     if splits and class_dirs:
@@ -215,25 +232,33 @@ def _list_folders(root: Path) -> list[_Found]:
             + ", ".join(d.name for d in class_dirs)
             + "); use one or the other",
         )
-    if not splits:
-        return _list_class_dirs(root, split=None)
+    if splits:
+        sources = [(name, _class_folders(folder, split=name)) for name, folder in splits.items()]
+    else:
+        sources = [(None, _class_folders(root, split=None))]
+    names = {_class_name(d) for _, dirs in sources for d in dirs}
+    # A flat root with fracture/normal folders stays binary, as it always was; its
+    # other folders (caches, notes) are ignored below. Without a split folder or a
+    # synonym, every folder that holds images is a class.
+    binary = all(label_from_name(name) is not None for name in names) or (
+        not splits and any(label_from_name(name) is not None for name in names)
+    )
+    classes = None if binary else _check_classes(root, names)
     found: list[_Found] = []
-    for name, folder in splits.items():
-        found.extend(_list_class_dirs(folder, split=name))
-    return found
+    for split, dirs in sources:
+        found.extend(_list_class_dirs(dirs, split, classes))
+    if classes is not None:
+        _check_class_images(root, classes, found)
+    return found, classes
 
 
-def _list_class_dirs(folder: Path, split: str | None) -> list[_Found]:
-    found: list[_Found] = []
-    for child in _subdirs(folder):
-        label = label_from_name(child.name)
-        if label is None:
-            if split is None:
-                # A flat root may hold unrelated folders (caches, notes); say so but go on.
-                logger.warning("Ignoring %s: not a class folder", child)
-                continue
-            raise DatasetLayoutError(child, "is not a class folder")
-        found.extend(_Found(path=path, label=label, split=split) for path in _images_in(child))
+def _class_name(folder: Path) -> str:
+    # NFC: macOS writes "Grünstick" decomposed (u + combining diaeresis); one class, one spelling.
+    return unicodedata.normalize("NFC", folder.name)
+
+
+def _class_folders(folder: Path, split: str | None) -> list[Path]:
+    """The class folders of one split (or of a flat root), warning about loose files."""
     if split is not None:
         loose = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
         if loose:
@@ -242,6 +267,68 @@ def _list_class_dirs(folder: Path, split: str | None) -> list[_Found]:
                 len(loose),
                 folder,
             )
+    return _subdirs(folder)
+
+
+def _check_classes(root: Path, names: set[str]) -> list[str]:
+    """The K classes, sorted, or a clear error for a set of folders that cannot train."""
+    classes = sorted(names, key=class_sort_key)
+    if len(classes) < 2:
+        found = f"only the class folder {classes[0]!r}" if classes else "no class folders"
+        raise DatasetLayoutError(
+            root, f"found {found}: a classifier needs at least two classes, one folder each"
+        )
+    by_case: dict[str, list[str]] = defaultdict(list)
+    for name in classes:
+        by_case[name.casefold()].append(name)
+    clashes = [spellings for spellings in by_case.values() if len(spellings) > 1]
+    if clashes:
+        raise DatasetLayoutError(
+            root,
+            f"class folders {' and '.join(repr(n) for n in clashes[0])} differ only in case; "
+            "name each class the same way in every split",
+        )
+    normals = [name for name in classes if label_from_name(name) == 0]
+    if len(normals) > 1:
+        raise DatasetLayoutError(
+            root,
+            f"class folders {' and '.join(repr(n) for n in normals)} both mean normal; "
+            "merge them into one folder",
+        )
+    if "total" in by_case:
+        raise DatasetLayoutError(root, "a class cannot be called 'total'; rename that folder")
+    return classes
+
+
+def _check_class_images(root: Path, classes: list[str], found: list[_Found]) -> None:
+    counts = np.bincount([item.label for item in found], minlength=len(classes))
+    empty = [name for name, count in zip(classes, counts) if count == 0]
+    if empty:
+        raise DatasetLayoutError(
+            root,
+            f"class folder(s) {', '.join(repr(n) for n in empty)} hold no images; add images "
+            "or remove the folder",
+        )
+
+
+def _list_class_dirs(
+    class_dirs: list[Path], split: str | None, classes: list[str] | None
+) -> list[_Found]:
+    found: list[_Found] = []
+    for child in class_dirs:
+        name = _class_name(child)
+        if classes is not None:
+            found.extend(
+                _Found(path=path, label=classes.index(name), split=split)
+                for path in _images_in(child)
+            )
+            continue
+        label = label_from_name(name)
+        if label is None:
+            # Binary: a flat root may hold unrelated folders (caches, notes); say so but go on.
+            logger.warning("Ignoring %s: not a class folder", child)
+            continue
+        found.extend(_Found(path=path, label=label, split=split) for path in _images_in(child))
     return found
 
 
