@@ -51,7 +51,15 @@ def add_data_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
 
     synth = commands.add_parser("synth", help="write synthetic phantom radiographs (not clinical)")
     synth.add_argument("dest", type=Path, help="new folder for the phantoms")
-    synth.add_argument("--n", type=int, required=True, help="number of images, half fractured")
+    synth.add_argument(
+        "--n", type=int, required=True, help="number of images, split evenly over the classes"
+    )
+    synth.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated fracture types and normal, e.g. transverse,oblique,comminuted,"
+        "normal (default: fractured and normal)",
+    )
     synth.add_argument("--size", type=int, default=256, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--val-fraction", type=float, default=0.2)
@@ -94,8 +102,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     def run() -> int:
         from fracture.data.phantoms import synthesize_phantoms
 
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         dataset = synthesize_phantoms(
-            args.dest, args.n, size=args.size, seed=args.seed, val_fraction=args.val_fraction
+            args.dest,
+            args.n,
+            size=args.size,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            classes=classes,
         )
         print(f"Wrote {len(dataset.records)} SYNTHETIC phantom images to {dataset.root}")
         print("They are not clinical data: use them for smoke tests and demos only.")
@@ -183,10 +197,17 @@ def _cmd_download_fracatlas(args: argparse.Namespace) -> int:
 
 
 def _print_counts(dataset: Dataset) -> None:
+    """Images per split and class: fractured and normal, or each of K classes."""
     summary = dataset.summary()
-    print(f"{'split':<8}{'fractured':>11}{'normal':>9}{'total':>8}")
-    for split, counts in summary.items():
-        print(f"{split:<8}{counts['fractured']:>11}{counts['normal']:>9}{counts['total']:>8}")
-    fractured = sum(c["fractured"] for c in summary.values())
-    normal = sum(c["normal"] for c in summary.values())
-    print(f"{'all':<8}{fractured:>11}{normal:>9}{fractured + normal:>8}")
+    names = dataset.label_names[::-1] if dataset.classes is None else dataset.label_names
+    widths = [max(len(name), 6) + 2 for name in names]
+    print(f"{'split':<8}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)) + f"{'total':>8}")
+    rows = [*summary.items(), ("all", _totals(summary, names))]
+    for split, counts in rows:
+        cells = "".join(f"{counts.get(n, 0):>{w}}" for n, w in zip(names, widths))
+        print(f"{split:<8}{cells}{counts['total']:>8}")
+
+
+def _totals(summary: dict[str, dict[str, int]], names: list[str]) -> dict[str, int]:
+    totals = {name: sum(c.get(name, 0) for c in summary.values()) for name in names}
+    return {**totals, "total": sum(c["total"] for c in summary.values())}

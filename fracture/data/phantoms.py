@@ -1,4 +1,4 @@
-"""Synthetic "phantom" radiographs of long bones, half of them fractured.
+"""Synthetic "phantom" radiographs of long bones: fractured and normal, or of fracture types.
 
 THESE ARE SYNTHETIC IMAGES, NOT CLINICAL DATA. They exist so that the whole
 pipeline (listing, training, evaluation, Grad-CAM, the dashboard) can be run and
@@ -14,6 +14,14 @@ A fracture removes a band of bone across the shaft (a dark gap, transverse or
 oblique, with a slightly irregular edge) and, in some images, shifts the distal
 fragment sideways. The fracture box written to ``boxes.csv`` is the tight box
 around the gap where it crosses the bone.
+
+With ``classes`` (fracture types from :data:`FRACTURE_TYPES`, and ``normal``),
+the type decides the picture, so that a K-class model can be trained and tested
+without real data: a transverse break is straight across the shaft, an oblique
+one runs at 35-55 degrees, a comminuted one has extra lines that cut out
+fragments, and a displaced one shifts the distal fragment by a bone radius or
+more. Everything else (bone, tissue, exposure, noise) is drawn from the same
+distributions for every class.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -30,7 +39,14 @@ from fracture.data.records import LABEL_NAMES, Dataset
 from fracture.data.splits import make_splits
 from fracture.io.files import atomic_write_text
 
-__all__ = ["synthesize_phantoms", "render_phantom", "Phantom", "REGION"]
+__all__ = [
+    "synthesize_phantoms",
+    "render_phantom",
+    "Phantom",
+    "REGION",
+    "FRACTURE_TYPES",
+    "NORMAL_CLASS",
+]
 
 # --- configurable parameters -------------------------------------------------------------
 # Lengths are fractions of the image side, so the look does not depend on ``size``.
@@ -49,6 +65,19 @@ OBLIQUE_ANGLE_DEG = (20.0, 45.0)  # transverse fractures get 0-8 degrees
 DISPLACEMENT_PROBABILITY = 0.5
 DISPLACEMENT = (0.3, 0.9)  # sideways shift of the distal fragment, in bone radii
 BOX_MARGIN = 0.01  # padding around the fracture box
+# Fracture types (folder names of a typed phantom set) and how each is drawn.
+FRACTURE_TYPES: tuple[str, ...] = ("transverse", "oblique", "comminuted", "displaced")
+NORMAL_CLASS = "normal"
+TYPE_ANGLE_DEG = {  # the main fracture line against the shaft's cross-section
+    "transverse": (0.0, 6.0),
+    "oblique": (35.0, 55.0),
+    "comminuted": (0.0, 10.0),
+    "displaced": (0.0, 6.0),
+}
+TYPE_DISPLACEMENT = (1.0, 1.5)  # displaced type: sideways shift, in bone radii
+COMMINUTED_LINES = (2, 3)  # extra lines cutting fragments, besides the main one
+COMMINUTED_SPACING = (0.8, 1.5)  # their distance from the main line along the shaft, bone radii
+COMMINUTED_ANGLE_DEG = (30.0, 60.0)
 # Attenuation per unit of projected thickness (thickness is in image sides).
 MU_TISSUE = (0.8, 1.3)
 MU_CORTEX = (8.0, 12.0)  # low enough not to saturate, so the canal stays visible
@@ -68,14 +97,13 @@ Every image in this folder is a SYNTHETIC phantom drawn by `fracture.data.phanto
 are for smoke tests, demos and teaching only; a model trained or evaluated on
 them says nothing about real radiographs and must never be used on patients.
 
-- Generated with: `synthesize_phantoms(n={n}, size={size}, seed={seed},
-  val_fraction={val_fraction})`
-- Layout: `{{train,val}}/{{fractured,normal}}/phantom_NNNNN.png`, 8-bit greyscale
+- Generated with: `{call}`
+- Layout: `{{train,val}}/{{{folders}}}/phantom_NNNNN.png`, 8-bit greyscale
 - `manifest.csv`: path, region (`{region}`), hardware (always 0)
 - `boxes.csv`: one normalised box (x0, y0, x1, y1) per fractured phantom, around the fracture gap
 
-| split | fractured | normal |
-|---|---|---|
+| split | {header} |
+|---|{rule}|
 {table}
 """
 
@@ -87,6 +115,7 @@ class Phantom:
     image: np.ndarray  # (size, size) uint8
     fractured: bool
     box: tuple[float, float, float, float] | None  # normalised x0, y0, x1, y1
+    kind: str | None = None  # a fracture type or "normal"; None for a binary phantom
 
 
 def synthesize_phantoms(
@@ -96,37 +125,51 @@ def synthesize_phantoms(
     size: int = 256,
     seed: int = 0,
     val_fraction: float = 0.2,
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
-    """Write ``n`` phantoms (exactly ``n // 2`` fractured) to ``dest`` in the folders layout.
+    """Write ``n`` phantoms to ``dest`` in the folders layout.
 
-    Writes ``dest/{train,val}/{fractured,normal}/phantom_XXXXX.png``, ``boxes.csv``
-    (fractured images only), ``manifest.csv`` and a README saying the images are
-    synthetic. The same ``seed`` gives the same files. Returns the dataset as
+    Binary (``classes`` None): exactly ``n // 2`` fractured, in
+    ``dest/{train,val}/{fractured,normal}/phantom_XXXXX.png``. With ``classes``
+    (names from :data:`FRACTURE_TYPES` and :data:`NORMAL_CLASS`, at least two):
+    ``n`` split evenly over them, in ``dest/{train,val}/<class>/``, the class
+    deciding how the fracture is drawn. Also writes ``boxes.csv`` (fractured
+    images only), ``manifest.csv`` and a README saying the images are synthetic.
+    The same arguments give the same files. Returns the dataset as
     :func:`fracture.data.layouts.load_dataset` reads it back.
     """
-    if n < 2:
-        raise ValueError(f"n must be at least 2 (one per class), got {n}")
+    names_of_classes = _check_classes(classes)
+    if n < len(names_of_classes):
+        raise ValueError(f"n must be at least {len(names_of_classes)} (one per class), got {n}")
     if size < 64:
         raise ValueError(f"size must be at least 64 pixels, got {size}")
     dest = Path(dest).expanduser().resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest} exists and is not empty; choose a new folder")
 
-    labels = np.zeros(n, dtype=int)
-    labels[: n // 2] = 1
+    if classes is None:
+        labels = np.zeros(n, dtype=int)
+        labels[: n // 2] = 1
+    else:
+        labels = np.arange(n) % len(names_of_classes)
     np.random.default_rng(seed).shuffle(labels)
     names = [f"phantom_{index:05d}.png" for index in range(n)]
     splits = make_splits(labels.tolist(), names, {"val": val_fraction}, seed=seed)
 
     for split in set(splits):
-        for class_name in LABEL_NAMES.values():
+        for class_name in names_of_classes:
             (dest / split / class_name).mkdir(parents=True, exist_ok=True)
     manifest = ["path,region,hardware"]
     boxes = ["path,x0,y0,x1,y1"]
     for index, (name, label, split) in enumerate(zip(names, labels, splits)):
         # One generator per image: image i does not change when n does.
-        phantom = render_phantom(np.random.default_rng([seed, index]), size, fractured=bool(label))
-        rel = f"{split}/{LABEL_NAMES[int(label)]}/{name}"
+        rng = np.random.default_rng([seed, index])
+        if classes is None:
+            phantom = render_phantom(rng, size, fractured=bool(label))
+        else:
+            kind = names_of_classes[int(label)]
+            phantom = render_phantom(rng, size, fractured=kind != NORMAL_CLASS, kind=kind)
+        rel = f"{split}/{names_of_classes[int(label)]}/{name}"
         if not cv2.imwrite(str(dest / rel), phantom.image):
             raise OSError(f"Could not write {dest / rel}")
         manifest.append(f"{rel},{REGION},0")
@@ -135,22 +178,56 @@ def synthesize_phantoms(
     atomic_write_text(dest / "manifest.csv", "\n".join(manifest) + "\n")
     atomic_write_text(dest / "boxes.csv", "\n".join(boxes) + "\n")
     dataset = load_dataset(dest, val_fraction=val_fraction, seed=seed)
+    shown = dataset.label_names[::-1] if classes is None else dataset.label_names
     table = "\n".join(
-        f"| {split} | {counts['fractured']} | {counts['normal']} |"
+        f"| {split} | " + " | ".join(str(counts[name]) for name in shown) + " |"
         for split, counts in dataset.summary().items()
     )
     atomic_write_text(
         dest / "README.md",
         _README.format(
-            n=n, size=size, seed=seed, val_fraction=val_fraction, region=REGION, table=table
+            call=f"synthesize_phantoms(n={n}, size={size}, seed={seed}, "
+            f"val_fraction={val_fraction}"
+            + ("" if classes is None else f", classes={list(names_of_classes)}")
+            + ")",
+            folders=",".join(shown),
+            region=REGION,
+            header=" | ".join(shown),
+            rule="|".join("---" for _ in shown),
+            table=table,
         ),
     )
     return dataset
 
 
-def render_phantom(rng: np.random.Generator, size: int, *, fractured: bool) -> Phantom:
-    """Draw one phantom. Nuisance parameters share one distribution for both classes,
-    so the fracture is the only thing that tells them apart."""
+def _check_classes(classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The class folder names to write, indexed by label: normal and fractured, or the types."""
+    if classes is None:
+        return (LABEL_NAMES[0], LABEL_NAMES[1])
+    known = (*FRACTURE_TYPES, NORMAL_CLASS)
+    unknown = [name for name in classes if name not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown phantom class(es) {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
+    if len(set(classes)) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"Phantom classes must be at least two different names, got {classes}")
+    return tuple(classes)
+
+
+def render_phantom(
+    rng: np.random.Generator, size: int, *, fractured: bool, kind: str | None = None
+) -> Phantom:
+    """Draw one phantom. Nuisance parameters share one distribution for every class,
+    so the fracture is the only thing that tells them apart.
+
+    ``kind``: a fracture type of :data:`FRACTURE_TYPES` (drawn as that type) or
+    ``"normal"``; None draws the binary phantoms' mix of fractures.
+    """
+    if kind is not None and kind not in (*FRACTURE_TYPES, NORMAL_CLASS):
+        raise ValueError(f"Unknown phantom kind {kind!r}")
+    if kind is not None and fractured != (kind != NORMAL_CLASS):
+        raise ValueError(f"A {kind!r} phantom cannot have fractured={fractured}")
     grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32) / size
 
     # The fracture (or, for a normal image, an equivalent point) lies well inside
@@ -189,7 +266,13 @@ def render_phantom(rng: np.random.Generator, size: int, *, fractured: bool) -> P
     mu_cortex = rng.uniform(*MU_CORTEX)
     mu_marrow = rng.uniform(*MU_MARROW)
     canal = rng.uniform(*CANAL_RATIO)
-    fracture = _draw_fracture(rng, radius) if fractured else None
+    if kind is None:
+        fracture = _draw_fracture(rng, radius) if fractured else None
+    else:
+        # The type draws from a stream of its own, so that the same seed gives the
+        # same bone, tissue, exposure and noise whatever the type: only the break differs.
+        fracture_rng = np.random.default_rng(int(rng.integers(2**32)))
+        fracture = None if not fractured else _draw_typed_fracture(fracture_rng, radius, kind)
     attenuation += _bone(
         grid_x, grid_y, centre, theta, length, radius, canal, mu_cortex, mu_marrow, fracture, along
     )
@@ -223,7 +306,7 @@ def render_phantom(rng: np.random.Generator, size: int, *, fractured: bool) -> P
     box = None
     if fracture is not None:
         box = _fracture_box(grid_x, grid_y, centre, theta, radius, fracture, along, size)
-    return Phantom(image=image, fractured=fractured, box=box)
+    return Phantom(image=image, fractured=fractured, box=box, kind=kind)
 
 
 @dataclass(frozen=True)
@@ -234,6 +317,9 @@ class _Fracture:
     shift: float  # sideways displacement of the distal fragment, image sides
     wobble: float  # amplitude of the irregular edge, image sides
     phase: float
+    # Further straight gaps (offset along the shaft from the main line, image
+    # sides; angle, radians) that cut a comminuted fracture into fragments.
+    extra_lines: tuple[tuple[float, float], ...] = ()
 
 
 def _draw_fracture(rng: np.random.Generator, radius: float) -> _Fracture:
@@ -254,6 +340,40 @@ def _draw_fracture(rng: np.random.Generator, radius: float) -> _Fracture:
         wobble=float(gap * rng.uniform(0.05, 0.2)),
         phase=float(rng.uniform(0.0, 2 * np.pi)),
     )
+
+
+def _draw_typed_fracture(rng: np.random.Generator, radius: float, kind: str) -> _Fracture:
+    """A fracture of one type (see the module's docstring); the gap is drawn as for any phantom."""
+    angle = np.deg2rad(rng.uniform(*TYPE_ANGLE_DEG[kind])) * rng.choice([-1.0, 1.0])
+    shift = 0.0
+    if kind == "displaced":
+        shift = rng.uniform(*TYPE_DISPLACEMENT) * radius * rng.choice([-1.0, 1.0])
+    extra: list[tuple[float, float]] = []
+    if kind == "comminuted":
+        for index in range(int(rng.integers(COMMINUTED_LINES[0], COMMINUTED_LINES[1] + 1))):
+            side = 1.0 if index % 2 == 0 else -1.0
+            offset = side * rng.uniform(*COMMINUTED_SPACING) * radius
+            tilt = np.deg2rad(rng.uniform(*COMMINUTED_ANGLE_DEG)) * rng.choice([-1.0, 1.0])
+            extra.append((float(offset), float(tilt)))
+    gap = rng.uniform(*GAP_WIDTH)
+    return _Fracture(
+        angle=float(angle),
+        gap=float(gap),
+        depth=float(rng.uniform(*GAP_DEPTH)),
+        shift=float(shift),
+        wobble=float(gap * rng.uniform(0.05, 0.2)),
+        phase=float(rng.uniform(0.0, 2 * np.pi)),
+        extra_lines=tuple(extra),
+    )
+
+
+def _gap_distance(u: np.ndarray, v: np.ndarray, fracture: _Fracture, along: float) -> np.ndarray:
+    """Distance to the nearest fracture line: the main one and any extra lines."""
+    distance = np.abs(_fracture_side(u, v, fracture, along))
+    for offset, angle in fracture.extra_lines:
+        line = ((u - along - offset) - np.tan(angle) * v) * np.cos(angle)
+        distance = np.minimum(distance, np.abs(line))
+    return distance
 
 
 def _bone_frame(
@@ -300,11 +420,12 @@ def _bone(
     gap_mask = None
     if fracture is not None:
         side = _fracture_side(u, v, fracture, along)
+        distance = _gap_distance(u, v, fracture, along)
         # The distal fragment slides sideways; the gap stays where the break was.
         v = np.where(side > 0, v - fracture.shift, v)
         # Anti-aliased over one pixel, so the gap has no staircase for a model to key on.
         pixels = grid_x.shape[0]
-        gap_mask = np.clip((fracture.gap / 2 - np.abs(side)) * pixels + 0.5, 0.0, 1.0)
+        gap_mask = np.clip((fracture.gap / 2 - distance) * pixels + 0.5, 0.0, 1.0)
     wall, hollow = _tube_chord(v, radius, radius * canal)
     bone = (mu_cortex * wall + mu_marrow * hollow) * _ends(u, length, 0.01)
     if gap_mask is not None:
@@ -323,11 +444,11 @@ def _fracture_box(
     size: int,
 ) -> tuple[float, float, float, float]:
     u, v = _bone_frame(grid_x, grid_y, centre, theta)
-    side = _fracture_side(u, v, fracture, along)
+    distance = _gap_distance(u, v, fracture, along)
     # The gap where it crosses the bone, both where the bone was and where the
     # displaced fragment went.
     inside = (np.abs(v) <= radius) | (np.abs(v - fracture.shift) <= radius)
-    mask = (np.abs(side) <= fracture.gap / 2) & inside
+    mask = (distance <= fracture.gap / 2) & inside
     rows, cols = np.nonzero(mask)
     margin = BOX_MARGIN * size
     x0 = max(0.0, cols.min() - margin) / size
