@@ -24,6 +24,14 @@ def add_train_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument(
+        "--task",
+        choices=["classes", "fracture"],
+        default=None,
+        help="classes (default): one output per class folder, a fracture model when the "
+        "folders are fractured and normal, a K-class model for any other names; fracture: "
+        "fracture or not, the other classes of a set with a normal class merged",
+    )
+    p.add_argument(
         "--box-weight",
         type=float,
         default=None,
@@ -86,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "dropout",
                     "patience",
                     "val_fraction",
+                    "task",
                     "box_weight",
                     "normal_evidence_weight",
                     "conv5_dilation",

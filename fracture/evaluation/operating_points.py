@@ -22,6 +22,12 @@ Hence:
   1996), instead of the single pick on val, which one or two cases decide.
 * :func:`threshold_intervals`: bootstrap 95% intervals of sensitivity and
   specificity at a stored threshold, so the card says how far they can move.
+
+A K-class model (``ModelConfig.classes``) is calibrated by :func:`calibrate_classes`:
+one temperature for all K logits, ``softmax(z / T)`` (Guo et al., "On Calibration
+of Modern Neural Networks", ICML 2017). Platt's bias has no K-class counterpart
+that keeps the top class, so there is none. Its operating points are on the
+probability of any fracture, 1 - P(normal), where a normal class exists.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from scipy.special import expit
 __all__ = [
     "Calibration",
     "calibrate",
+    "calibrate_classes",
+    "fit_softmax_temperature",
     "fit_platt",
     "platt_probability",
     "out_of_fold_probabilities",
@@ -48,6 +56,10 @@ __all__ = [
 
 # Bounds on Platt's slope: a slope at a bound means separable or degenerate data.
 _SLOPE_BOUNDS = (1e-3, 1e3)
+# Bounds on a K-class temperature, in the same spirit.
+_TEMPERATURE_BOUNDS = (1e-2, 1e2)
+PLATT_METHOD = "Platt scaling (a temperature and a bias), fitted on val"
+SOFTMAX_METHOD = "Temperature scaling of the class logits, softmax(logits / T), fitted on val"
 
 
 def fit_platt(logits: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
@@ -199,14 +211,17 @@ class Calibration:
     ece_in_sample: float  # fitted and measured on the same images
     ece_out_of_fold: float  # each image calibrated by a fit that did not see it
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # K classes: the ECE is of the top class's probability against whether it was right.
+    method: str = PLATT_METHOD
 
     def probability(self, logits: ArrayLike) -> np.ndarray:
+        """Binary models: the calibrated fracture probability of raw logits."""
         return platt_probability(logits, self.temperature, self.shift)
 
     def summary(self) -> dict[str, Any]:
         """For the model card and evaluation.json."""
         return {
-            "method": "Platt scaling (a temperature and a bias), fitted on val",
+            "method": self.method,
             "temperature": self.temperature,
             "shift": self.shift,
             "ece_before": self.ece_before,
@@ -246,4 +261,101 @@ def calibrate(
             name: threshold_intervals(probabilities, y, value, seed=seed)
             for name, value in thresholds.items()
         },
+    )
+
+
+def fit_softmax_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
+    """The temperature ``T`` minimising the mean NLL of ``softmax(logits / T)`` (K classes).
+
+    One parameter, so it cannot change which class is on top; searched on log T.
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels).astype(int)
+    if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
+        raise ValueError(f"need (n, K) logits and n labels, got {z.shape} and {y.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError("logits contain NaN or infinite values")
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        return float(-np.mean(log_softmax(z / math.exp(log_t), axis=1)[rows, y]))
+
+    low, high = (math.log(bound) for bound in _TEMPERATURE_BOUNDS)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded")
+    temperature = math.exp(float(result.x))
+    if min(abs(float(result.x) - low), abs(float(result.x) - high)) < 1e-3:
+        warnings.warn(
+            f"Temperature {temperature:.3g} is at its bound; the validation logits are "
+            "separable or degenerate, so the calibration is not trustworthy",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return temperature
+
+
+def _top_class_ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """ECE of the top class's probability against whether it was right (Guo et al. 2017)."""
+    from fracture.evaluation.metrics import expected_calibration_error
+
+    correct = (probabilities.argmax(axis=1) == labels).astype(int)
+    return expected_calibration_error(correct, probabilities.max(axis=1))[0]
+
+
+def calibrate_classes(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    normal_index: int | None,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    folds: int = 5,
+) -> Calibration:
+    """The calibration of a K-class model: a temperature, and any-fracture thresholds.
+
+    ``logits`` (n, K) are the network's raw logits on val, ``labels`` the class
+    indices. With a ``normal_index``, both operating points are fitted, as for the
+    binary model, on 1 - P(normal) against "not normal"; without one there are none.
+    """
+    from scipy.special import softmax
+    from sklearn.model_selection import StratifiedKFold
+
+    from fracture.evaluation.metrics import choose_thresholds
+
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels).astype(int)
+    temperature = fit_softmax_temperature(z, y)
+    probabilities = softmax(z / temperature, axis=1)
+    out_of_fold = np.empty_like(probabilities)
+    folds = int(min(folds, np.bincount(y, minlength=z.shape[1]).min()))
+    if folds >= 2:
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        for fitted, held in splitter.split(z, y):
+            held_temperature = fit_softmax_temperature(z[fitted], y[fitted])
+            out_of_fold[held] = softmax(z[held] / held_temperature, axis=1)
+    else:  # a class with one val image: no honest estimate, so say the in-sample one
+        out_of_fold = probabilities
+    thresholds: dict[str, float] = {}
+    intervals: dict[str, dict[str, Any]] = {}
+    if normal_index is not None:
+        any_fracture = 1.0 - probabilities[:, normal_index]
+        fractured = (y != normal_index).astype(int)
+        thresholds = stable_thresholds(
+            any_fracture, fractured, choose_thresholds, n_bootstrap=n_bootstrap, seed=seed
+        )
+        intervals = {
+            name: threshold_intervals(any_fracture, fractured, value, seed=seed)
+            for name, value in thresholds.items()
+        }
+    return Calibration(
+        temperature=temperature,
+        shift=0.0,
+        thresholds=thresholds,
+        ece_before=_top_class_ece(softmax(z, axis=1), y),
+        ece_in_sample=_top_class_ece(probabilities, y),
+        ece_out_of_fold=_top_class_ece(out_of_fold, y),
+        intervals=intervals,
+        method=SOFTMAX_METHOD,
     )

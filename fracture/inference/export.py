@@ -83,6 +83,13 @@ def export_model(loaded: "LoadedModel", fmt: str, out_dir: str | os.PathLike[str
     """Write ``loaded`` as ``fmt`` (one of :data:`FORMATS`) into ``out_dir`` with its config."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if loaded.config.is_multiclass:
+        # The exported graph computes one sigmoid fracture probability; a K-class
+        # head would come out as its first class's logit, silently wrong.
+        raise ExportError(
+            f"exporting a model of {loaded.config.num_outputs} classes is not supported yet; "
+            "only the binary fracture model can be exported"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     network = out / NETWORK_FILES[fmt]

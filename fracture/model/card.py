@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from fracture.data.records import region_words
+from fracture.data.records import region_words, summary_classes
 
 if TYPE_CHECKING:
     from fracture.model.folder import ModelConfig
@@ -82,18 +82,37 @@ def build_card(
     training_seconds: float,
     imagenet_sha256: str,
     commit: str | None,
+    class_counts: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Collect everything a reviewer needs to judge a model into one dict."""
+    """Collect everything a reviewer needs to judge a model into one dict.
+
+    ``class_counts`` are the images per split and class that training and
+    validation actually used (``{"train": {class: n, ..., "total": n}}``), which
+    can differ from the dataset's counts (unreadable files, merged classes).
+    """
     from fracture.data.provenance import describe_dataset
 
     training_data = {**describe_dataset(dataset), "root": str(dataset.root)}
+    output = (
+        f"softmax over {model_config.num_outputs} classes"
+        if model_config.is_multiclass
+        else "sigmoid output"
+    )
     return {
         "name": model_config.name,
         "version": model_config.version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": commit,
         "seed": train_config.get("seed"),
-        "architecture": "ResNet-50 (ImageNet) + GAP + dropout + dense logit, sigmoid output",
+        "architecture": f"ResNet-50 (ImageNet) + GAP + dropout + dense logit, {output}",
+        "multiclass": model_config.is_multiclass,
+        "classes": model_config.class_names,
+        "normal_class": (
+            None
+            if model_config.normal_index is None
+            else model_config.class_names[model_config.normal_index]
+        ),
+        "class_counts": class_counts,
         "image_size": model_config.image_size,
         "fine_tune_from": model_config.fine_tune_from,
         "imagenet_weights_sha256": imagenet_sha256,
@@ -116,6 +135,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "auroc",
         "auroc_ci",
+        "accuracy",
+        "balanced_accuracy",
         "pr_auc",
         "sensitivity",
         "specificity",
@@ -266,15 +287,41 @@ def _when(created: Any) -> str:
 
 
 def _counts_table(counts: dict[str, Any]) -> list[str]:
+    """Images per split and class: fractured and normal, or every class of a K-class set."""
     if not counts:
         return ["- Image counts: not recorded"]
-    lines = ["", "| split | fractured | normal | total |", "| --- | ---: | ---: | ---: |"]
+    names = summary_classes(counts)
+    lines = [
+        "",
+        "| split | " + " | ".join(names) + " | total |",
+        "| --- | " + " | ".join("---:" for _ in names) + " | ---: |",
+    ]
     for split, row in counts.items():
         row = row or {}
-        lines.append(
-            f"| {split} | {row.get('fractured', 0):,} | {row.get('normal', 0):,} | "
-            f"{row.get('total', 0):,} |"
-        )
+        cells = " | ".join(f"{row.get(name, 0):,}" for name in names)
+        lines.append(f"| {split} | {cells} | {row.get('total', 0):,} |")
+    return lines + [""]
+
+
+def _classes_lines(card: dict[str, Any]) -> list[str]:
+    """What a K-class model names, and the images per class it learnt and was checked on."""
+    classes = card.get("classes") or []
+    if not card.get("multiclass") or not classes:
+        return []
+    normal = card.get("normal_class")
+    lines = [
+        "## Classes",
+        f"- The model gives a probability for each of {len(classes)} classes: "
+        + ", ".join(classes),
+        (
+            f'- Probability of any fracture: 1 minus that of "{normal}"'
+            if normal
+            else "- No class means normal, so there is no fracture-or-not threshold: the "
+            "model names its most likely class"
+        ),
+    ]
+    if card.get("class_counts"):
+        lines += ["- Images it was trained and validated on:", *_counts_table(card["class_counts"])]
     return lines + [""]
 
 
@@ -306,13 +353,16 @@ def calibration_sentence(
     return f"{method}; on that split {effect}."
 
 
-def _metric_rows(metrics: dict[str, Any]) -> list[str]:
+def _metric_rows(metrics: dict[str, Any], multiclass: bool = False) -> list[str]:
     rows = [
         (
-            "Area under the ROC curve (AUROC)",
+            "AUROC, mean of each class against the rest"
+            if multiclass
+            else "Area under the ROC curve (AUROC)",
             _fmt(metrics.get("auroc")),
             _interval(metrics.get("auroc_ci")),
         ),
+        ("Accuracy (top class)", _percent(metrics.get("accuracy")), "") if multiclass else None,
         ("Area under the precision-recall curve", _fmt(metrics.get("pr_auc")), ""),
         (
             "AUROC on images without orthopaedic hardware",
@@ -375,6 +425,7 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
     if data.get("fingerprint"):
         lines.append(f"- Dataset fingerprint: `{str(data['fingerprint'])[:12]}`")
     lines += _counts_table(data.get("counts") or {})
+    lines += _classes_lines(card)
     thresholds = card.get("thresholds") or {}
     lines += [
         "## Model",
@@ -395,9 +446,13 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
             )
         ),
         _precision_line(card),
-        "- Thresholds (a probability at or above one is labelled fracture): "
-        + ", ".join(f"{_plain(k)} {_percent(v, 1)}" for k, v in thresholds.items())
-        + f"; default {_plain(card.get('operating_point'))}",
+        (
+            "- Thresholds (a probability at or above one is labelled fracture): "
+            + ", ".join(f"{_plain(k)} {_percent(v, 1)}" for k, v in thresholds.items())
+            + f"; default {_plain(card.get('operating_point'))}"
+            if thresholds
+            else "- Thresholds: none (no normal class; the most likely class is reported)"
+        ),
         f"- Trained {_when(card.get('created'))} in {_duration(card.get('training_seconds'))}, "
         f"best epoch {card.get('best_epoch')}, "
         f"seed {card.get('seed')}, source commit {card.get('git_commit') or 'not recorded'}",
@@ -405,12 +460,14 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
         "## Validation results",
     ]
     if metrics.get("n"):
-        lines.append(
-            f"On {metrics['n']:,} validation images ({metrics.get('n_positive', 0):,} "
-            f"fractured) of the training dataset."
+        fractured = (
+            f" ({metrics['n_positive']:,} fractured)"
+            if metrics.get("n_positive") is not None
+            else ""
         )
+        lines.append(f"On {metrics['n']:,} validation images{fractured} of the training dataset.")
         lines.append("")
-    lines += _metric_rows(metrics)
+    lines += _metric_rows(metrics, bool(card.get("multiclass")))
     lines += _heat_map_lines(card)
     ood = card.get("ood")
     if ood:

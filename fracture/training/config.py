@@ -26,9 +26,14 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"  # default | mirrored | multiworker
     val_fraction: float = 0.15
+    # What to learn (fracture.training.tasks.TASKS): "classes", one output per class
+    # folder (binary when the folders are fracture and normal); "fracture", fracture
+    # or not from a K-class folder set with a normal class.
+    task: str = "classes"
     # Box supervision (fracture.training.losses): how much the box-alignment loss
     # counts against the cross-entropy; 0 turns it off. Images without boxes are
-    # unaffected, so it is on by default.
+    # unaffected, so it is on by default. Binary fracture model only: a K-class
+    # model has no single fracture logit whose map the boxes could teach.
     box_weight: float = 1.0
     # How much positive evidence on a normal image costs, inside that loss.
     normal_evidence_weight: float = 0.2

@@ -359,7 +359,9 @@ def start_training(
     else:
         # Fail here, in words, rather than in a child process after TensorFlow has loaded.
         checked = config or TrainConfig()
-        check_training_data(data, val_fraction=checked.val_fraction, seed=checked.seed)
+        check_training_data(
+            data, val_fraction=checked.val_fraction, seed=checked.seed, task=checked.task
+        )
     pretrained = True if pretrained is None else pretrained
     command = _command(data, run_dir, config or TrainConfig(), pretrained, resume)
 
@@ -563,27 +565,25 @@ def list_runs(settings: Settings | None = None) -> list[dict[str, Any]]:
 
 
 def check_training_data(
-    data_root: str | os.PathLike[str], *, val_fraction: float = 0.15, seed: int = 0
+    data_root: str | os.PathLike[str],
+    *,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    task: str = "classes",
 ) -> "Dataset":
     """The dataset a run on ``data_root`` would train on, or why it cannot.
 
-    Lists the folder (nothing is decoded) and checks that both the train and
-    the validation split hold both classes. Raises
+    Lists the folder (nothing is decoded) and checks that the train and the
+    validation split each hold every class the ``task`` trains
+    (:mod:`fracture.training.tasks`). Raises
     :class:`fracture.data.records.DatasetLayoutError` for an unrecognised
     folder and ValueError for a split that cannot train or validate.
     """
     from fracture.data.layouts import load_dataset
+    from fracture.training.tasks import check_splits, resolve_task
 
     dataset = load_dataset(data_root, val_fraction=val_fraction, seed=seed)
-    summary = dataset.summary()
-    for split in ("train", "val"):
-        counts = summary.get(split) or {}
-        if not counts.get("fractured") or not counts.get("normal"):
-            raise ValueError(
-                f"The {split} split of {dataset.root} needs both fractured and normal images; "
-                f"it has {counts.get('fractured', 0)} fractured and {counts.get('normal', 0)} "
-                f"normal"
-            )
+    check_splits(dataset, resolve_task(dataset, task))
     return dataset
 
 

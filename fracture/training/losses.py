@@ -16,6 +16,10 @@ that the Predict page draws:
 
 Images without boxes (every normal; a fractured image that was never boxed)
 still train the classifier through the usual cross-entropy on the logit.
+
+All of this is for the binary fracture model, whose one logit is "fracture". A
+K-class model (fracture types, body parts) trains with softmax cross-entropy
+alone, through :func:`logit_tail`: its classes have no boxes of their own.
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ from fracture.model.network import CAM_LAYER, LOGIT_LAYER
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["box_masks", "evidence_tail", "box_alignment_loss", "EVIDENCE_OUTPUT", "LOGIT_OUTPUT"]
+__all__ = [
+    "box_masks",
+    "evidence_tail",
+    "logit_tail",
+    "box_alignment_loss",
+    "EVIDENCE_OUTPUT",
+    "LOGIT_OUTPUT",
+]
 
 LOGIT_OUTPUT = "logit"
 EVIDENCE_OUTPUT = "evidence"
@@ -82,6 +93,21 @@ def evidence_tail(model: "keras.Model", cut: str | None) -> "keras.Model":
     return keras.Model(
         model.input if cut is None else model.get_layer(cut).output,
         {LOGIT_OUTPUT: dense.output, EVIDENCE_OUTPUT: evidence},
+        name="tail",
+    )
+
+
+def logit_tail(model: "keras.Model", cut: str | None) -> "keras.Model":
+    """The part of ``model`` after ``cut`` (None: all of it) with one output, the logits.
+
+    For K-class models, which train without the box loss; the output is keyed
+    like :func:`evidence_tail`'s so that one training loop serves both.
+    """
+    import keras
+
+    return keras.Model(
+        model.input if cut is None else model.get_layer(cut).output,
+        {LOGIT_OUTPUT: model.get_layer(LOGIT_LAYER).output},
         name="tail",
     )
 

@@ -1,7 +1,8 @@
 """The run-folder format: a training run's live status, metrics and resume state.
 
 A run folder holds ``status.json`` (state, phase, progress, pid), ``metrics.json``
-and ``metrics.csv`` (one row per epoch), ``state.json`` (the resume point),
+and ``metrics.csv`` (one row per epoch), ``confusion.json`` (the validation
+confusion matrix of every epoch, K x K, with the class names), ``state.json`` (the resume point),
 ``train_config.json``, ``checkpoints/``, ``tensorboard/`` and, once finished,
 the candidate model in ``model/``. Every file is written atomically.
 """
@@ -28,6 +29,8 @@ __all__ = [
     "RunWriter",
     "read_status",
     "read_metrics",
+    "read_confusion",
+    "CONFUSION_JSON",
     "discard_candidate",
     "candidate_dir",
     "MODEL_SUBDIR",
@@ -48,6 +51,11 @@ METRICS_CSV = "metrics.csv"
 
 
 STATE_FILE = "state.json"
+
+
+# {"classes": [K names], "epochs": [{"epoch": e, "matrix": K x K counts}]}: rows are
+# the true class, columns the predicted one (the top class; binary: at probability 0.5).
+CONFUSION_JSON = "confusion.json"
 
 
 # Where a finished run leaves its candidate model (a model folder, see ModelFolder).
@@ -92,6 +100,12 @@ class RunWriter:
             lines += [",".join(_csv_cell(row.get(c)) for c in columns) for row in history]
             atomic_write_text(self.run_dir / METRICS_CSV, "\n".join(lines) + "\n")
 
+    def confusion(self, classes: list[str], epochs: list[dict[str, Any]]) -> None:
+        """Record every epoch's validation confusion matrix so far (see :data:`CONFUSION_JSON`)."""
+        atomic_write_json(
+            self.run_dir / CONFUSION_JSON, {"classes": list(classes), "epochs": list(epochs)}
+        )
+
 
 def _csv_cell(value: Any) -> str:
     if value is None:
@@ -116,6 +130,14 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per finished epoch (see :meth:`RunWriter.metrics`); empty before the first."""
     history = read_json(Path(run_dir) / METRICS_JSON, default=[])
     return history if isinstance(history, list) else []
+
+
+def read_confusion(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's per-epoch confusion matrices (see :data:`CONFUSION_JSON`); None before the first."""
+    data = read_json(Path(run_dir) / CONFUSION_JSON, default=None)
+    if not isinstance(data, dict) or not data.get("epochs") or not data.get("classes"):
+        return None
+    return data
 
 
 def discard_candidate(

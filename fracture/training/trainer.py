@@ -10,6 +10,13 @@ image (and per augmented view), keyed by the image's bytes, the view and the
 preprocessing, and stores it on disk. Every epoch, and every later run on the
 same data, then trains only the top blocks.
 
+K classes: when the dataset's class folders are not fracture and normal
+synonyms (or the task says so, :mod:`fracture.training.tasks`), the head has one
+logit per class and trains with class-weighted softmax cross-entropy; the box
+loss, the pointing game and the heat-map scale belong to the binary fracture
+model and are skipped. Each epoch records macro one-vs-rest AUROC, accuracy
+and the K x K confusion matrix (``confusion.json``, for the Train page).
+
 How augmentation stays honest: augmentation is applied to the *image*, before
 the frozen stem, exactly as without a cache. What the cache changes is that
 each training image has ``views`` fixed draws (view 0 unaugmented, the others
@@ -51,6 +58,7 @@ from fracture.training.losses import (
     box_alignment_loss,
     box_masks,
     evidence_tail,
+    logit_tail,
 )
 from fracture.training.runs import (
     CHECKPOINTS_DIR,
@@ -60,7 +68,9 @@ from fracture.training.runs import (
     TRAIN_CONFIG_FILE,
     RunWriter,
     candidate_dir,
+    read_confusion,
 )
+from fracture.training.tasks import Task, check_splits, resolve_task
 
 if TYPE_CHECKING:
     import keras
@@ -110,17 +120,22 @@ def configure_logical_cpus(count: int) -> None:
 # Training
 
 
-def _class_weights(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels.astype(int), minlength=2).astype(float)
+def _class_weights(labels: np.ndarray, n_classes: int = 2) -> dict[int, float]:
+    """Weights that make every class count as much as the others: n / (K * count_k)."""
+    counts = np.bincount(labels.astype(int), minlength=n_classes).astype(float)
     if (counts == 0).any():
-        raise ValueError("Training data must contain both fracture and normal images")
-    return {k: float(len(labels) / (2 * counts[k])) for k in (0, 1)}
+        if n_classes == 2:
+            raise ValueError("Training data must contain both fracture and normal images")
+        raise ValueError("Training data must contain images of every class")
+    return {k: float(len(labels) / (n_classes * counts[k])) for k in range(n_classes)}
 
 
 def _batches(features, labels, weights, masks, config: TrainConfig, epoch: int):
     """A keras PyDataset over cached features: each epoch draws one view per image.
 
-    Targets are the label for the logit and (box mask, label) for the evidence map.
+    Targets are the label for the logit and, for the binary model, (box mask,
+    label) for the evidence map; ``masks`` is None for a K-class model, whose
+    integer labels feed a sparse softmax cross-entropy.
     """
     import keras
 
@@ -137,6 +152,8 @@ def _batches(features, labels, weights, masks, config: TrainConfig, epoch: int):
         def __getitem__(self, index: int):
             rows = self.order[index * config.batch_size : (index + 1) * config.batch_size]
             x = features[self.views[rows], rows].astype(np.float32)
+            if masks is None:
+                return x, {LOGIT_OUTPUT: labels[rows].astype(np.int32)}, weights[rows]
             y = labels[rows].astype(np.float32)
             mask = masks[self.views[rows], rows]
             evidence_target = np.stack([mask, np.broadcast_to(y[:, None, None], mask.shape)], -1)
@@ -148,16 +165,22 @@ def _batches(features, labels, weights, masks, config: TrainConfig, epoch: int):
 
 def _predict(
     tail: "keras.Model", features: np.ndarray, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (n,) and evidence maps (n, h, w) of the tail, in batches."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits and evidence maps (n, h, w) of the tail, in batches.
+
+    Logits are (n,) for the binary model, (n, K) for a K-class one, whose tail
+    has no evidence map (None).
+    """
     logits, evidence = [], []
     for i in range(0, len(features), batch_size):
         out = tail(features[i : i + batch_size].astype(np.float32), training=False)
-        logits.append(np.asarray(out[LOGIT_OUTPUT])[:, 0])
-        evidence.append(np.asarray(out[EVIDENCE_OUTPUT]))
+        logit = np.asarray(out[LOGIT_OUTPUT])
+        logits.append(logit if logit.shape[1] > 1 else logit[:, 0])
+        if EVIDENCE_OUTPUT in out:
+            evidence.append(np.asarray(out[EVIDENCE_OUTPUT]))
     if not logits:
         return np.zeros(0), np.zeros((0, 1, 1))
-    return np.concatenate(logits), np.concatenate(evidence)
+    return np.concatenate(logits), np.concatenate(evidence) if evidence else None
 
 
 def _predict_logits(tail: "keras.Model", features: np.ndarray) -> np.ndarray:
@@ -175,6 +198,7 @@ def _pointing(evidence: np.ndarray, labels: np.ndarray, boxes: list) -> float | 
 
 
 def _epoch_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Binary validation metrics at probability 0.5, from raw logits."""
     from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_score
 
     probabilities = 1 / (1 + np.exp(-logits))
@@ -189,9 +213,68 @@ def _epoch_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     }
 
 
+def _class_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, normal_index: int | None
+) -> dict[str, float]:
+    """K-class metrics: loss, macro one-vs-rest AUROC, accuracy, balanced accuracy.
+
+    With a normal class, also the sensitivity and specificity of "any fracture"
+    (the top class is not normal), so a run's curves read as a fracture model's do.
+    """
+    from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
+
+    k = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    clipped = np.clip(probabilities, 1e-7, 1.0)
+    metrics = {
+        "loss": float(
+            log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=range(k))
+        ),
+        # Every class is in val (fracture.training.tasks.check_splits), so each
+        # one-vs-rest AUROC is defined.
+        "auroc": float(
+            roc_auc_score(
+                labels, probabilities, multi_class="ovr", average="macro", labels=range(k)
+            )
+        ),
+        "accuracy": float(np.mean(predicted == labels)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+    }
+    if normal_index is not None:
+        fractured, flagged = labels != normal_index, predicted != normal_index
+        metrics["sensitivity"] = float(flagged[fractured].mean()) if fractured.any() else 0.0
+        metrics["specificity"] = float((~flagged[~fractured]).mean()) if (~fractured).any() else 0.0
+    return metrics
+
+
+def _confusion(labels: np.ndarray, logits: np.ndarray, n_classes: int) -> list[list[int]]:
+    """Validation confusion matrix (rows true, columns predicted): the top class, or p >= 0.5."""
+    from sklearn.metrics import confusion_matrix
+
+    predicted = logits.argmax(axis=1) if logits.ndim == 2 else (logits >= 0).astype(int)
+    return confusion_matrix(labels, predicted, labels=range(n_classes)).tolist()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    from scipy.special import softmax
+
+    return softmax(np.asarray(logits, np.float64), axis=1)
+
+
 def _compile(tail: "keras.Model", learning_rate: float, config: TrainConfig) -> None:
     import keras
 
+    if EVIDENCE_OUTPUT not in tail.output:  # a K-class tail: logits only, no box loss
+        tail.compile(
+            optimizer=keras.optimizers.AdamW(
+                learning_rate=learning_rate, weight_decay=config.weight_decay
+            ),
+            loss={LOGIT_OUTPUT: keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+            weighted_metrics={
+                LOGIT_OUTPUT: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            },
+        )
+        return
     tail.compile(
         optimizer=keras.optimizers.AdamW(
             learning_rate=learning_rate, weight_decay=config.weight_decay
@@ -289,6 +372,9 @@ def _train(
     train_records, val_records = dataset.split("train"), dataset.split("val")
     if not train_records or not val_records:
         raise ValueError(f"{data_root} needs both train and val images (found {dataset.summary()})")
+    task = resolve_task(dataset, config.task)
+    check_splits(dataset, task)
+    multiclass = task.classes is not None
 
     weights_sha = "random"
     weights_path = None
@@ -302,6 +388,7 @@ def _train(
         fine_tune_from=config.fine_tune_from,
         dropout=config.dropout,
         conv5_dilation=config.conv5_dilation,
+        classes=task.classes,
         name=run_dir.name,
         version=time.strftime("%Y%m%d-%H%M%S"),
     )
@@ -310,7 +397,8 @@ def _train(
         # The tail is a Keras model of its own; made in scope, it trains replicated.
         model = build_classifier(model_config, weights_path)
         stem, _ = split_at(model, config.fine_tune_from)
-        tail = evidence_tail(model, config.fine_tune_from)
+        make_tail = logit_tail if multiclass else evidence_tail
+        tail = make_tail(model, config.fine_tune_from)
     reference = imagenet_reference(model, model_config)
 
     cache = FeatureCache(settings.cache_dir / "features", model_key(config, weights_sha))
@@ -337,24 +425,29 @@ def _train(
     val_features, val_ok, val_boxes = compute_features(
         val_records, 1, stem, cache, config, on_cache_progress
     )
-    shape = tail.output[EVIDENCE_OUTPUT].shape
-    grid = (int(shape[1]), int(shape[2]))
-    train_masks = np.stack([box_masks(view, grid) for view in train_boxes])[:, train_ok]
+    train_masks = None
+    if not multiclass:
+        shape = tail.output[EVIDENCE_OUTPUT].shape
+        grid = (int(shape[1]), int(shape[2]))
+        train_masks = np.stack([box_masks(view, grid) for view in train_boxes])[:, train_ok]
     val_boxes_ok = [b for b, ok in zip(val_boxes[0], val_ok) if ok]
     skipped = [
         str(r.path) for r, ok in zip(train_records + val_records, [*train_ok, *val_ok]) if not ok
     ]
-    train_labels = np.array([r.label for r in train_records])[train_ok]
-    val_labels = np.array([r.label for r in val_records])[val_ok]
+    train_labels = task.labels(train_records)[train_ok]
+    val_labels = task.labels(val_records)[val_ok]
     # In place: the train features are the run's largest array (views x images x
     # stem output; 10.7 GB for 3 views at 384 px from conv4), and a boolean-index
     # copy would double them.
     train_features = keep_usable(train_features, train_ok)
     val_features = keep_usable(val_features, val_ok)[0]
-    class_weight = _class_weights(train_labels)
+    class_weight = _class_weights(train_labels, len(task.label_names))
     sample_weights = np.array([class_weight[int(y)] for y in train_labels], np.float32)
 
     history: list[dict[str, Any]] = read_json(run_dir / METRICS_JSON, default=[]) if resume else []
+    confusions: list[dict[str, Any]] = (
+        (read_confusion(run_dir) or {}).get("epochs", []) if resume else []
+    )
     start_epoch = int(state.get("completed_epoch", 0))
     best_auroc = float(state.get("best_auroc", -1.0))
     best_epoch = int(state.get("best_epoch", 0))
@@ -378,21 +471,40 @@ def _train(
         fit = tail.fit(batches, epochs=1, verbose=0, callbacks=[progress])
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
         val_logits_now, val_evidence = _predict(tail, val_features)
-        val: dict[str, Any] = _epoch_metrics(val_labels, val_logits_now)
-        val["pointing"] = _pointing(val_evidence, val_labels, val_boxes_ok)
-        tn, fp = _log(logs, "tn"), _log(logs, "fp")
+        train_row: dict[str, Any] = {
+            "train_loss": logs["loss"],
+            "train_accuracy": _log(logs, "accuracy"),
+        }
+        if multiclass:
+            val: dict[str, Any] = _class_metrics(
+                val_labels, _softmax(val_logits_now), model_config.normal_index
+            )
+        else:
+            val = _epoch_metrics(val_labels, val_logits_now)
+            # The binary tail always has its evidence map.
+            val["pointing"] = _pointing(val_evidence, val_labels, val_boxes_ok)  # type: ignore[arg-type]
+            tn, fp = _log(logs, "tn"), _log(logs, "fp")
+            train_row = {
+                "train_loss": logs["loss"],
+                "train_auroc": _log(logs, "auroc"),
+                "train_accuracy": _log(logs, "accuracy"),
+                "train_sensitivity": _log(logs, "sensitivity"),
+                "train_specificity": tn / max(tn + fp, 1.0),
+            }
         row = {
             "epoch": epoch,
             "phase": phase,
-            "train_loss": logs["loss"],
-            "train_auroc": _log(logs, "auroc"),
-            "train_accuracy": _log(logs, "accuracy"),
-            "train_sensitivity": _log(logs, "sensitivity"),
-            "train_specificity": tn / max(tn + fp, 1.0),
+            **train_row,
             **{f"val_{k}": v for k, v in val.items()},
             "seconds": time.time() - epoch_started,
         }
         history.append(row)
+        confusions.append(
+            {
+                "epoch": epoch,
+                "matrix": _confusion(val_labels, val_logits_now, len(task.label_names)),
+            }
+        )
         with tensorboard.as_default(step=epoch):
             for key, value in row.items():
                 if isinstance(value, float):
@@ -404,6 +516,7 @@ def _train(
             best_auroc, best_epoch = val["auroc"], epoch
             tail.save_weights(checkpoints / "best.weights.h5")
         writer.metrics(history)
+        writer.confusion(task.label_names, confusions)
         atomic_write_json(
             run_dir / STATE_FILE,
             {"completed_epoch": epoch, "best_auroc": best_auroc, "best_epoch": best_epoch},
@@ -419,9 +532,10 @@ def _train(
     ood_gate = _fit_ood_from_cache(
         model, config, train_features[0], val_features, train_labels, val_labels
     )
-    model_config = dataclasses.replace(
-        model_config, evidence_scale=evidence_scale(val_evidence, val_labels)
-    )
+    if val_evidence is not None:
+        model_config = dataclasses.replace(
+            model_config, evidence_scale=evidence_scale(val_evidence, val_labels)
+        )
     model_dir = _finalise(
         model,
         model_config,
@@ -437,6 +551,7 @@ def _train(
         writer.started,
         weights_sha,
         ood_gate,
+        _seen_counts(task, train_labels, val_labels),
     )
     writer.status(
         "completed",
@@ -449,6 +564,23 @@ def _train(
         replicas=int(strategy.num_replicas_in_sync),
     )
     return model_dir
+
+
+def _seen_counts(
+    task: Task, train_labels: np.ndarray, val_labels: np.ndarray
+) -> dict[str, dict[str, int]]:
+    """Images per class that training and validation actually used (unreadable ones left out)."""
+    names = task.label_names
+    return {
+        split: {
+            **{
+                name: int(count)
+                for name, count in zip(names, np.bincount(labels, minlength=len(names)))
+            },
+            "total": int(len(labels)),
+        }
+        for split, labels in (("train", train_labels), ("val", val_labels))
+    }
 
 
 def _prior_shift(class_weight: dict[int, float]) -> float:
@@ -518,31 +650,44 @@ def _finalise(
     started,
     weights_sha,
     ood_gate,
+    class_counts,
 ) -> Path:
     """Calibrate on val, then save the model with its card and OOD gate.
 
     ``val_logits`` are the network's raw logits on val. Platt scaling removes the
     bias that class weighting adds to them (log of the weight ratio) along with
-    any other (:func:`fracture.evaluation.operating_points.calibrate`).
+    any other (:func:`fracture.evaluation.operating_points.calibrate`). A K-class
+    model gets a softmax temperature and, with a normal class, any-fracture
+    thresholds (:func:`fracture.evaluation.operating_points.calibrate_classes`).
     """
     from fracture.evaluation.metrics import evaluation_report
-    from fracture.evaluation.operating_points import calibrate
+    from fracture.evaluation.operating_points import calibrate, calibrate_classes
     from fracture.model.card import build_card
 
-    calibration = calibrate(val_logits, val_labels, seed=config.seed)
+    if model_config.is_multiclass:
+        calibration = calibrate_classes(
+            val_logits, val_labels, normal_index=model_config.normal_index, seed=config.seed
+        )
+    else:
+        calibration = calibrate(val_logits, val_labels, seed=config.seed)
     temperature, thresholds = calibration.temperature, calibration.thresholds
     model_config = dataclasses.replace(
         model_config, temperature=temperature, thresholds=thresholds, prior_shift=calibration.shift
     )
-    report = evaluation_report(
-        val_labels,
-        val_logits - calibration.shift,
-        temperature,
-        thresholds,
-        regions=[r.region for r in val_records],
-        hardware=[r.hardware for r in val_records],
-        seed=config.seed,
-    )
+    if model_config.is_multiclass:
+        report = _class_report(val_labels, val_logits, model_config)
+        report["ece"] = calibration.ece_in_sample
+        report["ece_uncalibrated"] = calibration.ece_before
+    else:
+        report = evaluation_report(
+            val_labels,
+            val_logits - calibration.shift,
+            temperature,
+            thresholds,
+            regions=[r.region for r in val_records],
+            hardware=[r.hardware for r in val_records],
+            seed=config.seed,
+        )
     report["calibration_fit"] = calibration.summary()
     card = build_card(
         model_config=model_config,
@@ -554,6 +699,7 @@ def _finalise(
         training_seconds=time.time() - started,
         imagenet_sha256=weights_sha,
         commit=_git_commit(),
+        class_counts=class_counts,
     )
     folder = ModelFolder(candidate_dir(run_dir))
     folder.path.mkdir(parents=True, exist_ok=True)
@@ -566,6 +712,41 @@ def _finalise(
     folder.write_evaluation(report)
     folder.write_markdown(card)
     return folder.path
+
+
+def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -> dict[str, Any]:
+    """A K-class model's validation figures for its card and evaluation.json.
+
+    The calibrated probabilities' macro AUROC, accuracy and confusion matrix; with
+    a normal class, sensitivity and specificity of any fracture at each threshold.
+    """
+    probabilities = config.probabilities(logits)
+    report: dict[str, Any] = {
+        "classes": config.class_names,
+        "n": int(len(labels)),
+        "n_per_class": np.bincount(labels, minlength=config.num_outputs).tolist(),
+        **_class_metrics(labels, probabilities, config.normal_index),
+        "confusion_matrix": _confusion(labels, logits, config.num_outputs),
+        "operating_point": config.operating_point,
+    }
+    any_fracture = config.any_fracture(probabilities)
+    if any_fracture is not None and config.normal_index is not None:
+        fractured = labels != config.normal_index
+        report["n_positive"] = int(fractured.sum())
+        report["operating_points"] = {
+            name: {
+                "threshold": threshold,
+                "sensitivity": float(np.mean(any_fracture[fractured] >= threshold)),
+                "specificity": float(np.mean(any_fracture[~fractured] < threshold)),
+            }
+            for name, threshold in config.thresholds.items()
+        }
+        # The headline sensitivity and specificity are the default operating point's,
+        # as for the binary model (not the top class's, which the epochs report).
+        default = report["operating_points"].get(config.operating_point) or {}
+        report["sensitivity"] = default.get("sensitivity")
+        report["specificity"] = default.get("specificity")
+    return report
 
 
 def _git_commit() -> str | None:
