@@ -232,6 +232,7 @@ def _list_folders(root: Path) -> tuple[list[_Found], list[str] | None]:
             + ", ".join(d.name for d in class_dirs)
             + "); use one or the other",
         )
+    sources: list[tuple[str | None, list[Path]]]
     if splits:
         sources = [(name, _class_folders(folder, split=name)) for name, folder in splits.items()]
     else:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fracture.data.records import LABEL_NAMES, Dataset, Record, label_from_name
+from fracture.data.records import LABEL_NAMES, SPLITS, Dataset, Record, label_from_name
 
 __all__ = ["TASKS", "Task", "resolve_task", "check_splits"]
 
@@ -55,6 +55,22 @@ class Task:
             return raw
         return (raw != self.merged_normal).astype(np.int64)
 
+    def label_counts(self, labels: np.ndarray) -> dict[str, int]:
+        """Images per training label, by name, and their total."""
+        counts = np.bincount(labels, minlength=len(self.label_names))
+        return {
+            **{name: int(count) for name, count in zip(self.label_names, counts)},
+            "total": int(len(labels)),
+        }
+
+    def summary(self, dataset: Dataset) -> dict[str, dict[str, int]]:
+        """Like :meth:`Dataset.summary`, in this task's labels (types merged under "fracture")."""
+        return {
+            split: self.label_counts(self.labels(records))
+            for split in SPLITS
+            if (records := dataset.split(split))
+        }
+
 
 def resolve_task(dataset: Dataset, task: str = "classes") -> Task:
     """The :class:`Task` ``task`` means on ``dataset``, or a ValueError saying why it cannot."""
@@ -77,6 +93,11 @@ def check_splits(dataset: Dataset, task: Task) -> None:
         records = dataset.split(split)
         counts = np.bincount(task.labels(records), minlength=len(task.label_names))
         missing = [name for name, count in zip(task.label_names, counts) if count == 0]
+        if missing and task.classes is None:
+            raise ValueError(
+                f"The {split} split of {dataset.root} needs both fractured and normal images; "
+                f"it has {counts[1]} fractured and {counts[0]} normal"
+            )
         if missing:
             present = ", ".join(
                 f"{count} {name}" for name, count in zip(task.label_names, counts) if count

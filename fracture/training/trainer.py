@@ -475,12 +475,11 @@ def _train(
             "train_loss": logs["loss"],
             "train_accuracy": _log(logs, "accuracy"),
         }
+        val: dict[str, Any]
         if multiclass:
-            val: dict[str, Any] = _class_metrics(
-                val_labels, _softmax(val_logits_now), model_config.normal_index
-            )
+            val = _class_metrics(val_labels, _softmax(val_logits_now), model_config.normal_index)
         else:
-            val = _epoch_metrics(val_labels, val_logits_now)
+            val = dict(_epoch_metrics(val_labels, val_logits_now))
             # The binary tail always has its evidence map.
             val["pointing"] = _pointing(val_evidence, val_labels, val_boxes_ok)  # type: ignore[arg-type]
             tn, fp = _log(logs, "tn"), _log(logs, "fp")
@@ -570,17 +569,7 @@ def _seen_counts(
     task: Task, train_labels: np.ndarray, val_labels: np.ndarray
 ) -> dict[str, dict[str, int]]:
     """Images per class that training and validation actually used (unreadable ones left out)."""
-    names = task.label_names
-    return {
-        split: {
-            **{
-                name: int(count)
-                for name, count in zip(names, np.bincount(labels, minlength=len(names)))
-            },
-            "total": int(len(labels)),
-        }
-        for split, labels in (("train", train_labels), ("val", val_labels))
-    }
+    return {"train": task.label_counts(train_labels), "val": task.label_counts(val_labels)}
 
 
 def _prior_shift(class_weight: dict[int, float]) -> float:
