@@ -26,6 +26,8 @@ PER_PAGE = 12
 SIZE_SAMPLE = 300
 THUMBNAIL_SIDE = 256
 PHANTOM_COUNT = 120  # enough for a demo training run that finishes in minutes on a CPU
+# The classes of the multi-class demo set: four fracture types and normal.
+PHANTOM_TYPES = ("transverse", "oblique", "comminuted", "displaced", "normal")
 PHANTOM_SIDE = 256
 
 
@@ -58,11 +60,12 @@ def use_folder(path: str) -> None:
     st.session_state[ROOT_KEY] = path
 
 
-def make_phantoms(dest: Path) -> None:
+def make_phantoms(dest: Path, classes: list[str] | None = None) -> None:
+    """Write the phantom demo set: fractured and normal, or ``classes`` (fracture types)."""
     from fracture.data.phantoms import synthesize_phantoms
 
     try:
-        synthesize_phantoms(dest, PHANTOM_COUNT, size=PHANTOM_SIDE, seed=0)
+        synthesize_phantoms(dest, PHANTOM_COUNT, size=PHANTOM_SIDE, seed=0, classes=classes)
     except (FileExistsError, OSError, ValueError) as error:
         common.flash("error", f"Could not write the phantoms: {error}")
         return
@@ -141,6 +144,22 @@ def offer_phantoms(settings: Settings) -> None:
             args=(dest,),
             icon=":material/science:",
         )
+    types_dest = settings.data_dir / "phantom-types"
+    if common.path_exists(str(types_dest)) and any(types_dest.iterdir()):
+        st.button(
+            f"Open the multi-class phantom set in {types_dest}",
+            on_click=use_folder,
+            args=(str(types_dest),),
+            icon=":material/folder_open:",
+        )
+    else:
+        st.button(
+            f"Or {PHANTOM_COUNT} phantoms of {len(PHANTOM_TYPES)} classes "
+            f"({', '.join(PHANTOM_TYPES)}), to try a multi-class model",
+            on_click=make_phantoms,
+            args=(types_dest, list(PHANTOM_TYPES)),
+            icon=":material/category:",
+        )
 
 
 st.title("Dataset")
@@ -182,11 +201,18 @@ if is_phantom:
         icon=":material/science:",
     )
 total = len(frame)
-n_fractured = int(frame["label"].sum())
+class_counts = frame["label"].value_counts()
+if dataset.classes is None:
+    n_fractured = int(class_counts.get(1, 0))
+    composition = f"{n_fractured:,} fractured, {total - n_fractured:,} normal"
+else:
+    composition = f"{len(dataset.classes)} classes: " + ", ".join(
+        f"{int(class_counts.get(label, 0)):,} {name}" for label, name in enumerate(dataset.classes)
+    )
 splits_on_disk = [name for name in summary if name not in dataset.made_splits]
 st.caption(
     f"{dataset.layout.capitalize()} layout, {figures.plural(total, 'image')} "
-    f"({n_fractured:,} fractured, {total - n_fractured:,} normal). "
+    f"({composition}). "
     + (
         f"Split(s) as given by the folder or its manifest: {', '.join(splits_on_disk)}. "
         if splits_on_disk
@@ -252,7 +278,8 @@ with checks_column:
 st.subheader("Images")
 filters = st.columns(3)
 split = filters[0].selectbox("Split", ["all", *summary], key="filter_split")
-label_name = filters[1].selectbox("Class", ["all", "fractured", "normal"], key="filter_class")
+class_names = ["fractured", "normal"] if dataset.classes is None else dataset.classes
+label_name = filters[1].selectbox("Class", ["all", *class_names], key="filter_class")
 regions = sorted(frame["region"].fillna("unknown").unique().tolist())
 region = filters[2].selectbox("Region", ["all", *regions], key="filter_region")
 shown = browse.filter_frame(

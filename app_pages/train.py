@@ -12,10 +12,12 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import _common as common
+from fracture.data.records import summary_classes
 from fracture.model import registry
 from fracture.model.folder import ModelFolder, ModelLoadError
 from fracture.training import jobs
-from fracture.training.runs import candidate_dir, discard_candidate, read_metrics
+from fracture.training.runs import candidate_dir, discard_candidate, read_confusion, read_metrics
+from fracture.training.tasks import TASKS, resolve_task
 from fracture.views import figures, summaries
 
 RUN_KEY = "train_run"
@@ -33,24 +35,29 @@ if not common.admin_gate("Training and promoting models"):
 
 
 @st.cache_data(ttl=30, max_entries=8, show_spinner="Checking the dataset folder…")
-def check_folder(path: str) -> tuple[str | None, dict | None]:
+def check_folder(path: str, task: str = "classes") -> tuple[str | None, dict | None]:
     """(None, what the run would train on) or (why it cannot, None); cached per path briefly."""
     from fracture.data.provenance import describe_dataset
-    from fracture.data.records import DatasetLayoutError
+    from fracture.data.records import DatasetLayoutError, label_from_name
 
     try:
-        dataset = jobs.check_training_data(path)
+        dataset = jobs.check_training_data(path, task=task)
     except DatasetLayoutError as error:
         return f"{error.folder}: {error.reason}", None
     except (OSError, ValueError) as error:
         return str(error), None
     described = describe_dataset(dataset)
+    classes = dataset.classes
     return None, {
         "layout": dataset.layout,
-        "counts": dataset.summary(),
+        # What the run would train on: the fracture task shows the types merged.
+        "counts": resolve_task(dataset, task).summary(dataset),
         "made_splits": list(dataset.made_splits),
         "name": described["name"],
         "kind": described["kind"],
+        "classes": classes,
+        # A choice of task exists only for K classes with a normal one among them.
+        "can_merge": bool(classes) and any(label_from_name(c) == 0 for c in classes),
     }
 
 
@@ -60,8 +67,9 @@ def show_folder_check(problem: str | None, found: dict | None) -> None:
         st.code(problem, language=None)  # literal: paths hold *, _ and other Markdown
         return
     counts = found["counts"]
+    names = summary_classes(counts)
     parts = [
-        f"{split}: {row['fractured']:,} fractured, {row['normal']:,} normal"
+        f"{split}: " + ", ".join(f"{row.get(name, 0):,} {name}" for name in names)
         for split, row in counts.items()
     ]
     made = (
@@ -75,6 +83,26 @@ def show_folder_check(problem: str | None, found: dict | None) -> None:
         + "."
         + made,
         icon=":material/check:",
+    )
+    if len(names) > 2:
+        st.plotly_chart(figures.class_balance_figure(counts), key="train_balance")
+
+
+def pick_task(found: dict | None) -> str:
+    """The task picker, where the folder offers a choice (K classes, one of them normal)."""
+    if not found or not found.get("can_merge"):
+        return "classes"
+    return st.radio(
+        "What the model learns",
+        list(TASKS),
+        format_func=lambda name: (
+            f"{TASKS[name]} ({len(found['classes'])} classes)" if name == "classes" else TASKS[name]
+        ),
+        horizontal=True,
+        key="train_task",
+        help="One class per folder: a probability for each class, and for any fracture "
+        "(1 minus that of the normal class). Fracture or not: every class except the normal "
+        "one counts as a fracture, and the binary fracture model is trained.",
     )
 
 
@@ -90,6 +118,9 @@ def start_form() -> None:
         help="Browse it on the Dataset page first.",
     ).strip()
     problem, found = check_folder(data_root)
+    task = pick_task(found)
+    if task != "classes":
+        problem, found = check_folder(data_root, task)
     show_folder_check(problem, found)
     with st.form("new_run", border=False):
         run_name = st.text_input("Run name (optional)", placeholder="run-YYYYmmdd-HHMMSS")
@@ -143,6 +174,7 @@ def start_form() -> None:
         lr=float(lr),
         seed=int(seed),
         augment=bool(augment),
+        task=task,
     )
     try:
         job = jobs.start_training(
@@ -216,6 +248,27 @@ def show_curves(run_dir: Path) -> None:
         st.plotly_chart(figures.training_curves_figure(history), key="training_curves")
     else:
         st.caption("Loss and AUROC curves appear after the first epoch.")
+    show_live_confusion(run_dir)
+
+
+def show_live_confusion(run_dir: Path) -> None:
+    """The latest epoch's validation confusion matrix of a K-class run, as it trains."""
+    confusion = read_confusion(run_dir)
+    if confusion is None or set(confusion["classes"]) == {"normal", "fractured"}:
+        return  # a fracture model's result shows its own matrix, at the chosen threshold
+    latest = confusion["epochs"][-1]
+    st.plotly_chart(
+        figures.class_confusion_figure(
+            latest["matrix"],
+            confusion["classes"],
+            f"Validation confusion matrix after epoch {latest['epoch']}",
+        ),
+        key="live_confusion",
+    )
+    st.caption(
+        "Rows: the true class. Columns: the class the model ranks first. Darker: a larger "
+        "share of the row."
+    )
 
 
 def show_result(run: dict) -> None:
@@ -242,7 +295,19 @@ def show_result(run: dict) -> None:
     st.subheader("Result on the validation split")
     st.caption(f"Trained on {data.get('name')} ({data.get('kind')}).")
     columns = st.columns(2)
-    if report:
+    if report and report.get("classes"):
+        # A K-class model: its final (calibrated) confusion matrix; per-class figures
+        # are on the Model page once it is promoted.
+        with columns[0]:
+            st.plotly_chart(
+                figures.class_confusion_figure(
+                    report["confusion_matrix"],
+                    report["classes"],
+                    "Confusion matrix (most likely class)",
+                ),
+                key="run_confusion",
+            )
+    elif report:
         point = report.get("operating_point", "high_sensitivity")
         matrix = (report.get("operating_points") or {}).get(point, {}).get("confusion_matrix")
         if matrix:

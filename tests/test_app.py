@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from fracture.config import get_settings
@@ -77,6 +78,17 @@ def _open(page: str) -> AppTest:
 
 def _plotly_charts(at: AppTest) -> list:
     return at.get("plotly_chart")
+
+
+def _plotly_array(value) -> np.ndarray:
+    """An array from a chart's JSON: a list, or plotly's typed-array form (base64 ``bdata``)."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape)
+    return np.asarray(value)
 
 
 def _texts(at: AppTest) -> str:
@@ -450,6 +462,67 @@ def test_train_start_passes_the_form_and_reports_a_busy_trainer(
     assert data_root == str(tmp_path / "ph") and run_name is None
     assert (config.epochs, config.image_size, config.augment) == (3, 384, False)
     assert any("already in progress" in str(e.value) for e in at.error)
+
+
+def test_train_form_offers_the_task_for_fracture_types_and_passes_it(
+    fresh_settings, monkeypatch, tmp_path
+):
+    import fracture.training.jobs as jobs
+    from fracture.data.phantoms import synthesize_phantoms
+
+    calls = []
+
+    def busy(data_root, run_name=None, *, config, settings=None, **kwargs):
+        calls.append(config)
+        raise jobs.JobBusyError("Training run 'other' (pid 1) is already in progress")
+
+    monkeypatch.setattr(jobs, "start_training", busy)
+    classes = ["transverse", "oblique", "displaced", "normal"]
+    synthesize_phantoms(tmp_path / "types", 24, size=64, seed=0, classes=classes)
+    at = _open("app_pages/train.py")
+    next(t for t in at.text_input if t.label == "Dataset folder").input(str(tmp_path / "types"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    message = " ".join(str(s.value) for s in at.success)
+    assert all(name in message for name in classes), message
+    assert any(c.proto.id for c in _plotly_charts(at))  # the class balance
+    task = next(r for r in at.radio if r.label == "What the model learns")
+    assert task.value == "classes"
+    task.set_value("fracture").run()
+    assert "fractured" in " ".join(str(s.value) for s in at.success)  # types merged
+    next(b for b in at.button if b.label == "Start training").click()
+    at.run()
+    assert [config.task for config in calls] == ["fracture"]
+
+
+def test_train_page_shows_the_live_confusion_matrix_of_a_k_class_run(fresh_settings):
+    import json
+    import os
+    import time
+
+    run = fresh_settings.runs / "types-live"
+    run.mkdir()
+    now = time.time()
+    status = {"state": "running", "pid": os.getpid(), "started": now, "updated": now}
+    (run / "status.json").write_text(json.dumps({**status, "epoch": 2, "epochs": 5}))
+    rows = [{"epoch": e, "phase": "head", "train_loss": 1.0, "val_loss": 0.9} for e in (1, 2)]
+    (run / "metrics.json").write_text(json.dumps(rows))
+    matrices = [{"epoch": e, "matrix": [[3, 1, 0], [0, 4, 0], [1, 0, 3]]} for e in (1, 2)]
+    confusion = {"classes": ["oblique", "transverse", "type-B"], "epochs": matrices}
+    (run / "confusion.json").write_text(json.dumps(confusion))
+    try:
+        at = _open("app_pages/train.py")
+        assert not at.exception, [e.value for e in at.exception]
+        figures = [json.loads(chart.proto.spec) for chart in _plotly_charts(at)]
+        heatmaps = [
+            trace for figure in figures for trace in figure["data"] if trace["type"] == "heatmap"
+        ]
+        assert len(heatmaps) == 1
+        assert _plotly_array(heatmaps[0]["text"]).tolist() == matrices[-1]["matrix"]
+        assert list(heatmaps[0]["y"]) == [f"true {name}" for name in confusion["classes"]]
+        assert "ranks first" in _texts(at)
+    finally:
+        shutil.rmtree(run)
 
 
 # --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fracture.data.records import region_words
+from fracture.data.records import region_words, summary_classes
 from fracture.views.results import format_threshold
 from fracture.views.summaries import hardware_free_subgroup
 
@@ -31,6 +31,7 @@ __all__ = [
     "class_probability_figure",
     "class_roc_figure",
     "per_class_figure",
+    "class_colours",
     "confusion_figure",
     "pr_figure",
     "plural",
@@ -53,6 +54,9 @@ _CLASS_COLOURS = {
     "fracture": COLOUR_FRACTURE,
     "normal": COLOUR_NORMAL,
 }
+# Further classes of a K-class dataset (fracture types, body parts), in class order;
+# colour-blind-safe (Okabe and Ito), with the binary red and blue kept for their names.
+_MORE_COLOURS = ("#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000")
 _FIGURE_MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 # Curves keep their legend inside the empty corner of the plot, where it never
 # collides with the axis title.
@@ -139,20 +143,28 @@ def probability_histogram(probabilities: Sequence[float], threshold: float) -> "
     return figure
 
 
+def class_colours(names: Sequence[str]) -> dict[str, str]:
+    """One colour per class: the fracture red and normal blue by name, others in turn."""
+    others = iter(_MORE_COLOURS * (len(names) // len(_MORE_COLOURS) + 1))
+    return {name: _CLASS_COLOURS.get(name.lower()) or next(others) for name in names}
+
+
 def class_balance_figure(summary: Mapping[str, Mapping[str, int]]) -> "go.Figure":
-    """Images per split and class from ``Dataset.summary()``."""
+    """Images per split and class from ``Dataset.summary()`` (two classes or K)."""
     import plotly.graph_objects as go
 
     splits = list(summary)
+    names = summary_classes(summary)
+    colours = class_colours(names)
     figure = _figure("Class balance per split")
-    for name in ("fractured", "normal"):
+    for name in names:
         counts = [summary[split].get(name, 0) for split in splits]
         figure.add_trace(
             go.Bar(
                 x=splits,
                 y=counts,
                 name=name,
-                marker_color=_CLASS_COLOURS[name],
+                marker_color=colours[name],
                 text=counts,
                 textposition="auto",
             )
@@ -174,14 +186,21 @@ def breakdown_figure(frame: "pd.DataFrame", column: str, title: str) -> "go.Figu
         .unstack(fill_value=0)
     )
     figure = _figure(title)
-    for name in ("fractured", "normal"):
+    present = frame["label_name"].unique().tolist()
+    names = (
+        ["fractured", "normal"]
+        if set(present) <= {"fractured", "normal"}
+        else list(dict.fromkeys(frame.sort_values("label")["label_name"]))
+    )
+    colours = class_colours(names)
+    for name in names:
         if name in table.columns:
             figure.add_trace(
                 go.Bar(
                     x=table.index.tolist(),
                     y=table[name].tolist(),
                     name=name,
-                    marker_color=_CLASS_COLOURS[name],
+                    marker_color=colours[name],
                 )
             )
     figure.update_layout(barmode="stack")

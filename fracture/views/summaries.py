@@ -93,6 +93,7 @@ def card_headline(card: Mapping[str, Any] | None) -> dict[str, Any]:
 
 _COMPARED = (
     ("auroc", "Area under the ROC curve (AUROC)"),
+    ("accuracy", "Accuracy (most likely class)"),
     ("pr_auc", "Area under the precision-recall curve"),
     ("sensitivity", "Sensitivity (default operating point)"),
     ("specificity", "Specificity (default operating point)"),
