@@ -234,6 +234,16 @@ def test_three_odd_classes_train_save_reload_and_predict_three_probabilities(
     np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
     assert (calibrated.argmax(axis=1) == outputs.argmax(axis=1)).all()
 
+    # The Predictor, as the CLI and the pages use it: every class's probability, in order.
+    from fracture.inference.predictor import Predictor
+
+    predictions = Predictor(loaded, settings=settings, batch_size=4).predict(paths)
+    assert all(p.ok for p in predictions)
+    for prediction, expected in zip(predictions, calibrated):
+        assert list(prediction.class_probabilities or {}) == ODD_SORTED
+        values = np.array(list((prediction.class_probabilities or {}).values()))
+        np.testing.assert_allclose(values, expected, atol=1e-4)
+
 
 def test_the_train_page_check_refuses_what_the_trainer_would(tmp_path):
     from fracture.training.jobs import check_training_data
