@@ -130,35 +130,30 @@ def offer_phantoms(settings: Settings) -> None:
         "bones, half with a fracture gap. They are **synthetic, not clinical data**, good for "
         "trying the pipeline end to end, never for judging a model on real radiographs."
     )
+    offer_set(dest, "the phantom set", f"Generate {PHANTOM_COUNT} synthetic phantoms", None)
+    offer_set(
+        settings.data_dir / "phantom-types",
+        "the multi-class phantom set",
+        f"Generate {PHANTOM_COUNT} multi-class phantoms ({', '.join(PHANTOM_TYPES)})",
+        list(PHANTOM_TYPES),
+    )
+
+
+def offer_set(dest: Path, what: str, generate: str, classes: list[str] | None) -> None:
+    """Open a phantom set already written to ``dest``, or offer to write it."""
     if common.path_exists(str(dest)) and any(dest.iterdir()):
         st.button(
-            f"Open the phantom set in {dest}",
+            f"Open {what} in {dest}",
             on_click=use_folder,
             args=(str(dest),),
             icon=":material/folder_open:",
         )
     else:
         st.button(
-            f"Generate {PHANTOM_COUNT} synthetic phantoms in {dest}",
+            f"{generate} in {dest}",
             on_click=make_phantoms,
-            args=(dest,),
+            args=(dest, classes),
             icon=":material/science:",
-        )
-    types_dest = settings.data_dir / "phantom-types"
-    if common.path_exists(str(types_dest)) and any(types_dest.iterdir()):
-        st.button(
-            f"Open the multi-class phantom set in {types_dest}",
-            on_click=use_folder,
-            args=(str(types_dest),),
-            icon=":material/folder_open:",
-        )
-    else:
-        st.button(
-            f"Or {PHANTOM_COUNT} phantoms of {len(PHANTOM_TYPES)} classes "
-            f"({', '.join(PHANTOM_TYPES)}), to try a multi-class model",
-            on_click=make_phantoms,
-            args=(types_dest, list(PHANTOM_TYPES)),
-            icon=":material/category:",
         )
 
 

@@ -331,6 +331,16 @@ def _draw_fracture(rng: np.random.Generator, radius: float) -> _Fracture:
     shift = 0.0
     if rng.random() < DISPLACEMENT_PROBABILITY:
         shift = rng.uniform(*DISPLACEMENT) * radius * rng.choice([-1.0, 1.0])
+    return _with_gap(rng, angle, shift)
+
+
+def _with_gap(
+    rng: np.random.Generator,
+    angle: float,
+    shift: float,
+    extra_lines: tuple[tuple[float, float], ...] = (),
+) -> _Fracture:
+    """A fracture with these lines and shift, its gap drawn the same way for every kind."""
     gap = rng.uniform(*GAP_WIDTH)
     return _Fracture(
         angle=float(angle),
@@ -339,6 +349,7 @@ def _draw_fracture(rng: np.random.Generator, radius: float) -> _Fracture:
         shift=float(shift),
         wobble=float(gap * rng.uniform(0.05, 0.2)),
         phase=float(rng.uniform(0.0, 2 * np.pi)),
+        extra_lines=extra_lines,
     )
 
 
@@ -355,16 +366,7 @@ def _draw_typed_fracture(rng: np.random.Generator, radius: float, kind: str) -> 
             offset = side * rng.uniform(*COMMINUTED_SPACING) * radius
             tilt = np.deg2rad(rng.uniform(*COMMINUTED_ANGLE_DEG)) * rng.choice([-1.0, 1.0])
             extra.append((float(offset), float(tilt)))
-    gap = rng.uniform(*GAP_WIDTH)
-    return _Fracture(
-        angle=float(angle),
-        gap=float(gap),
-        depth=float(rng.uniform(*GAP_DEPTH)),
-        shift=float(shift),
-        wobble=float(gap * rng.uniform(0.05, 0.2)),
-        phase=float(rng.uniform(0.0, 2 * np.pi)),
-        extra_lines=tuple(extra),
-    )
+    return _with_gap(rng, angle, shift, tuple(extra))
 
 
 def _gap_distance(u: np.ndarray, v: np.ndarray, fracture: _Fracture, along: float) -> np.ndarray:
