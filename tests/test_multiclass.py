@@ -295,3 +295,26 @@ def test_four_fracture_types_reach_macro_auroc_095(tmp_path):
     )
     assert report["classes"] == sorted(FRACTURE_TYPES)
     assert report["auroc"] >= 0.95, report["auroc"]
+
+
+def test_export_and_recalibration_refuse_a_k_class_model_instead_of_misreading_it(
+    tmp_path, fake_imagenet_weights
+):
+    from fracture.evaluation.calibrate import calibrate_model
+    from fracture.inference.export import ExportError, export_model
+    from fracture.model.folder import (
+        ModelConfig,
+        imagenet_reference,
+        load_model,
+        save_model,
+    )
+    from fracture.model.network import build_classifier
+
+    config = ModelConfig(image_size=TINY_SIZE, fine_tune_from="conv5_block2_out", classes=ODD)
+    model = build_classifier(config, fake_imagenet_weights)
+    save_model(model, config, tmp_path / "k", reference=imagenet_reference(model, config))
+    loaded = load_model(tmp_path / "k", fake_imagenet_weights)
+    with pytest.raises(ExportError, match="3 classes"):
+        export_model(loaded, "onnx", tmp_path / "export")
+    with pytest.raises(ValueError, match="3 classes"):
+        calibrate_model(tmp_path / "k", _odd_dataset(tmp_path / "odd"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fracture.training.tasks import TASKS
+
 __all__ = ["add_train_parser"]
 
 
@@ -25,7 +27,7 @@ def add_train_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument(
         "--task",
-        choices=["classes", "fracture"],
+        choices=list(TASKS),
         default=None,
         help="classes (default): one output per class folder, a fracture model when the "
         "folders are fractured and normal, a K-class model for any other names; fracture: "

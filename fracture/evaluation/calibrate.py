@@ -36,6 +36,13 @@ def calibrate_model(
     """
     folder = ModelFolder(model_dir)
     config, card = folder.read()
+    if config.is_multiclass:
+        # Platt scaling is for one fracture logit; a K-class model's temperature is
+        # fitted by training (fracture.evaluation.operating_points.calibrate_classes).
+        raise ValueError(
+            f"{model_dir} is a model of {config.num_outputs} classes; recalibrating one is not "
+            "supported yet (its calibration is fitted when it is trained)"
+        )
     predictor = predictor or load_predictor(model_dir)
     dataset = load_dataset(data_root)
     records = dataset.split("val")
