@@ -26,14 +26,13 @@ def add_calibrate_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fracture.evaluation.evaluate import evaluate_model
-    from fracture.evaluation.metrics import format_report
+    from fracture.evaluation.evaluate import evaluate_model, format_evaluation
     from fracture.io.files import atomic_write_json
 
     report = evaluate_model(
         args.data, model_dir=args.model, split=args.split, pointing_game=not args.no_cam
     )
-    print(format_report(report))
+    print(format_evaluation(report))
     if args.json:
         atomic_write_json(args.json, report)
         print(f"full report written to {args.json}", file=sys.stderr)

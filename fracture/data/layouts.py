@@ -60,7 +60,7 @@ from fracture.data.records import (
 from fracture.data.splits import make_splits
 from fracture.io.images import iter_image_files
 
-__all__ = ["load_dataset"]
+__all__ = ["load_dataset", "mura_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +366,16 @@ def _list_mura(root: Path) -> list[_Found]:
                         for path in _images_in(study_dir)
                     )
     return found
+
+
+def mura_study(path: str | os.PathLike[str]) -> str:
+    """The MURA study an image belongs to, ``XR_<REGION>/patientNNNNN/studyN_<label>``.
+
+    MURA labels studies, not images (its study-level figures aggregate over a study's
+    views). The region is part of the id: one patient can have a ``study1`` in several
+    region folders.
+    """
+    return "/".join(Path(path).parent.parts[-3:])
 
 
 def _list_fracatlas(root: Path) -> list[_Found]:

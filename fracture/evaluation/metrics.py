@@ -61,6 +61,7 @@ __all__ = [
     "subgroup_auroc",
     "pointing_game",
     "evaluation_report",
+    "probability_report",
     "format_report",
     "CLASS_NAMES",
     "MISSING_GROUP",
@@ -821,6 +822,45 @@ def evaluation_report(
     logits = _as_finite(logits, "logits")
     _check_same_length(labels=labels, logits=logits)
     temperature = _temperature(temperature)
+    return probability_report(
+        labels,
+        calibrated_probability(logits, temperature),
+        thresholds,
+        temperature=temperature,
+        uncalibrated=calibrated_probability(logits, 1.0),
+        regions=regions,
+        hardware=hardware,
+        pointing=pointing,
+        operating_point=operating_point,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+def probability_report(
+    labels: ArrayLike,
+    probabilities: ArrayLike,
+    thresholds: Mapping[str, Any],
+    *,
+    temperature: float | None = None,
+    uncalibrated: ArrayLike | None = None,
+    regions: Sequence[str | None] | None = None,
+    hardware: Sequence[bool | None] | None = None,
+    pointing: Mapping[str, Any] | None = None,
+    operating_point: str = "high_sensitivity",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """:func:`evaluation_report` from calibrated fracture probabilities rather than logits.
+
+    For models whose fracture probability is not one sigmoid logit: a K-class
+    model's any-fracture probability, 1 - P(normal). ``temperature`` is recorded
+    as given; the ``*_uncalibrated`` figures are reported when ``uncalibrated``
+    (the same probabilities at ``T = 1``) is given.
+    """
+    labels = _as_labels(labels)
+    probabilities = _as_probabilities(probabilities)
+    _check_same_length(labels=labels, probabilities=probabilities)
     points = _operating_points(thresholds)
     if operating_point not in points:
         raise ValueError(
@@ -838,13 +878,13 @@ def evaluation_report(
         if missing:
             raise ValueError(f"pointing lacks {sorted(missing)}; pass pointing_game(...)'s result")
 
-    probabilities = calibrated_probability(logits, temperature)
-    uncalibrated = calibrated_probability(logits, 1.0)
+    if uncalibrated is not None:
+        uncalibrated = _as_probabilities(uncalibrated, "uncalibrated")
+        _check_same_length(labels=labels, uncalibrated=uncalibrated)
 
     report = binary_report(
         labels, probabilities, points[operating_point], n_bootstrap=n_bootstrap, seed=seed
     )
-    ece_uncalibrated, reliability_uncalibrated = expected_calibration_error(labels, uncalibrated)
     report.update(
         {
             "schema_version": REPORT_SCHEMA_VERSION,
@@ -854,11 +894,19 @@ def evaluation_report(
                 name: _threshold_metrics(labels, probabilities, value)
                 for name, value in points.items()
             },
-            "ece_uncalibrated": ece_uncalibrated,
-            "reliability_uncalibrated": reliability_uncalibrated,
-            "brier_uncalibrated": float(brier_score_loss(labels, uncalibrated)),
         }
     )
+    if uncalibrated is not None:
+        ece_uncalibrated, reliability_uncalibrated = expected_calibration_error(
+            labels, uncalibrated
+        )
+        report.update(
+            {
+                "ece_uncalibrated": ece_uncalibrated,
+                "reliability_uncalibrated": reliability_uncalibrated,
+                "brier_uncalibrated": float(brier_score_loss(labels, uncalibrated)),
+            }
+        )
     subgroups: dict[str, Any] = {}
     if regions is not None:
         subgroups["region"] = subgroup_auroc(
