@@ -24,8 +24,82 @@ settings = common.settings()
 model, problem = common.active_model()
 
 
+def show_classes(multiclass: dict) -> None:
+    """A K-class model, class by class: ROC curves, the K x K confusion matrix, sensitivity and precision."""
+    st.subheader("Per class")
+    st.caption(
+        f"{len(multiclass['class_names'])} classes. Each class is scored against all the others; "
+        "the macro average weighs every class equally, the micro average every image. "
+        "An image is called the class with the highest probability."
+    )
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(figures.class_roc_figure(multiclass), key="class_roc")
+    with right:
+        st.plotly_chart(
+            figures.class_confusion_figure(
+                multiclass["confusion_matrix"],
+                multiclass["class_names"],
+                "Confusion matrix (most probable class)",
+            ),
+            key="class_confusion",
+        )
+    st.plotly_chart(figures.per_class_figure(multiclass), key="per_class")
+    facts = [
+        (
+            "Accuracy",
+            multiclass.get("accuracy"),
+            "Share of images whose most probable class is right.",
+        ),
+        (
+            "Cohen's kappa",
+            multiclass.get("kappa"),
+            "Agreement with the labels beyond chance: 0 is chance, 1 is perfect.",
+        ),
+        (
+            "Classwise calibration error",
+            multiclass.get("classwise_ece"),
+            "How far each class's probability sits from how often that class is right, "
+            "averaged over the classes (lower is better).",
+        ),
+    ]
+    for column, (label, value, help_text) in zip(st.columns(len(facts)), facts):
+        column.metric(label, "not computable" if value is None else f"{value:.2f}", help=help_text)
+
+
+def show_studies(study: dict) -> None:
+    """Study-level figures (MURA): one score per study, the highest of its images."""
+    st.subheader("Per study")
+    st.caption(
+        f"{study['n_studies']} studies of {study['n_images']} images; a study scores the "
+        "highest probability among its images, and is called abnormal at the operating point."
+    )
+    kappa, auroc = study.get("kappa"), study.get("auroc")
+    columns = st.columns(2)
+    columns[0].metric("Study AUROC", "not computable" if auroc is None else f"{auroc:.2f}")
+    columns[1].metric(
+        "Study Cohen's kappa",
+        "not computable" if kappa is None else f"{kappa:.2f}",
+        help="Agreement of the study calls with the radiologists' labels beyond chance, "
+        "the figure the MURA leaderboard ranks by.",
+    )
+
+
 def show_evaluation(report: dict) -> None:
-    """ROC, PR, reliability, confusion per operating point, subgroups, pointing game."""
+    """ROC, PR, reliability, confusion per operating point, subgroups, pointing game.
+
+    A K-class model's per-class results come first; a model without a normal
+    class has no fracture-or-not figures, so the binary plots are left out.
+    """
+    if report.get("multiclass"):
+        show_classes(report["multiclass"])
+        if report.get("roc"):
+            st.subheader("Any fracture")
+            st.caption("Fracture of any kind against normal: 1 minus the probability of normal.")
+    if report.get("study_level"):
+        show_studies(report["study_level"])
+    if "roc" not in report:
+        return
     curves = st.columns(3)
     with curves[0]:
         st.plotly_chart(figures.roc_figure({"this model": report}), key="roc")
