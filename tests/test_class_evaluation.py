@@ -304,3 +304,66 @@ def test_evaluate_reports_study_level_figures_on_a_mura_folder(
     assert set(study["by_region"]) == {"hand", "elbow"}
     text = format_evaluation(report)
     assert "Study AUROC" in text and "kappa" in text
+
+
+def test_evaluate_reports_per_class_figures_for_a_k_class_model(tmp_path):
+    from PIL import Image
+    from test_class_inference import CLASSES, _phantom, _phantom_model
+
+    from fracture.evaluation.evaluate import evaluate_model, format_evaluation
+    from fracture.inference.predictor import Predictor
+    from fracture.model.folder import LoadedModel, ModelConfig
+
+    rng = np.random.default_rng(15)
+    root = tmp_path / "types"
+    for name in CLASSES:
+        for index in range(8):
+            row, col = (int(v) for v in rng.integers(2, 30, 2))
+            kind = [] if name == "normal" else [(name, row, col)]
+            # Some images get the other type's line too, so the classes overlap.
+            if index % 3 == 0 and name != "normal":
+                other = "transverse" if name == "longitudinal" else "longitudinal"
+                kind.append((other, int(rng.integers(2, 30)), int(rng.integers(2, 30))))
+            image = _phantom(kind).astype(np.uint8)
+            image += rng.integers(0, 30, image.shape).astype(np.uint8)
+            path = root / "val" / name / f"{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+    config = ModelConfig(
+        image_size=64,
+        classes=CLASSES,
+        thresholds={"high_sensitivity": 0.3, "high_specificity": 0.6},
+        name="phantom-types",
+    )
+    predictor = Predictor(LoadedModel(_phantom_model(), config, {}, None), batch_size=4)
+    report = evaluate_model(root, predictor=predictor, split="val", n_bootstrap=0)
+
+    paths = sorted((root / "val").rglob("*.png"))
+    scored = predictor.predict([str(p) for p in paths])
+    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
+    probabilities = np.array([list(r.class_probabilities.values()) for r in scored])
+    multiclass = report["multiclass"]
+    assert multiclass["class_names"] == CLASSES
+    assert (
+        multiclass["confusion_matrix"]
+        == confusion_matrix(labels, probabilities.argmax(1), labels=[0, 1, 2]).tolist()
+    )
+    assert multiclass["auroc_macro"] == pytest.approx(
+        roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"), abs=1e-6
+    )
+    # The binary figures are those of any fracture: 1 - P(normal) against "not normal".
+    normal = CLASSES.index("normal")
+    assert report["auroc"] == pytest.approx(
+        roc_auc_score(labels != normal, 1 - probabilities[:, normal]), abs=1e-6
+    )
+    assert set(report["operating_points"]) == {"high_sensitivity", "high_specificity"}
+    json.dumps(report, allow_nan=False)
+    text = format_evaluation(report)
+    assert "macro" in text and "transverse" in text and "AUROC" in text
+
+    # A fracture/normal dataset cannot measure a model of fracture types.
+    binary = tmp_path / "binary"
+    for name in ("fractured", "normal"):
+        write_png(binary / "val" / name / "a.png", seed=1)
+    with pytest.raises(ValueError, match="fracture/normal dataset"):
+        evaluate_model(binary, predictor=predictor, split="val")
