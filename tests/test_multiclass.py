@@ -213,6 +213,10 @@ def test_three_odd_classes_train_save_reload_and_predict_three_probabilities(
     assert confusion is not None and confusion["classes"] == ODD_SORTED
     matrix = np.array(confusion["epochs"][-1]["matrix"])
     assert matrix.shape == (3, 3) and matrix.sum(axis=1).tolist() == [3, 3, 3]
+    # evaluation.json carries the per-class figures the Model page plots.
+    evaluation = json.loads((model_dir / "evaluation.json").read_text())
+    assert evaluation["multiclass"]["class_names"] == ODD_SORTED
+    assert np.array(evaluation["multiclass"]["confusion_matrix"]).sum(axis=1).tolist() == [3, 3, 3]
 
     loaded = load_model(model_dir, use_fake_weights)
     assert loaded.config.classes == ODD_SORTED and loaded.config.num_outputs == 3

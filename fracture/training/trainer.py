@@ -709,6 +709,8 @@ def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -
     The calibrated probabilities' macro AUROC, accuracy and confusion matrix; with
     a normal class, sensitivity and specificity of any fracture at each threshold.
     """
+    from fracture.evaluation.multiclass import multiclass_report
+
     probabilities = config.probabilities(logits)
     report: dict[str, Any] = {
         "classes": config.class_names,
@@ -717,6 +719,9 @@ def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -
         **_class_metrics(labels, probabilities, config.normal_index),
         "confusion_matrix": _confusion(labels, logits, config.num_outputs),
         "operating_point": config.operating_point,
+        # Per class (one-vs-rest ROC, sensitivity, precision, classwise calibration):
+        # what the Model page shows, the same figures `evaluate` reports.
+        "multiclass": multiclass_report(labels, probabilities, config.class_names),
     }
     any_fracture = config.any_fracture(probabilities)
     if any_fracture is not None and config.normal_index is not None:

@@ -562,7 +562,7 @@ def class_probability_figure(
 
     names = list(probabilities)
     values = [100.0 * probabilities[name] for name in names]
-    colours = [_CLASS_COLOURS.get(name.lower(), COLOUR_VAL) for name in names]
+    colours = list(class_colours(names).values())  # the colours of the Dataset and Train pages
     figure = _figure("Probability of each class", height=max(160, 40 + 34 * len(names)))
     figure.add_trace(
         go.Bar(
