@@ -26,7 +26,12 @@ TIMEOUT = 180
 CLASSES = ["comminuted", "normal", "transverse"]
 
 
-def _k_class_model(directory: Path, imagenet_weights: Path) -> Path:
+def _k_class_model(
+    directory: Path,
+    imagenet_weights: Path,
+    classes: list[str] = CLASSES,
+    thresholds: dict[str, float] | None = None,
+) -> Path:
     import keras
 
     from fracture.evaluation.evaluate import class_evaluation
@@ -36,8 +41,10 @@ def _k_class_model(directory: Path, imagenet_weights: Path) -> Path:
     config = ModelConfig(
         image_size=64,
         fine_tune_from="conv5_block2_out",
-        classes=CLASSES,
-        thresholds={"high_sensitivity": 0.4, "high_specificity": 0.7},
+        classes=classes,
+        thresholds={"high_sensitivity": 0.4, "high_specificity": 0.7}
+        if thresholds is None
+        else thresholds,
         name="fracture-types",
         version="1",
     )
@@ -58,12 +65,9 @@ def _k_class_model(directory: Path, imagenet_weights: Path) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def class_env(tmp_path_factory, fake_imagenet_weights):
+def _environment(base: Path, fake_imagenet_weights: Path):
     import fracture.model.imagenet as weights
 
-    base = tmp_path_factory.mktemp("class-app")
-    _k_class_model(base / "models" / "default", fake_imagenet_weights)
     for name in ("data", "runs"):
         (base / name).mkdir()
     patch = pytest.MonkeyPatch()
@@ -80,6 +84,22 @@ def class_env(tmp_path_factory, fake_imagenet_weights):
     yield SimpleNamespace(base=base, models=base / "models")
     patch.undo()
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def class_env(tmp_path_factory, fake_imagenet_weights):
+    base = tmp_path_factory.mktemp("class-app")
+    _k_class_model(base / "models" / "default", fake_imagenet_weights)
+    yield from _environment(base, fake_imagenet_weights)
+
+
+@pytest.fixture(scope="module")
+def types_env(tmp_path_factory, fake_imagenet_weights):
+    """A model of fracture types only: no normal class, so no threshold."""
+    base = tmp_path_factory.mktemp("types-app")
+    types = ["comminuted", "oblique", "transverse"]
+    _k_class_model(base / "models" / "default", fake_imagenet_weights, types, thresholds={})
+    yield from _environment(base, fake_imagenet_weights)
 
 
 def _open(page: str) -> AppTest:
@@ -141,3 +161,26 @@ def test_model_page_shows_per_class_results_in_plain_words(class_env):
     assert "Cohen's kappa" in labels and "Classwise calibration error" in labels
     shown = texts + "\n".join(f"{m.label} {m.value}" for m in at.metric)
     assert "{" not in shown and str(class_env.base) not in shown
+
+
+def test_a_model_without_a_normal_class_names_the_top_class_single_and_batch(types_env):
+    at = _open("app_pages/predict.py")
+    assert [r.label for r in at.radio] == ["Upload"]  # no operating point to pick
+    at.file_uploader[0].upload("a.png", png_bytes(3), "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    top = next(m for m in at.metric if m.label == "Most probable class")
+    assert top.value in ("comminuted", "oblique", "transverse")
+    assert not any(m.label == "Fracture probability" for m in at.metric)
+
+    at.file_uploader[0].upload("b.png", png_bytes(4), "image/png")
+    at.file_uploader[0].upload("broken.png", b"not an image", "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert table["class"].tolist()[-1] == "could not be read"
+    assert set(table["class"].tolist()[:-1]) <= {"comminuted", "oblique", "transverse"}
+
+    at.switch_page("app_pages/model.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Per class" in _texts(at) and "Any fracture" not in _texts(at)
