@@ -723,12 +723,13 @@ def test_reruns_keep_the_keras_state_but_still_close_matplotlib_figures(monkeypa
 
     cleared = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(1))
-    monkeypatch.setattr(
-        script_runner, "_clean_problem_modules", script_runner._clean_problem_modules
-    )
-    script_runner._clean_problem_modules()
-    assert cleared == [1]  # Streamlit's own cleanup, as shipped, clears it
-
+    shipped = script_runner._clean_problem_modules
+    if not getattr(shipped, "keeps_keras", False):  # an app test in this process patched it
+        shipped()
+        assert cleared == [1]  # Streamlit's own cleanup, as shipped, clears it
+        cleared.clear()
+    # Streamlit's cleanup as it is before the app starts, whatever ran before this test.
+    monkeypatch.setattr(script_runner, "_clean_problem_modules", keras.backend.clear_session)
     closed = []
     monkeypatch.setitem(
         sys.modules, "matplotlib.pyplot", SimpleNamespace(close=lambda which: closed.append(which))
@@ -736,4 +737,4 @@ def test_reruns_keep_the_keras_state_but_still_close_matplotlib_figures(monkeypa
     common.keep_keras_state_between_reruns()
     common.keep_keras_state_between_reruns()  # idempotent
     script_runner._clean_problem_modules()
-    assert cleared == [1] and closed == ["all"]
+    assert cleared == [] and closed == ["all"]
