@@ -34,6 +34,7 @@ __all__ = [
     "admin_password",
     "cache_prediction",
     "cached_prediction",
+    "configure_server_logging",
     "flash",
     "get_served_model",
     "model_changed",
@@ -69,6 +70,22 @@ _WRONG_PASSWORD_DELAY_S = 1.0
 def settings() -> Settings:
     """The process-wide settings (environment and ``fracture.toml``)."""
     return get_settings()
+
+
+def configure_server_logging() -> None:
+    """The library's log on the server's stderr, with times, at the configured level.
+
+    Hospital IT reads it like any server log: model loads, warnings, and at
+    INFO one line per inference batch (its size and time), which is also how
+    ``python -m fracture load --server-log`` sees the batches that form.
+    """
+    from fracture.logs import configure_logging
+
+    try:
+        configure_logging(settings().log_level, timestamps=True)
+    except ValueError as error:
+        configure_logging("INFO", timestamps=True)
+        logging.getLogger("fracture").warning("%s; logging at INFO", error)
 
 
 # --------------------------------------------------------------------------------------
@@ -162,7 +179,8 @@ def _load_served_model(model_dir: str, key: str) -> ServedModel:
     current = get_settings()
     loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
     single = SharedPredictor(
-        Predictor(loaded, settings=current, batch_size=DEFAULT_MAX_BATCH, fixed_batch=False)
+        Predictor(loaded, settings=current, batch_size=DEFAULT_MAX_BATCH, fixed_batch=False),
+        max_wait_s=current.batch_wait_ms / 1000,
     )
     batch = Predictor(loaded, settings=current, batch_size=current.batch_size)
     return ServedModel(single=single, batch=batch, key=key, directory=Path(model_dir))

@@ -45,6 +45,11 @@ class Settings:
     # Explicit ImageNet weights file; first in the resolution order.
     imagenet_weights: Path | None = None
     batch_size: int = 16
+    # How long the dashboard's shared inference worker waits for other sessions'
+    # requests after one arrives (fracture.inference.batching). One network call
+    # takes 100-300 ms here, so 5 ms costs a lone user nothing visible, and
+    # requests that arrive while the network runs are batched without any wait.
+    batch_wait_ms: int = 5
     # "float32" or "bfloat16" for every Predictor; None follows the model, which
     # recommends bfloat16 only after `fracture bench --apply` checked it on val.
     inference_precision: str | None = None
@@ -57,6 +62,9 @@ class Settings:
     # Working folder of `fracture dicom listen` (received studies, results not yet
     # delivered, health); the dashboard's Inbox reads the same folder.
     dicom_spool: Path = PROJECT_ROOT / "dicom-spool"
+    # The library's log (DEBUG, INFO, WARNING, ERROR) on stderr of the CLI and the
+    # dashboard server; at INFO the server logs one line per inference batch.
+    log_level: str = "INFO"
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -4,20 +4,28 @@
 * A bad request fails alone; its batch neighbours still get their results.
 * Shutdown drains the queued requests, or fails them cleanly; later submissions are refused.
 * The SharedPredictor gives the same probabilities and heat maps as a Predictor alone.
+* Each batch is one line of the server log, and the log reads back as the batch sizes.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.inference.batching import BatcherClosedError, MicroBatcher, SharedPredictor
+from fracture.inference.batching import (
+    BatcherClosedError,
+    MicroBatcher,
+    SharedPredictor,
+    batch_sizes_in_log,
+)
 from fracture.inference.predictor import Predictor
 
 from conftest import radiograph_like
@@ -69,6 +77,52 @@ def test_each_thread_gets_its_own_results_and_batches_form():
     assert sum(size * count for size, count in sizes.items()) == THREADS * 6
     assert max(sizes) > 1, sizes
     assert max(sizes) <= 4
+
+
+def test_each_batch_is_a_log_line_that_reads_back_as_its_size(capsys):
+    """What hospital IT sees in the server log, and what ``fracture load --server-log`` counts."""
+    from fracture.logs import configure_logging
+
+    configure_logging("INFO", timestamps=True)  # as the dashboard does
+    try:
+        gate = Gate()
+        batcher = MicroBatcher(gate, max_batch_size=8, max_wait_s=0.0, name="fracture-inference")
+        first = _blocked(batcher, gate)
+        rest = [batcher.submit(item) for item in (1, 2, 3)]
+        gate.release.set()
+        assert [future.result(10) for future in (first, *rest)] == [0, 10, 20, 30]
+        batcher.close()
+        log = capsys.readouterr().err
+    finally:
+        configure_logging("INFO")
+    assert batcher.batch_sizes == Counter({1: 1, 3: 1})
+    assert batch_sizes_in_log(log.splitlines()) == batcher.batch_sizes
+    line = next(line for line in log.splitlines() if "batch of 3" in line)
+    assert re.match(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO fracture\.inference\.batching: "
+        r"fracture-inference ran a batch of 3 request\(s\) in \d+ ms$",
+        line,
+    ), line
+
+
+def test_the_log_level_comes_from_the_settings(capsys):
+    import logging
+
+    from fracture.config import Settings
+    from fracture.logs import configure_logging
+
+    settings = Settings.load(environ={"FRACTURE_LOG_LEVEL": "warning"})
+    try:
+        configure_logging(settings.log_level)
+        assert logging.getLogger("fracture").level == logging.WARNING
+        batcher = MicroBatcher(lambda items: items, max_batch_size=2)
+        assert batcher(5, timeout=10) == 5
+        batcher.close()
+        assert "ran a batch" not in capsys.readouterr().err  # INFO lines are off
+        with pytest.raises(ValueError, match="not one of DEBUG, INFO"):
+            configure_logging("chatty")
+    finally:
+        configure_logging("INFO")
 
 
 def test_a_bad_request_fails_alone():

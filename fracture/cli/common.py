@@ -28,27 +28,25 @@ def guarded(run: Callable[[], int]) -> int:
         return 1
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time (tests and tqdm replace it)."""
-
-    @property  # type: ignore[override]
-    def stream(self):  # type: ignore[no-untyped-def]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass
-
-
 def configure_logging() -> None:
-    """Show the library's progress (INFO) and warnings on stderr, once per process."""
-    logger = logging.getLogger("fracture")
-    if any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
-        return
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("fracture: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    """Show the library's progress and warnings on stderr at the configured level.
+
+    The level comes from the settings (``FRACTURE_LOG_LEVEL``, default INFO);
+    a settings file that cannot be read is left to the command that needs it
+    to report, so the log falls back to INFO.
+    """
+    from fracture.config import get_settings
+    from fracture.logs import configure_logging as configure
+
+    try:
+        level = get_settings().log_level
+    except (OSError, ValueError):
+        level = "INFO"
+    try:
+        configure(level)
+    except ValueError as error:
+        configure("INFO")
+        logging.getLogger("fracture").warning("%s; logging at INFO", error)
 
 
 def stage_progress(

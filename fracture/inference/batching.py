@@ -27,14 +27,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from fracture.config import Settings
 from fracture.errors import FractureError
 from fracture.inference.predictor import Prediction, Predictor, Source, _Prepared
 
@@ -44,6 +46,7 @@ __all__ = [
     "BatcherClosedError",
     "MicroBatcher",
     "SharedPredictor",
+    "batch_sizes_in_log",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,10 +55,13 @@ logger = logging.getLogger(__name__)
 # target, and the largest batch whose Grad-CAM activations (384 px, bfloat16)
 # keep the server well under its memory budget.
 DEFAULT_MAX_BATCH = 8
-# How long the worker waits for company after a request arrives. One network
-# call takes 100-200 ms here, so 5 ms costs a lone user nothing visible, and
-# requests that arrive while the network runs are batched without any wait.
-DEFAULT_MAX_WAIT_S = 0.005
+# How long the worker waits for company after a request arrives: the settings'
+# default (Settings.batch_wait_ms, where the reason is given).
+DEFAULT_MAX_WAIT_S = Settings.batch_wait_ms / 1000
+# One INFO line per batch, so a server's log shows the batches that form
+# (``fracture load --server-log`` reads them back with batch_sizes_in_log).
+_BATCH_LOG = "%s ran a batch of %d request(s) in %.0f ms"
+_BATCH_LOG_PATTERN = re.compile(r" ran a batch of (\d+) request\(s\) in ")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -106,6 +112,7 @@ class MicroBatcher(Generic[T, R]):
         self._closed = False
         self._abort = False
         self._batch_sizes: Counter[int] = Counter()
+        self.name = name
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -181,9 +188,11 @@ class MicroBatcher(Generic[T, R]):
             return
         with self._lock:
             self._batch_sizes[len(live)] += 1
-        logger.debug("running a batch of %d", len(live))
+        started = time.perf_counter()
         try:
             results = self._call(live)
+            # Logged before any caller is answered: whoever saw a result can find its batch.
+            logger.info(_BATCH_LOG, self.name, len(live), 1000 * (time.perf_counter() - started))
         except Exception as error:  # noqa: BLE001 - isolate the failing request below
             if len(live) == 1:
                 live[0].future.set_exception(error)
@@ -210,6 +219,16 @@ class MicroBatcher(Generic[T, R]):
                 f"batch function returned {len(results)} results for {len(requests)} items"
             )
         return results
+
+
+def batch_sizes_in_log(lines: Iterable[str]) -> Counter[int]:
+    """How many batches of each size a server log reports (its lines at INFO, one per batch)."""
+    sizes: Counter[int] = Counter()
+    for line in lines:
+        match = _BATCH_LOG_PATTERN.search(line)
+        if match:
+            sizes[int(match.group(1))] += 1
+    return sizes
 
 
 def _fail(batch: Sequence[_Request], error: Exception) -> None:
