@@ -39,6 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 # Generous: the server loads TensorFlow and builds ResNet-50 on a busy 2-core CPU.
 SERVER_START_S = 180
+# The shared inference worker waits this long for other sessions' requests (the
+# default is 5 ms): the load test's few browser sessions then reliably share a
+# batch even when Chromium staggers their uploads on a busy machine.
+BATCH_WAIT_MS = 250
 MODEL_READY_MS = 300_000
 PAGE_READY_MS = 120_000
 
@@ -68,7 +72,8 @@ def _valid_model(directory: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(url, dataset folder) of a Streamlit server with the real weights; always stopped."""
+    """(url, dataset folder, pid, log file) of a Streamlit server with the real weights;
+    always stopped."""
     pytest.importorskip("playwright.sync_api")
     weights = SHARED / "weights" / "resnet50_imagenet_notop.h5"
     if not weights.is_file():
@@ -105,6 +110,8 @@ def server(tmp_path_factory):
             "FRACTURE_CACHE_DIR": str(base / "cache"),
             "FRACTURE_IMAGENET_WEIGHTS": str(weights),
             "FRACTURE_DICOM_SPOOL": str(base / "dicom-spool"),
+            "FRACTURE_BATCH_WAIT_MS": str(BATCH_WAIT_MS),
+            "FRACTURE_LOG_LEVEL": "INFO",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
     )
@@ -148,7 +155,7 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not become healthy:\n{log_path.read_text()}")
             time.sleep(0.5)
-        yield url, data, process.pid
+        yield url, data, process.pid, log_path
     finally:
         # Its own session: signal the whole group so no helper outlives the test.
         try:
@@ -272,7 +279,7 @@ def _visit_pages(page, width: int) -> None:
 
 
 def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
-    url, data, _ = server
+    url, data, _, _ = server
     page.goto(url, timeout=PAGE_READY_MS)
     uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
     try:
@@ -347,33 +354,45 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
 
 
 def test_load_script_drives_concurrent_sessions(server):
-    """``python -m fracture load``'s core against the real server: every request answered."""
+    """``python -m fracture load``'s core against the real server: every request answered,
+    and the sessions' images shared network calls (read back from the server's log)."""
     from fracture.perf.loadtest import LoadConfig, generated_uploads, run_load
 
-    url, _, pid = server
+    url, _, pid, log_path = server
     config = LoadConfig(
         url=url,
-        sessions=2,
+        sessions=3,
         requests=2,
         duration_s=600,
         request_timeout_s=MODEL_READY_MS / 1000,
         server_pid=pid,
+        server_log=str(log_path),
         chromium=_chromium(),
     )
-    report = run_load(config, generated_uploads(3, size=256))
+    report = run_load(config, generated_uploads(4, size=256))
     assert report.errors == []
-    assert len(report.latencies_s) == report.requests == 4
+    assert len(report.latencies_s) == report.requests == 6
     assert report.warmup_s is not None and report.warmup_s > 0
     assert 0 < report.percentile_ms(50) <= report.percentile_ms(95)
     # The server really held the model: far more than an idle Python process.
     assert report.server_peak_rss_mib is not None and report.server_peak_rss_mib > 300
+    # Every upload went through the shared queue (a rerun that Streamlit restarts
+    # mid-request may score one twice, hence at least) ...
+    sizes = report.batch_sizes
+    assert sizes, f"no inference batches in the server log:\n{log_path.read_text()[-2000:]}"
+    assert sum(size * count for size, count in sizes.items()) >= 6, sizes
+    # ... and concurrent sessions shared a network call.
+    assert max(sizes) > 1, sizes
+    figures = report.to_dict()
+    assert figures["largest_batch"] == max(sizes) and figures["batches"] == sum(sizes.values())
+    assert "inference batches" in report.table()
 
 
 def test_load_script_reports_a_page_error_as_a_failed_request(server):
     """A file the app cannot read shows an error box: one failed request, with the reason."""
     from fracture.perf.loadtest import LoadConfig, Upload, run_load
 
-    url, _, _ = server
+    url, _, _, _ = server
     config = LoadConfig(
         url=url,
         sessions=1,

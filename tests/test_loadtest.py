@@ -83,6 +83,36 @@ def test_report_percentiles_come_from_its_own_latencies():
     assert empty.to_dict()["p50_ms"] is None
 
 
+def test_the_report_counts_the_batches_the_server_logged(tmp_path):
+    """Only the lines written during the run count; the histogram reaches the JSON and table."""
+    from fracture.inference import batching
+    from fracture.perf.loadtest import _logged_batches
+
+    def line(size: int) -> str:
+        message = batching._BATCH_LOG % ("fracture-inference", size, 120.0)
+        return f"2026-12-02 01:00:00,000 INFO fracture.inference.batching: {message}\n"
+
+    log = tmp_path / "server.log"
+    log.write_text(line(5) + "Loading model…\n")  # before the run: the warm-up
+    offset = log.stat().st_size
+    with log.open("a") as handle:
+        handle.write(line(1) + line(3) + "an unrelated warning\n" + line(1) + line(2))
+    sizes = _logged_batches(str(log), offset)
+    assert sizes == {1: 2, 3: 1, 2: 1}
+
+    report = LoadReport("http://localhost:1", 3, 6, latencies_s=[0.5] * 7, batch_sizes=sizes)
+    figures = report.to_dict()
+    assert figures["batch_sizes"] == {"1": 2, "2": 1, "3": 1}
+    assert figures["batches"] == 4 and figures["largest_batch"] == 3
+    assert figures["mean_batch_size"] == pytest.approx(7 / 4)
+    assert "2 of 1, 1 of 2, 1 of 3 (4 batches, 1.8 images per batch" in report.table()
+    assert "--server-log" in LoadReport("http://localhost:1", 1, 1).table()
+    silent = LoadReport("http://localhost:1", 1, 1, batch_sizes={})
+    assert "none in the server log" in silent.table()
+    with pytest.raises(ValueError, match="does not exist"):
+        LoadConfig(server_log=str(tmp_path / "missing.log")).validate()
+
+
 def test_generated_uploads_are_distinct_pngs():
     uploads = generated_uploads(3, size=64)
     assert [u.name for u in uploads] == ["phantom_000.png", "phantom_001.png", "phantom_002.png"]

@@ -69,6 +69,12 @@ def add_load_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="sample this process's resident memory while the test runs",
     )
+    p.add_argument(
+        "--server-log",
+        default=None,
+        help="the server's log file (its stderr, e.g. `streamlit run app.py 2> server.log`): "
+        "report the inference batches it formed during the test",
+    )
     p.add_argument("--chromium", default=None, help="Chromium executable")
     p.add_argument("--json", default=None, help="write every figure here")
     p.set_defaults(func=cmd_load)
@@ -83,6 +89,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
         warmup=not args.no_warmup,
         server_pid=args.server_pid,
+        server_log=args.server_log,
         chromium=args.chromium,
     )
     try:

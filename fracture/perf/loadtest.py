@@ -19,6 +19,11 @@ counting unfinished requests as errors. A request that fails (timeout, a
 Streamlit exception, an error box) is recorded with its reason and the
 session goes on with its next request.
 
+With ``server_log`` (the server's stderr, where the dashboard logs one line
+per inference batch at the default INFO level), the report also counts the
+batches that the shared inference queue formed while the sessions ran: how
+many colleagues' images shared one network call.
+
 Needs Playwright (``requirements-dev.txt``) and a Chromium (Debian's
 ``chromium`` package; ``playwright install`` is not required).
 """
@@ -117,6 +122,7 @@ class LoadConfig:
     request_timeout_s: float = 300.0
     warmup: bool = True  # one untimed request first, so the model load is not in the figures
     server_pid: int | None = None  # sample this process's RSS (and its children's) while running
+    server_log: str | None = None  # the server's log: count the inference batches it reports
     chromium: str | None = None
 
     def validate(self) -> None:
@@ -131,6 +137,8 @@ class LoadConfig:
             )
         if self.request_timeout_s <= 0:
             raise ValueError("request timeout must be positive")
+        if self.server_log is not None and not Path(self.server_log).is_file():
+            raise ValueError(f"server log {self.server_log} does not exist")
 
 
 @dataclass
@@ -146,6 +154,9 @@ class LoadReport:
     wall_s: float = 0.0  # the concurrent phase, after the warm-up
     server_peak_rss_mib: float | None = None
     stopped_by_deadline: bool = False
+    # Inference batches the server logged during the concurrent phase: size -> count
+    # (None: no server log was given).
+    batch_sizes: dict[int, int] | None = None
 
     @property
     def requests(self) -> int:
@@ -175,8 +186,37 @@ class LoadReport:
             "wall_s": self.wall_s,
             "server_peak_rss_mib": self.server_peak_rss_mib,
             "stopped_by_deadline": self.stopped_by_deadline,
+            "batch_sizes": None
+            if self.batch_sizes is None
+            else {str(size): count for size, count in sorted(self.batch_sizes.items())},
+            **self._batch_figures(),
             "latencies_ms": [round(s * 1000.0, 1) for s in self.latencies_s],
         }
+
+    def _batch_figures(self) -> dict[str, Any]:
+        sizes = self.batch_sizes or {}
+        batches = sum(sizes.values())
+        images = sum(size * count for size, count in sizes.items())
+        return {
+            "batches": batches if self.batch_sizes is not None else None,
+            "mean_batch_size": images / batches if batches else None,
+            "largest_batch": max(sizes) if sizes else None,
+        }
+
+    def batch_cell(self) -> str:
+        """The batch-size histogram in words, for the table."""
+        if self.batch_sizes is None:
+            return "- (give --server-log to count them)"
+        if not self.batch_sizes:
+            return "none in the server log (is it at log level INFO?)"
+        figures = self._batch_figures()
+        histogram = ", ".join(
+            f"{count} of {size}" for size, count in sorted(self.batch_sizes.items())
+        )
+        return (
+            f"{histogram} ({figures['batches']} batches, "
+            f"{figures['mean_batch_size']:.1f} images per batch on average)"
+        )
 
     def table(self) -> str:
         figures = self.to_dict()
@@ -204,6 +244,7 @@ class LoadReport:
                 "server peak RSS",
                 "-" if self.server_peak_rss_mib is None else f"{self.server_peak_rss_mib:,.0f} MiB",
             ),
+            ("inference batches", self.batch_cell()),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
@@ -358,6 +399,7 @@ async def _run(
                 [uploads[(s * config.requests + r) % len(uploads)] for r in range(config.requests)]
                 for s in range(config.sessions)
             ]
+            log_offset = _size(config.server_log)
             started = time.monotonic()
             outcomes = await asyncio.gather(
                 *(
@@ -370,6 +412,8 @@ async def _run(
                 report.errors.extend(outcome.errors)
                 report.stopped_by_deadline |= outcome.stopped_by_deadline
             report.wall_s = time.monotonic() - started
+            if config.server_log:
+                report.batch_sizes = dict(_logged_batches(config.server_log, log_offset))
         finally:
             await browser.close()
 
@@ -450,6 +494,23 @@ async def _one_request(page: Any, config: LoadConfig, upload: Upload, deadline: 
     for task in finished:
         task.result()  # a timeout surfaces here
     return elapsed
+
+
+def _size(path: str | None) -> int:
+    try:
+        return Path(path).stat().st_size if path else 0
+    except OSError:
+        return 0
+
+
+def _logged_batches(path: str, offset: int) -> dict[int, int]:
+    """Batch sizes the server logged after ``offset`` bytes (this run's concurrent phase)."""
+    from fracture.inference.batching import batch_sizes_in_log
+
+    with open(path, "rb") as log:
+        log.seek(offset)
+        text = log.read().decode("utf-8", errors="replace")
+    return dict(batch_sizes_in_log(text.splitlines()))
 
 
 def _timeout_ms(config: LoadConfig, deadline: float) -> float:
