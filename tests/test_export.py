@@ -14,8 +14,10 @@ import pytest
 
 from fracture.inference.export import (
     FORMATS,
+    INT8_FORMAT,
     ExportError,
     export_model,
+    quantize_onnx_int8,
     read_export_config,
     run_export,
 )
@@ -67,6 +69,64 @@ def test_export_matches_keras_in_its_own_runtime(loaded, tmp_path, fmt):
     assert config["calibration"]["temperature"] == loaded.config.temperature
     assert config["calibration"]["applied_inside"] is True
     assert config["thresholds"] == dict(loaded.config.thresholds)
+
+
+def test_int8_onnx_follows_float32_within_its_rounding(loaded, tmp_path):
+    """Static int8 quantisation, calibrated on other images than it is checked on.
+
+    Tolerances: uint8 activations round each layer's output to 1/255 of its
+    calibrated range, int8 weights to 1/127 of each filter's largest weight;
+    after ~50 layers the features carry a few per cent of relative error,
+    which the float32 head passes on to the logit in proportion to its size.
+    So: logits within 5 % of the largest logit's magnitude (this model's
+    logits are about 11, so probabilities saturate and their 0.05 bound is
+    the weaker check here; the bench checks AUROC on real radiographs), and
+    heat maps correlated >= 0.9 with float32's, the strongest cell in place or
+    one cell away.
+    """
+    pytest.importorskip("onnxruntime")
+    size = loaded.config.image_size
+    calibration = [letterbox(radiograph_like(100 + seed, 80, 70), size)[0] for seed in range(8)]
+    images = [radiograph_like(seed, 60 + 7 * seed, 90 - 3 * seed) for seed in range(6)]
+    inputs, logits, expected, cams = _reference(loaded, images)
+
+    fp32 = export_model(loaded, "onnx", tmp_path / "onnx")
+    int8 = quantize_onnx_int8(
+        fp32.directory, tmp_path / "int8", iter(calibration), calibration_source="generated"
+    )
+    outputs = run_export(int8.directory, inputs)
+
+    # Really int8: the weights shrink to about a quarter.
+    assert int8.network.stat().st_size < 0.4 * fp32.network.stat().st_size
+    config = read_export_config(int8.directory)
+    assert config["format"] == INT8_FORMAT
+    assert config["quantisation"]["calibration_images"] == len(calibration)
+    assert config["preprocessing"] == read_export_config(fp32.directory)["preprocessing"]
+
+    np.testing.assert_allclose(outputs["probability"], expected, atol=0.05, rtol=0)
+    np.testing.assert_allclose(outputs["logit"], logits, atol=0.05 * np.abs(logits).max(), rtol=0)
+    assert not np.array_equal(outputs["logit"], logits)  # it did round
+    assert outputs["heatmap"].shape == cams.shape and outputs["heatmap"].min() >= 0
+    for got, want in zip(outputs["heatmap"], cams):
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] >= 0.9
+        a = np.unravel_index(np.argmax(got), got.shape)
+        b = np.unravel_index(np.argmax(want), want.shape)
+        assert max(abs(a[0] - b[0]), abs(a[1] - b[1])) <= 1
+
+
+def test_int8_needs_an_onnx_export_and_calibration_images(loaded, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    tflite = tmp_path / "tflite"
+    tflite.mkdir()
+    (tflite / "preprocessing.json").write_text(json.dumps({"format": "tflite"}))
+    image = np.zeros((loaded.config.image_size,) * 2 + (3,), np.float32)
+    with pytest.raises(ExportError, match="starts from an ONNX export"):
+        quantize_onnx_int8(tflite, tmp_path / "int8", [image])
+    fp32 = export_model(loaded, "onnx", tmp_path / "onnx")
+    with pytest.raises(ExportError, match="needs calibration images"):
+        quantize_onnx_int8(fp32.directory, tmp_path / "int8", [])
 
 
 def test_unknown_format_is_refused(loaded, tmp_path):
