@@ -103,6 +103,8 @@ def _tiny_config(tmp_path, weights, **changes) -> BenchConfig:
         sweep_repeats=1,
         thread_settings=(),
         val_root=str(tmp_path / "none"),
+        onnx=False,  # measured in its own test below
+        calibration_images=4,
     )
     return dataclasses.replace(base, **changes)
 
@@ -475,6 +477,164 @@ def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
     assert loaded.model.get_layer("conv1_conv").dtype_policy.name == "float32"
     with pytest.raises(ValueError, match="precision"):
         Predictor(loaded, batch_size=2, precision="float16", warmup=False)
+
+
+# --- ONNX Runtime float32 and int8 -------------------------------------------
+
+
+def _onnx_raw(latency_ms: float, seconds: list[float], rss: float, delta: float, corr: float):
+    variant = {
+        "latency": {
+            "image_size": 384,
+            "precision": "onnx-x",
+            "repeats": 3,
+            "prob_cam_p50_ms": latency_ms,
+            "prob_cam_p95_ms": latency_ms + 10,
+            "prob_p50_ms": latency_ms - 5,
+            "prob_p95_ms": latency_ms,
+        },
+        "seconds": seconds,
+        "cold_start": {"total_s": 1.0, "import_s": 0.4, "load_s": 0.3, "peak_rss_mib": rss},
+    }
+    quality = {
+        "auroc": 0.9 + delta,
+        "delta_auroc": delta,
+        "max_abs_probability_diff": 0.01,
+        "decisions_changed": 1,
+        "heatmap": {
+            "images": 120,
+            "median_correlation": corr,
+            "p5_correlation": corr - 0.05,
+            "max_relative_difference": 0.2,
+            "peak_cell_agreement": 0.9,
+        },
+        "check": "PASS" if abs(delta) <= 0.005 and corr >= 0.95 else "FAIL",
+    }
+    return variant, quality
+
+
+def test_onnx_summary_follows_the_adoption_rule():
+    """Adopt only with AUROC and heat map kept AND a win on latency, throughput or memory."""
+    machine, serving, cold, training = _raw()
+    # Served: bfloat16 at 200 ms p50 and 32 / 2.5 = 12.8 img/s, serving RSS 1200 MiB.
+    fp32, fp32_quality = _onnx_raw(250.0, [4.0, 4.0, 4.0], 1500.0, 0.0, 0.999)  # wins nothing
+    int8, int8_quality = _onnx_raw(150.0, [2.0, 2.0, 2.0], 300.0, -0.002, 0.97)  # wins all three
+    serving["onnx"] = {
+        "available": True,
+        "reason": None,
+        "export_s": 10.0,
+        "quantise_s": 20.0,
+        "calibration": {"images": 64, "source": "64 training radiographs", "train_split": True},
+        "variants": {"float32": fp32, "int8": int8},
+        "val": {
+            "check": "done",
+            "reason": None,
+            "val_images": 120,
+            "auroc_reference": 0.9,
+            "variants": {"float32": fp32_quality, "int8": int8_quality},
+        },
+    }
+    result = bench_report.summarise(
+        BenchConfig.quick_config(), machine, serving, cold, training, {"total": 1.0}
+    )
+    onnx = result["onnx"]
+    assert onnx["served"] == "TensorFlow bfloat16"
+    assert onnx["served_ips"] == pytest.approx(32 / 2.5)
+    a, b = onnx["variants"]["float32"], onnx["variants"]["int8"]
+    assert a["ips"] == pytest.approx(8.0) and b["ips"] == pytest.approx(16.0)
+    assert b["speedup_vs_served"] == pytest.approx(16.0 / 12.8)
+    assert b["throughput_ratio_vs_naive"] == pytest.approx(16.0 / 0.8)
+    assert a["latency_ratio_vs_served"] == pytest.approx(250 / 200)
+    assert a["wins"] == [] and a["adopt"] is False
+    assert b["wins"] == ["latency", "throughput", "memory"] and b["adopt"] is True
+    table = bench_report.format_table(result)
+    assert "ONNX Runtime int8: prob + heat map" in table and "adopt (wins on latency" in table
+    assert "do not adopt (wins on nothing)" in table
+    json.dumps(result)
+
+    # The same int8 speed, but the heat map no longer follows float32: not adopted.
+    int8_quality["heatmap"]["median_correlation"] = 0.80
+    int8_quality["check"] = "FAIL"
+    result = bench_report.summarise(
+        BenchConfig.quick_config(), machine, serving, cold, training, {"total": 1.0}
+    )
+    assert result["onnx"]["variants"]["int8"]["adopt"] is False
+
+
+def test_onnx_section_is_skipped_with_a_clear_line(tmp_path, monkeypatch):
+    from fracture.perf import onnx_runtime
+
+    monkeypatch.setattr(
+        onnx_runtime, "onnx_unavailable", lambda: "skipped: onnxruntime not installed (pip ...)"
+    )
+    section, setup = bench_measure._prepare_onnx_section(BenchConfig.full(), None, tmp_path, 2)
+    assert setup is None and section == {
+        "available": False,
+        "reason": "skipped: onnxruntime not installed (pip ...)",
+    }
+    machine, serving, cold, training = _raw()
+    serving["onnx"] = section
+    result = bench_report.summarise(
+        BenchConfig.full(), machine, serving, cold, training, {"total": 1.0}
+    )
+    _assert_consistent(result)
+    assert result["onnx"] == section
+    assert "skipped: onnxruntime not installed" in bench_report.format_table(result)
+    # An old result without the section (or a run with it turned off) reads the same way.
+    del serving["onnx"]
+    summary = bench_report.summarise(
+        BenchConfig.full(), machine, serving, cold, training, {"total": 1.0}
+    )
+    assert summary["onnx"]["available"] is False
+
+
+def test_onnx_runtime_float32_and_int8_in_one_bench_run(
+    tmp_path, tiny_model_dir, fake_imagenet_weights
+):
+    """The section on a trained (tiny) model: speed, val check, heat maps, TensorFlow-free start."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    for index in range(4):
+        write_png(tmp_path / "data" / "val" / "fractured" / f"f{index}.png", seed=index)
+        write_png(tmp_path / "data" / "val" / "normal" / f"n{index}.png", seed=10 + index)
+        write_png(tmp_path / "data" / "train" / "normal" / f"t{index}.png", seed=20 + index)
+        write_png(tmp_path / "data" / "train" / "fractured" / f"u{index}.png", seed=30 + index)
+    config = _tiny_config(
+        tmp_path,
+        fake_imagenet_weights,
+        image_size=None,
+        model_dir=str(tiny_model_dir),
+        val_root=str(tmp_path / "data"),
+        val_images=None,
+        onnx=True,
+    )
+    result = bench.run_bench(config, isolate=False)
+    _assert_consistent(result)
+    onnx = result["onnx"]
+    assert onnx["available"], onnx["reason"]
+    assert onnx["calibration"]["train_split"] and onnx["calibration"]["images"] == 4
+    assert onnx["val"]["val_images"] == 8
+    assert set(onnx["variants"]) == {"float32", "int8"}
+    for name, variant in onnx["variants"].items():
+        assert variant["ips"] > 0 and variant["latency"]["prob_cam_p50_ms"] > 0
+        assert variant["latency"]["precision"] == f"onnx-{name}"
+        quality = variant["quality"]
+        assert quality["delta_auroc"] == pytest.approx(
+            quality["auroc"] - onnx["val"]["auroc_reference"]
+        )
+        assert 0 <= quality["heatmap"]["peak_cell_agreement"] <= 1
+        cold = variant["cold_start"]
+        assert cold["total_s"] >= cold["import_s"] > 0 and cold["peak_rss_mib"] > 0
+        # The point of the exercise: serving with ONNX Runtime never loads TensorFlow.
+        assert cold["tensorflow_imported"] is False
+        assert variant["adopt"] == bool(quality["check"] == "PASS" and variant["wins"])
+    # float32 ONNX is the same network as TensorFlow float32: the same answers and maps.
+    fp32 = onnx["variants"]["float32"]["quality"]
+    assert fp32["max_abs_probability_diff"] < 1e-3
+    assert fp32["heatmap"]["median_correlation"] > 0.999
+    table = bench_report.format_table(result)
+    assert "ONNX Runtime int8: prob + heat map" in table
+    assert "process without TensorFlow" in table
 
 
 # --- end to end, with child processes ----------------------------------------

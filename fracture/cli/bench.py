@@ -54,6 +54,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"dataset for the bfloat16 AUROC check (default {DEFAULT_VAL_ROOT})",
     )
     parser.add_argument(
+        "--no-onnx",
+        action="store_true",
+        help="leave out ONNX Runtime float32 and int8 (measured by default when "
+        "onnxruntime and tf2onnx are installed)",
+    )
+    parser.add_argument(
         "--apply",
         action="store_true",
         help="record the bfloat16 verdict in the trained model's config, so "
@@ -71,7 +77,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             "--apply needs a full run on a trained model: the bfloat16 check must "
             "cover the whole val split"
         )
-    changes = {"model_dir": args.model, "image_size": args.image_size, "val_root": args.val_root}
+    changes = {
+        "model_dir": args.model,
+        "image_size": args.image_size,
+        "val_root": args.val_root,
+        "onnx": not getattr(args, "no_onnx", False),
+    }
     return BenchConfig.quick_config(**changes) if args.quick else BenchConfig.full(**changes)
 
 
@@ -102,6 +113,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{seconds['total']:.0f} s, {seconds.get('children_cpu_seconds', 0):.0f} CPU-s "
         f"(about {seconds.get('children_cpu_seconds', 0) / cores:.0f} s on an idle machine)"
     )
+    onnx = result["onnx"]
+    if onnx["available"]:
+        verdicts = ", ".join(
+            f"{name} {'adopt' if v['adopt'] else 'do not adopt'}"
+            for name, v in onnx["variants"].items()
+        )
+        print(f"ONNX Runtime for the dashboard: {verdicts}")
+    else:
+        print(f"ONNX Runtime: {onnx['reason']}")
     if args.json:
         atomic_write_json(args.json, result)
         print(f"JSON written to {args.json}", file=sys.stderr)

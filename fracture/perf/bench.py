@@ -20,6 +20,12 @@ What is measured, each as a median over repeats after a warm-up:
 * **bfloat16**: speed-up, and AUROC against float32 on FracAtlas val when a
   trained model is benchmarked; bfloat16 is recommended only within 0.005 AUROC.
 * **Threading**: whole-pipeline throughput for each inter-op setting tried.
+* **ONNX Runtime** float32 and int8 (static quantisation calibrated on train
+  images) against the TensorFlow path the dashboard serves: latency, batch
+  throughput, val AUROC and heat maps against TensorFlow float32, and the cold
+  start and memory of a process that serves without TensorFlow
+  (:mod:`fracture.perf.onnx_runtime`); skipped with the reason when
+  onnxruntime or tf2onnx is not installed.
 
 Serving, training and each cold start run in child processes, so every peak
 RSS belongs to one job and every cold start is really cold (the parent never
@@ -32,13 +38,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from fracture.errors import BenchError
-from fracture.perf.config import CHILD_TIMEOUT_S, PROJECT_ROOT, RESULT_MARKER, BenchConfig
+from fracture.perf.children import run_child
+from fracture.perf.config import BenchConfig
 from fracture.perf.machine import describe_machine
 from fracture.perf.measure import COLD_START_SCRIPT, measure_serving, measure_training
 from fracture.perf.report import summarise
@@ -49,36 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["run_bench", "apply_precision_verdict"]
 
 
-def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    env.update(extra or {})
-    return env
-
-
-def _run_child(
-    args: list[str], description: str, extra_env: dict[str, str] | None = None
-) -> tuple[dict[str, Any], float]:
-    """Run ``python ARGS``; return the JSON it printed after RESULT_MARKER and its spawn time."""
-    spawned = time.time()
-    process = subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        env=_child_env(extra_env),
-        cwd=PROJECT_ROOT,
-        timeout=CHILD_TIMEOUT_S,
-    )
-    lines = [ln for ln in process.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-    if process.returncode != 0 or not lines:
-        tail = "\n".join((process.stderr or process.stdout).strip().splitlines()[-15:])
-        raise BenchError(f"the {description} step failed (exit {process.returncode}):\n{tail}")
-    return json.loads(lines[-1][len(RESULT_MARKER) :]), spawned
-
-
 def _section_in_child(section: str, config: BenchConfig) -> dict[str, Any]:
-    result, _ = _run_child(
+    result, _ = run_child(
         ["-m", "fracture.cli.bench", "--child", section, "--config", json.dumps(config.to_json())],
         section,
     )
@@ -93,7 +69,7 @@ def _cold_starts(config: BenchConfig) -> list[dict[str, Any]]:
             env = {"FRACTURE_INTER_OP_THREADS": str(inter)}
             if intra:
                 env["FRACTURE_INTRA_OP_THREADS"] = str(intra)
-            result, spawned = _run_child(
+            result, spawned = run_child(
                 ["-c", COLD_START_SCRIPT, json.dumps(config.to_json())], "cold start", env
             )
             result["interpreter_s"] = max(0.0, result.pop("wall_start") - spawned)
@@ -120,7 +96,7 @@ def run_bench(
     machine = describe_machine()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    say("serving: batch throughput vs naive, latency, bfloat16")
+    say("serving: batch throughput vs naive, latency, bfloat16, ONNX Runtime float32 and int8")
     serving = _section_in_child("serving", config) if isolate else measure_serving(config)
     timings["serving"] = time.perf_counter() - start
     say("cold start and threading")

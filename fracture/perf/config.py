@@ -16,6 +16,8 @@ __all__ = [
     "RESNET50_GMACS_AT_224",
     "BF16_MAX_AUROC_DELTA",
     "BF16_MIN_SPEEDUP",
+    "ONNX_MAX_AUROC_DELTA",
+    "HEATMAP_MIN_CORRELATION",
     "DEFAULT_VAL_ROOT",
     "RESULT_MARKER",
     "CHILD_TIMEOUT_S",
@@ -54,6 +56,18 @@ BF16_MAX_AUROC_DELTA = TARGETS["bf16_abs_delta_auroc"][1]
 
 # A bfloat16 path that is not clearly faster is not worth its rounding.
 BF16_MIN_SPEEDUP = 1.05
+
+
+# ONNX Runtime replaces the served TensorFlow path only if it keeps val AUROC
+# within this of TensorFlow float32 (the bound the issue sets, as for bfloat16) ...
+ONNX_MAX_AUROC_DELTA = 0.005
+
+
+# ... and the heat map: the median per-image Pearson correlation of its grid
+# with TensorFlow float32's. At 0.95 the map explains about 90 % of the
+# float32 map's variance (r squared), so the same regions light up; the bench
+# also reports how often the strongest cell moves.
+HEATMAP_MIN_CORRELATION = 0.95
 
 
 # FracAtlas as prepared for this project sits in ../shared beside the checkout.
@@ -96,6 +110,12 @@ class BenchConfig:
     sweep_images: int = 16
     sweep_repeats: int = 3
     cold_start_repeats: int = 2  # cold starts per thread setting, alternating settings
+    onnx: bool = (
+        True  # ONNX Runtime float32 and int8 beside TensorFlow (skipped when not installed)
+    )
+    # TRAIN radiographs whose activations calibrate the int8 ranges; min-max ranges
+    # settle within a few dozen images, and each costs a forward pass holding every tensor.
+    calibration_images: int = 64
 
     @classmethod
     def full(cls, **changes: Any) -> "BenchConfig":
@@ -121,6 +141,7 @@ class BenchConfig:
             sweep_images=8,
             sweep_repeats=1,
             cold_start_repeats=1,
+            calibration_images=32,
             latency_at_224=True,
         )
         return dataclasses.replace(quick, **changes)

@@ -5,19 +5,22 @@ by :func:`fracture.perf.bench.run_bench`.
 
 from __future__ import annotations
 
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from fracture.perf.config import BF16_MAX_AUROC_DELTA, DEFAULT_VAL_ROOT, BenchConfig
+from fracture.errors import FractureError
+from fracture.perf.children import peak_rss_mib
+from fracture.perf.config import BF16_MAX_AUROC_DELTA, BenchConfig
 from fracture.perf.machine import count_macs
 from fracture.perf.workload import (
     bench_image_size,
     bench_model,
     build_naive_model,
+    dataset_subset,
     letterboxed,
     make_radiograph_jpegs,
     naive_predict,
@@ -63,15 +66,6 @@ def median(values: Sequence[float]) -> float:
 def _percentiles_ms(values: Sequence[float]) -> tuple[float, float]:
     ms = np.asarray(values, np.float64) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak resident set size so far."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _cpu_seconds() -> float:
@@ -136,26 +130,7 @@ def _latencies(
 def _val_subset(config: BenchConfig) -> tuple[list[Any], int, str | None]:
     """Val records (a stratified, seeded subset when ``val_images`` is set), the split's size,
     or the reason there are none."""
-    from fracture.data.layouts import load_dataset
-
-    root = Path(config.val_root) if config.val_root else DEFAULT_VAL_ROOT
-    if not root.is_dir():
-        return [], 0, f"n/a: no validation data at {root}"
-    records = load_dataset(root).split("val")
-    total = len(records)
-    if not records:
-        return [], 0, f"n/a: {root} has no val split"
-    limit = config.val_images
-    if limit and limit < len(records):
-        rng = np.random.default_rng(0)
-        positives = [r for r in records if r.label == 1]
-        negatives = [r for r in records if r.label == 0]
-        n_pos = max(1, round(limit * len(positives) / len(records)))
-        n_pos = min(n_pos, len(positives), limit - 1)
-        chosen = [positives[i] for i in rng.choice(len(positives), n_pos, replace=False)]
-        chosen += [negatives[i] for i in rng.choice(len(negatives), limit - n_pos, replace=False)]
-        records = sorted(chosen, key=lambda r: str(r.path))
-    return records, total, None
+    return dataset_subset(config, "val", config.val_images)
 
 
 def _auroc_check(fp32: "Predictor", bf16: "Predictor", config: BenchConfig) -> dict[str, Any]:
@@ -228,7 +203,7 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
     # recommendation), taken before anything only the benchmark allocates.
     served = Predictor(loaded, batch_size=1, warmup=False).precision
     pairs = {served: dashboard_pair(served)}
-    serving_rss = _peak_rss_mib()
+    serving_rss = peak_rss_mib()
     lap(f"{served} predictors, warm-up, serving RSS")
 
     naive = build_naive_model(size, weights)
@@ -247,9 +222,19 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
     chunks = [inputs[i : i + engine.batch_size] for i in range(0, len(inputs), engine.batch_size)]
     lap("comparison models")
 
-    latency, *bf16_latency = _latencies(
-        [single] + ([bf16_single] if bf16_single else []), jpegs, config.latency_repeats
-    )
+    # Removed at the end, or by its finaliser if a measurement fails.
+    scratch = tempfile.TemporaryDirectory(prefix="fracture-bench-onnx-")
+    onnx, setup = _prepare_onnx_section(config, loaded, Path(scratch.name), batch.batch_size)
+    onnx_predictors = list(setup.predictors.values()) if setup else []
+    lap("ONNX export and int8 quantisation")
+
+    tf_predictors = [single] + ([bf16_single] if bf16_single else [])
+    latencies = _latencies(tf_predictors + onnx_predictors, jpegs, config.latency_repeats)
+    latency, *bf16_latency = latencies[: len(tf_predictors)]
+    for predictor, timing in zip(onnx_predictors, latencies[len(tf_predictors) :]):
+        onnx.setdefault("variants", {})[predictor.precision.removeprefix("onnx-")] = {
+            "latency": timing
+        }
     lap("latency")
 
     # Every path in turn, each repeat: background load drifts hit all alike.
@@ -270,7 +255,15 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
         )
         if bf16_batch is not None:
             runs["bf16"].append(_timed(lambda: bf16_batch.predict(jpegs)))
+        for predictor in onnx_predictors:
+            runs.setdefault(predictor.precision, []).append(
+                _timed(lambda: predictor.predict(jpegs))  # noqa: B023 (called at once)
+            )
     del naive, inputs, chunks
+    for predictor in onnx_predictors:
+        onnx["variants"][predictor.precision.removeprefix("onnx-")]["seconds"] = runs[
+            predictor.precision
+        ]
     lap("interleaved throughput")
 
     bf16: dict[str, Any] = {"supported": bf16_ok}
@@ -287,6 +280,11 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
     else:
         bf16["auroc"] = {"check": "n/a", "reason": "n/a: no native bfloat16 on this machine"}
     lap("bf16 AUROC check")
+
+    if setup is not None:
+        _finish_onnx_section(onnx, setup, config, model_info, batch, jpegs[0], Path(scratch.name))
+        lap("ONNX Runtime val check and cold starts")
+    scratch.cleanup()
 
     gemm = measure_gemm()
     lap("GEMM ceiling")
@@ -322,9 +320,61 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
         "serving_precision": served,
         "gemm": gemm,
         "bf16": bf16,
+        "onnx": onnx,
         "seconds": time.perf_counter() - started,
         "laps": lap.steps,
     }
+
+
+def _prepare_onnx_section(
+    config: BenchConfig, loaded: Any, scratch: Path, batch_size: int
+) -> tuple[dict[str, Any], Any]:
+    """The ONNX Runtime variants ready to time, or the reason they are not measured."""
+    from fracture.perf import onnx_runtime
+
+    if not config.onnx:
+        return {"available": False, "reason": "skipped: turned off for this run"}, None
+    reason = onnx_runtime.onnx_unavailable()
+    if reason:
+        return {"available": False, "reason": reason}, None
+    try:
+        setup = onnx_runtime.prepare_onnx(config, loaded, scratch, batch_size)
+    except FractureError as error:
+        return {"available": False, "reason": f"failed: {error}"}, None
+    return {
+        "available": True,
+        "reason": None,
+        "export_s": setup.export_s,
+        "quantise_s": setup.quantise_s,
+        "calibration": setup.calibration,
+    }, setup
+
+
+def _finish_onnx_section(
+    onnx: dict[str, Any],
+    setup: Any,
+    config: BenchConfig,
+    model_info: dict[str, Any],
+    reference: "Predictor",
+    jpeg: bytes,
+    scratch: Path,
+) -> None:
+    """Val AUROC and heat maps against TensorFlow float32, then one cold start per variant."""
+    from fracture.perf import onnx_runtime
+
+    if model_info["kind"] != "trained":
+        onnx["val"] = {"check": "n/a", "reason": "n/a: no trained model (ImageNet + random head)"}
+    else:
+        records, _, reason = _val_subset(config)
+        onnx["val"] = (
+            onnx_runtime.val_check(records, reference, setup.predictors)
+            if records
+            else {"check": "n/a", "reason": reason}
+        )
+    sample = scratch / "cold-start.jpg"
+    sample.write_bytes(jpeg)
+    for name, directory in setup.directories.items():
+        onnx["variants"][name]["cold_start"] = onnx_runtime.cold_start(directory, sample)
 
 
 def measure_training(config: BenchConfig) -> dict[str, Any]:
@@ -406,7 +456,7 @@ def measure_training(config: BenchConfig) -> dict[str, Any]:
         "tail_forward_gmacs_per_image": tail_macs / 1e9,
         "flop_bound_speedup": flop_bound,
         "feature_bytes_per_image_view": int(np.prod(features.shape[1:]) * 2),
-        "training_peak_rss_mib": _peak_rss_mib(),
+        "training_peak_rss_mib": peak_rss_mib(),
         "seconds": time.perf_counter() - started,
         "laps": lap.steps,
     }
@@ -500,7 +550,7 @@ def measure_cold_start(config_json: dict[str, Any], t0: float, t_import: float) 
         "sweep_images": len(jpegs),
         "sweep_seconds": wall,
         "sweep_cpu_seconds": cpu,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 

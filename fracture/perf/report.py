@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
-from fracture.perf.config import BF16_MIN_SPEEDUP, TARGETS, BenchConfig
+from fracture.perf.config import (
+    BF16_MIN_SPEEDUP,
+    HEATMAP_MIN_CORRELATION,
+    ONNX_MAX_AUROC_DELTA,
+    TARGETS,
+    BenchConfig,
+)
 from fracture.perf.machine import flops_per_image, peak_gflops
 from fracture.perf.measure import median
 
@@ -197,6 +203,7 @@ def summarise(
         "memory": memory,
         "efficiency": efficiency,
         "bf16": bf16,
+        "onnx": _onnx_summary(serving, bf16, project_ips, naive_ips),
         "threading": {"default_inter_op": default_inter, "sweep": sweep},
         "section_seconds": timings,
         "section_laps": {"serving": serving.get("laps"), "training": training.get("laps")},
@@ -215,6 +222,66 @@ def summarise(
     train["load_stable"] = _agrees(train["cache_speedup"], train["paired_speedup"])
     result["targets"] = evaluate_targets(result)
     return result
+
+
+def _onnx_summary(
+    serving: dict[str, Any], bf16: dict[str, Any], fp32_ips: float, naive_ips: float
+) -> dict[str, Any]:
+    """ONNX Runtime float32 and int8 against the TensorFlow path the dashboard serves.
+
+    A variant is worth adopting for the dashboard only if it keeps the val
+    AUROC within ONNX_MAX_AUROC_DELTA of TensorFlow float32 and the heat map
+    (median correlation >= HEATMAP_MIN_CORRELATION), and wins on latency,
+    throughput or memory. Memory means a serving process that never imports
+    TensorFlow; the dashboard itself imports TensorFlow for other pages.
+    """
+    raw = serving.get("onnx") or {"available": False, "reason": "not measured"}
+    if not raw.get("available"):
+        return {"available": False, "reason": raw.get("reason")}
+    served = serving.get("serving_precision", "float32")
+    on_bf16 = served == "bfloat16" and bf16.get("bf16_ips")
+    served_ips = bf16["bf16_ips"] if on_bf16 else fp32_ips
+    served_latency = bf16["latency"] if on_bf16 and bf16.get("latency") else serving["latency"]
+    served_rss = serving["serving_peak_rss_mib"]
+    val = raw.get("val") or {"check": "n/a", "reason": "not measured"}
+    variants = {}
+    for name, figures in raw.get("variants", {}).items():
+        ips = serving["images"] / median(figures["seconds"])
+        latency = figures["latency"]
+        cold = figures.get("cold_start") or {}
+        quality = (val.get("variants") or {}).get(name)
+        wins = []
+        if latency["prob_cam_p50_ms"] < served_latency["prob_cam_p50_ms"]:
+            wins.append("latency")
+        if ips > served_ips:
+            wins.append("throughput")
+        if cold.get("peak_rss_mib") and cold["peak_rss_mib"] < served_rss:
+            wins.append("memory")
+        variants[name] = {
+            "ips": ips,
+            "speedup_vs_served": ips / served_ips,
+            "throughput_ratio_vs_naive": ips / naive_ips,
+            "latency": latency,
+            "latency_ratio_vs_served": latency["prob_cam_p50_ms"]
+            / served_latency["prob_cam_p50_ms"],
+            "cold_start": cold,
+            "quality": quality,
+            "wins": wins,
+            "adopt": bool(quality and quality["check"] == "PASS" and wins),
+        }
+    return {
+        "available": True,
+        "reason": None,
+        "served": f"TensorFlow {served}",
+        "served_ips": served_ips,
+        "served_latency_p50_ms": served_latency["prob_cam_p50_ms"],
+        "served_peak_rss_mib": served_rss,
+        "export_s": raw.get("export_s"),
+        "quantise_s": raw.get("quantise_s"),
+        "calibration": raw.get("calibration"),
+        "val": {key: value for key, value in val.items() if key != "variants"},
+        "variants": variants,
+    }
 
 
 def _paired_ratio(
@@ -523,6 +590,7 @@ def format_table(result: dict[str, Any], markdown: bool = False) -> str:
             ("bfloat16 AUROC vs float32", bf.get("reason") or "n/a", "|delta| <= 0.005", "n/a")
         )
     rows.append(("bfloat16 recommended", "yes" if bf["recommended"] else "no", "", ""))
+    rows += _onnx_rows(result["onnx"], t["batch_size"])
     for entry in result["threading"]["sweep"]:
         chosen = entry["inter_op"] == result["threading"]["default_inter_op"]
         rows.append(
@@ -547,6 +615,100 @@ def format_table(result: dict[str, Any], markdown: bool = False) -> str:
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*row) for row in rows]
     return "\n".join(lines)
+
+
+def _onnx_rows(onnx: dict[str, Any], batch_size: int) -> list[tuple[str, str, str, str]]:
+    """The ONNX Runtime section of the table (one line saying why, when it was skipped)."""
+    if not onnx.get("available"):
+        return [("ONNX Runtime float32 / int8", onnx.get("reason") or "not measured", "", "n/a")]
+    served = onnx["served"]
+    calibration = onnx.get("calibration") or {}
+    rows = [
+        (
+            "ONNX export / int8 quantisation",
+            f"{_fmt(onnx['export_s'], 0)} s / {_fmt(onnx['quantise_s'], 0)} s; "
+            f"int8 calibrated on {calibration.get('source', 'n/a')}",
+            "",
+            "",
+        )
+    ]
+    val = onnx["val"]
+    for name, v in onnx["variants"].items():
+        latency = v["latency"]
+        rows.append(
+            (
+                f"ONNX Runtime {name}: prob + heat map p50 / p95 ({latency['image_size']} px)",
+                f"{_latency_cell(latency)}, {v['latency_ratio_vs_served']:.2f}x {served}'s time",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"  batch throughput (batch {batch_size}, decoding not overlapped)",
+                f"{v['ips']:.2f} img/s, {v['speedup_vs_served']:.2f}x {served}, "
+                f"{v['throughput_ratio_vs_naive']:.2f}x naive",
+                ">= 5x naive",
+                "met" if v["throughput_ratio_vs_naive"] >= 5 else "missed",
+            )
+        )
+        quality = v.get("quality")
+        if quality:
+            delta_ok = abs(quality["delta_auroc"]) <= ONNX_MAX_AUROC_DELTA
+            rows.append(
+                (
+                    f"  val AUROC vs TensorFlow float32 ({val['val_images']} val images)",
+                    f"{quality['auroc']:.4f} vs {val['auroc_reference']:.4f} "
+                    f"(delta {quality['delta_auroc']:+.4f}); largest probability difference "
+                    f"{quality['max_abs_probability_diff']:.3f}; labels changed "
+                    f"{quality['decisions_changed']}",
+                    f"|delta| <= {ONNX_MAX_AUROC_DELTA:g}",
+                    "PASS" if delta_ok else "FAIL",
+                )
+            )
+            heat = quality["heatmap"]
+            median_r = heat["median_correlation"]
+            rows.append(
+                (
+                    "  heat map vs TensorFlow float32",
+                    f"correlation median {_fmt(median_r, 3)} (5th percentile "
+                    f"{_fmt(heat['p5_correlation'], 3)}); strongest cell within one cell in "
+                    f"{_pct(heat['peak_cell_agreement'])}; largest difference "
+                    f"{_pct(heat['max_relative_difference'])} of the map's peak",
+                    f"median >= {HEATMAP_MIN_CORRELATION:g}",
+                    "n/a"
+                    if median_r is None
+                    else ("PASS" if median_r >= HEATMAP_MIN_CORRELATION else "FAIL"),
+                )
+            )
+        else:
+            rows.append(("  val AUROC and heat map", val.get("reason") or "n/a", "", "n/a"))
+        cold = v["cold_start"]
+        if cold.get("error"):
+            rows.append(("  process without TensorFlow", cold["error"][:120], "", "n/a"))
+        else:
+            rows.append(
+                (
+                    "  process without TensorFlow: cold start / peak RSS",
+                    f"{_fmt(cold.get('total_s'), 1)} s (import {_fmt(cold.get('import_s'), 2)} s, "
+                    f"load {_fmt(cold.get('load_s'), 2)} s) / {_fmt(cold.get('peak_rss_mib'), 0)} MiB"
+                    + (" [TensorFlow was imported]" if cold.get("tensorflow_imported") else ""),
+                    "<= 5 s / <= 700 MiB",
+                    "met"
+                    if (cold.get("total_s") or 99) <= 5 and (cold.get("peak_rss_mib") or 1e9) <= 700
+                    else "missed",
+                )
+            )
+        wins = ", ".join(v["wins"]) or "nothing"
+        rows.append(
+            (
+                f"  ONNX Runtime {name} for the dashboard",
+                ("adopt" if v["adopt"] else "do not adopt") + f" (wins on {wins})",
+                "quality kept and a win",
+                "",
+            )
+        )
+    return rows
 
 
 def format_machine(machine: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from fracture.config import get_settings
 from fracture.errors import ModelLoadError
 from fracture.model.registry import active_model_dir
-from fracture.perf.config import JPEG_QUALITY, RADIOGRAPH_SHAPE, BenchConfig
+from fracture.perf.config import DEFAULT_VAL_ROOT, JPEG_QUALITY, RADIOGRAPH_SHAPE, BenchConfig
 
 if TYPE_CHECKING:
     import keras
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fracture.model.folder import LoadedModel
 
 __all__ = [
+    "dataset_subset",
     "served_model_dir",
     "make_radiograph_jpegs",
     "build_naive_model",
@@ -146,3 +147,30 @@ def naive_predict(model: "keras.Model", data: bytes, image_size: int) -> float:
     image = Image.open(io.BytesIO(data)).convert("RGB").resize((image_size, image_size))
     x = keras.applications.resnet50.preprocess_input(np.asarray(image, np.float32))
     return float(model.predict(x[None], verbose=0)[0, 0])
+
+
+def dataset_subset(
+    config: BenchConfig, split: str, limit: int | None, seed: int = 0
+) -> tuple[list[Any], int, str | None]:
+    """Records of one split of the bench's dataset (``config.val_root``): a seeded subset
+    with the split's class balance when ``limit`` is set; the split's size; or the reason
+    there are none."""
+    from fracture.data.layouts import load_dataset
+
+    root = Path(config.val_root) if config.val_root else DEFAULT_VAL_ROOT
+    if not root.is_dir():
+        return [], 0, f"n/a: no validation data at {root}"
+    records = load_dataset(root).split(split)
+    total = len(records)
+    if not records:
+        return [], 0, f"n/a: {root} has no {split} split"
+    if limit and limit < len(records):
+        rng = np.random.default_rng(seed)
+        positives = [r for r in records if r.label == 1]
+        negatives = [r for r in records if r.label == 0]
+        n_pos = max(1, round(limit * len(positives) / len(records)))
+        n_pos = min(n_pos, len(positives), limit - 1)
+        chosen = [positives[i] for i in rng.choice(len(positives), n_pos, replace=False)]
+        chosen += [negatives[i] for i in rng.choice(len(negatives), limit - n_pos, replace=False)]
+        records = sorted(chosen, key=lambda r: str(r.path))
+    return records, total, None
