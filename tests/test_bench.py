@@ -506,7 +506,7 @@ def _onnx_raw(latency_ms: float, seconds: list[float], rss: float, delta: float,
             "median_correlation": corr,
             "p5_correlation": corr - 0.05,
             "max_relative_difference": 0.2,
-            "peak_cell_agreement": 0.9,
+            "peak_cell_agreement": 0.97,
         },
         "check": "PASS" if abs(delta) <= 0.005 and corr >= 0.95 else "FAIL",
     }
@@ -559,6 +559,27 @@ def test_onnx_summary_follows_the_adoption_rule():
         BenchConfig.quick_config(), machine, serving, cold, training, {"total": 1.0}
     )
     assert result["onnx"]["variants"]["int8"]["adopt"] is False
+
+
+def test_heat_map_agreement_sees_a_moved_peak():
+    from fracture.perf.onnx_runtime import heatmap_agreement, heatmap_kept
+
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0, 1, (20, 8, 8))
+    for index, grid in enumerate(maps):
+        grid[index % 8, 2] = 5.0  # one clear strongest cell per map
+    same = heatmap_agreement(maps, maps * 1.01)
+    assert same["images"] == 20 and same["median_correlation"] == pytest.approx(1.0)
+    assert same["peak_cell_agreement"] == 1.0 and heatmap_kept(same)
+    assert same["max_relative_difference"] == pytest.approx(0.01)
+    moved = maps.copy()
+    moved[:4, :, 2] = maps[:4, :, 7]  # in 4 of 20 maps the peak jumps 5 cells away
+    moved[:4, :, 7] = maps[:4, :, 2]
+    shifted = heatmap_agreement(maps, moved)
+    assert shifted["peak_cell_agreement"] == pytest.approx(16 / 20)
+    assert not heatmap_kept(shifted)  # 80 % < 95 %, whatever the median correlation
+    empty = heatmap_agreement(np.zeros((2, 4, 4)), np.ones((2, 4, 4)))
+    assert empty["images"] == 0 and empty["median_correlation"] is None and not heatmap_kept(empty)
 
 
 def test_onnx_section_is_skipped_with_a_clear_line(tmp_path, monkeypatch):

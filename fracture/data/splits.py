@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 from fracture.data.records import SPLITS, Record
 
-__all__ = ["make_splits", "find_duplicates"]
+__all__ = ["make_splits", "find_duplicates", "stratified_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,27 @@ def make_splits(
             target[group] = name
         remaining = sorted(keep)
     return [target.get(group, "train") for group in groups]
+
+
+def stratified_sample(records: Sequence[Record], limit: int, seed: int = 0) -> list[Record]:
+    """At most ``limit`` records with the same share of fractured images, seeded, sorted by path.
+
+    For checks and calibrations that must see both classes in their usual
+    proportion without using every image (at least one of each when possible).
+    """
+    import numpy as np
+
+    if limit >= len(records):
+        return list(records)
+    rng = np.random.default_rng(seed)
+    positives = [r for r in records if r.label == 1]
+    negatives = [r for r in records if r.label == 0]
+    n_pos = max(1, round(limit * len(positives) / len(records)))
+    n_pos = min(n_pos, len(positives), limit - 1) if negatives else min(limit, len(positives))
+    n_neg = min(limit - n_pos, len(negatives))
+    chosen = [positives[i] for i in rng.choice(len(positives), n_pos, replace=False)]
+    chosen += [negatives[i] for i in rng.choice(len(negatives), n_neg, replace=False)]
+    return sorted(chosen, key=lambda r: str(r.path))
 
 
 def find_duplicates(records: Iterable[Record]) -> list[tuple[Path, Path]]:

@@ -49,9 +49,22 @@ def run_child(
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far."""
+    """This process's peak resident set size so far.
+
+    On Linux the high-water mark of this process's own memory (``VmHWM``):
+    ``getrusage``'s ``ru_maxrss`` survives ``fork`` and ``exec``, so a child
+    started by a big process (the serving measurements start the ONNX Runtime
+    cold starts) would report its parent's peak.
+    """
     import resource
 
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024

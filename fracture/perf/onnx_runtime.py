@@ -34,7 +34,12 @@ import numpy as np
 
 from fracture.errors import BenchError
 from fracture.perf.children import peak_rss_mib, run_child
-from fracture.perf.config import HEATMAP_MIN_CORRELATION, ONNX_MAX_AUROC_DELTA, BenchConfig
+from fracture.perf.config import (
+    HEATMAP_MIN_CORRELATION,
+    HEATMAP_MIN_PEAK_AGREEMENT,
+    ONNX_MAX_AUROC_DELTA,
+    BenchConfig,
+)
 from fracture.perf.workload import dataset_subset, make_radiograph_jpegs
 
 if TYPE_CHECKING:
@@ -51,6 +56,7 @@ __all__ = [
     "prepare_onnx",
     "val_check",
     "heatmap_agreement",
+    "heatmap_kept",
     "cold_start",
     "measure_onnx_cold_start",
 ]
@@ -236,7 +242,7 @@ def val_check(
         auroc = float(roc_auc_score(y, p))
         heat = heatmap_agreement(maps_ref, np.concatenate(variant_maps[name]))
         kept_auroc = abs(auroc - auroc_ref) <= ONNX_MAX_AUROC_DELTA
-        kept_map = (heat["median_correlation"] or 0.0) >= HEATMAP_MIN_CORRELATION
+        kept_map = heatmap_kept(heat)
         variants[name] = {
             "auroc": auroc,
             "delta_auroc": auroc - auroc_ref,
@@ -255,6 +261,13 @@ def val_check(
         "reference": f"TensorFlow float32 ({reference.precision})",
         "variants": variants,
     }
+
+
+def heatmap_kept(heat: dict[str, Any]) -> bool:
+    """Whether :func:`heatmap_agreement`'s figures keep the heat map (the adoption rule)."""
+    return (heat.get("median_correlation") or 0.0) >= HEATMAP_MIN_CORRELATION and (
+        heat.get("peak_cell_agreement") or 0.0
+    ) >= HEATMAP_MIN_PEAK_AGREEMENT
 
 
 def heatmap_agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float | int | None]:

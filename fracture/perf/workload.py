@@ -156,6 +156,7 @@ def dataset_subset(
     with the split's class balance when ``limit`` is set; the split's size; or the reason
     there are none."""
     from fracture.data.layouts import load_dataset
+    from fracture.data.splits import stratified_sample
 
     root = Path(config.val_root) if config.val_root else DEFAULT_VAL_ROOT
     if not root.is_dir():
@@ -164,13 +165,6 @@ def dataset_subset(
     total = len(records)
     if not records:
         return [], 0, f"n/a: {root} has no {split} split"
-    if limit and limit < len(records):
-        rng = np.random.default_rng(seed)
-        positives = [r for r in records if r.label == 1]
-        negatives = [r for r in records if r.label == 0]
-        n_pos = max(1, round(limit * len(positives) / len(records)))
-        n_pos = min(n_pos, len(positives), limit - 1)
-        chosen = [positives[i] for i in rng.choice(len(positives), n_pos, replace=False)]
-        chosen += [negatives[i] for i in rng.choice(len(negatives), limit - n_pos, replace=False)]
-        records = sorted(chosen, key=lambda r: str(r.path))
+    if limit:
+        records = stratified_sample(records, limit, seed)
     return records, total, None
