@@ -184,3 +184,51 @@ def test_a_model_without_a_normal_class_names_the_top_class_single_and_batch(typ
     at.switch_page("app_pages/model.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Per class" in _texts(at) and "Any fracture" not in _texts(at)
+
+
+@pytest.fixture(scope="module")
+def trained_env(tmp_path_factory, fake_imagenet_weights):
+    """A K-class model as the trainer writes it (not a hand-made evaluation), served."""
+    import shutil
+
+    import keras
+
+    from fracture.config import Settings
+    from fracture.data.phantoms import synthesize_phantoms
+    from fracture.model.imagenet import ResolvedWeights
+    from fracture.training.config import TrainConfig
+    from fracture.training.trainer import train
+
+    base = tmp_path_factory.mktemp("trained-app")
+    data = base / "types"
+    synthesize_phantoms(data, 36, size=80, seed=3, classes=["normal", "oblique", "transverse"])
+    patch = pytest.MonkeyPatch()
+    import fracture.model.imagenet as weights
+
+    resolved = ResolvedWeights(path=fake_imagenet_weights, sha256="fake", source="explicit")
+    patch.setattr(weights, "resolve_imagenet_weights", lambda *a, **k: resolved)
+    keras.utils.set_random_seed(0)
+    config = TrainConfig(
+        image_size=64,
+        fine_tune_from="conv5_block2_out",
+        head_epochs=1,
+        epochs=0,
+        batch_size=8,
+        views=1,
+        augment=False,
+        seed=4,
+    )
+    settings = Settings(cache_dir=base / "cache", runs_dir=base / "train-runs")
+    model_dir = train(data, base / "run", config, settings=settings)
+    patch.undo()
+    shutil.copytree(model_dir, base / "models" / "default")
+    yield from _environment(base, fake_imagenet_weights)
+
+
+def test_a_trained_k_class_run_shows_per_class_results_on_the_model_page(trained_env):
+    at = _open("app_pages/model.py")
+    texts = _texts(at)
+    assert "Per class" in texts and "Any fracture" in texts
+    specs = "\n".join(chart.proto.spec for chart in at.get("plotly_chart"))
+    assert "ROC per class" in specs and "called transverse" in specs
+    assert "{" not in texts and str(trained_env.base) not in texts

@@ -209,6 +209,18 @@ def test_stable_thresholds_vary_less_than_single_picks() -> None:
     assert abs(np.mean(bagged) - target) < 0.05
 
 
+def test_separable_scores_keep_the_high_sensitivity_threshold_at_or_below_the_other() -> None:
+    """A gap between the classes must not put the 'sensitive' threshold above the 'specific' one."""
+    y = np.r_[np.ones(40, int), np.zeros(160, int)]
+    p = np.r_[np.linspace(0.9, 1.0, 40), np.linspace(0.0, 0.1, 160)]
+    raw = choose_thresholds(p, y)
+    assert raw["high_sensitivity"] > raw["high_specificity"]  # the inversion the fix removes
+    stable = stable_thresholds(p, y, choose_thresholds, n_bootstrap=100, seed=0)
+    # Lowered to the specificity threshold, and it still finds every fracture.
+    assert stable["high_sensitivity"] == stable["high_specificity"]
+    assert (p[y == 1] >= stable["high_sensitivity"]).all()
+
+
 def test_threshold_intervals_contain_the_point_estimate() -> None:
     p = np.r_[np.linspace(0.3, 1, 50), np.linspace(0, 0.6, 200)]
     y = np.r_[np.ones(50, int), np.zeros(200, int)]

@@ -322,3 +322,26 @@ def test_export_and_recalibration_refuse_a_k_class_model_instead_of_misreading_i
         export_model(loaded, "onnx", tmp_path / "export")
     with pytest.raises(ValueError, match="3 classes"):
         calibrate_model(tmp_path / "k", _odd_dataset(tmp_path / "odd"))
+
+
+def test_a_k_class_report_with_a_normal_class_calls_any_fracture_its_auroc():
+    """'auroc' means what evaluate means by it; the mean over classes stays beside it."""
+    from sklearn.metrics import roc_auc_score
+
+    from fracture.model.folder import ModelConfig
+    from fracture.training.trainer import _class_report
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 30)
+    logits = rng.normal(size=(90, 3)) + 1.5 * np.eye(3)[labels]
+    config = ModelConfig(
+        classes=["normal", "oblique", "transverse"],
+        thresholds={"high_sensitivity": 0.3, "high_specificity": 0.7},
+    )
+    report = _class_report(labels, logits, config)
+    probabilities = config.probabilities(logits)
+    assert report["auroc"] == pytest.approx(roc_auc_score(labels != 0, 1 - probabilities[:, 0]))
+    assert report["macro_auroc"] == pytest.approx(
+        roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
+    )
+    assert report["auroc"] != pytest.approx(report["macro_auroc"])

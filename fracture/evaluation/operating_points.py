@@ -160,7 +160,15 @@ def stable_thresholds(
             chosen = choose(p[rows], y[rows])
         for name in names:
             picks[name].append(float(chosen[name]))
-    return {name: float(np.median(values)) for name, values in picks.items()}
+    thresholds = {name: float(np.median(values)) for name, values in picks.items()}
+    sensitive, specific = thresholds.get("high_sensitivity"), thresholds.get("high_specificity")
+    if sensitive is not None and specific is not None and sensitive > specific:
+        # Scores that separate the classes leave a gap: the highest threshold keeping the
+        # sensitivity target can then sit above the lowest one reaching the specificity
+        # target. Lowering it to the latter keeps its sensitivity (a lower threshold only
+        # finds more) and keeps the order the page relies on (dotted box, then solid).
+        thresholds["high_sensitivity"] = specific
+    return thresholds
 
 
 def threshold_intervals(

@@ -354,14 +354,22 @@ def calibration_sentence(
 
 
 def _metric_rows(metrics: dict[str, Any], multiclass: bool = False) -> list[str]:
+    # A K-class model with a normal class reports any fracture's AUROC as "auroc"
+    # and the mean over classes as "macro_auroc"; without one, "auroc" is the mean.
+    with_normal = multiclass and "macro_auroc" in metrics
     rows = [
         (
-            "AUROC, mean of each class against the rest"
+            "AUROC, any fracture against normal"
+            if with_normal
+            else "AUROC, mean of each class against the rest"
             if multiclass
             else "Area under the ROC curve (AUROC)",
             _fmt(metrics.get("auroc")),
             _interval(metrics.get("auroc_ci")),
         ),
+        ("AUROC, mean of each class against the rest", _fmt(metrics.get("macro_auroc")), "")
+        if with_normal
+        else None,
         ("Accuracy (top class)", _percent(metrics.get("accuracy")), "") if multiclass else None,
         ("Area under the precision-recall curve", _fmt(metrics.get("pr_auc")), ""),
         (

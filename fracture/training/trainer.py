@@ -706,41 +706,31 @@ def _finalise(
 def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -> dict[str, Any]:
     """A K-class model's validation figures for its card and evaluation.json.
 
-    The calibrated probabilities' macro AUROC, accuracy and confusion matrix; with
-    a normal class, sensitivity and specificity of any fracture at each threshold.
+    The report ``python -m fracture evaluate`` writes for the model
+    (:func:`fracture.evaluation.evaluate.class_evaluation`: per class, and with a
+    normal class any fracture at the operating points, whose AUROC is then ``auroc``),
+    plus the epoch figures of the calibrated probabilities: the macro AUROC (as
+    ``auroc`` without a normal class, ``macro_auroc`` with one), accuracy and the
+    confusion matrix.
     """
-    from fracture.evaluation.multiclass import multiclass_report
+    from fracture.evaluation.evaluate import class_evaluation
 
     probabilities = config.probabilities(logits)
-    report: dict[str, Any] = {
+    metrics = _class_metrics(labels, probabilities, config.normal_index)
+    if config.normal_index is not None:
+        metrics["macro_auroc"] = metrics.pop("auroc")
+        # Any fracture at the operating points comes from class_evaluation, not the top class.
+        metrics.pop("sensitivity", None)
+        metrics.pop("specificity", None)
+    return {
+        **metrics,
+        **class_evaluation(labels, probabilities, config),
         "classes": config.class_names,
         "n": int(len(labels)),
         "n_per_class": np.bincount(labels, minlength=config.num_outputs).tolist(),
-        **_class_metrics(labels, probabilities, config.normal_index),
         "confusion_matrix": _confusion(labels, logits, config.num_outputs),
         "operating_point": config.operating_point,
-        # Per class (one-vs-rest ROC, sensitivity, precision, classwise calibration):
-        # what the Model page shows, the same figures `evaluate` reports.
-        "multiclass": multiclass_report(labels, probabilities, config.class_names),
     }
-    any_fracture = config.any_fracture(probabilities)
-    if any_fracture is not None and config.normal_index is not None:
-        fractured = labels != config.normal_index
-        report["n_positive"] = int(fractured.sum())
-        report["operating_points"] = {
-            name: {
-                "threshold": threshold,
-                "sensitivity": float(np.mean(any_fracture[fractured] >= threshold)),
-                "specificity": float(np.mean(any_fracture[~fractured] < threshold)),
-            }
-            for name, threshold in config.thresholds.items()
-        }
-        # The headline sensitivity and specificity are the default operating point's,
-        # as for the binary model (not the top class's, which the epochs report).
-        default = report["operating_points"].get(config.operating_point) or {}
-        report["sensitivity"] = default.get("sensitivity")
-        report["specificity"] = default.get("specificity")
-    return report
 
 
 def _git_commit() -> str | None:
