@@ -278,3 +278,22 @@ def test_bad_class_lists_are_clear_errors(classes, message):
 def test_prior_shift_is_binary_only():
     with pytest.raises(ValueError, match="binary model only"):
         ModelConfig(classes=["a", "b", "c"], prior_shift=0.3)
+
+
+def test_checksums_are_remembered_but_follow_a_rewritten_file_of_the_same_size(tmp_path):
+    """The served folder is verified every few seconds: hashes are cached by change time."""
+    import hashlib
+
+    from fracture.model.folder import CONFIG_FILE, WEIGHTS_FILE, file_checksums
+
+    (tmp_path / CONFIG_FILE).write_text('{"a": 1}')
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"x" * 1000)
+    first = file_checksums(tmp_path)
+    assert first[CONFIG_FILE] == hashlib.sha256(b'{"a": 1}').hexdigest()
+    assert file_checksums(tmp_path) == first
+    (tmp_path / CONFIG_FILE).write_text('{"a": 2}')  # same size, new content
+    second = file_checksums(tmp_path)
+    assert second[CONFIG_FILE] == hashlib.sha256(b'{"a": 2}').hexdigest()
+    assert second[WEIGHTS_FILE] == first[WEIGHTS_FILE]
+    (tmp_path / WEIGHTS_FILE).unlink()
+    assert WEIGHTS_FILE not in file_checksums(tmp_path)
