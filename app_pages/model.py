@@ -239,7 +239,8 @@ else:
     if report:
         st.header("Validation results")
         show_evaluation(report)
-        localisation_section.show(report, model.card)
+        if not model.config.is_multiclass:  # the radiologists' boxes mark fractures only
+            localisation_section.show(report, model.card)
     else:
         st.info(
             "This model folder has no evaluation results, so there are no plots. "
