@@ -450,3 +450,21 @@ def test_training_curves_figure_marks_the_fine_tune_switch():
     assert len(figure.data) == 4
     assert any(getattr(shape, "x0", None) == 1.5 for shape in figure.layout.shapes)
     assert len(figures.training_curves_figure([]).data) == 4  # empty run: axes, no crash
+
+
+def test_body_region_figure_draws_each_region_with_its_interval():
+    from fracture.evaluation.proportions import wilson_rate
+
+    report = {
+        "per_region": {
+            "hand": wilson_rate(9, 10),
+            "mixed": wilson_rate(3, 4),
+            "hip": wilson_rate(0, 0),
+        }
+    }
+    bars = figures.body_region_accuracy_figure(report).data[0]
+    assert list(bars.x) == ["hand", "several regions"]  # plain words; no images, no bar
+    assert list(bars.y) == [0.9, 0.75]
+    low, high = report["per_region"]["hand"]["ci"]
+    assert bars.error_y.arrayminus[0] == pytest.approx(0.9 - low)
+    assert bars.error_y.array[0] == pytest.approx(high - 0.9)

@@ -464,43 +464,52 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
     return figure
 
 
+def _bars_with_intervals(
+    figure: "go.Figure",
+    bars: Sequence[tuple[str, float, Sequence[float], str]],
+    colours: str | Sequence[str],
+    hovertemplate: str,
+) -> None:
+    """One bar per ``(name, value, (low, high), text)``, with its interval as an error bar."""
+    import plotly.graph_objects as go
+
+    figure.add_trace(
+        go.Bar(
+            x=[name for name, _, _, _ in bars],
+            y=[value for _, value, _, _ in bars],
+            marker_color=colours,
+            text=[text for _, _, _, text in bars],
+            textposition="inside",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [max(0.0, high - value) for _, value, (_, high), _ in bars],
+                "arrayminus": [max(0.0, value - low) for _, value, (low, _), _ in bars],
+            },
+            hovertemplate=hovertemplate,
+        )
+    )
+
+
 def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
     """AUROC per anatomical region with bootstrap intervals, and without hardware.
 
     Bars with a single class (AUROC undefined) are left out; the overall AUROC
     is the dashed reference line.
     """
-    import plotly.graph_objects as go
-
     subgroups = report.get("subgroups") or {}
     entries = dict((subgroups.get("region") or {}).items())
     free = hardware_free_subgroup(report)
     if free:
         entries["without hardware"] = free
-    names, values, lower, upper, texts = [], [], [], [], []
-    for name, entry in entries.items():
-        auroc = entry.get("auroc")
-        if auroc is None:
-            continue
-        ci = entry.get("auroc_ci") or [auroc, auroc]
-        names.append(name)
-        values.append(auroc)
-        lower.append(max(0.0, auroc - ci[0]))
-        upper.append(max(0.0, ci[1] - auroc))
-        texts.append(f"n={entry.get('n')}")
+    bars = [
+        (name, entry["auroc"], entry.get("auroc_ci") or [entry["auroc"]] * 2, f"n={entry.get('n')}")
+        for name, entry in entries.items()
+        if entry.get("auroc") is not None
+    ]
     figure = _figure("AUROC per subgroup (95% bootstrap CI)", height=340)
-    colours = ["#9467bd" if name == "without hardware" else COLOUR_VAL for name in names]
-    figure.add_trace(
-        go.Bar(
-            x=names,
-            y=values,
-            marker_color=colours,
-            text=texts,
-            textposition="inside",
-            error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower},
-            hovertemplate="%{x}: AUROC %{y:.3f}<extra></extra>",
-        )
-    )
+    colours = ["#9467bd" if name == "without hardware" else COLOUR_VAL for name, _, _, _ in bars]
+    _bars_with_intervals(figure, bars, colours, "%{x}: AUROC %{y:.3f}<extra></extra>")
     if report.get("auroc") is not None:
         figure.add_hline(
             y=report["auroc"],
@@ -515,30 +524,13 @@ def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
 
 def body_region_accuracy_figure(region_report: Mapping[str, Any]) -> "go.Figure":
     """Validation accuracy of the body-region head per region, with Wilson 95% intervals."""
-    import plotly.graph_objects as go
-
-    names, values, lower, upper, texts = [], [], [], [], []
-    for name, rate in (region_report.get("per_region") or {}).items():
-        if not rate.get("n"):
-            continue
-        low, high = rate["ci"]
-        names.append(region_words(name))
-        values.append(rate["rate"])
-        lower.append(max(0.0, rate["rate"] - low))
-        upper.append(max(0.0, high - rate["rate"]))
-        texts.append(f"{rate['hits']}/{rate['n']}")
+    bars = [
+        (region_words(name), rate["rate"], rate["ci"], f"{rate['hits']}/{rate['n']}")
+        for name, rate in (region_report.get("per_region") or {}).items()
+        if rate.get("n")
+    ]
     figure = _figure("Body region named correctly, validation (95% interval)", height=320)
-    figure.add_trace(
-        go.Bar(
-            x=names,
-            y=values,
-            marker_color=COLOUR_VAL,
-            text=texts,
-            textposition="inside",
-            error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower},
-            hovertemplate="%{x}: %{y:.0%} correct<extra></extra>",
-        )
-    )
+    _bars_with_intervals(figure, bars, COLOUR_VAL, "%{x}: %{y:.0%} correct<extra></extra>")
     figure.update_yaxes(title="accuracy", range=[0, 1.05], tickformat=".0%")
     figure.update_layout(showlegend=False)
     return figure
