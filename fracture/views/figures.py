@@ -529,7 +529,7 @@ def body_region_accuracy_figure(region_report: Mapping[str, Any]) -> "go.Figure"
         for name, rate in (region_report.get("per_region") or {}).items()
         if rate.get("n")
     ]
-    figure = _figure("Body region named correctly, validation (95% interval)", height=320)
+    figure = _figure("Body region named correctly (95% interval)", height=320)
     _bars_with_intervals(figure, bars, COLOUR_VAL, "%{x}: %{y:.0%} correct<extra></extra>")
     figure.update_yaxes(title="accuracy", range=[0, 1.05], tickformat=".0%")
     figure.update_layout(showlegend=False)
