@@ -81,17 +81,15 @@ unusual to *this model*. It is a warning, not a diagnosis.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fracture.io.files import atomic_write_bytes
+from fracture.io.files import atomic_write_npz, read_npz
 from fracture.model.folder import OOD_FILE, ModelLoadError
 
 __all__ = [
@@ -228,25 +226,15 @@ class OODGate:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the gate as an ``.npz`` file, atomically (readers never see half of it)."""
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.to_arrays())  # type: ignore[arg-type]
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        return atomic_write_npz(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "OODGate":
         """Read a gate written by :meth:`save`; raises :class:`OODGateError` if it is not one."""
-        try:
-            # allow_pickle stays False: a model folder may come from anywhere.
-            stored = np.load(Path(path), allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise OODGateError(f"{path} is not a readable OOD gate ({error})") from None
-        if not isinstance(stored, np.lib.npyio.NpzFile):
-            raise OODGateError(f"{path} is not an OOD gate: it holds a single array")
-        with stored:
-            missing = {
-                "format",
+        stored = read_npz(
+            path,
+            what="OOD gate",
+            required=(
                 "mean",
                 "components",
                 "variances",
@@ -254,30 +242,23 @@ class OODGate:
                 "threshold",
                 "false_alarm_rate",
                 "n_train",
-            } - set(stored.files)
-            if missing:
-                lacking = ", ".join(sorted(missing))
-                raise OODGateError(f"{path} is not an OOD gate: it lacks {lacking}")
-            if int(stored["format"]) not in _READABLE_FORMATS:
-                raise OODGateError(
-                    f"{path} has OOD gate format {int(stored['format'])}; "
-                    f"this version reads {', '.join(map(str, _READABLE_FORMATS))}"
-                )
-            gate = cls(
-                mean=stored["mean"].astype(np.float32),
-                components=stored["components"].astype(np.float16),
-                variances=stored["variances"].astype(np.float32),
-                residual_variance=float(stored["residual_variance"]),
-                threshold=float(stored["threshold"]),
-                false_alarm_rate=float(stored["false_alarm_rate"]),
-                n_train=int(stored["n_train"]),
-                n_heldout=int(stored["n_heldout"]) if "n_heldout" in stored.files else 0,
-                class_means=(
-                    stored["class_means"].astype(np.float32)
-                    if "class_means" in stored.files
-                    else None
-                ),
-            )
+            ),
+            formats=_READABLE_FORMATS,
+            error=OODGateError,
+        )
+        gate = cls(
+            mean=stored["mean"].astype(np.float32),
+            components=stored["components"].astype(np.float16),
+            variances=stored["variances"].astype(np.float32),
+            residual_variance=float(stored["residual_variance"]),
+            threshold=float(stored["threshold"]),
+            false_alarm_rate=float(stored["false_alarm_rate"]),
+            n_train=int(stored["n_train"]),
+            n_heldout=int(stored["n_heldout"]) if "n_heldout" in stored else 0,
+            class_means=(
+                stored["class_means"].astype(np.float32) if "class_means" in stored else None
+            ),
+        )
         gate._validate(path)
         return gate
 

@@ -28,16 +28,14 @@ with the card's checksums); this module owns the file's contents.
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fracture.errors import FractureError
-from fracture.io.files import atomic_write_bytes
+from fracture.io.files import atomic_write_npz, read_npz
 
 __all__ = [
     "RegionHead",
@@ -112,47 +110,32 @@ class RegionHead:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the head as an ``.npz`` file, atomically."""
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            format=np.array(FORMAT_VERSION, np.int64),
-            classes=np.array(self.classes, dtype=np.str_),
-            weights=self.weights.astype(np.float32),
-            bias=self.bias.astype(np.float32),
-            fitted_precision=np.array(self.fitted_precision, dtype=np.str_),
+        return atomic_write_npz(
+            path,
+            {
+                "format": np.array(FORMAT_VERSION, np.int64),
+                "classes": np.array(self.classes, dtype=np.str_),
+                "weights": self.weights.astype(np.float32),
+                "bias": self.bias.astype(np.float32),
+                "fitted_precision": np.array(self.fitted_precision, dtype=np.str_),
+            },
         )
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "RegionHead":
         """Read a head written by :meth:`save`; raises :class:`RegionHeadError` if it is not one."""
-        try:
-            # allow_pickle stays False: a model folder may come from anywhere.
-            stored = np.load(Path(path), allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise RegionHeadError(f"{path} is not a readable region head ({error})") from None
-        if not isinstance(stored, np.lib.npyio.NpzFile):
-            raise RegionHeadError(f"{path} is not a region head: it holds a single array")
-        with stored:
-            missing = {"format", "classes", "weights", "bias"} - set(stored.files)
-            if missing:
-                raise RegionHeadError(
-                    f"{path} is not a region head: it lacks {', '.join(sorted(missing))}"
-                )
-            if int(stored["format"]) != FORMAT_VERSION:
-                raise RegionHeadError(
-                    f"{path} has region-head format {int(stored['format'])}; "
-                    f"this version reads {FORMAT_VERSION}"
-                )
-            return cls(
-                classes=tuple(str(name) for name in stored["classes"]),
-                weights=stored["weights"].astype(np.float32),
-                bias=stored["bias"].astype(np.float32),
-                fitted_precision=(
-                    str(stored["fitted_precision"])
-                    if "fitted_precision" in stored.files
-                    else "float32"
-                ),
-            )
+        stored = read_npz(
+            path,
+            what="region head",
+            required=("classes", "weights", "bias"),
+            formats=(FORMAT_VERSION,),
+            error=RegionHeadError,
+        )
+        return cls(
+            classes=tuple(str(name) for name in stored["classes"]),
+            weights=stored["weights"].astype(np.float32),
+            bias=stored["bias"].astype(np.float32),
+            fitted_precision=(
+                str(stored["fitted_precision"]) if "fitted_precision" in stored else "float32"
+            ),
+        )

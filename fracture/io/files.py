@@ -9,18 +9,24 @@ the old file or the new one, never half of one, even after SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
+
+import numpy as np
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
     "read_json",
+    "atomic_write_npz",
+    "read_npz",
     "fsync_path",
     "exclusive_lock",
     "check_name",
@@ -52,6 +58,53 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def atomic_write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as a compressed ``.npz`` file, atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_npz(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    required: Collection[str],
+    formats: Collection[int],
+    error: type[Exception],
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file that :func:`atomic_write_npz` wrote, all in memory.
+
+    ``what`` names the file in errors ("an OOD gate"); it must hold a ``format``
+    array in ``formats`` and every name in ``required``, or ``error`` is raised
+    with a message that says which. Pickles are never loaded: a model folder may
+    come from anywhere.
+    """
+    try:
+        stored = np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as problem:
+        raise error(f"{path} is not a readable {what} ({problem})") from None
+    if not isinstance(stored, np.lib.npyio.NpzFile):
+        raise error(f"{path} is not {_article(what)}: it holds a single array")
+    with stored:
+        missing = ({"format"} | set(required)) - set(stored.files)
+        if missing:
+            raise error(f"{path} is not {_article(what)}: it lacks {', '.join(sorted(missing))}")
+        arrays = {name: stored[name] for name in stored.files}
+    if int(arrays["format"]) not in formats:
+        raise error(
+            f"{path} has {what} format {int(arrays['format'])}; "
+            f"this version reads {', '.join(map(str, sorted(formats)))}"
+        )
+    return arrays
+
+
+def _article(what: str) -> str:
+    return f"{'an' if what[:1] in 'aeiouAEIOU' else 'a'} {what}"
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
