@@ -15,7 +15,7 @@ from fracture.evaluation.operating_points import (
     threshold_intervals,
 )
 from fracture.inference.gradcam import box_style, draw_region, evidence_heat, strongest_region
-from fracture.training.losses import box_masks
+from fracture.training.losses import box_alignment_loss, box_masks
 
 # ---------------------------------------------------------------------------
 # Augmentation moves boxes with the image
@@ -69,6 +69,31 @@ def test_box_masks_mark_every_cell_a_box_touches() -> None:
     assert masks.shape == (2, 4, 4)
     assert masks[0, 0].tolist() == [1, 1, 0, 0] and masks[0, 1:].sum() == 0
     assert masks[1].sum() == 0
+
+
+def _box_loss(maps: np.ndarray, label: float, **weights: float) -> np.ndarray:
+    """The box loss per image of (B, 4, 4) maps, whose box is the top-left cell."""
+    mask = np.zeros(maps.shape, np.float32)
+    mask[:, 0, 0] = 1.0
+    y_true = np.stack([mask, np.full(maps.shape, label, np.float32)], axis=-1)
+    return np.asarray(box_alignment_loss(**weights)(y_true, maps.astype(np.float32)))
+
+
+def test_mass_term_charges_positive_evidence_outside_the_box_only() -> None:
+    # Both maps peak in the box, so the softmax (peak) term barely tells them
+    # apart; the second one also spreads positive evidence elsewhere.
+    focused = np.full((4, 4), -4.0)
+    focused[0, 0] = 6.0
+    spread = np.full((4, 4), 1.0)
+    spread[0, 0] = 6.0
+    maps = np.stack([focused, spread])
+    peak_only = _box_loss(maps, 1.0, normal_weight=0.0)
+    with_mass = _box_loss(maps, 1.0, normal_weight=0.0, mass_weight=1.0)
+    # Mass share: 1.0 for the focused map, 6/21 for the spread one.
+    np.testing.assert_allclose(with_mass - peak_only, [0.0, -np.log(6 / 21)], atol=1e-3)
+    # A normal image has no boxes: the mass term does not apply to it.
+    normal = _box_loss(maps, 0.0, normal_weight=0.0, mass_weight=1.0)
+    np.testing.assert_allclose(normal, 0.0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------

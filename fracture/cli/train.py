@@ -47,6 +47,13 @@ def add_train_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
         help="cost of heat-map evidence on normal images, inside the box loss",
     )
     p.add_argument(
+        "--box-mass-weight",
+        type=float,
+        default=None,
+        help="cost of heat-map evidence outside the boxes of fractured images, inside the box "
+        "loss (0, the default, rewards only the peak)",
+    )
+    p.add_argument(
         "--conv5-dilation",
         type=int,
         choices=[1, 2],
@@ -99,6 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "task",
                     "box_weight",
                     "normal_evidence_weight",
+                    "box_mass_weight",
                     "conv5_dilation",
                 )
                 if getattr(args, name) is not None

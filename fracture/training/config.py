@@ -37,6 +37,9 @@ class TrainConfig:
     box_weight: float = 1.0
     # How much positive evidence on a normal image costs, inside that loss.
     normal_evidence_weight: float = 0.2
+    # How much positive evidence outside the boxes of a fractured image costs, inside
+    # that loss (the share of the map's mass in the boxes); 0 rewards the peak only.
+    box_mass_weight: float = 0.0
     # 2 runs conv5 at stride 1, dilation 2: a Grad-CAM grid twice as fine
     # (fracture.model.network.ModelConfig.conv5_dilation).
     conv5_dilation: int = 1

@@ -11,6 +11,8 @@ that the Predict page draws:
   the spirit of Li et al., "Tell Me Where to Look: Guided Attention Inference
   Network", CVPR 2018, and of Rao et al., "Towards Better Understanding
   Attribution Methods", CVPR 2022, who supervise attributions with boxes);
+  optionally also the share of the positive mass ``relu(E)`` inside the boxes,
+  which the softmax share (a reward for the peak) leaves spread out;
 * normal images: any positive evidence is penalised, ``mean(relu(E))``, so that a
   confident normal shows little or no heat.
 
@@ -112,11 +114,16 @@ def logit_tail(model: "keras.Model", cut: str | None) -> "keras.Model":
     )
 
 
-def box_alignment_loss(normal_weight: float = 0.2):
+def box_alignment_loss(normal_weight: float = 0.2, mass_weight: float = 0.0):
     """A Keras loss on the evidence map; ``y_true`` is (B, h, w, 2): box mask, then the label.
 
     Per image: ``-log(share of softmax(E) inside its boxes)`` for a fractured image
-    with boxes, ``normal_weight * mean(relu(E))`` for a normal one, 0 otherwise.
+    with boxes, plus ``mass_weight * -log(share of relu(E) inside its boxes)``;
+    ``normal_weight * mean(relu(E))`` for a normal one; 0 otherwise.
+
+    The softmax share rewards the map's peak (the pointing game); the relu share
+    rewards where its positive mass lies (the energy inside boxes, Wang et al.,
+    Score-CAM, CVPR Workshops 2020), which the peak term alone leaves spread out.
     """
     from keras import ops
 
@@ -127,6 +134,13 @@ def box_alignment_loss(normal_weight: float = 0.2):
         has_box = ops.cast(ops.sum(inside, axis=1) > 0, "float32") * label
         share = ops.sum(ops.softmax(evidence, axis=1) * inside, axis=1)
         box_term = -ops.log(share + 1e-6) * has_box
+        if mass_weight:
+            positive = ops.relu(evidence)
+            # The small constant keeps a map with no positive evidence at a share of 1.
+            mass_share = (ops.sum(positive * inside, axis=1) + 1e-3) / (
+                ops.sum(positive, axis=1) + 1e-3
+            )
+            box_term = box_term - mass_weight * ops.log(mass_share) * has_box
         normal_term = normal_weight * ops.mean(ops.relu(evidence), axis=1) * (1.0 - label)
         return box_term + normal_term
 

@@ -281,7 +281,9 @@ def _compile(tail: "keras.Model", learning_rate: float, config: TrainConfig) -> 
         ),
         loss={
             LOGIT_OUTPUT: keras.losses.BinaryCrossentropy(from_logits=True),
-            EVIDENCE_OUTPUT: box_alignment_loss(config.normal_evidence_weight),
+            EVIDENCE_OUTPUT: box_alignment_loss(
+                config.normal_evidence_weight, config.box_mass_weight
+            ),
         },
         loss_weights={LOGIT_OUTPUT: 1.0, EVIDENCE_OUTPUT: config.box_weight},
         # The tail outputs logits, so every threshold is 0 (probability 0.5).

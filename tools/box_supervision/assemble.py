@@ -1,14 +1,15 @@
-"""Assemble a model folder from a box-supervised run of train_box.py, with its card and evaluation.
+"""Assemble a model folder from a box-supervised run of train.py, with its card and evaluation.
 
-usage: python tools/box_supervision/assemble.py RUN_DIR EPOCH INIT_MODEL DATA OUT CACHE
+usage: python tools/box_supervision/assemble.py RUN_DIR EPOCH INIT_MODEL DATA OUT CACHE [EARLIER_RUN ...]
 
-RUN_DIR/epochN.npz holds the trained conv5_block3 and head; INIT_MODEL is the model
-folder whose conv5 blocks 1-2 were frozen (the previous default model); DATA is
+RUN_DIR/epochN.npz holds the trained layers (conv5 blocks and head); INIT_MODEL is the
+model folder whose other conv5 layers were frozen (the previous default model); the
+EARLIER_RUN stages before RUN_DIR count towards the training time; DATA is
 FracAtlas in the folder layout. Everything fitted here (calibration, operating
 points, heat-map scale, OOD gate) uses the model as served: bfloat16, BatchNorm
 folded, through the same Predictor as the app, except the OOD gate's class means
-and covariance: those come from the train images' cached conv5_block2_out features
-(CACHE, from cache_features.py) passed through the final block 3 and pooling, which
+and covariance: those come from the train images' cached conv5 features
+(CACHE, from cache_features.py) passed through the final conv5 blocks and pooling, which
 saves a full forward pass over 3,000 images; its threshold is set on val features
 from the served model.
 """
@@ -34,19 +35,34 @@ ARCHITECTURE = (
     "384 px) + GAP + dropout + dense logit, sigmoid output"
 )
 BOX_SUPERVISION = (
-    "The radiologists' boxes of FracAtlas's fractured train images trained the heat map: "
-    "conv5 blocks 1-2 were frozen (taken from the previous default model, which was "
-    "fine-tuned on FracAtlas train without boxes), and conv5 block 3 and the head were "
-    "fine-tuned with cross-entropy plus 0.3 x a box-alignment loss on the Grad-CAM map w . A "
-    "(-log of the share of softmax(w . A) inside the boxes for a fractured image with boxes; "
-    "0.1 x mean(relu(w . A)) for a normal image). Two cached views per train image (one "
-    "clean, one augmented with its boxes moved along), all fractured images and twice as many "
-    "normal ones per epoch, AdamW 1e-4 with a cosine decay, 7 epochs, the last one shipped "
-    "(no epoch chosen on val). Val boxes were used only to measure."
+    "The radiologists' boxes of FracAtlas's fractured train images trained the heat map, in "
+    "three stages after the previous default model (fine-tuned on FracAtlas train without "
+    "boxes), each on cached features of two views per train image (one clean, one augmented "
+    "with its boxes moved along), all fractured images and twice as many normal ones per epoch, "
+    "AdamW with a cosine decay, the last epoch of each stage kept (no epoch chosen on val). "
+    "Stage 1: conv5 block 3 and the head, cross-entropy plus 0.3 x a peak loss on the Grad-CAM "
+    "map w . A (-log of the share of softmax(w . A) inside the boxes for a fractured image "
+    "with boxes) and 0.1 x mean(relu(w . A)) on normal images; 7 epochs at 1e-4. "
+    "Stage 2: the same plus 0.5 x a mass loss (-log of the share of relu(w . A) inside the "
+    "boxes), 3 epochs at 5e-5. Stage 3: conv5 blocks 2 and 3 and the head, peak 0.3, mass "
+    "0.3, normals 0.1, 4 epochs at 5e-5. Images without boxes trained the classifier only. "
+    "Val boxes were used only to measure."
+)
+METHOD = (
+    "box-supervised fine-tuning of conv5 (blocks 2-3) and the head on cached, dilated conv5 "
+    "features, in three stages (tools/box_supervision)"
 )
 
 
-def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cache: Path) -> None:
+def main(
+    run_dir: Path,
+    epoch: int,
+    init_model: Path,
+    data: Path,
+    out: Path,
+    cache: Path,
+    earlier: list[Path],
+) -> None:
     from fracture.data.layouts import load_dataset
     from fracture.evaluation.localisation import image_localisation, summarise_localisation
     from fracture.evaluation.metrics import evaluation_report
@@ -147,11 +163,13 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
     print(f"pooling {len(train)} cached train features for the OOD gate", flush=True)
     import keras
 
+    cache_meta = json.loads((cache / "train_meta.json").read_text())
     pool = keras.Model(
-        model.get_layer("conv5_block2_out").output, model.get_layer("avg_pool").output
+        model.get_layer(cache_meta.get("cut", "conv5_block2_out")).output,
+        model.get_layer("avg_pool").output,
     )
     cached = np.load(cache / "train_features.npy", mmap_mode="r")[0]
-    train_labels = np.array(json.loads((cache / "train_meta.json").read_text())["labels"])
+    train_labels = np.array(cache_meta["labels"])
     train_features = np.concatenate(
         [
             pool(np.asarray(cached[i : i + 32], np.float32), training=False).numpy()
@@ -181,8 +199,7 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
     card = build_card(
         model_config=config,
         train_config={
-            "method": "box-supervised fine-tuning of conv5_block3 and the head on cached, "
-            "dilated conv5_block2_out features (tools/box_supervision)",
+            "method": METHOD,
             "epochs": len(history) - 1,
             "shipped_epoch": epoch,
             "seed": 0,
@@ -191,7 +208,14 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
         report=report,
         history=history,
         best_epoch=epoch,
-        training_seconds=float(sum(row.get("seconds", 0) for row in history)),
+        # Every stage's epochs, earlier runs included.
+        training_seconds=float(
+            sum(
+                row.get("seconds", 0)
+                for stage in [*earlier, run_dir]
+                for row in json.loads((stage / "history.json").read_text())
+            )
+        ),
         imagenet_sha256=resolved.sha256,
         commit=None,
     )
@@ -222,4 +246,12 @@ def main(run_dir: Path, epoch: int, init_model: Path, data: Path, out: Path, cac
 
 if __name__ == "__main__":
     run, epoch_arg, init, data_arg, out_arg, cache_arg = sys.argv[1:7]
-    main(Path(run), int(epoch_arg), Path(init), Path(data_arg), Path(out_arg), Path(cache_arg))
+    main(
+        Path(run),
+        int(epoch_arg),
+        Path(init),
+        Path(data_arg),
+        Path(out_arg),
+        Path(cache_arg),
+        [Path(stage) for stage in sys.argv[7:]],
+    )

@@ -1,13 +1,14 @@
 """Step 1 of the default model's recipe: cache dilated conv5_block2_out features.
 
-usage: python tools/box_supervision/cache_features.py DATA INIT_MODEL OUT [VIEWS]
+usage: python tools/box_supervision/cache_features.py DATA INIT_MODEL OUT [VIEWS] [CUT]
 
 The stem is ImageNet ResNet-50 up to conv4 plus conv5 blocks 1-2 of INIT_MODEL
 (the previous default model), with conv5 at stride 1 and dilation 2, computed
 in bfloat16 as served. Train images get VIEWS views (view 0 clean, the others
 augmented with their boxes moved along); val gets one. Writes, per split,
 SPLIT_features.npy (views, n, 24, 24, 2048) float16, SPLIT_masks.npy (views, n,
-24, 24) box masks and SPLIT_meta.json.
+24, 24) box masks and SPLIT_meta.json. CUT (default conv5_block2_out) is the
+layer whose output is cached: conv5_block1_out leaves blocks 2-3 to train.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def dilated_model(init_model: Path):
     return model
 
 
-def main(data: Path, init_model: Path, out: Path, views: int) -> None:
+def main(data: Path, init_model: Path, out: Path, views: int, cut: str) -> None:
     import keras
     import tensorflow as tf
 
@@ -59,7 +60,7 @@ def main(data: Path, init_model: Path, out: Path, views: int) -> None:
     model = dilated_model(init_model)
     model.save_weights(out / "init.weights.h5")
     network = inference_network(model, "bfloat16")
-    stem = keras.Model(network.input, network.get_layer(CUT).output)
+    stem = keras.Model(network.input, network.get_layer(cut).output)
     shape = tuple(int(d) for d in stem.output.shape[1:])
     spec = [tf.TensorSpec((BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)]
     forward = tf.function(
@@ -114,6 +115,7 @@ def main(data: Path, init_model: Path, out: Path, views: int) -> None:
             "labels": [r.label for r in records],
             "square_boxes": boxes,
             "shape": shape,
+            "cut": cut,
         }
         (out / f"{split}_meta.json").write_text(json.dumps(meta))
 
@@ -124,4 +126,5 @@ if __name__ == "__main__":
         Path(sys.argv[2]),
         Path(sys.argv[3]),
         int(sys.argv[4]) if len(sys.argv) > 4 else 2,
+        sys.argv[5] if len(sys.argv) > 5 else CUT,
     )

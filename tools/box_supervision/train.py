@@ -1,10 +1,17 @@
 """Step 2 of the default model's recipe: box-supervised fine-tuning on the cached features.
 
 usage: python tools/box_supervision/train.py CACHE RUN [--epochs 8] [--box 1.0] [--neg 0.2]
+       [--energy 0.0] [--resume RUN/epochN.npz] [--weight-decay 1e-4]
 
-Trains conv5_block3 and the head (initialised from CACHE/init.weights.h5) with
-cross-entropy plus the box-alignment loss of fracture.training.losses on the
-evidence map ``w . A``. Each epoch sees every fractured train image (one random
+Trains every layer after the cache's cut (conv5_block3 for conv5_block2_out,
+blocks 2-3 for conv5_block1_out) and the head, initialised from
+CACHE/init.weights.h5, with cross-entropy plus the box-alignment loss of fracture.training.losses on the
+evidence map ``w . A``. ``--energy`` adds a second box term on the positive
+evidence itself, ``-log(share of relu(w . A) inside the boxes)``: the softmax
+share rewards the peak, this one the mass (the "energy inside boxes" figure).
+``--resume`` starts the trained layers from an earlier run's epoch file.
+
+Each epoch sees every fractured train image (one random
 cached view) and twice as many normal ones, drawn in turn; the learning rate
 follows a cosine from LR to LR / 10. No epoch is chosen on val: the last one
 ships, so val stays clean for calibration and thresholds. Per epoch it writes
@@ -27,7 +34,6 @@ CUT = "conv5_block2_out"
 BATCH = 16
 HEAD_LR_RATIO = 1.0  # the head's learning rate relative to the block's
 NORMALS_PER_FRACTURE = 2.0
-WEIGHT_DECAY = 1e-4
 
 
 def main() -> None:
@@ -37,7 +43,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--box", type=float, default=1.0)
     parser.add_argument("--neg", type=float, default=0.2)
+    parser.add_argument("--energy", type=float, default=0.0)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--resume", type=Path, default=None)
     args = parser.parse_args()
 
     import keras
@@ -57,25 +66,32 @@ def main() -> None:
     train_masks = np.load(args.cache / "train_masks.npy")
     train_labels, val_labels = np.array(train_meta["labels"]), np.array(val_meta["labels"])
 
-    config = ModelConfig(image_size=IMAGE_SIZE, fine_tune_from=CUT, dropout=0.5, conv5_dilation=2)
+    cut = train_meta.get("cut", CUT)  # the layer the cache holds; everything after it trains
+    config = ModelConfig(image_size=IMAGE_SIZE, fine_tune_from=cut, dropout=0.5, conv5_dilation=2)
     model = build_classifier(config, None)
     model.load_weights(args.cache / "init.weights.h5")
     dense = model.get_layer(LOGIT_LAYER)
     tail = keras.Model(
-        model.get_layer(CUT).output, [model.get_layer(CAM_LAYER).output, dense.output]
+        model.get_layer(cut).output, [model.get_layer(CAM_LAYER).output, dense.output]
     )
     names = [layer.name for layer in model.layers]
     trained = [
         layer
-        for layer in model.layers[names.index(CUT) + 1 :]
+        for layer in model.layers[names.index(cut) + 1 :]
         if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
     ]
     for layer in model.layers:
         layer.trainable = layer in trained
+    if args.resume is not None:
+        # Layers the earlier run did not train keep their INIT weights.
+        stored = np.load(args.resume)
+        for layer in trained:
+            if f"{layer.name}/0" in stored:
+                layer.set_weights([stored[f"{layer.name}/{j}"] for j in range(len(layer.weights))])
     head_vars = dense.trainable_variables
     body_vars = [v for layer in trained if layer is not dense for v in layer.trainable_variables]
-    optimiser_head = keras.optimizers.AdamW(args.lr * HEAD_LR_RATIO, weight_decay=WEIGHT_DECAY)
-    optimiser_body = keras.optimizers.AdamW(args.lr, weight_decay=WEIGHT_DECAY)
+    optimiser_head = keras.optimizers.AdamW(args.lr * HEAD_LR_RATIO, weight_decay=args.weight_decay)
+    optimiser_body = keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay)
     optimiser_head.build(head_vars)
     optimiser_body.build(body_vars)
 
@@ -93,11 +109,23 @@ def main() -> None:
                 tf.reduce_sum(has_box), 1.0
             )
             normal = tf.reduce_mean(tf.reduce_mean(tf.nn.relu(flat), 1) * (1 - y))
-            loss = tf.reduce_mean(cross_entropy) + args.box * box + args.neg * normal
+            positive = tf.nn.relu(flat)
+            mass_share = (tf.reduce_sum(positive * inside, 1) + 1e-3) / (
+                tf.reduce_sum(positive, 1) + 1e-3
+            )
+            energy = tf.reduce_sum(-tf.math.log(mass_share) * has_box) / tf.maximum(
+                tf.reduce_sum(has_box), 1.0
+            )
+            loss = (
+                tf.reduce_mean(cross_entropy)
+                + args.box * box
+                + args.energy * energy
+                + args.neg * normal
+            )
         gradients = tape.gradient(loss, head_vars + body_vars)
         optimiser_head.apply_gradients(zip(gradients[: len(head_vars)], head_vars))
         optimiser_body.apply_gradients(zip(gradients[len(head_vars) :], body_vars))
-        return tf.reduce_mean(cross_entropy), box
+        return tf.reduce_mean(cross_entropy), box, energy
 
     @tf.function(reduce_retracing=True)
     def infer(x):
@@ -161,6 +189,7 @@ def main() -> None:
                 "phase": "joint",
                 "train_bce": float(np.mean([l[0] for l in losses])),
                 "train_box": float(np.mean([l[1] for l in losses])),
+                "train_energy": float(np.mean([l[2] for l in losses])),
                 "seconds": time.time() - started,
                 **evaluate(),
             }
