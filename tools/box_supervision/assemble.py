@@ -35,23 +35,45 @@ ARCHITECTURE = (
     "384 px) + GAP + dropout + dense logit, sigmoid output"
 )
 BOX_SUPERVISION = (
-    "The radiologists' boxes of FracAtlas's fractured train images trained the heat map, in "
-    "three stages after the previous default model (fine-tuned on FracAtlas train without "
-    "boxes), each on cached features of two views per train image (one clean, one augmented "
+    "The radiologists' boxes of FracAtlas's fractured train images trained the heat map, "
+    "starting from the previous default model (fine-tuned on FracAtlas train without boxes). "
+    "Every stage ran on cached features of two views per train image (one clean, one augmented "
     "with its boxes moved along), all fractured images and twice as many normal ones per epoch, "
-    "AdamW with a cosine decay, the last epoch of each stage kept (no epoch chosen on val). "
-    "Stage 1: conv5 block 3 and the head, cross-entropy plus 0.3 x a peak loss on the Grad-CAM "
-    "map w . A (-log of the share of softmax(w . A) inside the boxes for a fractured image "
-    "with boxes) and 0.1 x mean(relu(w . A)) on normal images; 7 epochs at 1e-4. "
-    "Stage 2: the same plus 0.5 x a mass loss (-log of the share of relu(w . A) inside the "
-    "boxes), 3 epochs at 5e-5. Stage 3: conv5 blocks 2 and 3 and the head, peak 0.3, mass "
-    "0.3, normals 0.1, 4 epochs at 5e-5. Images without boxes trained the classifier only. "
-    "Val boxes were used only to measure."
+    "AdamW with a cosine decay, the last epoch kept (no epoch chosen on val). The loss: "
+    "cross-entropy, plus a peak term on the Grad-CAM map w . A (-log of the share of "
+    "softmax(w . A) inside the boxes) and, where set, a mass term (-log of the share of "
+    "relu(w . A) inside the boxes) for a fractured image with boxes, plus mean(relu(w . A)) on "
+    "normal images. Images without boxes trained the classifier only. Val boxes were used only "
+    "to measure."
 )
-METHOD = (
-    "box-supervised fine-tuning of conv5 (blocks 2-3) and the head on cached, dilated conv5 "
-    "features, in three stages (tools/box_supervision)"
-)
+# Which layers train after each cached cut (train.py trains everything after it).
+TRAINED_AFTER = {
+    "conv5_block2_out": "conv5 block 3 and the head",
+    "conv5_block1_out": "conv5 blocks 2-3 and the head",
+}
+
+
+def describe_stages(stages: list[Path]) -> list[str]:
+    """One sentence per training stage, from the settings train.py recorded in its run folder."""
+    sentences = []
+    for number, stage in enumerate(stages, 1):
+        path = stage / "args.json"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: every stage needs the settings train.py records")
+        args = json.loads(path.read_text())
+        trained = TRAINED_AFTER.get(args["cut"], f"the layers after {args['cut']}")
+        terms = f"peak {args['box']:g}, normals {args['neg']:g}"
+        if args.get("energy"):
+            terms += f", mass {args['energy']:g}"
+        sentence = f"Stage {number}: {trained}; {terms}; {args['epochs']} epochs at {args['lr']:g}"
+        if "interpolated" in args:
+            alpha = args["interpolated"]
+            sentence += (
+                f"; then its trained weights averaged with those of the model it started from "
+                f"({alpha:g} x this stage + {1 - alpha:g} x before; WiSE-FT, Wortsman et al. 2022)"
+            )
+        sentences.append(sentence + ".")
+    return sentences
 
 
 def main(
@@ -90,6 +112,9 @@ def main(
     from fracture.training.trainer import evidence_scale as fit_evidence_scale
 
     started = time.time()
+    stages = [*earlier, run_dir]
+    stage_sentences = describe_stages(stages)  # fails now, not after the scoring, if one is missing
+    cut = json.loads((run_dir / "args.json").read_text())["cut"]
     resolved = resolve_imagenet_weights(allow_download=False)
     config = ModelConfig(
         image_size=IMAGE_SIZE,
@@ -199,7 +224,10 @@ def main(
     card = build_card(
         model_config=config,
         train_config={
-            "method": METHOD,
+            "method": (
+                f"box-supervised fine-tuning of {TRAINED_AFTER.get(cut, 'conv5')} on cached, "
+                f"dilated conv5 features, in {len(stages)} stage(s) (tools/box_supervision)"
+            ),
             "epochs": len(history) - 1,
             "shipped_epoch": epoch,
             "seed": 0,
@@ -212,7 +240,7 @@ def main(
         training_seconds=float(
             sum(
                 row.get("seconds", 0)
-                for stage in [*earlier, run_dir]
+                for stage in stages
                 for row in json.loads((stage / "history.json").read_text())
             )
         ),
@@ -223,7 +251,7 @@ def main(
     card["calibration"] = calibration.summary()
     card["localisation"] = localisation
     card["evidence_scale"] = scale
-    card["box_supervision"] = BOX_SUPERVISION
+    card["box_supervision"] = " ".join([BOX_SUPERVISION, *stage_sentences])
     card["architecture"] = ARCHITECTURE
     out.mkdir(parents=True, exist_ok=True)
     folder = ModelFolder(out)

@@ -15,7 +15,8 @@ Each epoch sees every fractured train image (one random
 cached view) and twice as many normal ones, drawn in turn; the learning rate
 follows a cosine from LR to LR / 10. No epoch is chosen on val: the last one
 ships, so val stays clean for calibration and thresholds. Per epoch it writes
-RUN/epochN.npz (trained layers) and RUN/history.json (val AUROC, pointing game).
+RUN/epochN.npz (trained layers) and RUN/history.json (val AUROC, pointing game);
+RUN/args.json records the stage's settings for the model card.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def main() -> None:
     train_labels, val_labels = np.array(train_meta["labels"]), np.array(val_meta["labels"])
 
     cut = train_meta.get("cut", CUT)  # the layer the cache holds; everything after it trains
+    # What this stage ran, for the model card (assemble.py describes every stage from it).
+    stage = {key: value for key, value in vars(args).items() if key not in {"cache", "run"}}
+    stage["resume"] = None if args.resume is None else str(args.resume)
+    (args.run / "args.json").write_text(json.dumps({**stage, "cut": cut}, indent=1))
     config = ModelConfig(image_size=IMAGE_SIZE, fine_tune_from=cut, dropout=0.5, conv5_dilation=2)
     model = build_classifier(config, None)
     model.load_weights(args.cache / "init.weights.h5")
