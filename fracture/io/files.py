@@ -79,7 +79,7 @@ def read_npz(
 ) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file that :func:`atomic_write_npz` wrote, all in memory.
 
-    ``what`` names the file in errors ("an OOD gate"); it must hold a ``format``
+    ``what`` names the kind of file in errors ("OOD gate"); it must hold a ``format``
     array in ``formats`` and every name in ``required``, or ``error`` is raised
     with a message that says which. Pickles are never loaded: a model folder may
     come from anywhere.
