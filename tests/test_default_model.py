@@ -57,3 +57,23 @@ def test_default_model_reaches_val_auroc_and_points_at_fractures(
     low, high = card_point["sensitivity_ci"]
     assert low <= report["sensitivity"] <= high
     assert report["sensitivity"] >= 0.85
+
+
+@pytest.mark.slow
+def test_default_model_gate_flags_every_probe_image(default_model, shared_weights):
+    """No label on what is not a radiograph: every probe image is flagged as unlike training.
+
+    A heat-map candidate failed here (a text page, a near-black frame and a smooth gradient
+    scored under the threshold) while its val false alarms stayed at 0, so the card's
+    "probes flagged" line is checked on every model that ships.
+    """
+    from fracture.evaluation.ood_fit import ood_probe_images
+    from fracture.inference.predictor import load_predictor
+
+    predictor = load_predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
+    assert predictor.ood_gate is not None
+    probes = ood_probe_images()
+    results = predictor.predict(list(probes.values()), names=list(probes))
+    missed = [name for name, result in zip(probes, results) if result.in_distribution]
+    assert all(result.ok for result in results)
+    assert not missed, f"the OOD gate let through: {', '.join(missed)}"
