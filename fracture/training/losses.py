@@ -41,6 +41,7 @@ __all__ = [
     "evidence_tail",
     "logit_tail",
     "box_alignment_loss",
+    "box_loss_terms",
     "EVIDENCE_OUTPUT",
     "LOGIT_OUTPUT",
 ]
@@ -114,12 +115,36 @@ def logit_tail(model: "keras.Model", cut: str | None) -> "keras.Model":
     )
 
 
+def box_loss_terms(evidence: Any, inside: Any, label: Any) -> tuple[Any, Any, Any]:
+    """The three per-image terms of the box loss, on flattened maps.
+
+    ``evidence`` is (B, n) logit-unit evidence, ``inside`` (B, n) the 0/1 box mask,
+    ``label`` (B,) 1 for fractured. Returns, per image, the peak term
+    ``-log(share of softmax(E) inside the boxes)`` and the mass term
+    ``-log(share of relu(E) inside the boxes)`` (both 0 unless the image is
+    fractured and has boxes), and the normal term ``mean(relu(E))`` (0 unless normal).
+    Callers weight and reduce them.
+    """
+    from keras import ops
+
+    has_box = ops.cast(ops.sum(inside, axis=1) > 0, "float32") * label
+    share = ops.sum(ops.softmax(evidence, axis=1) * inside, axis=1)
+    peak = -ops.log(share + 1e-6) * has_box
+    positive = ops.relu(evidence)
+    # The small constant keeps a map with no positive evidence at a share of 1.
+    mass_share = (ops.sum(positive * inside, axis=1) + 1e-3) / (ops.sum(positive, axis=1) + 1e-3)
+    mass = -ops.log(mass_share) * has_box
+    normal = ops.mean(positive, axis=1) * (1.0 - label)
+    return peak, mass, normal
+
+
 def box_alignment_loss(normal_weight: float = 0.2, mass_weight: float = 0.0):
     """A Keras loss on the evidence map; ``y_true`` is (B, h, w, 2): box mask, then the label.
 
     Per image: ``-log(share of softmax(E) inside its boxes)`` for a fractured image
     with boxes, plus ``mass_weight * -log(share of relu(E) inside its boxes)``;
-    ``normal_weight * mean(relu(E))`` for a normal one; 0 otherwise.
+    ``normal_weight * mean(relu(E))`` for a normal one; 0 otherwise
+    (:func:`box_loss_terms`).
 
     The softmax share rewards the map's peak (the pointing game); the relu share
     rewards where its positive mass lies (the energy inside boxes, Wang et al.,
@@ -130,19 +155,8 @@ def box_alignment_loss(normal_weight: float = 0.2, mass_weight: float = 0.0):
     def loss(y_true: Any, y_pred: Any) -> Any:
         evidence = ops.reshape(ops.cast(y_pred, "float32"), (ops.shape(y_pred)[0], -1))
         inside = ops.reshape(y_true[..., 0], (ops.shape(y_true)[0], -1))
-        label = y_true[:, 0, 0, 1]
-        has_box = ops.cast(ops.sum(inside, axis=1) > 0, "float32") * label
-        share = ops.sum(ops.softmax(evidence, axis=1) * inside, axis=1)
-        box_term = -ops.log(share + 1e-6) * has_box
-        if mass_weight:
-            positive = ops.relu(evidence)
-            # The small constant keeps a map with no positive evidence at a share of 1.
-            mass_share = (ops.sum(positive * inside, axis=1) + 1e-3) / (
-                ops.sum(positive, axis=1) + 1e-3
-            )
-            box_term = box_term - mass_weight * ops.log(mass_share) * has_box
-        normal_term = normal_weight * ops.mean(ops.relu(evidence), axis=1) * (1.0 - label)
-        return box_term + normal_term
+        peak, mass, normal = box_loss_terms(evidence, inside, y_true[:, 0, 0, 1])
+        return peak + mass_weight * mass + normal_weight * normal
 
     loss.__name__ = "box_alignment"
     return loss

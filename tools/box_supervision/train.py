@@ -57,6 +57,7 @@ def main() -> None:
     from fracture.evaluation.localisation import image_localisation, summarise_localisation
     from fracture.model.folder import ModelConfig
     from fracture.model.network import CAM_LAYER, LOGIT_LAYER, build_classifier
+    from fracture.training.losses import box_loss_terms
 
     args.run.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -108,19 +109,14 @@ def main() -> None:
             cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logit[:, 0])
             flat = tf.reshape(evidence, (tf.shape(evidence)[0], -1))
             inside = tf.cast(tf.reshape(mask, (tf.shape(mask)[0], -1)) > 0, tf.float32)
-            has_box = tf.cast(tf.reduce_sum(inside, 1) > 0, tf.float32) * y
-            share = tf.reduce_sum(tf.nn.softmax(flat, axis=1) * inside, 1)
-            box = tf.reduce_sum(-tf.math.log(share + 1e-6) * has_box) / tf.maximum(
-                tf.reduce_sum(has_box), 1.0
+            peak, mass, normal_terms = box_loss_terms(flat, inside, y)
+            # The box terms are averaged over the images that have boxes, not the batch.
+            boxed = tf.maximum(
+                tf.reduce_sum(tf.cast(tf.reduce_sum(inside, 1) > 0, tf.float32) * y), 1.0
             )
-            normal = tf.reduce_mean(tf.reduce_mean(tf.nn.relu(flat), 1) * (1 - y))
-            positive = tf.nn.relu(flat)
-            mass_share = (tf.reduce_sum(positive * inside, 1) + 1e-3) / (
-                tf.reduce_sum(positive, 1) + 1e-3
-            )
-            energy = tf.reduce_sum(-tf.math.log(mass_share) * has_box) / tf.maximum(
-                tf.reduce_sum(has_box), 1.0
-            )
+            box = tf.reduce_sum(peak) / boxed
+            energy = tf.reduce_sum(mass) / boxed
+            normal = tf.reduce_mean(normal_terms)
             loss = (
                 tf.reduce_mean(cross_entropy)
                 + args.box * box
