@@ -57,6 +57,25 @@ def test_cams_are_the_class_activation_map_in_logit_units(loaded):
     np.testing.assert_allclose(out.cams, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
+def test_engine_pools_the_early_layer_the_ood_gate_reads(loaded):
+    """conv4_block6_out averaged over its grid, with or without the heat map, beside the head's."""
+    import keras
+
+    from fracture.model.network import EARLY_FEATURE_LAYER, POOL_LAYER
+
+    engine = InferenceEngine(loaded.model, batch_size=4)
+    images = _images(3)
+    stage4 = keras.Model(loaded.model.input, loaded.model.get_layer(EARLY_FEATURE_LAYER).output)
+    expected = np.asarray(stage4(images)).mean(axis=(1, 2))
+    for with_cam in (True, False):
+        out = engine.run(images, with_cam=with_cam)
+        assert out.early_pooled.shape == (3, 1024)
+        np.testing.assert_allclose(out.early_pooled, expected, rtol=1e-3, atol=1e-4)
+        features = out.gate_features()
+        assert set(features) == {POOL_LAYER, EARLY_FEATURE_LAYER}
+        assert features[POOL_LAYER] is out.pooled
+
+
 def test_batched_cam_matches_per_image_reference(loaded):
     engine = InferenceEngine(loaded.model, batch_size=4)
     images = _images(3, seed=5)

@@ -13,12 +13,17 @@ import pytest
 
 from fracture.evaluation.ood_fit import fit_for_model, measure, ood_probe_images
 from fracture.inference.ood import (
+    GATE_LAYERS,
     OOD_FILE,
+    LayeredOODGate,
     OODGate,
     OODGateError,
     conformal_threshold,
+    fit_layered_ood_gate,
     fit_ood_gate,
+    load_ood_gate,
 )
+from fracture.model.network import EARLY_FEATURE_LAYER, POOL_LAYER
 
 from conftest import radiograph_like
 
@@ -152,6 +157,86 @@ def test_load_refuses_a_file_that_is_not_a_gate(tmp_path: Path) -> None:
     assert issubclass(OODGateError, ModelLoadError)  # the CLI reports it like a bad model folder
 
 
+def _two_layers(rng: np.random.Generator, n: int, strange_early: bool = False) -> dict:
+    """In-distribution head features; early features in or (``strange_early``) out of it."""
+    early = _in_distribution(rng, n, 48)
+    if strange_early:  # moved by twice the cloud's overall spread
+        early = early + 6.0 * np.eye(48)[0]
+    return {POOL_LAYER: _in_distribution(rng, n), EARLY_FEATURE_LAYER: early}
+
+
+@pytest.fixture(scope="module")
+def layered() -> LayeredOODGate:
+    rng = np.random.default_rng(10)
+    labels = np.arange(1500) % 5 == 0  # two classes, as the real gate has
+    return fit_layered_ood_gate(
+        _two_layers(rng, 1500),
+        _two_layers(rng, 600),
+        n_components=16,
+        false_alarm_rate=0.02,
+        train_labels=labels,
+        heldout_labels=np.arange(600) % 5 == 0,
+    )
+
+
+def test_layered_gate_flags_what_only_the_early_layer_finds_strange(
+    layered: LayeredOODGate,
+) -> None:
+    """The reason for the second layer: an input whose head features look ordinary."""
+    rng = np.random.default_rng(11)
+    strange = _two_layers(rng, 300, strange_early=True)
+    head_only = layered.parts[0]
+    assert layered.layers == GATE_LAYERS and head_only.layer == POOL_LAYER
+    assert np.mean(head_only.is_in_distribution(strange)) > 0.9  # the head alone lets them in
+    assert np.mean(~layered.is_in_distribution(strange)) > 0.8
+    # In distribution only where every layer says so; the score is the largest ratio.
+    fresh = _two_layers(rng, 2000)
+    ratios = layered.layer_scores(fresh)
+    both = np.all([part.is_in_distribution(fresh) for part in layered.parts], axis=0)
+    np.testing.assert_array_equal(layered.is_in_distribution(fresh), both)
+    np.testing.assert_allclose(layered.score(fresh), np.maximum(*ratios.values()))
+    # Each layer holds its own rate, so the union's is at most their sum.
+    assert np.mean(~layered.is_in_distribution(fresh)) <= 2 * 0.02 + 0.015
+
+
+def test_layered_gate_round_trip_and_older_formats_still_load(
+    layered: LayeredOODGate, gate: OODGate, tmp_path: Path
+) -> None:
+    path = layered.save(tmp_path / OOD_FILE)
+    loaded = load_ood_gate(path)
+    assert isinstance(loaded, LayeredOODGate) and loaded.layers == layered.layers
+    probe = _two_layers(np.random.default_rng(12), 40, strange_early=True)
+    np.testing.assert_array_equal(loaded.score(probe), layered.score(probe))
+    assert layered.summary()["layer_thresholds"][EARLY_FEATURE_LAYER] == (loaded.parts[1].threshold)
+    one_layer = load_ood_gate(gate.save(tmp_path / "format2.npz"))
+    assert isinstance(one_layer, OODGate) and one_layer.layer == POOL_LAYER
+    with pytest.raises(OODGateError, match="format 3"):
+        OODGate.load(path)  # the one-layer reader says which format it met
+
+
+def test_layered_gate_says_which_features_are_missing(layered: LayeredOODGate) -> None:
+    rng = np.random.default_rng(13)
+    with pytest.raises(ValueError, match=EARLY_FEATURE_LAYER):
+        layered.score({POOL_LAYER: _in_distribution(rng, 3)})
+    with pytest.raises(ValueError, match="by layer name"):
+        layered.score(_in_distribution(rng, 3))
+
+
+def test_layered_fit_leaves_out_a_layer_it_was_not_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = np.random.default_rng(14)
+    head = {POOL_LAYER: _in_distribution(rng, 200)}
+    with caplog.at_level("WARNING", logger="fracture.inference.ood"):
+        fitted = fit_layered_ood_gate(head, {POOL_LAYER: _in_distribution(rng, 50)})
+    assert fitted.layers == (POOL_LAYER,)
+    assert EARLY_FEATURE_LAYER in caplog.text
+    with pytest.raises(ValueError, match=POOL_LAYER):
+        fit_layered_ood_gate(
+            {EARLY_FEATURE_LAYER: head[POOL_LAYER]}, {EARLY_FEATURE_LAYER: head[POOL_LAYER]}
+        )
+
+
 def test_probe_images_are_valid_rgb_arrays() -> None:
     probes = ood_probe_images()
     assert len(probes) >= 25
@@ -195,6 +280,8 @@ def test_fit_for_model_on_phantoms_updates_the_model_folder(
 
     assert predictor.ood_gate is gate
     assert gate.n_train == 32 and gate.n_heldout == 8
+    assert gate.layers == GATE_LAYERS  # the head's features and conv4's
+    assert gate.parts[1].n_features == 1024
     _, card = read_config(model_dir)  # raises if the checksums were not re-written
     assert OOD_FILE in card["checksums"]
     assert card["ood"]["threshold"] == gate.threshold

@@ -223,9 +223,12 @@ def test_shipped_model_names_the_fracatlas_body_region(shared_fracatlas: Path) -
         pytest.fail("models/default has no region head (python -m fracture region fit)")
     val = [r for r in load_dataset(shared_fracatlas).split("val") if r.region]
     from fracture.evaluation.ood_fit import extract_features
+    from fracture.model.network import POOL_LAYER
 
     features, kept = extract_features(predictor, [r.path for r in val])
-    report = region_report(predictor.region_head, features, [val[i].region for i in kept])
+    report = region_report(
+        predictor.region_head, features[POOL_LAYER], [val[i].region for i in kept]
+    )
     assert report["single_region_accuracy"]["rate"] >= 0.95
     for region in ("hand", "leg"):
         assert report["per_region"][region]["rate"] >= 0.9

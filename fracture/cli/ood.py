@@ -81,11 +81,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             )
         finally:
             close()
+        thresholds = ", ".join(
+            f"{part.layer} {part.threshold:.4f} ({part.n_components} axes)" for part in gate.parts
+        )
         print(
-            f"OOD gate written to {ModelFolder(model_dir).ood_path}: {gate.n_components} axes, "
-            f"fitted on {gate.n_train} train images, threshold {gate.threshold:.4f} set on "
-            f"{gate.n_heldout} val images for a {gate.false_alarm_rate:.0%} "
-            f"false-alarm rate"
+            f"OOD gate written to {ModelFolder(model_dir).ood_path}: fitted on {gate.n_train} "
+            f"train images; thresholds set on {gate.n_heldout} val images for a "
+            f"{gate.false_alarm_rate:.0%} false-alarm rate per layer: {thresholds}"
         )
         return 0
 
@@ -134,8 +136,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         report["model"] = str(model_dir)
         report["in_distribution_split"] = args.split
         print(
-            f"OOD gate of {model_dir}: threshold {gate.threshold:.4f} "
-            f"(set for a {gate.false_alarm_rate:.0%} false-alarm rate)"
+            f"OOD gate of {model_dir} ({', '.join(gate.layers)}): threshold {gate.threshold:.4f} "
+            f"(set for a {gate.false_alarm_rate:.0%} false-alarm rate"
+            f"{' per layer; the score is the largest distance relative to its layer threshold' if len(gate.layers) > 1 else ''})"
         )
         print(f"AUROC (ID {args.split} vs {report['n_out']} probe images): {report['auroc']:.4f}")
         print(

@@ -17,9 +17,10 @@ import numpy as np
 from fracture.inference.ood import (
     DEFAULT_COMPONENTS,
     DEFAULT_FALSE_ALARM_RATE,
-    OODGate,
-    as_feature_matrix,
-    fit_ood_gate,
+    AnyOODGate,
+    Features,
+    LayeredOODGate,
+    fit_layered_ood_gate,
 )
 from fracture.model.folder import ModelFolder
 
@@ -35,19 +36,23 @@ def extract_features(
     *,
     names: Sequence[str] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, list[int]]:
-    """Pooled features (M, D) of the readable ``sources`` and their indices; no Grad-CAM."""
-    features: list[np.ndarray] = []
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Pooled features of the readable ``sources`` by layer, (M, D) each, and their indices.
+
+    No Grad-CAM. The layers are those of
+    :meth:`~fracture.inference.engine.BatchOutput.gate_features`; with no readable
+    source the mapping is empty.
+    """
+    rows: dict[str, list[np.ndarray]] = {}
     kept: list[int] = []
     for index, result in enumerate(predictor.iter_predict(sources, names=names, with_cam=False)):
         if result.ok and result.features is not None:
-            features.append(np.array(result.features, np.float32))
+            for layer, values in result.features.items():
+                rows.setdefault(layer, []).append(np.array(values, np.float32))
             kept.append(index)
         if on_progress:
             on_progress(index + 1, len(sources))
-    if not features:
-        return np.zeros((0, 0), np.float32), kept
-    return np.stack(features), kept
+    return {layer: np.stack(values) for layer, values in rows.items()}, kept
 
 
 def fit_for_model(
@@ -61,10 +66,11 @@ def fit_for_model(
     seed: int = 0,
     val_fraction: float = 0.15,
     on_progress: Callable[[str, int, int], None] | None = None,
-) -> OODGate:
+) -> LayeredOODGate:
     """Fit the gate of the model in ``model_dir`` on ``data_root`` and store it there.
 
-    Features of the dataset's ``train`` split fit the Gaussian (at most
+    Features of the dataset's ``train`` split fit one Gaussian per layer, with a
+    mean per class (at most
     ``max_train`` images, a seeded random subset, to bound the time on a
     CPU); the ``val`` split sets the threshold. Writes ``model_dir/ood.npz``,
     then re-writes the checksums and an ``ood`` summary in the model card, each
@@ -101,19 +107,23 @@ def fit_for_model(
             return None
         return lambda done, total: on_progress(stage, done, total)
 
-    train_features, _ = extract_features(
+    train_features, train_kept = extract_features(
         predictor, [r.path for r in train_records], on_progress=progress("train")
     )
-    heldout_features, _ = extract_features(
+    heldout_features, heldout_kept = extract_features(
         predictor, [r.path for r in val_records], on_progress=progress("val")
     )
-    if train_features.shape[0] < 2 or heldout_features.shape[0] < 1:
+    if len(train_kept) < 2 or not heldout_kept:
         raise ValueError(f"too few readable images in {data_root} to fit an OOD gate")
-    gate = fit_ood_gate(
+    # One mean per class (Lee et al. 2018), so that fractured images with plates or
+    # casts are measured against fractured images (fracture.inference.ood).
+    gate = fit_layered_ood_gate(
         train_features,
         heldout_features,
         false_alarm_rate=false_alarm_rate,
         n_components=n_components,
+        train_labels=np.array([train_records[i].label for i in train_kept]),
+        heldout_labels=np.array([val_records[i].label for i in heldout_kept]),
     )
     folder = ModelFolder(model_dir)
     # Between the two atomic writes a reader of a folder that already had a
@@ -133,7 +143,7 @@ def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def measure(gate: OODGate, in_features: np.ndarray, out_features: np.ndarray) -> dict[str, Any]:
+def measure(gate: AnyOODGate, in_features: Features, out_features: Features) -> dict[str, Any]:
     """How well the gate separates in-distribution from out-of-distribution features.
 
     AUROC of the score for "is OOD" (scikit-learn), the false-alarm rate (ID
@@ -142,8 +152,10 @@ def measure(gate: OODGate, in_features: np.ndarray, out_features: np.ndarray) ->
     """
     from sklearn.metrics import roc_auc_score
 
-    in_scores = gate.score(as_feature_matrix(in_features, "in_features"))
-    out_scores = gate.score(as_feature_matrix(out_features, "out_features"))
+    in_scores = gate.score(in_features)
+    out_scores = gate.score(out_features)
+    if not (in_scores.size and out_scores.size):
+        raise ValueError("measuring the OOD gate needs in- and out-of-distribution images")
     labels = np.concatenate([np.zeros(in_scores.size), np.ones(out_scores.size)])
     scores = np.concatenate([in_scores, out_scores])
     return {

@@ -25,6 +25,7 @@ from fracture.evaluation.ood_fit import extract_features
 from fracture.evaluation.proportions import wilson_rate
 from fracture.inference.region import RegionHead
 from fracture.model.folder import ModelFolder
+from fracture.model.network import POOL_LAYER
 
 if TYPE_CHECKING:
     from fracture.inference.predictor import Predictor
@@ -193,13 +194,16 @@ def fit_for_model(
             return None
         return lambda done, total: on_progress(stage, done, total)
 
-    train_features, kept = extract_features(
-        predictor, [r.path for r in train], on_progress=progress("train")
-    )
+    def head_features(stage: str, records: list) -> tuple[np.ndarray, list[int]]:
+        # The region head reads the classifier head's own pooled features.
+        by_layer, kept = extract_features(
+            predictor, [r.path for r in records], on_progress=progress(stage)
+        )
+        return by_layer.get(POOL_LAYER, np.zeros((0, 0), np.float32)), kept
+
+    train_features, kept = head_features("train", train)
     train_regions = [str(train[i].region) for i in kept]
-    val_features, val_kept = extract_features(
-        predictor, [r.path for r in val], on_progress=progress("val")
-    )
+    val_features, val_kept = head_features("val", val)
     val_regions = [str(val[i].region) for i in val_kept]
     precision = str(getattr(predictor, "precision", "float32"))
     head = fit_region_head(train_features, train_regions, fitted_precision=precision, seed=seed)

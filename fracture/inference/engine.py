@@ -1,5 +1,10 @@
 """The batched inference engine: logits, pooled features and Grad-CAM in one pass.
 
+Pooled features come from two layers: the head's global pooling, and
+``conv4_block6_out`` pooled (:data:`~fracture.model.network.EARLY_FEATURE_LAYER`), which the
+OOD gate also reads (:mod:`fracture.inference.ood`); the latter costs one mean over a
+map the forward pass computes anyway.
+
 :class:`InferenceEngine` computes the logits and heat maps from one forward
 pass (for a K-class model, every class's map at once), inside a ``tf.function`` with a fixed input signature, in float32 or,
 on hardware with native bfloat16 arithmetic, in bfloat16 (see
@@ -21,7 +26,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fracture.inference.gradcam import class_activation_maps, grad_cam, to_float32
-from fracture.model.network import CAM_LAYER, LOGIT_LAYER, POOL_LAYER, fold_batchnorm
+from fracture.model.network import (
+    CAM_LAYER,
+    EARLY_FEATURE_LAYER,
+    LOGIT_LAYER,
+    POOL_LAYER,
+    fold_batchnorm,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -203,9 +214,18 @@ class BatchOutput:
     """
 
     logits: np.ndarray  # (B,) binary, (B, K) K-class
-    pooled: np.ndarray  # (B, 2048) global-average-pooled features, used by the OOD gate
+    pooled: np.ndarray  # (B, 2048) the head's global-average-pooled features
     # Grad-CAM in logit units on the network's grid: (B, h, w) binary, (B, h, w, K) K-class
     cams: np.ndarray | None
+    # (B, 1024) conv4_block6_out, average-pooled; None for a network without that layer
+    early_pooled: np.ndarray | None = None
+
+    def gate_features(self) -> dict[str, np.ndarray]:
+        """The pooled features by layer name, as the OOD gate reads them."""
+        features = {POOL_LAYER: self.pooled}
+        if self.early_pooled is not None:
+            features[EARLY_FEATURE_LAYER] = self.early_pooled
+        return features
 
 
 class InferenceEngine:
@@ -261,13 +281,18 @@ class InferenceEngine:
         logit_layer = model.get_layer(LOGIT_LAYER)
         self.num_outputs = int(logit_layer.output.shape[-1])
         self._class_kernel = logit_layer.kernel if self.num_outputs > 1 else None
+        pooled = model.get_layer(POOL_LAYER).output
+        self._pooled_width = int(pooled.shape[-1])
+        if EARLY_FEATURE_LAYER in names:
+            # Carried beside the head's pooled features as one tensor, so that the
+            # Grad-CAM functions pass it through without knowing about it.
+            early = keras.layers.GlobalAveragePooling2D(dtype="float32")(
+                model.get_layer(EARLY_FEATURE_LAYER).output
+            )
+            pooled = keras.layers.Concatenate(dtype="float32")([pooled, early])
         self._graph = keras.Model(
             model.input,
-            [
-                model.get_layer(target_layer).output,
-                model.get_layer(POOL_LAYER).output,
-                model.get_layer(LOGIT_LAYER).output,
-            ],
+            [model.get_layer(target_layer).output, pooled, model.get_layer(LOGIT_LAYER).output],
         )
         spec = [
             tf.TensorSpec(
@@ -306,4 +331,11 @@ class InferenceEngine:
         else:
             logits, pooled = self._scores(padded)
             cams_np = None
-        return BatchOutput(logits.numpy()[:count], pooled.numpy()[:count], cams_np)
+        pooled_np = pooled.numpy()[:count]
+        width = self._pooled_width
+        return BatchOutput(
+            logits.numpy()[:count],
+            pooled_np[:, :width],
+            cams_np,
+            pooled_np[:, width:] if pooled_np.shape[1] > width else None,
+        )

@@ -67,7 +67,7 @@ _MIN_REGION_HEAT = 0.1
 
 
 def grad_cam(graph: "keras.Model", images: Any) -> tuple[Any, Any, Any]:
-    """Logits (B,), pooled features (B, 2048) and Grad-CAM maps (B, h, w), all float32.
+    """Logits (B,), pooled features (B, D) and Grad-CAM maps (B, h, w), all float32.
 
     The maps are non-negative, in logit units per cell (see the module docstring).
 
@@ -93,7 +93,7 @@ def grad_cam(graph: "keras.Model", images: Any) -> tuple[Any, Any, Any]:
 
 
 def class_activation_maps(graph: "keras.Model", kernel: Any, images: Any) -> tuple[Any, Any, Any]:
-    """Logits (B, K), pooled features (B, 2048) and every class's Grad-CAM (B, h, w, K), float32.
+    """Logits (B, K), pooled features (B, D) and every class's Grad-CAM (B, h, w, K), float32.
 
     For a global-average-pooling + dense head, Grad-CAM of class ``k`` with the
     gradients summed over the cells is exactly ``relu(sum_c w_ck A_c)``: the class

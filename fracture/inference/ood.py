@@ -18,9 +18,24 @@ Method
   arXiv:1907.01253, 2019: the same distance rejects non-chest-X-ray inputs
   of a radiograph classifier without any OOD examples at training time.
 
-Only the global-average-pooled features (2048 values) are used, because the
-:class:`~fracture.inference.predictor.Predictor` computes them in the same forward pass as
-the prediction, so the gate costs a matrix product and no extra network call.
+The gate reads global-average-pooled features that the
+:class:`~fracture.inference.predictor.Predictor` computes in the same forward pass as
+the prediction, so it costs a few matrix products and no extra network call.
+
+Two layers, as in Lee et al.'s feature ensemble: the head's pooled conv5 features
+(2048 values) and those of ``conv4_block6_out`` (1024 values,
+:data:`~fracture.model.network.EARLY_FEATURE_LAYER`). Each layer has its own Gaussian
+and threshold (:class:`OODGate`), and :class:`LayeredOODGate` flags an input that
+*either* flags. Why the second layer: box-supervised training moves the conv5
+features of near-empty inputs towards those of normal radiographs (it penalises
+evidence on normals), so a gate on conv5 alone let a text page, a near-black frame
+and a smooth gradient through (scores 110-121 against a threshold of 121). Stage 4
+is not trained with boxes; on its pooled features the lowest of the 31 probe
+images scores 1.67 times its threshold, with 1 of 334 val normals and 0 of 74 val
+fractures flagged. Lee et al. weight the layers with a regression fitted on OOD
+examples; there are none to fit on here (the probes are the test), so the layers
+are combined by "either", and each layer's threshold is set for the stated
+false-alarm rate: the union's rate is at most their sum.
 Class-conditional means, as Lee et al. do: one Gaussian per class (fracture,
 normal) with a shared covariance, and an input's score is its distance to the
 *nearest* class. A single Gaussian fitted to all training images put fractured
@@ -30,7 +45,7 @@ ones, so the Predict page called obvious fractures "unlike a radiograph". With
 a mean per class, fractured images are measured against fractured images. The
 threshold is then the largest of the per-class held-out thresholds, so that the
 false-alarm rate holds within *each* class. Gates saved before (format 1, one
-mean) still load and score as they did.
+mean) and format 2 (one layer) still load and score as they did.
 
 Covariance estimate: probabilistic PCA
 --------------------------------------
@@ -55,8 +70,9 @@ those directions' variances is the same kind of shrinkage as Ledoit-Wolf's
 (which shrinks *all* eigenvalues towards their mean), but it needs only K x D
 numbers on disk instead of a 2048 x 2048 precision matrix (16 MB in float32).
 
-Storage: K = 256 axes as float16 take 1 MB (float32 would take 2 MB; 128
-float32 axes also 1 MB but keep fewer directions). float16 rounding changes
+Storage: K = 256 axes as float16 take 1 MB for the head's 2048 features
+(float32 would take 2 MB; 128 float32 axes also 1 MB but keep fewer directions),
+and 0.5 MB for conv4's 1024. float16 rounding changes
 the axes by about 1e-3 relative; this cannot bias the gate because the
 variances and the threshold are computed *with the rounded axes*, so the
 stored gate is calibrated exactly as shipped (the same rule as
@@ -81,27 +97,36 @@ unusual to *this model*. It is a warning, not a diagnosis.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Union
 
 import numpy as np
 
 from fracture.io.files import atomic_write_npz, read_npz
 from fracture.model.folder import OOD_FILE, ModelLoadError
+from fracture.model.network import EARLY_FEATURE_LAYER, POOL_LAYER
 
 __all__ = [
     "OOD_FILE",
     "DEFAULT_FALSE_ALARM_RATE",
     "DEFAULT_COMPONENTS",
     "OODGate",
+    "LayeredOODGate",
+    "AnyOODGate",
     "OODGateError",
+    "GATE_LAYERS",
     "fit_ood_gate",
+    "fit_layered_ood_gate",
+    "load_ood_gate",
     "conformal_threshold",
     "as_feature_matrix",
 ]
+
+logger = logging.getLogger(__name__)
 
 # 1 %, not 5 %: on FracAtlas val the gate's false alarms fall mostly on fractured
 # images (casts, hardware, several regions): at 5 % it flagged 11 of 74 fractured
@@ -112,8 +137,22 @@ DEFAULT_FALSE_ALARM_RATE = 0.01
 # 256 axes keep the directions that carry most of the variance of ResNet-50
 # pooled features while the file stays at 1 MB in float16 (see module docstring).
 DEFAULT_COMPONENTS = 256
-_FORMAT = 2  # 2 added class_means; format 1 files (one mean) still load
+_FORMAT = 2  # one layer; 2 added class_means, and format 1 files (one mean) still load
 _READABLE_FORMATS = (1, 2)
+_REQUIRED_FIELDS = (
+    "mean",
+    "components",
+    "variances",
+    "residual_variance",
+    "threshold",
+    "false_alarm_rate",
+    "n_train",
+)
+_LAYERED_FORMAT = 3  # several layers, each an OODGate stored under "<layer>/"
+# The layers a new gate reads, in order (module docstring).
+GATE_LAYERS = (POOL_LAYER, EARLY_FEATURE_LAYER)
+# Pooled features by layer name, as BatchOutput.gate_features gives them.
+Features = Union[np.ndarray, Mapping[str, np.ndarray]]
 _METHOD = "ppca-mahalanobis"
 # Rows scored at once: bounds the float64 temporaries to about 16 MB.
 _SCORE_CHUNK = 1024
@@ -155,6 +194,12 @@ class OODGate:
     # (C, D) float32: one mean per class (Lee et al. 2018); the score is the distance
     # to the nearest. None: one Gaussian around ``mean`` (gates of format 1).
     class_means: np.ndarray | None = None
+    # The layer whose pooled features it reads (gates before format 3: the head's).
+    layer: str = POOL_LAYER
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer,)
 
     @property
     def n_features(self) -> int:
@@ -164,13 +209,15 @@ class OODGate:
     def n_components(self) -> int:
         return int(self.components.shape[0])
 
-    def score(self, pooled: np.ndarray) -> np.ndarray:
+    def score(self, pooled: Features) -> np.ndarray:
         """Mahalanobis distances (N,) of pooled features (N, D); larger is stranger.
 
-        Computed in float64. A row with NaN or infinite features scores NaN,
-        and NaN compares as "not in distribution".
+        ``pooled`` is this layer's (N, D) matrix, or a mapping from layer names
+        to such matrices (:attr:`layer` is read from it). Computed in float64. A
+        row with NaN or infinite features scores NaN, and NaN compares as "not in
+        distribution".
         """
-        features = np.asarray(pooled)
+        features = np.asarray(_layer_features(pooled, self.layer))
         if features.ndim != 2 or features.shape[1] != self.n_features:
             raise ValueError(
                 f"expected pooled features of shape (N, {self.n_features}), got {features.shape}"
@@ -200,7 +247,7 @@ class OODGate:
             out[start : start + _SCORE_CHUNK] = np.sqrt(np.min(distances, axis=0))
         return out
 
-    def is_in_distribution(self, pooled: np.ndarray) -> np.ndarray:
+    def is_in_distribution(self, pooled: Features) -> np.ndarray:
         """Boolean (N,): True where the input looks like the training radiographs."""
         return self.score(pooled) <= self.threshold
 
@@ -230,22 +277,25 @@ class OODGate:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "OODGate":
-        """Read a gate written by :meth:`save`; raises :class:`OODGateError` if it is not one."""
+        """Read a one-layer gate written by :meth:`save`; raises :class:`OODGateError` if it is not one.
+
+        :func:`load_ood_gate` reads layered gates too.
+        """
         stored = read_npz(
-            path,
-            what="OOD gate",
-            required=(
-                "mean",
-                "components",
-                "variances",
-                "residual_variance",
-                "threshold",
-                "false_alarm_rate",
-                "n_train",
-            ),
-            formats=_READABLE_FORMATS,
-            error=OODGateError,
+            path, what="OOD gate", required=(), formats=_READABLE_FORMATS, error=OODGateError
         )
+        return cls.from_arrays(stored, path)
+
+    @classmethod
+    def from_arrays(
+        cls, stored: Mapping[str, np.ndarray], where: object, layer: str = POOL_LAYER
+    ) -> "OODGate":
+        """The gate held by the arrays of :meth:`to_arrays`, checked; ``where`` names them in errors."""
+        missing = set(_REQUIRED_FIELDS) - set(stored)
+        if missing:
+            raise OODGateError(
+                f"{where} is not an OOD gate: {layer} lacks {', '.join(sorted(missing))}"
+            )
         gate = cls(
             mean=stored["mean"].astype(np.float32),
             components=stored["components"].astype(np.float16),
@@ -258,8 +308,9 @@ class OODGate:
             class_means=(
                 stored["class_means"].astype(np.float32) if "class_means" in stored else None
             ),
+            layer=layer,
         )
-        gate._validate(path)
+        gate._validate(where)
         return gate
 
     def _validate(self, where: object) -> None:
@@ -281,7 +332,7 @@ class OODGate:
     def summary(self) -> dict[str, Any]:
         """The gate's settings, for the model card."""
         return {
-            "method": f"Mahalanobis distance on pooled ResNet-50 features to the nearest "
+            "method": f"Mahalanobis distance on pooled ResNet-50 features ({_layer_words(self.layer)}) to the nearest "
             f"{'class mean' if self.class_means is not None else 'mean'}, probabilistic "
             f"PCA with {self.n_components} axes (Lee et al. 2018; Calli et al. 2019)",
             "n_components": self.n_components,
@@ -290,6 +341,139 @@ class OODGate:
             "false_alarm_rate": self.false_alarm_rate,
             "threshold": self.threshold,
         }
+
+
+@dataclass(eq=False)
+class LayeredOODGate:
+    """One :class:`OODGate` per layer; an input is out of distribution where any of them says so.
+
+    The score is each layer's distance divided by that layer's threshold, and the
+    largest of them: above 1 (:attr:`threshold`) at least one layer flags. NaN in
+    any layer scores NaN, which is "not in distribution".
+    """
+
+    parts: tuple[OODGate, ...]
+
+    threshold = 1.0
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(part.layer for part in self.parts)
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """The rate each layer's threshold was set for; the union's is at most their sum."""
+        return max(part.false_alarm_rate for part in self.parts)
+
+    @property
+    def n_train(self) -> int:
+        return self.parts[0].n_train
+
+    @property
+    def n_heldout(self) -> int:
+        return self.parts[0].n_heldout
+
+    def layer_scores(self, features: Features) -> dict[str, np.ndarray]:
+        """Each layer's score divided by its threshold, (N,) per layer."""
+        if not isinstance(features, Mapping):
+            raise ValueError(
+                f"a gate of {len(self.parts)} layers needs pooled features by layer name "
+                f"({', '.join(self.layers)}), not one matrix"
+            )
+        return {part.layer: part.score(features) / part.threshold for part in self.parts}
+
+    def score(self, features: Features) -> np.ndarray:
+        """The largest of the layers' threshold-relative scores (N,); above 1 is flagged."""
+        # np.max, not np.fmax: a NaN in any layer must stay NaN (flagged).
+        return np.max(np.stack(list(self.layer_scores(features).values())), axis=0)
+
+    def is_in_distribution(self, features: Features) -> np.ndarray:
+        """Boolean (N,): True where every layer finds the input like the training radiographs."""
+        return self.score(features) <= self.threshold
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {
+            "format": np.array(_LAYERED_FORMAT, np.int64),
+            "method": np.array(_METHOD),
+            "layers": np.array(self.layers),
+        }
+        for part in self.parts:
+            stored = part.to_arrays()
+            for key in ("format", "method"):
+                stored.pop(key)
+            arrays.update({f"{part.layer}/{key}": value for key, value in stored.items()})
+        return arrays
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the gate as an ``.npz`` file, atomically (readers never see half of it)."""
+        return atomic_write_npz(path, self.to_arrays())
+
+    def summary(self) -> dict[str, Any]:
+        """The gate's settings, for the model card."""
+        words = " and ".join(_layer_words(layer) for layer in self.layers)
+        return {
+            "method": f"Mahalanobis distance to the nearest class mean on pooled ResNet-50 "
+            f"features of {len(self.parts)} layer{'s' if len(self.parts) > 1 else ''} ({words}), "
+            f"each with probabilistic PCA and its own threshold; an image is flagged where any "
+            f"layer flags it (Lee et al. 2018; Calli et al. 2019)",
+            "layers": list(self.layers),
+            "n_components": self.parts[0].n_components,
+            "n_train": self.n_train,
+            "n_heldout": self.n_heldout,
+            "false_alarm_rate": self.false_alarm_rate,
+            "threshold": self.threshold,
+            "layer_thresholds": {part.layer: part.threshold for part in self.parts},
+        }
+
+
+AnyOODGate = Union[OODGate, LayeredOODGate]
+
+
+def load_ood_gate(path: str | os.PathLike[str]) -> AnyOODGate:
+    """Read any gate file: one layer (formats 1, 2) or several (format 3).
+
+    Raises :class:`OODGateError` if it is not a gate, with the reason.
+    """
+    stored = read_npz(
+        path,
+        what="OOD gate",
+        required=(),
+        formats=(*_READABLE_FORMATS, _LAYERED_FORMAT),
+        error=OODGateError,
+    )
+    if int(stored["format"]) != _LAYERED_FORMAT:
+        return OODGate.from_arrays(stored, path)
+    if "layers" not in stored or np.asarray(stored["layers"]).ndim != 1:
+        raise OODGateError(f"{path}: a layered OOD gate must list its layers")
+    parts = []
+    for layer in (str(name) for name in stored["layers"]):
+        fields = {
+            key.split("/", 1)[1]: value
+            for key, value in stored.items()
+            if key.startswith(f"{layer}/")
+        }
+        parts.append(OODGate.from_arrays(fields, path, layer=layer))
+    if not parts:
+        raise OODGateError(f"{path}: a layered OOD gate lists no layers")
+    return LayeredOODGate(tuple(parts))
+
+
+def _layer_features(features: Features, layer: str) -> np.ndarray:
+    """``layer``'s matrix from a mapping by layer name; a bare matrix is taken as that layer's."""
+    if not isinstance(features, Mapping):
+        return features
+    if layer not in features:
+        raise ValueError(
+            f"the OOD gate reads the pooled features of {layer!r}, which were not computed "
+            f"(given: {', '.join(features) or 'none'})"
+        )
+    return features[layer]
+
+
+def _layer_words(layer: str) -> str:
+    if layer == POOL_LAYER:
+        return "the head's conv5 features"
+    return f"{layer}, stage {layer[4]}" if layer.startswith("conv") else layer
 
 
 # --------------------------------------------------------------------------- fitting
@@ -319,8 +503,11 @@ def fit_ood_gate(
     n_components: int = DEFAULT_COMPONENTS,
     train_labels: np.ndarray | None = None,
     heldout_labels: np.ndarray | None = None,
+    layer: str = POOL_LAYER,
 ) -> OODGate:
     """Fit the Gaussian on ``train_features`` (N, D); set the threshold on ``heldout_features``.
+
+    ``layer`` names the layer the features were pooled from (the gate reads it).
 
     ``heldout_features`` must be in-distribution images the Gaussian was not
     fitted to (the validation split), so that their scores are honest. With
@@ -386,6 +573,7 @@ def fit_ood_gate(
         n_train=int(n),
         n_heldout=int(heldout.shape[0]),
         class_means=class_means,
+        layer=layer,
     )
     heldout_scores = gate.score(heldout)
     if heldout_labels is None:
@@ -398,6 +586,47 @@ def fit_ood_gate(
         )
     gate._validate("fitted gate")
     return gate
+
+
+def fit_layered_ood_gate(
+    train_features: Mapping[str, np.ndarray],
+    heldout_features: Mapping[str, np.ndarray],
+    *,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    n_components: int = DEFAULT_COMPONENTS,
+    train_labels: np.ndarray | None = None,
+    heldout_labels: np.ndarray | None = None,
+    layers: tuple[str, ...] = GATE_LAYERS,
+) -> LayeredOODGate:
+    """:func:`fit_ood_gate` for each of ``layers`` that both feature mappings hold.
+
+    A layer missing from the features (a network without it, or a training
+    cache that does not reach it) is left out with a warning in the log; the head's
+    pooled features (:data:`~fracture.model.network.POOL_LAYER`) are required.
+    """
+    available = [layer for layer in layers if layer in train_features and layer in heldout_features]
+    if POOL_LAYER not in available:
+        raise ValueError(f"the OOD gate needs the head's pooled features ({POOL_LAYER!r})")
+    for layer in sorted(set(layers) - set(available)):
+        logger.warning(
+            "OOD gate fitted without the %s layer: its features were not computed "
+            "('python -m fracture ood fit DATA --model DIR' fits every layer)",
+            layer,
+        )
+    return LayeredOODGate(
+        tuple(
+            fit_ood_gate(
+                train_features[layer],
+                heldout_features[layer],
+                false_alarm_rate=false_alarm_rate,
+                n_components=n_components,
+                train_labels=train_labels,
+                heldout_labels=heldout_labels,
+                layer=layer,
+            )
+            for layer in available
+        )
+    )
 
 
 def as_feature_matrix(values: np.ndarray, what: str) -> np.ndarray:

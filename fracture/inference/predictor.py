@@ -37,7 +37,7 @@ from fracture.inference.gradcam import (
     heatmap_to_image,
     strongest_region,
 )
-from fracture.inference.ood import OODGate
+from fracture.inference.ood import AnyOODGate, load_ood_gate
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.inference.region import RegionHead
 from fracture.io.images import InvalidImageError, load_image
@@ -115,7 +115,8 @@ class Prediction:
     evidence: np.ndarray | None = field(default=None, repr=False)
     geometry: Geometry | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)  # original uint8 RGB
-    features: np.ndarray | None = field(default=None, repr=False)  # pooled ResNet-50 features
+    # Pooled ResNet-50 features by layer name (BatchOutput.gate_features): the OOD gate's input.
+    features: dict[str, np.ndarray] | None = field(default=None, repr=False)
     # The body region the region head names (see fracture.inference.region), and its
     # probability. None when the model has no region head, the head is unsure, or the
     # OOD gate flagged the input (an untrained body part still gets the nearest region).
@@ -357,7 +358,8 @@ class Predictor:
             # Prepared without error means network_input and geometry are set.
             output = self.engine.run(np.stack([p.network_input for p in good]), with_cam)  # type: ignore[misc]
             gate = self.ood_gate
-            ood_scores = gate.score(output.pooled) if gate is not None else None
+            features = output.gate_features()
+            ood_scores = gate.score(features) if gate is not None else None
             regions = (
                 self.region_head.probabilities(output.pooled)
                 if self.region_head is not None
@@ -395,7 +397,7 @@ class Predictor:
                     source=prepared.name,
                     geometry=prepared.geometry,
                     image=prepared.image,
-                    features=output.pooled[row],
+                    features={layer: values[row] for layer, values in features.items()},
                     ood_score=None if ood_scores is None else float(ood_scores[row]),
                     in_distribution=in_distribution,
                     body_region=region,
@@ -511,11 +513,11 @@ def with_class_map(
     )
 
 
-def _load_ood_gate(directory: Path | None) -> OODGate | None:
+def _load_ood_gate(directory: Path | None) -> AnyOODGate | None:
     """The model's out-of-distribution gate, when the model folder has one."""
     if directory is None or not ModelFolder(directory).has_ood_gate():
         return None
-    return OODGate.load(ModelFolder(directory).ood_path)
+    return load_ood_gate(ModelFolder(directory).ood_path)
 
 
 def _load_region_head(directory: Path | None) -> RegionHead | None:

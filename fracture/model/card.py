@@ -479,13 +479,21 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
     lines += _heat_map_lines(card)
     ood = card.get("ood")
     if ood:
+        layers = len(ood.get("layers") or [None])
+        rate = ood.get("false_alarm_rate")
+        flags = (
+            f"each layer's threshold flags {_percent(rate, 0)} of {ood.get('n_heldout'):,} "
+            f"validation images (together at most {_percent(rate * layers, 0)})"
+            if layers > 1 and rate is not None
+            else f"its threshold flags {_percent(rate, 0)} of {ood.get('n_heldout'):,} validation "
+            f"images"
+        )
         lines += [
             "",
             "## Out-of-distribution check",
             f"- {ood.get('method')}",
-            f"- Fitted on {ood.get('n_train'):,} training images; its threshold flags "
-            f"{_percent(ood.get('false_alarm_rate'), 0)} of {ood.get('n_heldout'):,} validation "
-            f"images. A flagged input is not assessed: it gets no label.",
+            f"- Fitted on {ood.get('n_train'):,} training images; {flags}. A flagged input is "
+            f"not assessed: it gets no label.",
         ]
     lines += _region_head_lines(card.get("region_head"))
     lines += ["", "## Known limitations"]

@@ -34,11 +34,16 @@ __all__ = [
     "CAM_LAYER",
     "LOGIT_LAYER",
     "POOL_LAYER",
+    "EARLY_FEATURE_LAYER",
 ]
 
 CAM_LAYER = "conv5_block3_out"
 LOGIT_LAYER = "logit"
 POOL_LAYER = "avg_pool"
+# The last block of stage 4. Every recipe here leaves it at its ImageNet weights or
+# trains it without boxes, so its pooled features keep describing what an image
+# looks like; the OOD gate reads them beside the head's (fracture.inference.ood).
+EARLY_FEATURE_LAYER = "conv4_block6_out"
 # The two convolutions that halve the grid at the start of conv5 (main path and shortcut).
 _CONV5_STRIDED = ("conv5_block1_1_conv", "conv5_block1_0_conv")
 # ImageNet channel means in BGR order, as used by the original caffe ResNet.

@@ -600,28 +600,41 @@ def _fit_ood_from_cache(
 ):
     """Fit the OOD gate on pooled features of the final model, from the cached stem outputs.
 
-    Train images (unaugmented view) fit the Gaussian; val images set the
-    threshold. Reusing the cache costs a tail pass instead of a full forward pass.
+    Train images (unaugmented view) fit the Gaussians; val images set the
+    thresholds. Reusing the cache costs a tail pass instead of a full forward pass.
+    The early layer the gate also reads (``conv4_block6_out``) is computed when the
+    cache lies at or before it; a cache past it leaves the gate with the head's
+    layer only, and says so in the log.
     """
     import keras
 
-    from fracture.inference.ood import fit_ood_gate
-    from fracture.model.network import POOL_LAYER
+    from fracture.inference.ood import fit_layered_ood_gate
+    from fracture.model.network import EARLY_FEATURE_LAYER, POOL_LAYER
 
-    pool = keras.Model(
-        model.get_layer(config.fine_tune_from).output, model.get_layer(POOL_LAYER).output
-    )
+    names = [layer.name for layer in model.layers]
+    stem_output = model.get_layer(config.fine_tune_from).output
+    outputs = {POOL_LAYER: model.get_layer(POOL_LAYER).output}
+    if EARLY_FEATURE_LAYER in names and names.index(config.fine_tune_from) <= names.index(
+        EARLY_FEATURE_LAYER
+    ):
+        outputs[EARLY_FEATURE_LAYER] = keras.layers.GlobalAveragePooling2D()(
+            model.get_layer(EARLY_FEATURE_LAYER).output
+        )
+    tail = keras.Model(stem_output, outputs)
 
-    def pooled(stem_features: np.ndarray) -> np.ndarray:
+    def pooled(stem_features: np.ndarray) -> dict[str, np.ndarray]:
         chunks = [
-            pool(stem_features[i : i + 64].astype(np.float32), training=False).numpy()
+            tail(stem_features[i : i + 64].astype(np.float32), training=False)
             for i in range(0, len(stem_features), 64)
         ]
-        return np.concatenate(chunks)
+        return {
+            layer: np.concatenate([np.asarray(chunk[layer]) for chunk in chunks])
+            for layer in outputs
+        }
 
     # One mean per class (Lee et al. 2018), so fractured images with plates or casts
     # are measured against fractured images (fracture.inference.ood).
-    return fit_ood_gate(
+    return fit_layered_ood_gate(
         pooled(train_stem), pooled(val_stem), train_labels=train_labels, heldout_labels=val_labels
     )
 

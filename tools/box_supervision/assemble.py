@@ -1,17 +1,15 @@
 """Assemble a model folder from a box-supervised run of train.py, with its card and evaluation.
 
-usage: python tools/box_supervision/assemble.py RUN_DIR EPOCH INIT_MODEL DATA OUT CACHE [EARLIER_RUN ...]
+usage: python tools/box_supervision/assemble.py RUN_DIR EPOCH INIT_MODEL DATA OUT [EARLIER_RUN ...]
 
 RUN_DIR/epochN.npz holds the trained layers (conv5 blocks and head); INIT_MODEL is the
 model folder whose other conv5 layers were frozen (the previous default model); the
 EARLIER_RUN stages before RUN_DIR count towards the training time; DATA is
 FracAtlas in the folder layout. Everything fitted here (calibration, operating
 points, heat-map scale, OOD gate) uses the model as served: bfloat16, BatchNorm
-folded, through the same Predictor as the app, except the OOD gate's class means
-and covariance: those come from the train images' cached conv5 features
-(CACHE, from cache_features.py) passed through the final conv5 blocks and pooling, which
-saves a full forward pass over 3,000 images; its threshold is set on val features
-from the served model.
+folded, through the same Predictor as the app: the OOD gate's class means and
+covariances come from the train images' pooled features (conv4 and the head's),
+its thresholds from the val images'.
 """
 
 from __future__ import annotations
@@ -82,13 +80,12 @@ def main(
     init_model: Path,
     data: Path,
     out: Path,
-    cache: Path,
     earlier: list[Path],
 ) -> None:
     from fracture.data.layouts import load_dataset
     from fracture.evaluation.localisation import image_localisation, summarise_localisation
     from fracture.evaluation.metrics import evaluation_report
-    from fracture.evaluation.ood_fit import ood_probe_images
+    from fracture.evaluation.ood_fit import extract_features, ood_probe_images
     from fracture.evaluation.operating_points import calibrate
     from fracture.inference.gradcam import (
         box_style,
@@ -96,7 +93,7 @@ def main(
         heatmap_to_image,
         strongest_region,
     )
-    from fracture.inference.ood import fit_ood_gate
+    from fracture.inference.ood import fit_layered_ood_gate
     from fracture.inference.predictor import load_predictor
     from fracture.model.card import build_card
     from fracture.model.folder import (
@@ -185,39 +182,30 @@ def main(
     report["pointing_game"] = {"hits": game["hits"], "n": game["n"], "score": game["rate"]}
     report["calibration_fit"] = calibration.summary()
 
-    print(f"pooling {len(train)} cached train features for the OOD gate", flush=True)
-    import keras
-
-    cache_meta = json.loads((cache / "train_meta.json").read_text())
-    pool = keras.Model(
-        model.get_layer(cache_meta.get("cut", "conv5_block2_out")).output,
-        model.get_layer("avg_pool").output,
-    )
-    cached = np.load(cache / "train_features.npy", mmap_mode="r")[0]
-    train_labels = np.array(cache_meta["labels"])
-    train_features = np.concatenate(
-        [
-            pool(np.asarray(cached[i : i + 32], np.float32), training=False).numpy()
-            for i in range(0, len(cached), 32)
-        ]
-    )
-    gate = fit_ood_gate(
+    # The gate is fitted on the model as served, like everything else here: it reads
+    # conv4 as well as the head's features, and conv4 is in no cache.
+    print(f"pooling the features of {len(train)} train images for the OOD gate", flush=True)
+    train_features, train_kept = extract_features(predictor, [r.path for r in train])
+    val_features = {layer: np.stack([f[layer] for *_, f in val_rows]) for layer in val_rows[0][-1]}
+    gate = fit_layered_ood_gate(
         train_features,
-        np.stack([f for *_, f in val_rows]),
+        val_features,
         false_alarm_rate=OOD_FALSE_ALARM_RATE,
-        train_labels=train_labels,
+        train_labels=np.array([train[i].label for i in train_kept]),
         heldout_labels=labels,
     )
-    val_flags = ~gate.is_in_distribution(np.stack([f for *_, f in val_rows]))
+    val_flags = ~gate.is_in_distribution(val_features)
     probes = ood_probe_images()
-    probe_results = predictor.predict(list(probes.values()), names=list(probes))
-    probe_flags = ~gate.is_in_distribution(np.stack([p.features for p in probe_results]))
+    probe_features, _ = extract_features(predictor, list(probes.values()), names=list(probes))
+    probe_scores = gate.score(probe_features)
+    probe_flags = probe_scores > gate.threshold
     report["ood"] = {
         "val_false_alarms": {
             "fractured": f"{int(val_flags[labels == 1].sum())}/{int((labels == 1).sum())}",
             "normal": f"{int(val_flags[labels == 0].sum())}/{int((labels == 0).sum())}",
         },
         "probes_flagged": f"{int(probe_flags.sum())}/{len(probes)}",
+        "lowest_probe_score": float(np.min(probe_scores)),
     }
 
     history = json.loads((run_dir / "history.json").read_text())
@@ -273,13 +261,12 @@ def main(
 
 
 if __name__ == "__main__":
-    run, epoch_arg, init, data_arg, out_arg, cache_arg = sys.argv[1:7]
+    run, epoch_arg, init, data_arg, out_arg = sys.argv[1:6]
     main(
         Path(run),
         int(epoch_arg),
         Path(init),
         Path(data_arg),
         Path(out_arg),
-        Path(cache_arg),
-        [Path(stage) for stage in sys.argv[7:]],
+        [Path(stage) for stage in sys.argv[6:]],
     )
