@@ -66,9 +66,12 @@ def describe_stages(stages: list[Path]) -> list[str]:
         sentence = f"Stage {number}: {trained}; {terms}; {args['epochs']} epochs at {args['lr']:g}"
         if "interpolated" in args:
             alpha = args["interpolated"]
+            # interpolate.py's INIT_MODEL: the model the stage's caches were made from,
+            # which for a later stage is stage 1's result (README, the recipe).
+            partner = "the model it started from" if number == 1 else "stage 1's result"
             sentence += (
-                f"; then its trained weights averaged with those of the model it started from "
-                f"({alpha:g} x this stage + {1 - alpha:g} x before; WiSE-FT, Wortsman et al. 2022)"
+                f"; then its trained weights averaged with those of {partner} "
+                f"({alpha:g} x this stage + {1 - alpha:g} x that; WiSE-FT, Wortsman et al. 2022)"
             )
         sentences.append(sentence + ".")
     return sentences
@@ -241,6 +244,8 @@ def main(
     card["evidence_scale"] = scale
     card["box_supervision"] = " ".join([BOX_SUPERVISION, *stage_sentences])
     card["architecture"] = ARCHITECTURE
+    # Served in this precision (the config says so); `fracture bench` adds the evidence.
+    card["inference_precision"] = PRECISION
     out.mkdir(parents=True, exist_ok=True)
     folder = ModelFolder(out)
     gate.save(folder.ood_path)
