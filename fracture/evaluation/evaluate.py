@@ -17,10 +17,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fracture.data.layouts import load_dataset, mura_study
-from fracture.evaluation.localisation import image_localisation, summarise_localisation
+from fracture.evaluation.detection import average_precision
+from fracture.evaluation.localisation import (
+    image_localisation,
+    localiser_item,
+    summarise_localisation,
+    summarise_localiser,
+)
 from fracture.evaluation.metrics import evaluation_report, format_report, probability_report
 from fracture.evaluation.multiclass import format_multiclass, multiclass_report
 from fracture.evaluation.studies import format_study_level, study_level_report
+from fracture.inference.gradcam import strongest_region
+from fracture.inference.localisation import MIN_CANDIDATE_SCORE, Box
 from fracture.inference.predictor import Predictor, load_predictor
 from fracture.model.folder import ModelConfig
 
@@ -48,6 +56,11 @@ class Scores:
     probabilities: list[float | None]
     class_probabilities: np.ndarray | None = None
     localisation: list[dict[str, Any] | None] = field(default_factory=list)
+    # The localisation head's per-image items (evaluation.localisation.localiser_item),
+    # for a model that has one; and the Grad-CAM strongest-region box of each fractured
+    # image with boxes, scored by the probability, for the Grad-CAM map's AP50.
+    localiser: list[dict[str, Any]] = field(default_factory=list)
+    gradcam_boxes: list[tuple[list[Box], list[Any]]] = field(default_factory=list)
 
 
 def _score(
@@ -58,6 +71,8 @@ def _score(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Scores:
     logits, labels, probabilities, classes, localisation, kept = [], [], [], [], [], []
+    localiser: list[dict[str, Any]] = []
+    gradcam_boxes: list[tuple[list[Box], list[Any]]] = []
     paths = [r.path for r in records]
     for index, result in enumerate(predictor.iter_predict(paths, with_cam=with_cam)):
         if result.ok:
@@ -72,11 +87,37 @@ def _score(
             # Boxes mark fractures of the binary datasets (FracAtlas); a K-class
             # label 1 is some other class.
             boxed = result.class_probabilities is None and record.label == 1 and bool(record.boxes)
+            # With a localisation head, result.box is the head's; Grad-CAM's own box is
+            # its strongest region, as a model without the head draws it.
+            gradcam_box = (
+                strongest_region(result.heatmap) if boxed and result.heatmap is not None else None
+            )
+            if result.location_outputs is None:
+                gradcam_box = result.box if boxed else None
             localisation.append(
-                image_localisation(heat, record.boxes, result.box)
+                image_localisation(heat, record.boxes, gradcam_box)
                 if heat is not None and boxed
                 else None
             )
+            if boxed and heat is not None:
+                detections = (
+                    []
+                    if gradcam_box is None
+                    else [Box(*gradcam_box, score=result.probability or 0.0)]
+                )
+                gradcam_boxes.append((detections, list(record.boxes)))
+            if result.location_outputs is not None and with_cam:
+                localiser.append(
+                    localiser_item(
+                        record.label,
+                        result.probability,
+                        record.boxes if boxed else (),
+                        result.location_candidates(MIN_CANDIDATE_SCORE),
+                        len(result.location_boxes),
+                        result.location_image() if boxed else None,
+                        result.box,
+                    )
+                )
             kept.append(index)
         if on_progress:
             on_progress(index + 1, len(records))
@@ -87,6 +128,8 @@ def _score(
         probabilities=probabilities,
         class_probabilities=np.array(classes, float) if classes else None,
         localisation=localisation,
+        localiser=localiser,
+        gradcam_boxes=gradcam_boxes,
     )
 
 
@@ -211,6 +254,16 @@ def evaluate_model(
         # Kept under its old key and shape for readers of earlier reports.
         game = figures["pointing_game"]
         report["pointing_game"] = {"hits": game["hits"], "n": game["n"], "score": game["rate"]}
+        if scores.gradcam_boxes:
+            detections, truth = zip(*scores.gradcam_boxes)
+            figures["ap50"] = average_precision(list(detections), list(truth))
+        if scores.localiser and predictor.localiser is not None:
+            report["localiser"] = summarise_localiser(
+                scores.localiser,
+                config.thresholds,
+                box_threshold=predictor.localiser.box_threshold,
+                n_bootstrap=n_bootstrap,
+            )
     if dataset.layout == "mura":
         report["study_level"] = _study_level(
             scores.labels, np.array(scores.probabilities, float), kept_records, config

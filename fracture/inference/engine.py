@@ -37,6 +37,8 @@ from fracture.model.network import (
 if TYPE_CHECKING:
     import keras
 
+    from fracture.model.localiser import Localiser
+
 __all__ = [
     "InferenceEngine",
     "BatchOutput",
@@ -219,6 +221,9 @@ class BatchOutput:
     cams: np.ndarray | None
     # (B, 1024) conv4_block6_out, average-pooled; None for a network without that layer
     early_pooled: np.ndarray | None = None
+    # (B, h, w, 5) the localisation head's raw outputs (fracture.model.localiser); None
+    # for a model without one
+    localiser: np.ndarray | None = None
 
     def gate_features(self) -> dict[str, np.ndarray]:
         """The pooled features by layer name, as the OOD gate reads them."""
@@ -255,6 +260,7 @@ class InferenceEngine:
         target_layer: str = CAM_LAYER,
         precision: str = "float32",
         fixed_batch: bool = True,
+        localiser: "Localiser | None" = None,
     ) -> None:
         import keras
         import tensorflow as tf
@@ -290,10 +296,17 @@ class InferenceEngine:
                 model.get_layer(EARLY_FEATURE_LAYER).output
             )
             pooled = keras.layers.Concatenate(dtype="float32")([pooled, early])
-        self._graph = keras.Model(
-            model.input,
-            [model.get_layer(target_layer).output, pooled, model.get_layer(LOGIT_LAYER).output],
-        )
+        outputs = [
+            model.get_layer(target_layer).output,
+            pooled,
+            model.get_layer(LOGIT_LAYER).output,
+        ]
+        self.has_localiser = localiser is not None
+        if localiser is not None:
+            # The second head reads the backbone's own pass: no second network call.
+            head = localiser.head()
+            outputs.append(head(model.get_layer(localiser.input_layer).output))
+        self._graph = keras.Model(model.input, outputs)
         spec = [
             tf.TensorSpec(
                 (batch_size if fixed_batch else None, self.size, self.size, 3), tf.float32
@@ -303,16 +316,18 @@ class InferenceEngine:
         self._scores_and_cams = tf.function(self._forward_with_cam, input_signature=spec)
 
     def _forward(self, images):
-        _, pooled, logits = self._graph(images, training=False)
+        _, pooled, logits, *others = self._graph(images, training=False)
         # Callers always get float32, whatever precision the network computes in.
         if self.num_outputs == 1:
             logits = logits[:, 0]
-        return to_float32(logits), to_float32(pooled)
+        return (to_float32(logits), to_float32(pooled), *map(to_float32, others))
 
     def _forward_with_cam(self, images):
         if self._class_kernel is not None:
-            return class_activation_maps(self._graph, self._class_kernel, images)
-        return grad_cam(self._graph, images)
+            outputs = class_activation_maps(self._graph, self._class_kernel, images)
+        else:
+            outputs = grad_cam(self._graph, images)
+        return (*outputs[:3], *map(to_float32, outputs[3:]))
 
     def run(self, images: np.ndarray, with_cam: bool) -> BatchOutput:
         """Score ``images`` (n <= batch_size, size, size, 3), padding to the fixed batch."""
@@ -326,10 +341,10 @@ class InferenceEngine:
             padded = np.zeros((rows, self.size, self.size, 3), np.float32)
             padded[:count] = images
         if with_cam and self.has_cam:
-            logits, pooled, cams = self._scores_and_cams(padded)
+            logits, pooled, cams, *others = self._scores_and_cams(padded)
             cams_np = cams.numpy()[:count]
         else:
-            logits, pooled = self._scores(padded)
+            logits, pooled, *others = self._scores(padded)
             cams_np = None
         pooled_np = pooled.numpy()[:count]
         width = self._pooled_width
@@ -338,4 +353,5 @@ class InferenceEngine:
             pooled_np[:, :width],
             cams_np,
             pooled_np[:, width:] if pooled_np.shape[1] > width else None,
+            others[0].numpy()[:count] if others else None,
         )

@@ -66,19 +66,20 @@ REGION_FRACTION = 0.5
 _MIN_REGION_HEAT = 0.1
 
 
-def grad_cam(graph: "keras.Model", images: Any) -> tuple[Any, Any, Any]:
+def grad_cam(graph: "keras.Model", images: Any) -> tuple[Any, ...]:
     """Logits (B,), pooled features (B, D) and Grad-CAM maps (B, h, w), all float32.
 
     The maps are non-negative, in logit units per cell (see the module docstring).
 
-    ``graph`` maps images to (target feature map, pooled features, logit). One
+    ``graph`` maps images to (target feature map, pooled features, logit, *others). One
     forward pass under a gradient tape, then a backward pass that stops at the
-    target feature map.
+    target feature map. Any further outputs of ``graph`` (the localisation head's) are
+    passed through after the maps.
     """
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
-        features, pooled, logits = graph(images, training=False)
+        features, pooled, logits, *others = graph(images, training=False)
         # Samples are independent (BatchNorm in inference mode), so the
         # gradient of the sum gives every sample its own gradient at once.
         score = tf.reduce_sum(logits)
@@ -89,10 +90,10 @@ def grad_cam(graph: "keras.Model", images: Any) -> tuple[Any, Any, Any]:
     # kernel itself and the map is in logit units (module docstring).
     channel_weights = tf.reduce_sum(gradients, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(channel_weights * features, axis=-1))
-    return to_float32(logits[:, 0]), to_float32(pooled), cams
+    return (to_float32(logits[:, 0]), to_float32(pooled), cams, *others)
 
 
-def class_activation_maps(graph: "keras.Model", kernel: Any, images: Any) -> tuple[Any, Any, Any]:
+def class_activation_maps(graph: "keras.Model", kernel: Any, images: Any) -> tuple[Any, ...]:
     """Logits (B, K), pooled features (B, D) and every class's Grad-CAM (B, h, w, K), float32.
 
     For a global-average-pooling + dense head, Grad-CAM of class ``k`` with the
@@ -106,10 +107,10 @@ def class_activation_maps(graph: "keras.Model", kernel: Any, images: Any) -> tup
     """
     import tensorflow as tf
 
-    features, pooled, logits = graph(images, training=False)
+    features, pooled, logits, *others = graph(images, training=False)
     features = to_float32(features)
     cams = tf.nn.relu(tf.einsum("bhwc,ck->bhwk", features, to_float32(kernel)))
-    return to_float32(logits), to_float32(pooled), cams
+    return (to_float32(logits), to_float32(pooled), cams, *others)
 
 
 def to_float32(tensor):
@@ -167,18 +168,22 @@ def strongest_region(heat: np.ndarray) -> tuple[float, float, float, float] | No
     )
 
 
-def box_style(probability: float | None, thresholds: dict[str, float]) -> str | None:
+def box_style(
+    probability: float | None, thresholds: dict[str, float], threshold: float | None = None
+) -> str | None:
     """ "solid" above the high-specificity threshold, "dotted" above the high-sensitivity one.
 
-    None below both: no finding, no box.
+    None below both, and below ``threshold`` (the operating point in use) where given: an
+    image labelled normal gets no box.
     """
-    if probability is None:
+    if probability is None or (threshold is not None and probability < threshold):
         return None
     if probability >= thresholds.get("high_specificity", float("inf")):
         return "solid"
     if probability >= thresholds.get("high_sensitivity", float("inf")):
         return "dotted"
-    return None
+    # Labelled fracture at an operating point of the user's own, below both named ones.
+    return "dotted" if threshold is not None else None
 
 
 def draw_region(

@@ -15,6 +15,7 @@ the CSV use: 1 - P(normal) where the model has a normal class.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -37,12 +38,14 @@ from fracture.inference.gradcam import (
     heatmap_to_image,
     strongest_region,
 )
+from fracture.inference.localisation import Box, boxes_in_image, centre_map, decode_boxes
 from fracture.inference.ood import AnyOODGate, load_ood_gate
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.inference.region import RegionHead
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model import imagenet, registry
 from fracture.model.folder import LoadedModel, ModelConfig, ModelFolder, load_model
+from fracture.model.localiser import Localiser
 
 __all__ = [
     "Prediction",
@@ -70,6 +73,8 @@ CSV_COLUMNS = (
     "box_x1",
     "box_y1",
     "box_style",
+    "box_score",
+    "boxes",
     "body_region",
     "body_region_probability",
 )
@@ -105,11 +110,21 @@ class Prediction:
     # Display heat at the original size, in [0, 1] on the model's absolute evidence
     # scale (see fracture.inference.gradcam.evidence_heat).
     heatmap: np.ndarray | None = field(default=None, repr=False)
-    # The strongest region (normalised x0, y0, x1, y1 of the original image) and how
-    # to draw it: "solid" above the high-specificity threshold, "dotted" above the
-    # high-sensitivity one, None (no box) below both.
+    # The finding's box (normalised x0, y0, x1, y1 of the original image) and how to
+    # draw it: "solid" above the high-specificity threshold, "dotted" above the
+    # high-sensitivity one; None (no box) where the image is not labelled fracture.
+    # With a localisation head it is the head's best box (its score in box_score);
+    # without one, the strongest region of the Grad-CAM map.
     box: tuple[float, float, float, float] | None = None
     box_style: str | None = None
+    box_score: float | None = None
+    # The localisation head (fracture.model.localiser), for models that have one: its raw
+    # outputs on the network's grid (the square input's frame; see location and
+    # location_image), and every box at or above the head's box threshold in the
+    # original image's frame, best first, whatever the label (for research; outputs
+    # draw them only on an image labelled fracture: see drawn_boxes).
+    location_outputs: np.ndarray | None = field(default=None, repr=False)
+    location_boxes: list[Box] = field(default_factory=list)
     # The raw Grad-CAM evidence (logit units) on the network's grid, and where the
     # image sits in the network input; :meth:`evidence_image` maps it to the image.
     evidence: np.ndarray | None = field(default=None, repr=False)
@@ -146,6 +161,34 @@ class Prediction:
             return None
         return heatmap_to_image(self.evidence, self.geometry)
 
+    @property
+    def location(self) -> np.ndarray | None:
+        """The localisation head's centre probability per grid cell (square input's frame)."""
+        return None if self.location_outputs is None else centre_map(self.location_outputs)
+
+    def location_image(self) -> np.ndarray | None:
+        """The localisation head's centre probability at the original image's size, in [0, 1]."""
+        location = self.location
+        if location is None or self.geometry is None:
+            return None
+        return np.clip(heatmap_to_image(location, self.geometry), 0.0, 1.0)
+
+    def location_candidates(self, min_score: float) -> list[Box]:
+        """Every box the head finds down to ``min_score``, in the original image's frame.
+
+        For evaluation (a precision-recall curve needs the low-scoring boxes too).
+        """
+        if self.location_outputs is None or self.geometry is None:
+            return []
+        return boxes_in_image(
+            decode_boxes(self.location_outputs, min_score=min_score), self.geometry
+        )
+
+    @property
+    def drawn_boxes(self) -> list[Box]:
+        """The boxes an output draws: the head's, only where the image is labelled fracture."""
+        return self.location_boxes if self.box_style else []
+
     def row(self) -> dict[str, Any]:
         """One CSV row: the columns of :data:`CSV_COLUMNS`, and of :func:`csv_columns` for K classes."""
         row = {
@@ -164,6 +207,10 @@ class Prediction:
                 for name, value in zip(("x0", "y0", "x1", "y1"), self.box or (0.0,) * 4)
             },
             "box_style": self.box_style or "",
+            "box_score": "" if self.box_score is None else f"{self.box_score:.3f}",
+            "boxes": json.dumps([box.to_json() for box in self.drawn_boxes])
+            if self.drawn_boxes
+            else "",
             # A probability without a name: the head was unsure (below its minimum).
             "body_region": self.body_region
             or ("uncertain" if self.body_region_probability is not None else ""),
@@ -228,8 +275,13 @@ class Predictor:
         self.precision = _resolve_precision(
             precision or self.settings.inference_precision, loaded.config.inference_precision
         )
+        self.localiser = _load_localiser(loaded.directory)
         self.engine = InferenceEngine(
-            loaded.model, self.batch_size, precision=self.precision, fixed_batch=fixed_batch
+            loaded.model,
+            self.batch_size,
+            precision=self.precision,
+            fixed_batch=fixed_batch,
+            localiser=self.localiser,
         )
         self.ood_gate = _load_ood_gate(loaded.directory)
         self.region_head = _load_region_head(loaded.directory)
@@ -382,6 +434,14 @@ class Predictor:
                         prediction.probability,
                         self.config,
                     )
+                if output.localiser is not None and self.localiser is not None:
+                    prediction = _with_location(
+                        prediction,
+                        output.localiser[row],
+                        self.localiser,
+                        prepared.geometry,
+                        self.config,
+                    )
                 in_distribution = (
                     None
                     if gate is None or ood_scores is None
@@ -465,13 +525,39 @@ def _heat_and_box(
 ) -> tuple[np.ndarray, tuple[float, float, float, float] | None, str | None]:
     """Display heat at the image's size, and the strongest-region box and its style.
 
-    The box marks a finding: it is drawn only where the fracture probability passes an
-    operating point (:func:`~fracture.inference.gradcam.box_style`).
+    The box marks a finding: it is drawn only where the image is labelled fracture at
+    the model's operating point (:func:`~fracture.inference.gradcam.box_style`).
     """
     heatmap = evidence_heat(heatmap_to_image(evidence, geometry), config.evidence_scale)
-    style = box_style(probability, config.thresholds)
+    style = box_style(probability, config.thresholds, config.threshold)
     box = strongest_region(heatmap) if style else None
     return heatmap, box, style if box else None
+
+
+def _with_location(
+    prediction: Prediction,
+    outputs: np.ndarray,
+    localiser: Localiser,
+    geometry: Geometry | None,
+    config: ModelConfig,
+) -> Prediction:
+    """``prediction`` with the localisation head's map and boxes; its best box becomes the box."""
+    if geometry is None:
+        return prediction
+    boxes = boxes_in_image(
+        decode_boxes(outputs, min_score=localiser.box_threshold, max_boxes=localiser.max_boxes),
+        geometry,
+    )
+    style = box_style(prediction.probability, config.thresholds, config.threshold)
+    best = boxes[0] if boxes and style else None
+    return dataclasses.replace(
+        prediction,
+        location_outputs=np.asarray(outputs, np.float32),
+        location_boxes=boxes,
+        box=best.coordinates if best else None,
+        box_style=style if best else None,
+        box_score=best.score if best else None,
+    )
 
 
 def with_class_map(
@@ -518,6 +604,13 @@ def _load_ood_gate(directory: Path | None) -> AnyOODGate | None:
     if directory is None or not ModelFolder(directory).has_ood_gate():
         return None
     return load_ood_gate(ModelFolder(directory).ood_path)
+
+
+def _load_localiser(directory: Path | None) -> Localiser | None:
+    """The model's localisation head, when the model folder has one."""
+    if directory is None or not ModelFolder(directory).has_localiser():
+        return None
+    return Localiser.load(ModelFolder(directory).localiser_path)
 
 
 def _load_region_head(directory: Path | None) -> RegionHead | None:

@@ -41,6 +41,7 @@ __all__ = [
     "CARD_MD",
     "OOD_FILE",
     "REGION_FILE",
+    "LOCALISER_FILE",
     "EVALUATION_FILE",
     "ModelConfig",
     "BINARY_CLASSES",
@@ -70,6 +71,8 @@ CARD_MD = "model_card.md"
 OOD_FILE = "ood.npz"
 # Optional body-region head on the pooled features (see fracture.inference.region).
 REGION_FILE = "region_head.npz"
+# Optional localisation head on conv4's features (see fracture.model.localiser).
+LOCALISER_FILE = "localiser.npz"
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -299,7 +302,7 @@ def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
     """SHA256 of the files that define a model's behaviour."""
     directory = Path(directory)
     checksums = {}
-    for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE, REGION_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE, REGION_FILE, LOCALISER_FILE):
         path = directory / name
         try:
             stat = path.stat()
@@ -389,6 +392,13 @@ class ModelFolder:
 
     def has_region_head(self) -> bool:
         return self.region_head_path.is_file()
+
+    @property
+    def localiser_path(self) -> Path:
+        return self.path / LOCALISER_FILE
+
+    def has_localiser(self) -> bool:
+        return self.localiser_path.is_file()
 
     def looks_like_model(self) -> bool:
         """Whether any file a model folder always has is here (complete or not)."""

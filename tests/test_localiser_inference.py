@@ -1,0 +1,85 @@
+"""The localisation head in the served model: one backbone pass, the probability untouched."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import radiograph_like
+from fracture.model.folder import ModelFolder, file_checksums
+from fracture.model.localiser import Localiser, build_localiser_head
+
+
+def _with_localiser(tiny_model_dir, tmp_path, box_threshold=0.02):
+    import keras
+
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    keras.utils.set_random_seed(5)
+    head = build_localiser_head(1024)
+    # A strong centre bias so the random head yields boxes above the threshold.
+    weights = head.get_weights()
+    weights[-1] = np.array([0.0, 0.0, 0.0, 0.5, 0.5], np.float32)
+    head.set_weights(weights)
+    Localiser.from_head(head, box_threshold=box_threshold).save(
+        ModelFolder(directory).localiser_path
+    )
+    folder = ModelFolder(directory)
+    folder.rewrite_card(folder.read_card())  # the card's checksums cover the new file
+    return directory, head
+
+
+@pytest.fixture(scope="module")
+def predictors(tiny_model_dir, tmp_path_factory, fake_imagenet_weights):
+    from fracture.inference.predictor import Predictor
+    from fracture.model.folder import load_model
+
+    directory, head = _with_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
+    options = {"batch_size": 2, "precision": "float32", "warmup": False}
+    plain = Predictor(load_model(tiny_model_dir, fake_imagenet_weights), **options)
+    located = Predictor(load_model(directory, fake_imagenet_weights), **options)
+    return plain, located, head
+
+
+def test_the_head_leaves_the_probability_unchanged_and_reads_conv4(predictors):
+    import keras
+
+    plain, located, head = predictors
+    images = [radiograph_like(seed) for seed in range(3)]
+    without = plain.predict(images, with_cam=True)
+    with_head = located.predict(images, with_cam=True)
+    assert [p.probability for p in with_head] == pytest.approx(
+        [p.probability for p in without], abs=1e-6
+    )
+    assert "localiser.npz" in file_checksums(located.loaded.directory)
+    # The engine's head output equals the head applied to Keras's own conv4 output.
+    from fracture.inference.preprocess import letterbox
+
+    network_input = np.stack([letterbox(img, 64)[0] for img in images[:2]])
+    model = located.loaded.model
+    conv4 = keras.Model(model.input, model.get_layer("conv4_block6_out").output)
+    expected = np.asarray(head(conv4(network_input)))
+    got = located.engine.run(network_input, with_cam=False).localiser
+    assert got.shape == (2, 4, 4, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_boxes_are_drawn_only_on_images_labelled_fracture(predictors):
+    _, located, _ = predictors
+    results = located.predict([radiograph_like(seed) for seed in range(4)], with_cam=True)
+    for result in results:
+        assert result.location is not None and result.location.shape == (4, 4)
+        assert result.location_boxes, "the biased head should give candidate boxes"
+        for box in result.location_boxes:
+            assert 0 <= box.x0 < box.x1 <= 1 and 0 <= box.y0 < box.y1 <= 1
+        row = result.row()
+        if result.label == "fracture":
+            assert result.drawn_boxes == result.location_boxes
+            assert row["box_x0"] and row["boxes"] and row["box_style"] in ("dotted", "solid")
+        else:
+            assert result.drawn_boxes == [] and result.box is None
+            assert row["box_x0"] == "" and row["boxes"] == "" and row["box_style"] == ""
+    where = results[0].location_image()
+    assert where.shape == results[0].image.shape[:2] and 0 <= where.min() <= where.max() <= 1
