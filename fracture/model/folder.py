@@ -17,9 +17,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -42,6 +43,8 @@ __all__ = [
     "OOD_FILE",
     "REGION_FILE",
     "EVALUATION_FILE",
+    "HEAD_FILES",
+    "HeadFile",
     "ModelConfig",
     "BINARY_CLASSES",
     "LoadedModel",
@@ -70,6 +73,10 @@ CARD_MD = "model_card.md"
 OOD_FILE = "ood.npz"
 # Optional body-region head on the pooled features (see fracture.inference.region).
 REGION_FILE = "region_head.npz"
+# The optional heads a model folder can hold beside the network, each in its own
+# file that the card's checksums cover. A new head adds its file name here, and
+# passes its object to ModelFolder.write_model(heads={NAME: head}).
+HEAD_FILES: tuple[str, ...] = (OOD_FILE, REGION_FILE)
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -233,6 +240,12 @@ def _is_head(name: str) -> bool:
     return name == LOGIT_LAYER
 
 
+class HeadFile(Protocol):
+    """A head that writes itself to one file of a model folder (the OOD gate, the region head)."""
+
+    def save(self, path: str | os.PathLike[str]) -> Any: ...
+
+
 def save_model(
     model: "keras.Model",
     config: ModelConfig,
@@ -241,14 +254,25 @@ def save_model(
     reference: dict[str, list[np.ndarray]],
     card: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a model folder: config, weight deltas and card.
+    """Write ``model`` as a model folder: config, weight deltas and card (no Markdown, no heads).
 
     ``reference`` maps layer names to their ImageNet weights (see
     :func:`imagenet_reference`); the backbone is stored as float16 differences from it, which are small, so
     float16 loses nothing that matters. Call :func:`quantise_like_saved` first
-    when the in-memory model must predict exactly as the saved one will.
+    when the in-memory model must predict exactly as the saved one will. A
+    finished model with its heads, evaluation and card for people is
+    :meth:`ModelFolder.write_model`'s job.
     """
     folder = ModelFolder(directory)
+    folder.write_network(model, config, reference=reference)
+    folder.write_card(dict(card or {}), markdown=False)
+    return folder.path
+
+
+def _encode_weights(
+    model: "keras.Model", config: ModelConfig, reference: dict[str, list[np.ndarray]]
+) -> bytes:
+    """The ``weights.npz`` bytes: the head in float32, the backbone as float16 deltas."""
     arrays: dict[str, np.ndarray] = {}
     for layer in trained_layers(model, config):
         values = [np.asarray(w) for w in layer.get_weights()]
@@ -261,10 +285,7 @@ def save_model(
             arrays[f"delta/{layer.name}/{index}"] = (value - base_value).astype(np.float16)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-    folder.write_weights(buffer.getvalue())
-    folder.write_config(config)
-    folder.write_card(dict(card or {}), markdown=False)
-    return folder.path
+    return buffer.getvalue()
 
 
 def imagenet_reference(model: "keras.Model", config: ModelConfig) -> dict[str, list[np.ndarray]]:
@@ -299,7 +320,7 @@ def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
     """SHA256 of the files that define a model's behaviour."""
     directory = Path(directory)
     checksums = {}
-    for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE, REGION_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, *HEAD_FILES):
         path = directory / name
         try:
             stat = path.stat()
@@ -431,6 +452,58 @@ class ModelFolder:
 
     def write_evaluation(self, report: dict[str, Any]) -> None:
         atomic_write_json(self.evaluation_path, report)
+
+    def write_network(
+        self,
+        model: "keras.Model",
+        config: ModelConfig,
+        *,
+        reference: dict[str, list[np.ndarray]],
+    ) -> None:
+        """Write the weights (see :func:`save_model`) and ``config.json``; the card must follow."""
+        self.write_weights(_encode_weights(model, config, reference))
+        self.write_config(config)
+
+    def write_model(
+        self,
+        model: "keras.Model",
+        config: ModelConfig,
+        *,
+        reference: dict[str, list[np.ndarray]],
+        card: dict[str, Any],
+        report: dict[str, Any] | None = None,
+        heads: Mapping[str, HeadFile] | None = None,
+    ) -> dict[str, Any]:
+        """Write a complete model folder in the one order that keeps it verifiable; returns the card.
+
+        1. each head in ``heads`` (file name -> object with ``save(path)``, e.g.
+           ``{OOD_FILE: gate}``), whose name must be one of :data:`HEAD_FILES`;
+        2. the network: ``weights.npz`` and ``config.json``;
+        3. ``model_card.json`` with the checksums of everything above, so an
+           interruption before it leaves a folder that is refused, never one that
+           loads with mismatched parts;
+        4. ``evaluation.json`` (``report``, when given) and ``model_card.md``, which
+           no checksum covers.
+
+        The trainer and the box-supervision recipe in ``tools/`` both finish here.
+        ``card`` is what :func:`fracture.model.card.build_card` made.
+        """
+        heads = dict(heads or {})
+        unknown = sorted(set(heads) - set(HEAD_FILES))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} is not a head file of a model folder "
+                f"(known: {', '.join(HEAD_FILES)}); add it to HEAD_FILES so checksums cover it"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name, head in heads.items():
+            head.save(self.path / name)
+        self.write_network(model, config, reference=reference)
+        written = self.write_card(card, markdown=False)
+        if report is not None:
+            self.write_evaluation(report)
+        self.write_markdown(written)
+        return written
 
     def write_card(self, card: dict[str, Any], *, markdown: bool = True) -> dict[str, Any]:
         """Write ``card`` with fresh checksums of every file; returns what was written.

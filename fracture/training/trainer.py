@@ -47,7 +47,6 @@ from fracture.model.folder import (
     ModelFolder,
     imagenet_reference,
     quantise_like_saved,
-    save_model,
 )
 from fracture.model.network import build_classifier, set_trainable, split_at
 from fracture.training.cache import FeatureCache, compute_features, keep_usable, model_key
@@ -664,35 +663,30 @@ def _finalise(
     model gets a softmax temperature and, with a normal class, any-fracture
     thresholds (:func:`fracture.evaluation.operating_points.calibrate_classes`).
     """
-    from fracture.evaluation.metrics import evaluation_report
-    from fracture.evaluation.operating_points import calibrate, calibrate_classes
+    from fracture.evaluation.calibrate import calibrate_binary
+    from fracture.evaluation.operating_points import calibrate_classes
     from fracture.model.card import build_card
+    from fracture.model.folder import OOD_FILE
 
     if model_config.is_multiclass:
         calibration = calibrate_classes(
             val_logits, val_labels, normal_index=model_config.normal_index, seed=config.seed
         )
-    else:
-        calibration = calibrate(val_logits, val_labels, seed=config.seed)
-    temperature, thresholds = calibration.temperature, calibration.thresholds
-    model_config = dataclasses.replace(
-        model_config, temperature=temperature, thresholds=thresholds, prior_shift=calibration.shift
-    )
-    if model_config.is_multiclass:
+        model_config = dataclasses.replace(
+            model_config,
+            temperature=calibration.temperature,
+            thresholds=calibration.thresholds,
+            prior_shift=calibration.shift,
+        )
         report = _class_report(val_labels, val_logits, model_config)
         report["ece"] = calibration.ece_in_sample
         report["ece_uncalibrated"] = calibration.ece_before
+        report["calibration_fit"] = calibration.summary()
     else:
-        report = evaluation_report(
-            val_labels,
-            val_logits - calibration.shift,
-            temperature,
-            thresholds,
-            regions=[r.region for r in val_records],
-            hardware=[r.hardware for r in val_records],
-            seed=config.seed,
+        fitted = calibrate_binary(
+            model_config, val_logits, val_labels, val_records, seed=config.seed
         )
-    report["calibration_fit"] = calibration.summary()
+        model_config, calibration, report = fitted.config, fitted.calibration, fitted.report
     card = build_card(
         model_config=model_config,
         train_config=dataclasses.asdict(config),
@@ -704,17 +698,18 @@ def _finalise(
         imagenet_sha256=weights_sha,
         commit=_git_commit(),
         class_counts=class_counts,
+        ood_gate=ood_gate,
+        calibration=calibration,
     )
     folder = ModelFolder(candidate_dir(run_dir))
-    folder.path.mkdir(parents=True, exist_ok=True)
-    # Saved before the card so that its checksum is in the card.
-    ood_gate.save(folder.ood_path)
-    card["ood"] = ood_gate.summary()
-    card["calibration"] = calibration.summary()
-    card["evidence_scale"] = model_config.evidence_scale
-    save_model(model, model_config, folder.path, reference=reference, card=card)
-    folder.write_evaluation(report)
-    folder.write_markdown(card)
+    folder.write_model(
+        model,
+        model_config,
+        reference=reference,
+        card=card,
+        report=report,
+        heads={OOD_FILE: ood_gate},
+    )
     return folder.path
 
 
