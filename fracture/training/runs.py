@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ __all__ = [
     "MODEL_SUBDIR",
     "TRAIN_CONFIG_FILE",
     "CHECKPOINTS_DIR",
+    "LAST_CHECKPOINT",
+    "BEST_CHECKPOINT",
+    "RunProgress",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,40 @@ MODEL_SUBDIR = "model"
 # The run's TrainConfig (plus "pretrained"), so that a resume trains the same way.
 TRAIN_CONFIG_FILE = "train_config.json"
 CHECKPOINTS_DIR = "checkpoints"
+# In CHECKPOINTS_DIR: the last complete epoch's tail weights (where a resume starts)
+# and the best epoch's by val AUROC (what the run finishes with).
+LAST_CHECKPOINT = "last.weights.h5"
+BEST_CHECKPOINT = "best.weights.h5"
+
+
+@dataclass
+class RunProgress:
+    """What a run has done so far: its epoch rows, confusion matrices and best epoch.
+
+    ``state.json`` holds the last three fields (:meth:`RunWriter.state`);
+    :meth:`resume` reads them back with ``metrics.json`` and ``confusion.json``.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    confusions: list[dict[str, Any]] = field(default_factory=list)
+    completed_epoch: int = 0
+    best_auroc: float = -1.0
+    best_epoch: int = 0
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike[str]) -> "RunProgress":
+        """The progress of an interrupted run; a ValueError when no epoch completed."""
+        run_dir = Path(run_dir)
+        state = read_json(run_dir / STATE_FILE, default={})
+        if not state:
+            raise ValueError(f"{run_dir} has no completed epoch to resume from")
+        return cls(
+            history=read_json(run_dir / METRICS_JSON, default=[]),
+            confusions=(read_confusion(run_dir) or {}).get("epochs", []),
+            completed_epoch=int(state.get("completed_epoch", 0)),
+            best_auroc=float(state.get("best_auroc", -1.0)),
+            best_epoch=int(state.get("best_epoch", 0)),
+        )
 
 
 def candidate_dir(run_dir: str | os.PathLike[str]) -> Path:
@@ -99,6 +137,17 @@ class RunWriter:
             lines = [",".join(columns)]
             lines += [",".join(_csv_cell(row.get(c)) for c in columns) for row in history]
             atomic_write_text(self.run_dir / METRICS_CSV, "\n".join(lines) + "\n")
+
+    def state(self, progress: RunProgress) -> None:
+        """Record the resume point; write it after the checkpoint it points to."""
+        atomic_write_json(
+            self.run_dir / STATE_FILE,
+            {
+                "completed_epoch": progress.completed_epoch,
+                "best_auroc": progress.best_auroc,
+                "best_epoch": progress.best_epoch,
+            },
+        )
 
     def confusion(self, classes: list[str], epochs: list[dict[str, Any]]) -> None:
         """Record every epoch's validation confusion matrix so far (see :data:`CONFUSION_JSON`)."""
