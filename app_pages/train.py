@@ -165,18 +165,19 @@ def start_form() -> None:
         )
     if not submitted:
         return
-    config = TrainConfig(
-        image_size=int(image_size),
-        fine_tune_from=fine_tune_from,
-        head_epochs=int(head_epochs),
-        epochs=int(epochs),
-        batch_size=int(batch_size),
-        lr=float(lr),
-        seed=int(seed),
-        augment=bool(augment),
-        task=task,
-    )
     try:
+        # TrainConfig checks every value (e.g. no epochs at all) before anything starts.
+        config = TrainConfig(
+            image_size=int(image_size),
+            fine_tune_from=fine_tune_from,
+            head_epochs=int(head_epochs),
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            lr=float(lr),
+            seed=int(seed),
+            augment=bool(augment),
+            task=task,
+        )
         job = jobs.start_training(
             data_root, run_name.strip() or None, config=config, settings=settings
         )

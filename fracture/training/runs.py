@@ -21,6 +21,7 @@ from fracture.config import Settings, get_settings
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
 from fracture.io.processes import pid_alive
 from fracture.model.folder import ModelFolder
+from fracture.training.config import TrainConfig
 
 __all__ = [
     "STATUS_FILE",
@@ -40,6 +41,8 @@ __all__ = [
     "LAST_CHECKPOINT",
     "BEST_CHECKPOINT",
     "RunProgress",
+    "write_train_config",
+    "read_train_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,7 +67,9 @@ CONFUSION_JSON = "confusion.json"
 
 # Where a finished run leaves its candidate model (a model folder, see ModelFolder).
 MODEL_SUBDIR = "model"
-# The run's TrainConfig (plus "pretrained"), so that a resume trains the same way.
+# The run's TrainConfig (plus "pretrained"): written by whoever starts the run (the
+# background launcher, or the trainer itself), read by the training process and by
+# a resume, so that it trains the same way.
 TRAIN_CONFIG_FILE = "train_config.json"
 CHECKPOINTS_DIR = "checkpoints"
 # In CHECKPOINTS_DIR: the last complete epoch's tail weights (where a resume starts)
@@ -154,6 +159,38 @@ class RunWriter:
         atomic_write_json(
             self.run_dir / CONFUSION_JSON, {"classes": list(classes), "epochs": list(epochs)}
         )
+
+
+def write_train_config(
+    path: str | os.PathLike[str], config: TrainConfig, *, pretrained: bool
+) -> Path:
+    """Write a run's ``train_config.json`` (see :data:`TRAIN_CONFIG_FILE`) at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {**config.to_json(), "pretrained": pretrained})
+    return path
+
+
+def read_train_config(path: str | os.PathLike[str]) -> tuple[TrainConfig, bool | None]:
+    """The config in a ``train_config.json`` and its ImageNet choice (None if it has none).
+
+    Raises ValueError, in words, for a file that is missing, unreadable or holds an
+    invalid config.
+    """
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except ValueError as error:  # JSONDecodeError
+        raise ValueError(f"{path} is not readable JSON: {error}") from None
+    if data is None:
+        raise ValueError(f"No training settings at {path}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold training settings")
+    pretrained = data.pop("pretrained", None)
+    try:
+        return TrainConfig.from_json(data), None if pretrained is None else bool(pretrained)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _csv_cell(value: Any) -> str:

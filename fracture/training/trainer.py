@@ -43,7 +43,7 @@ import numpy as np
 from fracture.config import Settings, get_settings
 from fracture.data.layouts import load_dataset
 from fracture.data.records import Dataset
-from fracture.io.files import atomic_write_json, read_json
+from fracture.io.files import read_json
 from fracture.model.folder import (
     ModelConfig,
     ModelFolder,
@@ -70,6 +70,8 @@ from fracture.training.runs import (
     RunProgress,
     RunWriter,
     candidate_dir,
+    read_train_config,
+    write_train_config,
 )
 from fracture.training.tasks import Task, check_splits, resolve_task
 from fracture.training.validation import (
@@ -330,15 +332,12 @@ def _start(
 ) -> tuple[TrainConfig, bool, RunProgress]:
     """The config and progress to train with: a new run's, or an interrupted run's own."""
     if not resume:
-        atomic_write_json(
-            run_dir / TRAIN_CONFIG_FILE, {**dataclasses.asdict(config), "pretrained": pretrained}
-        )
+        write_train_config(run_dir / TRAIN_CONFIG_FILE, config, pretrained=pretrained)
         return config, pretrained, RunProgress()
     progress = RunProgress.resume(run_dir)
-    saved = read_json(run_dir / TRAIN_CONFIG_FILE)
+    saved, saved_pretrained = read_train_config(run_dir / TRAIN_CONFIG_FILE)
     # A run keeps its own weights choice: resuming must not mix random and ImageNet stems.
-    pretrained = bool(saved.pop("pretrained", pretrained))
-    return TrainConfig(**saved), pretrained, progress
+    return saved, pretrained if saved_pretrained is None else saved_pretrained, progress
 
 
 def _prepare(
