@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fracture.data.records import region_words, summary_classes
-
-if TYPE_CHECKING:
-    from fracture.model.folder import ModelConfig
+from fracture.model.config import ModelConfig
 
 __all__ = [
     "build_card",
