@@ -283,15 +283,7 @@ def show_result(run: dict) -> None:
     active, _ = common.active_model()
     comparable = active is not None and summaries.same_dataset(card, active.card)
     active_report = ModelFolder(active.directory).read_evaluation() if comparable else None
-    checksums = card.get("checksums")
-    promoted = next(
-        (
-            v
-            for v in registry.list_versions(settings)
-            if checksums and v.card.get("checksums") == checksums
-        ),
-        None,
-    )
+    promoted = registry.version_of(model_dir, settings)
     data = training_data_of(card)
     st.subheader("Result on the validation split")
     st.caption(f"Trained on {data.get('name')} ({data.get('kind')}).")
