@@ -15,6 +15,7 @@ from streamlit.typing import UploadedFile
 from app_pages import _common as common
 from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
+from fracture.io.dicom import looks_like_dicom
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
 from fracture.views import display, figures, results
 
@@ -80,8 +81,7 @@ def _overlay_caption(style: str | None, shown_class: str = "fracture") -> str:
 
 def _is_dicom(upload: UploadedFile) -> bool:
     # A view of the buffer, not a copy: this runs on every rerun.
-    marker = bytes(upload.getbuffer()[128:132])
-    return upload.name.lower().endswith((".dcm", ".dicom")) or marker == b"DICM"
+    return upload.name.lower().endswith((".dcm", ".dicom")) or looks_like_dicom(upload.getbuffer())
 
 
 def _is_image_candidate(upload: UploadedFile) -> bool:

@@ -165,18 +165,19 @@ def start_form() -> None:
         )
     if not submitted:
         return
-    config = TrainConfig(
-        image_size=int(image_size),
-        fine_tune_from=fine_tune_from,
-        head_epochs=int(head_epochs),
-        epochs=int(epochs),
-        batch_size=int(batch_size),
-        lr=float(lr),
-        seed=int(seed),
-        augment=bool(augment),
-        task=task,
-    )
     try:
+        # TrainConfig checks every value (e.g. no epochs at all) before anything starts.
+        config = TrainConfig(
+            image_size=int(image_size),
+            fine_tune_from=fine_tune_from,
+            head_epochs=int(head_epochs),
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            lr=float(lr),
+            seed=int(seed),
+            augment=bool(augment),
+            task=task,
+        )
         job = jobs.start_training(
             data_root, run_name.strip() or None, config=config, settings=settings
         )
@@ -282,15 +283,7 @@ def show_result(run: dict) -> None:
     active, _ = common.active_model()
     comparable = active is not None and summaries.same_dataset(card, active.card)
     active_report = ModelFolder(active.directory).read_evaluation() if comparable else None
-    checksums = card.get("checksums")
-    promoted = next(
-        (
-            v
-            for v in registry.list_versions(settings)
-            if checksums and v.card.get("checksums") == checksums
-        ),
-        None,
-    )
+    promoted = registry.version_of(model_dir, settings)
     data = training_data_of(card)
     st.subheader("Result on the validation split")
     st.caption(f"Trained on {data.get('name')} ({data.get('kind')}).")

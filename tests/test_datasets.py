@@ -6,7 +6,6 @@ Every fixture is generated in a temporary folder; only the last test reads
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.cli.data import add_data_parser
 from fracture.data.augment import augment_radiograph
 from fracture.data.fracatlas import import_fracatlas
 from fracture.data.layouts import load_dataset
@@ -438,10 +436,9 @@ def test_find_duplicates_across_splits(tmp_path: Path) -> None:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fracture")
-    add_data_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from fracture.cli.main import main
+
+    return main(argv)
 
 
 def test_cli_synth_info_and_layout_error(tmp_path: Path, capsys) -> None:

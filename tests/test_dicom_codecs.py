@@ -211,3 +211,20 @@ def test_folder_walk_finds_dicom_without_preamble(tmp_path: Path) -> None:
     (tmp_path / "export" / "blob").write_bytes(bytes(range(256)) * 4)
     assert iter_image_files([tmp_path]) == [named_by_uid]
     assert load_image(named_by_uid).shape == (96, 80, 3)
+
+
+def test_looks_like_dicom_recognises_part10_and_bare_files_and_nothing_else() -> None:
+    from fracture.io.dicom import looks_like_dicom
+
+    ds = dx_dataset(radiograph_pixels(12), 12)
+    bare = dcmread(io.BytesIO(to_bytes(ds)))
+    del bare.file_meta
+    bare.preamble = None
+    buffer = io.BytesIO()
+    bare.save_as(buffer, implicit_vr=True, little_endian=True)
+    assert buffer.getvalue()[128:132] != b"DICM"
+    assert looks_like_dicom(to_bytes(ds))
+    assert looks_like_dicom(memoryview(buffer.getvalue()))  # an upload's buffer, not a copy
+    assert not looks_like_dicom(b"radiology notes, not an image\n" * 10)
+    assert not looks_like_dicom(bytes(range(256)) * 4)
+    assert not looks_like_dicom(b"\x89PNG\r\n\x1a\n" + bytes(200))

@@ -20,7 +20,7 @@ from fracture.config import Settings
 from fracture.model.folder import read_config
 from fracture.training import jobs
 from fracture.training.config import TrainConfig
-from fracture.training.runs import read_status
+from fracture.training.runs import TRAIN_CONFIG_FILE, read_status, write_train_config
 
 # Writes status.json like train.py, and answers SIGTERM with "cancelled" unless told to ignore it.
 FAKE_TRAINER = r"""
@@ -69,7 +69,7 @@ def fake_trainer(monkeypatch):
     """Make start_training launch FAKE_TRAINER; returns a setter for its behaviour."""
     behaviour = {"seconds": 30.0, "on_term": "cancel"}
 
-    def command(data_root, run_dir, config, pretrained, resume):
+    def command(data_root, run_dir, pretrained, resume):
         return [
             sys.executable,
             "-c",
@@ -105,7 +105,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def test_command_flags_exist_in_the_cli_and_round_trip(monkeypatch, tmp_path):
-    """Parse the generated command with the real CLI: every flag exists and means the same."""
+    """Parse the generated command with the real CLI: the child trains with exactly ``config``."""
     from fracture.cli import main as cli
 
     config = TrainConfig(
@@ -125,7 +125,8 @@ def test_command_flags_exist_in_the_cli_and_round_trip(monkeypatch, tmp_path):
         patience=5,
         val_fraction=0.2,
     )
-    command = jobs._command(tmp_path / "data", tmp_path / "run", config, False, False)
+    write_train_config(tmp_path / "run" / TRAIN_CONFIG_FILE, config, pretrained=False)
+    command = jobs._command(tmp_path / "data", tmp_path / "run", False, False)
     assert command[:4] == [sys.executable, "-m", "fracture", "train"]
     seen = {}
     monkeypatch.setattr(
@@ -142,7 +143,7 @@ def test_command_flags_exist_in_the_cli_and_round_trip(monkeypatch, tmp_path):
         "pretrained": False,
         "resume": False,
     }
-    resume = jobs._command(tmp_path / "data", tmp_path / "run", config, True, True)
+    resume = jobs._command(tmp_path / "data", tmp_path / "run", True, True)
     assert resume[-1] == "--resume" and "--no-pretrained" not in resume
 
 

@@ -297,3 +297,59 @@ def test_checksums_are_remembered_but_follow_a_rewritten_file_of_the_same_size(t
     assert second[WEIGHTS_FILE] == first[WEIGHTS_FILE]
     (tmp_path / WEIGHTS_FILE).unlink()
     assert WEIGHTS_FILE not in file_checksums(tmp_path)
+
+
+class _Head:
+    """A stand-in head file: writes its bytes when the folder saves it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def save(self, path) -> None:
+        from pathlib import Path
+
+        Path(path).write_bytes(self.data)
+
+
+def test_write_model_writes_heads_before_the_card_that_covers_them(
+    tmp_path, config, fake_imagenet_weights
+):
+    import hashlib
+
+    from fracture.model.folder import OOD_FILE, REGION_FILE, ModelFolder, read_config
+
+    model = build_classifier(config, fake_imagenet_weights)
+    reference = imagenet_reference(model, config)
+    folder = ModelFolder(tmp_path / "m")
+    card = folder.write_model(
+        model,
+        config,
+        reference=reference,
+        card={"name": "t", "version": "1"},
+        report={"auroc": 0.5},
+        heads={OOD_FILE: _Head(b"gate"), REGION_FILE: _Head(b"regions")},
+    )
+    assert card["checksums"][OOD_FILE] == hashlib.sha256(b"gate").hexdigest()
+    assert card["checksums"][REGION_FILE] == hashlib.sha256(b"regions").hexdigest()
+    assert read_config(folder.path)[1]["checksums"] == card["checksums"]
+    assert folder.read_evaluation() == {"auroc": 0.5}
+    assert (folder.card_markdown() or "").startswith("# t, version 1")
+    assert load_model(folder.path, fake_imagenet_weights).config == config
+
+
+def test_write_model_refuses_a_head_the_checksums_would_not_cover(
+    tmp_path, config, fake_imagenet_weights
+):
+    from fracture.model.folder import ModelFolder
+
+    model = build_classifier(config, fake_imagenet_weights)
+    folder = ModelFolder(tmp_path / "m")
+    with pytest.raises(ValueError, match="HEAD_FILES"):
+        folder.write_model(
+            model,
+            config,
+            reference=imagenet_reference(model, config),
+            card={"name": "t"},
+            heads={"extra.npz": _Head(b"x")},
+        )
+    assert not folder.has_config()

@@ -233,3 +233,13 @@ def test_sigkill_during_promotion_leaves_a_valid_active_model(settings, tmp_path
     # never-activated version that HISTORY may already name.
     assert registry.rollback(settings).name == "default"
     assert registry.promote(candidate, settings=settings).active
+
+
+def test_version_of_finds_the_stored_copy_of_a_candidate(settings, candidate, tmp_path):
+    assert registry.version_of(candidate, settings) is None
+    version = registry.promote(candidate, settings=settings)
+    found = registry.version_of(candidate, settings)
+    assert found is not None and found.name == version.name
+    other = make_model(tmp_path / "other", name="other", auroc=0.7)
+    assert registry.version_of(other, settings) is None
+    assert registry.version_of(tmp_path / "nothing", settings) is None

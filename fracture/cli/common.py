@@ -1,4 +1,8 @@
-"""What every command shares: one way to turn an expected error into a message and an exit status."""
+"""What several commands share: the command line's logging, progress bars, the model to use.
+
+Turning an expected error into ``error: ...`` and an exit status is
+:func:`fracture.cli.main.main`'s job, once for every command.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from fracture.errors import FractureError
-
-__all__ = ["guarded", "configure_logging", "stage_progress", "model_dir_or_active"]
-
-
-def guarded(run: Callable[[], int]) -> int:
-    """Run a command; an expected error becomes ``error: ...`` on stderr, not a traceback.
-
-    Exit status 2 for errors fracture reports on purpose (a bad model folder,
-    dataset layout, weights, ...), 1 for a bad value or a missing file.
-    """
-    try:
-        return int(run())
-    except FractureError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+__all__ = ["configure_logging", "stage_progress", "model_dir_or_active"]
 
 
 def configure_logging() -> None:

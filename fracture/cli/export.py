@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from fracture.cli.common import guarded
-
 __all__ = ["add_export_parser"]
 
 
@@ -27,10 +25,6 @@ def add_export_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    return guarded(lambda: _export(args))
-
-
-def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fracture.config import get_settings

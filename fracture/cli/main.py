@@ -1,16 +1,20 @@
 """``python -m fracture``: the command line over the core package.
 
 Subcommands import their heavy dependencies only when they run, so
-``python -m fracture --help`` answers instantly.
+``python -m fracture --help`` answers instantly. Every command's handler is
+``cmd_<name>(args) -> int`` in the module of its group, and every one runs
+through :func:`main`'s one error wrapper.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Sequence
 
 from fracture.cli.common import configure_logging
+from fracture.errors import FractureError
 
 __all__ = ["main", "build_parser"]
 
@@ -59,7 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an expected error becomes ``error: ...`` on stderr, not a traceback.
+
+    Exit status 2 for errors fracture reports on purpose (a bad model folder,
+    dataset layout, weights, ...), 1 for a bad value or a missing file.
+    """
     _quiet_tensorflow()
     configure_logging()
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except FractureError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fracture.cli.common import guarded, model_dir_or_active, stage_progress
+from fracture.cli.common import model_dir_or_active, stage_progress
 from fracture.data.records import region_words
 from fracture.evaluation.region_fit import fit_for_model
 
@@ -31,37 +31,34 @@ def add_region_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
         default=0.15,
         help="without a val split on disk: the training val fraction",
     )
-    fit.set_defaults(func=_cmd_fit)
+    fit.set_defaults(func=cmd_region_fit)
 
 
-def _cmd_fit(args: argparse.Namespace) -> int:
-    def run() -> int:
-        model_dir = model_dir_or_active(args.model)
-        update, close = stage_progress("region")
-        try:
-            head, report = fit_for_model(
-                model_dir,
-                args.data,
-                seed=args.seed,
-                val_fraction=args.val_fraction,
-                on_progress=update,
+def cmd_region_fit(args: argparse.Namespace) -> int:
+    model_dir = model_dir_or_active(args.model)
+    update, close = stage_progress("region")
+    try:
+        head, report = fit_for_model(
+            model_dir,
+            args.data,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            on_progress=update,
+        )
+    finally:
+        close()
+    print(f"Region head written to {model_dir}: {', '.join(map(region_words, head.classes))}")
+    print(f"Fitted on {report['n_train']} train images; accuracy on {report['n']} val images:")
+    for region, rate in report["per_region"].items():
+        if rate["n"]:
+            low, high = rate["ci"]
+            print(
+                f"  {region_words(region):<16} {rate['rate']:6.1%} "
+                f"({rate['hits']}/{rate['n']}, 95% CI {low:.1%}-{high:.1%})"
             )
-        finally:
-            close()
-        print(f"Region head written to {model_dir}: {', '.join(map(region_words, head.classes))}")
-        print(f"Fitted on {report['n_train']} train images; accuracy on {report['n']} val images:")
-        for region, rate in report["per_region"].items():
-            if rate["n"]:
-                low, high = rate["ci"]
-                print(
-                    f"  {region_words(region):<16} {rate['rate']:6.1%} "
-                    f"({rate['hits']}/{rate['n']}, 95% CI {low:.1%}-{high:.1%})"
-                )
-        single = report["single_region_accuracy"]
-        if single["n"]:
-            print(f"  single-region images: {single['rate']:.1%} ({single['hits']}/{single['n']})")
-        if report["unsure"]:
-            print(f"  unsure (no region named): {report['unsure']}")
-        return 0
-
-    return guarded(run)
+    single = report["single_region_accuracy"]
+    if single["n"]:
+        print(f"  single-region images: {single['rate']:.1%} ({single['hits']}/{single['n']})")
+    if report["unsure"]:
+        print(f"  unsure (no region named): {report['unsure']}")
+    return 0

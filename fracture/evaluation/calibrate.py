@@ -1,7 +1,9 @@
 """Calibration: Platt scaling and operating points fitted on the validation split.
 
-The maths is :func:`fracture.evaluation.operating_points.calibrate`, the one
-calibration that training uses too; this module applies it to a saved model.
+The maths is :func:`fracture.evaluation.operating_points.calibrate`.
+:func:`calibrate_binary` applies it to a binary model's val logits and writes the
+report that goes with it; training, the box-supervision recipe in ``tools/`` and
+:func:`calibrate_model` (refit a saved model) all go through it.
 """
 
 from __future__ import annotations
@@ -9,17 +11,64 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fracture.data.layouts import load_dataset
+from fracture.data.records import Record
 from fracture.evaluation.evaluate import score_records
 from fracture.evaluation.metrics import evaluation_report
-from fracture.evaluation.operating_points import calibrate
+from fracture.evaluation.operating_points import Calibration, calibrate
 from fracture.inference.predictor import Predictor, load_predictor
 from fracture.model.card import headline
-from fracture.model.folder import ModelFolder
+from fracture.model.folder import ModelConfig, ModelFolder
 
-__all__ = ["calibrate_model"]
+__all__ = ["calibrate_model", "calibrate_binary", "Calibrated"]
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A binary model's calibration fitted on val, the config that applies it, and the val report."""
+
+    config: ModelConfig
+    calibration: Calibration
+    report: dict[str, Any]
+
+
+def calibrate_binary(
+    config: ModelConfig,
+    raw_logits: np.ndarray,
+    labels: np.ndarray,
+    records: Sequence[Record],
+    *,
+    seed: int = 0,
+) -> Calibrated:
+    """Platt scaling and both operating points on val, and the report of the calibrated model.
+
+    ``raw_logits`` are the network's logits (before any prior shift) for
+    ``records``, whose regions and hardware flags give the report's subgroups.
+    """
+    calibration = calibrate(raw_logits, labels, seed=seed)
+    config = dataclasses.replace(
+        config,
+        prior_shift=calibration.shift,
+        temperature=calibration.temperature,
+        thresholds=calibration.thresholds,
+    )
+    report = evaluation_report(
+        labels,
+        raw_logits - calibration.shift,
+        calibration.temperature,
+        calibration.thresholds,
+        regions=[r.region for r in records],
+        hardware=[r.hardware for r in records],
+        seed=seed,
+    )
+    report["calibration_fit"] = calibration.summary()
+    return Calibrated(config, calibration, report)
 
 
 def calibrate_model(
@@ -48,30 +97,17 @@ def calibrate_model(
     records = dataset.split("val")
     logits, labels, _, kept = score_records(predictor, records, with_cam=False)
     # Undo whatever shift the folder had: Platt scaling fits its own.
-    raw_logits = logits + config.prior_shift
-    calibration = calibrate(raw_logits, labels)
-    prior_shift, temperature = calibration.shift, calibration.temperature
-    thresholds = calibration.thresholds
-    config = dataclasses.replace(
-        config, prior_shift=prior_shift, temperature=temperature, thresholds=thresholds
+    fitted = calibrate_binary(
+        config, logits + config.prior_shift, labels, [records[i] for i in kept]
     )
-    kept_records = [records[i] for i in kept]
-    report = evaluation_report(
-        labels,
-        raw_logits - prior_shift,
-        temperature,
-        thresholds,
-        regions=[r.region for r in kept_records],
-        hardware=[r.hardware for r in kept_records],
-    )
-    report["calibration_fit"] = calibration.summary()
+    config, calibration, report = fitted.config, fitted.calibration, fitted.report
     folder.write_evaluation(report)
     folder.rewrite_config(
         config,
         card,
-        prior_shift=prior_shift,
-        temperature=temperature,
-        thresholds=thresholds,
+        prior_shift=config.prior_shift,
+        temperature=config.temperature,
+        thresholds=config.thresholds,
         val_metrics=headline(report),
         calibration=calibration.summary(),
     )

@@ -14,7 +14,11 @@ from pydicom.dataset import Dataset
 
 from fracture.errors import InvalidImageError
 
-__all__ = ["check_pixel_data_length", "first_value", "looks_like_bare_dicom"]
+__all__ = ["check_pixel_data_length", "first_value", "looks_like_bare_dicom", "looks_like_dicom"]
+
+# Part 10 files: a 128-byte preamble, then this marker (PS3.10 7.1).
+DICOM_MAGIC_OFFSET = 128
+DICOM_MAGIC = b"DICM"
 
 
 def check_pixel_data_length(dataset: Dataset, label: str) -> None:
@@ -68,6 +72,18 @@ def looks_like_bare_dicom(head: bytes) -> bool:
     if vr.isalpha() and vr.isupper():
         return True
     return int.from_bytes(head[4:8], "little") <= 1024
+
+
+def looks_like_dicom(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` (a file's first 132 bytes are enough) opens a DICOM file.
+
+    Either the Part 10 marker after the preamble, or a data set written without
+    preamble (:func:`looks_like_bare_dicom`): the same test the loader's file
+    walk applies, so a page recognises every upload the loader would decode.
+    """
+    head = bytes(data[: DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)])
+    marker = head[DICOM_MAGIC_OFFSET:]
+    return marker == DICOM_MAGIC or looks_like_bare_dicom(head)
 
 
 def first_value(value: object) -> object:

@@ -8,12 +8,11 @@ is :class:`fracture.model.folder.ModelFolder`'s job.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from fracture.data.records import region_words, summary_classes
-
-if TYPE_CHECKING:
-    from fracture.model.folder import ModelConfig
+from fracture.model.config import ModelConfig
 
 __all__ = [
     "build_card",
@@ -71,6 +70,12 @@ def limitations_for(training_data: dict[str, Any]) -> list[str]:
     return [*specific, *GENERAL_LIMITATIONS]
 
 
+class Summarised(Protocol):
+    """Something fitted that describes itself for the card: the OOD gate, the calibration."""
+
+    def summary(self) -> dict[str, Any]: ...
+
+
 def build_card(
     *,
     model_config: ModelConfig,
@@ -83,12 +88,20 @@ def build_card(
     imagenet_sha256: str,
     commit: str | None,
     class_counts: dict[str, dict[str, int]] | None = None,
+    ood_gate: Summarised | None = None,
+    calibration: Summarised | None = None,
+    architecture: str | None = None,
+    sections: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Collect everything a reviewer needs to judge a model into one dict.
 
     ``class_counts`` are the images per split and class that training and
     validation actually used (``{"train": {class: n, ..., "total": n}}``), which
     can differ from the dataset's counts (unreadable files, merged classes).
+    ``ood_gate`` and ``calibration`` are the fitted gate and calibration, each
+    described by its ``summary()``; the heat map's scale is ``model_config``'s.
+    ``architecture`` replaces the default description of the network, and
+    ``sections`` adds what only one recipe knows (e.g. how boxes trained the heat map).
     """
     from fracture.data.provenance import describe_dataset
 
@@ -98,13 +111,14 @@ def build_card(
         if model_config.is_multiclass
         else "sigmoid output"
     )
-    return {
+    card = {
         "name": model_config.name,
         "version": model_config.version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": commit,
         "seed": train_config.get("seed"),
-        "architecture": f"ResNet-50 (ImageNet) + GAP + dropout + dense logit, {output}",
+        "architecture": architecture
+        or f"ResNet-50 (ImageNet) + GAP + dropout + dense logit, {output}",
         "multiclass": model_config.is_multiclass,
         "classes": model_config.class_names,
         "normal_class": (
@@ -129,6 +143,12 @@ def build_card(
         "intended_use": INTENDED_USE,
         "limitations": limitations_for(training_data),
     }
+    if ood_gate is not None:
+        card["ood"] = ood_gate.summary()
+    if calibration is not None:
+        card["calibration"] = calibration.summary()
+    card["evidence_scale"] = model_config.evidence_scale
+    return {**card, **(sections or {})}
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -11,23 +11,22 @@ card, and a folder whose files do not match is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from numpy.typing import ArrayLike
 
-from fracture.data.records import label_from_name
 from fracture.errors import ModelLoadError
 from fracture.io.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from fracture.model.card import render_card_markdown
+from fracture.model.config import BINARY_CLASSES, ModelConfig
 from fracture.model.network import LOGIT_LAYER, build_classifier, trained_layers
 
 if TYPE_CHECKING:
@@ -43,6 +42,8 @@ __all__ = [
     "REGION_FILE",
     "LOCALISER_FILE",
     "EVALUATION_FILE",
+    "HEAD_FILES",
+    "HeadFile",
     "ModelConfig",
     "BINARY_CLASSES",
     "LoadedModel",
@@ -73,167 +74,21 @@ OOD_FILE = "ood.npz"
 REGION_FILE = "region_head.npz"
 # Optional localisation head on conv4's features (see fracture.model.localiser).
 LOCALISER_FILE = "localiser.npz"
+# The optional heads a model folder can hold beside the network, each in its own
+# file that the card's checksums cover. A new head adds its file name here, and
+# passes its object to ModelFolder.write_model(heads={NAME: head}).
+HEAD_FILES: tuple[str, ...] = (OOD_FILE, REGION_FILE, LOCALISER_FILE)
 EVALUATION_FILE = "evaluation.json"
-
-
-FORMAT_VERSION = 1
-# The binary model's classes, in output order: column 1 is the fracture probability.
-BINARY_CLASSES: tuple[str, str] = ("normal", "fracture")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a classifier and prepare its input."""
-
-    image_size: int = 224
-    # Layers after this one are fine-tuned; it and everything before stay ImageNet.
-    fine_tune_from: str = "conv5_block1_out"
-    dropout: float = 0.3
-    # None: the binary fracture model, one sigmoid logit (classes "normal" and
-    # "fracture"); every model folder saved before K classes existed reads as this.
-    # A list: a K-class softmax model whose logit layer has one unit per class, in
-    # this order (the order the training data's class folders sorted to). Stored
-    # only when set, so a binary config.json is byte for byte what it always was.
-    classes: list[str] | None = None
-    # Calibration and operating points are fitted on val. Class-weighted training
-    # trains the logit as if both classes were equally common, which adds
-    # log(w_fracture / w_normal) to it; ``prior_shift`` removes that before the
-    # temperature is applied, so probabilities match the data's prevalence.
-    # Binary only: Platt scaling fits it with the temperature (one logit, one bias).
-    # A K-class model keeps it at 0; its temperature divides all K logits,
-    # softmax(logits / T) (Guo et al., "On Calibration of Modern Neural Networks",
-    # ICML 2017), which changes confidence but never the ranking or the top class.
-    prior_shift: float = 0.0
-    temperature: float = 1.0
-    # Operating points on the probability of any fracture: the fracture probability
-    # of a binary model, 1 - P(normal) of a K-class model with a normal class
-    # (:attr:`normal_index`). Empty for a K-class model without one: it has no
-    # "fracture or not" to threshold, and reports its top class instead.
-    thresholds: dict[str, float] = field(
-        default_factory=lambda: {"high_sensitivity": 0.5, "high_specificity": 0.5}
-    )
-    operating_point: str = "high_sensitivity"
-    # "bfloat16" once `python -m fracture bench --apply` has found it within 0.005
-    # AUROC of float32 on val and faster; None serves float32.
-    inference_precision: str | None = None
-    # 2: the last stage (conv5) runs at stride 1 with dilation 2, so the Grad-CAM
-    # grid is 1/16 of the input (24 x 24 at 384 px) instead of 1/32 (Yu and Koltun,
-    # "Multi-Scale Context Aggregation by Dilated Convolutions", ICLR 2016; the
-    # DeepLab recipe). The ImageNet weights stay valid; a finer grid is what lets
-    # a heat map land on a fracture a few millimetres wide. 1: plain ResNet-50.
-    conv5_dilation: int = 1
-    # Heat-map intensity is evidence / evidence_scale, clipped to [0, 1]: one
-    # absolute scale fixed on val, so a confident normal shows little heat and a
-    # fracture shows its evidence (see fracture.inference.gradcam). None: each
-    # map is scaled to its own peak (models saved before the scale existed).
-    evidence_scale: float | None = None
-    name: str = "untrained"
-    version: str = "0"
-
-    def __post_init__(self) -> None:
-        if self.classes is None:
-            return
-        classes = [str(name) for name in self.classes]
-        # A list whatever came in (a tuple, JSON), so that saved and loaded configs compare equal.
-        object.__setattr__(self, "classes", classes)
-        if len(classes) < 2:
-            raise ValueError(f"A K-class model needs at least 2 classes, got {classes}")
-        if any(not name.strip() for name in classes):
-            raise ValueError(f"Class names must not be blank, got {classes}")
-        duplicates = sorted({name for name in classes if classes.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"Class names must be unique; repeated: {', '.join(duplicates)}")
-        if self.prior_shift != 0.0:
-            raise ValueError("prior_shift is for the binary model only; a K-class model has 0")
-
-    @property
-    def is_multiclass(self) -> bool:
-        """Whether this is a K-class softmax model (False: the binary sigmoid model)."""
-        return self.classes is not None
-
-    @property
-    def class_names(self) -> list[str]:
-        """The classes in output order; ``["normal", "fracture"]`` for the binary model."""
-        return list(self.classes) if self.classes is not None else list(BINARY_CLASSES)
-
-    @property
-    def num_outputs(self) -> int:
-        """Units of the logit layer: 1 for the binary model (one sigmoid logit), else K."""
-        return len(self.classes) if self.classes is not None else 1
-
-    @property
-    def normal_index(self) -> int | None:
-        """Index into :attr:`class_names` of the class meaning "no fracture", or None.
-
-        Recognised by the folder-name synonyms of :data:`fracture.data.records.CLASS_SYNONYMS`
-        ("normal", "negative", "non-fractured", ...); the first such class wins.
-        """
-        for index, name in enumerate(self.class_names):
-            if label_from_name(name) == 0:
-                return index
-        return None
-
-    @property
-    def threshold(self) -> float:
-        """The any-fracture threshold of the chosen operating point."""
-        if self.operating_point not in self.thresholds:
-            raise ValueError(
-                f"Model {self.name!r} has no {self.operating_point!r} threshold"
-                + (
-                    ": it has no normal class, so it names the most likely class instead"
-                    if self.normal_index is None
-                    else ""
-                )
-            )
-        return float(self.thresholds[self.operating_point])
-
-    def probabilities(self, raw_logits: ArrayLike) -> np.ndarray:
-        """Calibrated class probabilities (n, len(class_names)) from the network's raw logits.
-
-        Binary: ``p = sigmoid((z - prior_shift) / temperature)`` gives the columns
-        (1 - p, p); ``raw_logits`` may be (n,) or (n, 1). K classes:
-        ``softmax(z / temperature)`` over the (n, K) logits.
-        """
-        from scipy.special import softmax
-
-        z = np.asarray(raw_logits, np.float64)
-        if self.classes is None:
-            scaled = (z.reshape(len(z)) - self.prior_shift) / self.temperature
-            # The very expression the binary Predictor has always used, so that its
-            # probabilities stay identical to the last bit (exp overflows to 0 safely).
-            with np.errstate(over="ignore"):
-                fracture = 1.0 / (1.0 + np.exp(-scaled))
-            return np.stack([1.0 - fracture, fracture], axis=1)
-        if z.ndim != 2 or z.shape[1] != self.num_outputs:
-            raise ValueError(f"Expected logits of shape (n, {self.num_outputs}), got {z.shape}")
-        return softmax(z / self.temperature, axis=1)
-
-    def any_fracture(self, probabilities: ArrayLike) -> np.ndarray | None:
-        """P(any fracture) per row of :meth:`probabilities`: 1 - P(normal); None without a normal class.
-
-        This is what operating points, triage and the CSV use. For the binary model
-        it is the fracture column itself, exactly the probability it always gave.
-        """
-        p = np.asarray(probabilities, np.float64)
-        if self.classes is None:
-            return p[:, 1]
-        index = self.normal_index
-        return None if index is None else 1.0 - p[:, index]
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        if data["classes"] is None:
-            del data["classes"]
-        return {"format": FORMAT_VERSION, **data}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _is_head(name: str) -> bool:
     return name == LOGIT_LAYER
+
+
+class HeadFile(Protocol):
+    """A head that writes itself to one file of a model folder (the OOD gate, the region head)."""
+
+    def save(self, path: str | os.PathLike[str]) -> Any: ...
 
 
 def save_model(
@@ -244,14 +99,25 @@ def save_model(
     reference: dict[str, list[np.ndarray]],
     card: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a model folder: config, weight deltas and card.
+    """Write ``model`` as a model folder: config, weight deltas and card (no Markdown, no heads).
 
     ``reference`` maps layer names to their ImageNet weights (see
     :func:`imagenet_reference`); the backbone is stored as float16 differences from it, which are small, so
     float16 loses nothing that matters. Call :func:`quantise_like_saved` first
-    when the in-memory model must predict exactly as the saved one will.
+    when the in-memory model must predict exactly as the saved one will. A
+    finished model with its heads, evaluation and card for people is
+    :meth:`ModelFolder.write_model`'s job.
     """
     folder = ModelFolder(directory)
+    folder.write_network(model, config, reference=reference)
+    folder.write_card(dict(card or {}), markdown=False)
+    return folder.path
+
+
+def _encode_weights(
+    model: "keras.Model", config: ModelConfig, reference: dict[str, list[np.ndarray]]
+) -> bytes:
+    """The ``weights.npz`` bytes: the head in float32, the backbone as float16 deltas."""
     arrays: dict[str, np.ndarray] = {}
     for layer in trained_layers(model, config):
         values = [np.asarray(w) for w in layer.get_weights()]
@@ -264,10 +130,7 @@ def save_model(
             arrays[f"delta/{layer.name}/{index}"] = (value - base_value).astype(np.float16)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-    folder.write_weights(buffer.getvalue())
-    folder.write_config(config)
-    folder.write_card(dict(card or {}), markdown=False)
-    return folder.path
+    return buffer.getvalue()
 
 
 def imagenet_reference(model: "keras.Model", config: ModelConfig) -> dict[str, list[np.ndarray]]:
@@ -302,7 +165,7 @@ def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
     """SHA256 of the files that define a model's behaviour."""
     directory = Path(directory)
     checksums = {}
-    for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE, REGION_FILE, LOCALISER_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, *HEAD_FILES):
         path = directory / name
         try:
             stat = path.stat()
@@ -441,6 +304,58 @@ class ModelFolder:
 
     def write_evaluation(self, report: dict[str, Any]) -> None:
         atomic_write_json(self.evaluation_path, report)
+
+    def write_network(
+        self,
+        model: "keras.Model",
+        config: ModelConfig,
+        *,
+        reference: dict[str, list[np.ndarray]],
+    ) -> None:
+        """Write the weights (see :func:`save_model`) and ``config.json``; the card must follow."""
+        self.write_weights(_encode_weights(model, config, reference))
+        self.write_config(config)
+
+    def write_model(
+        self,
+        model: "keras.Model",
+        config: ModelConfig,
+        *,
+        reference: dict[str, list[np.ndarray]],
+        card: dict[str, Any],
+        report: dict[str, Any] | None = None,
+        heads: Mapping[str, HeadFile] | None = None,
+    ) -> dict[str, Any]:
+        """Write a complete model folder in the one order that keeps it verifiable; returns the card.
+
+        1. each head in ``heads`` (file name -> object with ``save(path)``, e.g.
+           ``{OOD_FILE: gate}``), whose name must be one of :data:`HEAD_FILES`;
+        2. the network: ``weights.npz`` and ``config.json``;
+        3. ``model_card.json`` with the checksums of everything above, so an
+           interruption before it leaves a folder that is refused, never one that
+           loads with mismatched parts;
+        4. ``evaluation.json`` (``report``, when given) and ``model_card.md``, which
+           no checksum covers.
+
+        The trainer and the box-supervision recipe in ``tools/`` both finish here.
+        ``card`` is what :func:`fracture.model.card.build_card` made.
+        """
+        heads = dict(heads or {})
+        unknown = sorted(set(heads) - set(HEAD_FILES))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} is not a head file of a model folder "
+                f"(known: {', '.join(HEAD_FILES)}); add it to HEAD_FILES so checksums cover it"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name, head in heads.items():
+            head.save(self.path / name)
+        self.write_network(model, config, reference=reference)
+        written = self.write_card(card, markdown=False)
+        if report is not None:
+            self.write_evaluation(report)
+        self.write_markdown(written)
+        return written
 
     def write_card(self, card: dict[str, Any], *, markdown: bool = True) -> dict[str, Any]:
         """Write ``card`` with fresh checksums of every file; returns what was written.

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fracture.model.config import ModelConfig
+
 if TYPE_CHECKING:
     import keras
-
-    from fracture.model.folder import ModelConfig
 
 __all__ = [
     "build_classifier",

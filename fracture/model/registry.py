@@ -48,6 +48,7 @@ from fracture.model.folder import ModelFolder, ModelLoadError, read_config
 __all__ = [
     "ModelVersion",
     "list_versions",
+    "version_of",
     "active_name",
     "active_model_dir",
     "promote",
@@ -263,6 +264,21 @@ def list_versions(settings: Settings | None = None) -> list[ModelVersion]:
         versions.append(ModelVersion(path.name, path, path.name == served, valid, error, card))
     versions.sort(key=lambda v: (_sort_key(v), v.name), reverse=True)
     return versions
+
+
+def version_of(
+    model_dir: str | os.PathLike[str], settings: Settings | None = None
+) -> ModelVersion | None:
+    """The stored version holding the model in ``model_dir`` (e.g. a run's candidate), or None.
+
+    A version holds it when its card's checksums, which cover every file that
+    defines the model's behaviour, equal those of ``model_dir``'s card: promoting
+    copies the folder, so the copy has the same checksums under another name.
+    """
+    checksums = ModelFolder(model_dir).read_card().get("checksums")
+    if not checksums:
+        return None
+    return next((v for v in list_versions(settings) if v.card.get("checksums") == checksums), None)
 
 
 def _version(settings: Settings, name: str) -> ModelVersion:

@@ -17,7 +17,6 @@ command line hold no lock but are still detected from their status files.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -36,10 +35,12 @@ from fracture.io.files import atomic_write_json, check_name, exclusive_lock, rea
 from fracture.io.processes import pid_alive, process_start_ticks
 from fracture.model.folder import ModelFolder
 from fracture.training.runs import (
+    STATE_FILE,
     STATUS_FILE,
     TRAIN_CONFIG_FILE,
     candidate_dir,
     read_status,
+    write_train_config,
 )
 
 if TYPE_CHECKING:
@@ -72,7 +73,6 @@ _FINAL_STATES = frozenset({"completed", "cancelled"})
 # A lock mid-launch names the launcher, not the trainer; Popen takes
 # milliseconds, so one older than this was left by a launcher that hung.
 _LAUNCH_GRACE_S = 120.0
-# TrainConfig fields that `python -m fracture train` has no flag for.
 # Popen objects of children this process launched, kept so they are reaped
 # (a finished child that nobody waits for lingers as a zombie).
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -210,7 +210,7 @@ def _read_status(run_dir: Path) -> dict[str, Any]:
     try:
         return read_status(run_dir)
     except ValueError:  # status.json is written atomically; this is hand-editing
-        return {"state": "unknown", "message": f"{run_dir / 'status.json'} is unreadable"}
+        return {"state": "unknown", "message": f"{run_dir / STATUS_FILE} is unreadable"}
 
 
 def job_status(job: TrainingJob) -> dict[str, Any]:
@@ -271,31 +271,19 @@ def current_job(settings: Settings | None = None) -> TrainingJob | None:
 # Start
 
 
-def _command(
-    data_root: Path, run_dir: Path, config: "TrainConfig", pretrained: bool, resume: bool
-) -> list[str]:
-    """The ``python -m fracture train`` command line that reproduces ``config``."""
-    from fracture.training.config import TrainConfig
+def _command(data_root: Path, run_dir: Path, pretrained: bool, resume: bool) -> list[str]:
+    """The ``python -m fracture train`` command line of a run whose config is in its folder.
 
+    The settings travel as the run's ``train_config.json`` (:func:`start_training`
+    writes it first), so the child trains with exactly the :class:`TrainConfig`
+    the caller made; on resume the run's own file wins in the trainer.
+    """
     command = [sys.executable, "-m", "fracture", "train", str(data_root), "--out", str(run_dir)]
     if not pretrained:
         command.append("--no-pretrained")
     if resume:
-        # The run's own train_config.json wins on resume; flags would be ignored.
         return [*command, "--resume"]
-    # Every TrainConfig field has a flag of the same name (tested), so the
-    # child's config equals ``config`` exactly.
-    for field in dataclasses.fields(TrainConfig):
-        value = getattr(config, field.name)
-        if field.name == "augment":
-            if not value:
-                command.append("--no-augment")
-            continue
-        command += [
-            f"--{field.name.replace('_', '-')}",
-            repr(value) if isinstance(value, float) else str(value),
-        ]
-    return command
+    return [*command, "--config", str(run_dir / TRAIN_CONFIG_FILE)]
 
 
 def _child_env(settings: Settings, extra_env: Mapping[str, str | None] | None) -> dict[str, str]:
@@ -349,7 +337,7 @@ def start_training(
     check_name(run_name, "run")
     run_dir = (settings.runs_dir / run_name).resolve()
     if resume:
-        if not (run_dir / "state.json").is_file():
+        if not (run_dir / STATE_FILE).is_file():
             raise ValueError(f"{run_dir} has no completed epoch to resume from")
         if pretrained is None:
             previous = read_json(run_dir / JOB_FILE, default={}) or {}
@@ -363,7 +351,7 @@ def start_training(
             data, val_fraction=checked.val_fraction, seed=checked.seed, task=checked.task
         )
     pretrained = True if pretrained is None else pretrained
-    command = _command(data, run_dir, config or TrainConfig(), pretrained, resume)
+    command = _command(data, run_dir, pretrained, resume)
 
     started = time.time()
     with _guard(settings):
@@ -390,6 +378,10 @@ def start_training(
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_train_config(
+                run_dir / TRAIN_CONFIG_FILE, config or TrainConfig(), pretrained=pretrained
+            )
         with open(run_dir / LOG_FILE, "ab") as log_file:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log_file.write(f"[{stamp}] {shlex.join(command)}\n".encode())

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fracture.config import Settings, get_settings
 from fracture.io.files import atomic_write_json, atomic_write_text, read_json
 from fracture.io.processes import pid_alive
 from fracture.model.folder import ModelFolder
+from fracture.training.config import TrainConfig
 
 __all__ = [
     "STATUS_FILE",
@@ -36,6 +38,11 @@ __all__ = [
     "MODEL_SUBDIR",
     "TRAIN_CONFIG_FILE",
     "CHECKPOINTS_DIR",
+    "LAST_CHECKPOINT",
+    "BEST_CHECKPOINT",
+    "RunProgress",
+    "write_train_config",
+    "read_train_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,9 +67,45 @@ CONFUSION_JSON = "confusion.json"
 
 # Where a finished run leaves its candidate model (a model folder, see ModelFolder).
 MODEL_SUBDIR = "model"
-# The run's TrainConfig (plus "pretrained"), so that a resume trains the same way.
+# The run's TrainConfig (plus "pretrained"): written by whoever starts the run (the
+# background launcher, or the trainer itself), read by the training process and by
+# a resume, so that it trains the same way.
 TRAIN_CONFIG_FILE = "train_config.json"
 CHECKPOINTS_DIR = "checkpoints"
+# In CHECKPOINTS_DIR: the last complete epoch's tail weights (where a resume starts)
+# and the best epoch's by val AUROC (what the run finishes with).
+LAST_CHECKPOINT = "last.weights.h5"
+BEST_CHECKPOINT = "best.weights.h5"
+
+
+@dataclass
+class RunProgress:
+    """What a run has done so far: its epoch rows, confusion matrices and best epoch.
+
+    ``state.json`` holds the last three fields (:meth:`RunWriter.state`);
+    :meth:`resume` reads them back with ``metrics.json`` and ``confusion.json``.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    confusions: list[dict[str, Any]] = field(default_factory=list)
+    completed_epoch: int = 0
+    best_auroc: float = -1.0
+    best_epoch: int = 0
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike[str]) -> "RunProgress":
+        """The progress of an interrupted run; a ValueError when no epoch completed."""
+        run_dir = Path(run_dir)
+        state = read_json(run_dir / STATE_FILE, default={})
+        if not state:
+            raise ValueError(f"{run_dir} has no completed epoch to resume from")
+        return cls(
+            history=read_json(run_dir / METRICS_JSON, default=[]),
+            confusions=(read_confusion(run_dir) or {}).get("epochs", []),
+            completed_epoch=int(state.get("completed_epoch", 0)),
+            best_auroc=float(state.get("best_auroc", -1.0)),
+            best_epoch=int(state.get("best_epoch", 0)),
+        )
 
 
 def candidate_dir(run_dir: str | os.PathLike[str]) -> Path:
@@ -100,11 +143,54 @@ class RunWriter:
             lines += [",".join(_csv_cell(row.get(c)) for c in columns) for row in history]
             atomic_write_text(self.run_dir / METRICS_CSV, "\n".join(lines) + "\n")
 
+    def state(self, progress: RunProgress) -> None:
+        """Record the resume point; write it after the checkpoint it points to."""
+        atomic_write_json(
+            self.run_dir / STATE_FILE,
+            {
+                "completed_epoch": progress.completed_epoch,
+                "best_auroc": progress.best_auroc,
+                "best_epoch": progress.best_epoch,
+            },
+        )
+
     def confusion(self, classes: list[str], epochs: list[dict[str, Any]]) -> None:
         """Record every epoch's validation confusion matrix so far (see :data:`CONFUSION_JSON`)."""
         atomic_write_json(
             self.run_dir / CONFUSION_JSON, {"classes": list(classes), "epochs": list(epochs)}
         )
+
+
+def write_train_config(
+    path: str | os.PathLike[str], config: TrainConfig, *, pretrained: bool
+) -> Path:
+    """Write a run's ``train_config.json`` (see :data:`TRAIN_CONFIG_FILE`) at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {**config.to_json(), "pretrained": pretrained})
+    return path
+
+
+def read_train_config(path: str | os.PathLike[str]) -> tuple[TrainConfig, bool | None]:
+    """The config in a ``train_config.json`` and its ImageNet choice (None if it has none).
+
+    Raises ValueError, in words, for a file that is missing, unreadable or holds an
+    invalid config.
+    """
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except ValueError as error:  # JSONDecodeError
+        raise ValueError(f"{path} is not readable JSON: {error}") from None
+    if data is None:
+        raise ValueError(f"No training settings at {path}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold training settings")
+    pretrained = data.pop("pretrained", None)
+    try:
+        return TrainConfig.from_json(data), None if pretrained is None else bool(pretrained)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _csv_cell(value: Any) -> str:

@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +42,13 @@ import numpy as np
 
 from fracture.config import Settings, get_settings
 from fracture.data.layouts import load_dataset
-from fracture.io.files import atomic_write_json, read_json
+from fracture.data.records import Dataset
+from fracture.io.files import read_json
 from fracture.model.folder import (
     ModelConfig,
     ModelFolder,
     imagenet_reference,
     quantise_like_saved,
-    save_model,
 )
 from fracture.model.network import build_classifier, set_trainable, split_at
 from fracture.training.cache import FeatureCache, compute_features, keep_usable, model_key
@@ -61,16 +62,24 @@ from fracture.training.losses import (
     logit_tail,
 )
 from fracture.training.runs import (
+    BEST_CHECKPOINT,
     CHECKPOINTS_DIR,
-    METRICS_JSON,
-    STATE_FILE,
+    LAST_CHECKPOINT,
     STATUS_FILE,
     TRAIN_CONFIG_FILE,
+    RunProgress,
     RunWriter,
     candidate_dir,
-    read_confusion,
+    read_train_config,
+    write_train_config,
 )
 from fracture.training.tasks import Task, check_splits, resolve_task
+from fracture.training.validation import (
+    ValidationSplit,
+    class_metrics,
+    confusion,
+    predict_tail,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -130,18 +139,32 @@ def _class_weights(labels: np.ndarray, n_classes: int = 2) -> dict[int, float]:
     return {k: float(len(labels) / (n_classes * counts[k])) for k in range(n_classes)}
 
 
-def _batches(features, labels, weights, masks, config: TrainConfig, epoch: int):
+def _batches(
+    features: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    masks: np.ndarray | None,
+    config: TrainConfig,
+    first_epoch: int,
+):
     """A keras PyDataset over cached features: each epoch draws one view per image.
 
     Targets are the label for the logit and, for the binary model, (box mask,
     label) for the evidence map; ``masks`` is None for a K-class model, whose
-    integer labels feed a sparse softmax cross-entropy.
+    integer labels feed a sparse softmax cross-entropy. Epoch ``e``'s order and
+    views come from the seed ``(config.seed, e)`` (``draw(e)``, called as each epoch
+    begins), so a resumed run sees what an uninterrupted one would have.
     """
     import keras
 
     class CachedBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__(workers=1, use_multiprocessing=False)
+            # Keras reads a few batches to infer shapes before the first epoch begins.
+            self.draw(first_epoch)
+
+        def draw(self, epoch: int) -> None:
+            """Order and views for the 1-based ``epoch``; call it as the epoch begins."""
             rng = np.random.default_rng([config.seed, epoch])
             self.order = rng.permutation(len(labels))
             self.views = rng.integers(0, features.shape[0], size=len(labels))
@@ -161,104 +184,6 @@ def _batches(features, labels, weights, masks, config: TrainConfig, epoch: int):
             return x, targets, weights[rows].astype(np.float32)
 
     return CachedBatches()
-
-
-def _predict(
-    tail: "keras.Model", features: np.ndarray, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits and evidence maps (n, h, w) of the tail, in batches.
-
-    Logits are (n,) for the binary model, (n, K) for a K-class one, whose tail
-    has no evidence map (None).
-    """
-    logits, evidence = [], []
-    for i in range(0, len(features), batch_size):
-        out = tail(features[i : i + batch_size].astype(np.float32), training=False)
-        logit = np.asarray(out[LOGIT_OUTPUT])
-        logits.append(logit if logit.shape[1] > 1 else logit[:, 0])
-        if EVIDENCE_OUTPUT in out:
-            evidence.append(np.asarray(out[EVIDENCE_OUTPUT]))
-    if not logits:
-        return np.zeros(0), np.zeros((0, 1, 1))
-    return np.concatenate(logits), np.concatenate(evidence) if evidence else None
-
-
-def _predict_logits(tail: "keras.Model", features: np.ndarray) -> np.ndarray:
-    return _predict(tail, features)[0]
-
-
-def _pointing(evidence: np.ndarray, labels: np.ndarray, boxes: list) -> float | None:
-    """Val pointing game in the network input's frame (None when val has no boxes)."""
-    from fracture.evaluation.metrics import pointing_game
-
-    boxed = [i for i in np.flatnonzero(labels == 1) if boxes[i]]
-    if not boxed:
-        return None
-    return pointing_game([evidence[i] for i in boxed], [boxes[i] for i in boxed])["score"]
-
-
-def _epoch_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """Binary validation metrics at probability 0.5, from raw logits."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_score
-
-    probabilities = 1 / (1 + np.exp(-logits))
-    predicted = (probabilities >= 0.5).astype(int)
-    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
-    return {
-        "loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])),
-        "auroc": float(roc_auc_score(labels, probabilities)),
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "sensitivity": float(tp / max(tp + fn, 1)),
-        "specificity": float(tn / max(tn + fp, 1)),
-    }
-
-
-def _class_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, normal_index: int | None
-) -> dict[str, float]:
-    """K-class metrics: loss, macro one-vs-rest AUROC, accuracy, balanced accuracy.
-
-    With a normal class, also the sensitivity and specificity of "any fracture"
-    (the top class is not normal), so a run's curves read as a fracture model's do.
-    """
-    from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
-
-    k = probabilities.shape[1]
-    predicted = probabilities.argmax(axis=1)
-    clipped = np.clip(probabilities, 1e-7, 1.0)
-    metrics = {
-        "loss": float(
-            log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=range(k))
-        ),
-        # Every class is in val (fracture.training.tasks.check_splits), so each
-        # one-vs-rest AUROC is defined.
-        "auroc": float(
-            roc_auc_score(
-                labels, probabilities, multi_class="ovr", average="macro", labels=range(k)
-            )
-        ),
-        "accuracy": float(np.mean(predicted == labels)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-    }
-    if normal_index is not None:
-        fractured, flagged = labels != normal_index, predicted != normal_index
-        metrics["sensitivity"] = float(flagged[fractured].mean()) if fractured.any() else 0.0
-        metrics["specificity"] = float((~flagged[~fractured]).mean()) if (~fractured).any() else 0.0
-    return metrics
-
-
-def _confusion(labels: np.ndarray, logits: np.ndarray, n_classes: int) -> list[list[int]]:
-    """Validation confusion matrix (rows true, columns predicted): the top class, or p >= 0.5."""
-    from sklearn.metrics import confusion_matrix
-
-    predicted = logits.argmax(axis=1) if logits.ndim == 2 else (logits >= 0).astype(int)
-    return confusion_matrix(labels, predicted, labels=range(n_classes)).tolist()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    from scipy.special import softmax
-
-    return softmax(np.asarray(logits, np.float64), axis=1)
 
 
 def _compile(tail: "keras.Model", learning_rate: float, config: TrainConfig) -> None:
@@ -299,11 +224,6 @@ def _compile(tail: "keras.Model", learning_rate: float, config: TrainConfig) -> 
     )
 
 
-def _log(logs: dict[str, float], name: str) -> float:
-    # Keras prefixes a metric of one output of several with the output's name.
-    return logs[name] if name in logs else logs[f"{LOGIT_OUTPUT}_{name}"]
-
-
 def train(
     data_root: str | os.PathLike[str],
     run_dir: str | os.PathLike[str],
@@ -338,6 +258,46 @@ def train(
         raise
 
 
+@dataclass
+class Network:
+    """The classifier being trained, split where the frozen stem ends, and what it started from."""
+
+    model_config: ModelConfig
+    model: "keras.Model"
+    stem: "keras.Model"
+    tail: "keras.Model"  # what fit trains: the layers after the stem, on cached stem outputs
+    strategy: Any  # the tf.distribute strategy the tail was built in
+    reference: dict[str, list[np.ndarray]]  # ImageNet weights of the layers training changes
+    weights_sha: str  # of the ImageNet weights, or "random"
+
+
+@dataclass
+class TrainSplit:
+    """The usable train images: cached stem features of every view, labels, weights, box masks."""
+
+    features: np.ndarray  # (views, n, h, w, c) float16
+    labels: np.ndarray
+    sample_weights: np.ndarray
+    masks: np.ndarray | None  # (views, n, grid h, grid w); None for a K-class model
+
+
+@dataclass
+class Prepared:
+    """What :func:`_prepare` makes once and the fit and finalise phases use."""
+
+    config: TrainConfig
+    dataset: Dataset
+    task: Task
+    network: Network
+    train: TrainSplit
+    val: ValidationSplit
+    skipped: list[str]  # unreadable files, left out of training
+
+    @property
+    def multiclass(self) -> bool:
+        return self.task.classes is not None
+
+
 def _train(
     data_root: str | os.PathLike[str],
     run_dir: Path,
@@ -347,23 +307,50 @@ def _train(
     pretrained: bool,
     resume: bool,
 ) -> Path:
-    import keras
-    import tensorflow as tf
-
-    state = read_json(run_dir / STATE_FILE, default={}) if resume else {}
-    if resume and not state:
-        raise ValueError(f"{run_dir} has no completed epoch to resume from")
-    if resume:
-        saved = read_json(run_dir / TRAIN_CONFIG_FILE)
-        # A run keeps its own weights choice: resuming must not mix random and ImageNet stems.
-        pretrained = bool(saved.pop("pretrained", pretrained))
-        config = TrainConfig(**saved)
-    else:
-        atomic_write_json(
-            run_dir / TRAIN_CONFIG_FILE, {**dataclasses.asdict(config), "pretrained": pretrained}
-        )
+    """The run's phases: prepare (data, network, feature cache), fit, finalise."""
+    config, pretrained, progress = _start(run_dir, config, pretrained, resume)
     writer.status("starting", message="Loading data and model", phase="setup")
     _install_signal_handlers(writer)
+    prepared = _prepare(data_root, run_dir, writer, config, settings, pretrained)
+    _fit(prepared, run_dir, writer, progress, resume)
+    model_dir = _finalise(prepared, run_dir, writer, progress)
+    writer.status(
+        "completed",
+        phase="done",
+        message=f"Best val AUROC {progress.best_auroc:.3f} at epoch {progress.best_epoch}",
+        best_epoch=progress.best_epoch,
+        best_val_auroc=progress.best_auroc,
+        model_dir=str(model_dir),
+        skipped_files=prepared.skipped,
+        replicas=int(prepared.network.strategy.num_replicas_in_sync),
+    )
+    return model_dir
+
+
+def _start(
+    run_dir: Path, config: TrainConfig, pretrained: bool, resume: bool
+) -> tuple[TrainConfig, bool, RunProgress]:
+    """The config and progress to train with: a new run's, or an interrupted run's own."""
+    if not resume:
+        write_train_config(run_dir / TRAIN_CONFIG_FILE, config, pretrained=pretrained)
+        return config, pretrained, RunProgress()
+    progress = RunProgress.resume(run_dir)
+    saved, saved_pretrained = read_train_config(run_dir / TRAIN_CONFIG_FILE)
+    # A run keeps its own weights choice: resuming must not mix random and ImageNet stems.
+    return saved, pretrained if saved_pretrained is None else saved_pretrained, progress
+
+
+def _prepare(
+    data_root: str | os.PathLike[str],
+    run_dir: Path,
+    writer: RunWriter,
+    config: TrainConfig,
+    settings: Settings,
+    pretrained: bool,
+) -> Prepared:
+    """Load the dataset, build the network and compute (or read) every stem feature."""
+    import keras
+    import tensorflow as tf
 
     from fracture.inference.engine import configure_threads
 
@@ -371,13 +358,19 @@ def _train(
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     dataset = load_dataset(data_root, val_fraction=config.val_fraction, seed=config.seed)
-    train_records, val_records = dataset.split("train"), dataset.split("val")
-    if not train_records or not val_records:
+    if not dataset.split("train") or not dataset.split("val"):
         raise ValueError(f"{data_root} needs both train and val images (found {dataset.summary()})")
     task = resolve_task(dataset, config.task)
     check_splits(dataset, task)
-    multiclass = task.classes is not None
+    network = _build_network(run_dir.name, config, task, settings, pretrained)
+    train, val, skipped = _cache_features(dataset, task, network, config, settings, writer)
+    return Prepared(config, dataset, task, network, train, val, skipped)
 
+
+def _build_network(
+    name: str, config: TrainConfig, task: Task, settings: Settings, pretrained: bool
+) -> Network:
+    """ResNet-50 from ImageNet (or random) weights, with its tail made in the strategy's scope."""
     weights_sha = "random"
     weights_path = None
     if pretrained:
@@ -391,7 +384,7 @@ def _train(
         dropout=config.dropout,
         conv5_dilation=config.conv5_dilation,
         classes=task.classes,
-        name=run_dir.name,
+        name=name,
         version=time.strftime("%Y%m%d-%H%M%S"),
     )
     strategy = make_strategy(config.strategy)
@@ -399,11 +392,23 @@ def _train(
         # The tail is a Keras model of its own; made in scope, it trains replicated.
         model = build_classifier(model_config, weights_path)
         stem, _ = split_at(model, config.fine_tune_from)
-        make_tail = logit_tail if multiclass else evidence_tail
+        make_tail = logit_tail if task.classes is not None else evidence_tail
         tail = make_tail(model, config.fine_tune_from)
     reference = imagenet_reference(model, model_config)
+    return Network(model_config, model, stem, tail, strategy, reference, weights_sha)
 
-    cache = FeatureCache(settings.cache_dir / "features", model_key(config, weights_sha))
+
+def _cache_features(
+    dataset: Dataset,
+    task: Task,
+    network: Network,
+    config: TrainConfig,
+    settings: Settings,
+    writer: RunWriter,
+) -> tuple[TrainSplit, ValidationSplit, list[str]]:
+    """Every image's stem features (each train view, val unaugmented), with progress in the status."""
+    train_records, val_records = dataset.split("train"), dataset.split("val")
+    cache = FeatureCache(settings.cache_dir / "features", model_key(config, network.weights_sha))
     views = config.views if config.augment else 1
     total = len(train_records) * views + len(val_records)
     progress_base = [0]
@@ -421,162 +426,195 @@ def _train(
         )
 
     train_features, train_ok, train_boxes = compute_features(
-        train_records, views, stem, cache, config, on_cache_progress
+        train_records, views, network.stem, cache, config, on_cache_progress
     )
     progress_base[0] = len(train_records) * views
     val_features, val_ok, val_boxes = compute_features(
-        val_records, 1, stem, cache, config, on_cache_progress
+        val_records, 1, network.stem, cache, config, on_cache_progress
     )
     train_masks = None
-    if not multiclass:
-        shape = tail.output[EVIDENCE_OUTPUT].shape
+    if task.classes is None:
+        shape = network.tail.output[EVIDENCE_OUTPUT].shape
         grid = (int(shape[1]), int(shape[2]))
         train_masks = np.stack([box_masks(view, grid) for view in train_boxes])[:, train_ok]
-    val_boxes_ok = [b for b, ok in zip(val_boxes[0], val_ok) if ok]
     skipped = [
         str(r.path) for r, ok in zip(train_records + val_records, [*train_ok, *val_ok]) if not ok
     ]
     train_labels = task.labels(train_records)[train_ok]
-    val_labels = task.labels(val_records)[val_ok]
+    class_weight = _class_weights(train_labels, len(task.label_names))
     # In place: the train features are the run's largest array (views x images x
     # stem output; 10.7 GB for 3 views at 384 px from conv4), and a boolean-index
     # copy would double them.
-    train_features = keep_usable(train_features, train_ok)
-    val_features = keep_usable(val_features, val_ok)[0]
-    class_weight = _class_weights(train_labels, len(task.label_names))
-    sample_weights = np.array([class_weight[int(y)] for y in train_labels], np.float32)
-
-    history: list[dict[str, Any]] = read_json(run_dir / METRICS_JSON, default=[]) if resume else []
-    confusions: list[dict[str, Any]] = (
-        (read_confusion(run_dir) or {}).get("epochs", []) if resume else []
+    train = TrainSplit(
+        features=keep_usable(train_features, train_ok),
+        labels=train_labels,
+        sample_weights=np.array([class_weight[int(y)] for y in train_labels], np.float32),
+        masks=train_masks,
     )
-    start_epoch = int(state.get("completed_epoch", 0))
-    best_auroc = float(state.get("best_auroc", -1.0))
-    best_epoch = int(state.get("best_epoch", 0))
-    checkpoints = run_dir / CHECKPOINTS_DIR
-    checkpoints.mkdir(exist_ok=True)
-    if resume:
-        tail.load_weights(checkpoints / "last.weights.h5")
-    tensorboard = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+    val = ValidationSplit(
+        features=keep_usable(val_features, val_ok)[0],
+        labels=task.labels(val_records)[val_ok],
+        boxes=[b for b, ok in zip(val_boxes[0], val_ok) if ok],
+        records=[r for r, ok in zip(val_records, val_ok) if ok],
+    )
+    return train, val, skipped
 
-    compiled_phase = None
-    for epoch in range(start_epoch + 1, config.total_epochs + 1):
-        phase = "head" if epoch <= config.head_epochs else "fine-tune"
-        if phase != compiled_phase:
-            set_trainable(model, None if phase == "head" else config.fine_tune_from)
-            with strategy.scope():
-                _compile(tail, config.head_lr if phase == "head" else config.lr, config)
-            compiled_phase = phase
-        batches = _batches(train_features, train_labels, sample_weights, train_masks, config, epoch)
-        epoch_started = time.time()
-        progress = _status_callback(writer, epoch, config.total_epochs, phase, len(batches))
-        fit = tail.fit(batches, epochs=1, verbose=0, callbacks=[progress])
-        logs = {k: float(v[-1]) for k, v in fit.history.items()}
-        val_logits_now, val_evidence = _predict(tail, val_features)
-        train_row: dict[str, Any] = {
-            "train_loss": logs["loss"],
-            "train_accuracy": _log(logs, "accuracy"),
-        }
-        val: dict[str, Any]
-        if multiclass:
-            val = _class_metrics(val_labels, _softmax(val_logits_now), model_config.normal_index)
-        else:
-            val = dict(_epoch_metrics(val_labels, val_logits_now))
-            # The binary tail always has its evidence map.
-            val["pointing"] = _pointing(val_evidence, val_labels, val_boxes_ok)  # type: ignore[arg-type]
-            tn, fp = _log(logs, "tn"), _log(logs, "fp")
-            train_row = {
-                "train_loss": logs["loss"],
-                "train_auroc": _log(logs, "auroc"),
-                "train_accuracy": _log(logs, "accuracy"),
-                "train_sensitivity": _log(logs, "sensitivity"),
-                "train_specificity": tn / max(tn + fp, 1.0),
-            }
-        row = {
-            "epoch": epoch,
-            "phase": phase,
-            **train_row,
-            **{f"val_{k}": v for k, v in val.items()},
-            "seconds": time.time() - epoch_started,
-        }
-        history.append(row)
-        confusions.append(
-            {
-                "epoch": epoch,
-                "matrix": _confusion(val_labels, val_logits_now, len(task.label_names)),
-            }
+
+def _fit(
+    prepared: Prepared, run_dir: Path, writer: RunWriter, progress: RunProgress, resume: bool
+) -> None:
+    """Train the head alone, then the top blocks, from where ``progress`` says the run is.
+
+    One ``fit`` per phase (the phase changes what trains and the learning rate);
+    the per-epoch bookkeeping is the callbacks' (:mod:`fracture.training.callbacks`).
+    """
+    import keras
+
+    from fracture.training.callbacks import Schedule, epoch_callbacks
+
+    config, network, train = prepared.config, prepared.network, prepared.train
+    schedule = Schedule(config.head_epochs, config.total_epochs, config.patience)
+    bookkeeping = epoch_callbacks(
+        run_dir=run_dir,
+        writer=writer,
+        progress=progress,
+        schedule=schedule,
+        val=prepared.val,
+        label_names=prepared.task.label_names,
+        normal_index=network.model_config.normal_index,
+        multiclass=prepared.multiclass,
+        batches=math.ceil(len(train.labels) / config.batch_size),
+    )
+    if resume:
+        network.tail.load_weights(run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT)
+    phases = (
+        ("head", 1, config.head_epochs, config.head_lr),
+        ("fine-tune", config.head_epochs + 1, config.total_epochs, config.lr),
+    )
+    for phase, first, last, learning_rate in phases:
+        first = max(first, progress.completed_epoch + 1)
+        if first > last:
+            continue
+        set_trainable(network.model, None if phase == "head" else config.fine_tune_from)
+        with network.strategy.scope():
+            _compile(network.tail, learning_rate, config)
+        batches = _batches(
+            train.features, train.labels, train.sample_weights, train.masks, config, first
         )
-        with tensorboard.as_default(step=epoch):
-            for key, value in row.items():
-                if isinstance(value, float):
-                    tf.summary.scalar(key, value)
-        # Checkpoint first, then the state that points to it: a kill between
-        # the two leaves the previous, complete epoch as the resume point.
-        tail.save_weights(checkpoints / "last.weights.h5")
-        if val["auroc"] > best_auroc:
-            best_auroc, best_epoch = val["auroc"], epoch
-            tail.save_weights(checkpoints / "best.weights.h5")
-        writer.metrics(history)
-        writer.confusion(task.label_names, confusions)
-        atomic_write_json(
-            run_dir / STATE_FILE,
-            {"completed_epoch": epoch, "best_auroc": best_auroc, "best_epoch": best_epoch},
+        draw = keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda index, logs, batches=batches: batches.draw(index + 1)
         )
-        if phase == "fine-tune" and epoch - max(best_epoch, config.head_epochs) >= config.patience:
+        network.tail.fit(
+            batches,
+            initial_epoch=first - 1,
+            epochs=last,
+            verbose=0,
+            callbacks=[draw, *bookkeeping],
+        )
+        if network.tail.stop_training:
             break
 
+
+def _finalise(prepared: Prepared, run_dir: Path, writer: RunWriter, progress: RunProgress) -> Path:
+    """The best epoch, rounded as it will be saved, with its OOD gate and heat-map scale, saved.
+
+    Everything here is measured on the model exactly as the folder will hold it
+    (:func:`fracture.model.folder.quantise_like_saved`).
+    """
+    config, network, val = prepared.config, prepared.network, prepared.val
     writer.status("finishing", phase="calibrating", message="Calibrating and saving the model")
-    tail.load_weights(checkpoints / "best.weights.h5")
-    quantise_like_saved(model, model_config, reference)
-    val_logits, val_evidence = _predict(tail, val_features)
+    network.tail.load_weights(run_dir / CHECKPOINTS_DIR / BEST_CHECKPOINT)
+    quantise_like_saved(network.model, network.model_config, network.reference)
+    val_logits, val_evidence = predict_tail(network.tail, val.features)
     writer.status("finishing", phase="ood", message="Fitting the out-of-distribution gate")
     ood_gate = _fit_ood_from_cache(
-        model, config, train_features[0], val_features, train_labels, val_labels
+        network.model,
+        config,
+        prepared.train.features[0],
+        val.features,
+        prepared.train.labels,
+        val.labels,
     )
+    model_config = network.model_config
     if val_evidence is not None:
         model_config = dataclasses.replace(
-            model_config, evidence_scale=evidence_scale(val_evidence, val_labels)
+            model_config, evidence_scale=evidence_scale(val_evidence, val.labels)
         )
-    model_dir = _finalise(
-        model,
+    return _save_candidate(
+        prepared, run_dir, model_config, val_logits, ood_gate, progress, writer.started
+    )
+
+
+def _save_candidate(
+    prepared: Prepared,
+    run_dir: Path,
+    model_config: ModelConfig,
+    val_logits: np.ndarray,
+    ood_gate: Any,
+    progress: RunProgress,
+    started: float,
+) -> Path:
+    """Calibrate on val, then write the candidate model folder with its card and OOD gate.
+
+    ``val_logits`` are the network's raw logits on val. Platt scaling removes the
+    bias that class weighting adds to them (log of the weight ratio) along with
+    any other (:func:`fracture.evaluation.calibrate.calibrate_binary`). A K-class
+    model gets a softmax temperature and, with a normal class, any-fracture
+    thresholds (:func:`fracture.evaluation.operating_points.calibrate_classes`).
+    """
+    from fracture.evaluation.calibrate import calibrate_binary
+    from fracture.evaluation.operating_points import calibrate_classes
+    from fracture.model.card import build_card
+    from fracture.model.folder import OOD_FILE
+
+    config, val = prepared.config, prepared.val
+    if model_config.is_multiclass:
+        calibration = calibrate_classes(
+            val_logits, val.labels, normal_index=model_config.normal_index, seed=config.seed
+        )
+        model_config = dataclasses.replace(
+            model_config,
+            temperature=calibration.temperature,
+            thresholds=calibration.thresholds,
+            prior_shift=calibration.shift,
+        )
+        report = _class_report(val.labels, val_logits, model_config)
+        report["ece"] = calibration.ece_in_sample
+        report["ece_uncalibrated"] = calibration.ece_before
+        report["calibration_fit"] = calibration.summary()
+    else:
+        fitted = calibrate_binary(
+            model_config, val_logits, val.labels, val.records, seed=config.seed
+        )
+        model_config, calibration, report = fitted.config, fitted.calibration, fitted.report
+    card = build_card(
+        model_config=model_config,
+        train_config=dataclasses.asdict(config),
+        dataset=prepared.dataset,
+        report=report,
+        history=progress.history,
+        best_epoch=progress.best_epoch,
+        training_seconds=time.time() - started,
+        imagenet_sha256=prepared.network.weights_sha,
+        commit=_git_commit(),
+        # Images per class that training and validation actually used (unreadable ones left out).
+        class_counts={
+            "train": prepared.task.label_counts(prepared.train.labels),
+            "val": prepared.task.label_counts(val.labels),
+        },
+        ood_gate=ood_gate,
+        calibration=calibration,
+    )
+    folder = ModelFolder(candidate_dir(run_dir))
+    folder.write_model(
+        prepared.network.model,
         model_config,
-        reference,
-        run_dir,
-        val_logits,
-        val_labels,
-        [r for r, ok in zip(val_records, val_ok) if ok],
-        config,
-        dataset,
-        history,
-        best_epoch,
-        writer.started,
-        weights_sha,
-        ood_gate,
-        _seen_counts(task, train_labels, val_labels),
+        reference=prepared.network.reference,
+        card=card,
+        report=report,
+        heads={OOD_FILE: ood_gate},
     )
-    writer.status(
-        "completed",
-        phase="done",
-        message=f"Best val AUROC {best_auroc:.3f} at epoch {best_epoch}",
-        best_epoch=best_epoch,
-        best_val_auroc=best_auroc,
-        model_dir=str(model_dir),
-        skipped_files=skipped,
-        replicas=int(strategy.num_replicas_in_sync),
-    )
-    return model_dir
-
-
-def _seen_counts(
-    task: Task, train_labels: np.ndarray, val_labels: np.ndarray
-) -> dict[str, dict[str, int]]:
-    """Images per class that training and validation actually used (unreadable ones left out)."""
-    return {"train": task.label_counts(train_labels), "val": task.label_counts(val_labels)}
-
-
-def _prior_shift(class_weight: dict[int, float]) -> float:
-    """How much class weighting raised the fracture logit: log(w_fracture / w_normal)."""
-    return float(np.log(class_weight[1] / class_weight[0]))
+    return folder.path
 
 
 def evidence_scale(evidence: np.ndarray, labels: np.ndarray) -> float | None:
@@ -639,85 +677,6 @@ def _fit_ood_from_cache(
     )
 
 
-def _finalise(
-    model,
-    model_config,
-    reference,
-    run_dir,
-    val_logits,
-    val_labels,
-    val_records,
-    config,
-    dataset,
-    history,
-    best_epoch,
-    started,
-    weights_sha,
-    ood_gate,
-    class_counts,
-) -> Path:
-    """Calibrate on val, then save the model with its card and OOD gate.
-
-    ``val_logits`` are the network's raw logits on val. Platt scaling removes the
-    bias that class weighting adds to them (log of the weight ratio) along with
-    any other (:func:`fracture.evaluation.operating_points.calibrate`). A K-class
-    model gets a softmax temperature and, with a normal class, any-fracture
-    thresholds (:func:`fracture.evaluation.operating_points.calibrate_classes`).
-    """
-    from fracture.evaluation.metrics import evaluation_report
-    from fracture.evaluation.operating_points import calibrate, calibrate_classes
-    from fracture.model.card import build_card
-
-    if model_config.is_multiclass:
-        calibration = calibrate_classes(
-            val_logits, val_labels, normal_index=model_config.normal_index, seed=config.seed
-        )
-    else:
-        calibration = calibrate(val_logits, val_labels, seed=config.seed)
-    temperature, thresholds = calibration.temperature, calibration.thresholds
-    model_config = dataclasses.replace(
-        model_config, temperature=temperature, thresholds=thresholds, prior_shift=calibration.shift
-    )
-    if model_config.is_multiclass:
-        report = _class_report(val_labels, val_logits, model_config)
-        report["ece"] = calibration.ece_in_sample
-        report["ece_uncalibrated"] = calibration.ece_before
-    else:
-        report = evaluation_report(
-            val_labels,
-            val_logits - calibration.shift,
-            temperature,
-            thresholds,
-            regions=[r.region for r in val_records],
-            hardware=[r.hardware for r in val_records],
-            seed=config.seed,
-        )
-    report["calibration_fit"] = calibration.summary()
-    card = build_card(
-        model_config=model_config,
-        train_config=dataclasses.asdict(config),
-        dataset=dataset,
-        report=report,
-        history=history,
-        best_epoch=best_epoch,
-        training_seconds=time.time() - started,
-        imagenet_sha256=weights_sha,
-        commit=_git_commit(),
-        class_counts=class_counts,
-    )
-    folder = ModelFolder(candidate_dir(run_dir))
-    folder.path.mkdir(parents=True, exist_ok=True)
-    # Saved before the card so that its checksum is in the card.
-    ood_gate.save(folder.ood_path)
-    card["ood"] = ood_gate.summary()
-    card["calibration"] = calibration.summary()
-    card["evidence_scale"] = model_config.evidence_scale
-    save_model(model, model_config, folder.path, reference=reference, card=card)
-    folder.write_evaluation(report)
-    folder.write_markdown(card)
-    return folder.path
-
-
 def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -> dict[str, Any]:
     """A K-class model's validation figures for its card and evaluation.json.
 
@@ -731,7 +690,7 @@ def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -
     from fracture.evaluation.evaluate import class_evaluation
 
     probabilities = config.probabilities(logits)
-    metrics = _class_metrics(labels, probabilities, config.normal_index)
+    metrics = class_metrics(labels, probabilities, config.normal_index)
     if config.normal_index is not None:
         metrics["macro_auroc"] = metrics.pop("auroc")
         # Any fracture at the operating points comes from class_evaluation, not the top class.
@@ -743,7 +702,7 @@ def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -
         "classes": config.class_names,
         "n": int(len(labels)),
         "n_per_class": np.bincount(labels, minlength=config.num_outputs).tolist(),
-        "confusion_matrix": _confusion(labels, logits, config.num_outputs),
+        "confusion_matrix": confusion(labels, logits, config.num_outputs),
         "operating_point": config.operating_point,
     }
 
@@ -778,29 +737,3 @@ def _install_signal_handlers(writer: RunWriter) -> None:
         signal.signal(signal.SIGTERM, cancel)
     except ValueError:  # not the main thread (e.g. inside a test runner thread)
         pass
-
-
-def _status_callback(writer: RunWriter, epoch: int, epochs: int, phase: str, batches: int):
-    """A Keras callback reporting batch progress and an ETA to ``status.json``."""
-    import keras
-
-    started = time.time()
-
-    class StatusCallback(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            done = batch + 1
-            per_batch = (time.time() - started) / done
-            remaining = (batches - done) + (epochs - epoch) * batches
-            writer.status(
-                "running",
-                force=done == batches,
-                phase=phase,
-                epoch=epoch,
-                epochs=epochs,
-                batch=done,
-                batches=batches,
-                eta_seconds=per_batch * remaining,
-                message=f"Epoch {epoch}/{epochs} ({phase}), batch {done}/{batches}",
-            )
-
-    return StatusCallback()

@@ -86,10 +86,9 @@ def main(
     earlier: list[Path],
 ) -> None:
     from fracture.data.layouts import load_dataset
+    from fracture.evaluation.calibrate import calibrate_binary
     from fracture.evaluation.localisation import image_localisation, summarise_localisation
-    from fracture.evaluation.metrics import evaluation_report
     from fracture.evaluation.ood_fit import extract_features, ood_probe_images
-    from fracture.evaluation.operating_points import calibrate
     from fracture.inference.gradcam import (
         box_style,
         evidence_heat,
@@ -100,6 +99,7 @@ def main(
     from fracture.inference.predictor import load_predictor
     from fracture.model.card import build_card
     from fracture.model.folder import (
+        OOD_FILE,
         ModelConfig,
         ModelFolder,
         imagenet_reference,
@@ -153,15 +153,15 @@ def main(
             )
     labels = np.array([r.label for r, *_ in val_rows])
     logits = np.array([z for _, z, *_ in val_rows])
-    calibration = calibrate(logits, labels, seed=0)
     scale = fit_evidence_scale(np.stack([e for *_, e, _, _ in val_rows]), labels)
-    config = dataclasses.replace(
-        config,
-        temperature=calibration.temperature,
-        prior_shift=calibration.shift,
-        thresholds=calibration.thresholds,
-        evidence_scale=scale,
+    fitted = calibrate_binary(
+        dataclasses.replace(config, evidence_scale=scale),
+        logits,
+        labels,
+        [r for r, *_ in val_rows],
+        seed=0,
     )
+    config, calibration, report = fitted.config, fitted.calibration, fitted.report
     probabilities = calibration.probability(logits)
     per_image = []
     for (record, _, evidence, geometry, _), probability in zip(val_rows, probabilities):
@@ -172,18 +172,9 @@ def main(
         drawn = strongest_region(evidence_heat(raw, scale)) if style else None
         per_image.append(image_localisation(raw, record.boxes, drawn))
     localisation = summarise_localisation(per_image)
-    report = evaluation_report(
-        labels,
-        logits - calibration.shift,
-        calibration.temperature,
-        config.thresholds,
-        regions=[r.region for r, *_ in val_rows],
-        hardware=[r.hardware for r, *_ in val_rows],
-    )
     report["localisation"] = localisation
     game = localisation["pointing_game"]
     report["pointing_game"] = {"hits": game["hits"], "n": game["n"], "score": game["rate"]}
-    report["calibration_fit"] = calibration.summary()
 
     # The gate is fitted on the model as served, like everything else here: it reads
     # conv4 as well as the head's features, and conv4 is in no cache.
@@ -237,21 +228,19 @@ def main(
         ),
         imagenet_sha256=resolved.sha256,
         commit=None,
+        ood_gate=gate,
+        calibration=calibration,
+        architecture=ARCHITECTURE,
+        sections={
+            "localisation": localisation,
+            "box_supervision": " ".join([BOX_SUPERVISION, *stage_sentences]),
+            # Served in this precision (the config says so); `fracture bench` adds the evidence.
+            "inference_precision": PRECISION,
+        },
     )
-    card["ood"] = gate.summary()
-    card["calibration"] = calibration.summary()
-    card["localisation"] = localisation
-    card["evidence_scale"] = scale
-    card["box_supervision"] = " ".join([BOX_SUPERVISION, *stage_sentences])
-    card["architecture"] = ARCHITECTURE
-    # Served in this precision (the config says so); `fracture bench` adds the evidence.
-    card["inference_precision"] = PRECISION
-    out.mkdir(parents=True, exist_ok=True)
-    folder = ModelFolder(out)
-    gate.save(folder.ood_path)
-    save_model(model, config, out, reference=reference, card=card)
-    folder.write_evaluation(report)
-    folder.write_markdown(card)
+    ModelFolder(out).write_model(
+        model, config, reference=reference, card=card, report=report, heads={OOD_FILE: gate}
+    )
     summary = {
         "auroc": report.get("auroc"),
         "auroc_ci": report.get("auroc_ci"),
