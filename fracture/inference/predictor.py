@@ -40,6 +40,7 @@ from fracture.inference.gradcam import (
 from fracture.inference.ood import AnyOODGate, load_ood_gate
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.inference.region import RegionHead
+from fracture.inference.verdict import NOT_ASSESSED, Verdict, decide
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model import imagenet, registry
 from fracture.model.folder import LoadedModel, ModelConfig, ModelFolder, load_model
@@ -73,7 +74,6 @@ CSV_COLUMNS = (
     "body_region",
     "body_region_probability",
 )
-FRACTURE, NORMAL = "fracture", "normal"
 # A K-class model's CSV adds one column per class: this prefix, then the class name.
 CLASS_COLUMN_PREFIX = "probability_"
 
@@ -140,6 +140,21 @@ class Prediction:
             return None
         return max(self.class_probabilities, key=self.class_probabilities.__getitem__)
 
+    def verdict(self, threshold: float | None = None) -> Verdict:
+        """The one verdict (:func:`fracture.inference.verdict.decide`) at ``threshold``.
+
+        ``threshold`` defaults to the one the prediction was made at; the dashboard passes
+        the sidebar's operating point. Flagged inputs are not assessed at any threshold.
+        """
+        return decide(
+            self.probability,
+            self.threshold if threshold is None else threshold,
+            in_distribution=self.in_distribution,
+            scored=self.ok,
+            error=self.error,
+            top_class=self.top_class,
+        )
+
     def evidence_image(self) -> np.ndarray | None:
         """The raw heat map (logit evidence, unclipped) at the original image's size."""
         if self.evidence is None or self.geometry is None:
@@ -147,11 +162,18 @@ class Prediction:
         return heatmap_to_image(self.evidence, self.geometry)
 
     def row(self) -> dict[str, Any]:
-        """One CSV row: the columns of :data:`CSV_COLUMNS`, and of :func:`csv_columns` for K classes."""
+        """One CSV row: the columns of :data:`CSV_COLUMNS`, and of :func:`csv_columns` for K classes.
+
+        ``prediction`` is the verdict's label: ``not_assessed`` for an input the OOD gate
+        flagged, whose probability stays for research but whose box columns stay empty
+        (a box marks a finding).
+        """
+        verdict = self.verdict()
+        box = self.box if verdict.label != NOT_ASSESSED else None
         row = {
             "path": self.source,
             "probability": "" if self.probability is None else f"{self.probability:.6f}",
-            "prediction": self.label or "",
+            "prediction": verdict.csv_label,
             "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
             "status": self.status,
             "error": self.error or "",
@@ -160,10 +182,10 @@ class Prediction:
             else str(self.in_distribution).lower(),
             "ood_score": "" if self.ood_score is None else f"{self.ood_score:.4f}",
             **{
-                f"box_{name}": "" if self.box is None else f"{value:.4f}"
-                for name, value in zip(("x0", "y0", "x1", "y1"), self.box or (0.0,) * 4)
+                f"box_{name}": "" if box is None else f"{value:.4f}"
+                for name, value in zip(("x0", "y0", "x1", "y1"), box or (0.0,) * 4)
             },
-            "box_style": self.box_style or "",
+            "box_style": (self.box_style or "") if box is not None else "",
             # A probability without a name: the head was unsure (below its minimum).
             "body_region": self.body_region
             or ("uncertain" if self.body_region_probability is not None else ""),
@@ -392,7 +414,7 @@ class Predictor:
                     if regions is not None and in_distribution is not False
                     else (None, None)
                 )
-                results[prepared.index] = dataclasses.replace(
+                result = dataclasses.replace(
                     prediction,
                     source=prepared.name,
                     geometry=prepared.geometry,
@@ -403,6 +425,10 @@ class Predictor:
                     body_region=region,
                     body_region_probability=region_probability,
                 )
+                # The one verdict (fracture.inference.verdict): a flagged input is
+                # not_assessed, never fracture or normal.
+                result.label = result.verdict().label
+                results[prepared.index] = result
         for prepared in batch:
             yield results.get(prepared.index) or Prediction(
                 source=prepared.name, status="error", error=prepared.error
@@ -417,7 +443,6 @@ class Predictor:
                 source="",
                 status="ok",
                 probability=float(probability),
-                label=FRACTURE if probability >= self.threshold else NORMAL,
                 threshold=self.threshold,
                 logit=float(logit),
                 evidence=None if output.cams is None else output.cams[row],
@@ -439,19 +464,16 @@ class Predictor:
         predictions = []
         for row, values in enumerate(matrix):
             classes = {name: float(value) for name, value in zip(names, values)}
-            top = names[int(np.argmax(values))]
             if any_fracture is None:
-                probability, threshold, label = None, None, top
+                probability, threshold = None, None
             else:
                 probability = float(any_fracture[row])
                 threshold = self.threshold
-                label = FRACTURE if probability >= threshold else NORMAL
             predictions.append(
                 Prediction(
                     source="",
                     status="ok",
                     probability=probability,
-                    label=label,
                     threshold=threshold,
                     class_probabilities=classes,
                     class_evidence=None if output.cams is None else output.cams[row],
