@@ -369,8 +369,17 @@ class Predictor:
             network_input, geometry = letterbox(image, self.config.image_size)
         except InvalidImageError as error:
             return _Prepared(index, name, None, None, None, str(error))
-        except Exception as error:  # noqa: BLE001 - a batch never dies for one file
-            return _Prepared(index, name, None, None, None, f"{name}: could not be read ({error})")
+        except Exception:  # noqa: BLE001 - a batch never dies for one file
+            # load_image turns every decoding problem into InvalidImageError; this is
+            # the network input step failing, said without an exception's name.
+            return _Prepared(
+                index,
+                name,
+                None,
+                None,
+                None,
+                f"{name}: could not be prepared for the model (the decoded image is not usable)",
+            )
         return _Prepared(index, name, network_input, geometry, image if keep_image else None, None)
 
     def _score(self, batch: list[_Prepared], with_cam: bool) -> Iterator[Prediction]:
