@@ -195,6 +195,9 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             f"{op_name.replace('_', ' ').capitalize()} threshold "
             f"{results.format_threshold(threshold)}"
         )
+        caution = prediction.verdict(threshold).caution
+        if caution:
+            st.warning(caution[0].upper() + caution[1:] + ".", icon=":material/warning:")
         region = results.body_region_text(prediction)
         if region is not None:
             middle.caption(
@@ -375,6 +378,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     shown = ["file", "shown_probability", "label", "confidence", "in_distribution"]
     if (frame["body_region"] != "").any():
         shown.append("body_region")
+    if (frame["caution"] != "").any():
+        shown.append("caution")
     if (frame["error"] != "").any():
         shown.append("error")
     event = st.dataframe(
@@ -401,6 +406,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
                 help="Unticked: the out-of-distribution check flagged it (not assessed).",
             ),
             "body_region": st.column_config.TextColumn("body region", width="small"),
+            "caution": st.column_config.TextColumn("caution", width="medium"),
             "error": st.column_config.TextColumn("problem", width="medium"),
         },
     )

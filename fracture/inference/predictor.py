@@ -37,6 +37,7 @@ from fracture.inference.gradcam import (
     heatmap_to_image,
     strongest_region,
 )
+from fracture.inference.heads import HardwareHead
 from fracture.inference.ood import AnyOODGate, load_ood_gate
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.inference.region import RegionHead
@@ -73,6 +74,8 @@ CSV_COLUMNS = (
     "box_style",
     "body_region",
     "body_region_probability",
+    "metal_probability",
+    "caution",
 )
 # A K-class model's CSV adds one column per class: this prefix, then the class name.
 CLASS_COLUMN_PREFIX = "probability_"
@@ -122,6 +125,10 @@ class Prediction:
     # OOD gate flagged the input (an untrained body part still gets the nearest region).
     body_region: str | None = None
     body_region_probability: float | None = None
+    # The hardware head's probability that orthopaedic metal is visible (see
+    # fracture.inference.heads.HardwareHead); None without the head or for a flagged
+    # input. Where it fires, the verdict carries the metal caution.
+    metal_probability: float | None = None
     # K-class models only: the calibrated probability of each class, in the model's
     # class order (they sum to 1), which class the heat map shows, and every class's
     # evidence on the network's grid (h, w, K) so another class can be shown later.
@@ -153,6 +160,7 @@ class Prediction:
             scored=self.ok,
             error=self.error,
             top_class=self.top_class,
+            metal=self.metal_probability is not None and HardwareHead.fires(self.metal_probability),
         )
 
     def evidence_image(self) -> np.ndarray | None:
@@ -192,6 +200,10 @@ class Prediction:
             "body_region_probability": ""
             if self.body_region_probability is None
             else f"{self.body_region_probability:.3f}",
+            "metal_probability": ""
+            if self.metal_probability is None
+            else f"{self.metal_probability:.3f}",
+            "caution": verdict.caution or "",
         }
         if self.class_probabilities is not None:
             for name, value in self.class_probabilities.items():
@@ -255,6 +267,7 @@ class Predictor:
         )
         self.ood_gate = _load_ood_gate(loaded.directory)
         self.region_head = _load_region_head(loaded.directory)
+        self.hardware_head = _load_hardware_head(loaded.directory)
         if warmup:
             self.warm_up()
 
@@ -396,6 +409,11 @@ class Predictor:
                 if self.region_head is not None
                 else None
             )
+            metal = (
+                self.hardware_head.metal_probability(output.pooled)
+                if self.hardware_head is not None
+                else None
+            )
             if output.logits.ndim == 1:
                 scored = self._binary(output)
             else:
@@ -433,6 +451,9 @@ class Predictor:
                     in_distribution=in_distribution,
                     body_region=region,
                     body_region_probability=region_probability,
+                    metal_probability=float(metal[row])
+                    if metal is not None and in_distribution is not False
+                    else None,
                 )
                 # The one verdict (fracture.inference.verdict): a flagged input is
                 # not_assessed, never fracture or normal.
@@ -556,6 +577,13 @@ def _load_region_head(directory: Path | None) -> RegionHead | None:
     if directory is None or not ModelFolder(directory).has_region_head():
         return None
     return RegionHead.load(ModelFolder(directory).region_head_path)
+
+
+def _load_hardware_head(directory: Path | None) -> HardwareHead | None:
+    """The model's hardware (metal implant) head, when the model folder has one."""
+    if directory is None or not ModelFolder(directory).has_hardware_head():
+        return None
+    return HardwareHead.load(ModelFolder(directory).hardware_head_path)
 
 
 def _resolve_precision(requested: str | None, recommended: str | None) -> str:

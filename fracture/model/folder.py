@@ -70,6 +70,8 @@ CARD_MD = "model_card.md"
 OOD_FILE = "ood.npz"
 # Optional body-region head on the pooled features (see fracture.inference.region).
 REGION_FILE = "region_head.npz"
+# Optional hardware (metal implant) head, the same kind of head (fracture.inference.heads).
+HARDWARE_FILE = "hardware_head.npz"
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -299,7 +301,7 @@ def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
     """SHA256 of the files that define a model's behaviour."""
     directory = Path(directory)
     checksums = {}
-    for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE, REGION_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, OOD_FILE, REGION_FILE, HARDWARE_FILE):
         path = directory / name
         try:
             stat = path.stat()
@@ -378,6 +380,10 @@ class ModelFolder:
         return self.path / REGION_FILE
 
     @property
+    def hardware_head_path(self) -> Path:
+        return self.path / HARDWARE_FILE
+
+    @property
     def evaluation_path(self) -> Path:
         return self.path / EVALUATION_FILE
 
@@ -389,6 +395,9 @@ class ModelFolder:
 
     def has_region_head(self) -> bool:
         return self.region_head_path.is_file()
+
+    def has_hardware_head(self) -> bool:
+        return self.hardware_head_path.is_file()
 
     def looks_like_model(self) -> bool:
         """Whether any file a model folder always has is here (complete or not)."""

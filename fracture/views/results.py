@@ -110,6 +110,7 @@ RESULT_COLUMNS = (
     "confidence",
     "in_distribution",
     "body_region",
+    "caution",
     "error",
 )
 # Extra columns of the dashboard's CSV, after the CLI's: which model, at which operating point.
@@ -235,6 +236,7 @@ def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.Da
                 else "",
                 "in_distribution": prediction.in_distribution,
                 "body_region": body_region_text(prediction) or "",
+                "caution": prediction.verdict(threshold).caution or "" if assessed else "",
                 "error": prediction.error or "",
                 "_rank": 0 if assessed else 1 if ok else 2,
             }
