@@ -193,7 +193,8 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             )
         left.caption(
             f"{op_name.replace('_', ' ').capitalize()} threshold "
-            f"{results.format_threshold(threshold)}"
+            f"{results.format_threshold(threshold)}",
+            help=f"Exactly {results.exact_percent(threshold)}.",
         )
         caution = prediction.verdict(threshold).caution
         if caution:

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from fracture.config import Settings, get_settings
+from fracture.data.records import region_words
 from fracture.inference.engine import (
     PRECISIONS,
     BatchOutput,
@@ -195,8 +196,9 @@ class Prediction:
             },
             "box_style": (self.box_style or "") if box is not None else "",
             # A probability without a name: the head was unsure (below its minimum).
-            "body_region": self.body_region
-            or ("uncertain" if self.body_region_probability is not None else ""),
+            "body_region": region_words(self.body_region)
+            if self.body_region
+            else ("uncertain" if self.body_region_probability is not None else ""),
             "body_region_probability": ""
             if self.body_region_probability is None
             else f"{self.body_region_probability:.3f}",

@@ -63,6 +63,7 @@ __all__ = [
     "annotated_overlay",
     "format_probability",
     "format_threshold",
+    "exact_percent",
     "heat_for_class",
     "is_assessed",
     "label_for",
@@ -180,9 +181,18 @@ def format_threshold(threshold: float) -> str:
     """A decision threshold as percent with one decimal, the same on every page and chart.
 
     One decimal more than a probability, so that an image a whole-percent
-    display rounds onto the threshold still shows on which side it falls.
+    display rounds onto the threshold still shows on which side it falls. Below 1%
+    it reads "< 1%" (as probabilities do), never "0.0%", which looks like "every
+    image is a fracture"; :func:`exact_percent` gives the exact value for a hover.
     """
+    if threshold < DISPLAY_FLOOR:
+        return "< 1%"
     return f"{100.0 * threshold:.1f}%"
+
+
+def exact_percent(value: float) -> str:
+    """The exact value behind a "< 1%" (for a hover text): three significant digits."""
+    return f"{100.0 * value:.3g}%"
 
 
 def is_assessed(prediction: Prediction) -> bool:
