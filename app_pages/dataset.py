@@ -15,7 +15,7 @@ from app_pages import _common as common
 from fracture.config import Settings
 from fracture.data.layouts import load_dataset
 from fracture.data.phantoms import REGION as PHANTOM_REGION
-from fracture.data.records import Dataset, DatasetLayoutError
+from fracture.data.records import Dataset, DatasetLayoutError, region_words
 from fracture.data.splits import find_duplicates
 from fracture.io.images import InvalidImageError
 from fracture.views import browse, figures, results
@@ -276,7 +276,9 @@ split = filters[0].selectbox("Split", ["all", *summary], key="filter_split")
 class_names = ["fractured", "normal"] if dataset.classes is None else dataset.classes
 label_name = filters[1].selectbox("Class", ["all", *class_names], key="filter_class")
 regions = sorted(frame["region"].fillna("unknown").unique().tolist())
-region = filters[2].selectbox("Region", ["all", *regions], key="filter_region")
+region = filters[2].selectbox(
+    "Region", ["all", *regions], key="filter_region", format_func=region_words
+)
 shown = browse.filter_frame(
     frame,
     split=None if split == "all" else split,

@@ -1,8 +1,10 @@
 """Inbox: the studies the DICOM node received and scored, most suspicious (or newest) first.
 
 Rows refresh by themselves while the page is open. Patient identifiers are
-masked unless the admin gate is open; the short reference (a hash of the
-study) is what staff can quote without revealing who the patient is.
+masked unless the admin gate is open, and stay masked when no admin password is
+configured; the short reference (a hash of the study) is what staff can quote
+without revealing who the patient is. Studies the node could not score are
+listed apart, with the reason and a button that hands them back to the node.
 """
 
 from __future__ import annotations
@@ -26,9 +28,38 @@ spool = settings.dicom_spool
 
 reveal = False
 with st.expander("Patient identifiers", icon=":material/lock:"):
-    reveal = common.admin_gate("Showing patient names and IDs")
-    st.caption("Shown." if reveal else "Masked until the admin password is given.")
+    if common.admin_password() is None:
+        # No password: anyone could open the gate, so identifiers are never shown.
+        st.caption(
+            "Masked. To see patient names and IDs here, set an admin password "
+            "(the FRACTURE_ADMIN_PASSWORD environment variable, or admin_password in "
+            ".streamlit/secrets.toml), restart the dashboard and unlock with it."
+        )
+    else:
+        reveal = common.admin_gate("Showing patient names and IDs")
+        st.caption("Shown." if reveal else "Masked until the admin password is given.")
 order = st.radio("Order", inbox.SORTS, horizontal=True, label_visibility="collapsed")
+
+
+def show_failed() -> None:
+    """Studies the node gave up on, with the reason and a retry button each."""
+    failed = inbox.failed_studies(spool, reveal=reveal)
+    if not failed:
+        return
+    st.error(
+        f"{len(failed)} study(ies) could not be scored after the node's tries; their images "
+        "are kept. Fix the cause, then retry.",
+        icon=":material/error:",
+    )
+    for study in failed:
+        text, button = st.columns([5, 1], vertical_alignment="center")
+        text.markdown(
+            f"**{study.reference}** · {study.patient_name or 'no name'} · "
+            f"{study.instances} image(s), {study.attempts} tries: {study.reason}"
+        )
+        if button.button("Retry", key=f"retry_{study.key}", icon=":material/refresh:"):
+            moved = inbox.retry(spool, study)
+            st.toast(f"Study {study.reference}: {moved} image(s) handed back to the node.")
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -50,6 +81,7 @@ def show_inbox() -> None:
             f"scored; {undelivered} result set(s) not yet delivered."
             + (f" Last problem: {health['last_error']}" if health.get("last_error") else "")
         )
+    show_failed()
     studies = inbox.inbox_studies(spool, reveal=reveal, sort=order)
     if not studies:
         st.write("No scored studies yet.")
@@ -64,11 +96,12 @@ def show_inbox() -> None:
                 min_value=0.0,
                 max_value=1.0,
                 format="%.2f",
-                help="The study's most suspicious image",
+                help="The study's most suspicious image among those the model could judge; "
+                "empty when it could judge none",
             ),
-            "Unusual images": st.column_config.TextColumn(
-                help="Some images do not look like the radiographs the model learned from; "
-                "its result for them is unreliable"
+            "Not assessed": st.column_config.TextColumn(
+                help="Images that do not look like the radiographs the model learned from: "
+                "it gives them no result, and they do not count towards the study's"
             ),
         },
     )
@@ -79,7 +112,9 @@ show_inbox()
 studies = st.session_state.get("inbox_studies") or []
 if studies:
     labels = {
-        f"{s.reference} · {s.patient_name or 'no name'} · {s.probability:.2f} · {s.verdict}": s
+        f"{s.reference} · {s.patient_name or 'no name'} · "
+        + (f"{s.probability:.2f} · " if s.probability is not None else "")
+        + s.verdict: s
         for s in studies
     }
     choice = st.selectbox(
@@ -88,17 +123,27 @@ if studies:
     if choice is not None:
         study = labels[choice]
         st.subheader(
-            f"Study {study.reference}: {study.verdict}, probability {study.probability:.2f}"
+            f"Study {study.reference}: {study.verdict}"
+            + (f", probability {study.probability:.2f}" if study.probability is not None else "")
         )
+        if study.caution:
+            st.warning(study.caution.capitalize(), icon=":material/warning:")
+        if study.not_assessed_images:
+            st.info(
+                f"{study.not_assessed_images} image(s) were not assessed: they do not look like "
+                "the radiographs the model learned from, so they have no result and do not "
+                "count towards the study's."
+            )
         if study.failed_images:
             st.warning(f"{study.failed_images} image(s) of this study could not be scored.")
         columns = st.columns(min(3, len(study.captures)))
-        for index, (name, probability) in enumerate(study.captures):
+        for index, (name, probability, verdict) in enumerate(study.captures):
             with columns[index % len(columns)]:
+                shown = f"probability {probability:.2f}" if probability is not None else verdict
                 try:
                     st.image(
                         inbox.capture_pixels(study, name),
-                        caption=f"Image {index + 1}: probability {probability:.2f}",
+                        caption=f"Image {index + 1}: {shown}",
                     )
                 except (OSError, ValueError):
                     st.warning(f"Image {index + 1}: its result picture could not be read.")

@@ -195,6 +195,29 @@ def show_body_region(card: dict) -> None:
         )
 
 
+def show_hardware(card: dict) -> None:
+    """The hardware head's validation accuracy and AUROC, when the model has one."""
+    hardware = card.get("hardware_head")
+    if not hardware or not hardware.get("accuracy"):
+        return
+    st.subheader("Metal implant caution")
+    left, right = st.columns(2)
+    accuracy = hardware["accuracy"]
+    left.metric(
+        "Metal seen correctly",
+        f"{accuracy['rate']:.0%}",
+        help=f"{accuracy['hits']} of {accuracy['n']} validation images "
+        f"({hardware.get('n_hardware', 0)} with metal).",
+    )
+    if hardware.get("auroc") is not None:
+        right.metric("AUROC, metal or not", f"{hardware['auroc']:.2f}")
+    st.caption(
+        "A small head on the same image features says whether a plate, screw or nail is "
+        'visible. Where it is, results say "metal implant visible: the score may reflect the '
+        'implant": metal marks operated bones, the shortcut a fracture model learns first.'
+    )
+
+
 def show_summary(model: common.ActiveModel, report: dict | None) -> None:
     """The figures a reader looks for first, in words and units."""
     from fracture.data.provenance import training_data_of
@@ -247,6 +270,7 @@ else:
             "`python -m fracture evaluate` makes them."
         )
     show_body_region(model.card)
+    show_hardware(model.card)
 
 st.header("Stored versions")
 versions = registry.list_versions(settings)

@@ -193,8 +193,12 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             )
         left.caption(
             f"{op_name.replace('_', ' ').capitalize()} threshold "
-            f"{results.format_threshold(threshold)}"
+            f"{results.format_threshold(threshold)}",
+            help=f"Exactly {results.exact_percent(threshold)}.",
         )
+        caution = prediction.verdict(threshold).caution
+        if caution:
+            st.warning(caution[0].upper() + caution[1:] + ".", icon=":material/warning:")
         region = results.body_region_text(prediction)
         if region is not None:
             middle.caption(
@@ -375,6 +379,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     shown = ["file", "shown_probability", "label", "confidence", "in_distribution"]
     if (frame["body_region"] != "").any():
         shown.append("body_region")
+    if (frame["caution"] != "").any():
+        shown.append("caution")
     if (frame["error"] != "").any():
         shown.append("error")
     event = st.dataframe(
@@ -401,39 +407,51 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
                 help="Unticked: the out-of-distribution check flagged it (not assessed).",
             ),
             "body_region": st.column_config.TextColumn("body region", width="small"),
+            "caution": st.column_config.TextColumn("caution", width="medium"),
             "error": st.column_config.TextColumn("problem", width="medium"),
         },
     )
 
     downloads = st.columns(2)
     model = served.config
-    downloads[0].download_button(
-        "Download results (CSV)",
-        results.predictions_csv(
-            predictions,
+    alpha = float(st.session_state.get(ALPHA_KEY, 0.45))
+    batch_predictor = served.batch
+
+    def scored_with_maps():
+        # The table's scores came without heat maps; the downloads need them (the CSV's
+        # box columns, the ZIP's overlays). Both run on click, on a worker thread (no
+        # Streamlit calls allowed), one image at a time.
+        sources = [upload.getvalue() for upload in uploads]
+        names = [upload.name for upload in uploads]
+        return batch_predictor.iter_predict(sources, names=names, with_cam=True)
+
+    def results_table() -> bytes:
+        return results.predictions_csv(
+            scored_with_maps(),
             threshold,
             model_name=model.name or "",
             model_version=str(model.version or ""),
             operating_point=op_name,
             class_names=model.class_names if model.is_multiclass else None,
-        ),
+        )
+
+    def overlay_archive() -> bytes:
+        return results.overlay_zip(
+            scored_with_maps(),
+            alpha,
+            threshold,
+            model_name=model.name or "",
+            model_version=str(model.version or ""),
+        )
+
+    downloads[0].download_button(
+        "Download results (CSV)",
+        results_table,
         file_name="fracture_predictions.csv",
         mime="text/csv",
         on_click="ignore",
         icon=":material/download:",
     )
-    alpha = float(st.session_state.get(ALPHA_KEY, 0.45))
-    batch_predictor = served.batch
-
-    def overlay_archive() -> bytes:
-        # Runs on click, on a worker thread (no Streamlit calls allowed), one image at
-        # a time: building it on every rerun would hold every overlay in memory.
-        sources = [upload.getvalue() for upload in uploads]
-        names = [upload.name for upload in uploads]
-        return results.overlay_zip(
-            batch_predictor.iter_predict(sources, names=names, with_cam=True), alpha, threshold
-        )
-
     downloads[1].download_button(
         "Download Grad-CAM overlays (ZIP)",
         overlay_archive,

@@ -228,3 +228,153 @@ def test_looks_like_dicom_recognises_part10_and_bare_files_and_nothing_else() ->
     assert not looks_like_dicom(b"radiology notes, not an image\n" * 10)
     assert not looks_like_dicom(bytes(range(256)) * 4)
     assert not looks_like_dicom(b"\x89PNG\r\n\x1a\n" + bytes(200))
+
+
+# --------------------------------------------------------------------------------------
+# Broken files: every failure is said in words, never "unexpected" or an exception's name
+
+
+def _broken_dicom_files() -> dict[str, bytes]:
+    """DICOM files broken in every way a PACS export or a damaged disk has produced."""
+    from pydicom import config
+
+    settings = config.settings
+    saved = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = config.IGNORE
+    try:
+        return _build_broken_dicom_files()
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = saved
+
+
+def _build_broken_dicom_files() -> dict[str, bytes]:
+    from pydicom.dataelem import DataElement
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    def base() -> Dataset:
+        return dx_dataset(radiograph_pixels(12), 12)
+
+    def encode(ds: Dataset) -> bytes:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    files: dict[str, bytes] = {}
+
+    def variant(name: str, change) -> None:
+        ds = base()
+        change(ds)
+        files[name] = encode(ds)
+
+    def set_element(keyword: str, vr: str, value):
+        def change(ds: Dataset) -> None:
+            from pydicom.datadict import tag_for_keyword
+            from pydicom.dataelem import RawDataElement
+            from pydicom.tag import Tag
+
+            tag = Tag(tag_for_keyword(keyword))
+            if isinstance(value, str):  # kept as raw bytes: pydicom would refuse the text
+                raw = value.encode() + b" " * (len(value) % 2)
+                ds._dict[tag] = RawDataElement(tag, vr, len(raw), raw, 0, False, True)
+            else:
+                ds[tag] = DataElement(tag, vr, value)
+
+        return change
+
+    variant("empty pixel data", set_element("PixelData", "OW", b""))
+    variant("pixel data of no value", set_element("PixelData", "OW", None))
+    variant("no pixel data", lambda ds: delattr(ds, "PixelData"))
+    variant(
+        "empty float pixel data",
+        lambda ds: (delattr(ds, "PixelData"), set_element("FloatPixelData", "OF", b"")(ds)),
+    )
+    for keyword in (
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "PixelRepresentation",
+        "HighBit",
+    ):
+        variant(f"no {keyword}", lambda ds, k=keyword: delattr(ds, k))
+    variant("zero rows", lambda ds: setattr(ds, "Rows", 0))
+    variant("zero columns", lambda ds: setattr(ds, "Columns", 0))
+    variant("bits allocated 7", lambda ds: setattr(ds, "BitsAllocated", 7))
+    variant("bits allocated 0", lambda ds: setattr(ds, "BitsAllocated", 0))
+    variant("bits stored above allocated", lambda ds: setattr(ds, "BitsStored", 20))
+    variant("three samples, grey", lambda ds: setattr(ds, "SamplesPerPixel", 3))
+    variant("unknown photometric", lambda ds: setattr(ds, "PhotometricInterpretation", "FOO"))
+    variant(
+        "palette without a table",
+        lambda ds: setattr(ds, "PhotometricInterpretation", "PALETTE COLOR"),
+    )
+    variant("YBR with one sample", lambda ds: setattr(ds, "PhotometricInterpretation", "YBR_FULL"))
+    variant("pixel representation 7", lambda ds: setattr(ds, "PixelRepresentation", 7))
+    variant("frames zero", set_element("NumberOfFrames", "IS", "0"))
+    variant("frames not a number", set_element("NumberOfFrames", "IS", "abc"))
+    variant("window not a number", set_element("WindowCenter", "DS", "abc"))
+    variant(
+        "window width zero",
+        lambda ds: (setattr(ds, "WindowCenter", 100), setattr(ds, "WindowWidth", 0)),
+    )
+    variant("rescale not a number", set_element("RescaleSlope", "DS", "abc"))
+    variant(
+        "rescale zero",
+        lambda ds: (setattr(ds, "RescaleSlope", 0), setattr(ds, "RescaleIntercept", 0)),
+    )
+    variant("truncated pixel data", lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]))
+    variant("odd pixel data", lambda ds: setattr(ds, "PixelData", ds.PixelData + b"\x00\x01\x02"))
+    good = encode(base())
+    explicit = str(ExplicitVRLittleEndian).encode() + b"\x00"  # 20 bytes in the file meta
+    assert explicit in good
+    files["private transfer syntax"] = good.replace(explicit, b"1.2.3.4.5.6.7.8.901\x00", 1)
+    files["implicit syntax named, explicit data"] = good.replace(
+        explicit, str(ImplicitVRLittleEndian).encode().ljust(20, b"\x00"), 1
+    )
+
+    def compressed(syntax):
+        def change(ds: Dataset) -> None:
+            ds.file_meta.TransferSyntaxUID = syntax
+            ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + b"garbage" * 20])
+
+        return change
+
+    for syntax in (JPEGBaseline8Bit, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, RLELossless):
+        variant(f"garbage {syntax.name}", compressed(syntax))
+    files["header then zeros"] = good[:200] + b"\x00" * 50
+    files["truncated file"] = good[: len(good) // 2]
+    files["only the preamble"] = good[:132]
+    files["header cut in an element"] = good[:200]
+    no_meta = base()
+    no_meta.file_meta = FileMetaDataset()
+    buffer = io.BytesIO()
+    no_meta.save_as(buffer, implicit_vr=False, little_endian=True)
+    files["no transfer syntax"] = buffer.getvalue()
+    return files
+
+
+def test_every_broken_dicom_gets_a_message_in_words() -> None:
+    import re
+
+    exception_name = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Warning)\b")
+    problems = []
+    for name, data in _broken_dicom_files().items():
+        try:
+            load_image(data, name="the file")
+        except InvalidImageError as error:
+            message = str(error)
+            if "unexpected" in message.lower() or exception_name.search(message):
+                problems.append(f"{name}: {message}")
+            assert message.startswith("the file"), message
+        # Some damage is harmless (a decodable image): no message to judge.
+    assert not problems, "\n".join(problems)
+
+
+def test_empty_pixel_data_says_so() -> None:
+    files = _broken_dicom_files()
+    for name in ("empty pixel data", "pixel data of no value", "empty float pixel data"):
+        with pytest.raises(InvalidImageError, match="empty"):
+            load_image(files[name], name="the file")

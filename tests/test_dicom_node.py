@@ -28,7 +28,7 @@ from dicom_helpers import (
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fracture.dicom.node import Destination, DicomNode, NodeConfig
-from fracture.dicom.results import BANNER, evidence_region, read_report
+from fracture.dicom.results import BANNER, TYPE_2_COPIED, evidence_region, read_report
 from fracture.dicom.spool import read_summaries
 
 pynetdicom = pytest.importorskip("pynetdicom")
@@ -253,3 +253,117 @@ def test_report_and_summary_name_the_body_region_of_a_model_with_a_region_head(
     assert report.SOPClassUID == COMPREHENSIVE_SR
     assert read_report(report)["body_region"] == "several regions"
     assert [row["body_region"] for row in summary_images(named)] == ["several regions"] * 2
+
+
+# --------------------------------------------------------------------------------------
+# The one verdict in the report; a node that never spins
+
+
+def _finding(ds, probability: float, in_distribution: bool):
+    from fracture.dicom.results import ImageFinding
+    from fracture.inference.verdict import decide
+
+    return ImageFinding(
+        str(ds.SOPClassUID),
+        str(ds.SOPInstanceUID),
+        probability,
+        in_distribution,
+        (2, 2, 10, 10),
+        verdict=decide(probability, 0.5, in_distribution=in_distribution),
+    )
+
+
+def test_a_mixed_study_takes_its_finding_from_the_assessed_image():
+    from fracture.dicom.results import StudyFinding, structured_report
+
+    photo, radiograph = make_study(2, seed=5)
+    finding = StudyFinding(
+        (_finding(photo, 0.95, False), _finding(radiograph, 0.3, True)), 0.5, "m", "1"
+    )
+    values = read_report(
+        pydicom.dcmread(io.BytesIO(_encode(structured_report([photo, radiograph], finding))))
+    )
+    assert values["assessed"] is True and values["present"] is False
+    assert values["probability"] == pytest.approx(0.3)
+    assert values["strongest_image"] == str(radiograph.SOPInstanceUID)
+    assert values["not_assessed_images"] == [str(photo.SOPInstanceUID)]
+    assert values["completion"] == "PARTIAL" and values["verification"] == "UNVERIFIED"
+    # every image assessed: a complete report
+    both = StudyFinding(
+        (_finding(photo, 0.95, True), _finding(radiograph, 0.3, True)), 0.5, "m", "1"
+    )
+    values = read_report(structured_report([photo, radiograph], both))
+    assert values["present"] is True and values["completion"] == "COMPLETE"
+    assert values["not_assessed_images"] == []
+
+
+@pytest.mark.parametrize("keyword", TYPE_2_COPIED)
+def test_a_study_missing_a_type_2_attribute_is_scored_with_it_empty(predictor, keyword):
+    from fracture.dicom.scoring import score_instances
+
+    study = make_study(1, seed=6)
+    delattr(study[0], keyword)
+    scored = score_instances(predictor, study, [_encode(ds) for ds in study])
+    assert scored.finding is not None and len(scored.objects) == 2
+    for _, result in scored.objects:
+        result = pydicom.dcmread(io.BytesIO(_encode(result)))
+        assert keyword in result and not result[keyword].value
+    assert keyword not in study[0]  # the source data set is left as it came
+
+
+def test_a_study_that_always_fails_moves_to_failed_after_bounded_tries(predictor, tmp_path, caplog):
+    from fracture.dicom.spool import FAILURE_FILE, read_failures, retry_failed
+    from fracture.views.inbox import failed_studies
+
+    config = NodeConfig(
+        spool=tmp_path / "spool", quiet_seconds=0, score_attempts=3, score_backoff_seconds=10
+    )
+    node = DicomNode(config, predictor)  # not started: the test drives the scorer's clock
+    study = make_study(2, seed=7)
+    for ds in study:
+        node.spool.receive(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), _encode(ds))
+    tries = []
+
+    def broken(pending):
+        tries.append(pending.key)
+        raise AttributeError("'Dataset' object has no attribute 'Foo'", name="Foo")
+
+    node.score = broken
+    outcomes = []
+    for step in range(50):  # far more rounds than tries: the node must stop on its own
+        for pending in node.spool.pending():
+            outcomes.append(node.score_when_due(pending, now=time.time() + step * 100))
+    assert len(tries) == 3 and outcomes.count("failed") == 1
+    assert node.spool.pending() == []
+    (record,) = read_failures(config.spool)
+    assert record["attempts"] == 3 and record["instances"] == 2
+    assert "lack a DICOM attribute" in record["reason"] and "AttributeError" not in record["reason"]
+    assert (Path(record["folder"]) / FAILURE_FILE).is_file()
+    assert node.health()["failed_waiting"] == 1 and node.counters.failed_studies == 1
+    (listed,) = failed_studies(config.spool, reveal=False)
+    assert listed.reason == record["reason"] and listed.patient_name == "••••••"
+    assert PATIENT_ID not in caplog.text and PATIENT_ID not in str(node.health())
+    # a person retries: the instances go back, nothing was lost, and the next try scores
+    assert retry_failed(config.spool, record["study_key"]) == 2
+    assert read_failures(config.spool) == []
+    del node.score
+    (pending,) = node.spool.pending()
+    assert node.score_when_due(pending, now=time.time() + 10_000) == "scored"
+    assert len(rounds(node)) == 1 and len(rounds(node)[0]["images"]) == 2
+
+
+def test_backoff_doubles_between_tries(predictor, tmp_path):
+    config = NodeConfig(
+        spool=tmp_path / "spool", quiet_seconds=0, score_attempts=4, score_backoff_seconds=10
+    )
+    node = DicomNode(config, predictor)
+    ds = make_study(1, seed=8)[0]
+    node.spool.receive(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), _encode(ds))
+    node.score = lambda pending: (_ for _ in ()).throw(ValueError("bad header"))
+    (pending,) = node.spool.pending()
+    start = time.time() + 1
+    assert node.score_when_due(pending, now=start) == "retry"
+    assert node.score_when_due(pending, now=start + 9) == "waiting"
+    assert node.score_when_due(pending, now=start + 10) == "retry"
+    assert node.score_when_due(pending, now=start + 10 + 19) == "waiting"
+    assert node.score_when_due(pending, now=start + 10 + 20) == "retry"

@@ -444,7 +444,11 @@ def test_text_mode_stream(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("failure", "expected"),
     [
-        (RuntimeError("decoder bug"), "could not be decoded as an image (unexpected RuntimeError)"),
+        (
+            RuntimeError("decoder bug"),
+            "could not be decoded as an image: the file is damaged or uses a variant of its "
+            "format this program does not read",
+        ),
         (MemoryError(), "is too large to decode with the memory available"),
     ],
 )

@@ -7,9 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import radiograph_like
 from fracture.model.folder import ModelFolder, file_checksums
 from fracture.model.localiser import Localiser, build_localiser_head
+
+from conftest import radiograph_like
 
 
 def _with_localiser(tiny_model_dir, tmp_path, box_threshold=0.02):

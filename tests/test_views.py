@@ -144,6 +144,9 @@ def test_probabilities_are_shown_with_the_precision_they_bear(probability, text)
 
 def test_threshold_is_formatted_alike_everywhere():
     assert results.format_threshold(0.12775) == "12.8%"
+    # a phantom model's tiny threshold never reads "0.0%" (as if everything were a fracture)
+    assert results.format_threshold(0.0004) == "< 1%"
+    assert results.exact_percent(0.0004) == "0.04%"
     figure = figures.probability_histogram([0.1, 0.2], 0.12775)
     assert "12.8%" in figure.layout.title.text
 
@@ -468,3 +471,15 @@ def test_body_region_figure_draws_each_region_with_its_interval():
     low, high = report["per_region"]["hand"]["ci"]
     assert bars.error_y.arrayminus[0] == pytest.approx(0.9 - low)
     assert bars.error_y.array[0] == pytest.approx(high - 0.9)
+
+
+def test_csv_names_regions_as_the_pages_do():
+    row = Prediction(
+        source="x.png",
+        status="ok",
+        probability=0.2,
+        threshold=0.5,
+        body_region="mixed",
+        body_region_probability=0.9,
+    ).row()
+    assert row["body_region"] == "several regions"

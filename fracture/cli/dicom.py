@@ -87,10 +87,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     except DicomWebError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    verdict = "fracture suspected" if report["present"] else "no fracture found"
+    scored = f" over {report['images']} image(s)"
+    if report["assessed"]:
+        scored = f": probability {report['probability']:.3f}" + scored
     print(
-        f"{verdict}: probability {report['probability']:.3f} over {report['images']} image(s)"
-        + (" (unusual images: result unreliable)" if report["out_of_distribution"] else "")
+        f"{report['verdict']}{scored}"
+        + (
+            f" ({report['not_assessed_images']} image(s) not assessed: they do not look like "
+            "the radiographs the model was trained on)"
+            if report["assessed"] and report["not_assessed_images"]
+            else ""
+        )
+        + (f"; {report['caution']}" if report.get("caution") else "")
         + ("" if args.no_send else f"; {report['sent']} result object(s) stored back")
     )
     return 0

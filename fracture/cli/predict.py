@@ -86,8 +86,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     if ood_count:
         print(
-            f"warning: {ood_count} image(s) do not look like the bone radiographs the model "
-            f"was trained on (in_distribution=false); treat their predictions as unreliable",
+            f"note: {ood_count} image(s) do not look like the bone radiographs the model "
+            f"was trained on (in_distribution=false): they are not assessed "
+            f"(prediction=not_assessed, no box)",
             file=sys.stderr,
         )
     if ok_count == 0:
@@ -99,8 +100,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heatmap) -> None:
     from PIL import Image
 
+    # No box on an image the model cannot judge: a box reads as a finding.
+    assessed = result.verdict().assessed
     overlay = overlay_heatmap(
-        result.image, result.heatmap, alpha=0.4, box=result.box, style=result.box_style
+        result.image,
+        result.heatmap,
+        alpha=0.4,
+        box=result.box if assessed else None,
+        style=result.box_style if assessed else None,
     )
     # The index keeps names unique when two folders hold the same file name.
     Image.fromarray(overlay).save(directory / f"{index:05d}_{path.stem}_gradcam.png")

@@ -1,4 +1,8 @@
-"""``python -m fracture region fit``: fit the body-region head of a model folder."""
+"""``python -m fracture region fit`` and ``hardware fit``: fit a model folder's small heads.
+
+Both heads share one fitting path (:mod:`fracture.evaluation.region_fit`); the
+``hardware`` group is registered here beside ``region`` for that reason.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 
 from fracture.cli.common import model_dir_or_active, stage_progress
 from fracture.data.records import region_words
-from fracture.evaluation.region_fit import fit_for_model
+from fracture.evaluation.region_fit import fit_for_model, fit_hardware_for_model
 
 __all__ = ["add_region_parser"]
 
@@ -32,6 +36,52 @@ def add_region_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
         help="without a val split on disk: the training val fraction",
     )
     fit.set_defaults(func=cmd_region_fit)
+
+    hardware = subparsers.add_parser(
+        "hardware",
+        help="fit the hardware head (metal implant visible), which adds a caution to results",
+    )
+    commands = hardware.add_subparsers(dest="hardware_command", required=True, metavar="COMMAND")
+    fit = commands.add_parser(
+        "fit",
+        help="fit the head on a dataset's hardware labels (manifest.csv) and store it in the "
+        "model folder; report its accuracy and AUROC on val",
+    )
+    fit.add_argument("data", help="dataset folder with train and val splits and hardware labels")
+    fit.add_argument("--model", default=None, help="model folder (default: the active model)")
+    fit.add_argument("--seed", type=int, default=0, help="the training run's seed")
+    fit.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="without a val split on disk: the training val fraction",
+    )
+    fit.set_defaults(func=cmd_hardware_fit)
+
+
+def cmd_hardware_fit(args: argparse.Namespace) -> int:
+    model_dir = model_dir_or_active(args.model)
+    update, close = stage_progress("hardware")
+    try:
+        _, report = fit_hardware_for_model(
+            model_dir,
+            args.data,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            on_progress=update,
+        )
+    finally:
+        close()
+    accuracy = report["accuracy"]
+    low, high = accuracy["ci"]
+    print(f"Hardware head written to {model_dir}")
+    print(
+        f"Fitted on {report['n_train']} train images; on {report['n']} val images "
+        f"({report['n_hardware']} with metal): accuracy {accuracy['rate']:.1%} "
+        f"(95% CI {low:.1%}-{high:.1%})"
+        + (f", AUROC {report['auroc']:.3f}" if report["auroc"] is not None else "")
+    )
+    return 0
 
 
 def cmd_region_fit(args: argparse.Namespace) -> int:

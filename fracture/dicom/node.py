@@ -8,6 +8,14 @@ image and a Structured Report per study (:mod:`fracture.dicom.results`).
 Results go by C-STORE to the ``forward`` node and/or into the ``store``
 folder; a failed send is retried every ``retry_seconds`` until it succeeds.
 
+A study that fails to score or to build its results is tried again with
+back-off, at most ``score_attempts`` times; then its instances move to the
+spool's ``failed/`` area with the reason in plain words (the Inbox shows it and
+offers a retry). The node never spins on a study, and nothing received is
+deleted. Missing type 2 and 3 attributes (PatientBirthDate, AccessionNumber and
+the like, which anonymised files often lack) never stop scoring: the results
+copy them empty, as DICOM allows (:func:`fracture.dicom.results.complete_header`).
+
 Three threads do the work: pynetdicom's association threads receive, one
 scorer thread scores, one sender thread delivers. Refusals use the statuses
 of PS3.4 Annex B: an unknown calling AE title is rejected at association, a
@@ -55,6 +63,8 @@ from fracture.io.images import InvalidImageError, load_image
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
+    "StudyFailure",
+    "failure_reason",
     "RADIOGRAPH_MODALITIES",
     "Destination",
     "DicomNode",
@@ -128,6 +138,10 @@ class NodeConfig:
     retry_seconds: float = 30.0
     modalities: frozenset[str] = RADIOGRAPH_MODALITIES
     timeout_s: float = 30.0
+    # A study that fails to score is tried this many times in all, waiting
+    # score_backoff_seconds, then twice that, and so on, before it moves to failed/.
+    score_attempts: int = 3
+    score_backoff_seconds: float = 10.0
 
     def destinations(self) -> list[str]:
         names = [f"forward-{self.forward}"] if self.forward else []
@@ -142,6 +156,8 @@ class _Counters:
     scored_studies: int = 0
     scored_images: int = 0
     failed_images: int = 0
+    failed_studies: int = 0
+    scoring_failures: int = 0
     delivered_rounds: int = 0
     failed_deliveries: int = 0
     last_error: str | None = None
@@ -165,6 +181,8 @@ class DicomNode:
         self._server: Any = None
         self._started = time.time()
         self._retry_at: dict[str, float] = {}
+        # Per pending study key: failed tries so far, and when the next one may start.
+        self._score_failures: dict[str, tuple[int, float]] = {}
         ae = AE(ae_title=config.ae_title)
         ae.maximum_pdu_size = 0  # no limit: large radiographs arrive in fewer PDUs
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = config.timeout_s
@@ -233,6 +251,8 @@ class DicomNode:
             "pending_studies": len(pending),
             "pending_instances": sum(len(s.files) for s in pending),
             "undelivered_rounds": undelivered,
+            # Studies out of tries, waiting in failed/ for a person (the Inbox lists them).
+            "failed_waiting": _count_failed(self.config.spool),
             "memory_mb": _rss_mb(),
             **counters,
         }
@@ -269,6 +289,11 @@ class DicomNode:
         study_uid, sop_uid = header.get("StudyInstanceUID"), header.get("SOPInstanceUID")
         if not study_uid or not sop_uid:
             return self._refuse(STATUS_DOES_NOT_MATCH, "Study or SOP Instance UID is missing")
+        if not header.get("SeriesInstanceUID") or not header.get("SOPClassUID"):
+            # Type 1: the results must reference the source's series and class.
+            return self._refuse(
+                STATUS_DOES_NOT_MATCH, "Series Instance or SOP Class UID is missing"
+            )
         try:
             # Decoded once here so that a broken image is refused while the sender
             # can still hear about it, instead of failing silently at scoring time.
@@ -296,20 +321,77 @@ class DicomNode:
 
     def _score_loop(self) -> None:
         while not self._stop.is_set():
-            now = time.time()
             for study in self.spool.pending():
                 if self._stop.is_set():
                     break
-                if now - study.last_arrival >= self.config.quiet_seconds:
-                    try:
-                        self.score(study)
-                    except Exception as error:
-                        self.counters.last_error = f"scoring: {type(error).__name__}"
-                        log.exception("scoring study %s failed; it will be retried", study.key)
+                self.score_when_due(study)
             self._stop.wait(min(1.0, max(0.1, self.config.quiet_seconds / 4)))
 
+    def score_when_due(self, study: PendingStudy, now: float | None = None) -> str:
+        """Score ``study`` if it is quiet and not backing off; returns what happened.
+
+        ``"waiting"`` (still arriving or backing off), ``"scored"``, ``"retry"`` (failed,
+        will be tried again later) or ``"failed"`` (out of tries, moved to ``failed/``).
+        """
+        now = time.time() if now is None else now
+        tries, next_at = self._score_failures.get(study.key, (0, 0.0))
+        if now - study.last_arrival < self.config.quiet_seconds or now < next_at:
+            return "waiting"
+        try:
+            self.score(study)
+        except Exception as error:  # noqa: BLE001 - one study never stops the node
+            tries += 1
+            self.counters.scoring_failures += 1
+            reason = failure_reason(error)
+            self.counters.last_error = f"study {study.key[:8]}: {reason}"
+            # The traceback only at debug level: exception texts can quote header values.
+            log.debug("scoring study %s failed", study.key, exc_info=True)
+            if tries >= self.config.score_attempts:
+                self._give_up(study, reason, tries)
+                return "failed"
+            delay = self.config.score_backoff_seconds * 2 ** (tries - 1)
+            self._score_failures[study.key] = (tries, now + delay)
+            log.warning(
+                "study %s: %s; try %d of %d in %.0f s",
+                study.key,
+                reason,
+                tries + 1,
+                self.config.score_attempts,
+                delay,
+            )
+            return "retry"
+        self._score_failures.pop(study.key, None)
+        return "scored"
+
+    def _give_up(self, study: PendingStudy, reason: str, tries: int) -> None:
+        """Move a study out of its tries into ``failed/``; the Inbox lists it with ``reason``."""
+        self._score_failures.pop(study.key, None)
+        record = {
+            "reason": reason,
+            "attempts": tries,
+            "received_at": _iso(study.last_arrival),
+            "failed_at": _iso(time.time()),
+            **_identifiers(study.files),
+        }
+        try:
+            self.spool.fail(study, record)
+        except OSError as error:
+            log.error("study %s could not be moved to failed/: %s", study.key, error.strerror)
+            self.counters.last_error = f"disk: {error.strerror}"
+            return
+        self.counters.failed_studies += 1
+        log.warning(
+            "study %s moved to failed/ after %d tries: %s (the Inbox can retry it)",
+            study.key,
+            tries,
+            reason,
+        )
+
     def score(self, study: PendingStudy) -> Path | None:
-        """Score one study's waiting instances and commit the results; returns the round folder."""
+        """Score one study's waiting instances and commit the results; returns the round folder.
+
+        Raises when the study cannot be scored (the caller counts the tries).
+        """
         started = time.time()
         headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in study.files]
         scored = score_instances(
@@ -317,18 +399,18 @@ class DicomNode:
         )
         self.counters.failed_images += len(scored.failed)
         if scored.finding is None:
-            log.warning("study %s: no image could be scored; its instances are dropped", study.key)
-            self.spool.drop(study.files)
-            return None
+            raise StudyFailure(
+                "no image of the study could be scored: " + "; ".join(dict.fromkeys(scored.errors))
+            )
         summary = _summary(scored, study.last_arrival)
         round_dir = self.spool.commit(study, scored.objects, summary)
         self.counters.scored_studies += 1
         self.counters.scored_images += len(scored.finding.images)
         log.info(
-            "study %s scored: %d image(s), probability %.3f, in %.1f s",
+            "study %s scored: %d image(s), %s, in %.1f s",
             study.key,
             len(scored.finding.images),
-            scored.finding.probability,
+            scored.finding.decision.verdict.words(),
             time.time() - started,
         )
         self._wake_sender.set()
@@ -386,6 +468,30 @@ class DicomNode:
         )
 
 
+class StudyFailure(RuntimeError):
+    """A study the node cannot score; the message says why in plain words."""
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a study failed, in words an operator can act on (never a bare exception name)."""
+    from fracture.errors import FractureError
+
+    if isinstance(error, (StudyFailure, FractureError, InvalidImageError)):
+        return str(error)
+    if isinstance(error, AttributeError):
+        missing = getattr(error, "name", None)
+        return "the results could not be built: the images lack a DICOM attribute they need" + (
+            f" ({missing})" if missing else ""
+        )
+    if isinstance(error, OSError):
+        return (
+            f"a file of the study could not be read or written ({error.strerror or 'disk error'})"
+        )
+    if isinstance(error, (ValueError, TypeError, KeyError)):
+        return "the results could not be built from the images' DICOM headers (see the node's log)"
+    return "scoring failed for a reason the node did not expect (see the node's log)"
+
+
 def send_files(
     files: list[Path], destination: Destination, *, calling_ae: str, timeout_s: float = 30.0
 ) -> None:
@@ -420,21 +526,44 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
+def _header_identifiers(header: Dataset) -> dict[str, str]:
+    """The identifiers the Inbox shows (masked there unless the admin gate is open)."""
+    return {
+        "study_uid": str(header.get("StudyInstanceUID", "")),
+        "patient_name": str(header.get("PatientName", "") or ""),
+        "patient_id": str(header.get("PatientID", "") or ""),
+        "accession_number": str(header.get("AccessionNumber", "") or ""),
+        "study_date": str(header.get("StudyDate", "") or ""),
+        "study_description": str(header.get("StudyDescription", "") or ""),
+    }
+
+
+def _identifiers(files: tuple[Path, ...]) -> dict[str, str]:
+    """The identifiers of the first readable instance of a failed study, or none."""
+    for path in files:
+        try:
+            return _header_identifiers(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception:  # noqa: BLE001 - the failure record is written anyway
+            continue
+    return {}
+
+
 def _summary(scored: ScoredStudy, arrived: float) -> dict[str, Any]:
     """What the Inbox shows for a round (identifiers included: the page masks them)."""
     assert scored.finding is not None
     header, finding = scored.sources[0], scored.finding
+    decision = finding.decision
     return {
-        "study_uid": str(header.StudyInstanceUID),
-        "patient_name": str(header.get("PatientName", "")),
-        "patient_id": str(header.get("PatientID", "")),
-        "accession_number": str(header.get("AccessionNumber", "")),
-        "study_date": str(header.get("StudyDate", "")),
-        "study_description": str(header.get("StudyDescription", "")),
+        **_header_identifiers(header),
         "received_at": _iso(arrived),
         "scored_at": _iso(time.time()),
+        # The one verdict: no probability and no finding for a study not assessed.
+        "assessed": decision.verdict.assessed,
+        "verdict": decision.verdict.words(),
+        "caution": decision.verdict.caution,
         "probability": finding.probability,
         "present": finding.present,
+        "not_assessed_images": len(decision.not_assessed),
         "threshold": finding.threshold,
         "out_of_distribution": finding.out_of_distribution,
         "model": f"{finding.model_name} {finding.model_version}",
@@ -442,6 +571,11 @@ def _summary(scored: ScoredStudy, arrived: float) -> dict[str, Any]:
         "failed_images": len(scored.failed),
         "structured_report": SR_FILE,
     }
+
+
+def _count_failed(spool: Path) -> int:
+    folder = spool / "failed"
+    return sum(1 for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else 0
 
 
 def _iso(timestamp: float) -> str:

@@ -11,8 +11,14 @@ The Structured Report is a Comprehensive SR (PS3.3 A.35.3) with one finding
 (fracture present or absent at the model's operating point), the calibrated
 probability, the out-of-distribution flag, the algorithm's name and version
 (DCM 111001/111003) and the region of strongest evidence as a spatial
-coordinate on the image it came from. The study probability is the maximum
-over the study's images: a study is as suspicious as its most suspicious view.
+coordinate on the image it came from. The finding is the one verdict
+(:mod:`fracture.inference.verdict`): the study probability is the maximum over
+the images the model could **assess** (a study is as suspicious as its most
+suspicious view the model can judge); images the out-of-distribution gate
+flagged get no finding, no probability, and are listed as not assessed with the
+reason. A study with no assessed image carries no Present/Absent code at all:
+its title says "NOT ASSESSED", a TEXT item says why, and the SR is marked
+PARTIAL (Completion Flag) and UNVERIFIED, which is what a PACS viewer shows.
 Codes without a standard equivalent use the private scheme ``99FRACTURE``.
 """
 
@@ -31,6 +37,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from fracture.inference.gradcam import overlay_heatmap, strongest_region
+from fracture.inference.verdict import (
+    RESEARCH_BANNER,
+    StudyVerdict,
+    Verdict,
+    decide,
+    study_verdict,
+)
 
 __all__ = [
     "BANNER",
@@ -39,6 +52,7 @@ __all__ = [
     "ImageFinding",
     "StudyFinding",
     "burn_overlay",
+    "complete_header",
     "evidence_region",
     "read_report",
     "result_uid",
@@ -49,7 +63,7 @@ __all__ = [
 
 # --------------------------------------------------------------------------- parameters
 
-BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+BANNER = RESEARCH_BANNER
 MANUFACTURER = "fracture (open-source research software)"
 # High series numbers keep the results after the acquisition series in a viewer.
 SC_SERIES_NUMBER = 9901
@@ -59,6 +73,11 @@ BOX_COLOUR = (255, 255, 0)  # yellow reads on both the grey image and the JET co
 
 _SCHEME = "99FRACTURE"
 REPORT_TITLE = CodedConcept("18748-4", "LN", "Diagnostic imaging report")
+# The title of a report without a finding: a viewer lists documents by their title,
+# so "not assessed" is the first thing anyone sees, not a negative finding.
+NOT_ASSESSED_TITLE = CodedConcept(
+    "FRACRPTNA", "99FRACTURE", "Fracture model result: NOT ASSESSED (no finding)"
+)
 FRACTURE = CodedConcept("72704001", "SCT", "Fracture")
 PRESENT = CodedConcept("52101004", "SCT", "Present")
 ABSENT = CodedConcept("2667000", "SCT", "Absent")
@@ -74,6 +93,8 @@ EVIDENCE_REGION = CodedConcept("FRACROI", _SCHEME, "Region of strongest evidence
 IMAGE_RESULT = CodedConcept("FRACIMG", _SCHEME, "Image result")
 BODY_REGION = CodedConcept("FRACREG", _SCHEME, "Body region named by the model")
 DISCLAIMER = CodedConcept("FRACNOTE", _SCHEME, "Disclaimer")
+NOT_ASSESSED = CodedConcept("FRACNA", _SCHEME, "Not assessed by the model")
+CAUTION = CodedConcept("FRACCAUT", _SCHEME, "Caution")
 UNITY = CodedConcept("1", "UCUM", "no units")
 DISCLAIMER_TEXT = (
     "Research use only, not for diagnosis. Produced automatically by the fracture research "
@@ -86,7 +107,7 @@ DISCLAIMER_TEXT = (
 
 @dataclass(frozen=True)
 class ImageFinding:
-    """The model's result for one source image."""
+    """The model's result for one source image, with its one verdict."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -95,11 +116,19 @@ class ImageFinding:
     region: tuple[int, int, int, int] | None  # (left, top, right, bottom) pixels, inclusive
     # The body region the model's region head names (plain words), when it names one.
     body_region: str | None = None
+    # fracture.inference.verdict.decide's result for this image; its threshold is the study's.
+    verdict: Verdict | None = None
+
+    @property
+    def assessed(self) -> bool:
+        if self.verdict is not None:
+            return self.verdict.assessed
+        return self.in_distribution is not False
 
 
 @dataclass(frozen=True)
 class StudyFinding:
-    """The model's result for one study: its most suspicious image decides."""
+    """The model's result for one study: its most suspicious **assessed** image decides."""
 
     images: tuple[ImageFinding, ...]
     threshold: float
@@ -107,16 +136,39 @@ class StudyFinding:
     model_version: str
 
     @property
-    def strongest(self) -> ImageFinding:
-        return max(self.images, key=lambda image: image.probability)
+    def decision(self) -> StudyVerdict:
+        """The study's verdict (:func:`fracture.inference.verdict.study_verdict`)."""
+        return study_verdict([self.image_verdict(image) for image in self.images])
+
+    def image_verdict(self, image: ImageFinding) -> Verdict:
+        """``image``'s verdict (made at scoring time, else decided here at the study's threshold)."""
+        return image.verdict or decide(
+            image.probability, self.threshold, in_distribution=image.in_distribution
+        )
 
     @property
-    def probability(self) -> float:
-        return self.strongest.probability
+    def assessed(self) -> bool:
+        return self.decision.verdict.assessed
 
     @property
-    def present(self) -> bool:
-        return self.probability >= self.threshold
+    def strongest(self) -> ImageFinding | None:
+        """The assessed image with the highest probability; None when none was assessed."""
+        index = self.decision.strongest
+        return None if index is None else self.images[index]
+
+    @property
+    def probability(self) -> float | None:
+        strongest = self.strongest
+        return None if strongest is None else strongest.probability
+
+    @property
+    def present(self) -> bool | None:
+        """True/False for a finding, None for a study the model could not assess."""
+        return self.decision.verdict.present
+
+    @property
+    def not_assessed_images(self) -> tuple[ImageFinding, ...]:
+        return tuple(self.images[i] for i in self.decision.not_assessed)
 
     @property
     def out_of_distribution(self) -> bool:
@@ -190,6 +242,39 @@ def _font_scale_for(text: str, width: float) -> float:
 # --------------------------------------------------------------------------- DICOM objects
 
 
+# Type 2 attributes of the patient and study modules that the results copy from their
+# source (PS3.3 C.7.1.1, C.7.2.1): DICOM lets them be present and empty, and
+# anonymised files often drop them altogether.
+TYPE_2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def complete_header(source: Dataset) -> Dataset:
+    """``source`` with every missing type 2 attribute the results copy present and empty.
+
+    A shallow copy: the source data set is not changed. Without this a file lacking
+    PatientBirthDate, for example, stops highdicom from building either result object.
+    """
+    missing = [keyword for keyword in TYPE_2_COPIED if keyword not in source]
+    if not missing:
+        return source
+    completed = Dataset(dict(source.items()))  # a new element mapping, the same elements
+    if hasattr(source, "file_meta"):
+        completed.file_meta = source.file_meta
+    for keyword in missing:
+        setattr(completed, keyword, None)
+    return completed
+
+
 def result_uid(*parts: str) -> str:
     """A UID derived from ``parts``: the same inputs always give the same result instance."""
     return generate_uid(entropy_srcs=[str(part) for part in parts])
@@ -207,8 +292,14 @@ def secondary_capture(
     *,
     model_version: str,
     instance_number: int,
+    caption: str | None = None,
 ) -> Dataset:
-    """A Secondary Capture of ``pixels`` (RGB uint8) in a new series of the source's study."""
+    """A Secondary Capture of ``pixels`` (RGB uint8) in a new series of the source's study.
+
+    ``caption`` (the result burned into the pixels) is repeated in Image Comments,
+    where a viewer shows it as text and software can read it.
+    """
+    source = complete_header(source)
     orientation = source.get("PatientOrientation")
     known = orientation is not None and len(orientation) == 2 and all(orientation)
     study_uid = str(source.StudyInstanceUID)
@@ -231,7 +322,7 @@ def secondary_capture(
         sc.PatientOrientation = []  # Type 2: unknown is empty, never a guess
     sc.SeriesDescription = "fracture heat map (research use only)"
     sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = DISCLAIMER_TEXT
+    sc.ImageComments = DISCLAIMER_TEXT + (f" Result: {caption}" if caption else "")
     sc.DerivationDescription = "Grad-CAM heat map and evidence box of the fracture model"
     reference = Dataset()
     reference.ReferencedSOPClassUID = finding.sop_class_uid
@@ -244,21 +335,37 @@ def structured_report(
     sources: Sequence[Dataset],
     finding: StudyFinding,
 ) -> Dataset:
-    """A Comprehensive SR with the study's finding, in a new series of the source study."""
+    """A Comprehensive SR with the study's finding, in a new series of the source study.
+
+    With no assessed image there is no Present/Absent code and no probability: the title,
+    a TEXT item and the Completion Flag (PARTIAL) say the study was not assessed, and why.
+    Images not assessed are listed with the reason, never with a probability.
+    """
+    sources = [complete_header(source) for source in sources]
     study_uid = str(sources[0].StudyInstanceUID)
+    decision = finding.decision
     strongest = finding.strongest
     items: list[Any] = [
         _text(DISCLAIMER, DISCLAIMER_TEXT),
         _text(ALGORITHM_NAME, finding.model_name),
         _text(ALGORITHM_VERSION, finding.model_version),
-        _code(FRACTURE, PRESENT if finding.present else ABSENT),
-        _num(PROBABILITY, finding.probability, _image_ref(strongest)),
+    ]
+    if strongest is None:
+        items.append(_text(NOT_ASSESSED, f"Not assessed: {decision.verdict.reason}"))
+    else:
+        items += [
+            _code(FRACTURE, PRESENT if finding.present else ABSENT),
+            _num(PROBABILITY, strongest.probability, _image_ref(strongest)),
+        ]
+        if decision.verdict.caution:
+            items.append(_text(CAUTION, decision.verdict.caution))
+    items += [
         _num(OPERATING_POINT, finding.threshold),
         _code(OUT_OF_DISTRIBUTION, YES if finding.out_of_distribution else NO),
     ]
-    if strongest.body_region is not None:
+    if strongest is not None and strongest.body_region is not None:
         items.append(_text(BODY_REGION, strongest.body_region))
-    if strongest.region is not None:
+    if strongest is not None and strongest.region is not None:
         left, top, right, bottom = strongest.region
         # A closed polyline around the pixels (PS3.3 C.18.6: column, row; pixel
         # centres at integer + 0.5 with the top-left corner at 0).
@@ -284,16 +391,29 @@ def structured_report(
         items.append(region)
     for image in finding.images:
         container = hd.sr.ContainerContentItem(name=IMAGE_RESULT, relationship_type="CONTAINS")
-        children: list[Any] = [_num(PROBABILITY, image.probability, _image_ref(image))]
+        children: list[Any]
+        if image.assessed:
+            children = [_num(PROBABILITY, image.probability, _image_ref(image))]
+        else:
+            reason = image.verdict.reason if image.verdict is not None else None
+            note = _text(NOT_ASSESSED, f"Not assessed: {reason}")
+            note.ContentSequence = hd.sr.ContentSequence([_image_ref(image)], is_root=False)
+            children = [note]
         if image.in_distribution is not None:
             children.append(_code(OUT_OF_DISTRIBUTION, NO if image.in_distribution else YES))
-        if image.body_region is not None:
+        if image.assessed and image.verdict is not None and image.verdict.caution:
+            children.append(_text(CAUTION, image.verdict.caution))
+        if image.assessed and image.body_region is not None:
             children.append(_text(BODY_REGION, image.body_region))
         container.ContentSequence = hd.sr.ContentSequence(children, is_root=False)
         items.append(container)
-    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
+    root = hd.sr.ContainerContentItem(
+        name=REPORT_TITLE if strongest is not None else NOT_ASSESSED_TITLE
+    )
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     sop_uids = sorted(image.sop_instance_uid for image in finding.images)
+    # COMPLETE only when the model judged every image; a machine never verifies.
+    every_image = not decision.not_assessed and not decision.failed
     sr = hd.sr.ComprehensiveSR(
         evidence=list(sources),
         content=root,
@@ -302,15 +422,35 @@ def structured_report(
         sop_instance_uid=result_uid(*sop_uids, finding.model_version, "sr"),
         instance_number=1,
         manufacturer=MANUFACTURER,
-        is_complete=True,
+        is_complete=every_image,
+        is_verified=False,
     )
-    sr.SeriesDescription = "fracture result (research use only)"
+    if strongest is None:
+        sr.SeriesDescription = "fracture result: NOT ASSESSED (research use only)"
+        sr.CompletionFlagDescription = "not assessed: no image the model can judge"
+    else:
+        sr.SeriesDescription = "fracture result (research use only)"
+        if not every_image:
+            sr.CompletionFlagDescription = (
+                f"{len(decision.not_assessed)} of {len(finding.images)} images not assessed"
+            )[:64]
     return sr
 
 
 def read_report(sr: Dataset) -> dict[str, Any]:
-    """The study-level values of a report made by :func:`structured_report`."""
-    values: dict[str, Any] = {}
+    """The study-level values of a report made by :func:`structured_report`.
+
+    ``assessed`` is False (and ``present`` absent) for a study the model could not judge;
+    ``not_assessed_images`` lists the SOP Instance UIDs of the images it did not assess.
+    """
+    title = sr.ConceptNameCodeSequence[0]
+    values: dict[str, Any] = {
+        "title": str(title.CodeMeaning),
+        "assessed": str(title.CodeValue) != NOT_ASSESSED_TITLE.value,
+        "not_assessed_images": [],
+        "completion": str(sr.get("CompletionFlag", "")),
+        "verification": str(sr.get("VerificationFlag", "")),
+    }
     for item in sr.ContentSequence:
         concept = item.ConceptNameCodeSequence[0]
         key = (concept.CodeValue, concept.CodingSchemeDesignator)
@@ -333,6 +473,16 @@ def read_report(sr: Dataset) -> dict[str, Any]:
         elif key == (EVIDENCE_REGION.value, _SCHEME):
             points = np.asarray(item.GraphicData, np.float32).reshape(-1, 2)
             values["region"] = tuple(int(v) for v in (*points.min(0), *points.max(0)))
+        elif key == (NOT_ASSESSED.value, _SCHEME):
+            values["not_assessed"] = str(item.TextValue)
+        elif key == (CAUTION.value, _SCHEME):
+            values["caution"] = str(item.TextValue)
+        elif key == (IMAGE_RESULT.value, _SCHEME):
+            for child in item.ContentSequence:
+                code = child.ConceptNameCodeSequence[0]
+                if (code.CodeValue, code.CodingSchemeDesignator) == (NOT_ASSESSED.value, _SCHEME):
+                    image = child.ContentSequence[0].ReferencedSOPSequence[0]
+                    values["not_assessed_images"].append(str(image.ReferencedSOPInstanceUID))
     return values
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -21,14 +22,13 @@ from fracture.dicom.results import (
     structured_report,
 )
 from fracture.inference.predictor import Prediction, Predictor
+from fracture.inference.verdict import decide
 
-__all__ = ["SR_FILE", "ScoredStudy", "score_instances", "summary_images"]
+__all__ = ["SR_FILE", "ScoredStudy", "capture_caption", "score_instances", "summary_images"]
 
 log = logging.getLogger(__name__)
 
 SR_FILE = "sr.dcm"
-# Where the result is unreliable, the burned-in caption says so in capitals.
-UNUSUAL_IMAGE_NOTE = " - UNUSUAL IMAGE, RESULT UNRELIABLE"
 
 
 @dataclass
@@ -71,7 +71,11 @@ def score_instances(
             body_region=None
             if prediction.body_region is None
             else region_words(prediction.body_region),
+            verdict=prediction.verdict(predictor.threshold),
         )
+        if not finding.assessed:
+            # No evidence box on an image the model cannot judge: a box reads as a finding.
+            finding = dataclasses.replace(finding, region=None, body_region=None)
         findings.append(finding)
         scored.sources.append(header)
         pictures.append(_picture(prediction, finding, predictor.threshold))
@@ -85,7 +89,12 @@ def score_instances(
         zip(scored.sources, pictures, findings), start=1
     ):
         sc = secondary_capture(
-            header, picture, finding, model_version=str(config.version), instance_number=number
+            header,
+            picture,
+            finding,
+            model_version=str(config.version),
+            instance_number=number,
+            caption=capture_caption(finding, predictor.threshold),
         )
         scored.objects.append((f"sc-{number:04d}.dcm", sc))
     scored.objects.append((SR_FILE, structured_report(scored.sources, scored.finding)))
@@ -93,14 +102,28 @@ def score_instances(
 
 
 def _picture(prediction: Prediction, finding: ImageFinding, threshold: float) -> np.ndarray:
-    verdict = "fracture suspected" if finding.probability >= threshold else "no fracture found"
-    caption = f"{verdict}: probability {finding.probability:.2f}"
+    assert prediction.image is not None
+    return burn_overlay(
+        prediction.image, prediction.heatmap, finding.region, capture_caption(finding, threshold)
+    )
+
+
+def capture_caption(finding: ImageFinding, threshold: float) -> str:
+    """The line burned into a Secondary Capture under the banner: the one verdict, in words.
+
+    An image the model cannot judge says so and why, with no probability and no label.
+    """
+    verdict = finding.verdict or decide(
+        finding.probability, threshold, in_distribution=finding.in_distribution
+    )
+    if not verdict.assessed:
+        return f"NOT ASSESSED: {verdict.reason}"
+    caption = f"{verdict.words()}: probability {finding.probability:.2f}"
     if finding.body_region is not None:
         caption += f" ({finding.body_region})"
-    if finding.in_distribution is False:
-        caption += UNUSUAL_IMAGE_NOTE
-    assert prediction.image is not None
-    return burn_overlay(prediction.image, prediction.heatmap, finding.region, caption)
+    if verdict.caution:
+        caption += f" - {verdict.caution.upper()}"
+    return caption
 
 
 def summary_images(scored: ScoredStudy) -> list[dict[str, Any]]:
@@ -109,7 +132,10 @@ def summary_images(scored: ScoredStudy) -> list[dict[str, Any]]:
     return [
         {
             "sop_instance_uid": image.sop_instance_uid,
-            "probability": image.probability,
+            # A probability only where the model judged the image.
+            "probability": image.probability if image.assessed else None,
+            "assessed": image.assessed,
+            "verdict": scored.finding.image_verdict(image).words(),
             "in_distribution": image.in_distribution,
             "region": image.region,
             "body_region": image.body_region,

@@ -13,6 +13,11 @@ the new one:
     as scored, after it the round's instances leave ``incoming``.
 ``results/<round>/delivered-<destination>``
     Marker written once a destination has acknowledged every object of the round.
+``failed/<study key>/``
+    A study that could not be scored after the node's bounded tries: its instances,
+    untouched, and ``failure.json`` with the reason in plain words. Nothing received
+    is ever deleted; :func:`retry_failed` (the Inbox's "retry" button) moves the
+    instances back to ``incoming`` for another round of tries.
 
 Keys are hashes of the UIDs, so no folder name identifies a patient. The
 summary holds the patient's name and ID for the dashboard's Inbox; logs never do.
@@ -37,13 +42,22 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from fracture.dicom.results import study_key
-from fracture.io.files import atomic_write_bytes
+from fracture.io.files import atomic_write_bytes, atomic_write_json
 
-__all__ = ["SUMMARY_FILE", "PendingStudy", "Spool", "read_summaries"]
+__all__ = [
+    "FAILURE_FILE",
+    "SUMMARY_FILE",
+    "PendingStudy",
+    "Spool",
+    "read_failures",
+    "read_summaries",
+    "retry_failed",
+]
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+FAILURE_FILE = "failure.json"
 _TEMP_PREFIX = ".tmp-"
 
 
@@ -71,7 +85,8 @@ class Spool:
         self.root = Path(root)
         self.incoming = self.root / "incoming"
         self.results = self.root / "results"
-        for folder in (self.incoming, self.results):
+        self.failed = self.root / "failed"
+        for folder in (self.incoming, self.results, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._arrivals: dict[str, float] = {}
@@ -110,9 +125,27 @@ class Spool:
         return sorted(studies, key=lambda study: study.last_arrival)
 
     def drop(self, files: tuple[Path, ...]) -> None:
-        """Forget instances that cannot be scored (their reason was logged by the caller)."""
+        """Forget instances already scored in a committed round (duplicates after a restart)."""
         for path in files:
             path.unlink(missing_ok=True)
+
+    def fail(self, study: PendingStudy, record: dict[str, Any]) -> Path:
+        """Move a study that keeps failing out of the way, into ``failed/``, with ``record``.
+
+        The instances move, never get deleted; ``record`` (the reason in plain words,
+        the tries, and what the Inbox shows) goes beside them in :data:`FAILURE_FILE`.
+        """
+        target = self.failed / study.key
+        target.mkdir(parents=True, exist_ok=True)
+        for path in study.files:
+            if path.exists():
+                os.replace(path, target / path.name)
+        atomic_write_json(target / FAILURE_FILE, {**record, "study_key": study.key})
+        try:
+            (self.incoming / study.key).rmdir()
+        except OSError:
+            pass  # more instances arrived meanwhile: they make the next round
+        return target
 
     # ------------------------------------------------------------------ committing results
 
@@ -216,3 +249,50 @@ def read_summaries(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
         summary["folder"] = str(folder)
         summaries.append(summary)
     return summaries
+
+
+def read_failures(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The studies under a spool folder that failed their bounded tries, each with its ``folder``."""
+    failed = Path(root) / "failed"
+    records: list[dict[str, Any]] = []
+    if not failed.is_dir():
+        return records
+    for folder in sorted(failed.iterdir()):
+        path = folder / FAILURE_FILE
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {"reason": "the failure record could not be read"}
+        record["folder"] = str(folder)
+        record["study_key"] = folder.name
+        record["instances"] = len(list(folder.glob("*.dcm")))
+        records.append(record)
+    return records
+
+
+def retry_failed(root: str | os.PathLike[str], key: str) -> int:
+    """Move a failed study's instances back to ``incoming`` for the node to try again.
+
+    Returns how many instances moved. The failure record stays until the move is
+    done, so an interrupted retry leaves the study listed as failed, never lost.
+    """
+    root = Path(root)
+    folder = root / "failed" / key
+    if not re.fullmatch(r"[0-9a-f]{16}", key) or not folder.is_dir():
+        raise FileNotFoundError(f"no failed study with the reference {key!r}")
+    target = root / "incoming" / key
+    target.mkdir(parents=True, exist_ok=True)
+    moved = 0
+    now = time.time()
+    for path in sorted(folder.glob("*.dcm")):
+        os.replace(path, target / path.name)
+        os.utime(target / path.name, (now, now))  # a fresh quiet period before scoring
+        moved += 1
+    (folder / FAILURE_FILE).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+    return moved

@@ -71,7 +71,13 @@ def score_study(
         len(scored.finding.images),
         sent,
     )
+    decision = scored.finding.decision
     return {
+        # The one verdict: probability and present are None for a study not assessed.
+        "assessed": decision.verdict.assessed,
+        "verdict": decision.verdict.words(),
+        "caution": decision.verdict.caution,
+        "not_assessed_images": len(decision.not_assessed),
         "probability": scored.finding.probability,
         "present": scored.finding.present,
         "out_of_distribution": scored.finding.out_of_distribution,

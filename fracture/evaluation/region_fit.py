@@ -1,9 +1,13 @@
-"""Fit a model folder's body-region head on a dataset's region labels, and measure it.
+"""Fit a model folder's small heads on a dataset's labels, and measure them.
 
-The head's maths and file are :mod:`fracture.inference.region`; this module
-feeds it the pooled features of the dataset's radiographs (through the same
-:class:`Predictor` that serves them, so the features are computed in the
-precision the dashboard uses) and reports per-region accuracy on the val split.
+Two heads share one code path (:class:`HeadKind`): the body-region head, fitted on
+the manifest's ``region`` column and reported as per-region accuracy, and the
+hardware head, fitted on its ``hardware`` column (metal implant visible or not) and
+reported as accuracy and AUROC. The heads' maths and file are
+:mod:`fracture.inference.heads`; this module feeds them the pooled features of the
+dataset's radiographs (through the same :class:`Predictor` that serves them, so
+the features are computed in the precision the dashboard uses) and measures each
+on the val split.
 
 FracAtlas labels one region per image: hand, leg, hip, shoulder, or "mixed"
 for images that show several. Mixed images are trained on like the others but
@@ -16,13 +20,15 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from fracture.evaluation.ood_fit import extract_features
 from fracture.evaluation.proportions import wilson_rate
+from fracture.inference.heads import HARDWARE_ABSENT, HARDWARE_PRESENT, FeatureHead, HardwareHead
 from fracture.inference.region import RegionHead
 from fracture.model.folder import ModelFolder
 from fracture.model.network import POOL_LAYER
@@ -31,11 +37,20 @@ if TYPE_CHECKING:
     from fracture.inference.predictor import Predictor
 
 __all__ = [
-    "fit_region_head",
-    "region_report",
+    "HARDWARE",
+    "REGION",
+    "HeadKind",
+    "fit_feature_head",
     "fit_for_model",
+    "fit_hardware_for_model",
+    "fit_head_for_model",
+    "fit_region_head",
+    "hardware_report",
+    "region_report",
     "MULTI_REGION_LABELS",
 ]
+
+_Head = TypeVar("_Head", bound=FeatureHead)
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +70,42 @@ def fit_region_head(
     fitted_precision: str = "float32",
     seed: int = 0,
 ) -> RegionHead:
+    """The body-region head (:func:`fit_feature_head` over region labels)."""
+    return fit_feature_head(
+        features, regions, RegionHead, fitted_precision=fitted_precision, seed=seed
+    )
+
+
+def fit_feature_head(
+    features: np.ndarray,
+    regions: Sequence[str],
+    head_type: type[_Head],
+    *,
+    fitted_precision: str = "float32",
+    seed: int = 0,
+) -> _Head:
     """Multinomial logistic regression on standardised ``features``, folded into one affine map.
 
     Classes are weighted by inverse frequency (FracAtlas has 1,063 hand images
-    and 78 shoulders), and the regularisation strength is chosen by stratified
-    cross-validation on these features alone, never on val.
+    and 78 shoulders; about one image in twenty shows metal), and the
+    regularisation strength is chosen by stratified cross-validation on these
+    features alone, never on val. ``regions`` are the labels, whatever the head.
     """
+    words = head_type.class_words
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
 
     features = np.asarray(features, np.float64)
     labels = np.asarray(regions, dtype=object)
     if features.ndim != 2 or features.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"features {features.shape} and {labels.shape[0]} region labels do not match"
-        )
+        raise ValueError(f"features {features.shape} and {labels.shape[0]} labels do not match")
     counts = Counter(labels.tolist())
     if len(counts) < 2:
-        raise ValueError(f"a region head needs at least two regions, got {dict(counts)}")
+        raise ValueError(f"a {head_type.what} needs at least two {words}, got {dict(counts)}")
     scarce = {name: n for name, n in counts.items() if n < MIN_IMAGES_PER_REGION}
     if scarce:
         raise ValueError(
-            f"too few training images for region(s) {scarce} (at least "
+            f"too few training images for {words} {scarce} (at least "
             f"{MIN_IMAGES_PER_REGION} each): merge or drop them"
         )
     mean = features.mean(axis=0)
@@ -97,7 +126,9 @@ def fit_region_head(
     )
     search.fit(standardised, labels)
     chosen = float(np.atleast_1d(search.C_)[0])
-    logger.info("region head: C=%s chosen by %d-fold cross-validation on train", chosen, folds)
+    logger.info(
+        "%s: C=%s chosen by %d-fold cross-validation on train", head_type.what, chosen, folds
+    )
     classes = tuple(str(name) for name in search.classes_)
     coef = np.asarray(search.coef_, np.float64)  # (R, D) on standardised features
     intercept = np.asarray(search.intercept_, np.float64)
@@ -108,7 +139,7 @@ def fit_region_head(
         intercept = np.concatenate([np.zeros_like(intercept), intercept])
     weights = (coef / scale).T  # (D, R) on raw features
     bias = intercept - (mean / scale) @ coef.T
-    return RegionHead(
+    return head_type(
         classes=classes,
         weights=weights.astype(np.float32),
         bias=bias.astype(np.float32),
@@ -154,7 +185,90 @@ def region_report(head: RegionHead, features: np.ndarray, regions: Sequence[str]
     }
 
 
+def hardware_report(
+    head: HardwareHead, features: np.ndarray, labels: Sequence[str]
+) -> dict[str, Any]:
+    """The hardware head on val: accuracy at its caution threshold (Wilson 95%) and AUROC."""
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.array([label == HARDWARE_PRESENT for label in labels], bool)
+    probability = head.metal_probability(features) if len(labels) else np.zeros(0)
+    fired = np.array([head.fires(float(p)) for p in probability], bool)
+    both = 0 < truth.sum() < truth.size
+    return {
+        "accuracy": wilson_rate(int((fired == truth).sum()), int(truth.size)),
+        "auroc": float(roc_auc_score(truth, probability)) if both else None,
+        "sensitivity": wilson_rate(int((fired & truth).sum()), int(truth.sum())),
+        "specificity": wilson_rate(int((~fired & ~truth).sum()), int((~truth).sum())),
+        "n": int(truth.size),
+        "n_hardware": int(truth.sum()),
+    }
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """One kind of small head: its labels, its type, its file, its card entry, its figures."""
+
+    name: str  # in messages and progress
+    head_type: type[FeatureHead]
+    label: Callable[[Any], str | None]  # a record's label, or None to leave it out
+    path: Callable[[ModelFolder], Path]
+    card_key: str
+    predictor_attribute: str
+    report: Callable[[Any, np.ndarray, list[str]], dict[str, Any]]
+    column: str  # the manifest column, for the error message
+
+
+REGION = HeadKind(
+    name="region",
+    head_type=RegionHead,
+    label=lambda record: record.region or None,
+    path=lambda folder: folder.region_head_path,
+    card_key="region_head",
+    predictor_attribute="region_head",
+    report=region_report,
+    column="region",
+)
+HARDWARE = HeadKind(
+    name="hardware",
+    head_type=HardwareHead,
+    label=lambda record: (
+        None
+        if record.hardware is None
+        else (HARDWARE_PRESENT if record.hardware else HARDWARE_ABSENT)
+    ),
+    path=lambda folder: folder.hardware_head_path,
+    card_key="hardware_head",
+    predictor_attribute="hardware_head",
+    report=hardware_report,
+    column="hardware",
+)
+
+
 def fit_for_model(
+    model_dir: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    **options: Any,
+) -> tuple[RegionHead, dict[str, Any]]:
+    """Fit the body-region head (:func:`fit_head_for_model` with :data:`REGION`)."""
+    head, report = fit_head_for_model(REGION, model_dir, data_root, **options)
+    assert isinstance(head, RegionHead)
+    return head, report
+
+
+def fit_hardware_for_model(
+    model_dir: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    **options: Any,
+) -> tuple[HardwareHead, dict[str, Any]]:
+    """Fit the hardware head (:func:`fit_head_for_model` with :data:`HARDWARE`)."""
+    head, report = fit_head_for_model(HARDWARE, model_dir, data_root, **options)
+    assert isinstance(head, HardwareHead)
+    return head, report
+
+
+def fit_head_for_model(
+    kind: HeadKind,
     model_dir: str | os.PathLike[str],
     data_root: str | os.PathLike[str],
     *,
@@ -162,27 +276,26 @@ def fit_for_model(
     seed: int = 0,
     val_fraction: float = 0.15,
     on_progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[RegionHead, dict[str, Any]]:
-    """Fit the region head of the model in ``model_dir`` on ``data_root``'s region labels.
+) -> tuple[FeatureHead, dict[str, Any]]:
+    """Fit the ``kind`` head of the model in ``model_dir`` on ``data_root``'s labels.
 
-    Train images fit the head; the val split measures it. Writes
-    ``region_head.npz`` into the folder, then the card (checksums, and a
-    ``region_head`` summary with the val figures), each atomically. A
-    ``predictor`` of the same folder gets the new head too. ``seed`` and
-    ``val_fraction`` must be the training run's when the dataset has no val
-    split on disk.
+    Train images fit the head; the val split measures it. Writes the head's file
+    into the folder, then the card (checksums, and a summary under ``kind.card_key``
+    with the val figures), each atomically. A ``predictor`` of the same folder gets
+    the new head too. ``seed`` and ``val_fraction`` must be the training run's when
+    the dataset has no val split on disk.
     """
     from fracture.data.layouts import load_dataset
 
     model_dir = Path(model_dir)
     ModelFolder(model_dir).read()  # refuse a corrupt folder before spending minutes on it
     dataset = load_dataset(data_root, val_fraction=val_fraction, seed=seed)
-    train = [r for r in dataset.split("train") if r.region]
-    val = [r for r in dataset.split("val") if r.region]
+    train = [r for r in dataset.split("train") if kind.label(r) is not None]
+    val = [r for r in dataset.split("val") if kind.label(r) is not None]
     if not train or not val:
         raise ValueError(
-            f"{data_root} needs region labels (manifest.csv's region column) in both its "
-            f"train and val splits to fit a region head"
+            f"{data_root} needs {kind.name} labels (manifest.csv's {kind.column} column) in "
+            f"both its train and val splits to fit a {kind.head_type.what}"
         )
     if predictor is None:
         from fracture.inference.predictor import load_predictor
@@ -195,28 +308,30 @@ def fit_for_model(
         return lambda done, total: on_progress(stage, done, total)
 
     def head_features(stage: str, records: list) -> tuple[np.ndarray, list[int]]:
-        # The region head reads the classifier head's own pooled features.
+        # The heads read the classifier head's own pooled features.
         by_layer, kept = extract_features(
             predictor, [r.path for r in records], on_progress=progress(stage)
         )
         return by_layer.get(POOL_LAYER, np.zeros((0, 0), np.float32)), kept
 
     train_features, kept = head_features("train", train)
-    train_regions = [str(train[i].region) for i in kept]
+    train_labels = [str(kind.label(train[i])) for i in kept]
     val_features, val_kept = head_features("val", val)
-    val_regions = [str(val[i].region) for i in val_kept]
+    val_labels = [str(kind.label(val[i])) for i in val_kept]
     precision = str(getattr(predictor, "precision", "float32"))
-    head = fit_region_head(train_features, train_regions, fitted_precision=precision, seed=seed)
-    report = region_report(head, val_features, val_regions)
-    report["n_train"] = len(train_regions)
-    report["train_counts"] = dict(sorted(Counter(train_regions).items()))
+    head = fit_feature_head(
+        train_features, train_labels, kind.head_type, fitted_precision=precision, seed=seed
+    )
+    report = kind.report(head, val_features, val_labels)
+    report["n_train"] = len(train_labels)
+    report["train_counts"] = dict(sorted(Counter(train_labels).items()))
     report["fitted_precision"] = precision
     folder = ModelFolder(model_dir)
     # As with the OOD gate: between the two atomic writes a reader sees a checksum
     # mismatch and refuses the folder, the safe side of the race.
-    head.save(folder.region_head_path)
-    folder.rewrite_card(folder.read_card(), region_head=report)
+    head.save(kind.path(folder))
+    folder.rewrite_card(folder.read_card(), **{kind.card_key: report})
     loaded_dir = getattr(getattr(predictor, "loaded", None), "directory", None)
     if loaded_dir is not None and os.path.realpath(loaded_dir) == os.path.realpath(model_dir):
-        predictor.region_head = head
+        setattr(predictor, kind.predictor_attribute, head)
     return head, report

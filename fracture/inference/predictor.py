@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from fracture.config import Settings, get_settings
+from fracture.data.records import region_words
 from fracture.inference.engine import (
     PRECISIONS,
     BatchOutput,
@@ -38,10 +39,12 @@ from fracture.inference.gradcam import (
     heatmap_to_image,
     strongest_region,
 )
+from fracture.inference.heads import HardwareHead
 from fracture.inference.localisation import Box, boxes_in_image, centre_map, decode_boxes
 from fracture.inference.ood import AnyOODGate, load_ood_gate
 from fracture.inference.preprocess import Geometry, letterbox
 from fracture.inference.region import RegionHead
+from fracture.inference.verdict import FRACTURE, NOT_ASSESSED, Verdict, decide
 from fracture.io.images import InvalidImageError, load_image
 from fracture.model import imagenet, registry
 from fracture.model.folder import LoadedModel, ModelConfig, ModelFolder, load_model
@@ -77,8 +80,9 @@ CSV_COLUMNS = (
     "boxes",
     "body_region",
     "body_region_probability",
+    "metal_probability",
+    "caution",
 )
-FRACTURE, NORMAL = "fracture", "normal"
 # A K-class model's CSV adds one column per class: this prefix, then the class name.
 CLASS_COLUMN_PREFIX = "probability_"
 
@@ -137,6 +141,10 @@ class Prediction:
     # OOD gate flagged the input (an untrained body part still gets the nearest region).
     body_region: str | None = None
     body_region_probability: float | None = None
+    # The hardware head's probability that orthopaedic metal is visible (see
+    # fracture.inference.heads.HardwareHead); None without the head or for a flagged
+    # input. Where it fires, the verdict carries the metal caution.
+    metal_probability: float | None = None
     # K-class models only: the calibrated probability of each class, in the model's
     # class order (they sum to 1), which class the heat map shows, and every class's
     # evidence on the network's grid (h, w, K) so another class can be shown later.
@@ -154,6 +162,22 @@ class Prediction:
         if not self.class_probabilities:
             return None
         return max(self.class_probabilities, key=self.class_probabilities.__getitem__)
+
+    def verdict(self, threshold: float | None = None) -> Verdict:
+        """The one verdict (:func:`fracture.inference.verdict.decide`) at ``threshold``.
+
+        ``threshold`` defaults to the one the prediction was made at; the dashboard passes
+        the sidebar's operating point. Flagged inputs are not assessed at any threshold.
+        """
+        return decide(
+            self.probability,
+            self.threshold if threshold is None else threshold,
+            in_distribution=self.in_distribution,
+            scored=self.ok,
+            error=self.error,
+            top_class=self.top_class,
+            metal=self.metal_probability is not None and HardwareHead.fires(self.metal_probability),
+        )
 
     def evidence_image(self) -> np.ndarray | None:
         """The raw heat map (logit evidence, unclipped) at the original image's size."""
@@ -186,15 +210,24 @@ class Prediction:
 
     @property
     def drawn_boxes(self) -> list[Box]:
-        """The boxes an output draws: the head's, only where the image is labelled fracture."""
-        return self.location_boxes if self.box_style else []
+        """The boxes an output draws: the head's, only where the verdict is fracture."""
+        if not self.box_style or self.verdict().label != FRACTURE:
+            return []
+        return self.location_boxes
 
     def row(self) -> dict[str, Any]:
-        """One CSV row: the columns of :data:`CSV_COLUMNS`, and of :func:`csv_columns` for K classes."""
+        """One CSV row: the columns of :data:`CSV_COLUMNS`, and of :func:`csv_columns` for K classes.
+
+        ``prediction`` is the verdict's label: ``not_assessed`` for an input the OOD gate
+        flagged, whose probability stays for research but whose box columns stay empty
+        (a box marks a finding).
+        """
+        verdict = self.verdict()
+        box = self.box if verdict.label != NOT_ASSESSED else None
         row = {
             "path": self.source,
             "probability": "" if self.probability is None else f"{self.probability:.6f}",
-            "prediction": self.label or "",
+            "prediction": verdict.csv_label,
             "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
             "status": self.status,
             "error": self.error or "",
@@ -203,20 +236,25 @@ class Prediction:
             else str(self.in_distribution).lower(),
             "ood_score": "" if self.ood_score is None else f"{self.ood_score:.4f}",
             **{
-                f"box_{name}": "" if self.box is None else f"{value:.4f}"
-                for name, value in zip(("x0", "y0", "x1", "y1"), self.box or (0.0,) * 4)
+                f"box_{name}": "" if box is None else f"{value:.4f}"
+                for name, value in zip(("x0", "y0", "x1", "y1"), box or (0.0,) * 4)
             },
-            "box_style": self.box_style or "",
-            "box_score": "" if self.box_score is None else f"{self.box_score:.3f}",
-            "boxes": json.dumps([box.to_json() for box in self.drawn_boxes])
+            "box_style": (self.box_style or "") if box is not None else "",
+            "box_score": "" if self.box_score is None or box is None else f"{self.box_score:.3f}",
+            "boxes": json.dumps([b.to_json() for b in self.drawn_boxes])
             if self.drawn_boxes
             else "",
             # A probability without a name: the head was unsure (below its minimum).
-            "body_region": self.body_region
-            or ("uncertain" if self.body_region_probability is not None else ""),
+            "body_region": region_words(self.body_region)
+            if self.body_region
+            else ("uncertain" if self.body_region_probability is not None else ""),
             "body_region_probability": ""
             if self.body_region_probability is None
             else f"{self.body_region_probability:.3f}",
+            "metal_probability": ""
+            if self.metal_probability is None
+            else f"{self.metal_probability:.3f}",
+            "caution": verdict.caution or "",
         }
         if self.class_probabilities is not None:
             for name, value in self.class_probabilities.items():
@@ -285,6 +323,7 @@ class Predictor:
         )
         self.ood_gate = _load_ood_gate(loaded.directory)
         self.region_head = _load_region_head(loaded.directory)
+        self.hardware_head = _load_hardware_head(loaded.directory)
         if warmup:
             self.warm_up()
 
@@ -399,8 +438,17 @@ class Predictor:
             network_input, geometry = letterbox(image, self.config.image_size)
         except InvalidImageError as error:
             return _Prepared(index, name, None, None, None, str(error))
-        except Exception as error:  # noqa: BLE001 - a batch never dies for one file
-            return _Prepared(index, name, None, None, None, f"{name}: could not be read ({error})")
+        except Exception:  # noqa: BLE001 - a batch never dies for one file
+            # load_image turns every decoding problem into InvalidImageError; this is
+            # the network input step failing, said without an exception's name.
+            return _Prepared(
+                index,
+                name,
+                None,
+                None,
+                None,
+                f"{name}: could not be prepared for the model (the decoded image is not usable)",
+            )
         return _Prepared(index, name, network_input, geometry, image if keep_image else None, None)
 
     def _score(self, batch: list[_Prepared], with_cam: bool) -> Iterator[Prediction]:
@@ -415,6 +463,11 @@ class Predictor:
             regions = (
                 self.region_head.probabilities(output.pooled)
                 if self.region_head is not None
+                else None
+            )
+            metal = (
+                self.hardware_head.metal_probability(output.pooled)
+                if self.hardware_head is not None
                 else None
             )
             if output.logits.ndim == 1:
@@ -452,7 +505,7 @@ class Predictor:
                     if regions is not None and in_distribution is not False
                     else (None, None)
                 )
-                results[prepared.index] = dataclasses.replace(
+                result = dataclasses.replace(
                     prediction,
                     source=prepared.name,
                     geometry=prepared.geometry,
@@ -462,7 +515,14 @@ class Predictor:
                     in_distribution=in_distribution,
                     body_region=region,
                     body_region_probability=region_probability,
+                    metal_probability=float(metal[row])
+                    if metal is not None and in_distribution is not False
+                    else None,
                 )
+                # The one verdict (fracture.inference.verdict): a flagged input is
+                # not_assessed, never fracture or normal.
+                result.label = result.verdict().label
+                results[prepared.index] = result
         for prepared in batch:
             yield results.get(prepared.index) or Prediction(
                 source=prepared.name, status="error", error=prepared.error
@@ -477,7 +537,6 @@ class Predictor:
                 source="",
                 status="ok",
                 probability=float(probability),
-                label=FRACTURE if probability >= self.threshold else NORMAL,
                 threshold=self.threshold,
                 logit=float(logit),
                 evidence=None if output.cams is None else output.cams[row],
@@ -499,19 +558,16 @@ class Predictor:
         predictions = []
         for row, values in enumerate(matrix):
             classes = {name: float(value) for name, value in zip(names, values)}
-            top = names[int(np.argmax(values))]
             if any_fracture is None:
-                probability, threshold, label = None, None, top
+                probability, threshold = None, None
             else:
                 probability = float(any_fracture[row])
                 threshold = self.threshold
-                label = FRACTURE if probability >= threshold else NORMAL
             predictions.append(
                 Prediction(
                     source="",
                     status="ok",
                     probability=probability,
-                    label=label,
                     threshold=threshold,
                     class_probabilities=classes,
                     class_evidence=None if output.cams is None else output.cams[row],
@@ -618,6 +674,13 @@ def _load_region_head(directory: Path | None) -> RegionHead | None:
     if directory is None or not ModelFolder(directory).has_region_head():
         return None
     return RegionHead.load(ModelFolder(directory).region_head_path)
+
+
+def _load_hardware_head(directory: Path | None) -> HardwareHead | None:
+    """The model's hardware (metal implant) head, when the model folder has one."""
+    if directory is None or not ModelFolder(directory).has_hardware_head():
+        return None
+    return HardwareHead.load(ModelFolder(directory).hardware_head_path)
 
 
 def _resolve_precision(requested: str | None, recommended: str | None) -> str:

@@ -23,19 +23,18 @@ is why the predictor withholds the region for inputs the OOD gate flags.
 
 Stored as ``region_head.npz`` inside a model folder (the folder's owner,
 :class:`~fracture.model.folder.ModelFolder`, knows the file name and covers it
-with the card's checksums); this module owns the file's contents.
+with the card's checksums); :mod:`fracture.inference.heads`, shared with the
+hardware head, owns the file's contents.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from fracture.errors import FractureError
-from fracture.io.files import atomic_write_npz, read_npz
+from fracture.inference.heads import FeatureHead, FeatureHeadError
 
 __all__ = [
     "RegionHead",
@@ -47,95 +46,20 @@ __all__ = [
 # Below this probability the head names no region: a 5-way guess at 0.4 is not a
 # statement worth showing a clinician.
 MIN_REGION_PROBABILITY = 0.5
-FORMAT_VERSION = 1
 
-
-class RegionHeadError(FractureError, ValueError):
-    """A region-head file that is missing parts or does not fit the features."""
+# One error for every small head (fracture.inference.heads); the old name stays.
+RegionHeadError = FeatureHeadError
 
 
 @dataclass(frozen=True)
-class RegionHead:
-    """Affine softmax head ``softmax(features @ weights + bias)`` over ``classes``.
+class RegionHead(FeatureHead):
+    """The body-region head: a :class:`~fracture.inference.heads.FeatureHead` over regions."""
 
-    Any feature standardisation used while fitting is folded into ``weights``
-    and ``bias``, so scoring needs nothing else.
-    """
-
-    classes: tuple[str, ...]
-    weights: np.ndarray  # (D, R) float32
-    bias: np.ndarray  # (R,) float32
-    # The precision the features were computed in when it was fitted (bfloat16
-    # features differ slightly from float32 ones; the card records it).
-    fitted_precision: str = "float32"
-
-    def __post_init__(self) -> None:
-        if len(self.classes) < 2:
-            raise RegionHeadError("a region head needs at least two regions")
-        if len(set(self.classes)) != len(self.classes):
-            raise RegionHeadError(f"region names repeat: {', '.join(self.classes)}")
-        if self.weights.ndim != 2 or self.weights.shape[1] != len(self.classes):
-            raise RegionHeadError(
-                f"weights of shape {self.weights.shape} do not give {len(self.classes)} regions"
-            )
-        if self.bias.shape != (len(self.classes),):
-            raise RegionHeadError(f"bias of shape {self.bias.shape} does not match the regions")
-        if not (np.isfinite(self.weights).all() and np.isfinite(self.bias).all()):
-            raise RegionHeadError("the region head has non-finite weights")
-
-    @property
-    def feature_size(self) -> int:
-        return int(self.weights.shape[0])
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Region probabilities (N, R) for pooled features (N, D); rows sum to 1."""
-        features = np.asarray(features, np.float32)
-        if features.ndim == 1:
-            features = features[None, :]
-        if features.ndim != 2 or features.shape[1] != self.feature_size:
-            raise RegionHeadError(
-                f"the region head reads {self.feature_size} features per image, "
-                f"got an array of shape {features.shape}"
-            )
-        logits = features @ self.weights + self.bias
-        logits -= logits.max(axis=1, keepdims=True)  # softmax without overflow
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+    what: ClassVar[str] = "region head"
+    class_words: ClassVar[str] = "regions"
 
     def name(self, probabilities: np.ndarray) -> tuple[str | None, float]:
         """The most likely region and its probability; no name below the minimum."""
         index = int(np.argmax(probabilities))
         probability = float(probabilities[index])
         return (self.classes[index] if probability >= MIN_REGION_PROBABILITY else None), probability
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the head as an ``.npz`` file, atomically."""
-        return atomic_write_npz(
-            path,
-            {
-                "format": np.array(FORMAT_VERSION, np.int64),
-                "classes": np.array(self.classes, dtype=np.str_),
-                "weights": self.weights.astype(np.float32),
-                "bias": self.bias.astype(np.float32),
-                "fitted_precision": np.array(self.fitted_precision, dtype=np.str_),
-            },
-        )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "RegionHead":
-        """Read a head written by :meth:`save`; raises :class:`RegionHeadError` if it is not one."""
-        stored = read_npz(
-            path,
-            what="region head",
-            required=("classes", "weights", "bias"),
-            formats=(FORMAT_VERSION,),
-            error=RegionHeadError,
-        )
-        return cls(
-            classes=tuple(str(name) for name in stored["classes"]),
-            weights=stored["weights"].astype(np.float32),
-            bias=stored["bias"].astype(np.float32),
-            fitted_precision=(
-                str(stored["fitted_precision"]) if "fitted_precision" in stored else "float32"
-            ),
-        )

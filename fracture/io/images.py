@@ -25,6 +25,7 @@ Design rules:
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import struct
@@ -50,6 +51,8 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from fracture.config import get_settings
 from fracture.errors import InvalidImageError
 from fracture.io.dicom import check_pixel_data_length, first_value, looks_like_bare_dicom
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "InvalidImageError",
@@ -164,8 +167,10 @@ def load_image(
             f"{label} is too large to decode with the memory available"
         ) from None
     except Exception as exc:
+        log.debug("%s could not be decoded: %s", label, type(exc).__name__)
         raise InvalidImageError(
-            f"{label} could not be decoded as an image (unexpected {type(exc).__name__})"
+            f"{label} could not be decoded as an image: the file is damaged or uses a "
+            "variant of its format this program does not read"
         ) from exc
 
 
@@ -200,8 +205,9 @@ def describe_dicom(source: ImageSource, *, name: str | None = None) -> dict[str,
         raise InvalidImageError(f"{label} is too large to read with the memory available") from None
     except Exception as exc:
         # No chaining: a pydicom exception could quote a header value.
+        log.debug("DICOM header of %s not readable: %s", label, type(exc).__name__)
         raise InvalidImageError(
-            f"{label}: the DICOM header could not be read (unexpected {type(exc).__name__})"
+            f"{label}: the DICOM header could not be read; the file is damaged"
         ) from None
 
 
@@ -683,10 +689,16 @@ def _decode_dicom(data: bytes, label: str, limits: _Limits) -> np.ndarray:
     """
     try:
         dataset = _read_dicom(data, label, stop_before_pixels=False)
-        if not any(kw in dataset for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+        if not any(kw in dataset for kw in pixel_keywords):
             raise InvalidImageError(
                 f"{label} is a DICOM file that contains no pixel data "
                 "(it may be a report, a structured document or a DICOMDIR)"
+            )
+        if not any(dataset.get(kw) for kw in pixel_keywords):
+            raise InvalidImageError(
+                f"{label} is a DICOM file whose Pixel Data element is empty: the image was "
+                "left out when the file was written (an export or anonymiser that drops pixels)"
             )
         rows, columns = dataset.get("Rows"), dataset.get("Columns")
         if not isinstance(rows, int) or not isinstance(columns, int):
@@ -705,9 +717,12 @@ def _decode_dicom(data: bytes, label: str, limits: _Limits) -> np.ndarray:
             f"{label} is too large to decode with the memory available"
         ) from None
     except Exception as exc:
+        # No exception name in the message: it says nothing to the person reading it.
+        log.debug("DICOM image of %s not readable: %s", label, type(exc).__name__)
         raise InvalidImageError(
-            f"{label} is a DICOM file whose image could not be read "
-            f"(unexpected {type(exc).__name__})"
+            f"{label} is a DICOM file whose image could not be read: its image attributes "
+            "(size, bits, photometric interpretation, colour tables) are damaged or "
+            "contradict each other"
         ) from None
 
 

@@ -273,6 +273,29 @@ def _region_head_lines(report: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _hardware_head_lines(report: dict[str, Any] | None) -> list[str]:
+    """The hardware head: what it was fitted on, its validation accuracy and AUROC."""
+    if not report or not report.get("accuracy"):
+        return []
+    auroc = report.get("auroc")
+    return [
+        "",
+        "## Metal implant caution",
+        "A third head on the same pooled features says whether orthopaedic metal (plates, "
+        "screws, nails) is visible (logistic regression, fitted after training on the training "
+        "images' hardware labels; the fracture probability is unchanged by it). Where it is at "
+        'least 50% sure, every result adds: "metal implant visible: the score may reflect the '
+        'implant", because metal is the shortcut a fracture model learns first.',
+        f"- Fitted on {report.get('n_train', 0):,} training images "
+        f"({report.get('train_counts', {}).get('present', 0):,} with metal).",
+        f"- Validation ({report.get('n', 0):,} images, {report.get('n_hardware', 0):,} with "
+        f"metal): accuracy {_percent_ci(report['accuracy'])}"
+        + (f", AUROC {auroc:.3f}" if isinstance(auroc, (int, float)) else "")
+        + f"; metal found in {_percent_ci(report.get('sensitivity') or {})} of the images that "
+        f"have it.",
+    ]
+
+
 def _percent(value: Any, digits: int = 0) -> str:
     if not isinstance(value, (int, float)):
         return "not recorded"
@@ -516,6 +539,7 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
             f"not assessed: it gets no label.",
         ]
     lines += _region_head_lines(card.get("region_head"))
+    lines += _hardware_head_lines(card.get("hardware_head"))
     lines += ["", "## Known limitations"]
     lines += [f"- {item}" for item in limitations_for(data)]
     return "\n".join(lines) + "\n"

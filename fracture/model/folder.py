@@ -74,10 +74,12 @@ OOD_FILE = "ood.npz"
 REGION_FILE = "region_head.npz"
 # Optional localisation head on conv4's features (see fracture.model.localiser).
 LOCALISER_FILE = "localiser.npz"
+# Optional hardware (metal implant) head, the same kind of head (fracture.inference.heads).
+HARDWARE_FILE = "hardware_head.npz"
 # The optional heads a model folder can hold beside the network, each in its own
 # file that the card's checksums cover. A new head adds its file name here, and
 # passes its object to ModelFolder.write_model(heads={NAME: head}).
-HEAD_FILES: tuple[str, ...] = (OOD_FILE, REGION_FILE, LOCALISER_FILE)
+HEAD_FILES: tuple[str, ...] = (OOD_FILE, REGION_FILE, HARDWARE_FILE, LOCALISER_FILE)
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -244,6 +246,10 @@ class ModelFolder:
         return self.path / REGION_FILE
 
     @property
+    def hardware_head_path(self) -> Path:
+        return self.path / HARDWARE_FILE
+
+    @property
     def evaluation_path(self) -> Path:
         return self.path / EVALUATION_FILE
 
@@ -262,6 +268,9 @@ class ModelFolder:
 
     def has_localiser(self) -> bool:
         return self.localiser_path.is_file()
+
+    def has_hardware_head(self) -> bool:
+        return self.hardware_head_path.is_file()
 
     def looks_like_model(self) -> bool:
         """Whether any file a model folder always has is here (complete or not)."""

@@ -179,6 +179,9 @@ def breakdown_figure(frame: "pd.DataFrame", column: str, title: str) -> "go.Figu
     import plotly.graph_objects as go
 
     values = frame[column].astype("object").where(frame[column].notna(), "unknown").astype(str)
+    if column == "region":
+        # The same words as every other output ("several regions", never "mixed").
+        values = values.map(region_words)
     table = (
         frame.assign(_value=values)
         .groupby(["_value", "label_name"], observed=True)

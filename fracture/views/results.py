@@ -7,8 +7,9 @@ they display is built in :mod:`fracture.views` from the project's own objects
 means each table, download and figure is tested as a plain function, and a
 notebook can reuse them.
 
-Labels follow the Predictor's rule everywhere: a case is ``fracture`` when its
-probability is at least the threshold of the chosen operating point.
+Labels follow the one verdict (:mod:`fracture.inference.verdict`) everywhere: a case
+is ``fracture`` when its probability is at least the threshold of the chosen
+operating point, and an input the out-of-distribution gate flags is not assessed.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import numpy as np
 
 from fracture.data.records import region_words
 from fracture.inference.gradcam import overlay_heatmap
-from fracture.inference.predictor import (
+from fracture.inference.predictor import Prediction, csv_columns, with_class_map
+from fracture.inference.verdict import (
     FRACTURE,
     NORMAL,
-    Prediction,
-    csv_columns,
-    with_class_map,
+    OUT_OF_DISTRIBUTION_REASON,
+    RESEARCH_BANNER,
+    decide,
 )
+from fracture.inference.verdict import NOT_ASSESSED as CSV_NOT_ASSESSED
 from fracture.model.folder import ModelConfig
 
 if TYPE_CHECKING:
@@ -60,10 +63,12 @@ __all__ = [
     "annotated_overlay",
     "format_probability",
     "format_threshold",
+    "exact_percent",
     "heat_for_class",
     "is_assessed",
     "label_for",
     "verdict",
+    "overlay_banner",
     "overlay_member_name",
     "overlay_zip",
     "predictions_csv",
@@ -78,10 +83,10 @@ BAND_FRACTURE = "far above the threshold"
 # The verdict for an input the out-of-distribution gate flags: the model cannot
 # judge it, so it gets neither label (shown on pages and counted in batches).
 NOT_ASSESSED = "not assessed"
-# The same verdict in the CSV's ``prediction`` column (documented in the README).
-CSV_NOT_ASSESSED = "not_assessed"
+# The same verdict in the CSV's ``prediction`` column (documented in the README) is
+# CSV_NOT_ASSESSED, fracture.inference.verdict's NOT_ASSESSED.
 NOT_ASSESSED_REASON = (
-    "The image does not look like the bone radiographs the model was trained on "
+    f"{OUT_OF_DISTRIBUTION_REASON[0].upper()}{OUT_OF_DISTRIBUTION_REASON[1:]} "
     "(out-of-distribution check), so the model cannot judge it. Casts, plates, several body "
     "parts in one image, photographs and other modalities all trigger this."
 )
@@ -106,6 +111,7 @@ RESULT_COLUMNS = (
     "confidence",
     "in_distribution",
     "body_region",
+    "caution",
     "error",
 )
 # Extra columns of the dashboard's CSV, after the CLI's: which model, at which operating point.
@@ -126,8 +132,8 @@ def body_region_text(prediction: Prediction) -> str | None:
 
 
 def label_for(probability: float, threshold: float) -> str:
-    """``fracture`` or ``normal`` at ``threshold``, with the Predictor's ``>=`` rule."""
-    return FRACTURE if probability >= threshold else NORMAL
+    """``fracture`` or ``normal`` at ``threshold``: the verdict of an assessed image."""
+    return str(decide(probability, threshold, in_distribution=True).label)
 
 
 def _logit(probability: float) -> float:
@@ -175,39 +181,42 @@ def format_threshold(threshold: float) -> str:
     """A decision threshold as percent with one decimal, the same on every page and chart.
 
     One decimal more than a probability, so that an image a whole-percent
-    display rounds onto the threshold still shows on which side it falls.
+    display rounds onto the threshold still shows on which side it falls. Below 1%
+    it reads "< 1%" (as probabilities do), never "0.0%", which looks like "every
+    image is a fracture"; :func:`exact_percent` gives the exact value for a hover.
     """
+    if threshold < DISPLAY_FLOOR:
+        return "< 1%"
     return f"{100.0 * threshold:.1f}%"
+
+
+def exact_percent(value: float) -> str:
+    """The exact value behind a "< 1%" (for a hover text): three significant digits."""
+    return f"{100.0 * value:.3g}%"
 
 
 def is_assessed(prediction: Prediction) -> bool:
     """Whether the model can judge this input: it was scored and the OOD gate did not flag it."""
-    return (
-        prediction.ok
-        and prediction.probability is not None
-        and prediction.in_distribution is not False
-    )
+    return prediction.probability is not None and prediction.verdict().assessed
 
 
 def verdict(prediction: Prediction, threshold: float) -> str:
     """``fracture``, ``normal``, ``not assessed`` (flagged out of distribution) or ``""``
-    (failed)."""
-    if not prediction.ok or prediction.probability is None:
+    (failed): the one verdict (:meth:`Prediction.verdict`) in the page's words."""
+    if prediction.probability is None:
         return ""
-    if prediction.in_distribution is False:
-        return NOT_ASSESSED
-    return label_for(prediction.probability, threshold)
+    label = prediction.verdict(threshold).label
+    if label is None:
+        return ""
+    return NOT_ASSESSED if label == CSV_NOT_ASSESSED else label
 
 
 def _relabelled(prediction: Prediction, threshold: float | None) -> Prediction:
     """``prediction`` as seen at ``threshold`` (the sidebar's operating point)."""
     if not prediction.ok or prediction.probability is None or threshold is None:
         return prediction
-    label = verdict(prediction, threshold)
     return dataclasses.replace(
-        prediction,
-        label=CSV_NOT_ASSESSED if label == NOT_ASSESSED else label,
-        threshold=threshold,
+        prediction, label=prediction.verdict(threshold).label, threshold=threshold
     )
 
 
@@ -237,6 +246,7 @@ def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.Da
                 else "",
                 "in_distribution": prediction.in_distribution,
                 "body_region": body_region_text(prediction) or "",
+                "caution": prediction.verdict(threshold).caution or "" if assessed else "",
                 "error": prediction.error or "",
                 "_rank": 0 if assessed else 1 if ok else 2,
             }
@@ -343,15 +353,28 @@ def batch_counts(predictions: Sequence[Prediction], threshold: float) -> dict[st
     return counts
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an RGB (or greyscale) uint8 image."""
+def encode_png(image: np.ndarray, description: str | None = None) -> bytes:
+    """PNG bytes of an RGB (or greyscale) uint8 image.
+
+    ``description`` goes into the PNG's ``Description`` text chunk too: the burned-in
+    caption, readable by software (and by the tests) as well as by eye.
+    """
     array = np.ascontiguousarray(image)
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 array as PNG
-        raise ValueError("PNG encoding failed")
-    return encoded.tobytes()
+    if description is None:
+        if array.ndim == 3:
+            array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        ok, encoded = cv2.imencode(".png", array)
+        if not ok:  # pragma: no cover - OpenCV encodes any uint8 array as PNG
+            raise ValueError("PNG encoding failed")
+        return encoded.tobytes()
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("Description", description)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -376,28 +399,39 @@ def overlay_member_name(source: str) -> str:
 
 
 def _overlay_caption(prediction: Prediction, threshold: float) -> str:
-    label = verdict(prediction, threshold)
-    if label == NOT_ASSESSED:
+    decision = prediction.verdict(threshold)
+    if not decision.assessed:
         return "NOT ASSESSED: does not look like a bone radiograph"
-    return (
-        f"{label.upper()}: fracture probability {format_probability(prediction.probability)} "
-        f"(threshold {format_threshold(threshold)})"
+    caption = (
+        f"{verdict(prediction, threshold).upper()}: fracture probability "
+        f"{format_probability(prediction.probability)} (threshold {format_threshold(threshold)})"
     )
+    return caption + (f" - {decision.caution}" if decision.caution else "")
+
+
+def overlay_banner(model_name: str, model_version: str) -> str:
+    """The first caption line of every downloaded overlay: research use only, which model."""
+    model = " ".join(
+        part for part in (model_name, f"v{model_version}" if model_version else "") if part
+    )
+    return f"{RESEARCH_BANNER}" + (f" - model {model}" if model else "")
 
 
 def annotated_overlay(
     image: np.ndarray,
     heatmap: np.ndarray,
     alpha: float,
-    caption: str,
+    caption: str | Sequence[str],
     box: Any = None,
     style: str | None = None,
 ) -> np.ndarray:
     """The Grad-CAM overlay with a caption strip below it and a colour bar on its right.
 
     A downloaded overlay travels without the page: the strip says what the
-    model concluded and the bar says what the colours mean.
+    model concluded (one line per item of ``caption``) and the bar says what the
+    colours mean.
     """
+    lines = [caption] if isinstance(caption, str) else list(caption)
     overlay = overlay_heatmap(image, heatmap, alpha, box=box, style=style)
     height, width = overlay.shape[:2]
     unit = max(12, round(max(height, width) / 40))
@@ -423,37 +457,48 @@ def annotated_overlay(
             cv2.LINE_AA,
         )
     body = np.concatenate([overlay, side], axis=1)
-    strip = np.full((unit * 2, body.shape[1], 3), 255, np.uint8)
+    strip = np.full((unit * (1 + len(lines)), body.shape[1], 3), 255, np.uint8)
     font_scale = scale
-    # Shrink the caption until it fits the strip's width.
+    # Shrink the captions until the longest fits the strip's width.
+    longest = max(lines, key=len) if lines else ""
     while (
         font_scale > 0.2
-        and cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)[0][0]
+        and cv2.getTextSize(longest, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)[0][0]
         > body.shape[1] - unit
     ):
         font_scale *= 0.9
-    cv2.putText(
-        strip,
-        caption,
-        (unit // 2, round(unit * 1.3)),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        font_scale,
-        (0, 0, 0),
-        thickness,
-        cv2.LINE_AA,
-    )
+    for index, text in enumerate(lines):
+        cv2.putText(
+            strip,
+            text,
+            (unit // 2, round(unit * (1.3 + index))),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (0, 0, 0),
+            thickness,
+            cv2.LINE_AA,
+        )
     return np.concatenate([body, strip], axis=0)
 
 
-def overlay_zip(predictions: Iterable[Prediction], alpha: float, threshold: float) -> bytes:
+def overlay_zip(
+    predictions: Iterable[Prediction],
+    alpha: float,
+    threshold: float,
+    *,
+    model_name: str = "",
+    model_version: str = "",
+) -> bytes:
     """A ZIP of captioned Grad-CAM overlay PNGs, built one image at a time.
 
     ``predictions`` is typically ``Predictor.iter_predict(..., with_cam=True)``:
     it is consumed lazily, so a large batch never holds every decoded image in
-    memory at once. Each overlay carries its probability and label at
-    ``threshold`` (or "not assessed") and a colour bar. Failed inputs, and
+    memory at once. Each overlay carries the research-use line with the model's
+    name and version (as the DICOM Secondary Capture does), its probability and
+    label at ``threshold`` (or "not assessed") and a colour bar. Failed inputs, and
     inputs without a heat map, are listed in ``errors.txt`` instead.
     """
+    banner = overlay_banner(model_name, model_version)
     buffer = io.BytesIO()
     used: set[str] = set()
     problems: list[str] = []
@@ -473,15 +518,16 @@ def overlay_zip(predictions: Iterable[Prediction], alpha: float, threshold: floa
                 counter += 1
                 name = base.replace("_gradcam.png", f"_{counter}_gradcam.png")
             used.add(name)
+            caption = [banner, _overlay_caption(prediction, threshold)]
             overlay = annotated_overlay(
                 prediction.image,
                 prediction.heatmap,
                 alpha,
-                _overlay_caption(prediction, threshold),
+                caption,
                 box=prediction.box if is_assessed(prediction) else None,
                 style=prediction.box_style,
             )
-            archive.writestr(name, encode_png(overlay))
+            archive.writestr(name, encode_png(overlay, description="\n".join(caption)))
         if problems:
             archive.writestr("errors.txt", "\n".join(problems) + "\n")
     return buffer.getvalue()
