@@ -19,6 +19,7 @@ from typing import Any
 import streamlit as st
 
 from fracture.config import Settings, get_settings
+from fracture.data.records import Dataset
 from fracture.model.folder import ModelConfig, ModelFolder, ModelLoadError
 from fracture.views import results, summaries
 
@@ -27,6 +28,7 @@ _log = logging.getLogger(__name__)
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
     "keep_keras_state_between_reruns",
+    "list_dataset",
     "ActiveModel",
     "ServedModel",
     "active_model",
@@ -379,6 +381,18 @@ def show_flash() -> None:
     """Show and forget the queued messages."""
     for kind, message in st.session_state.pop(_FLASH_KEY, []):
         getattr(st, kind)(message)
+
+
+# --------------------------------------------------------------------------------------
+# Datasets
+
+
+@st.cache_data(show_spinner="Listing the dataset…", ttl=300, max_entries=8)
+def list_dataset(root: str) -> Dataset:
+    """The dataset at ``root`` (listing only, nothing decoded); cached per path (Dataset, Learn)."""
+    from fracture.data.layouts import load_dataset
+
+    return load_dataset(root)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import streamlit as st
 
 from app_pages import _common as common
 from fracture.config import Settings
-from fracture.data.layouts import load_dataset
 from fracture.data.phantoms import REGION as PHANTOM_REGION
-from fracture.data.records import Dataset, DatasetLayoutError
+from fracture.data.records import DatasetLayoutError
 from fracture.data.splits import find_duplicates
 from fracture.io.images import InvalidImageError
 from fracture.views import browse, figures, results
@@ -31,10 +30,7 @@ PHANTOM_TYPES = ("transverse", "oblique", "comminuted", "displaced", "normal")
 PHANTOM_SIDE = 256
 
 
-@st.cache_data(show_spinner="Listing the dataset…", ttl=300, max_entries=8)
-def list_dataset(root: str) -> Dataset:
-    """The dataset at ``root`` (listing only, nothing decoded); cached per path."""
-    return load_dataset(root)
+list_dataset = common.list_dataset  # shared with Learn: one cache, cleared here on new data
 
 
 @st.cache_data(show_spinner="Reading image sizes…", max_entries=8)
