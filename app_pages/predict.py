@@ -16,7 +16,7 @@ from app_pages import _common as common
 from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.views import display, figures, results
+from fracture.views import display, figures, report, results
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
@@ -142,6 +142,37 @@ def image_pair(
     original.image(display.jpeg(image), caption=name, width="stretch")
 
 
+def report_header() -> report.ReportHeader:
+    """Which model made the results, for the reports (the date is the moment of download)."""
+    return report.ReportHeader(served.config.name or "", str(served.config.version or ""))
+
+
+def report_downloads(upload: UploadedFile, prediction: Prediction) -> None:
+    """This result as a report to keep (PDF) or to paste into a chat (PNG); built on click."""
+    if threshold is None:
+        return
+    entry = report.image_report(prediction, threshold, op_name, name=upload.name)
+    left, right = st.columns(2)
+    left.download_button(
+        "Report (PDF)",
+        lambda: report.report_pdf(entry, report_header()),
+        file_name=report.report_file_name(upload.name, "pdf"),
+        mime="application/pdf",
+        on_click="ignore",
+        icon=":material/picture_as_pdf:",
+        key=f"report_pdf_{upload.file_id}",
+    )
+    right.download_button(
+        "Report (PNG, for chat)",
+        lambda: report.report_png(entry, report_header()),
+        file_name=report.report_file_name(upload.name, "png"),
+        mime="image/png",
+        on_click="ignore",
+        icon=":material/image:",
+        key=f"report_png_{upload.file_id}",
+    )
+
+
 def show_result(upload: UploadedFile, prediction: Prediction) -> None:
     """Label and probability first, then the overlay, then the gauge (a phone stacks them so)."""
     if not prediction.ok:
@@ -217,6 +248,9 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             key=f"gauge_{upload.file_id}",
             config={"displayModeBar": False},
         )
+    if prediction.ok and prediction.class_probabilities is None:
+        # A K-class model's map is of its most probable class; its report is not made yet.
+        report_downloads(upload, prediction)
 
     if _is_dicom(upload):
         header = st.expander(
@@ -405,7 +439,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         },
     )
 
-    downloads = st.columns(2)
+    downloads = st.columns(3)
     model = served.config
     downloads[0].download_button(
         "Download results (CSV)",
@@ -441,6 +475,28 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         mime="application/zip",
         on_click="ignore",
         icon=":material/folder_zip:",
+    )
+    batch_threshold, batch_point, header = threshold, op_name, report_header()
+
+    def batch_report() -> bytes:
+        # Like the ZIP: on click, on a worker thread, one image in memory at a time.
+        sources = [upload.getvalue() for upload in uploads]
+        names = [upload.name for upload in uploads]
+        entries = (
+            report.image_report(prediction, batch_threshold, batch_point, name=name)
+            for name, prediction in zip(
+                names, batch_predictor.iter_predict(sources, names=names, with_cam=True)
+            )
+        )
+        return report.batch_pdf(entries, header)
+
+    downloads[2].download_button(
+        "Report of every image (PDF)",
+        batch_report,
+        file_name="fracture_report.pdf",
+        mime="application/pdf",
+        on_click="ignore",
+        icon=":material/picture_as_pdf:",
     )
 
     rows = event.selection.rows if event and event.selection else []

@@ -198,6 +198,9 @@ def test_predict_one_upload_shows_probability_and_overlay(app_env):
     assert len(at.image) >= 2 or len(captions) >= 2  # original and Grad-CAM overlay
     assert len(_plotly_charts(at)) == 1  # the gauge
 
+    reports = {button.proto.label: button.proto for button in at.get("download_button")}
+    assert set(reports) == {"Report (PDF)", "Report (PNG, for chat)"}
+
     # Moving the opacity slider re-blends without running the model again.
     from app_pages import _common
 
@@ -231,7 +234,15 @@ def test_predict_batch_with_broken_files_lists_error_rows(app_env):
     assert len(scored) == 2 and scored == sorted(scored, reverse=True)
     counts = {m.label: m.value for m in at.metric}
     assert counts["Could not be read"] == "2"
-    assert len(at.get("download_button")) == 2
+    labels = [button.proto.label for button in at.get("download_button")]
+    # the batch's CSV, ZIP and PDF report, then the shown image's own reports
+    assert labels == [
+        "Download results (CSV)",
+        "Download Grad-CAM overlays (ZIP)",
+        "Report of every image (PDF)",
+        "Report (PDF)",
+        "Report (PNG, for chat)",
+    ]
     # The most suspicious image is shown with its probability.
     assert any(m.label == "Fracture probability" for m in at.metric)
 

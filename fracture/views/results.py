@@ -58,6 +58,7 @@ __all__ = [
     "confidence_band",
     "encode_png",
     "annotated_overlay",
+    "with_colour_bar",
     "format_probability",
     "format_threshold",
     "heat_for_class",
@@ -385,20 +386,12 @@ def _overlay_caption(prediction: Prediction, threshold: float) -> str:
     )
 
 
-def annotated_overlay(
-    image: np.ndarray,
-    heatmap: np.ndarray,
-    alpha: float,
-    caption: str,
-    box: Any = None,
-    style: str | None = None,
-) -> np.ndarray:
-    """The Grad-CAM overlay with a caption strip below it and a colour bar on its right.
+def with_colour_bar(overlay: np.ndarray) -> tuple[np.ndarray, int]:
+    """``overlay`` with the heat map's colour bar (JET, low at the bottom) on its right.
 
-    A downloaded overlay travels without the page: the strip says what the
-    model concluded and the bar says what the colours mean.
+    Returns the widened image and the text unit (px) it was drawn at, so that a
+    caption beside it can match. Shared by the ZIP's overlays and the reports.
     """
-    overlay = overlay_heatmap(image, heatmap, alpha, box=box, style=style)
     height, width = overlay.shape[:2]
     unit = max(12, round(max(height, width) / 40))
     bar_width = unit * 4
@@ -422,7 +415,26 @@ def annotated_overlay(
             thickness,
             cv2.LINE_AA,
         )
-    body = np.concatenate([overlay, side], axis=1)
+    return np.concatenate([overlay, side], axis=1), unit
+
+
+def annotated_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    alpha: float,
+    caption: str,
+    box: Any = None,
+    style: str | None = None,
+) -> np.ndarray:
+    """The Grad-CAM overlay with a caption strip below it and a colour bar on its right.
+
+    A downloaded overlay travels without the page: the strip says what the
+    model concluded and the bar says what the colours mean.
+    """
+    overlay = overlay_heatmap(image, heatmap, alpha, box=box, style=style)
+    body, unit = with_colour_bar(overlay)
+    scale = unit / 30
+    thickness = max(1, round(unit / 12))
     strip = np.full((unit * 2, body.shape[1], 3), 255, np.uint8)
     font_scale = scale
     # Shrink the caption until it fits the strip's width.
