@@ -331,6 +331,49 @@ def batch_predictions(uploads: Sequence[UploadedFile]) -> list[Prediction]:
     return stored["predictions"]
 
 
+def _whole_row(table_key: str) -> None:
+    # A click on any cell picks its row: rewrite the cell selection as that row's.
+    state = st.session_state.get(table_key)
+    row = results.selected_row(state.get("selection") if state else None)
+    if row is not None:
+        st.session_state[table_key] = results.row_selection(row)
+
+
+def _step(table_key: str, step: int, n_rows: int) -> None:
+    state = st.session_state.get(table_key)
+    current = results.selected_row(state.get("selection") if state else None) or 0
+    st.session_state[table_key] = results.row_selection(results.step_row(current, step, n_rows))
+
+
+def picked_row(table_key: str, event, n_rows: int) -> int:
+    """The table row to show (the first when none is picked), with previous/next beside it.
+
+    The buttons move through the rows in the table's order and write the table's
+    own selection, so the table and the shown image never disagree.
+    """
+    row = results.selected_row(event.selection if event else None)
+    index = 0 if row is None else min(row, n_rows - 1)
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button(
+            "Previous",
+            key=f"{table_key}_previous",
+            on_click=_step,
+            args=(table_key, -1, n_rows),
+            disabled=index == 0,
+            icon=":material/arrow_back:",
+        )
+        st.caption(f"Image {index + 1} of {n_rows}")
+        st.button(
+            "Next",
+            key=f"{table_key}_next",
+            on_click=_step,
+            args=(table_key, 1, n_rows),
+            disabled=index == n_rows - 1,
+            icon=":material/arrow_forward:",
+        )
+    return index
+
+
 def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     """A batch for a model without a normal class: each image's most probable class."""
     predictions = batch_predictions(uploads)
@@ -342,8 +385,8 @@ def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) ->
         frame,
         hide_index=True,
         width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
+        on_select=lambda: _whole_row("class_batch_table"),
+        selection_mode=["single-row", "single-cell"],
         key="class_batch_table",
         column_order=shown,
         column_config={"class": "most probable class", "error": "problem"},
@@ -363,8 +406,7 @@ def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) ->
         on_click="ignore",
         icon=":material/download:",
     )
-    rows = event.selection.rows if event and event.selection else []
-    position = int(frame.index[rows[0]]) if rows else int(frame.index[0])
+    position = int(frame.index[picked_row("class_batch_table", event, len(frame))])
     st.subheader(f"{uploads[position].name}")
     show_result(uploads[position], cam_prediction(uploads[position]))
 
@@ -415,8 +457,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         frame,
         hide_index=True,
         width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
+        on_select=lambda: _whole_row("batch_table"),
+        selection_mode=["single-row", "single-cell"],
         key="batch_table",
         column_order=shown,
         column_config={
@@ -499,11 +541,11 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         icon=":material/picture_as_pdf:",
     )
 
-    rows = event.selection.rows if event and event.selection else []
-    position = int(frame.index[rows[0]]) if rows else int(frame.index[0])
+    index = picked_row("batch_table", event, len(frame))
+    position = int(frame.index[index])
     st.subheader(f"{uploads[position].name}")
-    if not rows:
-        st.caption("The most suspicious image; pick a row in the table to see another.")
+    if results.selected_row(event.selection if event else None) is None:
+        st.caption("The most suspicious image; click a row in the table, or Next, to see another.")
     show_result(uploads[position], cam_prediction(uploads[position]))
 
 

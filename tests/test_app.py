@@ -247,6 +247,42 @@ def test_predict_batch_with_broken_files_lists_error_rows(app_env):
     assert any(m.label == "Fracture probability" for m in at.metric)
 
 
+def _button(at: AppTest, label: str):
+    (button,) = [b for b in at.button if b.label == label]
+    return button
+
+
+def test_predict_batch_previous_and_next_visit_every_row_once_in_table_order(app_env):
+    at = _open("app_pages/predict.py")
+    uploader = at.file_uploader[0]
+    for name, seed in (("d.png", 4), ("a.png", 5), ("c.png", 6), ("b.png", 7)):
+        uploader.upload(name, png_bytes(seed), "image/png")
+    uploader.upload("broken.png", b"not an image", "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    order = at.dataframe[0].value["file"].tolist()
+    assert len(order) == 5 and order[-1] == "broken.png"
+    seen = [at.subheader[0].value]
+    assert _button(at, "Previous").disabled
+    while not _button(at, "Next").disabled:
+        _button(at, "Next").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        seen.append(at.subheader[0].value)
+    assert seen == order
+    back = [at.subheader[0].value]
+    while not _button(at, "Previous").disabled:
+        _button(at, "Previous").click().run()
+        back.append(at.subheader[0].value)
+    assert back == order[::-1]
+    # A click on a cell of another row shows that row (the table's selection state).
+    at.session_state["batch_table"] = {
+        "selection": {"rows": [], "columns": [], "cells": [(2, "file")]}
+    }
+    at.run()
+    assert at.subheader[0].value == order[2]
+    assert f"Image 3 of {len(order)}" in _texts(at)
+
+
 def test_predict_single_broken_upload_shows_an_error(app_env):
     at = _open("app_pages/predict.py")
     at.file_uploader[0].upload("scan.png", b"%PDF-1.4 not really", "image/png")

@@ -86,6 +86,38 @@ def test_results_frame_sorts_most_suspicious_first_and_errors_last():
     assert frame["probability"].isna().tolist() == [False, False, False, True]
 
 
+def test_results_frame_puts_not_assessed_rows_last_by_name_not_by_hidden_probability():
+    predictions = [
+        _ok("zebra.png", 0.99, in_distribution=False),
+        _failed("b-broken.png"),
+        _ok("apple.png", 0.01, in_distribution=False),
+        _ok("mid.png", 0.5),
+        _failed("a-broken.png"),
+        _ok("moon.png", 0.6, in_distribution=False),
+    ]
+    frame = results.results_frame(predictions, threshold=0.5)
+    assert frame["file"].tolist() == [
+        "mid.png",
+        "apple.png",
+        "moon.png",
+        "zebra.png",
+        "a-broken.png",
+        "b-broken.png",
+    ]
+
+
+def test_a_clicked_cell_or_a_ticked_row_picks_the_row_and_steps_stop_at_the_ends():
+    assert results.selected_row(None) is None
+    assert results.selected_row({"rows": [], "cells": []}) is None
+    assert results.selected_row({"rows": [3], "cells": []}) == 3
+    assert results.selected_row({"rows": [], "cells": [(4, "file")]}) == 4
+    assert [results.step_row(i, 1, 3) for i in range(3)] == [1, 2, 2]
+    assert [results.step_row(i, -1, 3) for i in range(3)] == [0, 0, 1]
+    assert results.row_selection(2)["selection"]["rows"] == [2]
+    with pytest.raises(ValueError):
+        results.step_row(0, 1, 0)
+
+
 def test_results_frame_relabels_at_the_chosen_operating_point():
     frame = results.results_frame([_ok("a.png", 0.4)], threshold=0.3)
     assert frame.loc[0, "label"] == "fracture"
