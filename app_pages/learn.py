@@ -18,7 +18,7 @@ from app_pages import _common as common
 from fracture.data.records import DatasetLayoutError
 from fracture.inference.predictor import FRACTURE
 from fracture.io.images import InvalidImageError, load_image
-from fracture.views import display, figures, learn, results
+from fracture.views import browse, display, figures, learn, results
 
 ROUND_KEY = "learn_round"
 SEED_KEY = "learn_seed"
@@ -84,7 +84,7 @@ def start_round() -> None:
 def setup() -> None:
     """Choose a dataset, a split, the number of cases and the seed, then start."""
     settings = common.settings()
-    folders = learn.dataset_folders(settings.data_dir)
+    folders = browse.dataset_folders(settings.data_dir)
     if not folders:
         st.info(
             "No dataset yet. Download FracAtlas, or write the synthetic phantom set, on the "

@@ -446,6 +446,45 @@ def test_train_page_is_open_without_a_configured_password(fresh_settings):
     assert "No training runs yet" in _texts(at)
 
 
+def test_train_page_first_visit_offers_data_instead_of_an_error(
+    fresh_settings, tmp_path, monkeypatch
+):
+    from fracture.data.phantoms import synthesize_phantoms
+
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("FRACTURE_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    at = _open("app_pages/train.py")
+    assert not at.error, [e.value for e in at.error]
+    assert "synthetic phantom set" in _texts(at) and "FracAtlas" in _texts(at)
+    assert not any(b.label.startswith("Use ") for b in at.button)
+    # Once a dataset is in the default folder, one click puts it in the form.
+    synthesize_phantoms(data / "phantoms", 20, size=64, seed=0)
+    at.run()
+    next(b for b in at.button if b.label == "Use phantoms").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert next(t for t in at.text_input if t.label == "Dataset folder").value == str(
+        data / "phantoms"
+    )
+    assert any("phantom" in str(s.value).lower() for s in at.success)
+    assert not at.warning and not at.error
+
+
+def test_deleting_a_run_needs_a_tick_first(fresh_settings):
+    run_dir = fresh_settings.runs / "failed-run"
+    run_dir.mkdir()
+    (run_dir / "status.json").write_text('{"state": "failed", "message": "out of memory"}')
+    at = _open("app_pages/train.py")
+    delete = next(b for b in at.button if b.label == "Delete this run")
+    assert delete.disabled and run_dir.is_dir()
+    next(c for c in at.checkbox if "for good" in c.label).check().run()
+    next(b for b in at.button if b.label == "Delete this run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not run_dir.exists()
+    assert "Deleted run failed-run" in _texts(at)
+
+
 def test_train_form_refuses_a_bad_folder_before_any_process_starts(fresh_settings, monkeypatch):
     import subprocess
 

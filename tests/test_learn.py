@@ -12,7 +12,7 @@ import pytest
 from fracture.data.phantoms import synthesize_phantoms
 from fracture.evaluation.localisation import TOLERANCE
 from fracture.inference.predictor import Prediction
-from fracture.views import learn
+from fracture.views import browse, learn
 
 
 @pytest.fixture(scope="module")
@@ -141,5 +141,5 @@ def test_dataset_folders_put_fracatlas_first(tmp_path):
     for name in ("zeta", "FracAtlas", "alpha", ".hidden"):
         (tmp_path / name).mkdir()
     (tmp_path / "file.txt").write_text("x")
-    assert [p.name for p in learn.dataset_folders(tmp_path)] == ["FracAtlas", "alpha", "zeta"]
-    assert learn.dataset_folders(tmp_path / "missing") == []
+    assert [p.name for p in browse.dataset_folders(tmp_path)] == ["FracAtlas", "alpha", "zeta"]
+    assert browse.dataset_folders(tmp_path / "missing") == []

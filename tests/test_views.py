@@ -304,19 +304,25 @@ def test_format_duration(seconds, text):
     assert summaries.format_duration(seconds) == text
 
 
-def test_run_progress_for_caching_epochs_and_the_end():
+def test_run_progress_for_preparing_epochs_and_the_end_in_plain_words():
     caching = summaries.run_progress(
         {
             "state": "caching",
             "phase": "caching features",
-            "done": 25,
-            "total": 100,
-            "eta_seconds": 90,
-            "message": "Computing features",
+            "done": 160,
+            "total": 216,
+            "eta_seconds": 2,
+            "message": "Computing frozen-backbone features (160/216)",
         }
     )
-    assert caching.fraction == pytest.approx(0.25) and caching.eta == "1 min 30 s"
-    assert not caching.finished
+    assert caching.fraction == pytest.approx(160 / 216)
+    # no time left while preparing: that rate says nothing about the epochs ahead
+    assert caching.eta is None and not caching.finished
+    assert caching.label == "preparing images" and caching.text == "Preparing images (160 of 216)"
+    first_epoch = {"state": "running", "phase": "head", "epoch": 1, "epochs": 4, "batches": 10}
+    assert summaries.run_progress({**first_epoch, "batch": 5, "eta_seconds": 90}).eta is None
+    ended = summaries.run_progress({**first_epoch, "batch": 10, "eta_seconds": 90})
+    assert ended.eta == "1 min 30 s" and ended.label == "training"
     running = summaries.run_progress(
         {
             "state": "running",
@@ -325,9 +331,13 @@ def test_run_progress_for_caching_epochs_and_the_end():
             "epochs": 4,
             "batch": 5,
             "batches": 10,
+            "eta_seconds": 30,
         }
     )
-    assert running.fraction == pytest.approx((2 + 0.5) / 4)
+    assert running.fraction == pytest.approx((2 + 0.5) / 4) and running.eta == "30 s"
+    finishing = summaries.run_progress({"state": "finishing", "phase": "ood", "message": "x"})
+    assert finishing.label == "saving the model" and "finish" not in finishing.text.lower()
+    assert "out-of-distribution" not in finishing.text
     done = summaries.run_progress({"state": "completed", "eta_seconds": 3})
     assert done.fraction == 1.0 and done.finished and done.eta is None
     unknown = summaries.run_progress({})

@@ -47,7 +47,6 @@ __all__ = [
     "Case",
     "CaseResult",
     "ModelAnswer",
-    "dataset_folders",
     "draw_round",
     "eligible_splits",
     "model_answer",
@@ -309,18 +308,3 @@ def round_csv(
             }
         )
     return buffer.getvalue().encode("utf-8")
-
-
-def dataset_folders(data_dir: Path) -> list[Path]:
-    """Folders under ``data_dir`` a round might draw from: FracAtlas first, then by name.
-
-    Only a listing of folder names; whether a folder holds a usable dataset is
-    known once it is read (:func:`eligible_splits`).
-    """
-    try:
-        folders = sorted(
-            p for p in Path(data_dir).iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-    except OSError:
-        return []
-    return sorted(folders, key=lambda p: (p.name.lower() != "fracatlas", p.name.lower()))
