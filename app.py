@@ -19,6 +19,7 @@ from app_pages import _common as common
 st.set_page_config(page_title="fracture", page_icon="🦴", layout="wide")
 common.keep_keras_state_between_reruns()
 common.configure_server_logging()
+common.hide_chart_toolbars()
 
 navigation = st.navigation(
     [

@@ -39,6 +39,7 @@ __all__ = [
     "configure_server_logging",
     "flash",
     "get_served_model",
+    "hide_chart_toolbars",
     "model_changed",
     "operating_point",
     "operating_point_picker",
@@ -271,6 +272,18 @@ def operating_point_picker(config: ModelConfig) -> tuple[str, float]:
         f"or above it is labelled fracture."
     )
     return name, threshold
+
+
+# Plotly's toolbar covers chart titles on hover, and zoom is by drag or scroll anyway; a
+# double click resets. Hidden here for every chart of every page, in one place.
+_HIDE_CHART_TOOLBAR = (
+    "<style>[data-testid='stPlotlyChart'] .modebar-container {display: none !important;}</style>"
+)
+
+
+def hide_chart_toolbars() -> None:
+    """Hide the plotly toolbar on every chart of the page being run (called once, in app.py)."""
+    st.html(_HIDE_CHART_TOOLBAR)
 
 
 def show_model_banner() -> None:

@@ -24,6 +24,7 @@ PENDING_ROOT_KEY = "dataset_root_next"
 PER_PAGE = 12
 SIZE_SAMPLE = 300
 THUMBNAIL_SIDE = 256
+THUMBNAIL_WIDTH = 165  # px on the page
 PHANTOM_COUNT = 120  # enough for a demo training run that finishes in minutes on a CPU
 # The classes of the multi-class demo set: four fracture types and normal.
 PHANTOM_TYPES = ("transverse", "oblique", "comminuted", "displaced", "normal")
@@ -287,14 +288,12 @@ st.caption(
     f"{figures.plural(len(shown), 'image')}; fracture boxes in red where the dataset has them."
 )
 unreadable = []
-columns_per_row = 6
 on_page = shown.iloc[browse.page_slice(len(shown), page, PER_PAGE)]
-for index, row in enumerate(on_page.itertuples()):
-    if index % columns_per_row == 0:
-        # A fresh row of columns every six images keeps the rows aligned
-        # whatever the images' aspect ratios.
-        grid = st.columns(columns_per_row)
-    cell = grid[index % columns_per_row]
+# A wrapping row of fixed-width cells, not columns: a phone would stack columns one
+# image per row; this keeps two per row at 390 px and fills a wide screen.
+grid = st.container(horizontal=True, gap="small")
+for row in on_page.itertuples():
+    cell = grid.container(width=THUMBNAIL_WIDTH)
     try:
         png = thumbnail_png(row.path, boxes.get(row.path, ()))
     except InvalidImageError as error:

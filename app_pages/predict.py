@@ -22,6 +22,7 @@ from fracture.views import display, figures, report, results
 # renamed file still gets a precise error row rather than a silent skip.
 UPLOAD_TYPES = sorted({suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES} | {"dcm", "dicom"})
 ALPHA_KEY = "overlay_alpha"
+COUNT_WIDTH = 150  # px: two batch counts side by side on a 390 px phone
 BAND_COLOURS = {
     results.BAND_NORMAL: "green",
     results.BAND_UNCERTAIN: "orange",
@@ -421,16 +422,18 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     counts = results.batch_counts(predictions, threshold)
     summary_column, chart_column = st.columns([2, 3])
     with summary_column:
-        top, bottom = st.columns(2), st.columns(2)
-        top[0].metric("Fracture", counts["fracture"])
-        top[1].metric("Normal", counts["normal"])
-        bottom[0].metric(
-            "Not assessed",
-            counts["not_assessed"],
-            help="Flagged by the out-of-distribution check: the model cannot "
-            "judge them, so they get no label.",
-        )
-        bottom[1].metric("Could not be read", counts["error"])
+        # A wrapping row, not nested columns: a phone stacks columns one per line.
+        with st.container(horizontal=True, gap="small"):
+            st.metric("Fracture", counts["fracture"], width=COUNT_WIDTH)
+            st.metric("Normal", counts["normal"], width=COUNT_WIDTH)
+            st.metric(
+                "Not assessed",
+                counts["not_assessed"],
+                help="Flagged by the out-of-distribution check: the model cannot "
+                "judge them, so they get no label.",
+                width=COUNT_WIDTH,
+            )
+            st.metric("Could not be read", counts["error"], width=COUNT_WIDTH)
         st.caption(
             f"Labels at the {op_name.replace('_', ' ')} operating point (threshold "
             f"{results.format_threshold(threshold)})."

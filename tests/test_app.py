@@ -159,6 +159,25 @@ def test_model_page_shows_card_and_evaluation_plots(app_env):
     assert next(b for b in at.button if b.label == "Roll back").disabled
 
 
+def test_model_page_reads_summary_then_charts_then_the_card_folded_away(app_env):
+    at = _open("app_pages/model.py")
+    main = list(at.main)
+    kinds = [type(element).__name__ for element in main]
+    first_metric = kinds.index("Metric")
+    first_chart = next(i for i, e in enumerate(main) if e.type == "plotly_chart")
+    (card,) = [e for e in at.expander if e.label == "Full model card"]
+    assert (
+        first_metric < first_chart < main.index(card)
+        if card in main
+        else first_metric < first_chart
+    )
+    # The card's headings sit below the page's: no page-sized model name.
+    card_text = "\n".join(str(m.value) for m in card.markdown)
+    assert "Known limitations" in card_text
+    assert not any(line.startswith(("# ", "## ")) for line in card_text.splitlines())
+    assert [str(h.value) for h in at.header].count("Validation results") == 1
+
+
 def test_model_page_has_no_raw_json_and_no_machine_paths(app_env):
     at = _open("app_pages/model.py")
     shown = _texts(at) + "\n".join(f"{m.label} {m.value}" for m in at.metric)

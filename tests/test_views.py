@@ -418,6 +418,8 @@ def test_figures_build_from_an_evaluation_report(report):
     assert len(reliability.data) == 3  # diagonal, calibrated, before scaling
     regions = figures.region_auroc_figure(report)
     assert "without hardware" in regions.data[0].x
+    # the n= labels sit at the bars' foot, clear of the intervals' whiskers at the top
+    assert regions.data[0].insidetextanchor == "start"
     matrix = report["operating_points"]["high_sensitivity"]["confusion_matrix"]
     confusion = figures.confusion_figure(matrix)
     assert np.asarray(confusion.data[0].z).sum() == report["n"]
@@ -467,6 +469,12 @@ def test_probability_and_dataset_figures():
     assert (
         figures.plural(1, "image") == "1 image" and figures.plural(1204, "image") == "1,204 images"
     )
+    # One size only (a phantom set): whole-pixel ticks, no 255.5 px.
+    single = figures.size_figure(pd.DataFrame({"path": ["a"], "width": [256], "height": [256]}))
+    for axis in (single.layout.xaxis, single.layout.yaxis):
+        assert axis.tickformat == "d" and axis.dtick == 5
+        low, high = axis.range
+        assert low < 256 < high and high - low >= 20
 
 
 def test_training_curves_figure_marks_the_fine_tune_switch():
@@ -510,3 +518,12 @@ def test_body_region_figure_draws_each_region_with_its_interval():
     low, high = report["per_region"]["hand"]["ci"]
     assert bars.error_y.arrayminus[0] == pytest.approx(0.9 - low)
     assert bars.error_y.array[0] == pytest.approx(high - 0.9)
+
+
+def test_demote_headings_moves_headings_down_but_not_code():
+    text = (
+        "# Model card: a-very-long-name\n\n## Data\ntext #1\n```\n# a comment\n```\n###### deep\n"
+    )
+    assert summaries.demote_headings(text, 2) == (
+        "### Model card: a-very-long-name\n\n#### Data\ntext #1\n```\n# a comment\n```\n###### deep\n"
+    )

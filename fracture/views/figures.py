@@ -253,9 +253,22 @@ def size_figure(sizes: "pd.DataFrame") -> "go.Figure":
             hovertemplate="%{x} x %{y} px: %{customdata} image(s)<extra></extra>",
         )
     )
-    figure.update_xaxes(title="width (px)")
-    figure.update_yaxes(title="height (px)")
+    # Whole pixels only: a set of one size would otherwise get ticks at 255.5 px.
+    figure.update_xaxes(title="width (px)", **_pixel_axis(grouped["width"]))
+    figure.update_yaxes(title="height (px)", **_pixel_axis(grouped["height"]))
     return figure
+
+
+def _pixel_axis(values: "pd.Series", min_span: int = 20) -> dict[str, Any]:
+    """Axis settings for pixel counts: integer ticks, and a range at least ``min_span`` px wide."""
+    settings: dict[str, Any] = {"tickformat": "d"}
+    if len(values):
+        low, high = float(values.min()), float(values.max())
+        if high - low < min_span:
+            middle = (low + high) / 2
+            settings["range"] = [middle - min_span / 2 - 2, middle + min_span / 2 + 2]
+            settings["dtick"] = min_span // 4
+    return settings
 
 
 def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> "go.Figure":
@@ -488,6 +501,8 @@ def _bars_with_intervals(
             marker_color=colours,
             text=[text for _, _, _, text in bars],
             textposition="inside",
+            # At the bar's foot: the interval's whisker runs through the bar's top.
+            insidetextanchor="start",
             error_y={
                 "type": "data",
                 "symmetric": False,

@@ -14,6 +14,7 @@ __all__ = [
     "RunProgress",
     "card_headline",
     "compare_metrics",
+    "demote_headings",
     "hardware_free_subgroup",
     "same_dataset",
     "format_duration",
@@ -200,3 +201,20 @@ def hardware_free_subgroup(report: Mapping[str, Any] | None) -> Mapping[str, Any
     if not free or free.get("n") is None or report.get("n") is None:
         return None
     return free if int(free["n"]) < int(report["n"]) else None
+
+
+def demote_headings(markdown: str, levels: int = 1) -> str:
+    """``markdown`` with every heading ``levels`` deeper (at most ``######``), code left alone.
+
+    A document shown inside a page (a model card) must not outrank the page's own title.
+    """
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("#"):
+            hashes = len(line) - len(line.lstrip("#"))
+            if line[hashes : hashes + 1] in (" ", ""):
+                line = "#" * min(6, hashes + levels) + line[hashes:]
+        out.append(line)
+    return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
