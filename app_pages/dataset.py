@@ -24,7 +24,7 @@ PENDING_ROOT_KEY = "dataset_root_next"
 PER_PAGE = 12
 SIZE_SAMPLE = 300
 THUMBNAIL_SIDE = 256
-THUMBNAIL_WIDTH = 165  # px on the page
+THUMBNAIL_WIDTH = 150  # px on the page: six per row at 1400 px, two at 390 px
 PHANTOM_COUNT = 120  # enough for a demo training run that finishes in minutes on a CPU
 # The classes of the multi-class demo set: four fracture types and normal.
 PHANTOM_TYPES = ("transverse", "oblique", "comminuted", "displaced", "normal")
