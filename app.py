@@ -1,6 +1,6 @@
 """fracture dashboard entry point: ``streamlit run app.py``.
 
-Five pages (Predict, Dataset, Train, Model, Inbox) share one sidebar: the active
+Six pages (Predict, Dataset, Train, Model, Inbox, Learn) share one sidebar: the active
 model, the operating point used to label predictions, and the notice that
 this is a research demo. The model itself is loaded once per server process
 (see ``app_pages/_common.py``) the first time a page needs it.
@@ -19,6 +19,7 @@ from app_pages import _common as common
 st.set_page_config(page_title="fracture", page_icon="🦴", layout="wide")
 common.keep_keras_state_between_reruns()
 common.configure_server_logging()
+common.hide_chart_toolbars()
 
 navigation = st.navigation(
     [
@@ -27,6 +28,7 @@ navigation = st.navigation(
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("app_pages/model.py", title="Model", icon=":material/description:"),
         st.Page("app_pages/inbox.py", title="Inbox", icon=":material/inbox:"),
+        st.Page("app_pages/learn.py", title="Learn", icon=":material/school:"),
     ]
 )
 common.render_sidebar()

@@ -19,6 +19,7 @@ from typing import Any
 import streamlit as st
 
 from fracture.config import Settings, get_settings
+from fracture.data.records import Dataset
 from fracture.model.folder import ModelConfig, ModelFolder, ModelLoadError
 from fracture.views import results, summaries
 
@@ -27,6 +28,7 @@ _log = logging.getLogger(__name__)
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
     "keep_keras_state_between_reruns",
+    "list_dataset",
     "ActiveModel",
     "ServedModel",
     "active_model",
@@ -37,6 +39,7 @@ __all__ = [
     "configure_server_logging",
     "flash",
     "get_served_model",
+    "hide_chart_toolbars",
     "model_changed",
     "operating_point",
     "operating_point_picker",
@@ -271,6 +274,18 @@ def operating_point_picker(config: ModelConfig) -> tuple[str, float]:
     return name, threshold
 
 
+# Plotly's toolbar covers chart titles on hover, and zoom is by drag or scroll anyway; a
+# double click resets. Hidden here for every chart of every page, in one place.
+_HIDE_CHART_TOOLBAR = (
+    "<style>[data-testid='stPlotlyChart'] .modebar-container {display: none !important;}</style>"
+)
+
+
+def hide_chart_toolbars() -> None:
+    """Hide the plotly toolbar on every chart of the page being run (called once, in app.py)."""
+    st.html(_HIDE_CHART_TOOLBAR)
+
+
 def show_model_banner() -> None:
     """A banner on every page while the active model was trained on synthetic data.
 
@@ -379,6 +394,18 @@ def show_flash() -> None:
     """Show and forget the queued messages."""
     for kind, message in st.session_state.pop(_FLASH_KEY, []):
         getattr(st, kind)(message)
+
+
+# --------------------------------------------------------------------------------------
+# Datasets
+
+
+@st.cache_data(show_spinner="Listing the dataset…", ttl=300, max_entries=8)
+def list_dataset(root: str) -> Dataset:
+    """The dataset at ``root`` (listing only, nothing decoded); cached per path (Dataset, Learn)."""
+    from fracture.data.layouts import load_dataset
+
+    return load_dataset(root)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import streamlit as st
 
 from app_pages import _common as common
 from fracture.config import Settings
-from fracture.data.layouts import load_dataset
 from fracture.data.phantoms import REGION as PHANTOM_REGION
-from fracture.data.records import Dataset, DatasetLayoutError, region_words
+from fracture.data.records import DatasetLayoutError, region_words
 from fracture.data.splits import find_duplicates
 from fracture.io.images import InvalidImageError
 from fracture.views import browse, figures, results
@@ -25,16 +24,14 @@ PENDING_ROOT_KEY = "dataset_root_next"
 PER_PAGE = 12
 SIZE_SAMPLE = 300
 THUMBNAIL_SIDE = 256
+THUMBNAIL_WIDTH = 150  # px on the page: six per row at 1400 px, two at 390 px
 PHANTOM_COUNT = 120  # enough for a demo training run that finishes in minutes on a CPU
 # The classes of the multi-class demo set: four fracture types and normal.
 PHANTOM_TYPES = ("transverse", "oblique", "comminuted", "displaced", "normal")
 PHANTOM_SIDE = 256
 
 
-@st.cache_data(show_spinner="Listing the dataset…", ttl=300, max_entries=8)
-def list_dataset(root: str) -> Dataset:
-    """The dataset at ``root`` (listing only, nothing decoded); cached per path."""
-    return load_dataset(root)
+list_dataset = common.list_dataset  # shared with Learn: one cache, cleared here on new data
 
 
 @st.cache_data(show_spinner="Reading image sizes…", max_entries=8)
@@ -293,14 +290,12 @@ st.caption(
     f"{figures.plural(len(shown), 'image')}; fracture boxes in red where the dataset has them."
 )
 unreadable = []
-columns_per_row = 6
 on_page = shown.iloc[browse.page_slice(len(shown), page, PER_PAGE)]
-for index, row in enumerate(on_page.itertuples()):
-    if index % columns_per_row == 0:
-        # A fresh row of columns every six images keeps the rows aligned
-        # whatever the images' aspect ratios.
-        grid = st.columns(columns_per_row)
-    cell = grid[index % columns_per_row]
+# A wrapping row of fixed-width cells, not columns: a phone would stack columns one
+# image per row; this keeps two per row at 390 px and fills a wide screen.
+grid = st.container(horizontal=True, gap="small")
+for row in on_page.itertuples():
+    cell = grid.container(width=THUMBNAIL_WIDTH)
     try:
         png = thumbnail_png(row.path, boxes.get(row.path, ()))
     except InvalidImageError as error:

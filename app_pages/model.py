@@ -223,6 +223,10 @@ def show_summary(model: common.ActiveModel, report: dict | None) -> None:
     from fracture.data.provenance import training_data_of
 
     headline = summaries.card_headline(model.card)
+    st.markdown(
+        f"**{headline['name'] or model.config.name}**, version "
+        f"{headline['version'] or model.config.version}"
+    )
     if headline["val_auroc"] is not None:
         ci = headline["val_auroc_ci"]
         st.metric(
@@ -251,14 +255,9 @@ if model is None:
     common.show_no_model(problem)
 else:
     report = ModelFolder(model.directory).read_evaluation()
-    card_column, summary_column = st.columns([3, 2])
-    with summary_column:
-        show_summary(model, report)
-    with card_column:
-        with st.container(border=True):
-            # Rendered from the card's data, not the stored Markdown: cards written
-            # before provenance was recorded would otherwise show stale limitations.
-            st.markdown(render_card_markdown(model.card, report))
+    # Summary figures first, then the charts, then the full card folded away: the card
+    # repeats the validation results and the heat-map figures the charts show.
+    show_summary(model, report)
     if report:
         st.header("Validation results")
         show_evaluation(report)
@@ -271,6 +270,12 @@ else:
         )
     show_body_region(model.card)
     show_hardware(model.card)
+    with st.expander("Full model card", icon=":material/description:"):
+        # Rendered from the card's data, not the stored Markdown: cards written
+        # before provenance was recorded would otherwise show stale limitations.
+        # Headings two levels down: the card's title is a long model name that
+        # wrapped over four lines on a phone as a page title.
+        st.markdown(summaries.demote_headings(render_card_markdown(model.card, report), 2))
 
 st.header("Stored versions")
 versions = registry.list_versions(settings)

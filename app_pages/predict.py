@@ -17,12 +17,13 @@ from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
 from fracture.io.dicom import looks_like_dicom
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.views import display, figures, results
+from fracture.views import display, figures, report, results
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
 UPLOAD_TYPES = sorted({suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES} | {"dcm", "dicom"})
 ALPHA_KEY = "overlay_alpha"
+COUNT_WIDTH = 150  # px: two batch counts side by side on a 390 px phone
 BAND_COLOURS = {
     results.BAND_NORMAL: "green",
     results.BAND_UNCERTAIN: "orange",
@@ -142,6 +143,37 @@ def image_pair(
     original.image(display.jpeg(image), caption=name, width="stretch")
 
 
+def report_header() -> report.ReportHeader:
+    """Which model made the results, for the reports (the date is the moment of download)."""
+    return report.ReportHeader(served.config.name or "", str(served.config.version or ""))
+
+
+def report_downloads(upload: UploadedFile, prediction: Prediction) -> None:
+    """This result as a report to keep (PDF) or to paste into a chat (PNG); built on click."""
+    if threshold is None:
+        return
+    entry = report.image_report(prediction, threshold, op_name, name=upload.name)
+    left, right = st.columns(2)
+    left.download_button(
+        "Report (PDF)",
+        lambda: report.report_pdf(entry, report_header()),
+        file_name=report.report_file_name(upload.name, "pdf"),
+        mime="application/pdf",
+        on_click="ignore",
+        icon=":material/picture_as_pdf:",
+        key=f"report_pdf_{upload.file_id}",
+    )
+    right.download_button(
+        "Report (PNG, for chat)",
+        lambda: report.report_png(entry, report_header()),
+        file_name=report.report_file_name(upload.name, "png"),
+        mime="image/png",
+        on_click="ignore",
+        icon=":material/image:",
+        key=f"report_png_{upload.file_id}",
+    )
+
+
 def show_result(upload: UploadedFile, prediction: Prediction) -> None:
     """Label and probability first, then the overlay, then the gauge (a phone stacks them so)."""
     if not prediction.ok:
@@ -221,6 +253,9 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             key=f"gauge_{upload.file_id}",
             config={"displayModeBar": False},
         )
+    if prediction.ok and prediction.class_probabilities is None:
+        # A K-class model's map is of its most probable class; its report is not made yet.
+        report_downloads(upload, prediction)
 
     if _is_dicom(upload):
         header = st.expander(
@@ -301,6 +336,49 @@ def batch_predictions(uploads: Sequence[UploadedFile]) -> list[Prediction]:
     return stored["predictions"]
 
 
+def _whole_row(table_key: str) -> None:
+    # A click on any cell picks its row: rewrite the cell selection as that row's.
+    state = st.session_state.get(table_key)
+    row = results.selected_row(state.get("selection") if state else None)
+    if row is not None:
+        st.session_state[table_key] = results.row_selection(row)
+
+
+def _step(table_key: str, step: int, n_rows: int) -> None:
+    state = st.session_state.get(table_key)
+    current = results.selected_row(state.get("selection") if state else None) or 0
+    st.session_state[table_key] = results.row_selection(results.step_row(current, step, n_rows))
+
+
+def picked_row(table_key: str, event, n_rows: int) -> int:
+    """The table row to show (the first when none is picked), with previous/next beside it.
+
+    The buttons move through the rows in the table's order and write the table's
+    own selection, so the table and the shown image never disagree.
+    """
+    row = results.selected_row(event.selection if event else None)
+    index = 0 if row is None else min(row, n_rows - 1)
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button(
+            "Previous",
+            key=f"{table_key}_previous",
+            on_click=_step,
+            args=(table_key, -1, n_rows),
+            disabled=index == 0,
+            icon=":material/arrow_back:",
+        )
+        st.caption(f"Image {index + 1} of {n_rows}")
+        st.button(
+            "Next",
+            key=f"{table_key}_next",
+            on_click=_step,
+            args=(table_key, 1, n_rows),
+            disabled=index == n_rows - 1,
+            icon=":material/arrow_forward:",
+        )
+    return index
+
+
 def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     """A batch for a model without a normal class: each image's most probable class."""
     predictions = batch_predictions(uploads)
@@ -312,8 +390,8 @@ def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) ->
         frame,
         hide_index=True,
         width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
+        on_select=lambda: _whole_row("class_batch_table"),
+        selection_mode=["single-row", "single-cell"],
         key="class_batch_table",
         column_order=shown,
         column_config={"class": "most probable class", "error": "problem"},
@@ -333,8 +411,7 @@ def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) ->
         on_click="ignore",
         icon=":material/download:",
     )
-    rows = event.selection.rows if event and event.selection else []
-    position = int(frame.index[rows[0]]) if rows else int(frame.index[0])
+    position = int(frame.index[picked_row("class_batch_table", event, len(frame))])
     st.subheader(f"{uploads[position].name}")
     show_result(uploads[position], cam_prediction(uploads[position]))
 
@@ -349,16 +426,18 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     counts = results.batch_counts(predictions, threshold)
     summary_column, chart_column = st.columns([2, 3])
     with summary_column:
-        top, bottom = st.columns(2), st.columns(2)
-        top[0].metric("Fracture", counts["fracture"])
-        top[1].metric("Normal", counts["normal"])
-        bottom[0].metric(
-            "Not assessed",
-            counts["not_assessed"],
-            help="Flagged by the out-of-distribution check: the model cannot "
-            "judge them, so they get no label.",
-        )
-        bottom[1].metric("Could not be read", counts["error"])
+        # A wrapping row, not nested columns: a phone stacks columns one per line.
+        with st.container(horizontal=True, gap="small"):
+            st.metric("Fracture", counts["fracture"], width=COUNT_WIDTH)
+            st.metric("Normal", counts["normal"], width=COUNT_WIDTH)
+            st.metric(
+                "Not assessed",
+                counts["not_assessed"],
+                help="Flagged by the out-of-distribution check: the model cannot "
+                "judge them, so they get no label.",
+                width=COUNT_WIDTH,
+            )
+            st.metric("Could not be read", counts["error"], width=COUNT_WIDTH)
         st.caption(
             f"Labels at the {op_name.replace('_', ' ')} operating point (threshold "
             f"{results.format_threshold(threshold)})."
@@ -387,8 +466,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         frame,
         hide_index=True,
         width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
+        on_select=lambda: _whole_row("batch_table"),
+        selection_mode=["single-row", "single-cell"],
         key="batch_table",
         column_order=shown,
         column_config={
@@ -412,7 +491,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         },
     )
 
-    downloads = st.columns(2)
+    downloads = st.columns(3)
     model = served.config
     alpha = float(st.session_state.get(ALPHA_KEY, 0.45))
     batch_predictor = served.batch
@@ -460,12 +539,34 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         on_click="ignore",
         icon=":material/folder_zip:",
     )
+    batch_threshold, batch_point, header = threshold, op_name, report_header()
 
-    rows = event.selection.rows if event and event.selection else []
-    position = int(frame.index[rows[0]]) if rows else int(frame.index[0])
+    def batch_report() -> bytes:
+        # Like the ZIP: on click, on a worker thread, one image in memory at a time.
+        sources = [upload.getvalue() for upload in uploads]
+        names = [upload.name for upload in uploads]
+        entries = (
+            report.image_report(prediction, batch_threshold, batch_point, name=name)
+            for name, prediction in zip(
+                names, batch_predictor.iter_predict(sources, names=names, with_cam=True)
+            )
+        )
+        return report.batch_pdf(entries, header)
+
+    downloads[2].download_button(
+        "Report of every image (PDF)",
+        batch_report,
+        file_name="fracture_report.pdf",
+        mime="application/pdf",
+        on_click="ignore",
+        icon=":material/picture_as_pdf:",
+    )
+
+    index = picked_row("batch_table", event, len(frame))
+    position = int(frame.index[index])
     st.subheader(f"{uploads[position].name}")
-    if not rows:
-        st.caption("The most suspicious image; pick a row in the table to see another.")
+    if results.selected_row(event.selection if event else None) is None:
+        st.caption("The most suspicious image; click a row in the table, or Next, to see another.")
     show_result(uploads[position], cam_prediction(uploads[position]))
 
 

@@ -18,7 +18,7 @@ from fracture.model.folder import ModelFolder, ModelLoadError
 from fracture.training import jobs
 from fracture.training.runs import candidate_dir, discard_candidate, read_confusion, read_metrics
 from fracture.training.tasks import TASKS, resolve_task
-from fracture.views import figures, summaries
+from fracture.views import browse, figures, summaries
 
 RUN_KEY = "train_run"
 FINE_TUNE_POINTS = ("conv5_block1_out", "conv4_block6_out", "conv5_block2_out")
@@ -88,6 +88,37 @@ def show_folder_check(problem: str | None, found: dict | None) -> None:
         st.plotly_chart(figures.class_balance_figure(counts), key="train_balance")
 
 
+def _use_folder(path: str) -> None:
+    st.session_state["train_data"] = path
+
+
+def offer_data(data_dir: Path) -> None:
+    """The first visit: no dataset in the default folder yet, so say how to get one."""
+    found = [
+        folder
+        for folder in browse.dataset_folders(data_dir)
+        if check_folder(str(folder))[0] is None
+    ]
+    st.info(
+        "Choose a dataset folder to train on. There is none in the default folder yet: "
+        "download **FracAtlas** (4,083 real radiographs) or write the **synthetic phantom set** "
+        "(a demo model in minutes) on the Dataset page."
+        + (" Or use one already here:" if found else ""),
+        icon=":material/photo_library:",
+    )
+    for folder in found:
+        st.button(
+            f"Use {folder.name}",
+            key=f"use_{folder.name}",
+            on_click=_use_folder,
+            args=(str(folder),),
+            icon=":material/folder_open:",
+        )
+    st.page_link(
+        "app_pages/dataset.py", label="Get FracAtlas or the phantoms", icon=":material/download:"
+    )
+
+
 def pick_task(found: dict | None) -> str:
     """The task picker, where the folder offers a choice (K classes, one of them normal)."""
     if not found or not found.get("can_merge"):
@@ -121,7 +152,11 @@ def start_form() -> None:
     task = pick_task(found)
     if task != "classes":
         problem, found = check_folder(data_root, task)
-    show_folder_check(problem, found)
+    if problem is not None and data_root == str(settings.data_dir):
+        # The untouched default: nothing is wrong yet, there is just no data.
+        offer_data(settings.data_dir)
+    else:
+        show_folder_check(problem, found)
     with st.form("new_run", border=False):
         run_name = st.text_input("Run name (optional)", placeholder="run-YYYYmmdd-HHMMSS")
         first = st.columns(4)
@@ -217,8 +252,12 @@ def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
             st.progress(progress.fraction, text=progress.text)
         else:
             st.write(progress.text)
-    columns[1].metric("State", progress.state)
-    columns[2].metric("Time left", progress.eta or "–")
+    columns[1].metric("State", progress.label.capitalize())
+    columns[2].metric(
+        "Time left",
+        progress.eta or "–",
+        help="Estimated once the first epoch is done, from how fast the epochs run.",
+    )
     if status.get("epoch") and status.get("epochs"):
         st.caption(
             f"Epoch {status['epoch']}/{status['epochs']} ({progress.phase})"
@@ -243,13 +282,14 @@ def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
     return progress
 
 
-def show_curves(run_dir: Path) -> None:
+def show_curves(run_dir: Path, live_confusion: bool = True) -> None:
     history = read_metrics(run_dir)
     if history:
         st.plotly_chart(figures.training_curves_figure(history), key="training_curves")
     else:
         st.caption("Loss and AUROC curves appear after the first epoch.")
-    show_live_confusion(run_dir)
+    if live_confusion:
+        show_live_confusion(run_dir)
 
 
 def show_live_confusion(run_dir: Path) -> None:
@@ -381,12 +421,20 @@ def show_result(run: dict) -> None:
 
 
 def offer_delete(run: dict) -> None:
-    """Delete a finished run that has no model worth keeping (failed, cancelled, discarded)."""
+    """Delete a finished run that has no model worth keeping (failed, cancelled, discarded).
+
+    Only after a tick: a deleted run cannot be brought back.
+    """
+    sure = st.checkbox(
+        f"Delete run {run['name']} for good: its log, curves and any model in it",
+        key=f"confirm_delete_{run['name']}",
+    )
     if st.button(
         "Delete this run",
         icon=":material/delete_forever:",
         key="delete_run",
-        help="Removes the run folder: its log, curves and any model in it.",
+        disabled=not sure,
+        help="Removes the run folder. Tick the box above first.",
     ):
         try:
             jobs.delete_run(run["run_dir"], settings)
@@ -413,8 +461,10 @@ def run_view(run_dir: Path, was_live: bool) -> None:
             final = jobs.cancel(run_dir, settings)
         common.flash("info", f"Run stopped: {final.get('message', final.get('state'))}")
         st.rerun()
-    show_curves(run_dir)
-    if run["has_model"] and progress.state == "completed":
+    has_result = run["has_model"] and progress.state == "completed"
+    # A finished model's result shows its final confusion matrix: the last epoch's is not repeated.
+    show_curves(run_dir, live_confusion=not has_result)
+    if has_result:
         show_result(run)
     elif progress.finished and not run["running"]:
         offer_delete(run)

@@ -159,6 +159,25 @@ def test_model_page_shows_card_and_evaluation_plots(app_env):
     assert next(b for b in at.button if b.label == "Roll back").disabled
 
 
+def test_model_page_reads_summary_then_charts_then_the_card_folded_away(app_env):
+    at = _open("app_pages/model.py")
+    main = list(at.main)
+    kinds = [type(element).__name__ for element in main]
+    first_metric = kinds.index("Metric")
+    first_chart = next(i for i, e in enumerate(main) if e.type == "plotly_chart")
+    (card,) = [e for e in at.expander if e.label == "Full model card"]
+    assert (
+        first_metric < first_chart < main.index(card)
+        if card in main
+        else first_metric < first_chart
+    )
+    # The card's headings sit below the page's: no page-sized model name.
+    card_text = "\n".join(str(m.value) for m in card.markdown)
+    assert "Known limitations" in card_text
+    assert not any(line.startswith(("# ", "## ")) for line in card_text.splitlines())
+    assert [str(h.value) for h in at.header].count("Validation results") == 1
+
+
 def test_model_page_has_no_raw_json_and_no_machine_paths(app_env):
     at = _open("app_pages/model.py")
     shown = _texts(at) + "\n".join(f"{m.label} {m.value}" for m in at.metric)
@@ -198,6 +217,9 @@ def test_predict_one_upload_shows_probability_and_overlay(app_env):
     assert len(at.image) >= 2 or len(captions) >= 2  # original and Grad-CAM overlay
     assert len(_plotly_charts(at)) == 1  # the gauge
 
+    reports = {button.proto.label: button.proto for button in at.get("download_button")}
+    assert set(reports) == {"Report (PDF)", "Report (PNG, for chat)"}
+
     # Moving the opacity slider re-blends without running the model again.
     from app_pages import _common
 
@@ -231,9 +253,53 @@ def test_predict_batch_with_broken_files_lists_error_rows(app_env):
     assert len(scored) == 2 and scored == sorted(scored, reverse=True)
     counts = {m.label: m.value for m in at.metric}
     assert counts["Could not be read"] == "2"
-    assert len(at.get("download_button")) == 2
+    labels = [button.proto.label for button in at.get("download_button")]
+    # the batch's CSV, ZIP and PDF report, then the shown image's own reports
+    assert labels == [
+        "Download results (CSV)",
+        "Download Grad-CAM overlays (ZIP)",
+        "Report of every image (PDF)",
+        "Report (PDF)",
+        "Report (PNG, for chat)",
+    ]
     # The most suspicious image is shown with its probability.
     assert any(m.label == "Fracture probability" for m in at.metric)
+
+
+def _button(at: AppTest, label: str):
+    (button,) = [b for b in at.button if b.label == label]
+    return button
+
+
+def test_predict_batch_previous_and_next_visit_every_row_once_in_table_order(app_env):
+    at = _open("app_pages/predict.py")
+    uploader = at.file_uploader[0]
+    for name, seed in (("d.png", 4), ("a.png", 5), ("c.png", 6), ("b.png", 7)):
+        uploader.upload(name, png_bytes(seed), "image/png")
+    uploader.upload("broken.png", b"not an image", "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    order = at.dataframe[0].value["file"].tolist()
+    assert len(order) == 5 and order[-1] == "broken.png"
+    seen = [at.subheader[0].value]
+    assert _button(at, "Previous").disabled
+    while not _button(at, "Next").disabled:
+        _button(at, "Next").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        seen.append(at.subheader[0].value)
+    assert seen == order
+    back = [at.subheader[0].value]
+    while not _button(at, "Previous").disabled:
+        _button(at, "Previous").click().run()
+        back.append(at.subheader[0].value)
+    assert back == order[::-1]
+    # A click on a cell of another row shows that row (the table's selection state).
+    at.session_state["batch_table"] = {
+        "selection": {"rows": [], "columns": [], "cells": [(2, "file")]}
+    }
+    at.run()
+    assert at.subheader[0].value == order[2]
+    assert f"Image 3 of {len(order)}" in _texts(at)
 
 
 def test_predict_single_broken_upload_shows_an_error(app_env):
@@ -397,6 +463,45 @@ def test_train_page_is_open_without_a_configured_password(fresh_settings):
     at = _open("app_pages/train.py")
     assert any(b.label == "Start training" for b in at.button)
     assert "No training runs yet" in _texts(at)
+
+
+def test_train_page_first_visit_offers_data_instead_of_an_error(
+    fresh_settings, tmp_path, monkeypatch
+):
+    from fracture.data.phantoms import synthesize_phantoms
+
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("FRACTURE_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    at = _open("app_pages/train.py")
+    assert not at.error, [e.value for e in at.error]
+    assert "synthetic phantom set" in _texts(at) and "FracAtlas" in _texts(at)
+    assert not any(b.label.startswith("Use ") for b in at.button)
+    # Once a dataset is in the default folder, one click puts it in the form.
+    synthesize_phantoms(data / "phantoms", 20, size=64, seed=0)
+    at.run()
+    next(b for b in at.button if b.label == "Use phantoms").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert next(t for t in at.text_input if t.label == "Dataset folder").value == str(
+        data / "phantoms"
+    )
+    assert any("phantom" in str(s.value).lower() for s in at.success)
+    assert not at.warning and not at.error
+
+
+def test_deleting_a_run_needs_a_tick_first(fresh_settings):
+    run_dir = fresh_settings.runs / "failed-run"
+    run_dir.mkdir()
+    (run_dir / "status.json").write_text('{"state": "failed", "message": "out of memory"}')
+    at = _open("app_pages/train.py")
+    delete = next(b for b in at.button if b.label == "Delete this run")
+    assert delete.disabled and run_dir.is_dir()
+    next(c for c in at.checkbox if "for good" in c.label).check().run()
+    next(b for b in at.button if b.label == "Delete this run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not run_dir.exists()
+    assert "Deleted run failed-run" in _texts(at)
 
 
 def test_train_form_refuses_a_bad_folder_before_any_process_starts(fresh_settings, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fracture.inference.predictor import CSV_COLUMNS, Prediction
-from fracture.views import browse, figures, results, summaries
+from fracture.views import browse, figures, learn, report, results, summaries
 
 from conftest import radiograph_like, write_png
 
@@ -26,7 +26,7 @@ def _failed(name: str) -> Prediction:
     return Prediction(source=name, status="error", error=f"{name}: is empty (0 bytes)")
 
 
-@pytest.mark.parametrize("module", [browse, figures, results, summaries])
+@pytest.mark.parametrize("module", [browse, figures, learn, report, results, summaries])
 def test_module_does_not_import_streamlit(module):
     # The core must stay importable and testable without a script runner.
     assert "streamlit" not in module.__dict__
@@ -84,6 +84,38 @@ def test_results_frame_sorts_most_suspicious_first_and_errors_last():
     assert frame.loc[1, "label"] == "could not be read" and "empty" in frame.loc[1, "error"]
     assert frame.loc[1, "confidence"] == ""
     assert frame["probability"].isna().tolist() == [False, False, False, True]
+
+
+def test_results_frame_puts_not_assessed_rows_last_by_name_not_by_hidden_probability():
+    predictions = [
+        _ok("zebra.png", 0.99, in_distribution=False),
+        _failed("b-broken.png"),
+        _ok("apple.png", 0.01, in_distribution=False),
+        _ok("mid.png", 0.5),
+        _failed("a-broken.png"),
+        _ok("moon.png", 0.6, in_distribution=False),
+    ]
+    frame = results.results_frame(predictions, threshold=0.5)
+    assert frame["file"].tolist() == [
+        "mid.png",
+        "apple.png",
+        "moon.png",
+        "zebra.png",
+        "a-broken.png",
+        "b-broken.png",
+    ]
+
+
+def test_a_clicked_cell_or_a_ticked_row_picks_the_row_and_steps_stop_at_the_ends():
+    assert results.selected_row(None) is None
+    assert results.selected_row({"rows": [], "cells": []}) is None
+    assert results.selected_row({"rows": [3], "cells": []}) == 3
+    assert results.selected_row({"rows": [], "cells": [(4, "file")]}) == 4
+    assert [results.step_row(i, 1, 3) for i in range(3)] == [1, 2, 2]
+    assert [results.step_row(i, -1, 3) for i in range(3)] == [0, 0, 1]
+    assert results.row_selection(2)["selection"]["rows"] == [2]
+    with pytest.raises(ValueError):
+        results.step_row(0, 1, 0)
 
 
 def test_results_frame_relabels_at_the_chosen_operating_point():
@@ -275,19 +307,25 @@ def test_format_duration(seconds, text):
     assert summaries.format_duration(seconds) == text
 
 
-def test_run_progress_for_caching_epochs_and_the_end():
+def test_run_progress_for_preparing_epochs_and_the_end_in_plain_words():
     caching = summaries.run_progress(
         {
             "state": "caching",
             "phase": "caching features",
-            "done": 25,
-            "total": 100,
-            "eta_seconds": 90,
-            "message": "Computing features",
+            "done": 160,
+            "total": 216,
+            "eta_seconds": 2,
+            "message": "Computing frozen-backbone features (160/216)",
         }
     )
-    assert caching.fraction == pytest.approx(0.25) and caching.eta == "1 min 30 s"
-    assert not caching.finished
+    assert caching.fraction == pytest.approx(160 / 216)
+    # no time left while preparing: that rate says nothing about the epochs ahead
+    assert caching.eta is None and not caching.finished
+    assert caching.label == "preparing images" and caching.text == "Preparing images (160 of 216)"
+    first_epoch = {"state": "running", "phase": "head", "epoch": 1, "epochs": 4, "batches": 10}
+    assert summaries.run_progress({**first_epoch, "batch": 5, "eta_seconds": 90}).eta is None
+    ended = summaries.run_progress({**first_epoch, "batch": 10, "eta_seconds": 90})
+    assert ended.eta == "1 min 30 s" and ended.label == "training"
     running = summaries.run_progress(
         {
             "state": "running",
@@ -296,9 +334,13 @@ def test_run_progress_for_caching_epochs_and_the_end():
             "epochs": 4,
             "batch": 5,
             "batches": 10,
+            "eta_seconds": 30,
         }
     )
-    assert running.fraction == pytest.approx((2 + 0.5) / 4)
+    assert running.fraction == pytest.approx((2 + 0.5) / 4) and running.eta == "30 s"
+    finishing = summaries.run_progress({"state": "finishing", "phase": "ood", "message": "x"})
+    assert finishing.label == "saving the model" and "finish" not in finishing.text.lower()
+    assert "out-of-distribution" not in finishing.text
     done = summaries.run_progress({"state": "completed", "eta_seconds": 3})
     assert done.fraction == 1.0 and done.finished and done.eta is None
     unknown = summaries.run_progress({})
@@ -379,6 +421,8 @@ def test_figures_build_from_an_evaluation_report(report):
     assert len(reliability.data) == 3  # diagonal, calibrated, before scaling
     regions = figures.region_auroc_figure(report)
     assert "without hardware" in regions.data[0].x
+    # the n= labels sit at the bars' foot, clear of the intervals' whiskers at the top
+    assert regions.data[0].insidetextanchor == "start"
     matrix = report["operating_points"]["high_sensitivity"]["confusion_matrix"]
     confusion = figures.confusion_figure(matrix)
     assert np.asarray(confusion.data[0].z).sum() == report["n"]
@@ -428,6 +472,12 @@ def test_probability_and_dataset_figures():
     assert (
         figures.plural(1, "image") == "1 image" and figures.plural(1204, "image") == "1,204 images"
     )
+    # One size only (a phantom set): whole-pixel ticks, no 255.5 px.
+    single = figures.size_figure(pd.DataFrame({"path": ["a"], "width": [256], "height": [256]}))
+    for axis in (single.layout.xaxis, single.layout.yaxis):
+        assert axis.tickformat == "d" and axis.dtick == 5
+        low, high = axis.range
+        assert low < 256 < high and high - low >= 20
 
 
 def test_training_curves_figure_marks_the_fine_tune_switch():
@@ -483,3 +533,12 @@ def test_csv_names_regions_as_the_pages_do():
         body_region_probability=0.9,
     ).row()
     assert row["body_region"] == "several regions"
+
+
+def test_demote_headings_moves_headings_down_but_not_code():
+    text = (
+        "# Model card: a-very-long-name\n\n## Data\ntext #1\n```\n# a comment\n```\n###### deep\n"
+    )
+    assert summaries.demote_headings(text, 2) == (
+        "### Model card: a-very-long-name\n\n#### Data\ntext #1\n```\n# a comment\n```\n###### deep\n"
+    )

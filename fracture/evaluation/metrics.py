@@ -59,6 +59,8 @@ __all__ = [
     "binary_report",
     "expected_calibration_error",
     "subgroup_auroc",
+    "map_peak",
+    "point_in_boxes",
     "pointing_game",
     "evaluation_report",
     "probability_report",
@@ -677,6 +679,39 @@ def _boxes(value: Any, index: int) -> np.ndarray:
     return boxes
 
 
+def map_peak(cam: np.ndarray) -> tuple[float, float] | None:
+    """Where a map points: the normalised centre ``(x, y)`` of its maximum, None when flat.
+
+    Pixel (row, col) becomes ``((col + 0.5) / W, (row + 0.5) / H)``; among tied
+    maxima the first in row-major order is used. A constant map has no peak, so a
+    dead Grad-CAM cannot point anywhere by luck.
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.size == 0 or cam.max() == cam.min():
+        return None
+    row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    height, width = cam.shape
+    return (col + 0.5) / width, (row + 0.5) / height
+
+
+def point_in_boxes(
+    point: Sequence[float],
+    boxes: Sequence[Sequence[float]] | np.ndarray,
+    *,
+    tolerance: float = 0.0,
+) -> bool:
+    """Whether a normalised point lies in any ``(x0, y0, x1, y1)`` box grown by ``tolerance``.
+
+    Edges are inclusive. The one rule for a hit, whether the point is a heat
+    map's peak (:func:`pointing_game`) or where a student clicked (the Learn page).
+    """
+    x, y = float(point[0]), float(point[1])
+    return any(
+        x0 - tolerance <= x <= x1 + tolerance and y0 - tolerance <= y <= y1 + tolerance
+        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    )
+
+
 def pointing_game(
     cams: Sequence[np.ndarray | None],
     boxes: Sequence[Sequence[tuple[float, float, float, float]]],
@@ -724,19 +759,8 @@ def pointing_game(
             # np.argmax would treat NaN as the maximum and point at it.
             raise ValueError(f"cams[{index}] contains NaN or infinite values")
         counted += 1
-        if cam.max() == cam.min():
-            continue
-        row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        height, width = cam.shape
-        x = (col + 0.5) / width
-        y = (row + 0.5) / height
-        inside = (
-            (image_boxes[:, 0] - tolerance <= x)
-            & (x <= image_boxes[:, 2] + tolerance)
-            & (image_boxes[:, 1] - tolerance <= y)
-            & (y <= image_boxes[:, 3] + tolerance)
-        )
-        hits += bool(inside.any())
+        peak = map_peak(cam)
+        hits += peak is not None and point_in_boxes(peak, image_boxes, tolerance=tolerance)
     return {
         "hits": hits,
         "n": counted,

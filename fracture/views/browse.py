@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLOUR_BOX",
+    "dataset_folders",
     "draw_boxes",
     "filter_frame",
     "image_sizes",
@@ -149,3 +150,18 @@ def page_slice(n_items: int, page: int, per_page: int) -> slice:
     page = min(max(1, page), page_count(n_items, per_page))
     start = (page - 1) * per_page
     return slice(start, min(start + per_page, n_items))
+
+
+def dataset_folders(data_dir: Path) -> list[Path]:
+    """Dataset folders under ``data_dir`` (Learn, Train's first visit): FracAtlas first, then by name.
+
+    Only a listing of folder names; whether a folder holds a usable dataset is
+    known once it is read.
+    """
+    try:
+        folders = sorted(
+            p for p in Path(data_dir).iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+    except OSError:
+        return []
+    return sorted(folders, key=lambda p: (p.name.lower() != "fracatlas", p.name.lower()))

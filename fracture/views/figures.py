@@ -6,8 +6,10 @@ The pages only place these figures; nothing here imports Streamlit.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +23,12 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = [
+    "BoxMark",
+    "COLOUR_STUDENT",
+    "COLOUR_TRUTH",
+    "PointMark",
+    "image_uri",
+    "radiograph_figure",
     "COLOUR_FRACTURE",
     "COLOUR_NORMAL",
     "COLOUR_TRAIN",
@@ -248,9 +256,22 @@ def size_figure(sizes: "pd.DataFrame") -> "go.Figure":
             hovertemplate="%{x} x %{y} px: %{customdata} image(s)<extra></extra>",
         )
     )
-    figure.update_xaxes(title="width (px)")
-    figure.update_yaxes(title="height (px)")
+    # Whole pixels only: a set of one size would otherwise get ticks at 255.5 px.
+    figure.update_xaxes(title="width (px)", **_pixel_axis(grouped["width"]))
+    figure.update_yaxes(title="height (px)", **_pixel_axis(grouped["height"]))
     return figure
+
+
+def _pixel_axis(values: "pd.Series", min_span: int = 20) -> dict[str, Any]:
+    """Axis settings for pixel counts: integer ticks, and a range at least ``min_span`` px wide."""
+    settings: dict[str, Any] = {"tickformat": "d"}
+    if len(values):
+        low, high = float(values.min()), float(values.max())
+        if high - low < min_span:
+            middle = (low + high) / 2
+            settings["range"] = [middle - min_span / 2 - 2, middle + min_span / 2 + 2]
+            settings["dtick"] = min_span // 4
+    return settings
 
 
 def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> "go.Figure":
@@ -483,6 +504,8 @@ def _bars_with_intervals(
             marker_color=colours,
             text=[text for _, _, _, text in bars],
             textposition="inside",
+            # At the bar's foot: the interval's whisker runs through the bar's top.
+            insidetextanchor="start",
             error_y={
                 "type": "data",
                 "symmetric": False,
@@ -685,4 +708,115 @@ def per_class_figure(multiclass: Mapping[str, Any]) -> "go.Figure":
         )
     figure.update_yaxes(range=[0, 1.05])
     figure.update_layout(barmode="group", legend={"orientation": "h", "y": -0.2})
+    return figure
+
+
+# --------------------------------------------------------------------------------------
+# Radiographs as zoomable figures
+
+
+@dataclass(frozen=True)
+class BoxMark:
+    """A normalised ``(x0, y0, x1, y1)`` box to draw on a radiograph, with its legend name."""
+
+    box: tuple[float, float, float, float]
+    name: str
+    colour: str
+    dash: str = "solid"  # plotly line dash: "solid", "dot", "dash"
+
+
+@dataclass(frozen=True)
+class PointMark:
+    """A normalised ``(x, y)`` point to draw on a radiograph, with its legend name."""
+
+    point: tuple[float, float]
+    name: str
+    colour: str
+    symbol: str = "x"
+
+
+COLOUR_TRUTH = "#00b050"  # radiologists' boxes: green, apart from the model's red
+COLOUR_STUDENT = "#ffb000"
+
+
+def image_uri(jpeg_bytes: bytes) -> str:
+    """A JPEG as a data URI, the light way to put a radiograph in a plotly figure."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes).decode("ascii")
+
+
+def radiograph_figure(
+    jpeg_bytes: bytes,
+    width: int,
+    height: int,
+    *,
+    boxes: Sequence[BoxMark] = (),
+    points: Sequence[PointMark] = (),
+    click_grid: int = 0,
+    figure_height: int = 560,
+) -> "go.Figure":
+    """A radiograph (``width`` x ``height`` px) that zooms and pans, with boxes and points on it.
+
+    With ``click_grid`` > 0 an invisible ``click_grid`` x ``click_grid`` grid of
+    points covers the image, so that a click anywhere selects the nearest grid
+    point: plotly reports clicks on data points, not on an image. The grid's
+    points carry normalised coordinates as ``customdata``.
+    """
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Image(source=image_uri(jpeg_bytes), hoverinfo="skip"))
+    for mark in boxes:
+        x0, y0, x1, y1 = mark.box
+        # A closed line trace rather than a layout shape: it gets a legend entry.
+        figure.add_trace(
+            go.Scatter(
+                x=[x0 * width, x1 * width, x1 * width, x0 * width, x0 * width],
+                y=[y0 * height, y0 * height, y1 * height, y1 * height, y0 * height],
+                mode="lines",
+                line={"color": mark.colour, "width": 2, "dash": mark.dash},
+                name=mark.name,
+                hoverinfo="skip",
+            )
+        )
+    for spot in points:
+        figure.add_trace(
+            go.Scatter(
+                x=[spot.point[0] * width],
+                y=[spot.point[1] * height],
+                mode="markers",
+                marker={
+                    "color": spot.colour,
+                    "size": 14,
+                    "symbol": spot.symbol,
+                    "line": {"width": 2, "color": "black"},
+                },
+                name=spot.name,
+                hoverinfo="skip",
+            )
+        )
+    if click_grid > 0:
+        centres = (np.arange(click_grid) + 0.5) / click_grid
+        grid_x, grid_y = np.meshgrid(centres, centres)
+        figure.add_trace(
+            go.Scatter(
+                x=(grid_x.ravel() * width).tolist(),
+                y=(grid_y.ravel() * height).tolist(),
+                customdata=np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).round(4).tolist(),
+                mode="markers",
+                marker={"color": "rgba(0,0,0,0)", "size": max(4, 560 // click_grid)},
+                showlegend=False,
+                hovertemplate="click to point here<extra></extra>",
+                name="click",
+            )
+        )
+    figure.update_layout(
+        height=figure_height,
+        margin={"l": 0, "r": 0, "t": 10, "b": 0},
+        legend={"orientation": "h", "y": -0.02, "yanchor": "top", "x": 0},
+        clickmode="event+select",
+        dragmode="pan",
+    )
+    figure.update_xaxes(visible=False, range=[0, width], constrain="domain")
+    figure.update_yaxes(
+        visible=False, range=[height, 0], scaleanchor="x", scaleratio=1, constrain="domain"
+    )
     return figure

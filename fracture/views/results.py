@@ -61,6 +61,7 @@ __all__ = [
     "confidence_band",
     "encode_png",
     "annotated_overlay",
+    "with_colour_bar",
     "format_probability",
     "format_threshold",
     "exact_percent",
@@ -73,6 +74,9 @@ __all__ = [
     "overlay_zip",
     "predictions_csv",
     "results_frame",
+    "row_selection",
+    "selected_row",
+    "step_row",
 ]
 
 # Confidence bands say what they measure: how far the probability sits from the
@@ -253,12 +257,47 @@ def results_frame(predictions: Sequence[Prediction], threshold: float) -> "pd.Da
         )
     frame = pd.DataFrame(rows, columns=["position", *RESULT_COLUMNS, "_rank"])
     frame = frame.astype({"probability": "Float64", "in_distribution": "boolean"})
-    # Judged images by falling probability, then those the model cannot judge,
-    # then failures; position breaks ties so equal scores keep the upload order.
+    # Judged images by falling probability, then those the model cannot judge, then
+    # failures, both by name: a probability the page hides must not order them.
+    # Position breaks ties, so equal scores and names keep the upload order.
+    frame["_score"] = frame["probability"].where(frame["_rank"] == 0)
+    frame["_name"] = frame["file"].where(frame["_rank"] > 0, "")
     frame = frame.sort_values(
-        ["_rank", "probability", "position"], ascending=[True, False, True], na_position="last"
+        ["_rank", "_score", "_name", "position"],
+        ascending=[True, False, True, True],
+        na_position="last",
     )
-    return frame.drop(columns="_rank").set_index("position")
+    return frame.drop(columns=["_rank", "_score", "_name"]).set_index("position")
+
+
+def selected_row(selection: Any) -> int | None:
+    """The table row a person picked: a selected row, or the row of a clicked cell.
+
+    ``selection`` is a dataframe's selection state (``rows`` and ``cells``, as
+    Streamlit returns it); None when nothing is picked. A click on any cell
+    picks its row, so the whole row is the target, not only its checkbox.
+    """
+    if not selection:
+        return None
+    rows = list(selection.get("rows") or [])
+    if rows:
+        return int(rows[0])
+    cells = list(selection.get("cells") or [])
+    if cells:
+        return int(cells[0][0])
+    return None
+
+
+def step_row(current: int, step: int, n_rows: int) -> int:
+    """The row ``step`` rows from ``current`` in the table's order, held at the first and last."""
+    if n_rows < 1:
+        raise ValueError("the table has no rows")
+    return min(max(current + step, 0), n_rows - 1)
+
+
+def row_selection(row: int) -> dict[str, Any]:
+    """A dataframe selection state that picks ``row`` (written to the table's session key)."""
+    return {"selection": {"rows": [int(row)], "columns": [], "cells": []}}
 
 
 def predictions_csv(
@@ -417,22 +456,12 @@ def overlay_banner(model_name: str, model_version: str) -> str:
     return f"{RESEARCH_BANNER}" + (f" - model {model}" if model else "")
 
 
-def annotated_overlay(
-    image: np.ndarray,
-    heatmap: np.ndarray,
-    alpha: float,
-    caption: str | Sequence[str],
-    box: Any = None,
-    style: str | None = None,
-) -> np.ndarray:
-    """The Grad-CAM overlay with a caption strip below it and a colour bar on its right.
+def with_colour_bar(overlay: np.ndarray) -> tuple[np.ndarray, int]:
+    """``overlay`` with the heat map's colour bar (JET, low at the bottom) on its right.
 
-    A downloaded overlay travels without the page: the strip says what the
-    model concluded (one line per item of ``caption``) and the bar says what the
-    colours mean.
+    Returns the widened image and the text unit (px) it was drawn at, so that a
+    caption beside it can match. Shared by the ZIP's overlays and the reports.
     """
-    lines = [caption] if isinstance(caption, str) else list(caption)
-    overlay = overlay_heatmap(image, heatmap, alpha, box=box, style=style)
     height, width = overlay.shape[:2]
     unit = max(12, round(max(height, width) / 40))
     bar_width = unit * 4
@@ -456,7 +485,28 @@ def annotated_overlay(
             thickness,
             cv2.LINE_AA,
         )
-    body = np.concatenate([overlay, side], axis=1)
+    return np.concatenate([overlay, side], axis=1), unit
+
+
+def annotated_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    alpha: float,
+    caption: str | Sequence[str],
+    box: Any = None,
+    style: str | None = None,
+) -> np.ndarray:
+    """The Grad-CAM overlay with a caption strip below it and a colour bar on its right.
+
+    A downloaded overlay travels without the page: the strip says what the
+    model concluded (one line per item of ``caption``) and the bar says what the
+    colours mean.
+    """
+    lines = [caption] if isinstance(caption, str) else list(caption)
+    overlay = overlay_heatmap(image, heatmap, alpha, box=box, style=style)
+    body, unit = with_colour_bar(overlay)
+    scale = unit / 30
+    thickness = max(1, round(unit / 12))
     strip = np.full((unit * (1 + len(lines)), body.shape[1], 3), 255, np.uint8)
     font_scale = scale
     # Shrink the captions until the longest fits the strip's width.

@@ -14,6 +14,7 @@ __all__ = [
     "RunProgress",
     "card_headline",
     "compare_metrics",
+    "demote_headings",
     "hardware_free_subgroup",
     "same_dataset",
     "format_duration",
@@ -25,15 +26,38 @@ __all__ = [
 class RunProgress:
     """A run's ``status.json`` read for display."""
 
-    state: str
-    phase: str
+    state: str  # the run's own state name, for the page's logic
+    phase: str  # in plain words
     fraction: float | None  # overall progress in [0, 1], None when unknown
-    text: str
-    eta: str | None
+    text: str  # in plain words
+    eta: str | None  # None until the first epoch has a measured rate
     finished: bool
+    label: str = ""  # the state in plain words, for people
 
 
 _FINISHED_STATES = frozenset({"completed", "failed", "cancelled", "interrupted", "error"})
+# The trainer's state and phase names in the words a new user reads on the page.
+_PLAIN_STATES = {
+    "starting": "starting",
+    "caching": "preparing images",
+    "running": "training",
+    "finishing": "saving the model",
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "interrupted": "interrupted",
+    "error": "failed",
+}
+_PLAIN_PHASES = {
+    "setup": "loading the data and the network",
+    "caching features": "preparing images",
+    "calibrating": "calibrating the probabilities",
+    "ood": "learning what the training radiographs look like",
+    "done": "done",
+}
+_PLAIN_MESSAGES = {
+    "ood": "Learning what the training radiographs look like, to flag other images",
+}
 
 
 def format_duration(seconds: float | None) -> str | None:
@@ -53,29 +77,47 @@ def format_duration(seconds: float | None) -> str | None:
 def run_progress(status: Mapping[str, Any]) -> RunProgress:
     """Overall progress of a run from its status, for a progress bar and a caption.
 
-    Feature caching reports ``done``/``total`` images; epochs report
-    ``epoch``/``epochs`` and ``batch``/``batches``. Caching is counted as a
-    phase of its own: its fraction is of the caching, not of the whole run.
+    Preparing images (the feature cache) reports ``done``/``total`` images;
+    epochs report ``epoch``/``epochs`` and ``batch``/``batches``. Preparing is
+    counted as a phase of its own: its fraction is of the preparing, not of the
+    whole run. The time left is shown only once the first epoch is done: before
+    that the rate covers start-up and preparing, not training, and read "2 s"
+    with most of the run ahead.
     """
     state = str(status.get("state", "unknown"))
-    phase = str(status.get("phase") or state)
-    message = str(status.get("message") or "")
+    raw_phase = str(status.get("phase") or state)
+    phase = _PLAIN_PHASES.get(raw_phase, raw_phase)
+    message = _PLAIN_MESSAGES.get(raw_phase, str(status.get("message") or ""))
     finished = state in _FINISHED_STATES
     fraction: float | None = None
+    epoch = status.get("epoch")
     if state == "completed":
         fraction = 1.0
-    elif isinstance(status.get("epoch"), int) and status.get("epochs"):
+    elif isinstance(epoch, int) and status.get("epochs"):
         epochs = int(status["epochs"])
         within = 0.0
         if status.get("batches"):
             within = min(1.0, int(status.get("batch") or 0) / int(status["batches"]))
-        fraction = min(1.0, (int(status["epoch"]) - 1 + within) / epochs)
+        fraction = min(1.0, (epoch - 1 + within) / epochs)
     elif status.get("total"):
         fraction = min(1.0, int(status.get("done") or 0) / int(status["total"]))
-    eta = None if finished else format_duration(status.get("eta_seconds"))
-    text = message or phase
+    if state == "caching" and status.get("total"):
+        message = f"Preparing images ({int(status.get('done') or 0):,} of {int(status['total']):,})"
+    batches = status.get("batches")
+    first_epoch_done = (
+        state == "running"
+        and isinstance(epoch, int)
+        and (epoch > 1 or (bool(batches) and status.get("batch") == batches))
+    )
+    eta = format_duration(status.get("eta_seconds")) if first_epoch_done else None
     return RunProgress(
-        state=state, phase=phase, fraction=fraction, text=text, eta=eta, finished=finished
+        state=state,
+        phase=phase,
+        fraction=fraction,
+        text=message or phase,
+        eta=eta,
+        finished=finished,
+        label=_PLAIN_STATES.get(state, state),
     )
 
 
@@ -159,3 +201,20 @@ def hardware_free_subgroup(report: Mapping[str, Any] | None) -> Mapping[str, Any
     if not free or free.get("n") is None or report.get("n") is None:
         return None
     return free if int(free["n"]) < int(report["n"]) else None
+
+
+def demote_headings(markdown: str, levels: int = 1) -> str:
+    """``markdown`` with every heading ``levels`` deeper (at most ``######``), code left alone.
+
+    A document shown inside a page (a model card) must not outrank the page's own title.
+    """
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("#"):
+            hashes = len(line) - len(line.lstrip("#"))
+            if line[hashes : hashes + 1] in (" ", ""):
+                line = "#" * min(6, hashes + levels) + line[hashes:]
+        out.append(line)
+    return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
