@@ -244,6 +244,58 @@ def _heat_map_lines(card: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _localiser_lines(card: dict[str, Any]) -> list[str]:
+    """The localisation head: how it was trained and its validation figures, with intervals."""
+    located = card.get("localiser")
+    if not located:
+        return []
+    lines = [
+        "",
+        "## Where the fracture is: the localisation head",
+        "A second head on the same ResNet-50 pass marks where a fracture is: a map of how "
+        "likely each place is a fracture's centre, and boxes with scores (CenterNet, Zhou et "
+        "al. 2019). It was trained on the radiologists' boxes after the classifier, on its "
+        "frozen features, so it leaves the probability exactly as it was. Boxes are drawn only "
+        "on an image labelled fracture: dotted at the high-sensitivity point, solid at the "
+        "high-specificity one.",
+    ]
+    if located.get("trained_on"):
+        lines.append(f"- Training: {located['trained_on']}.")
+    if located.get("box_threshold") is not None:
+        lines.append(
+            f"- A box is shown from a score of {located['box_threshold']:.2f} (the best F1 of "
+            "box detection on held-out training images)."
+        )
+    game = located.get("pointing_game") or {}
+    if game.get("n"):
+        lines += [
+            f"- Validation, {game['n']} fractured images with boxes: the map's peak lies inside "
+            f"a radiologist's box in {_percent_ci(game)}; within 3% of the image side in "
+            f"{_percent_ci(located.get('pointing_game_tolerant'))}; "
+            f"{located.get('energy_inside_boxes', 0):.0%} of the map's mass lies inside the boxes.",
+        ]
+    if located.get("ap50") is not None:
+        interval = _interval(located.get("ap50_ci"))
+        lines.append(
+            f"- Box AP50 on fractured validation images (as YOLOv8 computes it): "
+            f"{located['ap50']:.2f}"
+            + (f" (95% interval {interval})" if interval else "")
+            + f". Reference: {located.get('reference', '')}."
+        )
+    false_boxes = located.get("false_boxes_per_normal") or {}
+    if false_boxes:
+        lines.append(
+            f"- Boxes drawn per normal validation image ({located.get('n_normal', 0):,}): "
+            + ", ".join(
+                f"{value:.2f} at the {_plain(name)} point"
+                for name, value in false_boxes.items()
+                if value is not None
+            )
+            + "."
+        )
+    return lines
+
+
 def _region_head_lines(report: dict[str, Any] | None) -> list[str]:
     """The body-region head: what it was fitted on and its validation accuracy per region."""
     if not report or not report.get("per_region"):
@@ -519,6 +571,7 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
         lines.append(f"On {metrics['n']:,} validation images{fractured} of the training dataset.")
         lines.append("")
     lines += _metric_rows(metrics, bool(card.get("multiclass")))
+    lines += _localiser_lines(card)
     lines += _heat_map_lines(card)
     ood = card.get("ood")
     if ood:

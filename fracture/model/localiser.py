@@ -28,7 +28,7 @@ names the file and covers it with the card's checksums); this module owns its co
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,8 +104,8 @@ class Localiser:
     """A trained localisation head: its weights and the settings its boxes need.
 
     ``box_threshold`` is the centre score above which a decoded box is shown; it was
-    chosen on images the head did not train on (the card says which). ``figures`` are
-    the evaluation figures the card and the Model page show.
+    chosen on images the head did not train on (``trained_on`` says how; the card holds
+    the evaluation figures).
     """
 
     weights: list[np.ndarray]
@@ -113,7 +113,6 @@ class Localiser:
     box_threshold: float = 0.3
     max_boxes: int = 5
     trained_on: str = ""
-    figures: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.weights) != 2 * len(_LAYER_NAMES):
@@ -143,8 +142,6 @@ class Localiser:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the head as an ``.npz`` file, atomically."""
-        import json
-
         arrays = {f"w{i}": w.astype(np.float32) for i, w in enumerate(self.weights)}
         arrays.update(
             format=np.array(FORMAT_VERSION, np.int64),
@@ -152,15 +149,12 @@ class Localiser:
             box_threshold=np.array(self.box_threshold, np.float64),
             max_boxes=np.array(self.max_boxes, np.int64),
             trained_on=np.array(self.trained_on, dtype=np.str_),
-            figures=np.array(json.dumps(self.figures), dtype=np.str_),
         )
         return atomic_write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Localiser":
         """Read a head written by :meth:`save`; raises :class:`LocaliserError` if it is not one."""
-        import json
-
         stored = read_npz(
             path,
             what="localisation head",
@@ -175,5 +169,4 @@ class Localiser:
             box_threshold=float(stored["box_threshold"]),
             max_boxes=int(stored["max_boxes"]),
             trained_on=str(stored["trained_on"]) if "trained_on" in stored else "",
-            figures=json.loads(str(stored["figures"])) if "figures" in stored else {},
         )
