@@ -24,7 +24,7 @@ def default_model():
 def test_default_model_folder_is_small_and_verified(default_model):
     config, card = read_config(default_model)  # raises on any checksum mismatch
     size = sum(p.stat().st_size for p in default_model.iterdir())
-    assert size <= 30 * 1024 * 1024
+    assert size <= 60 * 1024 * 1024  # issue 21's budget for both heads and the gate
     assert "FracAtlas" in card["training_data"]["citation"]
     assert config.thresholds["high_sensitivity"] <= config.thresholds["high_specificity"]
     assert card["intended_use"].startswith("Research and education demo")
@@ -39,17 +39,22 @@ def test_default_model_reaches_val_auroc_and_points_at_fractures(
 
     predictor = load_predictor(default_model, settings=Settings(imagenet_weights=shared_weights))
     report = evaluate_model(shared_fracatlas, predictor=predictor, n_bootstrap=200)
-    located = report["localisation"]
+    located = report["localiser"]
     print(
         f"val AUROC {report['auroc']:.4f}, sensitivity {report['sensitivity']:.3f}, "
-        f"specificity {report['specificity']:.3f}, pointing {located['pointing_game']['rate']:.3f}"
+        f"specificity {report['specificity']:.3f}, pointing {located['pointing_game']['rate']:.3f}, "
+        f"AP50 {located['ap50']:.3f}"
     )
+    # The classifier without box training (the previous default's weights): 0.918 in bfloat16
+    # when the folder was assembled.
     assert report["auroc"] >= 0.90
-    # The box-supervised heat map peaks inside a radiologist's box on half the val fractures:
-    # 37 of 74 when the model was assembled (the previous model: 13 of 74). The bar leaves
-    # room for three argmax flips, since multi-threaded bfloat16 kernels need not sum in the
-    # same order on every run.
+    # The default overlay is the localisation head's map: its peak lies in a radiologist's box
+    # on 40 of 74 val fractures (Grad-CAM's: 13), and its boxes beat Grad-CAM's region.
     assert located["pointing_game"]["rate"] >= 0.45
+    assert located["pointing_game"]["rate"] > report["localisation"]["pointing_game"]["rate"]
+    assert located["ap50"] > report["localisation"]["ap50"]
+    # Boxes are drawn only on images labelled fracture: few on normal images.
+    assert located["false_boxes_per_normal"]["high_specificity"] <= 0.10
     # The default (high-sensitivity) threshold is a bootstrap median, not the val pick, so val
     # sensitivity sits near 0.90 rather than exactly above it: it must lie inside the
     # interval the card states.

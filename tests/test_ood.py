@@ -404,3 +404,19 @@ def test_real_model_gate_separates_fracatlas_from_probe_images(
     # rate here is at most alpha by construction; AUROC is the real test.
     assert report["auroc"] >= 0.9
     assert report["false_alarm_rate"] <= 0.10
+
+
+def test_margin_multiplies_each_layers_threshold_and_survives_a_round_trip(tmp_path):
+    from fracture.inference.ood import fit_layered_ood_gate, load_ood_gate
+
+    rng = np.random.default_rng(0)
+    train = {"avg_pool": rng.normal(size=(200, 8)), "conv4_block6_out": rng.normal(size=(200, 6))}
+    held = {"avg_pool": rng.normal(size=(60, 8)), "conv4_block6_out": rng.normal(size=(60, 6))}
+    plain = fit_layered_ood_gate(train, held, n_components=4, margin=1.0)
+    wide = fit_layered_ood_gate(train, held, n_components=4, margin=1.5)
+    for a, b in zip(plain.parts, wide.parts):
+        assert b.threshold == pytest.approx(1.5 * a.threshold)
+    assert wide.summary()["margin"] == 1.5
+    assert load_ood_gate(wide.save(tmp_path / "ood.npz")).margin == 1.5
+    with pytest.raises(ValueError, match="margin"):
+        fit_layered_ood_gate(train, held, n_components=4, margin=0.5)

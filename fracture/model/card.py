@@ -216,7 +216,8 @@ def _heat_map_lines(card: dict[str, Any]) -> list[str]:
         game = located["pointing_game"]
         lines += [
             "",
-            f"## Where the heat map points (validation, {game['n']} fractured images with boxes)",
+            '## Where the classifier\'s Grad-CAM points (the "why" view; validation, '
+            f"{game['n']} fractured images with boxes)",
             f"- Peak inside a radiologist's box: {_percent_ci(game)}",
             f"- Peak within 3% of the image side of a box: "
             f"{_percent_ci(located.get('pointing_game_tolerant'))}",
@@ -584,6 +585,13 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
             else f"its threshold flags {_percent(rate, 0)} of {ood.get('n_heldout'):,} validation "
             f"images"
         )
+        margin = ood.get("margin") or 1.0
+        if margin > 1.0:
+            flags = (
+                f"each threshold is {margin:g} times the level at which it would flag "
+                f"{_percent(rate, 0)} of {ood.get('n_heldout'):,} validation images, because "
+                "a level set on that few images flagged several per cent of unseen fractures"
+            )
         lines += [
             "",
             "## Out-of-distribution check",
