@@ -197,6 +197,15 @@ class Prediction:
             return None
         return np.clip(heatmap_to_image(location, self.geometry), 0.0, 1.0)
 
+    def default_map(self) -> np.ndarray | None:
+        """The map an overlay shows by default, at the image's size, in [0, 1].
+
+        The localisation head's "where" map (:meth:`location_image`) for a model that has
+        the head, else the Grad-CAM display heat (:attr:`heatmap`).
+        """
+        location = self.location_image()
+        return self.heatmap if location is None else location
+
     def location_candidates(self, min_score: float) -> list[Box]:
         """Every box the head finds down to ``min_score``, in the original image's frame.
 
