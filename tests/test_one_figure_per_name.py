@@ -140,3 +140,11 @@ def test_a_fracture_model_says_fracture_against_normal():
         "AUROC, fracture against normal",
         "Accuracy, fracture against normal (default operating point)",
     ]
+
+
+def test_the_training_curves_say_which_auroc_the_epochs_measured():
+    history = [{"epoch": 1, "train_auroc": 0.7, "val_auroc": 0.68, "train_loss": 1, "val_loss": 1}]
+    titles = [a.text for a in figures.training_curves_figure(history).layout.annotations]
+    assert "AUROC" in titles
+    named = figures.training_curves_figure(history, "Macro AUROC over 5 classes")
+    assert "Macro AUROC over 5 classes" in [a.text for a in named.layout.annotations]

@@ -274,12 +274,18 @@ def _pixel_axis(values: "pd.Series", min_span: int = 20) -> dict[str, Any]:
     return settings
 
 
-def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> "go.Figure":
-    """Loss and AUROC per epoch for train and val, the head/fine-tune switch marked."""
+def training_curves_figure(
+    history: Sequence[Mapping[str, Any]], auroc_name: str = "AUROC"
+) -> "go.Figure":
+    """Loss and AUROC per epoch for train and val, the head/fine-tune switch marked.
+
+    ``auroc_name`` says which AUROC the epochs measured: a K-class run's is the macro
+    average over its classes (see :mod:`fracture.training.validation`), not any fracture's.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "AUROC"))
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", auroc_name))
     epochs = [row.get("epoch") for row in history]
     for col, metric in ((1, "loss"), (2, "auroc")):
         for split, colour in (("train", COLOUR_TRAIN), ("val", COLOUR_VAL)):
