@@ -100,18 +100,14 @@ def show_evaluation(report: dict) -> None:
         show_studies(report["study_level"])
     if "roc" not in report:
         return
-    curves = st.columns(3)
+    curves = st.columns(2)
     with curves[0]:
         st.plotly_chart(figures.roc_figure({"this model": report}), key="roc")
     with curves[1]:
         st.plotly_chart(figures.pr_figure(report), key="pr")
-    with curves[2]:
-        st.plotly_chart(figures.reliability_figure(report), key="reliability")
-        st.caption(
-            calibration_sentence(
-                report.get("temperature"), report.get("ece_uncalibrated"), report.get("ece")
-            )
-        )
+    # Its own full-width row: in a third column it shrank to ~70 px with its legend on the curves.
+    st.plotly_chart(figures.reliability_figure(report), key="reliability")
+    st.caption(calibration_sentence(report, model.card if model else None))
 
     points = report.get("operating_points") or {}
     if points:
@@ -298,7 +294,17 @@ st.dataframe(
     ],
     hide_index=True,
     width="stretch",
-    column_config={"validation AUROC": st.column_config.NumberColumn(format="%.2f")},
+    # Every column wide enough for its values: a narrow number column cut AUROC 0.90 to "0".
+    column_config={
+        "name": st.column_config.Column(width="medium"),
+        "active": st.column_config.Column(width="small"),
+        "usable": st.column_config.Column(width="small"),
+        "version": st.column_config.Column(width="small"),
+        "created": st.column_config.Column(width="medium"),
+        "trained on": st.column_config.Column(width="medium"),
+        "validation AUROC": st.column_config.NumberColumn(format="%.2f", width="medium"),
+        "problem": st.column_config.Column(width="large"),
+    },
 )
 if not common.admin_gate("Switching the active model"):
     st.stop()

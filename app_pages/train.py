@@ -285,7 +285,11 @@ def show_progress(run_dir: Path, status: dict) -> summaries.RunProgress:
 def show_curves(run_dir: Path, live_confusion: bool = True) -> None:
     history = read_metrics(run_dir)
     if history:
-        st.plotly_chart(figures.training_curves_figure(history), key="training_curves")
+        # A K-class run's epoch AUROC is the macro average over its classes.
+        confusion = read_confusion(run_dir)
+        classes = len(confusion["classes"]) if confusion else 2
+        auroc_name = f"Macro AUROC over {classes} classes" if classes > 2 else "AUROC"
+        st.plotly_chart(figures.training_curves_figure(history, auroc_name), key="training_curves")
     else:
         st.caption("Loss and AUROC curves appear after the first epoch.")
     if live_confusion:

@@ -363,7 +363,7 @@ def test_card_headline_and_comparison():
     assert summaries.card_headline(None)["val_auroc"] is None
     table = summaries.compare_metrics(new, old)
     assert table["metric"].tolist() == [
-        "Area under the ROC curve (AUROC)",
+        "AUROC, fracture against normal",
         "Sensitivity (default operating point)",
     ]
     assert table.loc[0, "difference"] == pytest.approx(0.05)

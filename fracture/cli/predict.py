@@ -8,7 +8,10 @@ import io
 import sys
 from pathlib import Path
 
-__all__ = ["add_predict_parser"]
+__all__ = ["add_predict_parser", "HEATMAP_KINDS"]
+
+# What --heatmap-dir writes: the overlay's default map, or the classifier's Grad-CAM.
+HEATMAP_KINDS = ("default", "gradcam")
 
 
 def add_predict_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -16,10 +19,25 @@ def add_predict_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", help="CSV to write (default: standard output)")
     p.add_argument("--model", help="model folder (default: the active model, models/ACTIVE)")
-    p.add_argument("--gradcam-dir", help="write one Grad-CAM overlay PNG per image here")
+    p.add_argument(
+        "--gradcam-dir",
+        "--overlay-dir",
+        dest="overlay_dir",
+        help="write one overlay PNG per image here: the default map (the localisation head's "
+        "'where' map, or Grad-CAM for a model without one) and every drawn box with its score",
+    )
     p.add_argument(
         "--heatmap-dir",
-        help="write each raw heat map (Grad-CAM evidence, original image size) as float32 .npy here",
+        help="write each raw heat map (original image size) as float32 .npy here: by default "
+        "the map the overlay shows (see --heatmap-kind)",
+    )
+    p.add_argument(
+        "--heatmap-kind",
+        choices=HEATMAP_KINDS,
+        default="default",
+        help="which map --heatmap-dir writes: 'default' is the localisation head's centre "
+        "probability in [0, 1] where the model has the head, else the Grad-CAM; 'gradcam' is "
+        "always the classifier's Grad-CAM evidence (logit units, unclipped)",
     )
     p.add_argument("--batch-size", type=int, default=None)
     p.set_defaults(func=cmd_predict)
@@ -32,7 +50,6 @@ def _progress(total: int, description: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fracture.inference.gradcam import overlay_heatmap
     from fracture.inference.predictor import load_predictor
     from fracture.io.images import iter_image_files
     from fracture.model.folder import ModelLoadError
@@ -47,9 +64,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (ModelLoadError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    gradcam_dir = Path(args.gradcam_dir) if args.gradcam_dir else None
+    overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
     heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
-    for directory in (gradcam_dir, heatmap_dir):
+    for directory in (overlay_dir, heatmap_dir):
         if directory:
             directory.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -69,10 +86,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 if result.ok:
                     ok_count += 1
                     ood_count += result.in_distribution is False
-                    if gradcam_dir and result.heatmap is not None:
-                        _write_overlay(gradcam_dir, index, files[index], result, overlay_heatmap)
-                    if heatmap_dir and result.evidence is not None:
-                        _write_raw_heatmap(heatmap_dir, index, files[index], result)
+                    if overlay_dir and result.default_map() is not None:
+                        _write_overlay(overlay_dir, index, files[index], result)
+                    if heatmap_dir:
+                        _write_raw_heatmap(
+                            heatmap_dir, index, files[index], result, args.heatmap_kind
+                        )
                 else:
                     bar.write(f"skipped {result.source}: {result.error}")
                 bar.update(1)
@@ -97,18 +116,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heatmap) -> None:
+def _write_overlay(directory: Path, index: int, path: Path, result) -> None:
+    """The default map with the drawn boxes: every head box with its score, else the
+    strongest-region box of a model without the head; none on an image not labelled fracture."""
     from PIL import Image
+
+    from fracture.inference.gradcam import draw_scored_boxes, overlay_heatmap
 
     # No box on an image the model cannot judge: a box reads as a finding.
     assessed = result.verdict().assessed
+    boxes = result.drawn_boxes
     overlay = overlay_heatmap(
         result.image,
-        result.heatmap,
+        result.default_map(),
         alpha=0.4,
-        box=result.box if assessed else None,
-        style=result.box_style if assessed else None,
+        box=result.box if assessed and not boxes else None,
+        style=result.box_style if assessed and not boxes else None,
     )
+    overlay = draw_scored_boxes(overlay, boxes, result.box_style)
     # The index keeps names unique when two folders hold the same file name.
     Image.fromarray(overlay).save(directory / f"{index:05d}_{path.stem}_gradcam.png")
 
@@ -117,13 +142,23 @@ def _write_overlay(directory: Path, index: int, path: Path, result, overlay_heat
 # train / evaluate
 
 
-def _write_raw_heatmap(directory: Path, index: int, path: Path, result) -> None:
-    """The raw Grad-CAM evidence at the original image size, float32 ``.npy``, for scoring."""
+def _write_raw_heatmap(directory: Path, index: int, path: Path, result, kind: str) -> None:
+    """A raw map at the original image size, float32 ``.npy``, for anyone to score.
+
+    ``kind`` "default": the localisation head's centre probability where the model has
+    the head (the map the overlay shows), else the Grad-CAM evidence; "gradcam": always
+    the Grad-CAM evidence in logit units. Nothing is written where there is no map.
+    """
     import numpy as np
 
     from fracture.io.files import atomic_write_bytes
 
+    heat = result.location_image() if kind == "default" else None
+    if heat is None:
+        heat = result.evidence_image()
+    if heat is None:
+        return
     buffer = io.BytesIO()
-    np.save(buffer, result.evidence_image().astype(np.float32))
+    np.save(buffer, np.asarray(heat, np.float32))
     # The index keeps names unique when two folders hold the same file name.
     atomic_write_bytes(directory / f"{index:05d}_{path.stem}_heatmap.npy", buffer.getvalue())

@@ -11,7 +11,9 @@ The Structured Report is a Comprehensive SR (PS3.3 A.35.3) with one finding
 (fracture present or absent at the model's operating point), the calibrated
 probability, the out-of-distribution flag, the algorithm's name and version
 (DCM 111001/111003) and the region of strongest evidence as a spatial
-coordinate on the image it came from. The finding is the one verdict
+coordinate on the image it came from. A model with a localisation head adds every
+box it draws (only on an image labelled fracture) as one SCOORD per box, in the
+source image's pixel coordinates, under a NUM item with the box's score. The finding is the one verdict
 (:mod:`fracture.inference.verdict`): the study probability is the maximum over
 the images the model could **assess** (a study is as suspicious as its most
 suspicious view the model can judge); images the out-of-distribution gate
@@ -36,7 +38,8 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fracture.inference.gradcam import overlay_heatmap, strongest_region
+from fracture.inference.gradcam import draw_scored_boxes, overlay_heatmap, strongest_region
+from fracture.inference.localisation import Box
 from fracture.inference.verdict import (
     RESEARCH_BANNER,
     StudyVerdict,
@@ -50,10 +53,12 @@ __all__ = [
     "SC_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
     "ImageFinding",
+    "PixelBox",
     "StudyFinding",
     "burn_overlay",
     "complete_header",
     "evidence_region",
+    "pixel_boxes",
     "read_report",
     "result_uid",
     "secondary_capture",
@@ -90,6 +95,8 @@ PROBABILITY = CodedConcept("FRACPROB", _SCHEME, "Fracture probability")
 OPERATING_POINT = CodedConcept("FRACTHR", _SCHEME, "Operating point (probability threshold)")
 OUT_OF_DISTRIBUTION = CodedConcept("FRACOOD", _SCHEME, "Outside the model's training data")
 EVIDENCE_REGION = CodedConcept("FRACROI", _SCHEME, "Region of strongest evidence")
+FRACTURE_BOX = CodedConcept("FRACBOX", _SCHEME, "Fracture box found by the localisation head")
+BOX_SCORE = CodedConcept("FRACBOXS", _SCHEME, "Fracture box score")
 IMAGE_RESULT = CodedConcept("FRACIMG", _SCHEME, "Image result")
 BODY_REGION = CodedConcept("FRACREG", _SCHEME, "Body region named by the model")
 DISCLAIMER = CodedConcept("FRACNOTE", _SCHEME, "Disclaimer")
@@ -106,6 +113,36 @@ DISCLAIMER_TEXT = (
 
 
 @dataclass(frozen=True)
+class PixelBox:
+    """A box the localisation head drew, in the source image's pixels, with its score.
+
+    ``left``, ``top``, ``right``, ``bottom`` are inclusive pixel indexes, as
+    :attr:`ImageFinding.region`; ``score`` is the head's centre probability in [0, 1].
+    """
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    score: float
+
+    @property
+    def region(self) -> tuple[int, int, int, int]:
+        return (self.left, self.top, self.right, self.bottom)
+
+
+def pixel_boxes(boxes: Sequence[Box], height: int, width: int) -> tuple[PixelBox, ...]:
+    """Normalised boxes (the image's frame) as inclusive pixel boxes of a ``height`` x ``width`` image."""
+    out = []
+    for box in boxes:
+        left, top = round(box.x0 * width), round(box.y0 * height)
+        right = max(left, round(box.x1 * width) - 1)
+        bottom = max(top, round(box.y1 * height) - 1)
+        out.append(PixelBox(left, top, right, bottom, float(box.score)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class ImageFinding:
     """The model's result for one source image, with its one verdict."""
 
@@ -118,6 +155,9 @@ class ImageFinding:
     body_region: str | None = None
     # fracture.inference.verdict.decide's result for this image; its threshold is the study's.
     verdict: Verdict | None = None
+    # The localisation head's drawn boxes (Prediction.drawn_boxes), best first: empty for a
+    # model without the head and for any image not labelled fracture.
+    boxes: tuple[PixelBox, ...] = ()
 
     @property
     def assessed(self) -> bool:
@@ -201,14 +241,23 @@ def burn_overlay(
     heatmap: np.ndarray | None,
     region: tuple[int, int, int, int] | None,
     caption: str,
+    *,
+    boxes: Sequence[Box] = (),
+    box_style: str | None = None,
 ) -> np.ndarray:
-    """The radiograph with heat map, evidence box, the research banner and ``caption`` burned in."""
+    """The radiograph with heat map, boxes, the research banner and ``caption`` burned in.
+
+    ``boxes`` (the localisation head's, normalised, with scores) are drawn in
+    ``box_style`` as on the Predict page and replace the single evidence ``region``.
+    """
     picture = (
         overlay_heatmap(image, heatmap, HEATMAP_ALPHA) if heatmap is not None else image.copy()
     )
     height, width = picture.shape[:2]
     thickness = max(1, round(min(height, width) / 250))
-    if region is not None:
+    if boxes and box_style:
+        picture = draw_scored_boxes(picture, boxes, box_style, BOX_COLOUR)
+    elif region is not None:
         left, top, right, bottom = region
         cv2.rectangle(picture, (left, top), (right, bottom), BOX_COLOUR, thickness)
     # The banner spans the top of the image on a black band, sized to the width,
@@ -323,7 +372,10 @@ def secondary_capture(
     sc.SeriesDescription = "fracture heat map (research use only)"
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = DISCLAIMER_TEXT + (f" Result: {caption}" if caption else "")
-    sc.DerivationDescription = "Grad-CAM heat map and evidence box of the fracture model"
+    sc.DerivationDescription = (
+        "Heat map of the fracture model (its localisation map where it has one, else "
+        "Grad-CAM) with its boxes and their scores"
+    )
     reference = Dataset()
     reference.ReferencedSOPClassUID = finding.sop_class_uid
     reference.ReferencedSOPInstanceUID = finding.sop_instance_uid
@@ -366,23 +418,10 @@ def structured_report(
     if strongest is not None and strongest.body_region is not None:
         items.append(_text(BODY_REGION, strongest.body_region))
     if strongest is not None and strongest.region is not None:
-        left, top, right, bottom = strongest.region
-        # A closed polyline around the pixels (PS3.3 C.18.6: column, row; pixel
-        # centres at integer + 0.5 with the top-left corner at 0).
-        corners = np.array(
-            [
-                [left, top],
-                [right + 1, top],
-                [right + 1, bottom + 1],
-                [left, bottom + 1],
-                [left, top],
-            ],
-            dtype=np.float32,
-        )
         region = hd.sr.ScoordContentItem(
             name=EVIDENCE_REGION,
             graphic_type="POLYLINE",
-            graphic_data=corners,
+            graphic_data=_corners(strongest.region),
             relationship_type="CONTAINS",
         )
         region.ContentSequence = hd.sr.ContentSequence(
@@ -405,6 +444,8 @@ def structured_report(
             children.append(_text(CAUTION, image.verdict.caution))
         if image.assessed and image.body_region is not None:
             children.append(_text(BODY_REGION, image.body_region))
+        if image.assessed:
+            children += [_box_score(image, box) for box in image.boxes]
         container.ContentSequence = hd.sr.ContentSequence(children, is_root=False)
         items.append(container)
     root = hd.sr.ContainerContentItem(
@@ -441,13 +482,16 @@ def read_report(sr: Dataset) -> dict[str, Any]:
     """The study-level values of a report made by :func:`structured_report`.
 
     ``assessed`` is False (and ``present`` absent) for a study the model could not judge;
-    ``not_assessed_images`` lists the SOP Instance UIDs of the images it did not assess.
+    ``not_assessed_images`` lists the SOP Instance UIDs of the images it did not assess;
+    ``boxes`` lists every drawn box as a dict: ``image`` (SOP Instance UID), ``region``
+    (left, top, right, bottom inclusive pixels) and ``score``.
     """
     title = sr.ConceptNameCodeSequence[0]
     values: dict[str, Any] = {
         "title": str(title.CodeMeaning),
         "assessed": str(title.CodeValue) != NOT_ASSESSED_TITLE.value,
         "not_assessed_images": [],
+        "boxes": [],
         "completion": str(sr.get("CompletionFlag", "")),
         "verification": str(sr.get("VerificationFlag", "")),
     }
@@ -480,10 +524,61 @@ def read_report(sr: Dataset) -> dict[str, Any]:
         elif key == (IMAGE_RESULT.value, _SCHEME):
             for child in item.ContentSequence:
                 code = child.ConceptNameCodeSequence[0]
-                if (code.CodeValue, code.CodingSchemeDesignator) == (NOT_ASSESSED.value, _SCHEME):
+                code_key = (code.CodeValue, code.CodingSchemeDesignator)
+                if code_key == (NOT_ASSESSED.value, _SCHEME):
                     image = child.ContentSequence[0].ReferencedSOPSequence[0]
                     values["not_assessed_images"].append(str(image.ReferencedSOPInstanceUID))
+                elif code_key == (BOX_SCORE.value, _SCHEME):
+                    values["boxes"].append(_read_box(child))
     return values
+
+
+def _read_box(item: Dataset) -> dict[str, Any]:
+    """A box written by :func:`_box_score`, read back."""
+    scoord = item.ContentSequence[0]
+    points = np.asarray(scoord.GraphicData, np.float32).reshape(-1, 2)
+    left, top = points.min(0)
+    right, bottom = points.max(0)
+    image = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+    return {
+        "image": str(image.ReferencedSOPInstanceUID),
+        "region": (int(left), int(top), int(right) - 1, int(bottom) - 1),
+        "score": float(item.MeasuredValueSequence[0].NumericValue),
+    }
+
+
+def _corners(region: tuple[int, int, int, int]) -> np.ndarray:
+    """A closed polyline around inclusive pixel bounds (PS3.3 C.18.6: column, row; pixel
+    centres at integer + 0.5 with the top-left corner at 0)."""
+    left, top, right, bottom = region
+    return np.array(
+        [
+            [left, top],
+            [right + 1, top],
+            [right + 1, bottom + 1],
+            [left, bottom + 1],
+            [left, top],
+        ],
+        dtype=np.float32,
+    )
+
+
+def _box_score(image: ImageFinding, box: PixelBox) -> hd.sr.NumContentItem:
+    """One drawn box: its score (NUM), inferred from the box (SCOORD) on the source image.
+
+    NUM -INFERRED FROM-> SCOORD -SELECTED FROM-> IMAGE is the measurement pattern of
+    TID 1419, which the Comprehensive SR's relationship constraints allow.
+    """
+    scoord = hd.sr.ScoordContentItem(
+        name=FRACTURE_BOX,
+        graphic_type="POLYLINE",
+        graphic_data=_corners(box.region),
+        relationship_type="INFERRED FROM",
+    )
+    scoord.ContentSequence = hd.sr.ContentSequence(
+        [_image_ref(image, "SELECTED FROM")], is_root=False
+    )
+    return _num(BOX_SCORE, box.score, scoord)
 
 
 def _text(name: CodedConcept, value: str) -> hd.sr.TextContentItem:

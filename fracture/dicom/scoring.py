@@ -18,6 +18,7 @@ from fracture.dicom.results import (
     StudyFinding,
     burn_overlay,
     evidence_region,
+    pixel_boxes,
     secondary_capture,
     structured_report,
 )
@@ -72,10 +73,12 @@ def score_instances(
             if prediction.body_region is None
             else region_words(prediction.body_region),
             verdict=prediction.verdict(predictor.threshold),
+            # Only where the image is labelled fracture (Prediction.drawn_boxes).
+            boxes=pixel_boxes(prediction.drawn_boxes, *prediction.image.shape[:2]),
         )
         if not finding.assessed:
             # No evidence box on an image the model cannot judge: a box reads as a finding.
-            finding = dataclasses.replace(finding, region=None, body_region=None)
+            finding = dataclasses.replace(finding, region=None, body_region=None, boxes=())
         findings.append(finding)
         scored.sources.append(header)
         pictures.append(_picture(prediction, finding, predictor.threshold))
@@ -102,9 +105,17 @@ def score_instances(
 
 
 def _picture(prediction: Prediction, finding: ImageFinding, threshold: float) -> np.ndarray:
+    """The capture's pixels: the default map ("where" with a localisation head, else the
+    Grad-CAM) and the drawn boxes with their scores, as on the Predict page."""
     assert prediction.image is not None
+    boxes = prediction.drawn_boxes if finding.boxes else []
     return burn_overlay(
-        prediction.image, prediction.heatmap, finding.region, capture_caption(finding, threshold)
+        prediction.image,
+        prediction.default_map(),
+        finding.region,
+        capture_caption(finding, threshold),
+        boxes=boxes,
+        box_style=prediction.box_style if boxes else None,
     )
 
 

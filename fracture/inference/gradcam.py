@@ -36,6 +36,7 @@ heat map back to the original image and :func:`overlay_heatmap` draws it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -55,6 +56,7 @@ __all__ = [
     "box_style",
     "overlay_heatmap",
     "draw_region",
+    "draw_scored_boxes",
     "to_float32",
     "REGION_FRACTION",
 ]
@@ -224,6 +226,39 @@ def draw_region(
                 a[1] + (b[1] - a[1]) * end // max(length, 1),
             )
             cv2.line(out, p, q, colour, thickness, cv2.LINE_AA)
+    return out
+
+
+def draw_scored_boxes(
+    image: np.ndarray,
+    boxes: Sequence[Any],
+    style: str | None,
+    colour: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """``image`` with every box drawn in ``style`` and its score written above it (a copy).
+
+    ``boxes`` are the localisation head's (:class:`fracture.inference.localisation.Box`:
+    normalised ``coordinates`` and ``score``). Shared by the command line's overlays and
+    the DICOM Secondary Capture, so both look like the Predict page: dotted at the
+    high-sensitivity point, solid at the high-specificity one. Unchanged without a style.
+    """
+    if not boxes or style is None:
+        return image
+    out = np.ascontiguousarray(image).copy()
+    height, width = out.shape[:2]
+    thickness = max(1, round(max(height, width) / 400))
+    scale = max(0.35, max(height, width) / 900)
+    for box in boxes:
+        out = draw_region(out, box.coordinates, style, colour)
+        label = f"{box.score:.2f}"
+        (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        x = min(max(0, round(box.x0 * width)), max(0, width - text_w))
+        y = round(box.y0 * height) - 4
+        if y - text_h < 0:  # no room above the box: write inside its top edge
+            y = round(box.y0 * height) + text_h + 4
+        cv2.putText(
+            out, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA
+        )
     return out
 
 

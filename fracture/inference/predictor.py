@@ -197,6 +197,15 @@ class Prediction:
             return None
         return np.clip(heatmap_to_image(location, self.geometry), 0.0, 1.0)
 
+    def default_map(self) -> np.ndarray | None:
+        """The map an overlay shows by default, at the image's size, in [0, 1].
+
+        The localisation head's "where" map (:meth:`location_image`) for a model that has
+        the head, else the Grad-CAM display heat (:attr:`heatmap`).
+        """
+        location = self.location_image()
+        return self.heatmap if location is None else location
+
     def location_candidates(self, min_score: float) -> list[Box]:
         """Every box the head finds down to ``min_score``, in the original image's frame.
 
@@ -576,6 +585,12 @@ class Predictor:
         return predictions
 
 
+def _operating_threshold(config: ModelConfig) -> float | None:
+    """The operating point's threshold; None for a K-class model without a normal class,
+    which has no fracture-or-not threshold (and so never gets a box)."""
+    return config.threshold if config.operating_point in config.thresholds else None
+
+
 def _heat_and_box(
     evidence: np.ndarray, geometry: Geometry, probability: float | None, config: ModelConfig
 ) -> tuple[np.ndarray, tuple[float, float, float, float] | None, str | None]:
@@ -585,7 +600,7 @@ def _heat_and_box(
     the model's operating point (:func:`~fracture.inference.gradcam.box_style`).
     """
     heatmap = evidence_heat(heatmap_to_image(evidence, geometry), config.evidence_scale)
-    style = box_style(probability, config.thresholds, config.threshold)
+    style = box_style(probability, config.thresholds, _operating_threshold(config))
     box = strongest_region(heatmap) if style else None
     return heatmap, box, style if box else None
 
@@ -604,7 +619,7 @@ def _with_location(
         decode_boxes(outputs, min_score=localiser.box_threshold, max_boxes=localiser.max_boxes),
         geometry,
     )
-    style = box_style(prediction.probability, config.thresholds, config.threshold)
+    style = box_style(prediction.probability, config.thresholds, _operating_threshold(config))
     best = boxes[0] if boxes and style else None
     return dataclasses.replace(
         prediction,

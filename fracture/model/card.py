@@ -17,6 +17,7 @@ from fracture.model.config import ModelConfig
 __all__ = [
     "build_card",
     "render_card_markdown",
+    "calibration_facts",
     "calibration_sentence",
     "limitations_for",
     "INTENDED_USE",
@@ -167,6 +168,13 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "n_positive",
     )
     headline = {k: report.get(k) for k in keys if k in report}
+    # A K-class report's top-level accuracy is any fracture against normal at the
+    # operating point (where it has a normal class); the K-class accuracy lives apart.
+    classes = report.get("multiclass") or {}
+    if report.get("macro_auroc") is not None and classes.get("accuracy") is not None:
+        headline["macro_auroc"] = report["macro_auroc"]
+        headline["class_accuracy"] = classes["accuracy"]
+        headline["n_classes"] = len(classes.get("class_names") or report.get("classes") or [])
     subgroups = report.get("subgroups") or {}
     free = subgroups.get("hardware_free") or {}
     # Only where some image has hardware: otherwise the subgroup is the whole split.
@@ -206,7 +214,7 @@ def _percent_ci(entry: dict[str, Any] | None, key: str = "rate") -> str:
     return f"{entry[key]:.0%}{interval}"
 
 
-def _heat_map_lines(card: dict[str, Any]) -> list[str]:
+def _heat_map_lines(card: dict[str, Any], report: dict[str, Any] | None = None) -> list[str]:
     """How the heat map was trained and how well it points, when the card knows."""
     lines: list[str] = []
     if card.get("box_supervision"):
@@ -231,9 +239,7 @@ def _heat_map_lines(card: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "## Calibration and operating points",
-            f"- {calibration['method']}; expected calibration error "
-            f"{calibration['ece_before']:.1%} before, {calibration['ece_after_out_of_fold']:.1%} "
-            f"after (out of fold: each image calibrated by a fit that did not see it)",
+            "- " + calibration_sentence(report, card),
             f"- Thresholds: {calibration['threshold_method']}",
         ]
         for name, point in (calibration.get("operating_points") or {}).items():
@@ -421,35 +427,75 @@ def _classes_lines(card: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def calibration_sentence(
-    temperature: Any, ece_before: Any, ece_after: Any, prior_shift: Any = None
-) -> str:
-    """The calibration method and what it did to the expected calibration error, truthfully."""
-    method = (
+def calibration_facts(
+    report: dict[str, Any] | None, card: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The one calibration method and the one calibration error every page and the card show.
+
+    Both come from ``evaluation.json`` (``report``): the method as the calibration fit
+    names it, and the expected calibration error **out of fold** where the fit recorded
+    it (each validation image calibrated by a fit that did not see it: the honest
+    figure, since the calibration was fitted on those images), else the error the
+    evaluation measured on the validation split. The card (``card["calibration"]``)
+    stands in for a report written before the fit was recorded there. Returns
+    ``method``, ``ece`` (None when not measured), ``basis`` (how ``ece`` was measured) and
+    ``before`` (the error before calibration from the same source, for the direction only).
+    """
+    report = report or {}
+    fit = report.get("calibration_fit") or (card or {}).get("calibration") or {}
+    temperature = fit.get("temperature", report.get("temperature"))
+    method = fit.get("method") or (
         'Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", '
         f"ICML 2017), temperature {_fmt(temperature)}, fitted on the validation split"
     )
-    if isinstance(prior_shift, (int, float)) and abs(prior_shift) >= 0.005:
-        method += (
-            f", after removing the {_fmt(prior_shift)} logit offset that class weighting "
-            "adds in training"
-        )
-    if not isinstance(ece_before, (int, float)) or not isinstance(ece_after, (int, float)):
-        return method + "."
-    before, after = _percent(ece_before, 1), _percent(ece_after, 1)
-    if round(ece_after, 3) < round(ece_before, 3):
-        effect = f"it lowered the expected calibration error from {before} to {after}"
-    elif round(ece_after, 3) > round(ece_before, 3):
-        effect = (
-            f"it did not improve calibration: the expected calibration error rose from "
-            f"{before} to {after} (the scaling minimises log loss, not this error)"
-        )
-    else:
-        effect = f"the expected calibration error stayed at {after}"
-    return f"{method}; on that split {effect}."
+    if isinstance(fit.get("ece_after_out_of_fold"), (int, float)):
+        return {
+            "method": method,
+            "ece": float(fit["ece_after_out_of_fold"]),
+            "basis": "on the validation split, out of fold (each image calibrated by a fit "
+            "that did not see it)",
+            "before": _number(fit.get("ece_before")),
+        }
+    metrics = (card or {}).get("val_metrics") or {}
+    return {
+        "method": method,
+        "ece": _number(report.get("ece", metrics.get("ece"))),
+        "basis": "on the validation split",
+        "before": _number(report.get("ece_uncalibrated", metrics.get("ece_uncalibrated"))),
+    }
 
 
-def _metric_rows(metrics: dict[str, Any], multiclass: bool = False) -> list[str]:
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def calibration_sentence(report: dict[str, Any] | None, card: dict[str, Any] | None = None) -> str:
+    """The calibration method and its one expected calibration error, in a sentence.
+
+    Whether calibration lowered the error is said in words, truthfully, without a
+    second figure beside the one every page shows.
+    """
+    facts = calibration_facts(report, card)
+    if facts["ece"] is None:
+        return f"{facts['method']}."
+    sentence = (
+        f"{facts['method']}; expected calibration error {_percent(facts['ece'], 1)} "
+        f"{facts['basis']}"
+    )
+    before, after = facts["before"], facts["ece"]
+    if before is None or round(after, 3) == round(before, 3):
+        return sentence + "."
+    if after < before:
+        return sentence + ", lower than before calibration."
+    return (
+        sentence + ", higher than before calibration (the scaling minimises log loss, "
+        "not this error)."
+    )
+
+
+def _metric_rows(
+    metrics: dict[str, Any], multiclass: bool = False, ece: float | None = None
+) -> list[str]:
     # A K-class model with a normal class reports any fracture's AUROC as "auroc"
     # and the mean over classes as "macro_auroc"; without one, "auroc" is the mean.
     with_normal = multiclass and "macro_auroc" in metrics
@@ -466,7 +512,18 @@ def _metric_rows(metrics: dict[str, Any], multiclass: bool = False) -> list[str]
         ("AUROC, mean of each class against the rest", _fmt(metrics.get("macro_auroc")), "")
         if with_normal
         else None,
-        ("Accuracy (top class)", _percent(metrics.get("accuracy")), "") if multiclass else None,
+        (
+            f"Accuracy over {metrics.get('n_classes') or 'the'} classes (most likely class)",
+            _percent(metrics.get("class_accuracy")),
+            "",
+        )
+        if with_normal
+        else ("Accuracy (most likely class)", _percent(metrics.get("accuracy")), "")
+        if multiclass
+        else None,
+        ("Accuracy, any fracture against normal", _percent(metrics.get("accuracy")), "")
+        if with_normal
+        else None,
         ("Area under the precision-recall curve", _fmt(metrics.get("pr_auc")), ""),
         (
             "AUROC on images without orthopaedic hardware",
@@ -476,7 +533,8 @@ def _metric_rows(metrics: dict[str, Any], multiclass: bool = False) -> list[str]
         if "hardware_free_auroc" in metrics
         else None,
         ("Brier score (0 is perfect)", _fmt(metrics.get("brier")), ""),
-        ("Expected calibration error", _percent(metrics.get("ece"), 1), ""),
+        # The one figure of calibration_facts, not the in-sample one beside it.
+        ("Expected calibration error", _percent(ece, 1), "") if ece is not None else None,
     ]
     lines = ["| measure | value | 95% interval |", "| --- | ---: | --- |"]
     for row in rows:
@@ -538,16 +596,9 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
         f"fit, then padded); layers after `{card.get('fine_tune_from')}` were fine-tuned",
         "- Calibration: "
         + (
-            f"{card['calibration']['method']}, temperature "
-            f"{_fmt(card['calibration'].get('temperature', card.get('temperature')))} "
-            "(details below)."
+            f"{calibration_facts(report, card)['method']} (details below)."
             if card.get("calibration")
-            else calibration_sentence(
-                card.get("temperature"),
-                metrics.get("ece_uncalibrated"),
-                metrics.get("ece"),
-                card.get("prior_shift"),
-            )
+            else calibration_sentence(report, card)
         ),
         _precision_line(card),
         (
@@ -571,9 +622,11 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
         )
         lines.append(f"On {metrics['n']:,} validation images{fractured} of the training dataset.")
         lines.append("")
-    lines += _metric_rows(metrics, bool(card.get("multiclass")))
+    lines += _metric_rows(
+        metrics, bool(card.get("multiclass")), calibration_facts(report, card)["ece"]
+    )
     lines += _localiser_lines(card)
-    lines += _heat_map_lines(card)
+    lines += _heat_map_lines(card, report)
     ood = card.get("ood")
     if ood:
         layers = len(ood.get("layers") or [None])

@@ -317,7 +317,9 @@ def _train(
     writer.status(
         "completed",
         phase="done",
-        message=f"Best val AUROC {progress.best_auroc:.3f} at epoch {progress.best_epoch}",
+        # A K-class run's epoch AUROC is the macro average over classes, not any fracture's.
+        message=f"Best val {_epoch_auroc_name(prepared.network.model_config)} "
+        f"{progress.best_auroc:.3f} at epoch {progress.best_epoch}",
         best_epoch=progress.best_epoch,
         best_val_auroc=progress.best_auroc,
         model_dir=str(model_dir),
@@ -325,6 +327,11 @@ def _train(
         replicas=int(prepared.network.strategy.num_replicas_in_sync),
     )
     return model_dir
+
+
+def _epoch_auroc_name(config: ModelConfig) -> str:
+    """What the per-epoch validation AUROC is, in words (see training.validation)."""
+    return "macro AUROC (mean over classes)" if config.is_multiclass else "AUROC"
 
 
 def _start(

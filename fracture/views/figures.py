@@ -274,12 +274,18 @@ def _pixel_axis(values: "pd.Series", min_span: int = 20) -> dict[str, Any]:
     return settings
 
 
-def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> "go.Figure":
-    """Loss and AUROC per epoch for train and val, the head/fine-tune switch marked."""
+def training_curves_figure(
+    history: Sequence[Mapping[str, Any]], auroc_name: str = "AUROC"
+) -> "go.Figure":
+    """Loss and AUROC per epoch for train and val, the head/fine-tune switch marked.
+
+    ``auroc_name`` says which AUROC the epochs measured: a K-class run's is the macro
+    average over its classes (see :mod:`fracture.training.validation`), not any fracture's.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "AUROC"))
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", auroc_name))
     epochs = [row.get("epoch") for row in history]
     for col, metric in ((1, "loss"), (2, "auroc")):
         for split, colour in (("train", COLOUR_TRAIN), ("val", COLOUR_VAL)):
@@ -438,10 +444,15 @@ def pr_figure(report: Mapping[str, Any]) -> "go.Figure":
 
 def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
     """Reliability diagram: observed fracture rate per probability bin, before and after
-    temperature scaling, against the diagonal of perfect calibration."""
+    calibration, against the diagonal of perfect calibration.
+
+    The legend sits below the plot area, never over the curves, and carries no figure:
+    the page states the one calibration error beside the chart
+    (:func:`fracture.model.card.calibration_facts`).
+    """
     import plotly.graph_objects as go
 
-    figure = _figure("Reliability (calibration)", height=360)
+    figure = _figure("Reliability (calibration)", height=420)
     figure.add_trace(
         go.Scatter(
             x=[0, 1],
@@ -452,10 +463,10 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
         )
     )
     curves = (
-        ("reliability", "after temperature scaling", report.get("ece"), COLOUR_VAL),
-        ("reliability_uncalibrated", "before scaling", report.get("ece_uncalibrated"), "#ff7f0e"),
+        ("reliability", "after calibration", COLOUR_VAL),
+        ("reliability_uncalibrated", "before calibration", "#ff7f0e"),
     )
-    for key, name, ece, colour in curves:
+    for key, name, colour in curves:
         curve = report.get(key)
         if not curve:
             continue
@@ -469,13 +480,12 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
         if not points:
             continue
         xs, ys, ns = zip(*points)
-        label = f"{name} (calibration error {100 * ece:.1f}%)" if ece is not None else name
         figure.add_trace(
             go.Scatter(
                 x=xs,
                 y=ys,
                 mode="lines+markers",
-                name=label,
+                name=name,
                 line={"color": colour},
                 customdata=ns,
                 hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>"
@@ -484,7 +494,11 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
         )
     figure.update_xaxes(title="mean predicted probability", range=[0, 1])
     figure.update_yaxes(title="observed fracture frequency", range=[0, 1.02])
-    figure.update_layout(legend={**_LEGEND_BOTTOM_LEFT, "y": 0.98, "yanchor": "top"})
+    # Below the x axis title, outside the plot area, in one row.
+    figure.update_layout(
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.25, "yanchor": "top"},
+        margin={**_FIGURE_MARGIN, "b": 90},
+    )
     return figure
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "compare_metrics",
     "demote_headings",
     "hardware_free_subgroup",
+    "metric_title",
     "same_dataset",
     "format_duration",
     "run_progress",
@@ -135,7 +136,9 @@ def card_headline(card: Mapping[str, Any] | None) -> dict[str, Any]:
 
 _COMPARED = (
     ("auroc", "Area under the ROC curve (AUROC)"),
-    ("accuracy", "Accuracy (most likely class)"),
+    ("macro_auroc", "Macro AUROC (each class against the rest, averaged)"),
+    ("class_accuracy", "Accuracy over the classes (most likely class)"),
+    ("accuracy", "Accuracy, fracture against normal (default operating point)"),
     ("pr_auc", "Area under the precision-recall curve"),
     ("sensitivity", "Sensitivity (default operating point)"),
     ("specificity", "Specificity (default operating point)"),
@@ -143,6 +146,35 @@ _COMPARED = (
     ("brier", "Brier score (lower is better)"),
     ("ece", "Expected calibration error (lower is better)"),
 )
+
+
+def metric_title(key: str, card: Mapping[str, Any], default: str = "") -> str:
+    """What a validation figure of ``card`` is, in words: AUROC and accuracy mean
+    different things for a fracture model and for a K-class one.
+
+    A K-class model with a normal class reports any fracture against normal as
+    ``auroc`` and ``accuracy``; without one, ``auroc`` is the macro average and
+    ``accuracy`` the K-class accuracy (see :func:`fracture.model.card.headline`).
+    """
+    classes = card.get("classes") or []
+    k = len(classes)
+    if not card.get("multiclass"):
+        return {
+            "auroc": "AUROC, fracture against normal",
+            "accuracy": "Accuracy, fracture against normal (default operating point)",
+        }.get(key, default)
+    with_normal = bool(card.get("normal_class"))
+    titles = {
+        "auroc": "AUROC, any fracture against normal"
+        if with_normal
+        else f"Macro AUROC (each of the {k} classes against the rest, averaged)",
+        "macro_auroc": f"Macro AUROC (each of the {k} classes against the rest, averaged)",
+        "class_accuracy": f"Accuracy over {k} classes (most likely class)",
+        "accuracy": "Accuracy, any fracture against normal (default operating point)"
+        if with_normal
+        else f"Accuracy over {k} classes (most likely class)",
+    }
+    return titles.get(key, default)
 
 
 def same_dataset(card: Mapping[str, Any] | None, other: Mapping[str, Any] | None) -> bool:
@@ -172,6 +204,7 @@ def compare_metrics(
     for key, title in _COMPARED:
         if key not in new and key not in old:
             continue
+        title = metric_title(key, candidate or active or {}, title)
         a, b = new.get(key), old.get(key)
         rows.append(
             {
