@@ -140,3 +140,47 @@ def test_viewer_figure_zooms_and_carries_boxes_and_a_fixed_colour_scale():
     assert spec["data"][0]["source"].startswith("data:image/jpeg;base64,")
     # No colour scale when the map is switched off.
     assert len(overlays.viewer_figure(picture).data) == 1
+
+
+def test_the_report_draws_the_where_map_and_every_box_with_its_score():
+    from fracture.views import report
+
+    prediction = _prediction(0.5)
+    entry = report.image_report(prediction, 0.3, "high_sensitivity", thresholds=THRESHOLDS)
+    assert entry.map_view == overlays.WHERE
+    assert [(box.score, box.label) for box in entry.boxes] == [
+        (0.92, "localisation head"),
+        (0.35, "localisation head"),
+    ]
+    header = report.ReportHeader("m", "1")
+    lines = dict(report.report_lines(entry, header))
+    assert lines["Box 1"].startswith("localisation head, score 92%")
+    assert lines["Map"].startswith("Where (localisation)")
+    normal = report.image_report(prediction, 0.7, "high_specificity", thresholds=THRESHOLDS)
+    assert normal.boxes == () and normal.verdict == "normal"
+    why = report.image_report(prediction, 0.3, "x", thresholds=THRESHOLDS, view=overlays.WHY)
+    assert why.map_view == overlays.WHY and why.heatmap.max() == pytest.approx(0.8)
+
+
+def test_the_zip_draws_the_where_map_and_boxes_only_where_labelled_fracture():
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from fracture.views import results
+
+    def picture(threshold: float) -> np.ndarray:
+        data = results.overlay_zip([_prediction(0.5)], 0.45, threshold, thresholds=THRESHOLDS)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            member = archive.read("x_gradcam.png")
+            text = Image.open(io.BytesIO(member)).info.get("Description", "")
+            return np.asarray(Image.open(io.BytesIO(member)).convert("RGB")), text
+
+    boxed, caption = picture(0.3)
+    plain, _ = picture(0.7)
+    assert "Where (localisation)" in caption
+    height, width = _prediction(0.5).image.shape[:2]
+    edge = (round(0.2 * height), slice(round(0.55 * width), round(0.65 * width)))
+    assert (boxed[edge] == 255).all(axis=-1).mean() > 0.5
+    assert (plain[edge] == 255).all(axis=-1).mean() < 0.5

@@ -33,7 +33,6 @@ import plotly.graph_objects as go
 from fracture.inference.gradcam import box_style, draw_region, overlay_heatmap, strongest_region
 from fracture.inference.predictor import Prediction
 from fracture.inference.verdict import FRACTURE
-from fracture.views.display import jpeg
 
 __all__ = [
     "DISPLAY_FLOOR",
@@ -117,11 +116,16 @@ def boxes_at(
 
     With a localisation head: every box it found, best first, with its score. Without
     one: the strongest region of the Grad-CAM map (no score). The style is solid above
-    the high-specificity threshold and dotted below it (:func:`box_style`).
+    the high-specificity threshold and dotted below it (:func:`box_style`, from the
+    model's named ``thresholds``; without them, the prediction's own style).
     """
     if prediction.verdict(threshold).label != FRACTURE:
         return []
-    style = box_style(prediction.probability, dict(thresholds or {}), threshold) or "dotted"
+    if thresholds is None:
+        # The model's named points unknown here: keep the style the prediction was made with.
+        style = prediction.box_style or "dotted"
+    else:
+        style = box_style(prediction.probability, dict(thresholds), threshold) or "dotted"
     if prediction.location_outputs is not None:
         return [MarkedBox(box.coordinates, style, box.score) for box in prediction.location_boxes]
     region = prediction.box
@@ -132,22 +136,28 @@ def boxes_at(
     return [] if region is None else [MarkedBox(region, style)]
 
 
-def draw_boxes(image: np.ndarray, boxes: Sequence[MarkedBox]) -> np.ndarray:
-    """``image`` with every box drawn and its score written above its top-left corner."""
+def draw_boxes(
+    image: np.ndarray, boxes: Sequence[MarkedBox], labels: Sequence[str] | None = None
+) -> np.ndarray:
+    """``image`` with every box drawn and its text written above its top-left corner.
+
+    The text is the box's score (:attr:`MarkedBox.label`) unless ``labels`` gives one per box.
+    """
     shown = image
     height, width = shown.shape[:2]
     scale = max(0.4, max(height, width) / 900)
     thickness = max(1, round(2 * scale))
-    for mark in boxes:
+    for index, mark in enumerate(boxes):
         shown = draw_region(shown, mark.box, mark.style, colour=BOX_COLOUR)
-        if mark.label:
+        text = mark.label if labels is None else labels[index]
+        if text:
             x, y = int(mark.box[0] * width) + 2, int(mark.box[1] * height) - 4
             y = y if y > 14 * scale else int(mark.box[1] * height) + round(16 * scale)
             # A dark outline keeps white text readable on a bright bone.
             for colour, weight in (((0, 0, 0), thickness + 2), (BOX_COLOUR, thickness)):
                 cv2.putText(
                     shown,
-                    mark.label,
+                    text,
                     (x, y),
                     cv2.FONT_HERSHEY_SIMPLEX,
                     scale,
@@ -222,6 +232,9 @@ def viewer_figure(
     at any zoom; ``unit`` (the map's fixed units) adds a colour scale from 0 to 1 in
     the overlay's colours. The picture travels as one JPEG, not as a pixel array.
     """
+    # Here, not at the top: display imports figures, which imports results, which imports this.
+    from fracture.views.display import jpeg
+
     rows, columns = picture.shape[:2]
     source = "data:image/jpeg;base64," + base64.b64encode(jpeg(picture)).decode("ascii")
     figure = go.Figure(go.Image(source=source, hoverinfo="skip"))
