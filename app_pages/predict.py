@@ -17,7 +17,7 @@ from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
 from fracture.io.dicom import looks_like_dicom
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.views import display, figures, report, results
+from fracture.views import display, figures, overlays, report, results
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
@@ -143,6 +143,78 @@ def image_pair(
     original.image(display.jpeg(image), caption=name, width="stretch")
 
 
+@st.fragment
+def viewer(name: str, prediction: Prediction, *, allow_boxes: bool = True) -> None:
+    """The zoomable viewer: the "Where" or "Why" map, the boxes, brightness and contrast.
+
+    A fragment: every switch and slider redraws only this (nothing is scored again),
+    and window/level change the shown pixels, never the network's input.
+    """
+    views = overlays.views_of(prediction)
+    key = f"{served.key}_{name}"
+    view = views[0]
+    if len(views) > 1:
+        view = (
+            st.segmented_control(
+                "Map",
+                views,
+                default=views[0],
+                format_func=overlays.VIEW_NAMES.__getitem__,
+                key=f"view_{key}",
+                help="Where: the localisation head's probability of a fracture centre, trained on "
+                "the radiologists' boxes. Why: the Grad-CAM evidence that raised the fracture score.",
+            )
+            or views[0]
+        )
+    with st.container(horizontal=True, vertical_alignment="center"):
+        show_map = st.toggle("Map", value=True, key=f"map_{key}")
+        show_boxes = allow_boxes and st.toggle("Boxes", value=True, key=f"boxes_{key}")
+        with st.popover("Brightness and contrast", icon=":material/contrast:"):
+            level = st.slider("Level (brightness)", 0.0, 1.0, 0.5, 0.05, key=f"level_{key}")
+            window = st.slider("Window (contrast)", 0.05, 1.0, 1.0, 0.05, key=f"window_{key}")
+            alpha = st.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
+    thresholds = served.config.thresholds
+    picture = overlays.overlay_for(
+        prediction,
+        view,
+        threshold,
+        thresholds,
+        alpha=alpha,
+        show_map=show_map,
+        show_boxes=False,
+        window=window,
+        level=level,
+    )
+    if picture is None:
+        return
+    heat = overlays.map_for(prediction, view) if show_map else None
+    marks = overlays.boxes_at(prediction, threshold, thresholds) if show_boxes else []
+    st.plotly_chart(
+        overlays.viewer_figure(
+            picture, marks, unit=overlays.map_unit(view) if heat is not None else None
+        ),
+        key=f"viewer_{key}",
+        config=overlays.VIEWER_CONFIG,
+    )
+    notes = [f"{name}: {overlays.VIEW_NAMES[view]}, on one fixed scale from 0 to 1 for every image"]
+    if marks:
+        style = "solid" if marks[0].style == "solid" else "dotted"
+        notes.append(
+            f"{len(marks)} box(es) with the localisation score beside each; {style}: "
+            + (
+                "above the high-specificity threshold"
+                if style == "solid"
+                else "labelled fracture below the high-specificity threshold"
+            )
+        )
+    st.caption("; ".join(notes) + ". Drag to pan, scroll or pinch to zoom, double-tap to reset.")
+    if overlays.map_is_empty(heat):
+        st.caption(
+            f"No evidence above the display floor ({overlays.DISPLAY_FLOOR:.0%} of the scale): "
+            "the map is empty for this image."
+        )
+
+
 def report_header() -> report.ReportHeader:
     """Which model made the results, for the reports (the date is the moment of download)."""
     return report.ReportHeader(served.config.name or "", str(served.config.version or ""))
@@ -152,7 +224,9 @@ def report_downloads(upload: UploadedFile, prediction: Prediction) -> None:
     """This result as a report to keep (PDF) or to paste into a chat (PNG); built on click."""
     if threshold is None:
         return
-    entry = report.image_report(prediction, threshold, op_name, name=upload.name)
+    entry = report.image_report(
+        prediction, threshold, op_name, name=upload.name, thresholds=served.config.thresholds
+    )
     left, right = st.columns(2)
     left.download_button(
         "Report (PDF)",
@@ -190,12 +264,8 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             "about a fracture in this image.",
         ):
             # No strongest-region box: it would read as a finding.
-            image_pair(
-                upload.name,
-                prediction.image,
-                prediction.heatmap,
-                caption="Grad-CAM of an image the model cannot judge",
-            )
+            # No boxes: they would read as a finding.
+            viewer(upload.name, prediction, allow_boxes=False)
         else:
             st.columns(2)[0].image(
                 display.jpeg(prediction.image), caption=upload.name, width="stretch"
@@ -241,13 +311,7 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
         if prediction.class_probabilities is not None:
             show_classes(upload, prediction)
         else:
-            image_pair(
-                upload.name,
-                prediction.image,
-                prediction.heatmap,
-                prediction.box,
-                prediction.box_style,
-            )
+            viewer(upload.name, prediction)
         st.plotly_chart(
             display.probability_gauge(probability, threshold),
             key=f"gauge_{upload.file_id}",
@@ -521,6 +585,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
             threshold,
             model_name=model.name or "",
             model_version=str(model.version or ""),
+            thresholds=model.thresholds,
         )
 
     downloads[0].download_button(
@@ -532,9 +597,9 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         icon=":material/download:",
     )
     downloads[1].download_button(
-        "Download Grad-CAM overlays (ZIP)",
+        "Download overlays with boxes (ZIP)",
         overlay_archive,
-        file_name="fracture_gradcam.zip",
+        file_name="fracture_overlays.zip",
         mime="application/zip",
         on_click="ignore",
         icon=":material/folder_zip:",
@@ -546,7 +611,9 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         sources = [upload.getvalue() for upload in uploads]
         names = [upload.name for upload in uploads]
         entries = (
-            report.image_report(prediction, batch_threshold, batch_point, name=name)
+            report.image_report(
+                prediction, batch_threshold, batch_point, name=name, thresholds=model.thresholds
+            )
             for name, prediction in zip(
                 names, batch_predictor.iter_predict(sources, names=names, with_cam=True)
             )

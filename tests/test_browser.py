@@ -316,7 +316,7 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     assert rows[0].endswith(",model_name,model_version,operating_point")
     assert any(row.startswith("broken.png,") and ",error," in row for row in rows)
     with page.expect_download(timeout=MODEL_READY_MS) as zip_download:
-        page.get_by_role("button", name="Download Grad-CAM overlays (ZIP)").click()
+        page.get_by_role("button", name="Download overlays with boxes (ZIP)").click()
     with zipfile.ZipFile(zip_download.value.path()) as archive:
         names = set(archive.namelist())
         overlay = Image.open(io.BytesIO(archive.read("second_gradcam.png")))
