@@ -15,9 +15,9 @@ from streamlit.typing import UploadedFile
 from app_pages import _common as common
 from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
-from fracture.io.dicom import looks_like_dicom
+from fracture.io.dicom import looks_like_dicom, study_instance_uid
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.views import display, figures, overlays, report, results
+from fracture.views import display, figures, overlays, report, results, studies
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
@@ -480,6 +480,45 @@ def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) ->
     show_result(uploads[position], cam_prediction(uploads[position]))
 
 
+def study_of(upload: UploadedFile, root: str | None) -> str | None:
+    """The upload's study: its DICOM StudyInstanceUID, else its sub-folder in folder mode."""
+    known = st.session_state.setdefault("study_of_upload", {})
+    if upload.file_id not in known:
+        uid = study_instance_uid(upload.getbuffer()) if _is_dicom(upload) else None
+        known[upload.file_id] = studies.study_name(uid) if uid else None
+    if known[upload.file_id] is None and mode == "Folder":
+        return studies.folder_of(upload.name, root)
+    return known[upload.file_id]
+
+
+def study_table(uploads: Sequence[UploadedFile], predictions: Sequence[Prediction]) -> None:
+    """Views of one study as one row: its finding from its assessed views (as the DICOM node)."""
+    names = [upload.name for upload in uploads]
+    root = studies.common_root(names)
+    rows = studies.study_rows(
+        predictions, names, [study_of(upload, root) for upload in uploads], threshold
+    )
+    if not rows:
+        return
+    st.subheader("Studies")
+    st.caption(
+        "Views of one study (the same DICOM study, or the same sub-folder) read together: a "
+        "study is as suspicious as its most suspicious view the model could judge. Views it "
+        "cannot judge are excluded and listed."
+    )
+    st.dataframe(
+        studies.studies_frame(rows),
+        hide_index=True,
+        width="stretch",
+        key="study_table",
+        column_config={
+            "probability": st.column_config.TextColumn("fracture probability", width="small"),
+            "views": st.column_config.TextColumn("views assessed", width="medium"),
+            "excluded": st.column_config.TextColumn("excluded views", width="medium"),
+        },
+    )
+
+
 def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     """Summary, histogram, table, downloads, and the selected image."""
     if threshold is None:
@@ -554,6 +593,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
             "error": st.column_config.TextColumn("problem", width="medium"),
         },
     )
+
+    study_table(uploads, predictions)
 
     downloads = st.columns(3)
     model = served.config
