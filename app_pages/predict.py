@@ -17,7 +17,8 @@ from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
 from fracture.io.dicom import looks_like_dicom, study_instance_uid
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.views import display, figures, overlays, report, results, studies
+from fracture.model.folder import ModelFolder
+from fracture.views import context, display, figures, overlays, report, results, studies
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
@@ -215,6 +216,26 @@ def viewer(name: str, prediction: Prediction, *, allow_boxes: bool = True) -> No
         )
 
 
+def result_context(prediction: Prediction) -> None:
+    """Validation sensitivity and specificity at the chosen point, and the region's figure."""
+    reports = st.session_state.setdefault("evaluation_reports", {})
+    if served.key not in reports:
+        reports[served.key] = ModelFolder(served.directory).read_evaluation()
+    found = context.result_context(
+        reports[served.key],
+        op_name,
+        prediction.body_region,
+        results.body_region_text(prediction),
+        has_region_head=prediction.body_region_probability is not None,
+    )
+    if found is not None:
+        st.caption(
+            " ".join(line for line in (found.rates, found.region, found.note) if line),
+            help="From the model's evaluation on its validation split; the intervals are "
+            "95% Wilson intervals of the counts behind each rate.",
+        )
+
+
 def report_header() -> report.ReportHeader:
     """Which model made the results, for the reports (the date is the moment of download)."""
     return report.ReportHeader(served.config.name or "", str(served.config.version or ""))
@@ -308,6 +329,7 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
                 help="Named by the model's region head (hand, leg, hip, shoulder or several "
                 "regions), only when it is at least 50% sure.",
             )
+        result_context(prediction)
         if prediction.class_probabilities is not None:
             show_classes(upload, prediction)
         else:
