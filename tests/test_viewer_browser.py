@@ -11,10 +11,10 @@ from test_browser import (  # noqa: F401 - the server and page fixtures, shared
     ARTIFACTS,
     MODEL_READY_MS,
     _charts_rendered,
-    _generated_png,
     _idle,
     _no_exception,
     _shown_result,
+    _upload,
     page,
     server,
 )
@@ -32,17 +32,15 @@ _PICTURE = """() => {
 
 
 def test_zoom_changes_the_range_and_window_level_leaves_the_probability(server, page):  # noqa: F811
-    url, _, _, _ = server
+    url, data, _, _ = server
     page.set_viewport_size({"width": 1400, "height": 2400})
     page.goto(url, timeout=MODEL_READY_MS)
     uploader = page.locator("[data-testid='stFileUploaderDropzoneInput']")
     uploader.wait_for(state="attached", timeout=MODEL_READY_MS)
-    uploader.set_input_files(
-        [{"name": "viewer.png", "mimeType": "image/png", "buffer": _generated_png(9)}]
-    )
+    uploader.set_input_files([_upload(data)])  # a real radiograph where ../shared has one
     probability = _shown_result(page)
     if probability == "Not assessed":
-        pytest.skip("the generated image was flagged: this model shows no viewer for it by default")
+        pytest.skip("the image was flagged: the model shows no map for it by default")
     _charts_rendered(page, 2)
     _idle(page)
 
