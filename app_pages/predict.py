@@ -192,22 +192,16 @@ def viewer(name: str, prediction: Prediction, *, allow_boxes: bool = True) -> No
     marks = overlays.boxes_at(prediction, threshold, thresholds) if show_boxes else []
     st.plotly_chart(
         overlays.viewer_figure(
-            picture, marks, unit=overlays.map_unit(view) if heat is not None else None
+            picture, marks, unit=overlays.scale_title(view) if heat is not None else None
         ),
         key=f"viewer_{key}",
         config=overlays.VIEWER_CONFIG,
     )
-    notes = [f"{name}: {overlays.VIEW_NAMES[view]}, on one fixed scale from 0 to 1 for every image"]
+    notes = [f"{name}: {overlays.VIEW_NAMES[view]}, {overlays.map_unit(view)}, from 0 to 1"]
     if marks:
-        style = "solid" if marks[0].style == "solid" else "dotted"
-        notes.append(
-            f"{len(marks)} box(es) with the localisation score beside each; {style}: "
-            + (
-                "above the high-specificity threshold"
-                if style == "solid"
-                else "labelled fracture below the high-specificity threshold"
-            )
-        )
+        scored = " with its score" if marks[0].score is not None else ""
+        above = "high-specificity" if marks[0].style == "solid" else "chosen"
+        notes.append(f"{len(marks)} box(es){scored}, {marks[0].style}: above the {above} threshold")
     st.caption("; ".join(notes) + ". Drag to pan, scroll or pinch to zoom, double-tap to reset.")
     if overlays.map_is_empty(heat):
         st.caption(

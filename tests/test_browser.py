@@ -295,7 +295,7 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     if _shown_result(page) != "Not assessed":
         _charts_rendered(page, 2)  # the viewer (radiograph and its map) and the gauge
         assert page.get_by_text(
-            re.compile(r"(Where \(localisation\)|Why \(Grad-CAM\)), on one")
+            re.compile(r"(Where \(localisation\)|Why \(Grad-CAM\)), .* from 0 to 1")
         ).first.is_visible()
     _idle(page)
     _no_exception(page)

@@ -40,7 +40,7 @@ def _rate(hits: int, n: int) -> str:
     if rate["rate"] is None:
         return "not measured"
     low, high = rate["ci"]
-    return f"{rate['rate']:.0%} (95% interval {low:.0%} to {high:.0%}; {hits} of {n})"
+    return f"{rate['rate']:.0%} ({low:.0%}-{high:.0%}, {hits} of {n})"
 
 
 def result_context(
@@ -65,8 +65,8 @@ def result_context(
     counts = point["confusion"]
     tp, fn, tn, fp = (int(counts[key]) for key in ("tp", "fn", "tn", "fp"))
     rates = (
-        f"On validation at this operating point, all regions: sensitivity "
-        f"{_rate(tp, tp + fn)}, specificity {_rate(tn, tn + fp)}."
+        f"Validation at this operating point, all regions: sensitivity "
+        f"{_rate(tp, tp + fn)}, specificity {_rate(tn, tn + fp)} (95% intervals)."
     )
     regions = (report.get("subgroups") or {}).get("region") or {}
     entry = regions.get(region) if region else None
@@ -86,7 +86,7 @@ def result_context(
         )
     else:
         ci = entry.get("auroc_ci")
-        interval = f" (95% interval {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""
+        interval = f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""
         line = (
             f"Validation images labelled {name}: AUROC {entry['auroc']:.2f}{interval}, "
             f"{n} images, {positives} with a fracture."
@@ -94,6 +94,5 @@ def result_context(
     return ResultContext(
         rates,
         line,
-        "Sensitivity and specificity per region are not in this model's evaluation: "
-        "the rates above are overall.",
+        "The evaluation holds no rates per region, so the rates are overall.",
     )

@@ -45,6 +45,7 @@ __all__ = [
     "map_for",
     "map_is_empty",
     "map_unit",
+    "scale_title",
     "overlay_for",
     "VIEWER_CONFIG",
     "viewer_figure",
@@ -80,10 +81,15 @@ def views_of(prediction: Prediction) -> list[str]:
 
 
 def map_unit(view: str) -> str:
-    """The map's fixed units, in words, for its colour scale."""
+    """The map's fixed units, in words (captions and downloads)."""
     if view == WHERE:
         return "probability of a fracture centre"
     return "Grad-CAM evidence for fracture (model's fixed scale)"
+
+
+def scale_title(view: str) -> str:
+    """The map's units in a word or two: the on-screen colour scale's title (a phone is narrow)."""
+    return "centre probability" if view == WHERE else "evidence"
 
 
 def map_for(
