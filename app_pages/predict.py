@@ -15,9 +15,10 @@ from streamlit.typing import UploadedFile
 from app_pages import _common as common
 from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
-from fracture.io.dicom import looks_like_dicom
+from fracture.io.dicom import looks_like_dicom, study_instance_uid
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
-from fracture.views import display, figures, report, results
+from fracture.model.folder import ModelFolder
+from fracture.views import context, display, figures, overlays, report, results, studies
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
@@ -143,6 +144,92 @@ def image_pair(
     original.image(display.jpeg(image), caption=name, width="stretch")
 
 
+@st.fragment
+def viewer(name: str, prediction: Prediction, *, allow_boxes: bool = True) -> None:
+    """The zoomable viewer: the "Where" or "Why" map, the boxes, brightness and contrast.
+
+    A fragment: every switch and slider redraws only this (nothing is scored again),
+    and window/level change the shown pixels, never the network's input.
+    """
+    views = overlays.views_of(prediction)
+    key = f"{served.key}_{name}"
+    view = views[0]
+    if len(views) > 1:
+        view = (
+            st.segmented_control(
+                "Map",
+                views,
+                default=views[0],
+                format_func=overlays.VIEW_NAMES.__getitem__,
+                key=f"view_{key}",
+                help="Where: the localisation head's probability of a fracture centre, trained on "
+                "the radiologists' boxes. Why: the Grad-CAM evidence that raised the fracture score.",
+            )
+            or views[0]
+        )
+    with st.container(horizontal=True, vertical_alignment="center"):
+        show_map = st.toggle("Map", value=True, key=f"map_{key}")
+        show_boxes = allow_boxes and st.toggle("Boxes", value=True, key=f"boxes_{key}")
+        with st.popover("Brightness and contrast", icon=":material/contrast:"):
+            level = st.slider("Level (brightness)", 0.0, 1.0, 0.5, 0.05, key=f"level_{key}")
+            window = st.slider("Window (contrast)", 0.05, 1.0, 1.0, 0.05, key=f"window_{key}")
+            alpha = st.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
+    thresholds = served.config.thresholds
+    picture = overlays.overlay_for(
+        prediction,
+        view,
+        threshold,
+        thresholds,
+        alpha=alpha,
+        show_map=show_map,
+        show_boxes=False,
+        window=window,
+        level=level,
+    )
+    if picture is None:
+        return
+    heat = overlays.map_for(prediction, view) if show_map else None
+    marks = overlays.boxes_at(prediction, threshold, thresholds) if show_boxes else []
+    st.plotly_chart(
+        overlays.viewer_figure(
+            picture, marks, unit=overlays.scale_title(view) if heat is not None else None
+        ),
+        key=f"viewer_{key}",
+        config=overlays.VIEWER_CONFIG,
+    )
+    notes = [f"{name}: {overlays.VIEW_NAMES[view]}, {overlays.map_unit(view)}, from 0 to 1"]
+    if marks:
+        scored = " with its score" if marks[0].score is not None else ""
+        above = "high-specificity" if marks[0].style == "solid" else "chosen"
+        notes.append(f"{len(marks)} box(es){scored}, {marks[0].style}: above the {above} threshold")
+    st.caption("; ".join(notes) + ". Drag to pan, scroll or pinch to zoom, double-tap to reset.")
+    if overlays.map_is_empty(heat):
+        st.caption(
+            f"No evidence above the display floor ({overlays.DISPLAY_FLOOR:.0%} of the scale): "
+            "the map is empty for this image."
+        )
+
+
+def result_context(prediction: Prediction) -> None:
+    """Validation sensitivity and specificity at the chosen point, and the region's figure."""
+    reports = st.session_state.setdefault("evaluation_reports", {})
+    if served.key not in reports:
+        reports[served.key] = ModelFolder(served.directory).read_evaluation()
+    found = context.result_context(
+        reports[served.key],
+        op_name,
+        prediction.body_region,
+        results.body_region_text(prediction),
+        has_region_head=prediction.body_region_probability is not None,
+    )
+    if found is not None:
+        st.caption(
+            " ".join(line for line in (found.rates, found.region, found.note) if line),
+            help="From the model's evaluation on its validation split; the intervals are "
+            "95% Wilson intervals of the counts behind each rate.",
+        )
+
+
 def report_header() -> report.ReportHeader:
     """Which model made the results, for the reports (the date is the moment of download)."""
     return report.ReportHeader(served.config.name or "", str(served.config.version or ""))
@@ -152,7 +239,9 @@ def report_downloads(upload: UploadedFile, prediction: Prediction) -> None:
     """This result as a report to keep (PDF) or to paste into a chat (PNG); built on click."""
     if threshold is None:
         return
-    entry = report.image_report(prediction, threshold, op_name, name=upload.name)
+    entry = report.image_report(
+        prediction, threshold, op_name, name=upload.name, thresholds=served.config.thresholds
+    )
     left, right = st.columns(2)
     left.download_button(
         "Report (PDF)",
@@ -190,12 +279,8 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
             "about a fracture in this image.",
         ):
             # No strongest-region box: it would read as a finding.
-            image_pair(
-                upload.name,
-                prediction.image,
-                prediction.heatmap,
-                caption="Grad-CAM of an image the model cannot judge",
-            )
+            # No boxes: they would read as a finding.
+            viewer(upload.name, prediction, allow_boxes=False)
         else:
             st.columns(2)[0].image(
                 display.jpeg(prediction.image), caption=upload.name, width="stretch"
@@ -238,16 +323,11 @@ def show_result(upload: UploadedFile, prediction: Prediction) -> None:
                 help="Named by the model's region head (hand, leg, hip, shoulder or several "
                 "regions), only when it is at least 50% sure.",
             )
+        result_context(prediction)
         if prediction.class_probabilities is not None:
             show_classes(upload, prediction)
         else:
-            image_pair(
-                upload.name,
-                prediction.image,
-                prediction.heatmap,
-                prediction.box,
-                prediction.box_style,
-            )
+            viewer(upload.name, prediction)
         st.plotly_chart(
             display.probability_gauge(probability, threshold),
             key=f"gauge_{upload.file_id}",
@@ -416,6 +496,45 @@ def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) ->
     show_result(uploads[position], cam_prediction(uploads[position]))
 
 
+def study_of(upload: UploadedFile, root: str | None) -> str | None:
+    """The upload's study: its DICOM StudyInstanceUID, else its sub-folder in folder mode."""
+    known = st.session_state.setdefault("study_of_upload", {})
+    if upload.file_id not in known:
+        uid = study_instance_uid(upload.getbuffer()) if _is_dicom(upload) else None
+        known[upload.file_id] = studies.study_name(uid) if uid else None
+    if known[upload.file_id] is None and mode == "Folder":
+        return studies.folder_of(upload.name, root)
+    return known[upload.file_id]
+
+
+def study_table(uploads: Sequence[UploadedFile], predictions: Sequence[Prediction]) -> None:
+    """Views of one study as one row: its finding from its assessed views (as the DICOM node)."""
+    names = [upload.name for upload in uploads]
+    root = studies.common_root(names)
+    rows = studies.study_rows(
+        predictions, names, [study_of(upload, root) for upload in uploads], threshold
+    )
+    if not rows:
+        return
+    st.subheader("Studies")
+    st.caption(
+        "Views of one study (the same DICOM study, or the same sub-folder) read together: a "
+        "study is as suspicious as its most suspicious view the model could judge. Views it "
+        "cannot judge are excluded and listed."
+    )
+    st.dataframe(
+        studies.studies_frame(rows),
+        hide_index=True,
+        width="stretch",
+        key="study_table",
+        column_config={
+            "probability": st.column_config.TextColumn("fracture probability", width="small"),
+            "views": st.column_config.TextColumn("views assessed", width="medium"),
+            "excluded": st.column_config.TextColumn("excluded views", width="medium"),
+        },
+    )
+
+
 def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     """Summary, histogram, table, downloads, and the selected image."""
     if threshold is None:
@@ -491,6 +610,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         },
     )
 
+    study_table(uploads, predictions)
+
     downloads = st.columns(3)
     model = served.config
     alpha = float(st.session_state.get(ALPHA_KEY, 0.45))
@@ -521,6 +642,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
             threshold,
             model_name=model.name or "",
             model_version=str(model.version or ""),
+            thresholds=model.thresholds,
         )
 
     downloads[0].download_button(
@@ -532,9 +654,9 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         icon=":material/download:",
     )
     downloads[1].download_button(
-        "Download Grad-CAM overlays (ZIP)",
+        "Download overlays with boxes (ZIP)",
         overlay_archive,
-        file_name="fracture_gradcam.zip",
+        file_name="fracture_overlays.zip",
         mime="application/zip",
         on_click="ignore",
         icon=":material/folder_zip:",
@@ -546,7 +668,9 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         sources = [upload.getvalue() for upload in uploads]
         names = [upload.name for upload in uploads]
         entries = (
-            report.image_report(prediction, batch_threshold, batch_point, name=name)
+            report.image_report(
+                prediction, batch_threshold, batch_point, name=name, thresholds=model.thresholds
+            )
             for name, prediction in zip(
                 names, batch_predictor.iter_predict(sources, names=names, with_cam=True)
             )

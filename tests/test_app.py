@@ -7,6 +7,7 @@ a copy of the tiny model, and weight resolution is patched.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -213,9 +214,9 @@ def test_predict_one_upload_shows_probability_and_overlay(app_env):
     assert probability.value in ("< 1%", "> 99%") or (
         probability.value.endswith("%") and 1 <= int(probability.value[:-1]) <= 99
     )
-    captions = [image.caption for image in at.get("imgs")] if at.get("imgs") else []
-    assert len(at.image) >= 2 or len(captions) >= 2  # original and Grad-CAM overlay
-    assert len(_plotly_charts(at)) == 1  # the gauge
+    charts = [json.loads(chart.proto.spec) for chart in _plotly_charts(at)]
+    assert len(charts) == 2  # the viewer (image with its map) and the gauge
+    assert charts[0]["data"][0]["source"].startswith("data:image/jpeg;base64,")
 
     reports = {button.proto.label: button.proto for button in at.get("download_button")}
     assert set(reports) == {"Report (PDF)", "Report (PNG, for chat)"}
@@ -257,7 +258,7 @@ def test_predict_batch_with_broken_files_lists_error_rows(app_env):
     # the batch's CSV, ZIP and PDF report, then the shown image's own reports
     assert labels == [
         "Download results (CSV)",
-        "Download Grad-CAM overlays (ZIP)",
+        "Download overlays with boxes (ZIP)",
         "Report of every image (PDF)",
         "Report (PDF)",
         "Report (PNG, for chat)",
@@ -355,7 +356,9 @@ def test_predict_out_of_distribution_upload_is_not_assessed(app_env, monkeypatch
     at.toggle(key=next(k for k in at.session_state if str(k).startswith("show_anyway_"))).set_value(
         True
     ).run()
-    assert len(at.image) == 2  # the heat map, shown on request
+    # The map, shown on request in the viewer, without any box: a box would read as a finding.
+    (viewer,) = [json.loads(chart.proto.spec) for chart in _plotly_charts(at)]
+    assert not viewer["layout"].get("shapes")
 
 
 def test_predict_batch_counts_out_of_distribution_as_not_assessed(app_env, monkeypatch):

@@ -293,9 +293,10 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
 
     uploader.set_input_files([_upload(data)])
     if _shown_result(page) != "Not assessed":
-        _images_loaded(page, 2)  # the radiograph and its Grad-CAM overlay
-        assert page.get_by_text("Grad-CAM evidence for fracture").first.is_visible()
-        _charts_rendered(page, 1)  # the probability gauge
+        _charts_rendered(page, 2)  # the viewer (radiograph and its map) and the gauge
+        assert page.get_by_text(
+            re.compile(r"(Where \(localisation\)|Why \(Grad-CAM\)), .* from 0 to 1")
+        ).first.is_visible()
     _idle(page)
     _no_exception(page)
     page.screenshot(path=ARTIFACTS / "browser-predict-1400.png", full_page=True)
@@ -316,13 +317,13 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     assert rows[0].endswith(",model_name,model_version,operating_point")
     assert any(row.startswith("broken.png,") and ",error," in row for row in rows)
     with page.expect_download(timeout=MODEL_READY_MS) as zip_download:
-        page.get_by_role("button", name="Download Grad-CAM overlays (ZIP)").click()
+        page.get_by_role("button", name="Download overlays with boxes (ZIP)").click()
     with zipfile.ZipFile(zip_download.value.path()) as archive:
         names = set(archive.namelist())
         overlay = Image.open(io.BytesIO(archive.read("second_gradcam.png")))
     assert {"second_gradcam.png", "errors.txt"} <= names and len(names) == 3
     assert overlay.width > 320 and overlay.height > 384  # colour bar and caption added
-    _images_loaded(page, 1)
+    _charts_rendered(page, 2)
     page.screenshot(path=ARTIFACTS / "browser-predict-batch-1400.png", full_page=True)
     _visit_pages(page, 1400)
 
@@ -338,14 +339,12 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     _idle(page)
     _no_exception(page)
     if verdict != "Not assessed":
-        _images_loaded(page, 2)
+        _charts_rendered(page, 2)
+        charts = page.locator("[data-testid='stPlotlyChart']")
         top_of = {
-            name: page.locator(selector).first.bounding_box()["y"]
-            for name, selector in (
-                ("probability", "[data-testid='stMetric']"),
-                ("overlay", "[data-testid='stImage']"),
-                ("gauge", "[data-testid='stPlotlyChart']"),
-            )
+            "probability": page.locator("[data-testid='stMetric']").first.bounding_box()["y"],
+            "overlay": charts.nth(0).bounding_box()["y"],  # the viewer
+            "gauge": charts.nth(1).bounding_box()["y"],
         }
         assert top_of["probability"] < top_of["overlay"] < top_of["gauge"], top_of
     page.screenshot(path=ARTIFACTS / "browser-predict-390.png", full_page=True)

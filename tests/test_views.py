@@ -11,7 +11,17 @@ import pytest
 from PIL import Image
 
 from fracture.inference.predictor import CSV_COLUMNS, Prediction
-from fracture.views import browse, figures, learn, report, results, summaries
+from fracture.views import (
+    browse,
+    context,
+    figures,
+    learn,
+    overlays,
+    report,
+    results,
+    studies,
+    summaries,
+)
 
 from conftest import radiograph_like, write_png
 
@@ -26,7 +36,9 @@ def _failed(name: str) -> Prediction:
     return Prediction(source=name, status="error", error=f"{name}: is empty (0 bytes)")
 
 
-@pytest.mark.parametrize("module", [browse, figures, learn, report, results, summaries])
+@pytest.mark.parametrize(
+    "module", [browse, context, figures, learn, overlays, report, results, studies, summaries]
+)
 def test_module_does_not_import_streamlit(module):
     # The core must stay importable and testable without a script runner.
     assert "streamlit" not in module.__dict__

@@ -14,7 +14,13 @@ from pydicom.dataset import Dataset
 
 from fracture.errors import InvalidImageError
 
-__all__ = ["check_pixel_data_length", "first_value", "looks_like_bare_dicom", "looks_like_dicom"]
+__all__ = [
+    "check_pixel_data_length",
+    "first_value",
+    "looks_like_bare_dicom",
+    "looks_like_dicom",
+    "study_instance_uid",
+]
 
 # Part 10 files: a 128-byte preamble, then this marker (PS3.10 7.1).
 DICOM_MAGIC_OFFSET = 128
@@ -91,3 +97,28 @@ def first_value(value: object) -> object:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return value[0] if len(value) else None
     return value
+
+
+def study_instance_uid(data: bytes | bytearray | memoryview) -> str | None:
+    """The StudyInstanceUID of a DICOM file's bytes, or None (not DICOM, unreadable, absent).
+
+    Reads the header only (stops before the pixel data): the Predict page groups
+    uploaded views into studies by it.
+    """
+    import io
+
+    import pydicom
+
+    if not looks_like_dicom(data):
+        return None
+    try:
+        dataset = pydicom.dcmread(
+            io.BytesIO(bytes(data)),
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["StudyInstanceUID"],
+        )
+    except Exception:  # noqa: BLE001 - any unreadable header just means "no study"
+        return None
+    value = first_value(dataset.get("StudyInstanceUID", None))
+    return str(value).strip() or None if value else None

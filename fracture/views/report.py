@@ -1,39 +1,49 @@
 """Reports to keep or share: one image as PDF or PNG, or a whole batch as one PDF.
 
 A result that leaves the dashboard must carry what it needs to be read
-honestly: the image with the heat map and the boxes, the probability with the
+honestly: the image with its map and the boxes, the probability with the
 label *and* the operating point that made the label, the body region, the
 model's name and version, the date, and the disclaimer. The PDF is for a file
 or a printer, the PNG for a chat tool, where a PDF does not preview.
 
 PDFs are made with fpdf2 (a maintained library, not hand-written PDF) in its
 core Helvetica, whose Latin-1 alphabet the text is reduced to. Boxes are a
-list, each with an optional score and label, so a localisation head that finds
-several regions per image reports them all; today's predictions give one, the
-strongest region of the Grad-CAM map (:func:`boxes_of`).
+list, each with an optional score and label: a localisation head's boxes at the
+operating point of the report, each with its score, over the head's "Where" map;
+for a model without the head, the strongest region of the Grad-CAM map
+(:func:`boxes_of`, :mod:`fracture.views.overlays`).
 """
 
 from __future__ import annotations
 
 import io
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import cv2
 import numpy as np
 
-from fracture.inference.gradcam import draw_region, overlay_heatmap
+from fracture.inference.gradcam import overlay_heatmap
 from fracture.inference.predictor import Prediction
 from fracture.views.display import fit_for_display, jpeg
+from fracture.views.overlays import (
+    VIEW_NAMES,
+    WHY,
+    MarkedBox,
+    boxes_at,
+    draw_boxes,
+    map_for,
+    map_unit,
+    views_of,
+)
 from fracture.views.results import (
     NOT_ASSESSED,
     NOT_ASSESSED_REASON,
     body_region_text,
     format_probability,
     format_threshold,
-    is_assessed,
     overlay_member_name,
     verdict,
     with_colour_bar,
@@ -67,6 +77,7 @@ REPORT_MAX_SIDE = 1200
 # The PNG is at least this wide, so its text stays readable in a chat preview.
 PNG_MIN_WIDTH = 720
 _BOX_COLOUR = (255, 255, 255)
+_STRONGEST = "strongest region of the heat map"
 _STYLE_WORDS = {
     "solid": "solid: above the high-specificity threshold",
     "dotted": "dotted: above the high-sensitivity threshold",
@@ -80,7 +91,7 @@ class ReportBox:
     box: Box  # normalised x0, y0, x1, y1
     style: str = "solid"  # "solid" or "dotted"
     score: float | None = None  # e.g. a localisation head's probability for this box
-    label: str = "strongest region of the heat map"
+    label: str = _STRONGEST
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ class ImageReport:
     boxes: tuple[ReportBox, ...] = ()
     body_region: str | None = None
     cautions: tuple[str, ...] = ()  # e.g. metal in the image; listed under the result
+    map_view: str = WHY  # which map ``heatmap`` is (fracture.views.overlays.WHERE or WHY)
     error: str | None = None
 
 
@@ -115,11 +127,28 @@ def report_file_name(source: str, suffix: str) -> str:
     return member.removesuffix("_gradcam.png") + f"_report.{suffix}"
 
 
-def boxes_of(prediction: Prediction) -> tuple[ReportBox, ...]:
-    """The boxes a prediction draws: its strongest region when assessed and above a threshold."""
-    if not is_assessed(prediction) or prediction.box is None or prediction.box_style is None:
+def _assessed(prediction: Prediction, threshold: float | None) -> bool:
+    # At the report's own threshold: a prediction made without one is still judged.
+    return prediction.probability is not None and prediction.verdict(threshold).assessed
+
+
+def boxes_of(
+    prediction: Prediction,
+    threshold: float | None = None,
+    thresholds: Mapping[str, float] | None = None,
+) -> tuple[ReportBox, ...]:
+    """The boxes a prediction draws at ``threshold``: none unless labelled fracture there.
+
+    Every box of a localisation head with its score, or the strongest region of the
+    Grad-CAM map for a model without one (:func:`fracture.views.overlays.boxes_at`).
+    """
+    if not _assessed(prediction, threshold):
         return ()
-    return (ReportBox(prediction.box, prediction.box_style),)
+    label = "localisation head" if prediction.location_outputs is not None else _STRONGEST
+    return tuple(
+        ReportBox(mark.box, mark.style, mark.score, label)
+        for mark in boxes_at(prediction, threshold, thresholds)
+    )
 
 
 def image_report(
@@ -130,10 +159,18 @@ def image_report(
     name: str | None = None,
     boxes: Sequence[ReportBox] | None = None,
     cautions: Sequence[str] = (),
+    thresholds: Mapping[str, float] | None = None,
+    view: str | None = None,
 ) -> ImageReport:
-    """The report of one prediction; ``boxes`` replaces the strongest-region box when given."""
-    assessed = is_assessed(prediction)
-    image, heatmap = prediction.image, prediction.heatmap
+    """The report of one prediction at ``threshold``; ``boxes`` replaces its own when given.
+
+    ``view`` picks the map (:mod:`fracture.views.overlays`): by default "where" (the
+    localisation head's) when the model has one, else "why" (Grad-CAM). ``thresholds``
+    (the model's named points) decides the boxes' style.
+    """
+    assessed = _assessed(prediction, threshold)
+    shown_view = view if view in views_of(prediction) else views_of(prediction)[0]
+    image, heatmap = prediction.image, map_for(prediction, shown_view)
     if image is not None:
         image, heatmap = fit_for_display(image, heatmap, REPORT_MAX_SIDE)
     return ImageReport(
@@ -145,7 +182,8 @@ def image_report(
         image=image,
         # No heat on an image the model cannot judge: it would read as a finding.
         heatmap=heatmap if assessed else None,
-        boxes=tuple(boxes_of(prediction) if boxes is None else boxes),
+        boxes=tuple(boxes_of(prediction, threshold, thresholds) if boxes is None else boxes),
+        map_view=shown_view,
         body_region=body_region_text(prediction),
         cautions=tuple(cautions),
         error=None if prediction.ok else (prediction.error or "could not be scored"),
@@ -153,28 +191,19 @@ def image_report(
 
 
 def report_image(report: ImageReport) -> np.ndarray | None:
-    """The image with the heat map, every box (numbered when several) and the colour bar."""
+    """The image with the map, every box (numbered when several, with its score) and the colour bar."""
     if report.image is None:
         return None
     shown = report.image
     if report.heatmap is not None:
         shown = overlay_heatmap(shown, report.heatmap, REPORT_ALPHA)
-    height, width = shown.shape[:2]
-    for number, mark in enumerate(report.boxes, start=1):
-        shown = draw_region(shown, mark.box, mark.style, colour=_BOX_COLOUR)
-        if len(report.boxes) > 1:
-            scale = max(0.5, max(height, width) / 900)
-            origin = (int(mark.box[0] * width) + 4, max(int(mark.box[1] * height) - 6, 16))
-            cv2.putText(
-                shown,
-                str(number),
-                origin,
-                cv2.FONT_HERSHEY_SIMPLEX,
-                scale,
-                _BOX_COLOUR,
-                max(1, round(2 * scale)),
-                cv2.LINE_AA,
-            )
+    marks = [MarkedBox(mark.box, mark.style, mark.score) for mark in report.boxes]
+    several = len(marks) > 1
+    labels = [
+        " ".join(part for part in (str(number) if several else "", mark.label) if part)
+        for number, mark in enumerate(marks, start=1)
+    ]
+    shown = draw_boxes(shown, marks, labels)
     if report.heatmap is not None:
         shown, _ = with_colour_bar(shown)
     return shown
@@ -219,9 +248,9 @@ def report_lines(report: ImageReport, header: ReportHeader) -> list[tuple[str, s
     if report.heatmap is not None:
         lines.append(
             (
-                "Heat map",
-                "Grad-CAM evidence for fracture, on one fixed scale for every image "
-                "(colour bar: low to high)",
+                "Map",
+                f"{VIEW_NAMES[report.map_view]}: {map_unit(report.map_view)}, on one fixed "
+                "scale from 0 to 1 for every image (colour bar: low to high)",
             )
         )
     lines += [

@@ -20,7 +20,7 @@ import io
 import math
 import re
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,17 @@ from fracture.inference.verdict import (
 )
 from fracture.inference.verdict import NOT_ASSESSED as CSV_NOT_ASSESSED
 from fracture.model.folder import ModelConfig
+from fracture.views.overlays import (
+    VIEW_NAMES,
+    WHERE,
+    WHY,
+    MarkedBox,
+    boxes_at,
+    draw_boxes,
+    map_for,
+    map_unit,
+    views_of,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -493,17 +504,16 @@ def annotated_overlay(
     heatmap: np.ndarray,
     alpha: float,
     caption: str | Sequence[str],
-    box: Any = None,
-    style: str | None = None,
+    boxes: Sequence[MarkedBox] = (),
 ) -> np.ndarray:
-    """The Grad-CAM overlay with a caption strip below it and a colour bar on its right.
+    """The map's overlay with its boxes (and their scores), a caption strip below and a colour bar.
 
     A downloaded overlay travels without the page: the strip says what the
     model concluded (one line per item of ``caption``) and the bar says what the
     colours mean.
     """
     lines = [caption] if isinstance(caption, str) else list(caption)
-    overlay = overlay_heatmap(image, heatmap, alpha, box=box, style=style)
+    overlay = draw_boxes(overlay_heatmap(image, heatmap, alpha), boxes)
     body, unit = with_colour_bar(overlay)
     scale = unit / 30
     thickness = max(1, round(unit / 12))
@@ -538,8 +548,14 @@ def overlay_zip(
     *,
     model_name: str = "",
     model_version: str = "",
+    thresholds: Mapping[str, float] | None = None,
+    view: str = WHERE,
 ) -> bytes:
-    """A ZIP of captioned Grad-CAM overlay PNGs, built one image at a time.
+    """A ZIP of captioned overlay PNGs, built one image at a time.
+
+    Each overlay shows ``view``'s map (:mod:`fracture.views.overlays`): by default the
+    localisation head's "Where" map with every box it drew at ``threshold`` and their
+    scores, or the Grad-CAM "Why" map for a model without the head.
 
     ``predictions`` is typically ``Predictor.iter_predict(..., with_cam=True)``:
     it is consumed lazily, so a large batch never holds every decoded image in
@@ -555,7 +571,9 @@ def overlay_zip(
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         # PNG is already deflated; storing avoids compressing twice for nothing.
         for prediction in predictions:
-            if not prediction.ok or prediction.image is None or prediction.heatmap is None:
+            shown_view = view if view in views_of(prediction) else WHY
+            heat = map_for(prediction, shown_view) if prediction.image is not None else None
+            if not prediction.ok or prediction.image is None or heat is None:
                 reason = prediction.error or "no heat map"
                 # Error messages usually start with the file's name already.
                 problems.append(
@@ -568,14 +586,17 @@ def overlay_zip(
                 counter += 1
                 name = base.replace("_gradcam.png", f"_{counter}_gradcam.png")
             used.add(name)
-            caption = [banner, _overlay_caption(prediction, threshold)]
+            caption = [
+                banner,
+                _overlay_caption(prediction, threshold),
+                f"{VIEW_NAMES[shown_view]}: {map_unit(shown_view)}, 0 to 1",
+            ]
             overlay = annotated_overlay(
                 prediction.image,
-                prediction.heatmap,
+                heat,
                 alpha,
                 caption,
-                box=prediction.box if is_assessed(prediction) else None,
-                style=prediction.box_style,
+                boxes=boxes_at(prediction, threshold, thresholds),
             )
             archive.writestr(name, encode_png(overlay, description="\n".join(caption)))
         if problems:
