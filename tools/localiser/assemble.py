@@ -43,8 +43,11 @@ def main(model: Path, data: Path, head: Path, name: str | None) -> None:
 
     predictor = load_predictor(model)
     fractured = [r for r in load_dataset(data).split("val") if r.label == 1]
-    evidence = [p.evidence for p in predictor.predict([r.path for r in fractured], with_cam=True)
-                if p.ok and p.evidence is not None]
+    evidence = [
+        p.evidence
+        for p in predictor.predict([r.path for r in fractured], with_cam=True)
+        if p.ok and p.evidence is not None
+    ]
     scale = evidence_scale(np.stack(evidence), np.ones(len(evidence), int))
     config, card = folder.read()
     folder.rewrite_config(replace(config, evidence_scale=scale), card)
@@ -76,9 +79,26 @@ def main(model: Path, data: Path, head: Path, name: str | None) -> None:
         localisation=report["localisation"],
         val_metrics=headline(stored),
     )
-    print(json.dumps({"name": name, "version": version, "evidence_scale": scale,
-                      "localiser": {k: located[k] for k in ("ap50", "pointing_game", "energy_inside_boxes", "false_boxes_per_normal")}},
-                     indent=1, default=str))
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "version": version,
+                "evidence_scale": scale,
+                "localiser": {
+                    k: located[k]
+                    for k in (
+                        "ap50",
+                        "pointing_game",
+                        "energy_inside_boxes",
+                        "false_boxes_per_normal",
+                    )
+                },
+            },
+            indent=1,
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":
