@@ -225,6 +225,7 @@ def trained_env(tmp_path_factory, fake_imagenet_weights):
     yield from _environment(base, fake_imagenet_weights)
 
 
+@pytest.mark.slow
 def test_a_trained_k_class_run_shows_per_class_results_on_the_model_page(trained_env):
     at = _open("app_pages/model.py")
     texts = _texts(at)
