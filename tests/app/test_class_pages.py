@@ -21,7 +21,7 @@ from app_helpers import png_bytes
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180
 CLASSES = ["comminuted", "normal", "transverse"]
 

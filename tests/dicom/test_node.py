@@ -2,7 +2,7 @@
 
 The node runs on a free localhost port with the tiny test model; a pynetdicom
 SCU plays the PACS. The end-to-end test against a real Orthanc is in
-test_dicom_orthanc.py.
+dicom/test_orthanc.py.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def test_export_parity_on_validation_radiographs(shared_fracatlas, shared_weight
     from fracture.io.images import load_image
     from fracture.model.folder import load_model
 
-    model_dir = Path(__file__).resolve().parents[1] / "models" / "default"
+    model_dir = Path(__file__).resolve().parents[2] / "models" / "default"
     loaded = load_model(model_dir, shared_weights)
     files = sorted((shared_fracatlas / "val" / "fractured").glob("*.jpg"))[:8]
     files += sorted((shared_fracatlas / "val" / "normal").glob("*.jpg"))[:8]

@@ -13,7 +13,7 @@ from fracture.dicom.scoring import score_instances
 from fracture.dicom.spool import Spool
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "inbox secret"
 
 
