@@ -100,6 +100,22 @@ def tiny_model_dir(tmp_path_factory, fake_imagenet_weights: Path) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir: Path, fake_imagenet_weights: Path):
+    """The tiny model loaded once for the whole session: every test that only reads it shares it."""
+    from fracture.model.folder import load_model
+
+    return load_model(tiny_model_dir, fake_imagenet_weights)
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_loaded):
+    """One Predictor over the tiny model (batches of 4); tests that change it use monkeypatch."""
+    from fracture.inference.predictor import Predictor
+
+    return Predictor(tiny_loaded, batch_size=4)
+
+
 @pytest.fixture
 def use_fake_weights(monkeypatch, fake_imagenet_weights: Path):
     """Make weight resolution return the fake weights (no verification: they are not ImageNet)."""

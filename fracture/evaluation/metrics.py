@@ -5,13 +5,14 @@ Pure numpy / scipy / scikit-learn, so that it is cheap to import and to test;
 functions, and the dashboard plots the dictionary that
 :func:`evaluation_report` returns.
 
-The intended order, all fitted on the validation split and applied unchanged
-to the test split, is::
-
-    T = fit_temperature(val_logits, val_labels)                  # Guo et al. 2017
-    ops = choose_thresholds(calibrated_probability(val_logits, T), val_labels)
-    report = evaluation_report(test_labels, test_logits, T, ops, regions=..., hardware=...)
-    print(format_report(report))
+Calibration (temperature scaling, the expected calibration error) lives in
+:mod:`fracture.evaluation.calibration`, the input checks in
+:mod:`fracture.evaluation.checks` and the plain-text report in
+:mod:`fracture.evaluation.formatting`; their public names are re-exported here.
+The order, all fitted on the validation split and applied unchanged to the test
+split, is: calibrate (:func:`fracture.evaluation.operating_points.calibrate`),
+choose the operating points on the calibrated val probabilities
+(:func:`choose_thresholds`), then :func:`evaluation_report` on test.
 
 References
 ----------
@@ -35,14 +36,11 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -51,6 +49,27 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from fracture.evaluation.calibration import (
+    TEMPERATURE_BOUNDS,
+    calibrated_probability,
+    expected_calibration_error,
+    fit_temperature,
+)
+from fracture.evaluation.checks import (
+    CLASS_NAMES,
+    _as_finite,
+    _as_labels,
+    _as_probabilities,
+    _check_both_classes,
+    _check_same_length,
+    _n_bootstrap,
+    _real,
+    _seed,
+    _temperature,
+    _threshold,
+)
+from fracture.evaluation.formatting import format_report
 
 __all__ = [
     "fit_temperature",
@@ -71,124 +90,13 @@ __all__ = [
     "TEMPERATURE_BOUNDS",
 ]
 
-# Label order everywhere (confusion matrices included): 0 = normal, 1 = fracture.
-CLASS_NAMES = ("normal", "fracture")
 # Key under which cases with no group value (None / NaN) are reported.
 MISSING_GROUP = "(missing)"
 # ROC and PR curves can have one point per distinct score; a few hundred
 # points draw the same picture and keep the report JSON small.
 MAX_CURVE_POINTS = 200
-# A fitted temperature outside this range means the logits are degenerate
-# (e.g. a separable validation set drives T towards 0), not miscalibrated.
-TEMPERATURE_BOUNDS = (0.05, 20.0)
 REPORT_SCHEMA_VERSION = 1
 _CI_LEVEL = 0.95
-
-
-# --------------------------------------------------------------------------
-# Input validation
-# --------------------------------------------------------------------------
-
-
-def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty")
-    return array
-
-
-def _as_labels(labels: ArrayLike, name: str = "labels") -> np.ndarray:
-    array = _as_1d(labels, name)
-    if array.dtype == bool:
-        return array.astype(np.int64)
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{name} must be 0 (normal) / 1 (fracture), got dtype {array.dtype}")
-    bad = ~np.isin(array, (0, 1))  # NaN is caught here too: it is neither 0 nor 1
-    if bad.any():
-        example = array[bad][0]
-        raise ValueError(
-            f"{name} must be 0 (normal) / 1 (fracture); found {example!r} "
-            f"({int(bad.sum())} invalid value(s))"
-        )
-    return array.astype(np.int64)
-
-
-def _as_finite(values: ArrayLike, name: str) -> np.ndarray:
-    array = _as_1d(values, name)
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        count = int((~np.isfinite(array)).sum())
-        raise ValueError(f"{name} contains {count} NaN or infinite value(s)")
-    return array
-
-
-def _as_probabilities(values: ArrayLike, name: str = "probabilities") -> np.ndarray:
-    array = _as_finite(values, name)
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise ValueError(
-            f"{name} must lie in [0, 1], got range [{array.min():.6g}, {array.max():.6g}]; "
-            "pass logits through calibrated_probability first"
-        )
-    return array
-
-
-def _check_same_length(**arrays: Sized) -> None:
-    lengths = {name: len(array) for name, array in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        described = ", ".join(f"{name}={length}" for name, length in lengths.items())
-        raise ValueError(f"Inputs must have the same length, got {described}")
-
-
-def _check_both_classes(labels: np.ndarray, purpose: str) -> None:
-    n_positive = int(labels.sum())
-    if n_positive == 0 or n_positive == labels.size:
-        only = CLASS_NAMES[int(labels[0])]
-        raise ValueError(
-            f"{purpose} needs both normal and fracture cases, but all {labels.size} "
-            f"labels are {only!r}"
-        )
-
-
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
-
-
-def _temperature(value: Any) -> float:
-    temperature = _real(value, "temperature")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return temperature
-
-
-def _threshold(value: Any, name: str = "threshold") -> float:
-    threshold = _real(value, name)
-    # Probabilities live in [0, 1]; a threshold outside it is almost always a
-    # unit mistake (a percentage, or a logit) rather than a deliberate choice.
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {threshold}")
-    return threshold
-
-
-def _n_bootstrap(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _seed(value: Any) -> int:
-    # None would draw fresh OS entropy: a report that cannot be reproduced.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------
@@ -213,133 +121,6 @@ def _thin(length: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
     if length <= max_points:
         return np.arange(length)
     return np.unique(np.round(np.linspace(0, length - 1, max_points)).astype(np.int64))
-
-
-# --------------------------------------------------------------------------
-# Calibration
-# --------------------------------------------------------------------------
-
-
-def _mean_nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    # -log sigmoid(s * z / T) with s = +1 for fractures, -1 for normals;
-    # logaddexp(0, -x) = log(1 + e^-x) never overflows, unlike log(sigmoid(x)).
-    signs = 2.0 * labels - 1.0
-    return float(np.mean(np.logaddexp(0.0, -signs * logits / temperature)))
-
-
-def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
-    """Fit the temperature ``T > 0`` that minimises the binary NLL of ``sigmoid(logits / T)``.
-
-    Temperature scaling (Guo et al., ICML 2017) is the one-parameter Platt
-    scaling that fixes the over-confidence of fine-tuned deep networks without
-    moving any decision boundary: dividing every logit by the same ``T`` keeps
-    the ranking, so AUROC is unchanged, while probabilities become honest.
-    Fit it on the validation split, never on test.
-
-    The search runs over ``log T`` (bounded to :data:`TEMPERATURE_BOUNDS`) so
-    that shrinking and stretching by the same factor are equally easy to find;
-    the NLL is convex in ``1/T`` and therefore unimodal in ``log T``, which is
-    what Brent's bounded method needs to find the global minimum.
-
-    Raises ``ValueError`` for empty, mismatched or non-finite inputs and when
-    the labels hold a single class (the NLL then falls for ever as T -> 0 or
-    infinity). Warns when the optimum sits at a bound, which usually means a
-    separable (too small or leaked) validation set.
-    """
-    logits = _as_finite(logits, "logits")
-    labels = _as_labels(labels)
-    _check_same_length(logits=logits, labels=labels)
-    _check_both_classes(labels, "fit_temperature")
-
-    low, high = (math.log(bound) for bound in TEMPERATURE_BOUNDS)
-    result = minimize_scalar(
-        lambda log_t: _mean_nll(logits, labels, math.exp(log_t)),
-        bounds=(low, high),
-        method="bounded",
-        options={"xatol": 1e-6},
-    )
-    if not result.success:  # pragma: no cover - bounded Brent does not fail on a smooth 1-D loss
-        raise RuntimeError(f"Temperature fit did not converge: {result.message}")
-    temperature = math.exp(float(result.x))
-    if min(result.x - low, high - result.x) < 1e-3:
-        warnings.warn(
-            f"Fitted temperature {temperature:.3g} is at the search bound "
-            f"{TEMPERATURE_BOUNDS}; the validation logits are probably separable "
-            "or degenerate, so the calibration is not trustworthy",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return temperature
-
-
-def calibrated_probability(logits: ArrayLike, temperature: float) -> np.ndarray:
-    """Fracture probability ``sigmoid(logits / temperature)``, any input shape.
-
-    ``scipy.special.expit`` is exact in both tails (no overflow warning for
-    large negative logits, no rounding of small probabilities to 0 sooner than
-    float64 must), which matters for NLL and for thresholds chosen near 0 or 1.
-    """
-    temperature = _temperature(temperature)
-    array = np.asarray(logits, dtype=np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError("logits contain NaN or infinite values")
-    return expit(array / temperature)
-
-
-def expected_calibration_error(
-    labels: ArrayLike, probabilities: ArrayLike, n_bins: int = 10
-) -> tuple[float, dict]:
-    """Expected calibration error over equal-width bins, and the reliability curve.
-
-    ``ECE = sum_b (n_b / N) * |acc_b - conf_b|`` (Naeini et al., AAAI 2015;
-    the form used by Guo et al. 2017), where ``acc_b`` is the observed fracture
-    frequency and ``conf_b`` the mean predicted probability in bin ``b``.
-    Bins are those of ``sklearn.calibration.calibration_curve(strategy="uniform")``:
-    ``[0, 1/n]``, ``(1/n, 2/n]``, ..., ``((n-1)/n, 1]``.
-
-    The reliability dict has one entry per bin (empty bins included, as
-    ``None``) so the dashboard can draw bars against fixed edges:
-    ``bin_edges`` (n_bins + 1), ``mean_predicted``, ``observed_frequency``,
-    ``counts``, ``n_bins``.
-    """
-    labels = _as_labels(labels)
-    probabilities = _as_probabilities(probabilities)
-    _check_same_length(labels=labels, probabilities=probabilities)
-    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    n_bins = int(n_bins)
-
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # calibration_curve returns means for non-empty bins only and no counts;
-    # the counts come from the very same bin rule (searchsorted on the inner
-    # edges), so the two line up bin for bin.
-    bin_ids = np.searchsorted(edges[1:-1], probabilities)
-    counts = np.bincount(bin_ids, minlength=n_bins)
-    observed, predicted = calibration_curve(
-        labels, probabilities, n_bins=n_bins, strategy="uniform"
-    )
-    occupied = counts > 0
-    own_predicted = np.bincount(bin_ids, weights=probabilities, minlength=n_bins)[occupied]
-    if observed.size != occupied.sum() or not np.allclose(
-        predicted, own_predicted / counts[occupied]
-    ):  # pragma: no cover - guards against scikit-learn changing its bin rule
-        raise RuntimeError("calibration_curve binning no longer matches the ECE counts")
-
-    weights = counts[occupied] / labels.size
-    ece = float(np.sum(weights * np.abs(observed - predicted)))
-    mean_predicted: list[float | None] = [None] * n_bins
-    observed_frequency: list[float | None] = [None] * n_bins
-    for index, conf, acc in zip(np.flatnonzero(occupied), predicted, observed):
-        mean_predicted[index] = float(conf)
-        observed_frequency[index] = float(acc)
-    reliability = {
-        "n_bins": n_bins,
-        "bin_edges": [float(edge) for edge in edges],
-        "mean_predicted": mean_predicted,
-        "observed_frequency": observed_frequency,
-        "counts": [int(count) for count in counts],
-    }
-    return ece, reliability
 
 
 # --------------------------------------------------------------------------
@@ -955,107 +736,3 @@ def probability_report(
     if pointing is not None:
         report["pointing_game"] = dict(pointing)
     return report
-
-
-# --------------------------------------------------------------------------
-# Terminal output
-# --------------------------------------------------------------------------
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _fmt_ci(ci: Sequence[float] | None) -> str:
-    return "" if not ci else f"[95% CI {_fmt(ci[0])}-{_fmt(ci[1])}]"
-
-
-def _confusion_table(confusion: Mapping[str, int]) -> list[str]:
-    cells = [str(confusion[key]) for key in ("tn", "fp", "fn", "tp")]
-    width = max(len("fracture"), *(len(cell) for cell in cells))
-    corner = "true \\ pred"
-    rule = "+" + "-" * 15 + ("+" + "-" * (width + 2)) * 2 + "+"
-    return [
-        rule,
-        f"| {corner:<13} | {'normal':>{width}} | {'fracture':>{width}} |",
-        rule,
-        f"| {'normal':<13} | {cells[0]:>{width}} | {cells[1]:>{width}} |",
-        f"| {'fracture':<13} | {cells[2]:>{width}} | {cells[3]:>{width}} |",
-        rule,
-    ]
-
-
-def _subgroup_line(label: str, entry: Mapping[str, Any]) -> str:
-    return (
-        f"  {label:<24} n={entry['n']:>5}  fractures={entry['n_positive']:>4}  "
-        f"AUROC {_fmt(entry.get('auroc'))} {_fmt_ci(entry.get('auroc_ci'))}".rstrip()
-    )
-
-
-def format_report(report: Mapping[str, Any]) -> str:
-    """A plain-text summary of :func:`evaluation_report` (or :func:`binary_report`) output.
-
-    AUROC with its bootstrap interval, PR-AUC, Brier and ECE (before and after
-    temperature scaling when known), one line per operating point, the
-    confusion matrix at the main operating point as a 2x2 table, subgroup
-    AUROCs and the pointing game when present. ASCII only, so it survives any
-    terminal or log file.
-    """
-    lines = [
-        f"Cases: {report['n']}  (fractures {report['n_positive']}, "
-        f"prevalence {_fmt(report.get('prevalence'))})",
-        f"AUROC        {_fmt(report.get('auroc'))} {_fmt_ci(report.get('auroc_ci'))}".rstrip(),
-        f"PR-AUC       {_fmt(report.get('pr_auc'))}",
-    ]
-    brier = f"Brier        {_fmt(report.get('brier'))}"
-    ece = f"ECE          {_fmt(report.get('ece'))}"
-    if "brier_uncalibrated" in report:
-        brier += f"  (before temperature scaling {_fmt(report['brier_uncalibrated'])})"
-    if "ece_uncalibrated" in report:
-        ece += f"  (before temperature scaling {_fmt(report['ece_uncalibrated'])})"
-    lines += [brier, ece]
-    if "temperature" in report:
-        lines.append(f"Temperature  {_fmt(report['temperature'])}")
-
-    main_name = report.get("operating_point", "threshold")
-    points = report.get("operating_points") or {main_name: report}
-    header = ("Operating point", "threshold", "sens", "spec", "PPV", "NPV")
-    lines += ["", f"{header[0]:<20} {header[1]:>9}" + "".join(f" {h:>6}" for h in header[2:])]
-    for name, point in points.items():
-        marker = " *" if name == main_name and len(points) > 1 else ""
-        lines.append(
-            f"{name + marker:<20} {_fmt(point['threshold'], 4):>9} {_fmt(point['sensitivity']):>6} "
-            f"{_fmt(point['specificity']):>6} {_fmt(point.get('ppv')):>6} "
-            f"{_fmt(point.get('npv')):>6}"
-        )
-    if len(points) > 1:
-        lines.append("(* main operating point)")
-    lines += ["", f"Confusion matrix at {main_name} (threshold {_fmt(report['threshold'], 4)}):"]
-    lines += _confusion_table(report["confusion"])
-
-    subgroups = report.get("subgroups") or {}
-    if subgroups:
-        lines += ["", "Subgroups:"]
-        for group, entry in (subgroups.get("region") or {}).items():
-            lines.append(_subgroup_line(f"region {group}", entry))
-        if "hardware_free" in subgroups:
-            lines.append(_subgroup_line("without hardware", subgroups["hardware_free"]))
-    pointing = report.get("pointing_game")
-    if pointing:
-        lines += [
-            "",
-            f"Pointing game: {pointing['hits']}/{pointing['n']} hits, "
-            f"score {_fmt(pointing['score'])}",
-        ]
-    located = report.get("localisation")
-    if located and located["pointing_game"]["n"]:
-        tolerant, drawn = located["pointing_game_tolerant"], located["drawn_box_hit_rate"]
-        lines += [
-            f"Pointing game within {tolerant['tolerance']:.0%} of the side: "
-            f"{tolerant['hits']}/{tolerant['n']} hits, score {_fmt(tolerant['rate'])} "
-            f"{_fmt_ci(tolerant['ci'])}",
-            f"Heat-map energy inside the boxes: {_fmt(located['energy_inside_boxes'])}",
-            f"Drawn box hits a true box (IoU >= {drawn['min_iou']}): "
-            f"{drawn['hits']}/{drawn['n']}, rate {_fmt(drawn['rate'])} {_fmt_ci(drawn['ci'])}",
-        ]
-    return "\n".join(lines)

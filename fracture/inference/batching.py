@@ -38,7 +38,7 @@ from typing import Generic, TypeVar
 
 from fracture.config import Settings
 from fracture.errors import FractureError
-from fracture.inference.predictor import Prediction, Predictor, Source, _Prepared
+from fracture.inference.predictor import Prediction, Predictor, Prepared, Source
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -239,7 +239,7 @@ def _fail(batch: Sequence[_Request], error: Exception) -> None:
 
 @dataclass
 class _Job:
-    prepared: _Prepared
+    prepared: Prepared
     with_cam: bool
 
 
@@ -283,7 +283,7 @@ class SharedPredictor:
         if len(names) != len(sources):
             raise ValueError(f"{len(names)} names for {len(sources)} sources")
         prepared = [
-            self.predictor._prepare_one(index, source, name, keep_image=with_cam)
+            self.predictor.prepare(index, source, name, keep_image=with_cam)
             for index, (source, name) in enumerate(zip(sources, names))
         ]
         futures: list[Future[Prediction] | None] = []
@@ -306,7 +306,7 @@ class SharedPredictor:
         # One network call for the batch; with a heat map if any request wants one.
         with_cam = any(job.with_cam for job in jobs)
         batch = [dataclasses.replace(job.prepared, index=index) for index, job in enumerate(jobs)]
-        predictions = list(self.predictor._score(batch, with_cam))
+        predictions = list(self.predictor.score(batch, with_cam))
         # A request that asked for no heat map gets none, whoever it shared the batch with.
         return [
             prediction
@@ -316,7 +316,7 @@ class SharedPredictor:
         ]
 
 
-def _collect(item: _Prepared, future: Future[Prediction] | None) -> Prediction:
+def _collect(item: Prepared, future: Future[Prediction] | None) -> Prediction:
     if future is None:
         return Prediction(source=item.name, status="error", error=item.error)
     try:

@@ -20,7 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -53,6 +53,8 @@ from fracture.model.localiser import Localiser
 __all__ = [
     "Prediction",
     "Predictor",
+    "Prepared",
+    "SupportsPredict",
     "load_predictor",
     "with_class_map",
     "csv_columns",
@@ -272,8 +274,34 @@ class Prediction:
         return row
 
 
+class SupportsPredict(Protocol):
+    """What every predictor offers its callers: the CLI, the pages, the DICOM node, the bench.
+
+    :class:`Predictor` (one caller at a time, or threads each with their own
+    batches) and :class:`~fracture.inference.batching.SharedPredictor` (many
+    threads sharing network batches) both satisfy it, so code that only
+    predicts takes either.
+    """
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def predict(
+        self,
+        sources: Sequence[Source],
+        *,
+        names: Sequence[str] | None = None,
+        with_cam: bool = False,
+    ) -> list[Prediction]: ...
+
+
 @dataclass
-class _Prepared:
+class Prepared:
+    """One source decoded and letterboxed (or its error), ready for :meth:`Predictor.score`."""
+
     index: int
     name: str
     network_input: np.ndarray | None
@@ -389,30 +417,30 @@ class Predictor:
         )
         if len(names) != len(sources):
             raise ValueError(f"{len(names)} names for {len(sources)} sources")
-        batch: list[_Prepared] = []
+        batch: list[Prepared] = []
         for prepared in self._prepare_all(sources, names, keep_image=with_cam):
             batch.append(prepared)
             if len(batch) == self.batch_size:
-                yield from self._score(batch, with_cam)
+                yield from self.score(batch, with_cam)
                 batch = []
         if batch:
-            yield from self._score(batch, with_cam)
+            yield from self.score(batch, with_cam)
 
     def _prepare_all(
         self, sources: Sequence[Source], names: Sequence[str], keep_image: bool
-    ) -> Iterator[_Prepared]:
+    ) -> Iterator[Prepared]:
         """Decode and letterbox in tf.data's parallel map, overlapping with inference."""
         if len(sources) <= 1:
             for index, (source, name) in enumerate(zip(sources, names)):
-                yield self._prepare_one(index, source, name, keep_image)
+                yield self.prepare(index, source, name, keep_image)
             return
         import tensorflow as tf
 
-        prepared: dict[int, _Prepared] = {}
+        prepared: dict[int, Prepared] = {}
 
         def decode(index: np.ndarray) -> np.int64:
             i = int(index)
-            prepared[i] = self._prepare_one(i, sources[i], names[i], keep_image)
+            prepared[i] = self.prepare(i, sources[i], names[i], keep_image)
             return np.int64(i)
 
         # The Python objects travel in a side table keyed by index; tf.data only
@@ -437,7 +465,8 @@ class Predictor:
         for index in pipeline.as_numpy_iterator():
             yield prepared.pop(int(index))
 
-    def _prepare_one(self, index: int, source: Source, name: str, keep_image: bool) -> _Prepared:
+    def prepare(self, index: int, source: Source, name: str, keep_image: bool) -> Prepared:
+        """Decode and letterbox one source; a bad one comes back with its error, never raises."""
         try:
             # Messages name the file, not its folders (the CSV row has the full path).
             label = Path(name).name if isinstance(source, (str, os.PathLike)) else name
@@ -446,11 +475,11 @@ class Predictor:
                 _check_array(image, name)
             network_input, geometry = letterbox(image, self.config.image_size)
         except InvalidImageError as error:
-            return _Prepared(index, name, None, None, None, str(error))
+            return Prepared(index, name, None, None, None, str(error))
         except Exception:  # noqa: BLE001 - a batch never dies for one file
             # load_image turns every decoding problem into InvalidImageError; this is
             # the network input step failing, said without an exception's name.
-            return _Prepared(
+            return Prepared(
                 index,
                 name,
                 None,
@@ -458,9 +487,10 @@ class Predictor:
                 None,
                 f"{name}: could not be prepared for the model (the decoded image is not usable)",
             )
-        return _Prepared(index, name, network_input, geometry, image if keep_image else None, None)
+        return Prepared(index, name, network_input, geometry, image if keep_image else None, None)
 
-    def _score(self, batch: list[_Prepared], with_cam: bool) -> Iterator[Prediction]:
+    def score(self, batch: list[Prepared], with_cam: bool) -> Iterator[Prediction]:
+        """Run the network once over ``batch`` and yield its predictions in batch order."""
         good = [p for p in batch if p.error is None]
         results: dict[int, Prediction] = {}
         if good:

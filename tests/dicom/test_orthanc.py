@@ -43,7 +43,7 @@ pytestmark = [
         not orthanc_available(), reason="needs Orthanc and dcmtk (.ci/run installs them)"
     ),
 ]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs the real CLI with weight resolution pointed at the test's fake weights.
 LAUNCHER = """

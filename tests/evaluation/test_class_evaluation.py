@@ -307,8 +307,8 @@ def test_evaluate_reports_study_level_figures_on_a_mura_folder(
 
 
 def test_evaluate_reports_per_class_figures_for_a_k_class_model(tmp_path):
+    from inference.test_class_inference import CLASSES, _phantom, _phantom_model
     from PIL import Image
-    from test_class_inference import CLASSES, _phantom, _phantom_model
 
     from fracture.evaluation.evaluate import evaluate_model, format_evaluation
     from fracture.inference.predictor import Predictor

@@ -190,6 +190,7 @@ TINY = TrainConfig(
 )
 
 
+@pytest.mark.slow
 def test_three_odd_classes_train_save_reload_and_predict_three_probabilities(
     tmp_path, use_fake_weights
 ):

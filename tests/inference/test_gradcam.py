@@ -8,15 +8,10 @@ import pytest
 from fracture.inference.engine import InferenceEngine, inference_network
 from fracture.inference.gradcam import heatmap_to_image, overlay_heatmap
 from fracture.inference.preprocess import letterbox
-from fracture.model.folder import ModelConfig, load_model
+from fracture.model.folder import ModelConfig
 from fracture.model.network import CAM_LAYER, build_classifier, fold_batchnorm
 
 from conftest import TINY_SIZE
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir, fake_imagenet_weights):
-    return load_model(tiny_model_dir, fake_imagenet_weights)
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -42,30 +37,34 @@ def _reference_cam(model, image: np.ndarray) -> np.ndarray:
     return np.maximum((features * grads.sum(axis=(0, 1))).sum(-1), 0)
 
 
-def test_cams_are_the_class_activation_map_in_logit_units(loaded):
+def test_cams_are_the_class_activation_map_in_logit_units(tiny_loaded):
     import keras
 
-    engine = InferenceEngine(loaded.model, batch_size=4)
+    engine = InferenceEngine(tiny_loaded.model, batch_size=4)
     images = _images(3)
     out = engine.run(images, with_cam=True)
     assert out.cams.shape == (3, 2, 2)  # 64 px / 32
     assert out.pooled.shape == (3, 2048)
     # For GAP + one dense unit, Grad-CAM is relu(w . A) (Zhou et al. 2016), not rescaled.
-    features = keras.Model(loaded.model.input, loaded.model.get_layer(CAM_LAYER).output)(images)
-    kernel = loaded.model.get_layer("logit").get_weights()[0][:, 0]
+    features = keras.Model(tiny_loaded.model.input, tiny_loaded.model.get_layer(CAM_LAYER).output)(
+        images
+    )
+    kernel = tiny_loaded.model.get_layer("logit").get_weights()[0][:, 0]
     expected = np.maximum(np.asarray(features) @ kernel, 0)
     np.testing.assert_allclose(out.cams, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
-def test_engine_pools_the_early_layer_the_ood_gate_reads(loaded):
+def test_engine_pools_the_early_layer_the_ood_gate_reads(tiny_loaded):
     """conv4_block6_out averaged over its grid, with or without the heat map, beside the head's."""
     import keras
 
     from fracture.model.network import EARLY_FEATURE_LAYER, POOL_LAYER
 
-    engine = InferenceEngine(loaded.model, batch_size=4)
+    engine = InferenceEngine(tiny_loaded.model, batch_size=4)
     images = _images(3)
-    stage4 = keras.Model(loaded.model.input, loaded.model.get_layer(EARLY_FEATURE_LAYER).output)
+    stage4 = keras.Model(
+        tiny_loaded.model.input, tiny_loaded.model.get_layer(EARLY_FEATURE_LAYER).output
+    )
     expected = np.asarray(stage4(images)).mean(axis=(1, 2))
     for with_cam in (True, False):
         out = engine.run(images, with_cam=with_cam)
@@ -76,18 +75,20 @@ def test_engine_pools_the_early_layer_the_ood_gate_reads(loaded):
         assert features[POOL_LAYER] is out.pooled
 
 
-def test_batched_cam_matches_per_image_reference(loaded):
-    engine = InferenceEngine(loaded.model, batch_size=4)
+def test_batched_cam_matches_per_image_reference(tiny_loaded):
+    engine = InferenceEngine(tiny_loaded.model, batch_size=4)
     images = _images(3, seed=5)
     out = engine.run(images, with_cam=True)
     for i in range(3):
-        np.testing.assert_allclose(out.cams[i], _reference_cam(loaded.model, images[i]), atol=1e-4)
+        np.testing.assert_allclose(
+            out.cams[i], _reference_cam(tiny_loaded.model, images[i]), atol=1e-4
+        )
 
 
-def test_cam_path_runs_the_network_forward_once(loaded):
+def test_cam_path_runs_the_network_forward_once(tiny_loaded):
     """The probability and the CAM come from the same forward pass, not two."""
-    engine = InferenceEngine(loaded.model, batch_size=2)
-    layer = inference_network(loaded.model).get_layer("conv1_conv")  # what the engine runs
+    engine = InferenceEngine(tiny_loaded.model, batch_size=2)
+    layer = inference_network(tiny_loaded.model).get_layer("conv1_conv")  # what the engine runs
     calls = []
     original = layer.call
 
@@ -105,8 +106,8 @@ def test_cam_path_runs_the_network_forward_once(loaded):
     np.testing.assert_allclose(out.logits, plain.logits, rtol=1e-5, atol=1e-6)
 
 
-def test_padding_the_last_batch_does_not_change_results(loaded):
-    engine = InferenceEngine(loaded.model, batch_size=4)
+def test_padding_the_last_batch_does_not_change_results(tiny_loaded):
+    engine = InferenceEngine(tiny_loaded.model, batch_size=4)
     images = _images(4, seed=9)
     full = engine.run(images, with_cam=True)
     partial = engine.run(images[:1], with_cam=True)
@@ -130,9 +131,9 @@ def test_heatmap_returns_to_original_resolution_and_overlays():
         overlay_heatmap(image, heat, alpha=1.5)
 
 
-def test_missing_target_layer_warns_loudly_and_still_predicts(loaded):
+def test_missing_target_layer_warns_loudly_and_still_predicts(tiny_loaded):
     with pytest.warns(RuntimeWarning, match="no_such_layer"):
-        engine = InferenceEngine(loaded.model, batch_size=2, target_layer="no_such_layer")
+        engine = InferenceEngine(tiny_loaded.model, batch_size=2, target_layer="no_such_layer")
     out = engine.run(_images(1), with_cam=True)
     assert out.cams is None and out.logits.shape == (1,)
 
@@ -177,11 +178,11 @@ def test_folding_batchnorm_keeps_logits_pooled_features_and_cams():
     np.testing.assert_allclose(got[0], expected[0], atol=1e-4 * float(np.abs(expected[0]).max()))
 
 
-def test_engines_over_one_model_share_one_inference_network(loaded):
-    first = InferenceEngine(loaded.model, batch_size=1)
-    second = InferenceEngine(loaded.model, batch_size=4)
-    assert inference_network(loaded.model) is inference_network(loaded.model)
-    assert inference_network(loaded.model) is not loaded.model
+def test_engines_over_one_model_share_one_inference_network(tiny_loaded):
+    first = InferenceEngine(tiny_loaded.model, batch_size=1)
+    second = InferenceEngine(tiny_loaded.model, batch_size=4)
+    assert inference_network(tiny_loaded.model) is inference_network(tiny_loaded.model)
+    assert inference_network(tiny_loaded.model) is not tiny_loaded.model
     images = _images(1, seed=3)
     np.testing.assert_allclose(
         first.run(images, True).logits, second.run(images, True).logits, rtol=1e-5, atol=1e-5

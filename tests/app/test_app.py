@@ -22,7 +22,7 @@ from app_helpers import add_evaluation, png_bytes
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app.py"
 TIMEOUT = 180
 PASSWORD = "correct horse battery staple"

@@ -21,7 +21,7 @@ from app_helpers import png_bytes
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180
 CLASSES = ["comminuted", "normal", "transverse"]
 
@@ -225,6 +225,7 @@ def trained_env(tmp_path_factory, fake_imagenet_weights):
     yield from _environment(base, fake_imagenet_weights)
 
 
+@pytest.mark.slow
 def test_a_trained_k_class_run_shows_per_class_results_on_the_model_page(trained_env):
     at = _open("app_pages/model.py")
     texts = _texts(at)

@@ -15,68 +15,63 @@ from fracture.inference.predictor import CSV_COLUMNS, Predictor
 from conftest import radiograph_like, write_png
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_model_dir, fake_imagenet_weights):
-    from fracture.model.folder import load_model
-
-    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
-
-
 def _png_bytes(seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(radiograph_like(seed)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def test_mixed_sources_keep_order_and_report_errors(predictor, tmp_path):
+def test_mixed_sources_keep_order_and_report_errors(tiny_predictor, tmp_path):
     good_path = write_png(tmp_path / "a.png", seed=1)
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     sources = [good_path, _png_bytes(2), radiograph_like(3), empty, b"<html>not an image</html>"]
     names = ["a.png", "upload.png", "array", "empty.png", "page.jpg"]
-    results = predictor.predict(sources, names=names)
+    results = tiny_predictor.predict(sources, names=names)
     assert [r.source for r in results] == names
     assert [r.status for r in results] == ["ok", "ok", "ok", "error", "error"]
     for result in results[:3]:
         assert 0.0 <= result.probability <= 1.0
-        expected = "fracture" if result.probability >= predictor.threshold else "normal"
+        expected = "fracture" if result.probability >= tiny_predictor.threshold else "normal"
         assert result.label == expected
     assert "empty" in results[3].error.lower()
     assert results[4].probability is None and results[4].error
 
 
-def test_same_image_gives_same_probability_whatever_the_source(predictor, tmp_path):
+def test_same_image_gives_same_probability_whatever_the_source(tiny_predictor, tmp_path):
     path = write_png(tmp_path / "same.png", seed=7)
-    by_path, by_bytes, by_array = predictor.predict([path, path.read_bytes(), radiograph_like(7)])
+    by_path, by_bytes, by_array = tiny_predictor.predict(
+        [path, path.read_bytes(), radiograph_like(7)]
+    )
     assert by_path.probability == pytest.approx(by_bytes.probability, abs=1e-6)
     assert by_path.probability == pytest.approx(by_array.probability, abs=1e-6)
 
 
-def test_batching_does_not_change_results(predictor):
+def test_batching_does_not_change_results(tiny_predictor):
     images = [radiograph_like(seed) for seed in range(6)]
-    together = [r.probability for r in predictor.predict(images)]
-    alone = [predictor.predict([image])[0].probability for image in images]
+    together = [r.probability for r in tiny_predictor.predict(images)]
+    alone = [tiny_predictor.predict([image])[0].probability for image in images]
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_cam_results_carry_heatmap_and_image_at_input_size(predictor):
-    result = predictor.predict([radiograph_like(4)], with_cam=True)[0]
+def test_cam_results_carry_heatmap_and_image_at_input_size(tiny_predictor):
+    result = tiny_predictor.predict([radiograph_like(4)], with_cam=True)[0]
     assert result.heatmap.shape == (96, 80)
     assert result.image.shape == (96, 80, 3)
     assert 0 <= result.heatmap.min() and result.heatmap.max() <= 1
 
 
-def test_temperature_scales_probability(predictor):
+def test_temperature_scales_probability(tiny_predictor):
     # The tiny model's temperature is 1.0, where scaling changes nothing: use 2.0.
     loaded = dataclasses.replace(
-        predictor.loaded, config=dataclasses.replace(predictor.config, temperature=2.0)
+        tiny_predictor.loaded, config=dataclasses.replace(tiny_predictor.config, temperature=2.0)
     )
     scaled = Predictor(loaded, batch_size=4, warmup=False)
     logits = np.array([-2.0, 0.0, 3.0])
     # sigmoid(logit / 2): sigmoid(-1), sigmoid(0), sigmoid(1.5)
     expected = [0.2689414213699951, 0.5, 0.8175744761936437]
     np.testing.assert_allclose(scaled.probability_from_logit(logits), expected, rtol=1e-12)
-    assert predictor.probability_from_logit(np.array([3.0]))[0] > expected[2]
+    assert tiny_predictor.probability_from_logit(np.array([3.0]))[0] > expected[2]
 
 
 # --- CLI ---------------------------------------------------------------------
@@ -149,13 +144,13 @@ def test_cli_says_clearly_when_there_is_no_model(tmp_path, use_fake_weights, cap
     assert "No model at" in capsys.readouterr().err
 
 
-def test_prior_shift_is_removed_before_temperature(predictor, monkeypatch):
+def test_prior_shift_is_removed_before_temperature(tiny_predictor, monkeypatch):
     import dataclasses
 
     image = radiograph_like(11)
-    base = predictor.predict([image])[0]
-    shifted = dataclasses.replace(predictor.config, prior_shift=1.5)
-    monkeypatch.setattr(predictor, "config", shifted)
-    result = predictor.predict([image])[0]
+    base = tiny_predictor.predict([image])[0]
+    shifted = dataclasses.replace(tiny_predictor.config, prior_shift=1.5)
+    monkeypatch.setattr(tiny_predictor, "config", shifted)
+    result = tiny_predictor.predict([image])[0]
     assert result.logit == pytest.approx(base.logit - 1.5, abs=1e-5)
     assert result.probability < base.probability

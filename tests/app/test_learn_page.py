@@ -11,7 +11,7 @@ from fracture.config import get_settings
 from fracture.data.phantoms import synthesize_phantoms
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED = 17
 N_CASES = 6
 

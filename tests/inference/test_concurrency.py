@@ -35,11 +35,9 @@ def restore_warning_filters():
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
-    from fracture.model.folder import load_model
-
+def predictor(tiny_loaded) -> Predictor:
     # batch_size 2: single-image calls and two-image batches both occur below.
-    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=2)
+    return Predictor(tiny_loaded, batch_size=2)
 
 
 def _png(seed: int) -> bytes:

@@ -33,13 +33,13 @@ def _with_localiser(tiny_model_dir, tmp_path, box_threshold=0.02):
 
 
 @pytest.fixture(scope="module")
-def predictors(tiny_model_dir, tmp_path_factory, fake_imagenet_weights):
+def predictors(tiny_model_dir, tiny_loaded, tmp_path_factory, fake_imagenet_weights):
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
 
     directory, head = _with_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
     options = {"batch_size": 2, "precision": "float32", "warmup": False}
-    plain = Predictor(load_model(tiny_model_dir, fake_imagenet_weights), **options)
+    plain = Predictor(tiny_loaded, **options)
     located = Predictor(load_model(directory, fake_imagenet_weights), **options)
     return plain, located, head
 

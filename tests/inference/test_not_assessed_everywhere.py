@@ -208,7 +208,7 @@ def test_predict_page(flagging_model, tmp_path, monkeypatch, fake_imagenet_weigh
     monkeypatch.setattr(weights, "resolve_imagenet_weights", lambda *a, **k: resolved)
     get_settings.cache_clear()
     try:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         at = streamlit_testing.AppTest.from_file(str(root / "app.py"), default_timeout=180).run()
         at.file_uploader[0].upload("cat.png", _photo_png(), "image/png")
         at.run()

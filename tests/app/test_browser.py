@@ -35,7 +35,7 @@ from conftest import SHARED, radiograph_like
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 # Generous: the server loads TensorFlow and builds ResNet-50 on a busy 2-core CPU.
 SERVER_START_S = 180

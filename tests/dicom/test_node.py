@@ -2,7 +2,7 @@
 
 The node runs on a free localhost port with the tiny test model; a pynetdicom
 SCU plays the PACS. The end-to-end test against a real Orthanc is in
-test_dicom_orthanc.py.
+dicom/test_orthanc.py.
 """
 
 from __future__ import annotations
@@ -32,14 +32,6 @@ from fracture.dicom.results import BANNER, TYPE_2_COPIED, evidence_region, read_
 from fracture.dicom.spool import read_summaries
 
 pynetdicom = pytest.importorskip("pynetdicom")
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_dir, fake_imagenet_weights):
-    from fracture.inference.predictor import Predictor
-    from fracture.model.folder import load_model
-
-    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
 
 
 def start_node(predictor, tmp_path: Path, **overrides) -> DicomNode:
@@ -76,9 +68,11 @@ def rounds(node: DicomNode) -> list[dict]:
     return read_summaries(node.config.spool)
 
 
-def test_study_is_scored_once_into_a_report_and_one_capture_per_image(predictor, tmp_path, caplog):
+def test_study_is_scored_once_into_a_report_and_one_capture_per_image(
+    tiny_predictor, tmp_path, caplog
+):
     caplog.set_level(logging.DEBUG)
-    node = start_node(predictor, tmp_path)
+    node = start_node(tiny_predictor, tmp_path)
     try:
         study = make_study(3)
         assert send(node, study) == [0, 0, 0]
@@ -105,10 +99,10 @@ def test_study_is_scored_once_into_a_report_and_one_capture_per_image(predictor,
         assert capture.BurnedInAnnotation == "YES"
     assert report.StudyInstanceUID == study[0].StudyInstanceUID and report.PatientID == PATIENT_ID
     values = read_report(report)
-    expected = predictor.predict([_encode(ds) for ds in study])
+    expected = tiny_predictor.predict([_encode(ds) for ds in study])
     best = max(expected, key=lambda p: p.probability)
     assert values["probability"] == pytest.approx(best.probability, abs=1e-6)
-    assert values["present"] == (best.probability >= predictor.threshold)
+    assert values["present"] == (best.probability >= tiny_predictor.threshold)
     assert values["model_name"] == "tiny-test" and values["model_version"] == "1"
     assert values["strongest_image"] in sources
     assert "out_of_distribution" in values
@@ -123,8 +117,8 @@ def _encode(ds) -> bytes:
     return buffer.getvalue()
 
 
-def test_refusals_give_error_statuses_and_the_node_keeps_serving(predictor, tmp_path):
-    node = start_node(predictor, tmp_path)
+def test_refusals_give_error_statuses_and_the_node_keeps_serving(tiny_predictor, tmp_path):
+    node = start_node(tiny_predictor, tmp_path)
     try:
         assert send(node, make_study(1), calling="STRANGER") == []  # association rejected
         good, no_pixels, truncated, ct = make_study(4, seed=1)
@@ -143,14 +137,14 @@ def test_refusals_give_error_statuses_and_the_node_keeps_serving(predictor, tmp_
     assert rounds(node)[0]["instances"] and len(rounds(node)[0]["images"]) == 1
 
 
-def test_kill_before_scoring_loses_nothing_and_scores_once(predictor, tmp_path):
+def test_kill_before_scoring_loses_nothing_and_scores_once(tiny_predictor, tmp_path):
     study = make_study(4, seed=2)
-    first = start_node(predictor, tmp_path, quiet_seconds=3600)  # never scores by itself
+    first = start_node(tiny_predictor, tmp_path, quiet_seconds=3600)  # never scores by itself
     assert send(first, study[:2]) == [0, 0]
     # A crash: the server goes away without stop(), its threads never commit.
     first._server.shutdown()
     first._stop.set()
-    second = start_node(predictor, tmp_path, quiet_seconds=3)
+    second = start_node(tiny_predictor, tmp_path, quiet_seconds=3)
     try:
         assert send(second, study[2:] + study[:1]) == [0, 0, 0]
         assert wait_for(lambda: len(rounds(second)) == 1, 60)
@@ -158,13 +152,13 @@ def test_kill_before_scoring_loses_nothing_and_scores_once(predictor, tmp_path):
         assert len(rounds(second)) == 1
         assert len(rounds(second)[0]["images"]) == 4
         # a restart after scoring does not score again
-        third = DicomNode(second.config, predictor)
+        third = DicomNode(second.config, tiny_predictor)
         assert third.spool.pending() == []
     finally:
         second.stop()
 
 
-def test_forward_destination_down_then_up_gets_everything(predictor, tmp_path):
+def test_forward_destination_down_then_up_gets_everything(tiny_predictor, tmp_path):
     from pynetdicom import AE, StoragePresentationContexts, evt
 
     received: list[str] = []
@@ -175,7 +169,7 @@ def test_forward_destination_down_then_up_gets_everything(predictor, tmp_path):
 
     port = free_port()
     node = start_node(
-        predictor, tmp_path, store=None, forward=Destination.parse(f"ARCHIVE@127.0.0.1:{port}")
+        tiny_predictor, tmp_path, store=None, forward=Destination.parse(f"ARCHIVE@127.0.0.1:{port}")
     )
     try:
         assert send(node, make_study(2, seed=3)) == [0, 0]
@@ -204,8 +198,8 @@ def test_evidence_region_surrounds_the_hottest_blob():
     assert evidence_region(np.zeros((5, 5))) is None
 
 
-def test_secondary_capture_shows_the_banner_and_overlay(predictor, tmp_path):
-    node = start_node(predictor, tmp_path)
+def test_secondary_capture_shows_the_banner_and_overlay(tiny_predictor, tmp_path):
+    node = start_node(tiny_predictor, tmp_path)
     try:
         study = make_study(1, seed=4)
         assert send(node, study) == [0]
@@ -225,7 +219,7 @@ def test_secondary_capture_shows_the_banner_and_overlay(predictor, tmp_path):
 
 
 def test_report_and_summary_name_the_body_region_of_a_model_with_a_region_head(
-    predictor, monkeypatch
+    tiny_predictor, monkeypatch
 ):
     import numpy as np
 
@@ -233,13 +227,13 @@ def test_report_and_summary_name_the_body_region_of_a_model_with_a_region_head(
     from fracture.inference.region import RegionHead
 
     study = make_study(2)
-    plain = score_instances(predictor, study, [_encode(ds) for ds in study])
+    plain = score_instances(tiny_predictor, study, [_encode(ds) for ds in study])
     assert "body_region" not in read_report(plain.objects[-1][1])
     assert all(row["body_region"] is None for row in summary_images(plain))
 
     # A head that is sure every image shows several regions.
     monkeypatch.setattr(
-        predictor,
+        tiny_predictor,
         "region_head",
         RegionHead(
             classes=("hand", "mixed"),
@@ -247,8 +241,8 @@ def test_report_and_summary_name_the_body_region_of_a_model_with_a_region_head(
             bias=np.array([0.0, 6.0], np.float32),
         ),
     )
-    monkeypatch.setattr(predictor, "ood_gate", None)
-    named = score_instances(predictor, study, [_encode(ds) for ds in study])
+    monkeypatch.setattr(tiny_predictor, "ood_gate", None)
+    named = score_instances(tiny_predictor, study, [_encode(ds) for ds in study])
     name, report = named.objects[-1]
     assert report.SOPClassUID == COMPREHENSIVE_SR
     assert read_report(report)["body_region"] == "several regions"
@@ -298,12 +292,12 @@ def test_a_mixed_study_takes_its_finding_from_the_assessed_image():
 
 
 @pytest.mark.parametrize("keyword", TYPE_2_COPIED)
-def test_a_study_missing_a_type_2_attribute_is_scored_with_it_empty(predictor, keyword):
+def test_a_study_missing_a_type_2_attribute_is_scored_with_it_empty(tiny_predictor, keyword):
     from fracture.dicom.scoring import score_instances
 
     study = make_study(1, seed=6)
     delattr(study[0], keyword)
-    scored = score_instances(predictor, study, [_encode(ds) for ds in study])
+    scored = score_instances(tiny_predictor, study, [_encode(ds) for ds in study])
     assert scored.finding is not None and len(scored.objects) == 2
     for _, result in scored.objects:
         result = pydicom.dcmread(io.BytesIO(_encode(result)))
@@ -311,14 +305,16 @@ def test_a_study_missing_a_type_2_attribute_is_scored_with_it_empty(predictor, k
     assert keyword not in study[0]  # the source data set is left as it came
 
 
-def test_a_study_that_always_fails_moves_to_failed_after_bounded_tries(predictor, tmp_path, caplog):
+def test_a_study_that_always_fails_moves_to_failed_after_bounded_tries(
+    tiny_predictor, tmp_path, caplog
+):
     from fracture.dicom.spool import FAILURE_FILE, read_failures, retry_failed
     from fracture.views.inbox import failed_studies
 
     config = NodeConfig(
         spool=tmp_path / "spool", quiet_seconds=0, score_attempts=3, score_backoff_seconds=10
     )
-    node = DicomNode(config, predictor)  # not started: the test drives the scorer's clock
+    node = DicomNode(config, tiny_predictor)  # not started: the test drives the scorer's clock
     study = make_study(2, seed=7)
     for ds in study:
         node.spool.receive(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), _encode(ds))
@@ -352,11 +348,11 @@ def test_a_study_that_always_fails_moves_to_failed_after_bounded_tries(predictor
     assert len(rounds(node)) == 1 and len(rounds(node)[0]["images"]) == 2
 
 
-def test_backoff_doubles_between_tries(predictor, tmp_path):
+def test_backoff_doubles_between_tries(tiny_predictor, tmp_path):
     config = NodeConfig(
         spool=tmp_path / "spool", quiet_seconds=0, score_attempts=4, score_backoff_seconds=10
     )
-    node = DicomNode(config, predictor)
+    node = DicomNode(config, tiny_predictor)
     ds = make_study(1, seed=8)[0]
     node.spool.receive(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), _encode(ds))
     node.score = lambda pending: (_ for _ in ()).throw(ValueError("bad header"))

@@ -180,13 +180,6 @@ def test_batcher_rejects_bad_settings():
 # ------------------------------------------------------------------ with the tiny model
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir, fake_imagenet_weights):
-    from fracture.model.folder import load_model
-
-    return load_model(tiny_model_dir, fake_imagenet_weights)
-
-
 def _png(seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(radiograph_like(seed, height=60 + 5 * seed, width=70 + 2 * seed)).save(
@@ -195,9 +188,11 @@ def _png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_shared_predictor_matches_a_lone_predictor(loaded):
-    alone = Predictor(loaded, batch_size=1)
-    shared = SharedPredictor(Predictor(loaded, batch_size=4, fixed_batch=False), max_wait_s=0.02)
+def test_shared_predictor_matches_a_lone_predictor(tiny_loaded):
+    alone = Predictor(tiny_loaded, batch_size=1)
+    shared = SharedPredictor(
+        Predictor(tiny_loaded, batch_size=4, fixed_batch=False), max_wait_s=0.02
+    )
     sources = [_png(seed) for seed in range(THREADS)] + [b"not an image"]
     expected = [
         alone.predict([source], names=[f"img{i}"], with_cam=True)[0]
@@ -226,8 +221,8 @@ def test_shared_predictor_matches_a_lone_predictor(loaded):
     assert max(shared.batch_sizes) > 1, shared.batch_sizes
 
 
-def test_shared_predictor_after_close_says_so(loaded):
-    shared = SharedPredictor(Predictor(loaded, batch_size=2, fixed_batch=False))
+def test_shared_predictor_after_close_says_so(tiny_loaded):
+    shared = SharedPredictor(Predictor(tiny_loaded, batch_size=2, fixed_batch=False))
     shared.close()
     result = shared.predict([_png(1)], names=["late.png"])[0]
     assert result.status == "error" and "try again" in result.error

@@ -54,13 +54,6 @@ def catalogue(tmp_path_factory) -> list[HostileFile]:
     return build_hostile_files(tmp_path_factory.mktemp("hostile") / "batch")
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_model_dir, fake_imagenet_weights) -> Predictor:
-    from fracture.model.folder import load_model
-
-    return Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
-
-
 def test_catalogue_covers_the_required_kinds(catalogue: list[HostileFile]) -> None:
     kinds = {entry.kind for entry in catalogue}
     required = {
@@ -170,23 +163,23 @@ def _check_results(results, entries: list[HostileFile], names: list[str]) -> Non
 
 
 def test_predictor_batch_of_paths_scores_every_good_file(
-    catalogue: list[HostileFile], predictor: Predictor
+    catalogue: list[HostileFile], tiny_predictor: Predictor
 ) -> None:
     good = np.repeat(radiograph(10)[..., None], 3, axis=2)
     sources = [good, *[entry.path for entry in catalogue], good]
     names = ["good-first", *[str(entry.path) for entry in catalogue], "good-last"]
-    results = predictor.predict(sources, names=names)
+    results = tiny_predictor.predict(sources, names=names)
     _check_results(results, catalogue, names)
 
 
 def test_predictor_batch_of_uploads_with_grad_cam(
-    catalogue: list[HostileFile], predictor: Predictor
+    catalogue: list[HostileFile], tiny_predictor: Predictor
 ) -> None:
     uploads = [entry for entry in catalogue if entry.path.is_file()]
     good = np.repeat(radiograph(11)[..., None], 3, axis=2)
     sources = [good, *[entry.path.read_bytes() for entry in uploads], good]
     names = ["good-first", *[entry.upload_name for entry in uploads], "good-last"]
-    results = predictor.predict(sources, names=names, with_cam=True)
+    results = tiny_predictor.predict(sources, names=names, with_cam=True)
     _check_results(results, uploads, names)
     for entry, result in zip(uploads, results[1:-1]):
         if entry.expected_ok:

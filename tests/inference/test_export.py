@@ -31,10 +31,9 @@ HEATMAP_TOLERANCE = 1e-3  # relative to the largest evidence in the batch (logit
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model_dir, fake_imagenet_weights):
-    from fracture.model.folder import load_model
-
-    return load_model(tiny_model_dir, fake_imagenet_weights)
+def onnx_export(tiny_loaded, tmp_path_factory):
+    """One float32 ONNX export for the int8 tests (each conversion takes half a minute)."""
+    return export_model(tiny_loaded, "onnx", tmp_path_factory.mktemp("onnx"))
 
 
 def _reference(loaded, images: list[np.ndarray]):
@@ -47,13 +46,13 @@ def _reference(loaded, images: list[np.ndarray]):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_export_matches_keras_in_its_own_runtime(loaded, tmp_path, fmt):
+def test_export_matches_keras_in_its_own_runtime(tiny_loaded, tmp_path, fmt):
     images = [radiograph_like(seed, 60 + 7 * seed, 90 - 3 * seed) for seed in range(6)]
     images.append(np.zeros((50, 50, 3), np.uint8))  # a black image: an all-zero heat map
-    inputs, logits, expected, cams = _reference(loaded, images)
+    inputs, logits, expected, cams = _reference(tiny_loaded, images)
     assert np.ptp(logits) > 0.1  # the images give different answers, so parity means something
 
-    result = export_model(loaded, fmt, tmp_path / fmt)
+    result = export_model(tiny_loaded, fmt, tmp_path / fmt)
     outputs = run_export(result.directory, inputs)
 
     np.testing.assert_allclose(outputs["probability"], expected, atol=PROBABILITY_TOLERANCE, rtol=0)
@@ -65,13 +64,13 @@ def test_export_matches_keras_in_its_own_runtime(loaded, tmp_path, fmt):
 
     config = read_export_config(result.directory)
     assert config["format"] == fmt
-    assert config["preprocessing"]["size"] == loaded.config.image_size
-    assert config["calibration"]["temperature"] == loaded.config.temperature
+    assert config["preprocessing"]["size"] == tiny_loaded.config.image_size
+    assert config["calibration"]["temperature"] == tiny_loaded.config.temperature
     assert config["calibration"]["applied_inside"] is True
-    assert config["thresholds"] == dict(loaded.config.thresholds)
+    assert config["thresholds"] == dict(tiny_loaded.config.thresholds)
 
 
-def test_int8_onnx_follows_float32_within_its_rounding(loaded, tmp_path):
+def test_int8_onnx_follows_float32_within_its_rounding(tiny_loaded, onnx_export, tmp_path):
     """Static int8 quantisation, calibrated on other images than it is checked on.
 
     Tolerances: uint8 activations round each layer's output to 1/255 of its
@@ -85,12 +84,12 @@ def test_int8_onnx_follows_float32_within_its_rounding(loaded, tmp_path):
     one cell away.
     """
     pytest.importorskip("onnxruntime")
-    size = loaded.config.image_size
+    size = tiny_loaded.config.image_size
     calibration = [letterbox(radiograph_like(100 + seed, 80, 70), size)[0] for seed in range(8)]
     images = [radiograph_like(seed, 60 + 7 * seed, 90 - 3 * seed) for seed in range(6)]
-    inputs, logits, expected, cams = _reference(loaded, images)
+    inputs, logits, expected, cams = _reference(tiny_loaded, images)
 
-    fp32 = export_model(loaded, "onnx", tmp_path / "onnx")
+    fp32 = onnx_export
     int8 = quantize_onnx_int8(
         fp32.directory, tmp_path / "int8", iter(calibration), calibration_source="generated"
     )
@@ -114,24 +113,23 @@ def test_int8_onnx_follows_float32_within_its_rounding(loaded, tmp_path):
         assert max(abs(a[0] - b[0]), abs(a[1] - b[1])) <= 1
 
 
-def test_int8_needs_an_onnx_export_and_calibration_images(loaded, tmp_path):
+def test_int8_needs_an_onnx_export_and_calibration_images(tiny_loaded, onnx_export, tmp_path):
     pytest.importorskip("onnxruntime")
     import json
 
     tflite = tmp_path / "tflite"
     tflite.mkdir()
     (tflite / "preprocessing.json").write_text(json.dumps({"format": "tflite"}))
-    image = np.zeros((loaded.config.image_size,) * 2 + (3,), np.float32)
+    image = np.zeros((tiny_loaded.config.image_size,) * 2 + (3,), np.float32)
     with pytest.raises(ExportError, match="starts from an ONNX export"):
         quantize_onnx_int8(tflite, tmp_path / "int8", [image])
-    fp32 = export_model(loaded, "onnx", tmp_path / "onnx")
     with pytest.raises(ExportError, match="needs calibration images"):
-        quantize_onnx_int8(fp32.directory, tmp_path / "int8", [])
+        quantize_onnx_int8(onnx_export.directory, tmp_path / "int8", [])
 
 
-def test_unknown_format_is_refused(loaded, tmp_path):
+def test_unknown_format_is_refused(tiny_loaded, tmp_path):
     with pytest.raises(ExportError, match="unknown export format"):
-        export_model(loaded, "coreml", tmp_path)
+        export_model(tiny_loaded, "coreml", tmp_path)
 
 
 @pytest.mark.slow
@@ -143,7 +141,7 @@ def test_export_parity_on_validation_radiographs(shared_fracatlas, shared_weight
     from fracture.io.images import load_image
     from fracture.model.folder import load_model
 
-    model_dir = Path(__file__).resolve().parents[1] / "models" / "default"
+    model_dir = Path(__file__).resolve().parents[2] / "models" / "default"
     loaded = load_model(model_dir, shared_weights)
     files = sorted((shared_fracatlas / "val" / "fractured").glob("*.jpg"))[:8]
     files += sorted((shared_fracatlas / "val" / "normal").glob("*.jpg"))[:8]

@@ -162,6 +162,7 @@ def _assert_consistent(result: dict) -> None:
 # --- the whole benchmark, in this process -----------------------------------
 
 
+@pytest.mark.slow
 def test_bench_in_process_reports_every_figure_consistently(tmp_path, fake_imagenet_weights):
     result = bench.run_bench(_tiny_config(tmp_path, fake_imagenet_weights), isolate=False)
     _assert_consistent(result)
@@ -432,18 +433,15 @@ def test_configure_threads_is_idempotent_after_tensorflow_started():
     assert all(isinstance(n, int) and n >= 0 for n in first)
 
 
-def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(
-    tmp_path, tiny_model_dir, fake_imagenet_weights
-):
+def test_bfloat16_tracks_float32_and_the_auroc_check_compares_them(tmp_path, tiny_loaded):
     from fracture.inference.predictor import Predictor
-    from fracture.model.folder import load_model
 
     for index in range(3):
         write_png(tmp_path / "data" / "val" / "fractured" / f"f{index}.png", seed=index)
         write_png(tmp_path / "data" / "val" / "normal" / f"n{index}.png", seed=10 + index)
         write_png(tmp_path / "data" / "train" / "normal" / f"t{index}.png", seed=20 + index)
         write_png(tmp_path / "data" / "train" / "fractured" / f"u{index}.png", seed=30 + index)
-    loaded = load_model(tiny_model_dir, fake_imagenet_weights)
+    loaded = tiny_loaded
     fp32 = Predictor(loaded, batch_size=2, precision="float32", warmup=False)
     bf16 = Predictor(loaded, batch_size=2, precision="bfloat16", warmup=False)
     assert bf16.engine.precision == "bfloat16" and fp32.engine.precision == "float32"
@@ -609,6 +607,7 @@ def test_onnx_section_is_skipped_with_a_clear_line(tmp_path, monkeypatch):
     assert summary["onnx"]["available"] is False
 
 
+@pytest.mark.slow
 def test_onnx_runtime_float32_and_int8_in_one_bench_run(
     tmp_path, tiny_model_dir, fake_imagenet_weights
 ):

@@ -13,18 +13,16 @@ from fracture.dicom.scoring import score_instances
 from fracture.dicom.spool import Spool
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "inbox secret"
 
 
 @pytest.fixture(scope="module")
-def spool_with_studies(tmp_path_factory, tiny_model_dir, fake_imagenet_weights):
+def spool_with_studies(tmp_path_factory, tiny_predictor):
     """A node spool with two scored studies, made by the node's own scoring code."""
     from fracture.dicom.node import _summary
-    from fracture.inference.predictor import Predictor
-    from fracture.model.folder import load_model
 
-    predictor = Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+    predictor = tiny_predictor
     root = tmp_path_factory.mktemp("inbox") / "spool"
     spool = Spool(root)
     probabilities = []

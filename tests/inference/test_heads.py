@@ -110,16 +110,15 @@ def test_fit_on_a_model_folder_then_results_carry_the_caution(
 
 
 def test_report_and_capture_carry_the_caution_and_a_flagged_image_does_not(
-    tiny_model_dir: Path, fake_imagenet_weights: Path
+    tiny_loaded,
 ):
     from dicom_helpers import encoded, make_study
 
     from fracture.dicom.results import read_report
     from fracture.dicom.scoring import score_instances
     from fracture.inference.predictor import Predictor
-    from fracture.model.folder import load_model
 
-    predictor = Predictor(load_model(tiny_model_dir, fake_imagenet_weights), batch_size=4)
+    predictor = Predictor(tiny_loaded, batch_size=4)
     size = predictor.engine.run(
         np.zeros((1, predictor.config.image_size, predictor.config.image_size, 3), np.float32),
         with_cam=False,

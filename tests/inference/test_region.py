@@ -217,7 +217,7 @@ def test_shipped_model_names_the_fracatlas_body_region(shared_fracatlas: Path) -
     from fracture.data.layouts import load_dataset
     from fracture.inference.predictor import load_predictor
 
-    model_dir = Path(__file__).resolve().parents[1] / "models" / "default"
+    model_dir = Path(__file__).resolve().parents[2] / "models" / "default"
     predictor = load_predictor(model_dir)
     if predictor.region_head is None:
         pytest.fail("models/default has no region head (python -m fracture region fit)")

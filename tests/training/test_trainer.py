@@ -96,6 +96,7 @@ def test_cache_key_depends_on_content_view_and_preprocessing(tmp_path):
     assert a.key("abc", 1, 1) != a.key("abc", 1, 2)
 
 
+@pytest.mark.slow
 def test_run_writes_status_metrics_checkpoint_and_a_loadable_model(
     phantoms, tmp_path, use_fake_weights
 ):
@@ -127,6 +128,7 @@ def test_run_writes_status_metrics_checkpoint_and_a_loadable_model(
     assert loaded.config.temperature > 0
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics(phantoms, tmp_path, use_fake_weights):
     settings = _settings(tmp_path)
     train(phantoms, tmp_path / "a", TINY, settings=settings)
