@@ -124,3 +124,31 @@ def use_fake_weights(monkeypatch, fake_imagenet_weights: Path):
     resolved = weights.ResolvedWeights(path=fake_imagenet_weights, sha256="fake", source="explicit")
     monkeypatch.setattr(weights, "resolve_imagenet_weights", lambda *a, **k: resolved)
     return fake_imagenet_weights
+
+
+def with_random_localiser(tiny_model_dir: Path, tmp_path: Path, box_threshold: float = 0.02):
+    """A copy of ``tiny_model_dir`` with a random localisation head biased to find boxes.
+
+    Returns the new folder and the Keras head (its conv4 input has 1024 channels).
+    """
+    import shutil
+
+    import keras
+
+    from fracture.model.folder import ModelFolder
+    from fracture.model.localiser import Localiser, build_localiser_head
+
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    keras.utils.set_random_seed(5)
+    head = build_localiser_head(1024)
+    # A strong centre bias so the random head yields boxes above the threshold.
+    weights = head.get_weights()
+    weights[-1] = np.array([0.0, 0.0, 0.0, 0.5, 0.5], np.float32)
+    head.set_weights(weights)
+    Localiser.from_head(head, box_threshold=box_threshold).save(
+        ModelFolder(directory).localiser_path
+    )
+    folder = ModelFolder(directory)
+    folder.rewrite_card(folder.read_card())  # the card's checksums cover the new file
+    return directory, head

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
-from fracture.model.folder import ModelFolder, file_checksums
-from fracture.model.localiser import Localiser, build_localiser_head
+from fracture.model.folder import file_checksums
 
-from conftest import radiograph_like
-
-
-def _with_localiser(tiny_model_dir, tmp_path, box_threshold=0.02):
-    import keras
-
-    directory = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, directory)
-    keras.utils.set_random_seed(5)
-    head = build_localiser_head(1024)
-    # A strong centre bias so the random head yields boxes above the threshold.
-    weights = head.get_weights()
-    weights[-1] = np.array([0.0, 0.0, 0.0, 0.5, 0.5], np.float32)
-    head.set_weights(weights)
-    Localiser.from_head(head, box_threshold=box_threshold).save(
-        ModelFolder(directory).localiser_path
-    )
-    folder = ModelFolder(directory)
-    folder.rewrite_card(folder.read_card())  # the card's checksums cover the new file
-    return directory, head
+from conftest import radiograph_like, with_random_localiser
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +15,7 @@ def predictors(tiny_model_dir, tiny_loaded, tmp_path_factory, fake_imagenet_weig
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
 
-    directory, head = _with_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
+    directory, head = with_random_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
     options = {"batch_size": 2, "precision": "float32", "warmup": False}
     plain = Predictor(tiny_loaded, **options)
     located = Predictor(load_model(directory, fake_imagenet_weights), **options)

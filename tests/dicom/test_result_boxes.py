@@ -1,6 +1,6 @@
 """The localisation head's boxes in the DICOM results: one SCOORD per box in the SR, burned into the capture.
 
-A tiny model with a random, centre-biased localiser (see ``_with_localiser``) gives
+A tiny model with a random, centre-biased localiser (see ``with_random_localiser``) gives
 boxes on every image; the operating point decides which images are labelled
 fracture, and only those carry boxes anywhere.
 """
@@ -14,7 +14,8 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_helpers import encoded, make_study
-from test_localiser_inference import _with_localiser
+
+from conftest import with_random_localiser
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def located(tiny_model_dir, tmp_path_factory, fake_imagenet_weights):
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
 
-    directory, _ = _with_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
+    directory, _ = with_random_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
     predictor = Predictor(
         load_model(directory, fake_imagenet_weights), batch_size=2, precision="float32"
     )

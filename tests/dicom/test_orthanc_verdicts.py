@@ -41,7 +41,7 @@ from dicom_helpers import (
     write_study,
 )
 from pydicom.uid import generate_uid
-from test_dicom_orthanc import NodeProcess, results_in_orthanc
+from test_orthanc import NodeProcess, results_in_orthanc
 
 from fracture.dicom.results import ABSENT, FRACTURE, PRESENT, read_report
 from fracture.dicom.spool import read_failures

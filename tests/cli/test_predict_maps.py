@@ -1,6 +1,6 @@
 """``fracture predict``'s raw maps and overlays with a localisation head: the "where" map and every box.
 
-A tiny model with a random, centre-biased localiser (``_with_localiser``) finds boxes on
+A tiny model with a random, centre-biased localiser (``with_random_localiser``) finds boxes on
 every image; the operating point decides which images are labelled fracture, and only
 those get boxes, in the overlay and in the CSV.
 """
@@ -14,14 +14,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_localiser_inference import _with_localiser
 
-from conftest import write_png
+from conftest import with_random_localiser, write_png
 
 
 @pytest.fixture(scope="module")
 def located_dir(tiny_model_dir, tmp_path_factory):
-    directory, _ = _with_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
+    directory, _ = with_random_localiser(tiny_model_dir, tmp_path_factory.mktemp("located"))
     return directory
 
 

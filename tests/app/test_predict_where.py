@@ -16,15 +16,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_localiser_inference import _with_localiser
 
 from fracture.config import get_settings
 
 from app_helpers import add_evaluation, png_bytes
+from conftest import with_random_localiser
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
-APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app.py")
+APP = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def located_env(tmp_path_factory, tiny_model_dir, fake_imagenet_weights):
     from fracture.model.folder import ModelFolder, load_model
 
     base = tmp_path_factory.mktemp("where")
-    directory, _ = _with_localiser(tiny_model_dir, base)
+    directory, _ = with_random_localiser(tiny_model_dir, base)
     predictor = Predictor(
         load_model(directory, fake_imagenet_weights), precision="float32", warmup=False
     )
