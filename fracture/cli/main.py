@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fracture.cli.evaluate import add_calibrate_parser, add_evaluate_parser
     from fracture.cli.export import add_export_parser
     from fracture.cli.load import add_load_parser
+    from fracture.cli.localiser import add_localiser_parser
     from fracture.cli.models import add_models_parser
     from fracture.cli.ood import add_ood_parser
     from fracture.cli.predict import add_predict_parser
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_ood_parser(sub)
     add_region_parser(sub)
+    add_localiser_parser(sub)
     add_bench_parser(sub)
     add_load_parser(sub)
     add_dicom_parser(sub)

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from fracture.model.localiser import Localiser
 
 __all__ = [
+    "fit_for_model",
     "LocaliserFit",
     "train_and_measure",
     "predict_outputs",
@@ -337,3 +340,118 @@ def train_and_measure(
         }
     localiser = Localiser.from_head(head, box_threshold=threshold, trained_on=description)
     return LocaliserFit(localiser, history, report)
+
+
+def fit_for_model(
+    model_dir: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    *,
+    settings: LocaliserTraining | None = None,
+    views: int = 2,
+    max_normals: int = 1500,
+    holdout_fraction: float = 0.15,
+    cache_dir: str | os.PathLike[str] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> LocaliserFit:
+    """Train a localisation head for the binary model in ``model_dir`` and store it there.
+
+    The features are the model's own ``conv4_block6_out`` as served (its precision), of
+    ``views`` views of each fractured training image with boxes (view 0 clean, the others
+    augmented with their boxes moved) and one view of up to ``max_normals`` normal ones,
+    cached on disk like the trainer's (:class:`~fracture.training.cache.FeatureCache`).
+    ``holdout_fraction`` of them choose the epoch and the box threshold; val's fractured
+    images with boxes are measured. Writes ``localiser.npz`` and the card's ``localiser``
+    entry (checksums included); ``fracture evaluate`` then measures the folder as served.
+    """
+    import keras
+
+    from fracture.config import get_settings
+    from fracture.data.layouts import load_dataset
+    from fracture.inference.engine import bfloat16_supported, inference_network
+    from fracture.model.folder import ModelFolder, load_model
+    from fracture.model.imagenet import resolve_imagenet_weights
+    from fracture.model.localiser import INPUT_LAYER
+    from fracture.training.cache import FeatureCache, compute_features
+    from fracture.training.config import TrainConfig
+
+    settings = settings or LocaliserTraining()
+    folder = ModelFolder(model_dir)
+    config, card = folder.read()
+    if config.is_multiclass:
+        raise ValueError(
+            f"{model_dir} is a model of {config.num_outputs} classes; the localisation head "
+            "marks fractures, so it is trained for a fracture/normal model only"
+        )
+    dataset = load_dataset(data_root)
+    rng = np.random.default_rng(settings.seed)
+    train = dataset.split("train")
+    fractured = [r for r in train if r.label == 1 and r.boxes]
+    normals = [r for r in train if r.label == 0]
+    normals = [normals[i] for i in sorted(rng.permutation(len(normals))[:max_normals])]
+    val = [r for r in dataset.split("val") if r.label == 1 and r.boxes]
+    if not fractured or not val:
+        raise ValueError(
+            f"{data_root} needs fractured images with boxes (boxes.csv) in both its train and "
+            "val splits to train a localisation head"
+        )
+    precision = config.inference_precision or "float32"
+    if precision == "bfloat16" and not bfloat16_supported():
+        precision = "float32"
+    loaded = load_model(model_dir, resolve_imagenet_weights(get_settings()).path)
+    network = inference_network(loaded.model, precision)
+    stem = keras.Model(network.input, network.get_layer(INPUT_LAYER).output)
+    weights_sha = folder.checksums().get("weights.npz", "")
+    cache = FeatureCache(
+        Path(cache_dir or get_settings().cache_dir) / "localiser",
+        f"localiser|{weights_sha}|{config.image_size}|{precision}",
+    )
+    cache_config = TrainConfig(image_size=config.image_size, seed=settings.seed)
+
+    def features_of(stage: str, records: list, n_views: int):
+        progress = None if on_progress is None else lambda d, n: on_progress(stage, d, n)
+        return compute_features(records, n_views, stem, cache, cache_config, progress)
+
+    f_features, f_usable, f_boxes = features_of("fractured", fractured, views)
+    n_features, n_usable, _ = features_of("normal", normals, 1)
+    v_features, v_usable, v_boxes = features_of("val", val, 1)
+    # Items: (array, view, index) of every usable view; labels and boxes alike.
+    items = [(f_features, v, i) for v in range(views) for i in np.flatnonzero(f_usable)]
+    items += [(n_features, 0, i) for i in np.flatnonzero(n_usable)]
+    labels = [1] * (len(items) - int(n_usable.sum())) + [0] * int(n_usable.sum())
+    boxes = [list(f_boxes[v][i]) if a is f_features else [] for a, v, i in items]
+    images = sorted({(a is f_features, int(i)) for a, _, i in items})
+    held_images = {
+        images[k] for k in rng.permutation(len(images))[: int(holdout_fraction * len(images))]
+    }
+    holdout = [k for k, (a, _, i) in enumerate(items) if (a is f_features, int(i)) in held_images]
+    measure_on = [k for k in holdout if items[k][1] == 0]
+    val_items = np.flatnonzero(v_usable)
+
+    fit = train_and_measure(
+        lambda ks: np.stack([items[k][0][items[k][1], items[k][2]] for k in ks]),
+        boxes,
+        labels,
+        holdout,
+        settings,
+        measure_on=measure_on,
+        val_read=lambda ks: np.stack([v_features[0, val_items[k]] for k in ks]),
+        val_boxes=[list(v_boxes[0][i]) for i in val_items],
+        description=(
+            f"CenterNet head on the model's frozen {INPUT_LAYER} features at "
+            f"{config.image_size} px ({precision}): {len(fractured)} fractured train images "
+            f"with boxes x {views} views and {len(normals)} normal ones, "
+            f"{settings.normals_per_epoch} normal views sampled per epoch; the best of "
+            f"{settings.epochs} epochs and the box threshold chosen on "
+            f"{len(held_images)} held-out train images"
+        ),
+    )
+    fit.localiser.save(folder.localiser_path)
+    folder.rewrite_card(
+        card,
+        localiser={
+            "trained_on": fit.localiser.trained_on,
+            "box_threshold": fit.localiser.box_threshold,
+            "val_grid": fit.report.get("val_grid"),
+        },
+    )
+    return fit

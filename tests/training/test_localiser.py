@@ -78,3 +78,37 @@ def test_settings_are_checked():
         LocaliserTraining(epochs=0)
     with pytest.raises(ValueError, match="learning rate"):
         LocaliserTraining(learning_rate=0)
+
+
+@pytest.mark.slow
+def test_a_localiser_fitted_on_phantoms_finds_the_line(tmp_path, shared_weights, monkeypatch):
+    """``fracture localiser fit`` end to end: phantom boxes, ImageNet conv4, the stored head."""
+    from fracture.cli.main import main
+    from fracture.data.phantoms import synthesize_phantoms
+    from fracture.model.folder import ModelConfig, ModelFolder, imagenet_reference, save_model
+    from fracture.model.localiser import Localiser
+    from fracture.model.network import build_classifier
+
+    monkeypatch.setenv("FRACTURE_IMAGENET_WEIGHTS", str(shared_weights))
+    monkeypatch.setenv("FRACTURE_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "phantoms"
+    synthesize_phantoms(data, 160, size=192, seed=3)
+    config = ModelConfig(
+        image_size=192,
+        fine_tune_from="conv5_block1_out",
+        thresholds={"high_sensitivity": 0.5, "high_specificity": 0.7},
+        name="phantom-localiser",
+        version="1",
+    )
+    model = build_classifier(config, shared_weights)
+    model_dir = tmp_path / "model"
+    save_model(model, config, model_dir, reference=imagenet_reference(model, config), card={})
+    status = main(
+        ["localiser", "fit", str(data), "--model", str(model_dir), "--epochs", "15"]
+        + ["--normals-per-epoch", "40"]
+    )
+    assert status == 0
+    folder = ModelFolder(model_dir)
+    _, card = folder.read()  # the checksums cover the new head
+    assert Localiser.load(folder.localiser_path).input_channels == 1024
+    assert card["localiser"]["val_grid"]["pointing"] >= 0.9
