@@ -7,6 +7,7 @@ Both heads share one fitting path (:mod:`fracture.evaluation.region_fit`); the
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from fracture.cli.common import model_dir_or_active, stage_progress
 from fracture.data.records import region_words
@@ -16,38 +17,39 @@ __all__ = ["add_region_parser"]
 
 
 def add_region_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register ``region fit DATA``."""
-    region = subparsers.add_parser(
-        "region", help="fit the body-region head (which body part a radiograph shows)"
+    """Register ``region fit DATA`` and ``hardware fit DATA``."""
+    _add_head_group(
+        subparsers,
+        "region",
+        "fit the body-region head (which body part a radiograph shows)",
+        "per-region accuracy",
+        cmd_region_fit,
     )
-    commands = region.add_subparsers(dest="region_command", required=True, metavar="COMMAND")
-    fit = commands.add_parser(
-        "fit",
-        help="fit the head on a dataset's region labels (manifest.csv) and store it in the "
-        "model folder; report per-region accuracy on val",
-    )
-    fit.add_argument("data", help="dataset folder with train and val splits and region labels")
-    fit.add_argument("--model", default=None, help="model folder (default: the active model)")
-    fit.add_argument("--seed", type=int, default=0, help="the training run's seed")
-    fit.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.15,
-        help="without a val split on disk: the training val fraction",
-    )
-    fit.set_defaults(func=cmd_region_fit)
-
-    hardware = subparsers.add_parser(
+    _add_head_group(
+        subparsers,
         "hardware",
-        help="fit the hardware head (metal implant visible), which adds a caution to results",
+        "fit the hardware head (metal implant visible), which adds a caution to results",
+        "its accuracy and AUROC",
+        cmd_hardware_fit,
     )
-    commands = hardware.add_subparsers(dest="hardware_command", required=True, metavar="COMMAND")
+
+
+def _add_head_group(
+    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
+    labels: str,
+    help_text: str,
+    reported: str,
+    handler: Callable[[argparse.Namespace], int],
+) -> None:
+    """``LABELS fit DATA``: both small heads take the same arguments."""
+    group = subparsers.add_parser(labels, help=help_text)
+    commands = group.add_subparsers(dest=f"{labels}_command", required=True, metavar="COMMAND")
     fit = commands.add_parser(
         "fit",
-        help="fit the head on a dataset's hardware labels (manifest.csv) and store it in the "
-        "model folder; report its accuracy and AUROC on val",
+        help=f"fit the head on a dataset's {labels} labels (manifest.csv) and store it in the "
+        f"model folder; report {reported} on val",
     )
-    fit.add_argument("data", help="dataset folder with train and val splits and hardware labels")
+    fit.add_argument("data", help=f"dataset folder with train and val splits and {labels} labels")
     fit.add_argument("--model", default=None, help="model folder (default: the active model)")
     fit.add_argument("--seed", type=int, default=0, help="the training run's seed")
     fit.add_argument(
@@ -56,7 +58,7 @@ def add_region_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
         default=0.15,
         help="without a val split on disk: the training val fraction",
     )
-    fit.set_defaults(func=cmd_hardware_fit)
+    fit.set_defaults(func=handler)
 
 
 def cmd_hardware_fit(args: argparse.Namespace) -> int:

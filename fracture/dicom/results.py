@@ -418,16 +418,7 @@ def structured_report(
     if strongest is not None and strongest.body_region is not None:
         items.append(_text(BODY_REGION, strongest.body_region))
     if strongest is not None and strongest.region is not None:
-        region = hd.sr.ScoordContentItem(
-            name=EVIDENCE_REGION,
-            graphic_type="POLYLINE",
-            graphic_data=_corners(strongest.region),
-            relationship_type="CONTAINS",
-        )
-        region.ContentSequence = hd.sr.ContentSequence(
-            [_image_ref(strongest, "SELECTED FROM")], is_root=False
-        )
-        items.append(region)
+        items.append(_region_on(strongest, strongest.region, EVIDENCE_REGION, "CONTAINS"))
     for image in finding.images:
         container = hd.sr.ContainerContentItem(name=IMAGE_RESULT, relationship_type="CONTAINS")
         children: list[Any]
@@ -569,15 +560,7 @@ def _box_score(image: ImageFinding, box: PixelBox) -> hd.sr.NumContentItem:
     NUM -INFERRED FROM-> SCOORD -SELECTED FROM-> IMAGE is the measurement pattern of
     TID 1419, which the Comprehensive SR's relationship constraints allow.
     """
-    scoord = hd.sr.ScoordContentItem(
-        name=FRACTURE_BOX,
-        graphic_type="POLYLINE",
-        graphic_data=_corners(box.region),
-        relationship_type="INFERRED FROM",
-    )
-    scoord.ContentSequence = hd.sr.ContentSequence(
-        [_image_ref(image, "SELECTED FROM")], is_root=False
-    )
+    scoord = _region_on(image, box.region, FRACTURE_BOX, "INFERRED FROM")
     return _num(BOX_SCORE, box.score, scoord)
 
 
@@ -596,6 +579,22 @@ def _num(name: CodedConcept, value: float, source: Any = None) -> hd.sr.NumConte
     if source is not None:
         item.ContentSequence = hd.sr.ContentSequence([source], is_root=False)
     return item
+
+
+def _region_on(
+    image: ImageFinding, region: Any, name: Any, relationship: str
+) -> hd.sr.ScoordContentItem:
+    """A rectangle (a closed POLYLINE in the image's pixels) selected from ``image``."""
+    scoord = hd.sr.ScoordContentItem(
+        name=name,
+        graphic_type="POLYLINE",
+        graphic_data=_corners(region),
+        relationship_type=relationship,
+    )
+    scoord.ContentSequence = hd.sr.ContentSequence(
+        [_image_ref(image, "SELECTED FROM")], is_root=False
+    )
+    return scoord
 
 
 def _image_ref(image: ImageFinding, relationship: str = "INFERRED FROM") -> hd.sr.ImageContentItem:
