@@ -233,4 +233,4 @@ def test_a_trained_k_class_run_shows_per_class_results_on_the_model_page(trained
     specs = "\n".join(chart.proto.spec for chart in at.get("plotly_chart"))
     assert "ROC per class" in specs and "called transverse" in specs
     assert "{" not in texts and str(trained_env.base) not in texts
-    assert "Where the heat map points" not in texts  # boxes mark fractures, not classes
+    assert "Where the maps point" not in texts  # boxes mark fractures, not classes
