@@ -174,12 +174,21 @@ def _build_served_model(model_dir: str, key: str) -> ServedModel:
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
     from fracture.model.imagenet import resolve_imagenet_weights
+    from fracture.views import display
 
     configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
     current = get_settings()
     loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
+    # The image a person looks at comes back at display size, its heat map computed at
+    # that size once (not at the radiograph's full size and then shrunk).
     single = SharedPredictor(
-        Predictor(loaded, settings=current, batch_size=DEFAULT_MAX_BATCH, fixed_batch=False),
+        Predictor(
+            loaded,
+            settings=current,
+            batch_size=DEFAULT_MAX_BATCH,
+            fixed_batch=False,
+            display_max_side=display.DISPLAY_MAX_SIDE,
+        ),
         max_wait_s=current.batch_wait_ms / 1000,
     )
     batch = Predictor(loaded, settings=current, batch_size=current.batch_size)
@@ -528,8 +537,9 @@ def score_upload(served: ServedModel, data: bytes, name: str) -> Any:
 
     An image this server has scored before (any session, any file name) comes
     from the process-wide cache (fracture.views.scored) instead of the network.
-    The page shows the image at display size: that is what is kept, not the
-    full-size pixels (downloads start again from the upload itself), and the
+    The page shows the image at display size: the shared predictor returns it
+    so (heat map included, computed at that size), which is what is kept, not
+    the full-size pixels (downloads start again from the upload itself); the
     pooled features (only the OOD gate's input) are dropped.
     """
     import dataclasses
