@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ __all__ = [
     "configure_server_logging",
     "flash",
     "get_served_model",
+    "score_upload",
+    "start_loading_model",
     "hide_chart_toolbars",
     "model_changed",
     "operating_point",
@@ -164,39 +167,125 @@ class ServedModel:
         return self.single.config
 
 
-def _release_served_model(served: ServedModel) -> None:
-    # A replaced model's worker finishes the requests it already has, then stops.
-    served.single.close(drain=True)
-
-
-@st.cache_resource(show_spinner="Loading model…", max_entries=1, on_release=_release_served_model)
-def _load_served_model(model_dir: str, key: str) -> ServedModel:
-    """Build the network once per process and model; ``key`` changes when the model does."""
+def _build_served_model(model_dir: str, key: str) -> ServedModel:
+    """Build the network and its two predictors (TensorFlow is imported here, nowhere earlier)."""
     from fracture.inference.batching import DEFAULT_MAX_BATCH, SharedPredictor
     from fracture.inference.engine import configure_threads
     from fracture.inference.predictor import Predictor
     from fracture.model.folder import load_model
     from fracture.model.imagenet import resolve_imagenet_weights
+    from fracture.views import display
 
     configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
     current = get_settings()
     loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
+    # The image a person looks at comes back at display size, its heat map computed at
+    # that size once (not at the radiograph's full size and then shrunk).
     single = SharedPredictor(
-        Predictor(loaded, settings=current, batch_size=DEFAULT_MAX_BATCH, fixed_batch=False),
+        Predictor(
+            loaded,
+            settings=current,
+            batch_size=DEFAULT_MAX_BATCH,
+            fixed_batch=False,
+            display_max_side=display.DISPLAY_MAX_SIDE,
+        ),
         max_wait_s=current.batch_wait_ms / 1000,
     )
     batch = Predictor(loaded, settings=current, batch_size=current.batch_size)
     return ServedModel(single=single, batch=batch, key=key, directory=Path(model_dir))
 
 
+class ModelLoading:
+    """One load of the served model on a background thread.
+
+    Importing TensorFlow and tracing the graph takes seconds (13.6 s to a usable
+    page before this, issue 25); pages that do not run the network must not wait
+    for it, and an upload made meanwhile waits only for what is left of the load.
+    """
+
+    def __init__(self, model_dir: str, key: str) -> None:
+        self.model_dir = model_dir
+        self.key = key
+        self.started = time.monotonic()
+        self.served: ServedModel | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fracture-model-load", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.served = _build_served_model(self.model_dir, self.key)
+            _log.info("Model %s ready in %.1f s", self.model_dir, time.monotonic() - self.started)
+        except BaseException as error:  # noqa: BLE001 - handed to the page that waits
+            self.error = error
+        finally:
+            self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the load has finished (successfully or not)."""
+        return self._done.wait(timeout)
+
+
+def _release_loading(loading: ModelLoading) -> None:
+    # A replaced model's worker finishes the requests it already has, then stops.
+    if loading.wait(0) and loading.served is not None:
+        loading.served.single.close(drain=True)
+
+
+@st.cache_resource(show_spinner=False, max_entries=1, on_release=_release_loading)
+def _model_loading(model_dir: str, key: str) -> ModelLoading:
+    """The one background load per process and model; ``key`` changes when the model does."""
+    return ModelLoading(model_dir, key)
+
+
+def _load_served_model(model_dir: str, key: str) -> ServedModel:
+    """The served model, waiting for its background load to finish."""
+    loading = _model_loading(model_dir, key)
+    loading.wait()
+    if loading.served is None:
+        _model_loading.clear()  # the next run tries again (a fixed file, a freed disk)
+        raise loading.error or RuntimeError("the model load stopped without a result")
+    return loading.served
+
+
+def start_loading_model() -> None:
+    """Start loading the active model in the background, if it is not loading already.
+
+    Called by ``app.py`` on every run, before any page: the first visitor's
+    Dataset or Learn page renders at once while the network is built behind it.
+    """
+    model, _ = active_model()
+    if model is not None:
+        _model_loading(str(model.directory), model.key)
+
+
+_WAIT_NOTE_EVERY_S = 0.25
+
+
 def get_served_model() -> ServedModel | None:
-    """The cached network of the active model; shows why on the page when there is none."""
+    """The active model's network, waiting (with a note) while it loads; None when there is none."""
     from fracture.model.imagenet import WeightsError
 
     model, problem = active_model()
     if model is None:
         show_no_model(problem)
         return None
+    loading = _model_loading(str(model.directory), model.key)
+    if not loading.ready:
+        note = st.empty()
+        while not loading.wait(_WAIT_NOTE_EVERY_S):
+            waited = time.monotonic() - loading.started
+            note.info(
+                f"The model is still loading ({waited:.0f} s so far). Your upload is kept and "
+                "is scored as soon as the model is ready.",
+                icon=":material/hourglass_top:",
+            )
+        note.empty()
     try:
         return _load_served_model(str(model.directory), model.key)
     except (ModelLoadError, WeightsError, OSError, ValueError) as error:
@@ -207,7 +296,8 @@ def get_served_model() -> ServedModel | None:
 def model_changed() -> None:
     """Forget the cached model after a promotion, rollback or activation on this server."""
     _lookup_active_model.clear()
-    _load_served_model.clear()
+    _model_loading.clear()
+    _scored_images.clear()
     st.session_state.pop("prediction_cache", None)
     st.session_state.pop("batch_results", None)
 
@@ -432,6 +522,44 @@ def cached_prediction(key: tuple[str, ...]) -> Any:
         return None
     cache.move_to_end(key)
     return cache[key]
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _scored_images(model_key: str) -> Any:  # noqa: ARG001 - the key: a new model, a new cache
+    """Results of this server's model, by content hash: one cache per process, bounded by bytes."""
+    from fracture.views.scored import ScoredImages
+
+    return ScoredImages()
+
+
+def score_upload(served: ServedModel, data: bytes, name: str) -> Any:
+    """The prediction for an uploaded image, with its heat map, at display size.
+
+    An image this server has scored before (any session, any file name) comes
+    from the process-wide cache (fracture.views.scored) instead of the network.
+    The page shows the image at display size: the shared predictor returns it
+    so (heat map included, computed at that size), which is what is kept, not
+    the full-size pixels (downloads start again from the upload itself); the
+    pooled features (only the OOD gate's input) are dropped.
+    """
+    import dataclasses
+
+    from fracture.views import display
+    from fracture.views.scored import content_key
+
+    cache = _scored_images(served.key)
+    key = content_key(data)
+    found = cache.get(key, name=name)
+    if found is not None:
+        return found
+    prediction = served.single.predict([data], names=[name], with_cam=True)[0]
+    image, heatmap = prediction.image, prediction.heatmap
+    if image is not None:
+        image, heatmap = display.fit_for_display(image, heatmap)
+    prediction = dataclasses.replace(prediction, features=None, image=image, heatmap=heatmap)
+    if prediction.ok:  # an error may be passing (a worker stopping): ask again next time
+        cache.put(key, prediction)
+    return prediction
 
 
 def path_exists(text: str) -> bool:

@@ -36,10 +36,14 @@ st.caption(
     + common.NOT_FOR_DIAGNOSIS
 )
 
-served = common.get_served_model()
-if served is None:
+# The model's card and thresholds, without waiting for the network: it loads in the
+# background and is needed only when an answer is scored.
+active, problem = common.active_model()
+if active is None:
+    common.show_no_model(problem)
     st.stop()
-if not served.config.thresholds:
+config = active.config
+if not config.thresholds:
     st.info(
         "The active model names one of several classes and gives no fracture probability, "
         "so it cannot be compared with a fracture-or-normal answer. Activate a fracture "
@@ -63,7 +67,7 @@ def start_round() -> None:
     split = st.session_state[SPLIT_KEY]
     n, seed = int(st.session_state[SIZE_KEY]), int(st.session_state[SEED_KEY])
     dataset = common.list_dataset(dataset_root)
-    op_name, threshold = common.operating_point(served.config)
+    op_name, threshold = common.operating_point(config)
     try:
         cases = learn.draw_round(dataset, split, n, seed)
     except ValueError as error:
@@ -146,6 +150,9 @@ def _submit(state: dict, case: learn.Case, number: int) -> None:
     x = st.session_state.get(f"learn_x_{number}")
     y = st.session_state.get(f"learn_y_{number}")
     point = (float(x) / 100.0, float(y) / 100.0) if x is not None and y is not None else None
+    served = common.get_served_model()
+    if served is None:
+        return
     prediction = served.single.predict([str(case.path)], names=[case.name], with_cam=True)[0]
     state["results"].append(
         learn.CaseResult(

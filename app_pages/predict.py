@@ -38,14 +38,17 @@ st.caption(
     "never stored. " + common.NOT_FOR_DIAGNOSIS
 )
 
-served = common.get_served_model()
-if served is None:
+# The card and thresholds are read without the network, which loads in the background
+# (app.py starts it): the picker and the uploader are usable at once.
+active, problem = common.active_model()
+if active is None:
+    common.show_no_model(problem)
     st.stop()
 threshold: float | None = None
 op_name = ""
-if served.config.thresholds:
+if active.config.thresholds:
     # Here, not only in the sidebar: on a phone the sidebar is folded away.
-    op_name, threshold = common.operating_point_picker(served.config)
+    op_name, threshold = common.operating_point_picker(active.config)
 # else: a K-class model without a normal class names its most probable class; there is
 # no fracture probability, so no operating point to pick.
 
@@ -69,6 +72,10 @@ if not uploads:
         "Drop radiographs above to score them. A Grad-CAM heat map shows where the model looked.",
         icon=":material/upload_file:",
     )
+    st.stop()
+# An upload made while the model loads waits here, with a note, then is scored.
+served = common.get_served_model()
+if served is None:
     st.stop()
 
 
@@ -98,16 +105,7 @@ def cam_prediction(upload: UploadedFile) -> Prediction:
     prediction = common.cached_prediction(key)
     if prediction is None:
         with st.spinner(f"Scoring {upload.name}…"):
-            prediction = served.single.predict(
-                [upload.getvalue()], names=[upload.name], with_cam=True
-            )[0]
-        # Pooled features are only for the OOD gate; the session need not keep them.
-        # The page shows the image at display size: keep that, not the full-size
-        # pixels (downloads start again from the upload itself).
-        image, heatmap = prediction.image, prediction.heatmap
-        if image is not None:
-            image, heatmap = display.fit_for_display(image, heatmap)
-        prediction = dataclasses.replace(prediction, features=None, image=image, heatmap=heatmap)
+            prediction = common.score_upload(served, upload.getvalue(), upload.name)
         common.cache_prediction(key, prediction)
     return prediction
 

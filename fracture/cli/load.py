@@ -67,7 +67,14 @@ def add_load_parser(sub: argparse._SubParsersAction) -> None:
         "--server-pid",
         type=int,
         default=None,
-        help="sample this process's resident memory while the test runs",
+        help="the server's process id: sample its resident memory and count its CPU seconds "
+        "(and its children's) per upload while the sessions run",
+    )
+    p.add_argument(
+        "--no-engine-floor",
+        action="store_true",
+        help="skip timing `fracture predict` afterwards (its marginal CPU seconds per image, "
+        "the figure the server's CPU per upload is compared with)",
     )
     p.add_argument(
         "--server-log",
@@ -89,6 +96,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
         warmup=not args.no_warmup,
         server_pid=args.server_pid,
+        engine_floor=not args.no_engine_floor,
         server_log=args.server_log,
         chromium=args.chromium,
     )

@@ -42,7 +42,7 @@ from fracture.inference.gradcam import (
 from fracture.inference.heads import HardwareHead
 from fracture.inference.localisation import Box, boxes_in_image, centre_map, decode_boxes
 from fracture.inference.ood import AnyOODGate, load_ood_gate
-from fracture.inference.preprocess import Geometry, letterbox
+from fracture.inference.preprocess import Geometry, fit_within, letterbox, shown_geometry
 from fracture.inference.region import RegionHead
 from fracture.inference.verdict import FRACTURE, NOT_ASSESSED, Verdict, decide
 from fracture.io.images import InvalidImageError, load_image
@@ -193,11 +193,16 @@ class Prediction:
         return None if self.location_outputs is None else centre_map(self.location_outputs)
 
     def location_image(self) -> np.ndarray | None:
-        """The localisation head's centre probability at the original image's size, in [0, 1]."""
+        """The localisation head's centre probability at the kept image's size, in [0, 1].
+
+        That is the original size, or the display size where the predictor keeps a
+        display-size image (the map is resized once, to where it is shown).
+        """
         location = self.location
         if location is None or self.geometry is None:
             return None
-        return np.clip(heatmap_to_image(location, self.geometry), 0.0, 1.0)
+        geometry = shown_geometry(self.geometry, self.image)
+        return np.clip(heatmap_to_image(location, geometry), 0.0, 1.0)
 
     def default_map(self) -> np.ndarray | None:
         """The map an overlay shows by default, at the image's size, in [0, 1].
@@ -329,6 +334,11 @@ class Predictor:
     ``fixed_batch=False`` compiles the engine for any batch size up to
     ``batch_size`` instead of padding to it (for the shared serving queue,
     :mod:`fracture.inference.batching`).
+
+    ``display_max_side`` (for a page that shows the image): with heat maps, the
+    kept image is shrunk to at most this side and the heat map is computed at
+    that size in one resize, never at the full radiograph's size. Probability,
+    boxes (normalised) and ``geometry`` (the original frame) are unchanged.
     """
 
     def __init__(
@@ -340,6 +350,7 @@ class Predictor:
         warmup: bool = True,
         precision: str | None = None,
         fixed_batch: bool = True,
+        display_max_side: int | None = None,
     ) -> None:
         # Before the network is compiled: TensorFlow's thread pools are fixed at its first op.
         configure_threads()
@@ -347,6 +358,9 @@ class Predictor:
         self.loaded = loaded
         self.config = loaded.config
         self.batch_size = batch_size or self.settings.batch_size
+        if display_max_side is not None and display_max_side < 1:
+            raise ValueError(f"display_max_side must be at least 1, not {display_max_side}")
+        self.display_max_side = display_max_side
         self.precision = _resolve_precision(
             precision or self.settings.inference_precision, loaded.config.inference_precision
         )
@@ -487,7 +501,12 @@ class Predictor:
                 None,
                 f"{name}: could not be prepared for the model (the decoded image is not usable)",
             )
-        return Prepared(index, name, network_input, geometry, image if keep_image else None, None)
+        kept = None
+        if keep_image:
+            kept = (
+                image if self.display_max_side is None else fit_within(image, self.display_max_side)
+            )
+        return Prepared(index, name, network_input, geometry, kept, None)
 
     def score(self, batch: list[Prepared], with_cam: bool) -> Iterator[Prediction]:
         """Run the network once over ``batch`` and yield its predictions in batch order."""
@@ -515,14 +534,16 @@ class Predictor:
                 scored = self._classes(output)
             for row, prepared in enumerate(good):
                 prediction = scored[row]
+                # The heat map at the kept image's size (display size for a page).
+                heat_geometry = shown_geometry(prepared.geometry, prepared.image)  # type: ignore[arg-type]
                 if prediction.class_evidence is not None:
                     prediction = with_class_map(
-                        prediction, prediction.top_class, self.config, prepared.geometry
+                        prediction, prediction.top_class, self.config, heat_geometry
                     )
                 elif prediction.evidence is not None:
                     prediction.heatmap, prediction.box, prediction.box_style = _heat_and_box(
                         prediction.evidence,
-                        prepared.geometry,  # type: ignore[arg-type]
+                        heat_geometry,
                         prediction.probability,
                         self.config,
                     )
@@ -672,7 +693,8 @@ def with_class_map(
     For K-class predictions made with heat maps: every class's evidence was kept on the
     network's grid, so this only upsamples one map. The strongest-region box is drawn
     for fracture classes only (the normal class's evidence is not a finding), at the
-    operating point, as for the binary model. ``geometry`` defaults to the prediction's.
+    operating point, as for the binary model. ``geometry`` defaults to the prediction's;
+    the map comes out at the size of the prediction's kept image (display size on a page).
     """
     if prediction.class_evidence is None or prediction.class_probabilities is None:
         raise ValueError(
@@ -684,6 +706,7 @@ def with_class_map(
     geometry = geometry or prediction.geometry
     if geometry is None:
         raise ValueError("this prediction has no image geometry to map its heat map onto")
+    geometry = shown_geometry(geometry, prediction.image)  # at the kept image's size
     index = names.index(class_name)
     evidence = prediction.class_evidence[..., index]
     is_normal = index == config.normal_index

@@ -9,12 +9,12 @@ network's input is plain RGB in [0, 255].
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-__all__ = ["Geometry", "letterbox", "unletterbox", "PAD_VALUE"]
+__all__ = ["Geometry", "fit_within", "letterbox", "shown_geometry", "unletterbox", "PAD_VALUE"]
 
 # Radiograph backgrounds are black; padding with black adds no edge that the
 # network could mistake for a cortex.
@@ -74,3 +74,32 @@ def unletterbox(square_map: np.ndarray, geometry: Geometry) -> np.ndarray:
         (geometry.original_width, geometry.original_height),
         interpolation=cv2.INTER_LINEAR,
     )
+
+
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` (H, W[, C]) shrunk so its longest side is at most ``max_side``; smaller ones as they are.
+
+    INTER_AREA averages when shrinking, so thin fracture lines stay visible
+    rather than aliasing away. Used for the image a page shows and its heat map.
+    """
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def shown_geometry(geometry: Geometry, image: np.ndarray | None) -> Geometry:
+    """``geometry`` mapping onto ``image`` as it is kept (perhaps display size), not the original.
+
+    A heat map computed through it comes out at the kept image's size in one
+    resize, instead of at the full radiograph's size and then shrunk (issue 25:
+    64 MB of floats for a 4,000-px image, for a map shown at 960 px).
+    """
+    if image is None:
+        return geometry
+    height, width = image.shape[:2]
+    if (height, width) == (geometry.original_height, geometry.original_width):
+        return geometry
+    return replace(geometry, original_height=height, original_width=width)

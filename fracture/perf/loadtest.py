@@ -24,6 +24,16 @@ per inference batch at the default INFO level), the report also counts the
 batches that the shared inference queue formed while the sessions ran: how
 many colleagues' images shared one network call.
 
+With ``server_pid`` it also reports what each upload cost the server in CPU
+time: user plus system seconds of the server process and all its children
+(psutil), over the concurrent phase only, divided by the uploads completed in
+it. A browser load test on a small machine measures the browsers as much as the
+server; CPU seconds of the server do not depend on the client (issue 25). Set
+against the network's own cost, the marginal CPU seconds per image of
+``fracture predict`` measured in the same run (``engine_floor``: two runs of
+different sizes, so start-up and model loading cancel), the ratio says how much
+the page costs beyond the network.
+
 Needs Playwright (``requirements-dev.txt``) and a Chromium (Debian's
 ``chromium`` package; ``playwright install`` is not required).
 """
@@ -52,6 +62,8 @@ __all__ = [
     "check_local_url",
     "run_load",
     "find_chromium",
+    "marginal_cpu_per_image",
+    "tree_cpu_seconds",
 ]
 
 # -- Configurable parameters ---------------------------------------------------------
@@ -69,6 +81,10 @@ CHROMIUM_ARGS = (
     "--no-first-run",
 )
 RSS_SAMPLE_S = 0.5
+# `fracture predict` on this many images, then this many: the difference is the marginal cost.
+FLOOR_SMALL = 4
+FLOOR_LARGE = 24
+FLOOR_TIMEOUT_S = 600.0
 
 # Streamlit's DOM test ids (stable across releases; the browser test uses them too).
 UPLOADER = "[data-testid='stFileUploaderDropzoneInput']"
@@ -122,6 +138,8 @@ class LoadConfig:
     request_timeout_s: float = 300.0
     warmup: bool = True  # one untimed request first, so the model load is not in the figures
     server_pid: int | None = None  # sample this process's RSS (and its children's) while running
+    # Measure `fracture predict`'s marginal CPU seconds per image after the browsers finish.
+    engine_floor: bool = True
     server_log: str | None = None  # the server's log: count the inference batches it reports
     chromium: str | None = None
 
@@ -157,11 +175,30 @@ class LoadReport:
     # Inference batches the server logged during the concurrent phase: size -> count
     # (None: no server log was given).
     batch_sizes: dict[int, int] | None = None
+    # User + system CPU seconds of the server and its children during the concurrent phase.
+    server_cpu_s: float | None = None
+    # `fracture predict`'s marginal CPU seconds per image, measured in the same run.
+    engine_cpu_per_image_s: float | None = None
 
     @property
     def requests(self) -> int:
         """Requests attempted (completed or failed)."""
         return len(self.latencies_s) + len(self.errors)
+
+    @property
+    def server_cpu_per_upload_s(self) -> float | None:
+        """The server's CPU seconds per completed upload of the concurrent phase."""
+        if self.server_cpu_s is None or not self.latencies_s:
+            return None
+        return self.server_cpu_s / len(self.latencies_s)
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Server CPU per upload over the engine's CPU per image: 1 would be the network alone."""
+        per_upload = self.server_cpu_per_upload_s
+        if per_upload is None or not self.engine_cpu_per_image_s:
+            return None
+        return per_upload / self.engine_cpu_per_image_s
 
     def percentile_ms(self, q: float) -> float | None:
         if not self.latencies_s:
@@ -186,6 +223,10 @@ class LoadReport:
             "wall_s": self.wall_s,
             "server_peak_rss_mib": self.server_peak_rss_mib,
             "stopped_by_deadline": self.stopped_by_deadline,
+            "server_cpu_s": self.server_cpu_s,
+            "server_cpu_per_upload_s": self.server_cpu_per_upload_s,
+            "engine_cpu_per_image_s": self.engine_cpu_per_image_s,
+            "server_cpu_over_engine": self.cpu_ratio,
             "batch_sizes": None
             if self.batch_sizes is None
             else {str(size): count for size, count in sorted(self.batch_sizes.items())},
@@ -224,6 +265,9 @@ class LoadReport:
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value:,.0f} ms"
 
+        def seconds(value: float | None, note: str = "") -> str:
+            return "-" if value is None else f"{value:.3f} CPU s {note}".rstrip()
+
         rows = [
             ("server", self.url),
             ("sessions at once", str(self.sessions)),
@@ -245,6 +289,12 @@ class LoadReport:
                 "-" if self.server_peak_rss_mib is None else f"{self.server_peak_rss_mib:,.0f} MiB",
             ),
             ("inference batches", self.batch_cell()),
+            ("server CPU per upload", seconds(self.server_cpu_per_upload_s)),
+            ("engine CPU per image", seconds(self.engine_cpu_per_image_s, "(fracture predict)")),
+            (
+                "server ÷ engine",
+                "-" if self.cpu_ratio is None else f"{self.cpu_ratio:.1f} × the network's own cost",
+            ),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
@@ -350,6 +400,99 @@ def _children(pid: int) -> list[int]:
     return found + [grandchild for child in found for grandchild in _children(child)]
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children, so far.
+
+    Live children (at any depth) count with their own times; children that have
+    exited and been waited for are in the parent's ``children_user`` and
+    ``children_system``, so a worker that ends between two readings is not lost.
+    Raises ``psutil.NoSuchProcess`` when ``pid`` is gone.
+    """
+    import psutil
+
+    process = psutil.Process(pid)
+    times = process.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in process.children(recursive=True):
+        try:
+            child_times = child.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # exited between the listing and the reading: in its parent's count
+        total += child_times.user + child_times.system
+    return float(total)
+
+
+def child_cpu_seconds(
+    argv: Sequence[str], timeout_s: float, env: dict[str, str] | None = None
+) -> float:
+    """Run ``argv`` to the end and return its user + system CPU seconds (its children included).
+
+    ``os.wait4`` reads the rusage of exactly this child, so other work on the
+    machine does not count. Raises ``RuntimeError`` on a non-zero exit or a timeout.
+    """
+    import subprocess
+
+    process = subprocess.Popen(
+        list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"{argv[0]} took longer than {timeout_s:.0f} s")
+        time.sleep(0.05)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"exit status {process.returncode}: {error.strip()[-300:]}")
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def predict_command(folder: Path, out: Path) -> list[str]:
+    """``fracture predict`` on a folder, as this interpreter runs it."""
+    import sys
+
+    return [sys.executable, "-m", "fracture", "predict", str(folder), "--out", str(out)]
+
+
+def marginal_cpu_per_image(
+    uploads: Sequence[Upload],
+    small: int = FLOOR_SMALL,
+    large: int = FLOOR_LARGE,
+    command: Any = predict_command,
+    timeout_s: float = FLOOR_TIMEOUT_S,
+) -> float:
+    """CPU seconds per extra image of ``command`` (default ``fracture predict``).
+
+    Two runs, of ``small`` and ``large`` images (the uploads, repeated under
+    new names), and the difference divided by the extra images: starting Python,
+    importing TensorFlow and loading the model cost the same in both and cancel,
+    leaving what one more image costs, the network's floor for a server.
+    """
+    import tempfile
+
+    if not uploads:
+        raise ValueError("no images to measure the engine on")
+    if not 0 < small < large:
+        raise ValueError(f"need 0 < small < large, not {small} and {large}")
+    cpu = {}
+    with tempfile.TemporaryDirectory(prefix="fracture-floor-") as tmp:
+        for count in (small, large):
+            folder = Path(tmp) / f"images-{count}"
+            folder.mkdir()
+            for index in range(count):
+                upload = uploads[index % len(uploads)]
+                (folder / f"{index:04d}-{upload.name}").write_bytes(upload.data)
+            cpu[count] = child_cpu_seconds(
+                command(folder, Path(tmp) / f"out-{count}.csv"), timeout_s
+            )
+    return max(cpu[large] - cpu[small], 0.0) / (large - small)
+
+
 def run_load(config: LoadConfig, uploads: Sequence[Upload]) -> LoadReport:
     """Run the load test and return its report; never raises for a failed request."""
     config.validate()
@@ -367,6 +510,12 @@ def run_load(config: LoadConfig, uploads: Sequence[Upload]) -> LoadReport:
         _run_in_own_loop(_run(config, list(uploads), chromium, report, deadline))
     if not report.wall_s:  # the concurrent phase never started (warm-up failed)
         report.wall_s = time.monotonic() - start
+    if config.engine_floor and report.latencies_s:
+        # After the browsers, so that it neither competes with nor is slowed by them.
+        try:
+            report.engine_cpu_per_image_s = marginal_cpu_per_image(uploads)
+        except (RuntimeError, OSError) as error:
+            report.errors.append(f"the engine floor (fracture predict) failed: {error}")
     return report
 
 
@@ -400,6 +549,7 @@ async def _run(
                 for s in range(config.sessions)
             ]
             log_offset = _size(config.server_log)
+            cpu_before = _server_cpu(config.server_pid)
             started = time.monotonic()
             outcomes = await asyncio.gather(
                 *(
@@ -412,6 +562,9 @@ async def _run(
                 report.errors.extend(outcome.errors)
                 report.stopped_by_deadline |= outcome.stopped_by_deadline
             report.wall_s = time.monotonic() - started
+            cpu_after = _server_cpu(config.server_pid)
+            if cpu_before is not None and cpu_after is not None:
+                report.server_cpu_s = cpu_after - cpu_before
             if config.server_log:
                 report.batch_sizes = dict(_logged_batches(config.server_log, log_offset))
         finally:
@@ -494,6 +647,15 @@ async def _one_request(page: Any, config: LoadConfig, upload: Upload, deadline: 
     for task in finished:
         task.result()  # a timeout surfaces here
     return elapsed
+
+
+def _server_cpu(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        return tree_cpu_seconds(pid)
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess or AccessDenied: no figure
+        return None
 
 
 def _size(path: str | None) -> int:

@@ -14,6 +14,7 @@ import functools
 import cv2
 import numpy as np
 
+from fracture.inference.preprocess import fit_within
 from fracture.views import figures
 
 __all__ = ["DISPLAY_MAX_SIDE", "JPEG_QUALITY", "fit_for_display", "jpeg", "probability_gauge"]
@@ -33,16 +34,10 @@ def fit_for_display(
     Smaller images are returned as they are. INTER_AREA averages when
     shrinking, so thin fracture lines stay visible rather than aliasing away.
     """
-    height, width = image.shape[:2]
-    scale = max_side / max(height, width)
-    if scale >= 1:
+    small = fit_within(image, max_side)
+    if small is image:
         return image, heatmap
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    small_heat = (
-        None if heatmap is None else cv2.resize(heatmap, size, interpolation=cv2.INTER_AREA)
-    )
-    return small, small_heat
+    return small, None if heatmap is None else fit_within(heatmap, max_side)
 
 
 def jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

@@ -154,3 +154,26 @@ def test_prior_shift_is_removed_before_temperature(tiny_predictor, monkeypatch):
     result = tiny_predictor.predict([image])[0]
     assert result.logit == pytest.approx(base.logit - 1.5, abs=1e-5)
     assert result.probability < base.probability
+
+
+def test_display_size_heat_map_is_computed_at_the_shown_size(tiny_model_dir, fake_imagenet_weights):
+    # Issue 25: a page shows at most DISPLAY_MAX_SIDE pixels; the heat map is made at
+    # that size in one resize, never at the full radiograph's size and then shrunk.
+    from fracture.model.folder import load_model
+
+    loaded = load_model(tiny_model_dir, fake_imagenet_weights)
+    full = Predictor(loaded, batch_size=2)
+    shown = Predictor(loaded, batch_size=2, display_max_side=120)
+    image = np.repeat(np.repeat(radiograph_like(9, height=96, width=80), 5, axis=0), 5, axis=1)
+    big = full.predict([image], with_cam=True)[0]
+    small = shown.predict([image], with_cam=True)[0]
+    assert big.heatmap.shape == (480, 400)
+    assert small.image.shape == (120, 100, 3) and small.heatmap.shape == (120, 100)
+    assert small.probability == big.probability and small.geometry == big.geometry
+    # The same map, sampled coarser: its shrunk full-size twin agrees closely.
+    import cv2
+
+    shrunk = cv2.resize(big.heatmap, (100, 120), interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk - small.heatmap).max() < 0.05
+    with pytest.raises(ValueError, match="at least 1"):
+        Predictor(loaded, batch_size=2, display_max_side=0, warmup=False)

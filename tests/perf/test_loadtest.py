@@ -145,3 +145,96 @@ def test_a_server_that_is_not_there_gives_errors_not_a_crash():
     assert time.monotonic() - started < 60
     assert report.latencies_s == [] and report.requests == 4
     assert all("page did not load" in message for message in report.errors)
+
+
+# --------------------------------------------------------------------------------------
+# CPU seconds per upload, against a fake server and a fake `fracture predict`
+
+_BURN = "import time\ndef burn(s):\n    t = time.process_time()\n    while time.process_time() - t < s: pass\n"
+
+# A fake server: idle until told to go, then burns known CPU in itself (0.4 s), in a
+# child that exits and is waited for (0.4 s), and in a child that stays alive (0.3 s).
+_FAKE_SERVER = (
+    _BURN
+    + """
+import subprocess, sys
+sys.stdin.readline()
+burn(0.4)
+quick = [sys.executable, "-I", "-S", "-c", {burn!r} + "burn(0.4)"]
+subprocess.run(quick, check=True)
+live = subprocess.Popen(
+    [sys.executable, "-I", "-S", "-c", {burn!r} + "burn(0.3); print('burnt', flush=True); time.sleep(60)"],
+    stdout=subprocess.PIPE, text=True,
+)
+live.stdout.readline()
+print("done", flush=True)
+time.sleep(60)
+"""
+).replace("{burn!r}", repr(_BURN))
+
+
+def test_the_server_cpu_counts_the_process_and_all_its_children():
+    import subprocess
+    import sys
+
+    from fracture.perf.loadtest import tree_cpu_seconds
+
+    server = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _FAKE_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # past its own start-up, now waiting for "go"
+        before = tree_cpu_seconds(server.pid)
+        server.stdin.write("go\n")
+        server.stdin.flush()
+        assert server.stdout.readline().strip() == "done"
+        used = tree_cpu_seconds(server.pid) - before
+    finally:
+        for child in __import__("psutil").Process(server.pid).children(recursive=True):
+            child.kill()
+        server.kill()
+        server.wait()
+    # 1.1 s burnt; the two children's own interpreter start-up adds a little.
+    assert 1.1 <= used <= 1.5, used
+
+
+def test_the_engine_floor_is_the_marginal_cost_per_image():
+    import sys
+
+    from fracture.perf.loadtest import marginal_cpu_per_image
+
+    def fake_predict(folder, out):
+        # 0.3 s of start-up whatever the size, then 0.05 s per image.
+        code = _BURN + f"import os\nburn(0.3 + 0.05 * len(os.listdir({str(folder)!r})))\n"
+        return [sys.executable, "-I", "-S", "-c", code]
+
+    uploads = generated_uploads(2, size=32)
+    per_image = marginal_cpu_per_image(uploads, small=2, large=10, command=fake_predict)
+    assert per_image == pytest.approx(0.05, abs=0.015)
+
+
+def test_a_failing_engine_run_says_why():
+    import sys
+
+    from fracture.perf.loadtest import marginal_cpu_per_image
+
+    def broken(folder, out):
+        return [sys.executable, "-c", "import sys; sys.exit('no model here')"]
+
+    with pytest.raises(RuntimeError, match="no model here"):
+        marginal_cpu_per_image(generated_uploads(1, size=32), small=1, large=2, command=broken)
+
+
+def test_the_report_sets_server_cpu_per_upload_against_the_engine():
+    report = LoadReport("http://localhost:8501", 2, 4, latencies_s=[1.0] * 4)
+    assert report.server_cpu_per_upload_s is None and report.cpu_ratio is None
+    report.server_cpu_s = 2.0
+    report.engine_cpu_per_image_s = 0.1
+    figures = report.to_dict()
+    assert figures["server_cpu_per_upload_s"] == pytest.approx(0.5)
+    assert figures["server_cpu_over_engine"] == pytest.approx(5.0)
+    table = report.table()
+    assert "0.500 CPU s" in table and "5.0 ×" in table
