@@ -21,7 +21,7 @@ from test_app import _app, app_env  # noqa: F401 - the module's fixture, reused
 
 from app_helpers import png_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fresh_load(monkeypatch, gate: threading.Event | None = None) -> list[str]:
