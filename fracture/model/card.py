@@ -596,7 +596,9 @@ def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = N
         f"fit, then padded); layers after `{card.get('fine_tune_from')}` were fine-tuned",
         "- Calibration: "
         + (
-            f"{calibration_facts(report, card)['method']} (details below)."
+            f"{calibration_facts(report, card)['method']}, temperature "
+            f"{_fmt(card['calibration'].get('temperature', card.get('temperature')))} "
+            "(details below)."
             if card.get("calibration")
             else calibration_sentence(report, card)
         ),
