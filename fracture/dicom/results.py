@@ -403,7 +403,7 @@ def structured_report(
         _text(ALGORITHM_VERSION, finding.model_version),
     ]
     if strongest is None:
-        items.append(_text(NOT_ASSESSED, f"Not assessed: {decision.verdict.reason}"))
+        items.append(_text(NOT_ASSESSED, _sentence(decision.verdict.reason)))
     else:
         items += [
             _code(FRACTURE, PRESENT if finding.present else ABSENT),
@@ -426,7 +426,7 @@ def structured_report(
             children = [_num(PROBABILITY, image.probability, _image_ref(image))]
         else:
             reason = image.verdict.reason if image.verdict is not None else None
-            note = _text(NOT_ASSESSED, f"Not assessed: {reason}")
+            note = _text(NOT_ASSESSED, _sentence(reason))
             note.ContentSequence = hd.sr.ContentSequence([_image_ref(image)], is_root=False)
             children = [note]
         if image.in_distribution is not None:
@@ -562,6 +562,13 @@ def _box_score(image: ImageFinding, box: PixelBox) -> hd.sr.NumContentItem:
     """
     scoord = _region_on(image, box.region, FRACTURE_BOX, "INFERRED FROM")
     return _num(BOX_SCORE, box.score, scoord)
+
+
+def _sentence(reason: str | None) -> str:
+    """A reason as the value of "Not assessed by the model": its concept name already says it."""
+    if not reason:
+        return "No reason recorded"
+    return reason[0].upper() + reason[1:]
 
 
 def _text(name: CodedConcept, value: str) -> hd.sr.TextContentItem:

@@ -74,7 +74,8 @@ def score_instances(
             else region_words(prediction.body_region),
             verdict=prediction.verdict(predictor.threshold),
             # Only where the image is labelled fracture (Prediction.drawn_boxes).
-            boxes=pixel_boxes(prediction.drawn_boxes, *prediction.image.shape[:2]),
+            # In the source image's pixels, whatever size the prediction kept its copy at.
+            boxes=pixel_boxes(prediction.drawn_boxes, *_source_size(prediction)),
         )
         if not finding.assessed:
             # No evidence box on an image the model cannot judge: a box reads as a finding.
@@ -102,6 +103,15 @@ def score_instances(
         scored.objects.append((f"sc-{number:04d}.dcm", sc))
     scored.objects.append((SR_FILE, structured_report(scored.sources, scored.finding)))
     return scored
+
+
+def _source_size(prediction: Prediction) -> tuple[int, int]:
+    """(height, width) of the image as received: the geometry's, else the kept image's."""
+    if prediction.geometry is not None:
+        return prediction.geometry.original_height, prediction.geometry.original_width
+    if prediction.image is None:
+        raise ValueError(f"{prediction.source}: a scored image keeps its geometry or its pixels")
+    return prediction.image.shape[0], prediction.image.shape[1]
 
 
 def _picture(prediction: Prediction, finding: ImageFinding, threshold: float) -> np.ndarray:
