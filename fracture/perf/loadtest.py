@@ -544,8 +544,13 @@ async def _run(
                     report.errors.extend([reason] * report.requests_planned)
                     return
                 report.warmup_s = outcome.latencies_s[0]
+            # The warm-up's image comes last in the rotation: the server answers an image it
+            # has scored from its cache, so a repeat would measure the cache, not the network.
             plans = [
-                [uploads[(s * config.requests + r) % len(uploads)] for r in range(config.requests)]
+                [
+                    uploads[(1 + s * config.requests + r) % len(uploads)]
+                    for r in range(config.requests)
+                ]
                 for s in range(config.sessions)
             ]
             log_offset = _size(config.server_log)
