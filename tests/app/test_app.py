@@ -676,9 +676,9 @@ def test_train_page_shows_a_finished_run(finished_run, fresh_settings):
     assert run_picker.value == str(finished_run)
     keys = [chart.proto.id for chart in _plotly_charts(at)]
     assert len(keys) == 3, keys  # training curves, confusion matrix, ROC
-    assert any(m.label == "State" and m.value == "completed" for m in at.metric)
+    assert any(m.label == "State" and m.value == "Completed" for m in at.metric)
     comparison = at.dataframe[0].value
-    assert "Area under the ROC curve (AUROC)" in comparison["metric"].tolist()
+    assert "AUROC, fracture against normal" in comparison["metric"].tolist()
     assert any(b.label == "Promote" for b in at.button)
     assert any(b.label == "Discard" for b in at.button)
 
