@@ -304,8 +304,7 @@ class InferenceEngine:
         self.has_localiser = localiser is not None
         if localiser is not None:
             # The second head reads the backbone's own pass: no second network call.
-            head = localiser.head()
-            outputs.append(head(model.get_layer(localiser.input_layer).output))
+            outputs.append(localiser.attach(model))
         self._graph = keras.Model(model.input, outputs)
         spec = [
             tf.TensorSpec(

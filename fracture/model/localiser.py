@@ -2,8 +2,8 @@
 
 A second head on the same ResNet-50 pass as the classifier. It reads
 ``conv4_block6_out`` (:data:`~fracture.model.network.EARLY_FEATURE_LAYER`, a 24 x 24 grid
-at 384 px), which the classifier's recipe leaves at its ImageNet weights, and it is
-trained on the radiologists' boxes *after* the classifier, on frozen features
+at 384 px) and, in its two-level form, ``conv3_block4_out`` too (48 x 48), layers that the
+classifier's recipe leaves at their ImageNet weights, and it is trained on the radiologists' boxes *after* the classifier, on frozen features
 (:mod:`fracture.training.localiser`). Its gradient never reaches the classifier, so
 the fracture probability is bit for bit what it was without it: the two jobs (how
 likely, and where) no longer trade against each other, which the box-supervised
@@ -16,10 +16,18 @@ cell), a sub-cell offset of that centre, and the box's width and height (log cel
 :mod:`fracture.inference.localisation` turns them into boxes with scores, several per
 image where a radiograph has several fractures.
 
-Layers (kept small: the head must add little to the network's own cost)::
+Layers (kept small: the head must add little to the network's own cost). One level::
 
     conv4 (24, 24, 1024) -> 1x1 conv 256, ReLU -> 3x3 conv 128, ReLU -> 3x3 conv 128, ReLU
                          -> 1x1 conv: centre (1), offset (2), log size (2)
+
+Two levels, a feature pyramid's top-down step (Lin et al., "Feature Pyramid Networks
+for Object Detection", CVPR 2017), for a grid of 8-pixel cells: a 16-pixel cell placed a
+small fracture's centre too coarsely for its box to overlap the radiologist's by half::
+
+    conv4 (24, 24, 1024) -> 1x1 conv 128, ReLU -> 2x upsampling --+
+    conv3 (48, 48, 512)  -> 1x1 conv 128, ReLU -------------------+-> sum
+                         -> 3x3 conv 128, ReLU -> 3x3 conv 128, ReLU -> 1x1 conv: 5 outputs
 
 Stored as ``localiser.npz`` in a model folder (:class:`~fracture.model.folder.ModelFolder`
 names the file and covers it with the card's checksums); this module owns its contents.
@@ -49,15 +57,18 @@ __all__ = [
     "SIZE",
     "OUTPUT_CHANNELS",
     "INPUT_LAYER",
+    "PYRAMID_LAYERS",
 ]
 
 # -- Configurable parameters ---------------------------------------------------------
 INPUT_LAYER = "conv4_block6_out"  # the same as network.EARLY_FEATURE_LAYER (tested)
+PYRAMID_LAYERS = ("conv3_block4_out", INPUT_LAYER)  # the two-level head's inputs, fine first
 WIDTHS = (256, 128, 128)  # the 1x1 reduction, then two 3x3 convolutions
+PYRAMID_WIDTH = 128  # both 1x1 reductions of the two-level head
 # The centre channel's bias starts at log(0.01 / 0.99): CenterNet's prior that almost
 # every cell holds no centre, so early training is not swamped by easy negatives.
 CENTRE_PRIOR = 0.01
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 stores the input layers as a list; 1 (one layer) is still read
 
 # The output channels, in order.
 CENTRE = slice(0, 1)
@@ -65,38 +76,60 @@ OFFSET = slice(1, 3)
 SIZE = slice(3, 5)
 OUTPUT_CHANNELS = 5
 _LAYER_NAMES = ("loc_reduce", "loc_conv1", "loc_conv2", "loc_out")
+_PYRAMID_LAYER_NAMES = ("loc_reduce", "loc_lateral", "loc_conv1", "loc_conv2", "loc_out")
+
+
+def _weight_count(levels: int) -> int:
+    return 2 * len(_LAYER_NAMES if levels == 1 else _PYRAMID_LAYER_NAMES)
 
 
 class LocaliserError(FractureError, ValueError):
     """A localiser file that is missing parts or does not fit the network."""
 
 
-def build_localiser_head(channels: int, name: str = "localiser") -> "keras.Model":
-    """The head as a Keras model from a (H, W, ``channels``) feature map to (H, W, 5) outputs.
+def build_localiser_head(channels: int | tuple[int, ...], name: str = "localiser") -> "keras.Model":
+    """The head as a Keras model from feature maps to (H, W, 5) outputs.
 
-    The centre channel is a logit (the sigmoid is applied when decoding, where it is
-    also clipped for the focal loss), the offset is in cells and the size in log cells.
+    ``channels`` is one feature map's channel count (the one-level head on conv4), or
+    a pair, fine level first (the two-level head on conv3 and conv4, whose outputs lie
+    on the fine grid). The centre channel is a logit (the sigmoid is applied when
+    decoding, where it is also clipped for the focal loss), the offset is in cells and
+    the size in log cells.
     """
     import keras
 
-    features = keras.Input(shape=(None, None, channels), name=f"{name}_features")
-    x = keras.layers.Conv2D(WIDTHS[0], 1, activation="relu", name=_LAYER_NAMES[0])(features)
-    x = keras.layers.Conv2D(WIDTHS[1], 3, padding="same", activation="relu", name=_LAYER_NAMES[1])(
-        x
-    )
-    x = keras.layers.Conv2D(WIDTHS[2], 3, padding="same", activation="relu", name=_LAYER_NAMES[2])(
-        x
-    )
+    levels = (channels,) if isinstance(channels, int) else tuple(channels)
+    if len(levels) == 1:
+        inputs = [keras.Input(shape=(None, None, levels[0]), name=f"{name}_features")]
+        x = keras.layers.Conv2D(WIDTHS[0], 1, activation="relu", name=_LAYER_NAMES[0])(inputs[0])
+    elif len(levels) == 2:
+        inputs = [
+            keras.Input(shape=(None, None, c), name=f"{name}_{level}")
+            for c, level in zip(levels, ("fine", "coarse"))
+        ]
+        coarse = keras.layers.Conv2D(
+            PYRAMID_WIDTH, 1, activation="relu", name=_PYRAMID_LAYER_NAMES[0]
+        )(inputs[1])
+        fine = keras.layers.Conv2D(
+            PYRAMID_WIDTH, 1, activation="relu", name=_PYRAMID_LAYER_NAMES[1]
+        )(inputs[0])
+        x = keras.layers.Add(name="loc_sum")(
+            [fine, keras.layers.UpSampling2D(2, name="loc_upsample")(coarse)]
+        )
+    else:
+        raise LocaliserError(f"the localisation head reads one or two levels, not {len(levels)}")
+    x = keras.layers.Conv2D(WIDTHS[1], 3, padding="same", activation="relu", name="loc_conv1")(x)
+    x = keras.layers.Conv2D(WIDTHS[2], 3, padding="same", activation="relu", name="loc_conv2")(x)
     prior = float(np.log(CENTRE_PRIOR / (1 - CENTRE_PRIOR)))
     bias = np.zeros(OUTPUT_CHANNELS, np.float32)
     bias[CENTRE] = prior
     outputs = keras.layers.Conv2D(
         OUTPUT_CHANNELS,
         1,
-        name=_LAYER_NAMES[3],
+        name="loc_out",
         bias_initializer=keras.initializers.Constant(bias),
     )(x)
-    return keras.Model(features, outputs, name=name)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
 
 
 @dataclass
@@ -109,15 +142,22 @@ class Localiser:
     """
 
     weights: list[np.ndarray]
-    input_layer: str = INPUT_LAYER
+    input_layers: tuple[str, ...] = (INPUT_LAYER,)
     box_threshold: float = 0.3
     max_boxes: int = 5
     trained_on: str = ""
 
     def __post_init__(self) -> None:
-        if len(self.weights) != 2 * len(_LAYER_NAMES):
+        self.input_layers = tuple(self.input_layers)
+        if len(self.input_layers) not in (1, 2):
             raise LocaliserError(
-                f"a localiser has {2 * len(_LAYER_NAMES)} weight arrays, got {len(self.weights)}"
+                f"a localiser reads one or two layers, got {len(self.input_layers)}"
+            )
+        expected = _weight_count(len(self.input_layers))
+        if len(self.weights) != expected:
+            raise LocaliserError(
+                f"a localiser on {len(self.input_layers)} layer(s) has {expected} weight "
+                f"arrays, got {len(self.weights)}"
             )
         if not all(np.isfinite(w).all() for w in self.weights):
             raise LocaliserError("the localiser has non-finite weights")
@@ -127,14 +167,23 @@ class Localiser:
             raise LocaliserError(f"the localiser's output has {self.weights[-1].shape} channels")
 
     @property
-    def input_channels(self) -> int:
-        return int(self.weights[0].shape[2])
+    def input_channels(self) -> tuple[int, ...]:
+        """The channels of each input layer, in ``input_layers`` order."""
+        if len(self.input_layers) == 1:
+            return (int(self.weights[0].shape[2]),)
+        # Two levels: weights[0] reduces the coarse level, weights[2] the fine one.
+        return (int(self.weights[2].shape[2]), int(self.weights[0].shape[2]))
 
     def head(self) -> "keras.Model":
-        """A Keras head with these weights, to attach to the backbone's ``input_layer``."""
+        """A Keras head with these weights, taking the ``input_layers`` outputs in order."""
         head = build_localiser_head(self.input_channels)
         head.set_weights(self.weights)
         return head
+
+    def attach(self, network: "keras.Model") -> Any:
+        """The head's output tensor on ``network``'s own ``input_layers``: no second pass."""
+        features = [network.get_layer(name).output for name in self.input_layers]
+        return self.head()(features if len(features) > 1 else features[0])
 
     @classmethod
     def from_head(cls, head: "keras.Model", **settings: Any) -> "Localiser":
@@ -145,7 +194,7 @@ class Localiser:
         arrays = {f"w{i}": w.astype(np.float32) for i, w in enumerate(self.weights)}
         arrays.update(
             format=np.array(FORMAT_VERSION, np.int64),
-            input_layer=np.array(self.input_layer, dtype=np.str_),
+            input_layers=np.array(list(self.input_layers), dtype=np.str_),
             box_threshold=np.array(self.box_threshold, np.float64),
             max_boxes=np.array(self.max_boxes, np.int64),
             trained_on=np.array(self.trained_on, dtype=np.str_),
@@ -158,14 +207,23 @@ class Localiser:
         stored = read_npz(
             path,
             what="localisation head",
-            required=["input_layer", "box_threshold", "max_boxes"]
-            + [f"w{i}" for i in range(2 * len(_LAYER_NAMES))],
-            formats=(FORMAT_VERSION,),
+            required=["box_threshold", "max_boxes"],
+            formats=(1, FORMAT_VERSION),
             error=LocaliserError,
         )
+        if "input_layers" in stored:
+            layers = tuple(str(name) for name in np.atleast_1d(stored["input_layers"]))
+        elif "input_layer" in stored:  # format 1
+            layers = (str(stored["input_layer"]),)
+        else:
+            raise LocaliserError(f"{path} does not say which layers the localisation head reads")
+        count = _weight_count(len(layers))
+        missing = [f"w{i}" for i in range(count) if f"w{i}" not in stored]
+        if missing:
+            raise LocaliserError(f"{path} lacks the localisation head's weights {missing}")
         return cls(
-            weights=[stored[f"w{i}"].astype(np.float32) for i in range(2 * len(_LAYER_NAMES))],
-            input_layer=str(stored["input_layer"]),
+            weights=[stored[f"w{i}"].astype(np.float32) for i in range(count)],
+            input_layers=layers,
             box_threshold=float(stored["box_threshold"]),
             max_boxes=int(stored["max_boxes"]),
             trained_on=str(stored["trained_on"]) if "trained_on" in stored else "",

@@ -36,7 +36,7 @@ import numpy as np
 from fracture.evaluation.detection import average_precision
 from fracture.evaluation.metrics import pointing_game
 from fracture.inference.localisation import decode_boxes
-from fracture.model.localiser import build_localiser_head
+from fracture.model.localiser import INPUT_LAYER, build_localiser_head
 
 if TYPE_CHECKING:
     import keras
@@ -58,6 +58,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Boxes = Sequence[tuple[float, float, float, float]]  # normalised to the square input
+# What a feature reader returns for a list of items: one (n, H, W, C) array for the
+# one-level head, or a tuple of them, fine level first, for the two-level one.
+Features = np.ndarray | tuple[np.ndarray, ...]
+FeatureReader = Callable[[Sequence[int]], Features]
 
 # CenterNet's focal-loss exponents (alpha on the prediction, beta on the Gaussian).
 _FOCAL_ALPHA = 2.0
@@ -166,7 +170,7 @@ def _loss_fn(size_weight: float, offset_weight: float) -> Callable[..., Any]:
 
 
 def fit_localiser(
-    read_features: Callable[[Sequence[int]], np.ndarray],
+    read_features: FeatureReader,
     boxes: Sequence[Boxes],
     labels: Sequence[int],
     holdout: Sequence[int],
@@ -194,9 +198,9 @@ def fit_localiser(
     normals = [i for i in range(len(labels)) if labels[i] == 0 and i not in held]
     if not fractured:
         raise ValueError("no fractured image with boxes to train the localisation head on")
-    probe = read_features([fractured[0]])
-    grid, channels = int(probe.shape[1]), int(probe.shape[-1])
-    head = build_localiser_head(channels)
+    probe = _levels(read_features([fractured[0]]))
+    grid = int(probe[0].shape[1])  # the finest level's: the outputs lie on it
+    head = build_localiser_head(tuple(int(level.shape[-1]) for level in probe))
     steps = settings.epochs * math.ceil(
         (len(fractured) + min(len(normals), settings.normals_per_epoch)) / settings.batch_size
     )
@@ -222,7 +226,7 @@ def fit_localiser(
         losses = []
         for start in range(0, len(order), settings.batch_size):
             batch = sorted(int(i) for i in order[start : start + settings.batch_size])
-            features = read_features(batch).astype(np.float32)
+            features = _head_input(read_features(batch))
             heat = np.stack([targets[i][0] for i in batch])
             offset = np.stack([targets[i][1] for i in batch])
             log_size = np.stack([targets[i][2] for i in batch])
@@ -251,7 +255,7 @@ def fit_localiser(
 
 def predict_outputs(
     head: "keras.Model",
-    read_features: Callable[[Sequence[int]], np.ndarray],
+    read_features: FeatureReader,
     items: Sequence[int],
     batch_size: int = 32,
 ) -> np.ndarray:
@@ -259,14 +263,24 @@ def predict_outputs(
     chunks = []
     for start in range(0, len(items), batch_size):
         batch = list(items[start : start + batch_size])
-        features = read_features(batch).astype(np.float32)
+        features = _head_input(read_features(batch))
         chunks.append(np.asarray(head(features, training=False), np.float32))
     return np.concatenate(chunks) if chunks else np.zeros((0, 1, 1, 5), np.float32)
 
 
+def _levels(features: Features) -> tuple[np.ndarray, ...]:
+    return features if isinstance(features, tuple) else (features,)
+
+
+def _head_input(features: Features) -> np.ndarray | list[np.ndarray]:
+    """Cached float16 features as the head's float32 input: one array, or a list of levels."""
+    levels = [np.asarray(level, np.float32) for level in _levels(features)]
+    return levels if len(levels) > 1 else levels[0]
+
+
 def _held_out_figures(
     head: "keras.Model",
-    read_features: Callable[[Sequence[int]], np.ndarray],
+    read_features: FeatureReader,
     boxes: Sequence[Boxes],
     labels: Sequence[int],
     holdout: Sequence[int],
@@ -291,16 +305,17 @@ class LocaliserFit:
 
 
 def train_and_measure(
-    read_features: Callable[[Sequence[int]], np.ndarray],
+    read_features: FeatureReader,
     boxes: Sequence[Boxes],
     labels: Sequence[int],
     holdout: Sequence[int],
     settings: LocaliserTraining,
     *,
     measure_on: Sequence[int] | None = None,
-    val_read: Callable[[Sequence[int]], np.ndarray] | None = None,
+    val_read: FeatureReader | None = None,
     val_boxes: Sequence[Boxes] = (),
     description: str = "",
+    input_layers: Sequence[str] = (INPUT_LAYER,),
 ) -> LocaliserFit:
     """Train a head (:func:`fit_localiser`), choose its box threshold, measure it on val.
 
@@ -338,7 +353,9 @@ def train_and_measure(
             "ap50": average_precision([decode_boxes(o) for o in val_outputs], list(val_boxes)),
             "n": len(items),
         }
-    localiser = Localiser.from_head(head, box_threshold=threshold, trained_on=description)
+    localiser = Localiser.from_head(
+        head, input_layers=tuple(input_layers), box_threshold=threshold, trained_on=description
+    )
     return LocaliserFit(localiser, history, report)
 
 
@@ -370,7 +387,6 @@ def fit_for_model(
     from fracture.inference.engine import bfloat16_supported, inference_network
     from fracture.model.folder import ModelFolder, load_model
     from fracture.model.imagenet import resolve_imagenet_weights
-    from fracture.model.localiser import INPUT_LAYER
     from fracture.training.cache import FeatureCache, compute_features
     from fracture.training.config import TrainConfig
 
