@@ -126,27 +126,36 @@ def use_fake_weights(monkeypatch, fake_imagenet_weights: Path):
     return fake_imagenet_weights
 
 
-def with_random_localiser(tiny_model_dir: Path, tmp_path: Path, box_threshold: float = 0.02):
+def with_random_localiser(
+    tiny_model_dir: Path, tmp_path: Path, box_threshold: float = 0.02, levels: int = 1
+):
     """A copy of ``tiny_model_dir`` with a random localisation head biased to find boxes.
 
-    Returns the new folder and the Keras head (its conv4 input has 1024 channels).
+    Returns the new folder and the Keras head: on conv4 (1024 channels), or with
+    ``levels=2`` on conv3 and conv4 (512 and 1024 channels, fine level first).
     """
     import shutil
 
     import keras
 
     from fracture.model.folder import ModelFolder
-    from fracture.model.localiser import Localiser, build_localiser_head
+    from fracture.model.localiser import (
+        INPUT_LAYER,
+        PYRAMID_LAYERS,
+        Localiser,
+        build_localiser_head,
+    )
 
     directory = tmp_path / "model"
     shutil.copytree(tiny_model_dir, directory)
     keras.utils.set_random_seed(5)
-    head = build_localiser_head(1024)
+    head = build_localiser_head(1024 if levels == 1 else (512, 1024))
     # A strong centre bias so the random head yields boxes above the threshold.
     weights = head.get_weights()
     weights[-1] = np.array([0.0, 0.0, 0.0, 0.5, 0.5], np.float32)
     head.set_weights(weights)
-    Localiser.from_head(head, box_threshold=box_threshold).save(
+    layers = (INPUT_LAYER,) if levels == 1 else PYRAMID_LAYERS
+    Localiser.from_head(head, input_layers=layers, box_threshold=box_threshold).save(
         ModelFolder(directory).localiser_path
     )
     folder = ModelFolder(directory)

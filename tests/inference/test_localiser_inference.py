@@ -62,3 +62,33 @@ def test_boxes_are_drawn_only_on_images_labelled_fracture(predictors):
             assert row["box_x0"] == "" and row["boxes"] == "" and row["box_style"] == ""
     where = results[0].location_image()
     assert where.shape == results[0].image.shape[:2] and 0 <= where.min() <= where.max() <= 1
+
+
+def test_a_two_level_head_reads_conv3_and_conv4_of_the_same_pass(
+    tiny_model_dir, tiny_loaded, tmp_path, fake_imagenet_weights
+):
+    import keras
+
+    from fracture.inference.predictor import Predictor
+    from fracture.inference.preprocess import letterbox
+    from fracture.model.folder import load_model
+
+    directory, head = with_random_localiser(tiny_model_dir, tmp_path, levels=2)
+    options = {"batch_size": 2, "precision": "float32", "warmup": False}
+    plain = Predictor(tiny_loaded, **options)
+    located = Predictor(load_model(directory, fake_imagenet_weights), **options)
+    images = [radiograph_like(seed) for seed in range(2)]
+    assert [p.probability for p in located.predict(images)] == pytest.approx(
+        [p.probability for p in plain.predict(images)], abs=1e-6
+    )
+    network_input = np.stack([letterbox(img, 64)[0] for img in images])
+    model = located.loaded.model
+    levels = keras.Model(
+        model.input, [model.get_layer(n).output for n in ("conv3_block4_out", "conv4_block6_out")]
+    )
+    expected = np.asarray(head(levels(network_input)))
+    got = located.engine.run(network_input, with_cam=False).localiser
+    assert got.shape == (2, 8, 8, 5)  # conv3's grid: 8-pixel cells at 64 px
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    result = located.predict(images[:1], with_cam=True)[0]
+    assert result.location is not None and result.location.shape == (8, 8)

@@ -33,17 +33,17 @@ def test_two_boxes_give_two_centres_and_the_larger_size_wins_a_shared_cell():
     assert np.exp(sizes[4, 4]) == pytest.approx((3.6, 3.6))
 
 
-def _synthetic(n: int, rng: np.random.Generator):
+def _synthetic(n: int, rng: np.random.Generator, grid: int = GRID):
     """Features where a 'fracture' lights channel 0 over its box; normals are noise."""
-    features = rng.normal(0, 0.3, size=(n, GRID, GRID, 8)).astype(np.float32)
+    features = rng.normal(0, 0.3, size=(n, grid, grid, 8)).astype(np.float32)
     labels, boxes = [], []
     for i in range(n):
         if i % 2 == 0:
             x0, y0 = rng.uniform(0.05, 0.7, size=2)
             w, h = rng.uniform(0.1, 0.25, size=2)
             box = (float(x0), float(y0), float(x0 + w), float(y0 + h))
-            c0, r0 = int(box[0] * GRID), int(box[1] * GRID)
-            c1, r1 = int(np.ceil(box[2] * GRID)), int(np.ceil(box[3] * GRID))
+            c0, r0 = int(box[0] * grid), int(box[1] * grid)
+            c1, r1 = int(np.ceil(box[2] * grid)), int(np.ceil(box[3] * grid))
             features[i, r0:r1, c0:c1, 0] += 3.0
             labels.append(1)
             boxes.append([box])
@@ -70,7 +70,30 @@ def test_a_short_run_finds_the_lit_boxes():
     assert fit.report["val_grid"]["pointing"] >= 0.9
     assert fit.report["val_grid"]["ap50"] > 0.3
     assert 0 < fit.localiser.box_threshold < 1
-    assert len(fit.history) == 6 and fit.localiser.input_channels == 8
+    assert len(fit.history) == 6 and fit.localiser.input_channels == (8,)
+
+
+def test_a_two_level_head_learns_from_the_fine_level_on_the_fine_grid():
+    rng = np.random.default_rng(1)
+    fine, labels, boxes = _synthetic(240, rng, grid=2 * GRID)
+    coarse = rng.normal(0, 0.3, size=(240, GRID, GRID, 4)).astype(np.float32)
+    holdout = list(range(200, 240))
+    settings = LocaliserTraining(epochs=6, batch_size=16, learning_rate=3e-3, seed=0)
+    fit = train_and_measure(
+        lambda ks: (fine[list(ks)], coarse[list(ks)]),
+        boxes,
+        labels,
+        holdout,
+        settings,
+        val_read=lambda ks: (fine[[200 + 2 * k for k in ks]], coarse[[200 + 2 * k for k in ks]]),
+        val_boxes=[boxes[200 + 2 * k] for k in range(20)],
+        input_layers=("fine_layer", "coarse_layer"),
+    )
+    assert fit.localiser.input_layers == ("fine_layer", "coarse_layer")
+    assert fit.localiser.input_channels == (8, 4)
+    # Only the fine level carries the answer: the head must read it, on its grid.
+    assert fit.report["val_grid"]["pointing"] >= 0.9
+    assert fit.report["val_grid"]["ap50"] > 0.3
 
 
 def test_settings_are_checked():
@@ -110,5 +133,5 @@ def test_a_localiser_fitted_on_phantoms_finds_the_line(tmp_path, shared_weights,
     assert status == 0
     folder = ModelFolder(model_dir)
     _, card = folder.read()  # the checksums cover the new head
-    assert Localiser.load(folder.localiser_path).input_channels == 1024
+    assert Localiser.load(folder.localiser_path).input_channels == (1024,)
     assert card["localiser"]["val_grid"]["pointing"] >= 0.9
