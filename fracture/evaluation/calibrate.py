@@ -44,23 +44,28 @@ def calibrate_binary(
     labels: np.ndarray,
     records: Sequence[Record],
     *,
+    peaks: np.ndarray | None = None,
     seed: int = 0,
 ) -> Calibrated:
     """Platt scaling and both operating points on val, and the report of the calibrated model.
 
-    ``raw_logits`` are the network's logits (before any prior shift) for
+    ``raw_logits`` are the classifier's logits (before any prior shift) for
     ``records``, whose regions and hardware flags give the report's subgroups.
+    ``peaks`` are the localisation head's peak centre logits, for a model with one:
+    their weight in the logit is fitted too, where it helps (:func:`calibrate`).
     """
-    calibration = calibrate(raw_logits, labels, seed=seed)
+    calibration = calibrate(raw_logits, labels, peaks=peaks, seed=seed)
     config = dataclasses.replace(
         config,
         prior_shift=calibration.shift,
         temperature=calibration.temperature,
         thresholds=calibration.thresholds,
+        localiser_weight=calibration.localiser_weight,
     )
+    fused = raw_logits if peaks is None else raw_logits + calibration.localiser_weight * peaks
     report = evaluation_report(
         labels,
-        raw_logits - calibration.shift,
+        fused - calibration.shift,
         calibration.temperature,
         calibration.thresholds,
         regions=[r.region for r in records],
@@ -95,10 +100,13 @@ def calibrate_model(
     predictor = predictor or load_predictor(model_dir)
     dataset = load_dataset(data_root)
     records = dataset.split("val")
-    logits, labels, _, kept = score_records(predictor, records, with_cam=False)
-    # Undo whatever shift the folder had: Platt scaling fits its own.
+    scores = score_records(predictor, records, with_cam=False)
+    # Undo whatever shift and localiser weight the folder had: the calibration fits its own.
+    raw = scores.logits + config.prior_shift
+    if scores.peaks is not None:
+        raw = raw - config.localiser_weight * scores.peaks
     fitted = calibrate_binary(
-        config, logits + config.prior_shift, labels, [records[i] for i in kept]
+        config, raw, scores.labels, [records[i] for i in scores.kept], peaks=scores.peaks
     )
     config, calibration, report = fitted.config, fitted.calibration, fitted.report
     folder.write_evaluation(report)
@@ -108,6 +116,7 @@ def calibrate_model(
         prior_shift=config.prior_shift,
         temperature=config.temperature,
         thresholds=config.thresholds,
+        localiser_weight=config.localiser_weight,
         val_metrics=headline(report),
         calibration=calibration.summary(),
     )

@@ -61,6 +61,9 @@ class Scores:
     # image with boxes, scored by the probability, for the Grad-CAM map's AP50.
     localiser: list[dict[str, Any]] = field(default_factory=list)
     gradcam_boxes: list[tuple[list[Box], list[Any]]] = field(default_factory=list)
+    # The localisation head's peak centre logit per kept image (binary models with a
+    # head): what ModelConfig.localiser_weight weighs; None without a head.
+    peaks: np.ndarray | None = None
 
 
 def _score(
@@ -71,6 +74,7 @@ def _score(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Scores:
     logits, labels, probabilities, classes, localisation, kept = [], [], [], [], [], []
+    peaks: list[float | None] = []
     localiser: list[dict[str, Any]] = []
     gradcam_boxes: list[tuple[list[Box], list[Any]]] = []
     paths = [r.path for r in records]
@@ -83,6 +87,7 @@ def _score(
                 classes.append(list(result.class_probabilities.values()))
             else:
                 logits.append(result.logit)
+                peaks.append(result.location_peak)
             heat = result.evidence_image() if with_cam else None
             # Boxes mark fractures of the binary datasets (FracAtlas); a K-class
             # label 1 is some other class.
@@ -130,6 +135,7 @@ def _score(
         localisation=localisation,
         localiser=localiser,
         gradcam_boxes=gradcam_boxes,
+        peaks=np.array(peaks, float) if peaks and None not in peaks else None,
     )
 
 
@@ -139,15 +145,14 @@ def score_records(
     *,
     with_cam: bool,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None], list[int]]:
-    """A binary model's logits, labels, localisation figures and indices of the readable records.
+) -> Scores:
+    """What the predictor gives for ``records``: logits, labels, peaks and the readable ones.
 
     The localisation figures (:func:`fracture.evaluation.localisation.image_localisation`)
     exist for fractured records with boxes when ``with_cam``; they are computed as
     each image is scored, so no full-size heat map is kept.
     """
-    scores = _score(predictor, records, with_cam=with_cam, on_progress=on_progress)
-    return scores.logits, scores.labels, scores.localisation, scores.kept
+    return _score(predictor, records, with_cam=with_cam, on_progress=on_progress)
 
 
 def class_evaluation(

@@ -22,6 +22,10 @@ Hence:
   1996), instead of the single pick on val, which one or two cases decide.
 * :func:`threshold_intervals`: bootstrap 95% intervals of sensitivity and
   specificity at a stored threshold, so the card says how far they can move.
+* :func:`fit_localiser_weight`: for a model with a localisation head, Platt scaling
+  on two inputs, the classifier's logit and the head's peak centre logit (stacked
+  generalisation; Wolpert 1992). It becomes ``ModelConfig.localiser_weight``, and
+  :func:`calibrate` keeps it only where the out-of-fold AUROC says it helps.
 
 A K-class model (``ModelConfig.classes``) is calibrated by :func:`calibrate_classes`:
 one temperature for all K logits, ``softmax(z / T)`` (Guo et al., "On Calibration
@@ -50,6 +54,7 @@ __all__ = [
     "fit_platt",
     "platt_probability",
     "out_of_fold_probabilities",
+    "fit_localiser_weight",
     "stable_thresholds",
     "threshold_intervals",
 ]
@@ -109,22 +114,81 @@ def platt_probability(logits: ArrayLike, temperature: float, shift: float) -> np
     return expit((np.asarray(logits, np.float64) - shift) / temperature)
 
 
+def fit_localiser_weight(logits: ArrayLike, peaks: ArrayLike, labels: ArrayLike) -> float:
+    """The weight ``w`` of the localisation head's peak in the logit ``z + w * peak``.
+
+    Maximum-likelihood logistic regression of the labels on the classifier's raw
+    logit ``z`` and the head's peak centre logit, ``sigmoid(a z + b peak + c)``; the
+    weight is ``b / a``, so that Platt scaling of ``z + w * peak`` (:func:`fit_platt`)
+    is the same fit. ``b`` is kept at 0 or above: a head whose peak counted *against*
+    a fracture would be a broken head, not evidence.
+    """
+    z = np.asarray(logits, np.float64)
+    m = np.asarray(peaks, np.float64)
+    y = np.asarray(labels, np.float64)
+    if z.ndim != 1 or z.shape != m.shape or z.shape != y.shape or z.size == 0:
+        raise ValueError(
+            f"need matching 1-D logits, peaks and labels, got {z.shape}, {m.shape}, {y.shape}"
+        )
+    if not (np.isfinite(z).all() and np.isfinite(m).all()):
+        raise ValueError("logits or peaks contain NaN or infinite values")
+    if not (0 < y.sum() < y.size):
+        raise ValueError("fitting the localiser's weight needs both classes among the labels")
+    signs = 2.0 * y - 1.0
+    # Standardised inputs keep L-BFGS well conditioned; the weight is scale-free.
+    z_scale, m_scale = max(float(z.std()), 1e-9), max(float(m.std()), 1e-9)
+    zs, ms = z / z_scale, m / m_scale
+
+    def nll(params: np.ndarray) -> float:
+        return float(
+            np.mean(np.logaddexp(0.0, -signs * (params[0] * zs + params[1] * ms + params[2])))
+        )
+
+    def gradient(params: np.ndarray) -> np.ndarray:
+        weight = -signs * expit(-signs * (params[0] * zs + params[1] * ms + params[2]))
+        return np.array([np.mean(weight * zs), np.mean(weight * ms), np.mean(weight)])
+
+    result = minimize(
+        nll,
+        x0=np.array([1.0, 0.0, 0.0]),
+        jac=gradient,
+        method="L-BFGS-B",
+        bounds=[_SLOPE_BOUNDS, (0.0, 1e3), (-50.0, 50.0)],
+    )
+    a, b = float(result.x[0]) / z_scale, float(result.x[1]) / m_scale
+    return b / a
+
+
 def out_of_fold_probabilities(
-    logits: ArrayLike, labels: ArrayLike, *, folds: int = 5, seed: int = 0
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    peaks: ArrayLike | None = None,
+    folds: int = 5,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Each image's probability from a Platt fit on the other folds (stratified k-fold)."""
+    """Each image's probability from a Platt fit on the other folds (stratified k-fold).
+
+    With ``peaks`` (the localisation head's), the localiser's weight is refitted on
+    the other folds too (:func:`fit_localiser_weight`), so nothing about an image's
+    own label reaches its probability.
+    """
     from sklearn.model_selection import StratifiedKFold
 
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels).astype(int)
+    m = None if peaks is None else np.asarray(peaks, np.float64)
     folds = int(min(folds, np.bincount(y, minlength=2).min()))
     if folds < 2:
         raise ValueError("out-of-fold calibration needs at least 2 images of each class")
     out = np.empty_like(z)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for fitted, held in splitter.split(z, y):
-        temperature, shift = fit_platt(z[fitted], y[fitted])
-        out[held] = platt_probability(z[held], temperature, shift)
+        fused = z
+        if m is not None:
+            fused = z + fit_localiser_weight(z[fitted], m[fitted], y[fitted]) * m
+        temperature, shift = fit_platt(fused[fitted], y[fitted])
+        out[held] = platt_probability(fused[held], temperature, shift)
     return out
 
 
@@ -221,6 +285,10 @@ class Calibration:
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     # K classes: the ECE is of the top class's probability against whether it was right.
     method: str = PLATT_METHOD
+    # ModelConfig.localiser_weight (0: the classifier's logit alone), and the
+    # out-of-fold AUROCs that decided it (empty without a localisation head).
+    localiser_weight: float = 0.0
+    auroc_out_of_fold: dict[str, float] = field(default_factory=dict)
 
     def probability(self, logits: ArrayLike) -> np.ndarray:
         """Binary models: the calibrated fracture probability of raw logits."""
@@ -237,31 +305,76 @@ class Calibration:
             "ece_after_out_of_fold": self.ece_out_of_fold,
             "threshold_method": "median over stratified bootstrap resamples of val",
             "operating_points": self.intervals,
+            **(
+                {
+                    "localiser_weight": self.localiser_weight,
+                    "auroc_out_of_fold": self.auroc_out_of_fold,
+                }
+                if self.auroc_out_of_fold
+                else {}
+            ),
         }
 
 
 def calibrate(
-    logits: ArrayLike, labels: ArrayLike, *, seed: int = 0, n_bootstrap: int = 1000
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    peaks: ArrayLike | None = None,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
 ) -> Calibration:
     """The one calibration of a model: Platt scaling and bootstrap-stable thresholds on val.
 
     ``logits`` are the network's raw fracture logits on the validation images.
-    Training and ``python -m fracture calibrate`` both call this.
+    ``peaks``, for a model with a localisation head, are the head's peak centre
+    logits: their weight in the logit (:func:`fit_localiser_weight`) is kept only
+    where the out-of-fold AUROC with it beats the classifier's alone, and both
+    AUROCs are reported. Training and ``python -m fracture calibrate`` both call this.
     """
+    from sklearn.metrics import roc_auc_score
+
     from fracture.evaluation.metrics import choose_thresholds, expected_calibration_error
 
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels).astype(int)
+    weight, aurocs = 0.0, {}
+    if peaks is not None:
+        m = np.asarray(peaks, np.float64)
+        alone = out_of_fold_probabilities(z, y, seed=seed)
+        fused = out_of_fold_probabilities(z, y, peaks=m, seed=seed)
+        aurocs = {
+            "classifier": float(roc_auc_score(y, alone)),
+            "with_localiser": float(roc_auc_score(y, fused)),
+        }
+        if aurocs["with_localiser"] > aurocs["classifier"]:
+            weight = fit_localiser_weight(z, m, y)
+        z = z + weight * m
     temperature, shift = fit_platt(z, y)
     probabilities = platt_probability(z, temperature, shift)
     thresholds = stable_thresholds(
         probabilities, y, choose_thresholds, n_bootstrap=n_bootstrap, seed=seed
     )
-    out_of_fold = out_of_fold_probabilities(z, y, seed=seed)
+    out_of_fold = out_of_fold_probabilities(
+        z - weight * m if weight else z, y, peaks=m if weight else None, seed=seed
+    )
+    method = PLATT_METHOD
+    if aurocs:
+        compared = (
+            f"out-of-fold val AUROC {aurocs['with_localiser']:.3f} with the head's peak, "
+            f"{aurocs['classifier']:.3f} without"
+        )
+        method = (
+            f"Platt scaling (a temperature and a bias) of the classifier's logit plus "
+            f"{weight:.2f} x the localisation head's peak centre logit, fitted on val ({compared})"
+            if weight
+            else f"{PLATT_METHOD}; the localisation head's peak was left out ({compared})"
+        )
     return Calibration(
         temperature=temperature,
         shift=shift,
         thresholds=thresholds,
+        method=method,
         ece_before=expected_calibration_error(y, expit(z))[0],
         ece_in_sample=expected_calibration_error(y, probabilities)[0],
         ece_out_of_fold=expected_calibration_error(y, out_of_fold)[0],
@@ -269,6 +382,8 @@ def calibrate(
             name: threshold_intervals(probabilities, y, value, seed=seed)
             for name, value in thresholds.items()
         },
+        localiser_weight=weight,
+        auroc_out_of_fold=aurocs,
     )
 
 

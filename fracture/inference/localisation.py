@@ -33,6 +33,7 @@ from fracture.model.localiser import CENTRE, OFFSET, SIZE
 __all__ = [
     "Box",
     "centre_map",
+    "peak_centre_logit",
     "decode_boxes",
     "boxes_in_image",
     "iou",
@@ -73,6 +74,16 @@ def _sigmoid(values: np.ndarray) -> np.ndarray:
 def centre_map(outputs: np.ndarray) -> np.ndarray:
     """The centre probability per cell, (H, W) float32 in [0, 1], from the head's (H, W, 5)."""
     return _sigmoid(np.asarray(outputs, np.float32)[..., CENTRE][..., 0]).astype(np.float32)
+
+
+def peak_centre_logit(outputs: np.ndarray) -> np.ndarray:
+    """The highest centre logit of each image's (..., H, W, 5) outputs: (...,) float64.
+
+    How sure the head is that a fracture's centre lies *somewhere*: the evidence
+    that ``ModelConfig.localiser_weight`` adds to the classifier's logit.
+    """
+    centre = np.asarray(outputs, np.float64)[..., CENTRE][..., 0]
+    return centre.max(axis=(-2, -1))
 
 
 def _peaks(scores: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 
 from fracture.config import Settings, get_settings
 from fracture.data.records import region_words
+from fracture.errors import ModelLoadError
 from fracture.inference.engine import (
     PRECISIONS,
     BatchOutput,
@@ -40,7 +41,13 @@ from fracture.inference.gradcam import (
     strongest_region,
 )
 from fracture.inference.heads import HardwareHead
-from fracture.inference.localisation import Box, boxes_in_image, centre_map, decode_boxes
+from fracture.inference.localisation import (
+    Box,
+    boxes_in_image,
+    centre_map,
+    decode_boxes,
+    peak_centre_logit,
+)
 from fracture.inference.ood import AnyOODGate, load_ood_gate
 from fracture.inference.preprocess import Geometry, fit_within, letterbox, shown_geometry
 from fracture.inference.region import RegionHead
@@ -213,6 +220,13 @@ class Prediction:
         location = self.location_image()
         return self.heatmap if location is None else location
 
+    @property
+    def location_peak(self) -> float | None:
+        """The localisation head's highest centre logit on this image; None without a head."""
+        if self.location_outputs is None:
+            return None
+        return float(peak_centre_logit(self.location_outputs))
+
     def location_candidates(self, min_score: float) -> list[Box]:
         """Every box the head finds down to ``min_score``, in the original image's frame.
 
@@ -365,6 +379,12 @@ class Predictor:
             precision or self.settings.inference_precision, loaded.config.inference_precision
         )
         self.localiser = _load_localiser(loaded.directory)
+        if self.config.localiser_weight and self.localiser is None:
+            # Its probability is made of both heads: without one it would be wrong.
+            raise ModelLoadError(
+                f"model {self.config.name!r} adds its localisation head's evidence to the "
+                "probability, but its folder has no localisation head"
+            )
         self.engine = InferenceEngine(
             loaded.model,
             self.batch_size,
@@ -589,8 +609,17 @@ class Predictor:
             )
 
     def _binary(self, output: BatchOutput) -> list[Prediction]:
-        """The binary model's predictions: one calibrated sigmoid probability each."""
-        logits = self.corrected_logit(output.logits)
+        """The binary model's predictions: one calibrated sigmoid probability each.
+
+        With ``localiser_weight`` set, the logit calibrated is the classifier's plus
+        that weight times the localisation head's peak centre logit.
+        """
+        raw = output.logits
+        if self.config.localiser_weight:
+            # __init__ refuses a model whose probability needs a head it lacks.
+            assert output.localiser is not None
+            raw = raw + self.config.localiser_weight * peak_centre_logit(output.localiser)
+        logits = self.corrected_logit(raw)
         probabilities = self.probability_from_logit(logits)
         return [
             Prediction(

@@ -92,3 +92,37 @@ def test_a_two_level_head_reads_conv3_and_conv4_of_the_same_pass(
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
     result = located.predict(images[:1], with_cam=True)[0]
     assert result.location is not None and result.location.shape == (8, 8)
+
+
+def test_a_localiser_weight_adds_the_heads_peak_to_the_logit(
+    predictors, tmp_path, fake_imagenet_weights
+):
+    import dataclasses
+    import shutil
+
+    from fracture.errors import ModelLoadError
+    from fracture.inference.predictor import Predictor
+    from fracture.model.folder import ModelFolder, load_model
+
+    _, located, _ = predictors
+    weighted_dir = tmp_path / "weighted"
+    shutil.copytree(located.loaded.directory, weighted_dir)
+    folder = ModelFolder(weighted_dir)
+    config, card = folder.read()
+    folder.rewrite_config(dataclasses.replace(config, localiser_weight=0.5), card)
+    options = {"batch_size": 2, "precision": "float32", "warmup": False}
+    weighted = Predictor(load_model(weighted_dir, fake_imagenet_weights), **options)
+    images = [radiograph_like(seed) for seed in range(2)]
+    before, after = located.predict(images), weighted.predict(images)
+    for b, a in zip(before, after):
+        assert a.location_peak == pytest.approx(b.location_peak, abs=1e-5)
+        assert a.logit == pytest.approx(b.logit + 0.5 * b.location_peak, abs=1e-4)
+
+    # A folder whose probability needs a head it does not have is refused, not misread.
+    headless_dir = tmp_path / "headless"
+    shutil.copytree(weighted_dir, headless_dir)
+    (headless_dir / "localiser.npz").unlink()
+    headless = ModelFolder(headless_dir)
+    headless.rewrite_card(headless.read_card())
+    with pytest.raises(ModelLoadError, match="no localisation head"):
+        Predictor(load_model(headless_dir, fake_imagenet_weights), **options)

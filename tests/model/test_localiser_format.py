@@ -73,3 +73,15 @@ def test_weights_that_do_not_fit_the_layers_fail_loudly(pyramid_head):
         Localiser(weights=weights, input_layers=("a", "b", "c"))
     with pytest.raises(LocaliserError, match="one or two"):
         build_localiser_head((8, 8, 8))
+
+
+def test_the_localiser_weight_is_binary_only_non_negative_and_stored_only_when_set():
+    from fracture.model.config import ModelConfig
+
+    assert "localiser_weight" not in ModelConfig().to_json()
+    config = ModelConfig(localiser_weight=0.25)
+    assert ModelConfig.from_json(config.to_json()).localiser_weight == 0.25
+    with pytest.raises(ValueError, match="localiser_weight"):
+        ModelConfig(localiser_weight=-0.1)
+    with pytest.raises(ValueError, match="binary"):
+        ModelConfig(classes=["normal", "a", "b"], localiser_weight=0.1)
