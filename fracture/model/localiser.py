@@ -180,6 +180,20 @@ class Localiser:
         head.set_weights(self.weights)
         return head
 
+    def describe(self) -> str:
+        """The head's layers in words, for the model card."""
+        if len(self.input_layers) == 1:
+            return (
+                f"a CenterNet localisation head (1x1 conv {WIDTHS[0]}, two 3x3 conv "
+                f"{WIDTHS[1]}, 5 outputs) on {self.input_layers[0]}"
+            )
+        fine, coarse = self.input_layers
+        return (
+            f"a CenterNet localisation head on two levels, a feature pyramid's top-down step: "
+            f"{coarse} (1x1 conv {PYRAMID_WIDTH}, upsampled 2x) added to {fine} (1x1 conv "
+            f"{PYRAMID_WIDTH}), then two 3x3 conv {WIDTHS[1]} and 5 outputs on {fine}'s grid"
+        )
+
     def attach(self, network: "keras.Model") -> Any:
         """The head's output tensor on ``network``'s own ``input_layers``: no second pass."""
         features = [network.get_layer(name).output for name in self.input_layers]

@@ -36,7 +36,7 @@ import numpy as np
 from fracture.evaluation.detection import average_precision
 from fracture.evaluation.metrics import pointing_game
 from fracture.inference.localisation import decode_boxes
-from fracture.model.localiser import INPUT_LAYER, build_localiser_head
+from fracture.model.localiser import INPUT_LAYER, PYRAMID_LAYERS, build_localiser_head
 
 if TYPE_CHECKING:
     import keras
@@ -369,16 +369,23 @@ def fit_for_model(
     holdout_fraction: float = 0.15,
     cache_dir: str | os.PathLike[str] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    input_layers: Sequence[str] = PYRAMID_LAYERS,
+    calibrate: bool = True,
 ) -> LocaliserFit:
     """Train a localisation head for the binary model in ``model_dir`` and store it there.
 
-    The features are the model's own ``conv4_block6_out`` as served (its precision), of
+    The features are the model's own ``input_layers`` as served (its precision): by
+    default the two-level head's ``conv3_block4_out`` and ``conv4_block6_out``, of
     ``views`` views of each fractured training image with boxes (view 0 clean, the others
     augmented with their boxes moved) and one view of up to ``max_normals`` normal ones,
     cached on disk like the trainer's (:class:`~fracture.training.cache.FeatureCache`).
     ``holdout_fraction`` of them choose the epoch and the box threshold; val's fractured
     images with boxes are measured. Writes ``localiser.npz`` and the card's ``localiser``
-    entry (checksums included); ``fracture evaluate`` then measures the folder as served.
+    entry (checksums included). With ``calibrate``, the folder's calibration is then
+    refitted on val (:func:`~fracture.evaluation.calibrate.calibrate_model`), which also
+    decides whether the new head's peak joins the probability: a weight fitted for an
+    older head would be wrong for this one. ``fracture evaluate`` then measures the
+    folder as served.
     """
     import keras
 
@@ -415,24 +422,33 @@ def fit_for_model(
         precision = "float32"
     loaded = load_model(model_dir, resolve_imagenet_weights(get_settings()).path)
     network = inference_network(loaded.model, precision)
-    stem = keras.Model(network.input, network.get_layer(INPUT_LAYER).output)
     weights_sha = folder.checksums().get("weights.npz", "")
-    cache = FeatureCache(
-        Path(cache_dir or get_settings().cache_dir) / "localiser",
-        f"localiser|{weights_sha}|{config.image_size}|{precision}",
-    )
     cache_config = TrainConfig(image_size=config.image_size, seed=settings.seed)
+    # One cache per level: the stem of each is the backbone up to that layer.
+    stems = [keras.Model(network.input, network.get_layer(name).output) for name in input_layers]
+    caches = [
+        FeatureCache(
+            Path(cache_dir or get_settings().cache_dir) / "localiser" / name,
+            f"localiser|{weights_sha}|{config.image_size}|{precision}|{name}",
+        )
+        for name in input_layers
+    ]
 
     def features_of(stage: str, records: list, n_views: int):
         progress = None if on_progress is None else lambda d, n: on_progress(stage, d, n)
-        return compute_features(records, n_views, stem, cache, cache_config, progress)
+        levels = [
+            compute_features(records, n_views, stem, cache, cache_config, progress)
+            for stem, cache in zip(stems, caches)
+        ]
+        # Every level saw the same images, views and boxes (the seed fixes them).
+        return [level[0] for level in levels], levels[0][1], levels[0][2]
 
     f_features, f_usable, f_boxes = features_of("fractured", fractured, views)
     n_features, n_usable, _ = features_of("normal", normals, 1)
     v_features, v_usable, v_boxes = features_of("val", val, 1)
-    # Items: (array, view, index) of every usable view; labels and boxes alike.
-    items = [(f_features, v, i) for v in range(views) for i in np.flatnonzero(f_usable)]
-    items += [(n_features, 0, i) for i in np.flatnonzero(n_usable)]
+    # Items: (arrays, view, index) of every usable view; labels and boxes alike.
+    items = [(f_features, v, int(i)) for v in range(views) for i in np.flatnonzero(f_usable)]
+    items += [(n_features, 0, int(i)) for i in np.flatnonzero(n_usable)]
     labels = [1] * (len(items) - int(n_usable.sum())) + [0] * int(n_usable.sum())
     boxes = [list(f_boxes[v][i]) if a is f_features else [] for a, v, i in items]
     images = sorted({(a is f_features, int(i)) for a, _, i in items})
@@ -443,23 +459,31 @@ def fit_for_model(
     measure_on = [k for k in holdout if items[k][1] == 0]
     val_items = np.flatnonzero(v_usable)
 
+    def read(picked: list[tuple[list[np.ndarray], int, int]]) -> Features:
+        levels = tuple(
+            np.stack([arrays[level][view, index] for arrays, view, index in picked])
+            for level in range(len(stems))
+        )
+        return levels if len(levels) > 1 else levels[0]
+
     fit = train_and_measure(
-        lambda ks: np.stack([items[k][0][items[k][1], items[k][2]] for k in ks]),
+        lambda ks: read([items[k] for k in ks]),
         boxes,
         labels,
         holdout,
         settings,
         measure_on=measure_on,
-        val_read=lambda ks: np.stack([v_features[0, val_items[k]] for k in ks]),
+        val_read=lambda ks: read([(v_features, 0, int(val_items[k])) for k in ks]),
         val_boxes=[list(v_boxes[0][i]) for i in val_items],
         description=(
-            f"CenterNet head on the model's frozen {INPUT_LAYER} features at "
+            f"CenterNet head on the model's frozen {' and '.join(input_layers)} features at "
             f"{config.image_size} px ({precision}): {len(fractured)} fractured train images "
             f"with boxes x {views} views and {len(normals)} normal ones, "
             f"{settings.normals_per_epoch} normal views sampled per epoch; the best of "
             f"{settings.epochs} epochs and the box threshold chosen on "
             f"{len(held_images)} held-out train images"
         ),
+        input_layers=input_layers,
     )
     fit.localiser.save(folder.localiser_path)
     folder.rewrite_card(
@@ -470,4 +494,8 @@ def fit_for_model(
             "val_grid": fit.report.get("val_grid"),
         },
     )
+    if calibrate:
+        from fracture.evaluation.calibrate import calibrate_model
+
+        calibrate_model(model_dir, data_root)
     return fit

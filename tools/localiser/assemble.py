@@ -7,12 +7,14 @@ hardware heads and its calibration (``fracture ood fit``, ``region fit``, ``hard
 ``calibrate``); HEAD is ``localiser.npz`` from ``tools/localiser/train.py``. This script
 
 1. copies HEAD into MODEL (the card's checksums cover it);
-2. fixes the Grad-CAM display scale on val (``evidence_scale``: the 75th percentile of
+2. refits the calibration on val (``calibrate_model``), which decides whether the
+   head's peak joins the probability (``ModelConfig.localiser_weight``);
+3. fixes the Grad-CAM display scale on val (``evidence_scale``: the 75th percentile of
    the peak evidence of val fractures, as the trainer sets it);
-3. evaluates the folder as served on DATA's val split (``evaluate_model``: the classifier,
+4. evaluates the folder as served on DATA's val split (``evaluate_model``: the classifier,
    its Grad-CAM and the localisation head) and stores the report as ``evaluation.json``,
    keeping the calibration's figures;
-4. writes the card: the new name and version, the architecture, the localisation head's
+5. writes the card: the new name and version, the architecture, the localisation head's
    section from the report, and the Markdown card.
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 
 def main(model: Path, data: Path, head: Path, name: str | None) -> None:
     from fracture.data.layouts import load_dataset
+    from fracture.evaluation.calibrate import calibrate_model
     from fracture.evaluation.evaluate import evaluate_model
     from fracture.inference.predictor import load_predictor
     from fracture.model.card import headline
@@ -40,6 +43,7 @@ def main(model: Path, data: Path, head: Path, name: str | None) -> None:
     folder = ModelFolder(model)
     shutil.copyfile(head, folder.localiser_path)
     folder.rewrite_card(folder.read_card())  # checksums now cover the head
+    calibrate_model(model, data)
 
     predictor = load_predictor(model)
     fractured = [r for r in load_dataset(data).split("val") if r.label == 1]
@@ -64,17 +68,20 @@ def main(model: Path, data: Path, head: Path, name: str | None) -> None:
     config, card = folder.read()
     version = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     name = name or f"{config.name}-localiser"
-    classifier = f"{card.get('name')} (version {card.get('version')})"
+    # A folder that already had a head keeps its classifier's sentence; the head's is new.
+    architecture = str(card.get("architecture", ""))
+    base, _, previous = architecture.partition("; a CenterNet")
+    classifier = (
+        previous[previous.index("The classifier is ") :].rstrip(".")
+        if "The classifier is " in previous
+        else f"The classifier is {card.get('name')} (version {card.get('version')}), unchanged"
+    )
     folder.rewrite_config(
         replace(config, name=name, version=version),
         card,
         name=name,
         version=version,
-        architecture=(
-            f"{card.get('architecture')}; a CenterNet localisation head (1x1 conv 256, two 3x3 "
-            f"conv 128, 5 outputs) on conv4_block6_out in the same pass. The classifier is "
-            f"{classifier}, unchanged"
-        ),
+        architecture=(f"{base}; {localiser.describe()}, in the same pass. {classifier}"),
         localiser=located,
         localisation=report["localisation"],
         val_metrics=headline(stored),
