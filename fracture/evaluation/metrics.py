@@ -37,7 +37,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -70,6 +70,7 @@ from fracture.evaluation.checks import (
     _threshold,
 )
 from fracture.evaluation.formatting import format_report
+from fracture.model.reports import EvaluationReport
 
 __all__ = [
     "fit_temperature",
@@ -600,7 +601,7 @@ def evaluation_report(
     operating_point: str = "high_sensitivity",
     n_bootstrap: int = 1000,
     seed: int = 0,
-) -> dict:
+) -> EvaluationReport:
     """The whole evaluation JSON that the dashboard plots, for one split.
 
     ``logits`` are raw model outputs; they are turned into probabilities with
@@ -655,7 +656,7 @@ def probability_report(
     operating_point: str = "high_sensitivity",
     n_bootstrap: int = 1000,
     seed: int = 0,
-) -> dict:
+) -> EvaluationReport:
     """:func:`evaluation_report` from calibrated fracture probabilities rather than logits.
 
     For models whose fracture probability is not one sigmoid logit: a K-class
@@ -687,8 +688,11 @@ def probability_report(
         uncalibrated = _as_probabilities(uncalibrated, "uncalibrated")
         _check_same_length(labels=labels, uncalibrated=uncalibrated)
 
-    report = binary_report(
-        labels, probabilities, points[operating_point], n_bootstrap=n_bootstrap, seed=seed
+    report = cast(
+        EvaluationReport,
+        binary_report(
+            labels, probabilities, points[operating_point], n_bootstrap=n_bootstrap, seed=seed
+        ),
     )
     report.update(
         {

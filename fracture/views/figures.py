@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fracture.data.records import region_words, summary_classes
+from fracture.model.reports import EvaluationReport
 from fracture.views.results import format_threshold
 from fracture.views.summaries import hardware_free_subgroup
 
@@ -355,7 +356,7 @@ def confusion_figure(
     return figure
 
 
-def _operating_markers(figure: "go.Figure", report: Mapping[str, Any]) -> None:
+def _operating_markers(figure: "go.Figure", report: EvaluationReport) -> None:
     import plotly.graph_objects as go
 
     for name, point in (report.get("operating_points") or {}).items():
@@ -374,7 +375,7 @@ def _operating_markers(figure: "go.Figure", report: Mapping[str, Any]) -> None:
         )
 
 
-def roc_figure(reports: Mapping[str, Mapping[str, Any]], title: str = "ROC curve") -> "go.Figure":
+def roc_figure(reports: Mapping[str, EvaluationReport], title: str = "ROC curve") -> "go.Figure":
     """ROC curves of one or more evaluation reports, AUROC in the legend.
 
     The first report's operating points are marked, so the chosen thresholds
@@ -411,7 +412,7 @@ def roc_figure(reports: Mapping[str, Mapping[str, Any]], title: str = "ROC curve
     return figure
 
 
-def pr_figure(report: Mapping[str, Any]) -> "go.Figure":
+def pr_figure(report: EvaluationReport) -> "go.Figure":
     """Precision-recall curve, with prevalence (a classifier's floor) as a dashed line."""
     import plotly.graph_objects as go
 
@@ -442,7 +443,7 @@ def pr_figure(report: Mapping[str, Any]) -> "go.Figure":
     return figure
 
 
-def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
+def reliability_figure(report: EvaluationReport) -> "go.Figure":
     """Reliability diagram: observed fracture rate per probability bin, before and after
     calibration, against the diagonal of perfect calibration.
 
@@ -463,11 +464,10 @@ def reliability_figure(report: Mapping[str, Any]) -> "go.Figure":
         )
     )
     curves = (
-        ("reliability", "after calibration", COLOUR_VAL),
-        ("reliability_uncalibrated", "before calibration", "#ff7f0e"),
+        (report.get("reliability"), "after calibration", COLOUR_VAL),
+        (report.get("reliability_uncalibrated"), "before calibration", "#ff7f0e"),
     )
-    for key, name, colour in curves:
-        curve = report.get(key)
+    for curve, name, colour in curves:
         if not curve:
             continue
         points = [
@@ -531,7 +531,7 @@ def _bars_with_intervals(
     )
 
 
-def region_auroc_figure(report: Mapping[str, Any]) -> "go.Figure":
+def region_auroc_figure(report: EvaluationReport) -> "go.Figure":
     """AUROC per anatomical region with bootstrap intervals, and without hardware.
 
     Bars with a single class (AUROC undefined) are left out; the overall AUROC
