@@ -39,10 +39,51 @@ def summarise(
     *,
     isolated: bool = True,
 ) -> dict[str, Any]:
-    """Turn raw measurements into figures: every ratio here comes from the measurements given."""
-    from fracture.inference.engine import MAX_INTER_OP_THREADS
+    """Turn raw measurements into figures: every ratio here comes from the measurements given.
 
-    size = serving["model"]["image_size"]
+    One part per section of the report: serving throughput, bfloat16, compute
+    efficiency, cold start and the thread sweep, training; then the targets,
+    judged on the whole result.
+    """
+    throughput = _throughput(serving)
+    project_ips, naive_ips = throughput["project_ips"], throughput["naive_ips"]
+    bf16 = _bf16_summary(serving, project_ips, naive_ips)
+    threading = _threading_summary(cold, machine)
+    train = _training_summary(training)
+    result = {
+        "schema": 1,
+        "quick": config.quick,
+        "config": config.to_json(),
+        "machine": machine,
+        "model": serving["model"],
+        "threads": serving["threads"],
+        "throughput": throughput,
+        "latency": serving["latency"],
+        "latency_224": serving["latency_224"],
+        "cold_start": _cold_start(cold, threading["default_inter_op"]),
+        "training": train,
+        "memory": {
+            "serving_peak_rss_mib": serving["serving_peak_rss_mib"],
+            "serving_precision": serving.get("serving_precision", "float32"),
+            "training_peak_rss_mib": training["training_peak_rss_mib"],
+            "isolated": isolated,
+        },
+        "efficiency": _efficiency(machine, serving, project_ips, bf16),
+        "bf16": bf16,
+        "onnx": _onnx_summary(serving, bf16, project_ips, naive_ips),
+        "threading": threading,
+        "section_seconds": timings,
+        "section_laps": {"serving": serving.get("laps"), "training": training.get("laps")},
+        "raw": _raw_timings(serving, training),
+    }
+    throughput["load_stable"] = _agrees(throughput["throughput_ratio"], throughput["paired_ratio"])
+    train["load_stable"] = _agrees(train["cache_speedup"], train["paired_speedup"])
+    result["targets"] = evaluate_targets(result)
+    return result
+
+
+def _throughput(serving: dict[str, Any]) -> dict[str, Any]:
+    """The predict path against the naive loop, and how much decoding the pipeline hides."""
     project_ips = serving["images"] / median(serving["project_seconds"])
     naive_ips = serving["naive_images"] / median(serving["naive_seconds"])
     pipeline = serving["pipeline"]
@@ -50,8 +91,8 @@ def summarise(
     decode_s = median(pipeline["decode_seconds"])
     network_s = median(pipeline["inference_seconds"])
     sequential = decode_s + network_s
-    throughput = {
-        "image_size": size,
+    return {
+        "image_size": serving["model"]["image_size"],
         "batch_size": serving["batch_size"],
         "images": serving["images"],
         "naive_images": serving["naive_images"],
@@ -76,6 +117,9 @@ def summarise(
         },
     }
 
+
+def _bf16_summary(serving: dict[str, Any], project_ips: float, naive_ips: float) -> dict[str, Any]:
+    """bfloat16 against float32: speed-up, its AUROC check, and whether to serve it."""
     bf16_raw = serving["bf16"]
     bf16: dict[str, Any] = {"supported": bf16_raw["supported"], **bf16_raw["auroc"]}
     if bf16_raw.get("seconds"):
@@ -94,15 +138,22 @@ def summarise(
     # When the load changed mid-run the back-to-back pairs are the fairer speed-up.
     speedup = bf16.get("paired_speedup") if bf16.get("load_stable") is False else bf16["speedup"]
     bf16["recommended"] = bool(bf16.get("check") == "PASS" and (speedup or 0) >= BF16_MIN_SPEEDUP)
+    return bf16
 
+
+def _efficiency(
+    machine: dict[str, Any], serving: dict[str, Any], project_ips: float, bf16: dict[str, Any]
+) -> dict[str, Any]:
+    """The work done per second and per CPU-second, against the CPU's peak and a measured GEMM."""
     peak = peak_gflops(machine)
-    gflop = flops_per_image(size) / 1e9
-    inference_ips = serving["images"] / network_s
+    gflop = flops_per_image(serving["model"]["image_size"]) / 1e9
+    inference_ips = serving["images"] / median(serving["pipeline"]["inference_seconds"])
     # Work per CPU-second does not depend on how much of the CPU other jobs took:
     # it compares the kernels with one core's peak even on a busy machine.
     cpu_per_image = median(serving["project_cpu_seconds"]) / serving["images"]
     per_core_peak = peak["fp32"] / machine["cores"] if peak["fp32"] else None
-    efficiency = {
+    gemm = serving["gemm"]
+    return {
         "gflop_per_image": gflop,
         "predict_path_gflops": project_ips * gflop,
         "network_only_gflops": inference_ips * gflop,
@@ -117,17 +168,17 @@ def summarise(
         "fraction_of_per_core_peak": (gflop / cpu_per_image / per_core_peak)
         if per_core_peak and cpu_per_image > 0
         else None,
-        "gemm_fp32_gflop_per_cpu_second": serving["gemm"]["fp32_gflop_per_cpu_second"],
+        "gemm_fp32_gflop_per_cpu_second": gemm["fp32_gflop_per_cpu_second"],
         # Load-independent efficiency: the predict path's work per CPU-second
         # against the best a large matrix product does per CPU-second.
         "fraction_of_gemm_per_cpu_second": _ratio(
-            gflop / cpu_per_image, serving["gemm"]["fp32_gflop_per_cpu_second"]
+            gflop / cpu_per_image, gemm["fp32_gflop_per_cpu_second"]
         ),
-        "measured_gemm_fp32_gflops": serving["gemm"]["fp32_gflops"],
-        "measured_gemm_bf16_gflops": serving["gemm"]["bf16_gflops"],
-        "predict_path_fraction_of_gemm": project_ips * gflop / serving["gemm"]["fp32_gflops"],
+        "measured_gemm_fp32_gflops": gemm["fp32_gflops"],
+        "measured_gemm_bf16_gflops": gemm["bf16_gflops"],
+        "predict_path_fraction_of_gemm": project_ips * gflop / gemm["fp32_gflops"],
         # The clock the GEMM needs at least, had it reached 100 % of the formula's peak.
-        "implied_min_ghz": (serving["gemm"]["fp32_gflops"] / peak["fp32"] * machine["mhz"] / 1000)
+        "implied_min_ghz": (gemm["fp32_gflops"] / peak["fp32"] * machine["mhz"] / 1000)
         if peak["fp32"] and machine.get("mhz")
         else None,
         "peak_formula": peak["formula"],
@@ -136,44 +187,61 @@ def summarise(
         "clock_source": machine.get("mhz_source"),
     }
 
-    sweep = []
-    for run in cold:
-        sweep.append(
-            {
-                "intra_op": run["threads"]["intra_op"],
-                "inter_op": run["threads"]["inter_op"],
-                "ips": run["sweep_images"] / median(run["sweep_seconds"]),
-                "cpu_seconds_per_image": median(run["sweep_cpu_seconds"]) / run["sweep_images"],
-            }
-        )
+
+def _threading_summary(cold: list[dict[str, Any]], machine: dict[str, Any]) -> dict[str, Any]:
+    """The thread sweep of the cold-start children, and the project's default inter-op count."""
+    from fracture.inference.engine import MAX_INTER_OP_THREADS
+
+    sweep = [
+        {
+            "intra_op": run["threads"]["intra_op"],
+            "inter_op": run["threads"]["inter_op"],
+            "ips": run["sweep_images"] / median(run["sweep_seconds"]),
+            "cpu_seconds_per_image": median(run["sweep_cpu_seconds"]) / run["sweep_images"],
+        }
+        for run in cold
+    ]
     # The project's default: configure_threads() with no overrides, on this machine's CPUs.
     default_inter = min(MAX_INTER_OP_THREADS, machine.get("cores") or 1)
-    chosen = [r for r in cold if r["threads"]["inter_op"] == default_inter] or cold
-    cold_start = None
-    if chosen:
-        keys = (
-            "interpreter_s",
-            "import_s",
-            "build_s",
-            "weights_s",
-            "warmup_s",
-            "first_predict_s",
-            "total_s",
-        )
-        cold_start = {key: median([r[key] for r in chosen]) for key in keys}
-        cold_start["runs"] = len(chosen)
-        cold_start["threads"] = chosen[0]["threads"]
+    return {"default_inter_op": default_inter, "sweep": sweep}
 
-    train_ips_uncached = training["batch_size"] / median(training["uncached_seconds"])
-    train_ips_cached = training["batch_size"] / median(training["cached_seconds"])
-    train = {
+
+_COLD_START_STEPS = (
+    "interpreter_s",
+    "import_s",
+    "build_s",
+    "weights_s",
+    "warmup_s",
+    "first_predict_s",
+    "total_s",
+)
+
+
+def _cold_start(cold: list[dict[str, Any]], default_inter: int) -> dict[str, Any] | None:
+    """Median time of each start-up step, over the runs with the default threads (else all)."""
+    chosen = [r for r in cold if r["threads"]["inter_op"] == default_inter] or cold
+    if not chosen:
+        return None
+    cold_start: dict[str, Any] = {
+        key: median([r[key] for r in chosen]) for key in _COLD_START_STEPS
+    }
+    cold_start["runs"] = len(chosen)
+    cold_start["threads"] = chosen[0]["threads"]
+    return cold_start
+
+
+def _training_summary(training: dict[str, Any]) -> dict[str, Any]:
+    """Training steps per second with and without the feature cache, and the FLOP bound."""
+    uncached_ips = training["batch_size"] / median(training["uncached_seconds"])
+    cached_ips = training["batch_size"] / median(training["cached_seconds"])
+    return {
         "image_size": training["image_size"],
         "batch_size": training["batch_size"],
         "fine_tune_from": training["fine_tune_from"],
         "steps": training["steps"],
-        "uncached_ips": train_ips_uncached,
-        "cached_ips": train_ips_cached,
-        "cache_speedup": train_ips_cached / train_ips_uncached,
+        "uncached_ips": uncached_ips,
+        "cached_ips": cached_ips,
+        "cache_speedup": cached_ips / uncached_ips,
         "paired_speedup": _paired_ratio(
             training["cached_seconds"],
             training["batch_size"],
@@ -185,46 +253,21 @@ def summarise(
         "tail_forward_gmacs_per_image": training["tail_forward_gmacs_per_image"],
         "feature_bytes_per_image_view": training["feature_bytes_per_image_view"],
     }
-    memory = {
-        "serving_peak_rss_mib": serving["serving_peak_rss_mib"],
-        "serving_precision": serving.get("serving_precision", "float32"),
-        "training_peak_rss_mib": training["training_peak_rss_mib"],
-        "isolated": isolated,
+
+
+def _raw_timings(serving: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """Every repeat's seconds as measured, for anyone who wants other statistics."""
+    pipeline = serving["pipeline"]
+    return {
+        "project_seconds": serving["project_seconds"],
+        "project_cpu_seconds": serving["project_cpu_seconds"],
+        "naive_seconds": serving["naive_seconds"],
+        "bf16_seconds": serving["bf16"].get("seconds"),
+        "network_seconds": pipeline["inference_seconds"],
+        "decode_seconds": pipeline["decode_seconds"],
+        "uncached_step_seconds": training["uncached_seconds"],
+        "cached_step_seconds": training["cached_seconds"],
     }
-    result = {
-        "schema": 1,
-        "quick": config.quick,
-        "config": config.to_json(),
-        "machine": machine,
-        "model": serving["model"],
-        "threads": serving["threads"],
-        "throughput": throughput,
-        "latency": serving["latency"],
-        "latency_224": serving["latency_224"],
-        "cold_start": cold_start,
-        "training": train,
-        "memory": memory,
-        "efficiency": efficiency,
-        "bf16": bf16,
-        "onnx": _onnx_summary(serving, bf16, project_ips, naive_ips),
-        "threading": {"default_inter_op": default_inter, "sweep": sweep},
-        "section_seconds": timings,
-        "section_laps": {"serving": serving.get("laps"), "training": training.get("laps")},
-        "raw": {
-            "project_seconds": serving["project_seconds"],
-            "project_cpu_seconds": serving["project_cpu_seconds"],
-            "naive_seconds": serving["naive_seconds"],
-            "bf16_seconds": bf16_raw.get("seconds"),
-            "network_seconds": pipeline["inference_seconds"],
-            "decode_seconds": pipeline["decode_seconds"],
-            "uncached_step_seconds": training["uncached_seconds"],
-            "cached_step_seconds": training["cached_seconds"],
-        },
-    }
-    throughput["load_stable"] = _agrees(throughput["throughput_ratio"], throughput["paired_ratio"])
-    train["load_stable"] = _agrees(train["cache_speedup"], train["paired_speedup"])
-    result["targets"] = evaluate_targets(result)
-    return result
 
 
 def _onnx_summary(
