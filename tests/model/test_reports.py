@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fracture.evaluation.evaluate import class_evaluation
-from fracture.evaluation.metrics import evaluation_report, pointing_game
+from fracture.evaluation.localisation import pointing_game
+from fracture.evaluation.metrics import evaluation_report
 from fracture.model.card import build_card
 from fracture.model.config import ModelConfig
 from fracture.model.reports import EvaluationReport, ModelCard
