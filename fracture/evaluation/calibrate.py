@@ -13,7 +13,6 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from fracture.evaluation.operating_points import Calibration, calibrate
 from fracture.inference.predictor import Predictor, load_predictor
 from fracture.model.card import headline
 from fracture.model.folder import ModelConfig, ModelFolder
+from fracture.model.reports import EvaluationReport
 
 __all__ = ["calibrate_model", "calibrate_binary", "Calibrated"]
 
@@ -35,7 +35,7 @@ class Calibrated:
 
     config: ModelConfig
     calibration: Calibration
-    report: dict[str, Any]
+    report: EvaluationReport
 
 
 def calibrate_binary(
@@ -81,7 +81,7 @@ def calibrate_model(
     data_root: str | os.PathLike[str],
     *,
     predictor: Predictor | None = None,
-) -> dict[str, Any]:
+) -> EvaluationReport:
     """Refit a saved model's calibration and operating points on the val split.
 
     Fits Platt scaling (which also removes the class-weighting bias) and both

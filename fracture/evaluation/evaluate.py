@@ -31,6 +31,7 @@ from fracture.inference.gradcam import strongest_region
 from fracture.inference.localisation import MIN_CANDIDATE_SCORE, Box
 from fracture.inference.predictor import Predictor, load_predictor
 from fracture.model.folder import ModelConfig
+from fracture.model.reports import EvaluationReport
 
 __all__ = [
     "evaluate_model",
@@ -163,7 +164,7 @@ def class_evaluation(
     regions: Sequence[str | None] | None = None,
     hardware: Sequence[bool | None] | None = None,
     n_bootstrap: int = 1000,
-) -> dict[str, Any]:
+) -> EvaluationReport:
     """The evaluation report of a K-class model: per class, and for any fracture.
 
     ``labels`` index ``config.class_names``; ``probabilities`` are the calibrated
@@ -173,7 +174,7 @@ def class_evaluation(
     triage and the CSV rest on, so every binary plot applies; without one there is
     no "fracture or not" to report and the top level has the class figures only.
     """
-    report: dict[str, Any] = {}
+    report: EvaluationReport = {}
     normal = config.normal_index
     any_fracture = config.any_fracture(probabilities)
     if normal is not None and any_fracture is not None and config.thresholds:
@@ -212,7 +213,7 @@ def evaluate_model(
     pointing_game: bool = True,
     predictor: Predictor | None = None,
     n_bootstrap: int = 1000,
-) -> dict[str, Any]:
+) -> EvaluationReport:
     """The full evaluation report of a model on ``split`` of ``data_root``."""
     predictor = predictor or load_predictor(model_dir)
     dataset = load_dataset(data_root)
@@ -304,7 +305,7 @@ def _study_level(
     return report
 
 
-def format_evaluation(report: dict[str, Any]) -> str:
+def format_evaluation(report: EvaluationReport) -> str:
     """The terminal summary of :func:`evaluate_model`: image, class and study figures."""
     parts = []
     if "auroc" in report:

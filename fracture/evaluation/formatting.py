@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fracture.model.reports import EvaluationReport
+
 __all__ = ["format_report"]
 
 
@@ -43,7 +45,7 @@ def _subgroup_line(label: str, entry: Mapping[str, Any]) -> str:
     )
 
 
-def format_report(report: Mapping[str, Any]) -> str:
+def format_report(report: EvaluationReport) -> str:
     """A plain-text summary of :func:`evaluation_report` (or :func:`binary_report`) output.
 
     AUROC with its bootstrap interval, PR-AUC, Brier and ECE (before and after
@@ -69,7 +71,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"Temperature  {_fmt(report['temperature'])}")
 
     main_name = report.get("operating_point", "threshold")
-    points = report.get("operating_points") or {main_name: report}
+    points: Mapping[str, Mapping[str, Any]] = report.get("operating_points") or {}
+    if not points:
+        points = {main_name: report}
     header = ("Operating point", "threshold", "sens", "spec", "PPV", "NPV")
     lines += ["", f"{header[0]:<20} {header[1]:>9}" + "".join(f" {h:>6}" for h in header[2:])]
     for name, point in points.items():

@@ -5,7 +5,7 @@ Three figures, per fractured image with at least one box, on the raw heat map
 
 * **pointing game** (Zhang et al., "Top-down Neural Attention by Excitation
   Backprop", ECCV 2016): the map's maximum lies inside a box, at tolerance 0 and
-  at 3% of the image side (:func:`fracture.evaluation.metrics.pointing_game`);
+  at 3% of the image side (:func:`pointing_game`);
 * **energy inside boxes**: the share of the map's positive evidence that falls
   inside the union of the boxes (the "energy-based pointing game" of Wang et al.,
   "Score-CAM", CVPRW 2020);
@@ -28,10 +28,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fracture.evaluation.metrics import pointing_game
+from fracture.evaluation.checks import _check_same_length, _real
 from fracture.evaluation.proportions import wilson_rate
 
 __all__ = [
+    "map_peak",
+    "point_in_boxes",
+    "pointing_game",
     "TOLERANCE",
     "MIN_IOU",
     "image_localisation",
@@ -45,6 +48,116 @@ __all__ = [
 Box = tuple[float, float, float, float]
 TOLERANCE = 0.03  # of the image side, for the tolerant pointing game
 MIN_IOU = 0.1  # a drawn box "hits" when it overlaps a true box at least this much
+
+
+def _boxes(value: Any, index: int) -> np.ndarray:
+    boxes = np.asarray(value if value is not None else [], dtype=np.float64)
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(
+            f"boxes[{index}] must be a sequence of (x0, y0, x1, y1) boxes, got shape {boxes.shape}"
+        )
+    if not np.isfinite(boxes).all():
+        raise ValueError(f"boxes[{index}] contains NaN or infinite coordinates")
+    if boxes.min() < 0.0 or boxes.max() > 1.0:
+        raise ValueError(
+            f"boxes[{index}] must be normalised to [0, 1], got range "
+            f"[{boxes.min():.6g}, {boxes.max():.6g}]"
+        )
+    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+        raise ValueError(f"boxes[{index}] has a box with x1 < x0 or y1 < y0")
+    return boxes
+
+
+def map_peak(cam: np.ndarray) -> tuple[float, float] | None:
+    """Where a map points: the normalised centre ``(x, y)`` of its maximum, None when flat.
+
+    Pixel (row, col) becomes ``((col + 0.5) / W, (row + 0.5) / H)``; among tied
+    maxima the first in row-major order is used. A constant map has no peak, so a
+    dead Grad-CAM cannot point anywhere by luck.
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.size == 0 or cam.max() == cam.min():
+        return None
+    row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    height, width = cam.shape
+    return (col + 0.5) / width, (row + 0.5) / height
+
+
+def point_in_boxes(
+    point: Sequence[float],
+    boxes: Sequence[Sequence[float]] | np.ndarray,
+    *,
+    tolerance: float = 0.0,
+) -> bool:
+    """Whether a normalised point lies in any ``(x0, y0, x1, y1)`` box grown by ``tolerance``.
+
+    Edges are inclusive. The one rule for a hit, whether the point is a heat
+    map's peak (:func:`pointing_game`) or where a student clicked (the Learn page).
+    """
+    x, y = float(point[0]), float(point[1])
+    return any(
+        x0 - tolerance <= x <= x1 + tolerance and y0 - tolerance <= y <= y1 + tolerance
+        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    )
+
+
+def pointing_game(
+    cams: Sequence[np.ndarray | None],
+    boxes: Sequence[Sequence[tuple[float, float, float, float]]],
+    *,
+    tolerance: float = 0.0,
+) -> dict:
+    """Pointing-game localisation score of class-activation maps (Zhang et al. 2016).
+
+    For each image with at least one ground-truth box, the map "points" at its
+    maximum: pixel (row, col) becomes the normalised centre
+    ``(x, y) = ((col + 0.5) / W, (row + 0.5) / H)``, and it is a hit when that
+    point lies in any box ``(x0, y0, x1, y1)`` (normalised, edges inclusive)
+    grown by ``tolerance`` on every side. Zhang et al. allowed 15 pixels; here
+    the tolerance is in normalised units so it does not depend on image size.
+
+    The maps must cover the same extent as the image the boxes are normalised
+    to: map Grad-CAM back with :func:`fracture.inference.preprocess.unletterbox`
+    first, or the letterbox padding shifts every point. Images without boxes
+    are not counted (their map may be ``None``). A constant map has no peak and
+    counts as a miss, so a dead Grad-CAM cannot score by luck; among tied
+    maxima the first in row-major order is used.
+
+    Returns ``{"hits", "n", "score", "tolerance"}``; ``score`` is ``None`` when
+    no image has a box.
+    """
+    tolerance = _real(tolerance, "tolerance")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    _check_same_length(cams=cams, boxes=boxes)
+
+    hits = 0
+    counted = 0
+    for index, (cam, raw_boxes) in enumerate(zip(cams, boxes)):
+        image_boxes = _boxes(raw_boxes, index)
+        if image_boxes.shape[0] == 0:
+            continue
+        if cam is None:
+            raise ValueError(f"cams[{index}] is None but image {index} has boxes")
+        cam = np.asarray(cam, dtype=np.float64)
+        if cam.ndim != 2 or cam.size == 0:
+            raise ValueError(
+                f"cams[{index}] must be a non-empty 2-D (H, W) map, got shape {cam.shape}"
+            )
+        if not np.isfinite(cam).all():
+            # np.argmax would treat NaN as the maximum and point at it.
+            raise ValueError(f"cams[{index}] contains NaN or infinite values")
+        counted += 1
+        peak = map_peak(cam)
+        hits += peak is not None and point_in_boxes(peak, image_boxes, tolerance=tolerance)
+    return {
+        "hits": hits,
+        "n": counted,
+        "score": hits / counted if counted else None,
+        "tolerance": tolerance,
+    }
 
 
 def energy_inside(heat: np.ndarray, boxes: Sequence[Box]) -> float | None:

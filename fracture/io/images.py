@@ -5,7 +5,10 @@ data, Grad-CAM) decodes images through :func:`load_image`, which returns an
 ``(H, W, 3)`` ``uint8`` RGB array or raises :class:`InvalidImageError` with a
 message meant for a person. Keeping the decoding in one module means that a
 16-bit PNG, a MONOCHROME1 DICOM and a phone JPEG taken sideways all reach the
-network looking the way a radiologist would see them.
+network looking the way a radiologist would see them. This module reads the
+input and tells formats apart; DICOM is decoded and redacted in
+:mod:`fracture.io.dicom`, and both kinds of decoder make their RGB ``uint8``
+array with :mod:`fracture.io.pixels`.
 
 Design rules:
 
@@ -29,28 +32,26 @@ import logging
 import os
 import stat
 import struct
-import threading
-import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import cv2
 import numpy as np
-import pydicom
 from PIL import ExifTags, Image, UnidentifiedImageError
-from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
-from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fracture.config import get_settings
 from fracture.errors import InvalidImageError
-from fracture.io.dicom import check_pixel_data_length, first_value, looks_like_bare_dicom
+from fracture.io.dicom import (
+    DICOM_MAGIC,
+    DICOM_MAGIC_OFFSET,
+    decode_dicom,
+    looks_like_dicom,
+    redacted_header,
+)
+from fracture.io.pixels import bomb_guard, check_dimensions, printable, to_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ _SUPPORTED_FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, GIF or DICOM"
 # is 12); the cap keeps a multi-gigabyte file from being read into memory.
 _MAX_BYTES_PER_PIXEL = 16
 _FILE_SIZE_SLACK = 64 * 2**20
-# Percentiles of the robust stretch: clipping 0.5 % at each end ignores hot
-# pixels and burned-in labels without visibly changing a normal radiograph.
-_STRETCH_PERCENTILES = (0.5, 99.5)
-# Percentiles are computed on at most about this many pixels, for speed.
-_STRETCH_SAMPLE_PIXELS = 1_000_000
-
-_DICOM_MAGIC_OFFSET = 128
-_DICOM_MAGIC = b"DICM"
 
 # Formats decoded by Pillow, keyed by the signature that identifies them.
 # BMP's two-byte signature is checked last (after the text test) because
@@ -195,10 +188,7 @@ def describe_dicom(source: ImageSource, *, name: str | None = None) -> dict[str,
         data = _read_source(source, label, limits.max_file_bytes)
         if _sniff(data) not in ("DICOM", "BARE_DICOM"):
             raise InvalidImageError(f"{label} is not a DICOM file")
-        dataset = _read_dicom(data, label, stop_before_pixels=True)
-        header = _redacted_items(dataset.file_meta)
-        header.update(_redacted_items(dataset))
-        return header
+        return redacted_header(data, label)
     except InvalidImageError:
         raise
     except MemoryError:
@@ -268,12 +258,7 @@ def _label_for(source: object, name: str | None) -> str:
         label = Path(source.name).name  # type: ignore[attr-defined]
     else:
         label = _DEFAULT_LABEL
-    return _printable(label)
-
-
-def _printable(text: str) -> str:
-    # Control characters in a name could forge extra lines in a log or a report.
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+    return printable(label)
 
 
 def _check_source_type(source: object) -> None:
@@ -345,7 +330,7 @@ def _sniff(data: bytes) -> str:
     """The format of ``data``: a Pillow format name, "DICOM", "BARE_DICOM", "TEXT" or "UNKNOWN"."""
     # DICOM first: its 128-byte preamble may legally hold a TIFF header
     # (dual-personality files), and the DICOM reading is the right one.
-    if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == _DICOM_MAGIC:
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
         return "DICOM"
     for signature, fmt in _RASTER_SIGNATURES:
         if data.startswith(signature):
@@ -398,7 +383,7 @@ def _decode(data: bytes, label: str, limits: _Limits) -> np.ndarray:
         raise InvalidImageError(f"{label} is empty (0 bytes)")
     kind = _sniff(data)
     if kind in ("DICOM", "BARE_DICOM"):
-        rgb = _decode_dicom(data, label, limits)
+        rgb = decode_dicom(data, label, max_pixels=limits.max_pixels, min_side=limits.min_side)
     elif kind in ("JPEG", "PNG", "GIF", "TIFF", "BMP"):
         rgb = _decode_raster(data, kind, label, limits)
     else:
@@ -414,47 +399,6 @@ def _finish(rgb: np.ndarray, label: str) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-def _check_dimensions(width: int, height: int, label: str, limits: _Limits) -> None:
-    """Refuse a size read from the header, before any pixel is decoded."""
-    if width * height > limits.max_pixels:
-        raise InvalidImageError(
-            f"{label} is {width}x{height} px ({width * height / 1e6:.1f} MP), more than the "
-            f"{limits.max_pixels / 1e6:g} MP limit that guards against decompression bombs; "
-            "downscale it first"
-        )
-    if min(width, height) < limits.min_side:
-        raise InvalidImageError(
-            f"{label} is {width}x{height} px; at least {limits.min_side} px per side is needed"
-        )
-
-
-# catch_warnings saves and restores the process-wide filter list, so two
-# threads overlapping inside it (the Predictor decodes in a tf.data pool) would
-# restore each other's state and leave the error filter installed for good.
-# The lock makes guarded blocks take turns; they only wrap Pillow's lazy
-# ``Image.open`` (a header read), so decoding itself stays parallel.
-_BOMB_GUARD_LOCK = threading.RLock()
-
-
-@contextmanager
-def _bomb_guard(label: str) -> Iterator[None]:
-    """Turn Pillow's decompression-bomb warning and error into :class:`InvalidImageError`.
-
-    Pillow only warns between MAX_IMAGE_PIXELS and twice that; the warning is
-    made an error here, for the duration of the block only, so that no such
-    image slips through when ``max_pixels`` is set above Pillow's threshold.
-    Pillow's own limit is left untouched, so it still caps ``max_pixels``.
-    """
-    with _BOMB_GUARD_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImageError(
-                f"{label} is too large to decode safely (possible decompression bomb: {exc})"
-            ) from None
-
-
 # --------------------------------------------------------------------------- Pillow formats
 
 
@@ -466,7 +410,7 @@ def _decode_raster(data: bytes, fmt: str, label: str, limits: _Limits) -> np.nda
     if fmt == "PNG":
         _check_png_checksums(data, label)
     try:
-        with _bomb_guard(label):
+        with bomb_guard(label):
             image = Image.open(io.BytesIO(data), formats=[fmt])
     except UnidentifiedImageError:
         raise InvalidImageError(
@@ -477,14 +421,16 @@ def _decode_raster(data: bytes, fmt: str, label: str, limits: _Limits) -> np.nda
         raise InvalidImageError(f"{label} is a truncated or damaged {fmt} file ({exc})") from exc
     with image:
         # Our own pixel cap (below Pillow's) is checked before any pixel is decoded.
-        _check_dimensions(image.width, image.height, label, limits)
+        check_dimensions(
+            image.width, image.height, label, max_pixels=limits.max_pixels, min_side=limits.min_side
+        )
         if _is_deep_colour(image):
             pixels = _decode_deep_colour(data, fmt, label)
         else:
             _load_pixels(image, fmt, label, len(data))
             pixels = _pillow_pixels(image)
         orientation = _exif_orientation(image)
-    return _apply_orientation(_to_rgb8(pixels, label), orientation)
+    return _apply_orientation(to_rgb8(pixels, label), orientation)
 
 
 def _check_png_checksums(data: bytes, label: str) -> None:
@@ -503,7 +449,7 @@ def _check_png_checksums(data: bytes, label: str) -> None:
             return  # truncated: the decoder reports that more precisely
         chunk_type = bytes(view[pos + 4 : pos + 8])
         if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
-            chunk_name = _printable(chunk_type.decode("latin-1"))
+            chunk_name = printable(chunk_type.decode("latin-1"))
             raise InvalidImageError(
                 f"{label} is a damaged PNG file: "
                 f"the checksum (CRC) of its {chunk_name} chunk is wrong"
@@ -566,7 +512,7 @@ def _decode_deep_colour(data: bytes, fmt: str, label: str) -> np.ndarray:
 
 
 def _pillow_pixels(image: Image.Image) -> np.ndarray:
-    """The image's samples as an array that :func:`_to_rgb8` understands."""
+    """The image's samples as an array that :func:`fracture.io.pixels.to_rgb8` understands."""
     mode = image.mode
     if mode in ("L", "LA", "RGB", "RGBA", "I", "F") or mode.startswith("I;16"):
         return np.asarray(image)
@@ -609,390 +555,6 @@ def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
     return rgb if op is None else op(rgb)
 
 
-# --------------------------------------------------------------------------- pixel conversion
-
-
-def _to_rgb8(pixels: np.ndarray, label: str) -> np.ndarray:
-    """Convert grey, grey+alpha, RGB or RGBA samples of any numeric type to RGB uint8.
-
-    Alpha is composited on black, the background of a radiograph, so that
-    transparent padding looks like the film edge rather than like bone.
-    """
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
-        pixels = pixels[..., 0]
-    if pixels.ndim == 2:
-        colour, alpha = pixels, None
-    elif pixels.ndim == 3 and pixels.shape[2] in (2, 3, 4):
-        has_alpha = pixels.shape[2] in (2, 4)
-        colour = pixels[..., :-1] if has_alpha else pixels
-        alpha = pixels[..., -1] if has_alpha else None
-    else:
-        raise InvalidImageError(f"{label} has an unsupported pixel layout {pixels.shape}")
-    if colour.ndim == 3 and colour.shape[2] == 1:
-        colour = colour[..., 0]
-    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
-        raise InvalidImageError(f"{label} contains NaN or infinite pixel values")
-    colour8 = colour if colour.dtype == np.uint8 else _stretch_to_uint8(colour)
-    if alpha is not None:
-        colour8 = _composite_on_black(colour8, _alpha_to_uint8(alpha))
-    if colour8.ndim == 2:
-        colour8 = np.repeat(colour8[..., None], 3, axis=2)
-    return colour8
-
-
-def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Map the robust range of ``values`` (0.5th-99.5th percentile) onto 0-255.
-
-    Falls back to the full min-max range when the percentiles coincide (for
-    example a small bright object on a uniform background).
-    """
-    values = values.astype(np.float32, copy=False)
-    step = max(1, int(np.ceil(np.sqrt(values.shape[0] * values.shape[1] / _STRETCH_SAMPLE_PIXELS))))
-    low, high = (float(v) for v in np.percentile(values[::step, ::step], _STRETCH_PERCENTILES))
-    if high <= low:
-        low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return _unit_to_uint8((values - low) / (high - low))
-
-
-def _unit_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Round values in [0, 1] (clipped) to uint8."""
-    scaled = np.clip(values, 0.0, 1.0) * 255.0 + 0.5
-    return scaled.astype(np.uint8)
-
-
-def _alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
-    if alpha.dtype == np.uint8:
-        return alpha
-    if np.issubdtype(alpha.dtype, np.integer):
-        return _unit_to_uint8(alpha / float(np.iinfo(alpha.dtype).max))
-    return _unit_to_uint8(alpha)
-
-
-def _composite_on_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    weight = alpha.astype(np.uint16)
-    if colour.ndim == 3:
-        weight = weight[..., None]
-    return ((colour.astype(np.uint16) * weight + 127) // 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- DICOM
-
-
-def _decode_dicom(data: bytes, label: str, limits: _Limits) -> np.ndarray:
-    """Decode the first frame of a DICOM file into RGB uint8.
-
-    Only attributes of the image pixel, modality LUT and VOI LUT modules are
-    read. Exceptions are never chained, because a pydicom message could quote
-    a header value.
-    """
-    try:
-        dataset = _read_dicom(data, label, stop_before_pixels=False)
-        pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-        if not any(kw in dataset for kw in pixel_keywords):
-            raise InvalidImageError(
-                f"{label} is a DICOM file that contains no pixel data "
-                "(it may be a report, a structured document or a DICOMDIR)"
-            )
-        if not any(dataset.get(kw) for kw in pixel_keywords):
-            raise InvalidImageError(
-                f"{label} is a DICOM file whose Pixel Data element is empty: the image was "
-                "left out when the file was written (an export or anonymiser that drops pixels)"
-            )
-        rows, columns = dataset.get("Rows"), dataset.get("Columns")
-        if not isinstance(rows, int) or not isinstance(columns, int):
-            raise InvalidImageError(
-                f"{label} is a DICOM file whose image size (Rows/Columns) is missing"
-            )
-        _check_dimensions(columns, rows, label, limits)
-        _check_decodable(dataset, label)
-        check_pixel_data_length(dataset, label)
-        frame = _first_frame(dataset, label)
-        return _dicom_frame_to_rgb(frame, dataset, label)
-    except InvalidImageError:
-        raise
-    except MemoryError:
-        raise InvalidImageError(
-            f"{label} is too large to decode with the memory available"
-        ) from None
-    except Exception as exc:
-        # No exception name in the message: it says nothing to the person reading it.
-        log.debug("DICOM image of %s not readable: %s", label, type(exc).__name__)
-        raise InvalidImageError(
-            f"{label} is a DICOM file whose image could not be read: its image attributes "
-            "(size, bits, photometric interpretation, colour tables) are damaged or "
-            "contradict each other"
-        ) from None
-
-
-def _read_dicom(data: bytes, label: str, *, stop_before_pixels: bool) -> Dataset:
-    bare = data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] != _DICOM_MAGIC
-    try:
-        dataset = pydicom.dcmread(
-            io.BytesIO(data), force=bare, stop_before_pixels=stop_before_pixels
-        )
-    except Exception:
-        raise InvalidImageError(
-            f"{label} is a damaged DICOM file: its header could not be read"
-        ) from None
-    if bare and "TransferSyntaxUID" not in dataset.file_meta:
-        # Without file meta, the encoding pydicom detected is the transfer
-        # syntax; such files are never compressed.
-        implicit, little = dataset.original_encoding
-        dataset.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian
-            if implicit
-            else ExplicitVRLittleEndian
-            if little
-            else ExplicitVRBigEndian
-        )
-    return dataset
-
-
-def _check_decodable(dataset: Dataset, label: str) -> None:
-    """Refuse, with the transfer syntax named, compressed data that no installed plugin decodes."""
-    uid = dataset.file_meta.get("TransferSyntaxUID")
-    if not isinstance(uid, UID):
-        raise InvalidImageError(f"{label} is a DICOM file without a valid transfer syntax")
-    described = _printable(f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid))
-    try:
-        compressed = uid.is_compressed
-    except ValueError:  # a private transfer syntax pydicom knows nothing about
-        raise InvalidImageError(
-            f"{label} uses an unknown DICOM transfer syntax {described}"
-        ) from None
-    if not compressed:
-        return
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        raise InvalidImageError(
-            f"{label} uses the {described} transfer syntax, which cannot be decoded here; "
-            "export it uncompressed"
-        ) from None
-    if not decoder.is_available:
-        options = "; ".join(dep.split(" - requires ")[-1] for dep in decoder.missing_dependencies)
-        raise InvalidImageError(
-            f"{label} uses the {described} transfer syntax, and no decoder for it is installed "
-            f"(it needs one of: {options}); install one or export the file uncompressed"
-        )
-
-
-def _first_frame(dataset: Dataset, label: str) -> np.ndarray:
-    # index=0 decodes only the first frame, so a long multi-frame file costs
-    # the memory of one frame.
-    uid = dataset.file_meta.TransferSyntaxUID
-    with _bomb_guard(label):
-        try:
-            return pixel_array(dataset, index=0)
-        except InvalidImageError:
-            raise
-        except Exception:
-            raise InvalidImageError(
-                f"{label}: its DICOM pixel data ({uid.name}, {uid}) could not be decoded; "
-                "the file may be truncated or damaged"
-            ) from None
-
-
-def _dicom_frame_to_rgb(frame: np.ndarray, dataset: Dataset, label: str) -> np.ndarray:
-    """Display pipeline of PS3.4 N.2: modality LUT, VOI window, then MONOCHROME1 inversion.
-
-    Without a usable window the robust stretch replaces it: BitsStored
-    scaling would leave an image that uses a fraction of its bit range dark.
-    VOI LUT Sequences (rare in radiography) are not applied.
-    """
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric == "PALETTE COLOR":
-        return _to_rgb8(apply_color_lut(frame, dataset), label)
-    if frame.ndim == 3:
-        # pydicom has already converted YBR to RGB.
-        return _to_rgb8(frame, label)
-    values = apply_modality_lut(frame, dataset)
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        raise InvalidImageError(f"{label} contains NaN or infinite pixel values")
-    window = _VoiWindow.from_dataset(dataset)
-    unit = window.apply(values) if window is not None else None
-    grey = _stretch_to_uint8(values) if unit is None else _unit_to_uint8(unit)
-    if photometric == "MONOCHROME1":
-        # MONOCHROME1 stores bone dark; invert so every image shows bone bright.
-        grey = 255 - grey
-    return _to_rgb8(grey, label)
-
-
-@dataclass(frozen=True)
-class _VoiWindow:
-    """The first VOI window of a DICOM file (PS3.3 C.11.2.1.2)."""
-
-    center: float
-    width: float
-    function: str
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset) -> _VoiWindow | None:
-        if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
-            return None
-        try:
-            center = float(first_value(dataset.WindowCenter))  # type: ignore[arg-type]
-            width = float(first_value(dataset.WindowWidth))  # type: ignore[arg-type]
-        except (TypeError, ValueError, IndexError):
-            return None  # an unusable window falls back to the data's own range
-        if not (np.isfinite(center) and np.isfinite(width)):
-            return None
-        function = str(dataset.get("VOILUTFunction") or "LINEAR").strip().upper()
-        return cls(center, width, function)
-
-    def apply(self, values: np.ndarray) -> np.ndarray | None:
-        """Map ``values`` to [0, 1]; None when the width is invalid for the function."""
-        x = values.astype(np.float32, copy=False)
-        center, width = self.center, self.width
-        if self.function == "SIGMOID":
-            if width <= 0:
-                return None
-            with np.errstate(over="ignore"):  # exp overflow correctly gives 0
-                return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-        if self.function == "LINEAR_EXACT":
-            if width <= 0:
-                return None
-            return np.clip((x - (center - width / 2)) / width, 0.0, 1.0)
-        # LINEAR, also used for unknown functions since it is the default.
-        if width < 1:
-            return None
-        center, width = center - 0.5, width - 1
-        if width == 0:
-            return (x > center).astype(np.float32)
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------- DICOM header redaction
-
-_REDACTED = "<redacted>"
-# Person names, dates and times identify patients and staff whatever the attribute.
-_IDENTIFYING_VRS = frozenset({"PN", "DA", "DT", "TM"})
-# UIDs that name a kind of object or encoding rather than an instance.
-_NON_IDENTIFYING_UIDS = frozenset(
-    {
-        "SOPClassUID",
-        "MediaStorageSOPClassUID",
-        "TransferSyntaxUID",
-        "ImplementationClassUID",
-        "ReferencedSOPClassUID",
-        "ReferencedSOPClassUIDInFile",
-    }
-)
-# Identifying attributes outside group 0010 that are not names, dates or
-# UIDs, after the basic application level confidentiality profile.
-_IDENTIFYING_KEYWORDS = frozenset(
-    {
-        "AccessionNumber",
-        "IssuerOfAccessionNumberSequence",
-        "StudyID",
-        "InstitutionName",
-        "InstitutionAddress",
-        "InstitutionCodeSequence",
-        "InstitutionalDepartmentName",
-        "StationName",
-        "DeviceSerialNumber",
-        "DetectorID",
-        "PlateID",
-        "CassetteID",
-        "GantryID",
-        "ReferringPhysicianAddress",
-        "ReferringPhysicianTelephoneNumbers",
-        "ReferringPhysicianIdentificationSequence",
-        "PhysiciansOfRecordIdentificationSequence",
-        "PerformingPhysicianIdentificationSequence",
-        "PhysiciansReadingStudyIdentificationSequence",
-        "OperatorIdentificationSequence",
-        "RequestingService",
-        "RequestAttributesSequence",
-        "RequestedProcedureID",
-        "RequestedProcedureDescription",
-        "ScheduledProcedureStepID",
-        "PerformedProcedureStepID",
-        "PerformedProcedureStepDescription",
-        "StudyDescription",
-        "SeriesDescription",
-        "ProtocolName",
-        "ImageComments",
-        "DerivationDescription",
-        "AdmittingDiagnosesDescription",
-        "AdmissionID",
-        "IssuerOfAdmissionIDSequence",
-        "ServiceEpisodeID",
-        "CurrentPatientLocation",
-        "PatientInstitutionResidence",
-        "ReferencedPatientSequence",
-        "ReferencedStudySequence",
-        "ReferencedPerformedProcedureStepSequence",
-        "PlacerOrderNumberImagingServiceRequest",
-        "FillerOrderNumberImagingServiceRequest",
-        "OrderEntererLocation",
-        "OrderCallbackPhoneNumber",
-        "PersonAddress",
-        "PersonTelephoneNumbers",
-        "ResponsibleOrganization",
-        "ContentSequence",
-        "TextString",
-        "TextComments",
-        "IdentifyingComments",
-        "ScheduledStudyLocation",
-        "ScheduledStudyLocationAETitle",
-        "SourceApplicationEntityTitle",
-    }
-)
-_MAX_VALUE_CHARS = 200
-
-
-def _redacted_items(dataset: Dataset) -> dict[str, str]:
-    header: dict[str, str] = {}
-    for tag in sorted(dataset.keys()):
-        tag = BaseTag(tag)
-        keyword = keyword_for_tag(tag) or str(tag)
-        if _is_identifying(dataset, tag, keyword):
-            header[keyword] = _REDACTED
-        else:
-            header[keyword] = _display_value(dataset, tag)
-    return header
-
-
-def _is_identifying(dataset: Dataset, tag: BaseTag, keyword: str) -> bool:
-    """Decide from the tag and VR alone, so the value is never decoded."""
-    if tag.group == 0x0010 or tag.is_private or keyword in _IDENTIFYING_KEYWORDS:
-        return True
-    vr = _raw_vr(dataset, tag)
-    if vr in _IDENTIFYING_VRS:
-        return True
-    return vr == "UI" and keyword not in _NON_IDENTIFYING_UIDS
-
-
-def _raw_vr(dataset: Dataset, tag: BaseTag) -> str:
-    vr = dataset.get_item(tag).VR
-    if vr:
-        return str(vr)
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return ""
-
-
-def _display_value(dataset: Dataset, tag: BaseTag) -> str:
-    try:
-        element = dataset[tag]
-        value = element.value
-        if element.VR == "SQ":
-            return f"<sequence of {len(value)} item(s)>"
-        if isinstance(value, (bytes, bytearray)):
-            return f"<{len(value)} bytes>"
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            text = "\\".join(str(item) for item in value)
-        else:
-            text = "" if value is None else str(value)
-    except Exception:
-        return "<unreadable>"
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
-
-
 # --------------------------------------------------------------------------- file discovery
 
 
@@ -1019,7 +581,7 @@ def _has_dicom_marker(path: Path) -> bool:
     """Whether ``path`` starts like a DICOM file, with or without preamble and ``DICM``."""
     try:
         with path.open("rb") as handle:
-            head = handle.read(_DICOM_MAGIC_OFFSET + 4)
+            head = handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))
     except OSError:
         return False
-    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC or looks_like_bare_dicom(head)
+    return looks_like_dicom(head)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from fracture.data.records import region_words, summary_classes
 from fracture.model.config import ModelConfig
+from fracture.model.reports import EvaluationReport, ModelCard
 
 __all__ = [
     "build_card",
@@ -82,7 +83,7 @@ def build_card(
     model_config: ModelConfig,
     train_config: dict[str, Any],
     dataset: Any,
-    report: dict[str, Any],
+    report: EvaluationReport,
     history: list[dict[str, Any]],
     best_epoch: int,
     training_seconds: float,
@@ -93,7 +94,7 @@ def build_card(
     calibration: Summarised | None = None,
     architecture: str | None = None,
     sections: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ModelCard:
     """Collect everything a reviewer needs to judge a model into one dict.
 
     ``class_counts`` are the images per split and class that training and
@@ -112,7 +113,7 @@ def build_card(
         if model_config.is_multiclass
         else "sigmoid output"
     )
-    card = {
+    card: ModelCard = {
         "name": model_config.name,
         "version": model_config.version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -149,10 +150,10 @@ def build_card(
     if calibration is not None:
         card["calibration"] = calibration.summary()
     card["evidence_scale"] = model_config.evidence_scale
-    return {**card, **(sections or {})}
+    return cast(ModelCard, {**card, **(sections or {})})
 
 
-def headline(report: dict[str, Any]) -> dict[str, Any]:
+def headline(report: EvaluationReport) -> dict[str, Any]:
     keys = (
         "auroc",
         "auroc_ci",
@@ -184,7 +185,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return headline
 
 
-def _precision_line(card: dict[str, Any]) -> str:
+def _precision_line(card: ModelCard) -> str:
     precision = card.get("inference_precision") or "float32"
     evidence = card.get("inference_precision_evidence") or {}
     if evidence.get("auroc_fp32") is None:
@@ -214,7 +215,7 @@ def _percent_ci(entry: dict[str, Any] | None, key: str = "rate") -> str:
     return f"{entry[key]:.0%}{interval}"
 
 
-def _heat_map_lines(card: dict[str, Any], report: dict[str, Any] | None = None) -> list[str]:
+def _heat_map_lines(card: ModelCard, report: EvaluationReport | None = None) -> list[str]:
     """How the heat map was trained and how well it points, when the card knows."""
     lines: list[str] = []
     if card.get("box_supervision"):
@@ -251,7 +252,7 @@ def _heat_map_lines(card: dict[str, Any], report: dict[str, Any] | None = None) 
     return lines
 
 
-def _localiser_lines(card: dict[str, Any]) -> list[str]:
+def _localiser_lines(card: ModelCard) -> list[str]:
     """The localisation head: how it was trained and its validation figures, with intervals."""
     located = card.get("localiser")
     if not located:
@@ -388,7 +389,7 @@ def _when(created: Any) -> str:
     return str(created).replace("T", " ").rstrip("Z") + " UTC"
 
 
-def _counts_table(counts: dict[str, Any]) -> list[str]:
+def _counts_table(counts: Mapping[str, Any]) -> list[str]:
     """Images per split and class: fractured and normal, or every class of a K-class set."""
     if not counts:
         return ["- Image counts: not recorded"]
@@ -405,7 +406,7 @@ def _counts_table(counts: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _classes_lines(card: dict[str, Any]) -> list[str]:
+def _classes_lines(card: ModelCard) -> list[str]:
     """What a K-class model names, and the images per class it learnt and was checked on."""
     classes = card.get("classes") or []
     if not card.get("multiclass") or not classes:
@@ -422,13 +423,13 @@ def _classes_lines(card: dict[str, Any]) -> list[str]:
             "model names its most likely class"
         ),
     ]
-    if card.get("class_counts"):
-        lines += ["- Images it was trained and validated on:", *_counts_table(card["class_counts"])]
+    if counts := card.get("class_counts"):
+        lines += ["- Images it was trained and validated on:", *_counts_table(counts)]
     return lines + [""]
 
 
 def calibration_facts(
-    report: dict[str, Any] | None, card: dict[str, Any] | None = None
+    report: EvaluationReport | None, card: ModelCard | None = None
 ) -> dict[str, Any]:
     """The one calibration method and the one calibration error every page and the card show.
 
@@ -469,7 +470,7 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def calibration_sentence(report: dict[str, Any] | None, card: dict[str, Any] | None = None) -> str:
+def calibration_sentence(report: EvaluationReport | None, card: ModelCard | None = None) -> str:
     """The calibration method and its one expected calibration error, in a sentence.
 
     Whether calibration lowered the error is said in words, truthfully, without a
@@ -549,7 +550,7 @@ def _metric_rows(
     return lines
 
 
-def render_card_markdown(card: dict[str, Any], report: dict[str, Any] | None = None) -> str:
+def render_card_markdown(card: ModelCard, report: EvaluationReport | None = None) -> str:
     """The human-readable model card: plain words, rounded numbers, no machine paths.
 
     ``report`` (the folder's ``evaluation.json``) fills figures that older

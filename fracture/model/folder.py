@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from fracture.io.files import atomic_write_bytes, atomic_write_json, atomic_writ
 from fracture.model.card import render_card_markdown
 from fracture.model.config import BINARY_CLASSES, ModelConfig
 from fracture.model.network import LOGIT_LAYER, build_classifier, trained_layers
+from fracture.model.reports import EvaluationReport, ModelCard
 
 if TYPE_CHECKING:
     import keras
@@ -99,7 +100,7 @@ def save_model(
     directory: str | os.PathLike[str],
     *,
     reference: dict[str, list[np.ndarray]],
-    card: dict[str, Any] | None = None,
+    card: ModelCard | None = None,
 ) -> Path:
     """Write ``model`` as a model folder: config, weight deltas and card (no Markdown, no heads).
 
@@ -112,7 +113,7 @@ def save_model(
     """
     folder = ModelFolder(directory)
     folder.write_network(model, config, reference=reference)
-    folder.write_card(dict(card or {}), markdown=False)
+    folder.write_card(card or {}, markdown=False)
     return folder.path
 
 
@@ -202,7 +203,7 @@ class LoadedModel:
 
     model: "keras.Model"
     config: ModelConfig
-    card: dict[str, Any]
+    card: ModelCard
     directory: Path | None
 
 
@@ -279,17 +280,17 @@ class ModelFolder:
     def checksums(self) -> dict[str, str]:
         return file_checksums(self.path)
 
-    def read(self) -> tuple[ModelConfig, dict[str, Any]]:
+    def read(self) -> tuple[ModelConfig, ModelCard]:
         """The config and card, verified against the card's checksums (see :func:`read_config`)."""
         return read_config(self.path)
 
-    def read_card(self) -> dict[str, Any]:
+    def read_card(self) -> ModelCard:
         """The card as it is, unverified; empty when missing or unreadable (for listings)."""
         try:
             card = json.loads(self.card_path.read_text())
         except (OSError, ValueError):
             return {}
-        return card if isinstance(card, dict) else {}
+        return cast(ModelCard, card) if isinstance(card, dict) else {}
 
     def card_markdown(self) -> str | None:
         """The card for people, or None when the folder has none."""
@@ -298,10 +299,10 @@ class ModelFolder:
         except FileNotFoundError:
             return None
 
-    def read_evaluation(self) -> dict[str, Any] | None:
+    def read_evaluation(self) -> EvaluationReport | None:
         """The validation report written with the model, or None."""
         report = read_json(self.evaluation_path, default=None)
-        return report if isinstance(report, dict) else None
+        return cast(EvaluationReport, report) if isinstance(report, dict) else None
 
     def write_weights(self, data: bytes) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -311,7 +312,7 @@ class ModelFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_path, config.to_json())
 
-    def write_evaluation(self, report: dict[str, Any]) -> None:
+    def write_evaluation(self, report: EvaluationReport) -> None:
         atomic_write_json(self.evaluation_path, report)
 
     def write_network(
@@ -331,10 +332,10 @@ class ModelFolder:
         config: ModelConfig,
         *,
         reference: dict[str, list[np.ndarray]],
-        card: dict[str, Any],
-        report: dict[str, Any] | None = None,
+        card: ModelCard,
+        report: EvaluationReport | None = None,
         heads: Mapping[str, HeadFile] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelCard:
         """Write a complete model folder in the one order that keeps it verifiable; returns the card.
 
         1. each head in ``heads`` (file name -> object with ``save(path)``, e.g.
@@ -366,7 +367,7 @@ class ModelFolder:
         self.write_markdown(written)
         return written
 
-    def write_card(self, card: dict[str, Any], *, markdown: bool = True) -> dict[str, Any]:
+    def write_card(self, card: ModelCard, *, markdown: bool = True) -> ModelCard:
         """Write ``card`` with fresh checksums of every file; returns what was written.
 
         Call it after every other file of the folder is written: the checksums
@@ -378,23 +379,23 @@ class ModelFolder:
             self.write_markdown(card)
         return card
 
-    def write_markdown(self, card: dict[str, Any]) -> None:
+    def write_markdown(self, card: ModelCard) -> None:
         """Render ``card`` as ``model_card.md`` (not covered by the checksums)."""
         atomic_write_text(self.card_markdown_path, render_card_markdown(card))
 
-    def rewrite_card(self, card: dict[str, Any], **card_updates: Any) -> dict[str, Any]:
+    def rewrite_card(self, card: ModelCard, **card_updates: Any) -> ModelCard:
         """Give the card ``card_updates`` and fresh checksums, then re-render its Markdown."""
-        return self.write_card({**card, **card_updates})
+        return self.write_card(cast(ModelCard, {**card, **card_updates}))
 
     def rewrite_config(
-        self, config: ModelConfig, card: dict[str, Any], **card_updates: Any
-    ) -> dict[str, Any]:
+        self, config: ModelConfig, card: ModelCard, **card_updates: Any
+    ) -> ModelCard:
         """Write ``config``, then bring the card up to date (see :meth:`rewrite_card`)."""
         self.write_config(config)
         return self.rewrite_card(card, **card_updates)
 
 
-def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, Any]]:
+def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, ModelCard]:
     """Read and verify a model folder's config and card without building anything."""
     directory = Path(directory)
     if not (directory / CONFIG_FILE).is_file():
@@ -403,7 +404,7 @@ def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict[st
             f"'python -m fracture train DATA --out runs/NAME' or pass --model."
         )
     card_path = directory / CARD_JSON
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card: ModelCard = json.loads(card_path.read_text()) if card_path.is_file() else {}
     expected = card.get("checksums")
     if not expected:
         raise ModelLoadError(f"Model {directory} has no checksums in {CARD_JSON}; refusing it")

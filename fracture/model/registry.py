@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from fracture.config import Settings, get_settings
 from fracture.io.files import (
@@ -44,6 +43,7 @@ from fracture.io.files import (
     read_json,
 )
 from fracture.model.folder import ModelFolder, ModelLoadError, read_config
+from fracture.model.reports import ModelCard
 
 __all__ = [
     "ModelVersion",
@@ -85,7 +85,7 @@ class ModelVersion:
     active: bool  # the model predictions actually use (after any fallback)
     valid: bool
     error: str | None
-    card: dict[str, Any] = field(default_factory=dict, compare=False)
+    card: ModelCard = field(default_factory=lambda: ModelCard(), compare=False)
 
     @property
     def model_name(self) -> str | None:
@@ -124,7 +124,7 @@ def _sanitise(text: str) -> str:
     return cleaned or "model"
 
 
-def _validate(directory: Path) -> tuple[bool, str | None, dict[str, Any]]:
+def _validate(directory: Path) -> tuple[bool, str | None, ModelCard]:
     """(valid, error, card) for a model folder; never raises."""
     try:
         _, card = read_config(directory)

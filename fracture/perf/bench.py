@@ -45,7 +45,7 @@ from fracture.perf.children import run_child
 from fracture.perf.config import BenchConfig
 from fracture.perf.machine import describe_machine
 from fracture.perf.measure import COLD_START_SCRIPT, measure_serving, measure_training
-from fracture.perf.report import summarise
+from fracture.perf.summary import summarise
 
 if TYPE_CHECKING:
     pass

@@ -28,6 +28,8 @@ from fracture.perf.workload import (
 )
 
 if TYPE_CHECKING:
+    import keras
+
     from fracture.inference.predictor import Predictor
 
 __all__ = [
@@ -237,28 +239,9 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
         }
     lap("latency")
 
-    # Every path in turn, each repeat: background load drifts hit all alike.
-    runs: dict[str, list[float]] = {
-        key: [] for key in ("project", "project_cpu", "network", "decode", "naive", "bf16")
-    }
-    for _ in range(config.repeats):
-        cpu_start = _cpu_seconds()
-        runs["project"].append(_timed(lambda: batch.predict(jpegs)))
-        runs["project_cpu"].append(_cpu_seconds() - cpu_start)
-        # pyflakes reads the `del` after the loop as undefining these names in the lambdas.
-        runs["network"].append(_timed(lambda: [engine.run(c, False) for c in chunks]))  # noqa: F821
-        runs["decode"].append(_timed(lambda: letterboxed(jpegs, size)))
-        runs["naive"].append(
-            _timed(
-                lambda: [naive_predict(naive, data, size) for data in jpegs[: config.naive_images]]  # noqa: F821
-            )
-        )
-        if bf16_batch is not None:
-            runs["bf16"].append(_timed(lambda: bf16_batch.predict(jpegs)))
-        for predictor in onnx_predictors:
-            runs.setdefault(predictor.precision, []).append(
-                _timed(lambda: predictor.predict(jpegs))  # noqa: B023 (called at once)
-            )
+    runs = _interleaved_runs(
+        config, jpegs, batch, chunks, naive, bf16_batch, onnx_predictors, size=size
+    )
     del naive, inputs, chunks
     for predictor in onnx_predictors:
         onnx["variants"][predictor.precision.removeprefix("onnx-")]["seconds"] = runs[
@@ -270,15 +253,7 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
     if bf16_batch is not None:
         bf16["latency"] = bf16_latency[0]
         bf16["seconds"] = runs["bf16"]
-        if model_info["kind"] == "trained":
-            bf16["auroc"] = _auroc_check(batch, bf16_batch, config)
-        else:
-            bf16["auroc"] = {
-                "check": "n/a",
-                "reason": "n/a: no trained model (ImageNet + random head)",
-            }
-    else:
-        bf16["auroc"] = {"check": "n/a", "reason": "n/a: no native bfloat16 on this machine"}
+    bf16["auroc"] = _bf16_auroc(config, model_info, batch, bf16_batch)
     lap("bf16 AUROC check")
 
     if setup is not None:
@@ -291,17 +266,7 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
 
     latency_224 = None
     if config.latency_at_224 and size != 224:
-        from fracture.model.folder import LoadedModel, ModelConfig
-        from fracture.model.network import build_classifier
-
-        small = ModelConfig(image_size=224, name="imagenet-random-head")
-        small_loaded = LoadedModel(build_classifier(small, weights), small, {}, None)
-        predictors = [Predictor(small_loaded, batch_size=1, precision="float32")]
-        if bf16_ok and not config.quick:
-            predictors.append(Predictor(small_loaded, batch_size=1, precision="bfloat16"))
-        latency_224, *rest = _latencies(predictors, jpegs, config.latency_repeats)
-        if rest:
-            latency_224["bf16"] = rest[0]
+        latency_224 = _latency_at_224(config, weights, jpegs, bf16_ok)
         lap("latency at 224 px")
 
     return {
@@ -324,6 +289,80 @@ def measure_serving(config: BenchConfig) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "laps": lap.steps,
     }
+
+
+def _interleaved_runs(
+    config: BenchConfig,
+    jpegs: list[bytes],
+    batch: "Predictor",
+    chunks: list[np.ndarray],
+    naive: "keras.Model",
+    bf16_batch: "Predictor | None",
+    onnx_predictors: list[Any],
+    *,
+    size: int,
+) -> dict[str, list[float]]:
+    """Seconds of every path, each repeat: background load drifts hit all alike.
+
+    ``project`` is the predict path (with its CPU seconds), ``network`` the compiled
+    network alone on letterboxed ``chunks``, ``decode`` the letterboxing alone,
+    ``naive`` the one-image-at-a-time baseline, then bfloat16 and each ONNX variant.
+    """
+    engine = batch.engine
+    runs: dict[str, list[float]] = {
+        key: [] for key in ("project", "project_cpu", "network", "decode", "naive", "bf16")
+    }
+    for _ in range(config.repeats):
+        cpu_start = _cpu_seconds()
+        runs["project"].append(_timed(lambda: batch.predict(jpegs)))
+        runs["project_cpu"].append(_cpu_seconds() - cpu_start)
+        runs["network"].append(_timed(lambda: [engine.run(c, False) for c in chunks]))
+        runs["decode"].append(_timed(lambda: letterboxed(jpegs, size)))
+        runs["naive"].append(
+            _timed(
+                lambda: [naive_predict(naive, data, size) for data in jpegs[: config.naive_images]]
+            )
+        )
+        if bf16_batch is not None:
+            runs["bf16"].append(_timed(lambda: bf16_batch.predict(jpegs)))
+        for predictor in onnx_predictors:
+            runs.setdefault(predictor.precision, []).append(
+                _timed(lambda: predictor.predict(jpegs))  # noqa: B023 (called at once)
+            )
+    return runs
+
+
+def _bf16_auroc(
+    config: BenchConfig,
+    model_info: dict[str, Any],
+    batch: "Predictor",
+    bf16_batch: "Predictor | None",
+) -> dict[str, Any]:
+    """bfloat16's AUROC against float32 on val, or why it could not be checked."""
+    if bf16_batch is None:
+        return {"check": "n/a", "reason": "n/a: no native bfloat16 on this machine"}
+    if model_info["kind"] != "trained":
+        return {"check": "n/a", "reason": "n/a: no trained model (ImageNet + random head)"}
+    return _auroc_check(batch, bf16_batch, config)
+
+
+def _latency_at_224(
+    config: BenchConfig, weights: str, jpegs: list[bytes], bf16_ok: bool
+) -> dict[str, Any]:
+    """Single-image latency of an ImageNet-size (224 px) network, for comparison with others."""
+    from fracture.inference.predictor import Predictor
+    from fracture.model.folder import LoadedModel, ModelConfig
+    from fracture.model.network import build_classifier
+
+    small = ModelConfig(image_size=224, name="imagenet-random-head")
+    small_loaded = LoadedModel(build_classifier(small, weights), small, {}, None)
+    predictors = [Predictor(small_loaded, batch_size=1, precision="float32")]
+    if bf16_ok and not config.quick:
+        predictors.append(Predictor(small_loaded, batch_size=1, precision="bfloat16"))
+    latency_224, *rest = _latencies(predictors, jpegs, config.latency_repeats)
+    if rest:
+        latency_224["bf16"] = rest[0]
+    return latency_224
 
 
 def _prepare_onnx_section(

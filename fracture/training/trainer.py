@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -51,6 +51,7 @@ from fracture.model.folder import (
     quantise_like_saved,
 )
 from fracture.model.network import build_classifier, set_trainable, split_at
+from fracture.model.reports import EvaluationReport
 from fracture.training.cache import FeatureCache, compute_features, keep_usable, model_key
 from fracture.training.config import TrainConfig
 from fracture.training.losses import (
@@ -684,7 +685,7 @@ def _fit_ood_from_cache(
     )
 
 
-def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -> dict[str, Any]:
+def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -> EvaluationReport:
     """A K-class model's validation figures for its card and evaluation.json.
 
     The report ``python -m fracture evaluate`` writes for the model
@@ -703,7 +704,7 @@ def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -
         # Any fracture at the operating points comes from class_evaluation, not the top class.
         metrics.pop("sensitivity", None)
         metrics.pop("specificity", None)
-    return {
+    report = {
         **metrics,
         **class_evaluation(labels, probabilities, config),
         "classes": config.class_names,
@@ -712,6 +713,7 @@ def _class_report(labels: np.ndarray, logits: np.ndarray, config: ModelConfig) -
         "confusion_matrix": confusion(labels, logits, config.num_outputs),
         "operating_point": config.operating_point,
     }
+    return cast(EvaluationReport, report)
 
 
 def _git_commit() -> str | None:

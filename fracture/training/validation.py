@@ -64,7 +64,7 @@ def predict_tail(
 
 def pointing(evidence: np.ndarray, labels: np.ndarray, boxes: list) -> float | None:
     """Val pointing game in the network input's frame (None when val has no boxes)."""
-    from fracture.evaluation.metrics import pointing_game
+    from fracture.evaluation.localisation import pointing_game
 
     boxed = [i for i in np.flatnonzero(labels == 1) if boxes[i]]
     if not boxed:

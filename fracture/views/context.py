@@ -17,11 +17,10 @@ ones, said as such. Streamlit-free.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from fracture.evaluation.proportions import wilson_rate
+from fracture.model.reports import EvaluationReport
 
 __all__ = ["ResultContext", "result_context"]
 
@@ -44,7 +43,7 @@ def _rate(hits: int, n: int) -> str:
 
 
 def result_context(
-    report: Mapping[str, Any] | None,
+    report: EvaluationReport | None,
     operating_point: str,
     region: str | None,
     region_words: str | None = None,

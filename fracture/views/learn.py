@@ -12,7 +12,7 @@ and the same three for the model on the same cases:
   side. The student's point is where they clicked (answering normal is not
   pointing, so it is a miss); the model's is its heat map's peak, as in the
   pointing game of Zhang et al. (ECCV 2016), the one rule of
-  :func:`fracture.evaluation.metrics.point_in_boxes` for both.
+  :func:`fracture.evaluation.localisation.point_in_boxes` for both.
 
 Each figure comes with its Wilson 95% interval: ten cases cannot tell 70% from
 90%, and a student should see that. Cases come only from a val or test split,
@@ -34,8 +34,7 @@ from typing import Any
 import numpy as np
 
 from fracture.data.records import Dataset, Record, relative_posix
-from fracture.evaluation.localisation import TOLERANCE
-from fracture.evaluation.metrics import map_peak, point_in_boxes
+from fracture.evaluation.localisation import TOLERANCE, map_peak, point_in_boxes
 from fracture.evaluation.proportions import wilson_rate
 from fracture.inference.predictor import Prediction
 from fracture.inference.verdict import FRACTURE, NORMAL

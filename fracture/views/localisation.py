@@ -8,12 +8,13 @@ the default view) and "why" (the classifier's Grad-CAM). Computed without Stream
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
 
 from fracture.evaluation.localisation import image_localisation
+from fracture.model.reports import EvaluationReport
 from fracture.views.overlays import WHERE, WHY, overlay_for, views_of
 
 __all__ = ["GalleryCase", "gallery_cases", "case_picture", "localisation_lines", "TRUE_BOX_COLOUR"]
@@ -93,7 +94,7 @@ def _interval(ci: Sequence[float] | None) -> str:
 
 
 def localisation_lines(
-    report: dict[str, Any], key: str = "localisation"
+    report: EvaluationReport, key: Literal["localisation", "localiser"] = "localisation"
 ) -> list[tuple[str, str, str]]:
     """(figure, value, what it means) rows for the page; empty when nothing was measured.
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fracture.model.reports import EvaluationReport, ModelCard
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -122,7 +124,7 @@ def run_progress(status: Mapping[str, Any]) -> RunProgress:
     )
 
 
-def card_headline(card: Mapping[str, Any] | None) -> dict[str, Any]:
+def card_headline(card: ModelCard | None) -> dict[str, Any]:
     """Name, version and validation AUROC (with its interval) from a model card."""
     card = card or {}
     metrics = card.get("val_metrics") or {}
@@ -148,7 +150,7 @@ _COMPARED = (
 )
 
 
-def metric_title(key: str, card: Mapping[str, Any], default: str = "") -> str:
+def metric_title(key: str, card: ModelCard, default: str = "") -> str:
     """What a validation figure of ``card`` is, in words: AUROC and accuracy mean
     different things for a fracture model and for a K-class one.
 
@@ -177,7 +179,7 @@ def metric_title(key: str, card: Mapping[str, Any], default: str = "") -> str:
     return titles.get(key, default)
 
 
-def same_dataset(card: Mapping[str, Any] | None, other: Mapping[str, Any] | None) -> bool:
+def same_dataset(card: ModelCard | None, other: ModelCard | None) -> bool:
     """Whether two models were trained and validated on the same data (same fingerprint).
 
     Only then do their validation figures compare like with like; a card
@@ -188,9 +190,7 @@ def same_dataset(card: Mapping[str, Any] | None, other: Mapping[str, Any] | None
     return bool(first) and first == second
 
 
-def compare_metrics(
-    candidate: Mapping[str, Any] | None, active: Mapping[str, Any] | None
-) -> "pd.DataFrame":
+def compare_metrics(candidate: ModelCard | None, active: ModelCard | None) -> "pd.DataFrame":
     """Validation metrics of a new model next to the active one's, from their cards.
 
     Each model is judged on its own validation split, so the comparison is only
@@ -222,7 +222,7 @@ def compare_metrics(
     )
 
 
-def hardware_free_subgroup(report: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+def hardware_free_subgroup(report: EvaluationReport | None) -> Mapping[str, Any] | None:
     """The report's images-without-hardware subgroup; None when the dataset has no hardware.
 
     A dataset without any implant (phantoms, most external sets) makes the

@@ -396,6 +396,27 @@ def test_predict_dicom_offers_a_redacted_header(app_env):
     assert "Modality" in shown and PATIENT_NAME not in shown and "P-12345" not in shown
 
 
+def test_predict_recognises_a_dicom_without_preamble_by_its_content(app_env):
+    """Older PACS exports write the data set without the 128-byte preamble and 'DICM'.
+    The loader decodes it by content whatever its name says; the page must treat it
+    as DICOM by content too (header panel), through fracture.io.dicom.looks_like_dicom,
+    not by the name nor by looking for 'DICM' itself."""
+    from fracture.io.dicom import DICOM_MAGIC, DICOM_MAGIC_OFFSET
+
+    from app_helpers import dicom_bytes
+
+    part10 = dicom_bytes(4)
+    assert part10[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+    bare = part10[DICOM_MAGIC_OFFSET + len(DICOM_MAGIC) :]  # starts at the file meta group
+    at = _open("app_pages/predict.py")
+    # A name that does not say DICOM (the uploader only takes listed suffixes).
+    at.file_uploader[0].upload("IM000001.tif", bare, "image/tiff")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.label == "Fracture probability" for m in at.metric)
+    assert any("DICOM header" in e.label for e in at.expander)
+
+
 # --------------------------------------------------------------------------------------
 # Dataset
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fracture.data.augment import augment_radiograph, augment_with_boxes
+from fracture.evaluation.localisation import pointing_game
 from fracture.evaluation.metrics import choose_thresholds, expected_calibration_error
 from fracture.evaluation.operating_points import (
     fit_platt,
@@ -324,7 +325,6 @@ def test_a_gate_of_format_1_still_loads_and_scores_as_before(tmp_path) -> None:
 
 def _pointing_on_val(model_dir, data) -> tuple[float, list]:
     from fracture.data.layouts import load_dataset
-    from fracture.evaluation.metrics import pointing_game
     from fracture.inference.predictor import load_predictor
 
     predictor = load_predictor(model_dir, batch_size=8)
@@ -373,3 +373,61 @@ def test_box_supervision_beats_the_unsupervised_run_on_phantoms(tmp_path) -> Non
     for prediction, record in results:
         heat[record.label].append(float(prediction.heatmap.mean()))
     assert np.median(heat[0]) < np.median(heat[1]), heat
+
+
+# --------------------------------------------------------------------------
+# Pointing game
+# --------------------------------------------------------------------------
+
+
+def _peaked(height: int, width: int, row: int, col: int) -> np.ndarray:
+    cam = np.zeros((height, width))
+    cam[row, col] = 1.0
+    return cam
+
+
+def test_pointing_game_hits_misses_and_skips():
+    cam = _peaked(10, 10, row=2, col=7)  # peak centre (x, y) = (0.75, 0.25)
+    result = pointing_game(
+        [cam, cam, None, cam],
+        [
+            [(0.7, 0.2, 0.8, 0.3)],  # hit
+            [(0.0, 0.0, 0.5, 0.5), (0.0, 0.6, 1.0, 1.0)],  # miss: peak outside both
+            [],  # no fracture box: not counted, no map needed
+            [(0.1, 0.1, 0.2, 0.2), (0.5, 0.0, 0.75, 0.25)],  # hit on the inclusive corner
+        ],
+    )
+    assert result == {"hits": 2, "n": 3, "score": 2 / 3, "tolerance": 0.0}
+
+
+def test_pointing_game_uses_row_as_y_and_col_as_x():
+    cam = _peaked(4, 8, row=1, col=6)  # (x, y) = (6.5 / 8, 1.5 / 4) = (0.8125, 0.375)
+    assert pointing_game([cam], [[(0.8, 0.35, 0.85, 0.4)]])["hits"] == 1
+    assert pointing_game([cam], [[(0.35, 0.8, 0.4, 0.85)]])["hits"] == 0
+
+
+def test_pointing_game_tolerance_constant_maps_and_empty():
+    cam = _peaked(10, 10, row=2, col=7)
+    box = [[(0.8, 0.2, 0.9, 0.3)]]  # 0.05 right of the peak
+    assert pointing_game([cam], box)["hits"] == 0
+    assert pointing_game([cam], box, tolerance=0.06)["hits"] == 1
+    # A flat map points nowhere, even at a box that covers the whole image.
+    assert pointing_game([np.zeros((5, 5))], [[(0.0, 0.0, 1.0, 1.0)]])["hits"] == 0
+    assert pointing_game([cam], [[]]) == {"hits": 0, "n": 0, "score": None, "tolerance": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("cams", "boxes", "message"),
+    [
+        ([np.full((3, 3), np.nan)], [[(0, 0, 1, 1)]], "NaN"),
+        ([np.zeros((3, 3, 3))], [[(0, 0, 1, 1)]], "2-D"),
+        ([None], [[(0, 0, 1, 1)]], "None"),
+        ([np.eye(3)], [[(0.5, 0, 0.2, 1)]], "x1 < x0"),
+        ([np.eye(3)], [[(0, 0, 10, 10)]], "normalised"),
+        ([np.eye(3)], [(0, 0, 1, 1)], "sequence of"),
+        ([np.eye(3), np.eye(3)], [[(0, 0, 1, 1)]], "same length"),
+    ],
+)
+def test_pointing_game_rejects_bad_input(cams, boxes, message):
+    with pytest.raises(ValueError, match=message):
+        pointing_game(cams, boxes)

@@ -25,7 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from fracture.io import images
+from fracture.io import dicom, images
 from fracture.io.images import (
     SUPPORTED_SUFFIXES,
     InvalidImageError,
@@ -458,7 +458,7 @@ def test_unexpected_failures_become_invalid_image(
     def broken(*args: object) -> None:
         raise failure
 
-    monkeypatch.setattr(images, "_to_rgb8", broken)
+    monkeypatch.setattr(images, "to_rgb8", broken)
     data = encode(Image.fromarray(noise(40, 40)), "PNG")
     assert message_of(data, name="x.png") == f"x.png {expected}"
 
@@ -633,7 +633,7 @@ def test_describe_dicom_refuses_other_files() -> None:
 
 def test_redaction_keywords_exist_in_the_dicom_dictionary() -> None:
     unknown = [
-        k for k in images._IDENTIFYING_KEYWORDS if pydicom.datadict.tag_for_keyword(k) is None
+        k for k in dicom._IDENTIFYING_KEYWORDS if pydicom.datadict.tag_for_keyword(k) is None
     ]
     assert unknown == []
 

@@ -24,6 +24,7 @@ from fracture.perf import config as bench_config
 from fracture.perf import machine as bench_machine
 from fracture.perf import measure as bench_measure
 from fracture.perf import report as bench_report
+from fracture.perf import summary as bench_summary
 from fracture.perf import workload as bench_workload
 from fracture.perf.config import BenchConfig
 
@@ -283,7 +284,7 @@ def _raw():
 
 def test_summary_ratios_are_the_quotients_of_the_medians():
     machine, serving, cold, training = _raw()
-    result = bench_report.summarise(
+    result = bench_summary.summarise(
         BenchConfig.quick_config(), machine, serving, cold, training, {"total": 1.0}
     )
     _assert_consistent(result)
@@ -326,7 +327,7 @@ def test_a_load_change_during_the_run_is_flagged():
     # The load vanished halfway: bf16 ran slow in the first repeats, fast later.
     serving["project_seconds"] = [8.0, 8.0, 2.0, 2.0, 2.0]
     serving["bf16"]["seconds"] = [6.0, 6.0, 6.0, 1.3, 1.3]
-    result = bench_report.summarise(
+    result = bench_summary.summarise(
         BenchConfig.full(), machine, serving, cold, training, {"total": 1.0}
     )
     assert result["bf16"]["speedup"] == pytest.approx(2.0 / 6.0)
@@ -347,7 +348,7 @@ def test_failed_bf16_check_is_not_recommended_and_missing_figures_are_na():
     }
     machine, serving, cold, training = _raw()
     serving["bf16"]["auroc"] = failing
-    result = bench_report.summarise(
+    result = bench_summary.summarise(
         BenchConfig.full(), machine, serving, [], training, {"total": 1.0}
     )
     _assert_consistent(result)
@@ -532,7 +533,7 @@ def test_onnx_summary_follows_the_adoption_rule():
             "variants": {"float32": fp32_quality, "int8": int8_quality},
         },
     }
-    result = bench_report.summarise(
+    result = bench_summary.summarise(
         BenchConfig.quick_config(), machine, serving, cold, training, {"total": 1.0}
     )
     onnx = result["onnx"]
@@ -553,7 +554,7 @@ def test_onnx_summary_follows_the_adoption_rule():
     # The same int8 speed, but the heat map no longer follows float32: not adopted.
     int8_quality["heatmap"]["median_correlation"] = 0.80
     int8_quality["check"] = "FAIL"
-    result = bench_report.summarise(
+    result = bench_summary.summarise(
         BenchConfig.quick_config(), machine, serving, cold, training, {"total": 1.0}
     )
     assert result["onnx"]["variants"]["int8"]["adopt"] is False
@@ -593,7 +594,7 @@ def test_onnx_section_is_skipped_with_a_clear_line(tmp_path, monkeypatch):
     }
     machine, serving, cold, training = _raw()
     serving["onnx"] = section
-    result = bench_report.summarise(
+    result = bench_summary.summarise(
         BenchConfig.full(), machine, serving, cold, training, {"total": 1.0}
     )
     _assert_consistent(result)
@@ -601,7 +602,7 @@ def test_onnx_section_is_skipped_with_a_clear_line(tmp_path, monkeypatch):
     assert "skipped: onnxruntime not installed" in bench_report.format_table(result)
     # An old result without the section (or a run with it turned off) reads the same way.
     del serving["onnx"]
-    summary = bench_report.summarise(
+    summary = bench_summary.summarise(
         BenchConfig.full(), machine, serving, cold, training, {"total": 1.0}
     )
     assert summary["onnx"]["available"] is False
