@@ -69,7 +69,6 @@ from fracture.evaluation.checks import (
     _threshold,
 )
 from fracture.evaluation.formatting import format_report
-from fracture.evaluation.localisation import map_peak, point_in_boxes, pointing_game
 from fracture.model.reports import EvaluationReport
 
 __all__ = [
@@ -79,9 +78,6 @@ __all__ = [
     "binary_report",
     "expected_calibration_error",
     "subgroup_auroc",
-    "map_peak",
-    "point_in_boxes",
-    "pointing_game",
     "evaluation_report",
     "probability_report",
     "format_report",

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from fracture.evaluation.detection import average_precision
-from fracture.evaluation.metrics import pointing_game
+from fracture.evaluation.localisation import pointing_game
 from fracture.inference.localisation import decode_boxes
 from fracture.model.localiser import INPUT_LAYER, PYRAMID_LAYERS, build_localiser_head
 
