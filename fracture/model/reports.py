@@ -114,6 +114,7 @@ class ModelCard(TypedDict, total=False):
     history: list[dict[str, Any]]
     temperature: float
     prior_shift: float
+    localiser_weight: float  # the localisation head's peak in the logit (ModelConfig)
     thresholds: dict[str, float]
     operating_point: str
     val_metrics: dict[str, Any]
