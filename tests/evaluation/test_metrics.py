@@ -565,10 +565,11 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
     from fracture.evaluation.operating_points import fit_platt
     from fracture.inference.predictor import load_predictor
 
-    raw, labels, _, _ = score_records(
+    scores = score_records(
         load_predictor(model_dir), load_dataset(tmp_path / "data").split("val"), with_cam=False
     )
-    expected_temperature, expected_shift = fit_platt(raw, labels)  # the tiny model's shift is 0
+    assert scores.peaks is None  # no localisation head: the classifier's logit alone
+    expected_temperature, expected_shift = fit_platt(scores.logits, scores.labels)  # the tiny model's shift is 0
     report = calibrate_model(model_dir, tmp_path / "data")
     config, card = read_config(model_dir)  # checksums verify after the rewrite
     assert config.prior_shift == pytest.approx(expected_shift, rel=1e-4, abs=1e-6)
