@@ -77,6 +77,10 @@ class LocaliserTraining:
     epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 1e-3
+    # Adam's update is clipped to this global gradient norm: the first steps' focal
+    # loss is large, and an unclipped step can silence the head's ReLUs for good (a
+    # constant map, which no later epoch revives).
+    clip_norm: float | None = 1.0
     normals_per_epoch: int = 1000  # sampled afresh each epoch from all normal views
     size_weight: float = 1.0
     offset_weight: float = 1.0
@@ -205,7 +209,7 @@ def fit_localiser(
         (len(fractured) + min(len(normals), settings.normals_per_epoch)) / settings.batch_size
     )
     schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, max(1, steps))
-    optimiser = keras.optimizers.Adam(schedule)
+    optimiser = keras.optimizers.Adam(schedule, global_clipnorm=settings.clip_norm)
     loss_fn = _loss_fn(settings.size_weight, settings.offset_weight)
     targets = [centre_targets(b, grid) for b in boxes]
 

@@ -133,5 +133,12 @@ def test_a_localiser_fitted_on_phantoms_finds_the_line(tmp_path, shared_weights,
     assert status == 0
     folder = ModelFolder(model_dir)
     _, card = folder.read()  # the checksums cover the new head
-    assert Localiser.load(folder.localiser_path).input_channels == (1024,)
+    head = Localiser.load(folder.localiser_path)
+    assert head.input_layers == ("conv3_block4_out", "conv4_block6_out")
+    assert head.input_channels == (512, 1024)
     assert card["localiser"]["val_grid"]["pointing"] >= 0.9
+    # The calibration was refitted with the new head's peak considered, and says so.
+    fit = card["calibration"]
+    assert set(fit["auroc_out_of_fold"]) == {"classifier", "with_localiser"}
+    kept = fit["auroc_out_of_fold"]["with_localiser"] > fit["auroc_out_of_fold"]["classifier"]
+    assert (folder.read()[0].localiser_weight > 0) == kept
