@@ -558,7 +558,7 @@ def annotated_overlay(
 OVERLAY_WORKERS = max(1, min(4, os.cpu_count() or 1))
 # A ZIP prepared while the table is drawn is held for the click; past this size it is
 # dropped and made on the click instead (a folder of thousands must not sit in memory).
-MAX_PREPARED_ZIP_BYTES = 96 * 1024 * 1024
+MAX_PREPARED_ZIP_BYTES = 32 * 1024 * 1024  # about 100-300 overlays at display size
 # PNG deflate level of the overlays: 1 is 3-5x faster than zlib's default 6 and about
 # 10-15 % larger, on an overlay that is mostly the radiograph's own noise.
 PNG_COMPRESS_LEVEL = 1
@@ -582,8 +582,13 @@ def overlay_problem(prediction: Prediction, view: str = WHERE) -> str | None:
     Error messages usually start with the file's name already; otherwise it is added.
     """
     shown_view = view if view in views_of(prediction) else WHY
-    has_map = prediction.image is not None and map_for(prediction, shown_view) is not None
-    if prediction.ok and has_map:
+    # Whether the map can be made, without making it: the worker makes it once, at the
+    # overlay's size (the "where" map needs the head's grid and where the image sat in it).
+    if shown_view == WHERE:
+        has_map = prediction.location_outputs is not None and prediction.geometry is not None
+    else:
+        has_map = prediction.heatmap is not None
+    if prediction.ok and prediction.image is not None and has_map:
         return None
     reason = prediction.error or "no heat map"
     return reason if prediction.source in reason else f"{prediction.source}: {reason}"
