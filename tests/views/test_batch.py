@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import sys
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -204,3 +207,13 @@ def test_overlay_zip_uses_the_same_archive():
         iter(predictions), 0.5, 0.3, model_name="tiny", model_version="7", thresholds=THRESHOLDS
     )
     assert made == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_overlay_encoders_yield_the_cores_to_the_network_and_the_page():
+    def own_priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    server = os.getpriority(os.PRIO_PROCESS, 0)
+    worker = results.overlay_pool().submit(own_priority).result()
+    assert worker == min(19, server + results.OVERLAY_NICE)
