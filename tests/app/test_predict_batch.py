@@ -58,6 +58,11 @@ def test_a_batch_runs_the_network_once_and_a_new_operating_point_not_at_all(app_
         assert "broken.png" in members.read("errors.txt").decode()
 
     probabilities = dict(zip(table["file"], table["probability"]))
+    from fracture.views import display
+
+    encodes: list[int] = []
+    encode = display.jpeg
+    monkeypatch.setattr(display, "jpeg", lambda *a, **k: encodes.append(1) or encode(*a, **k))
     for point, threshold in (("high_specificity", 0.7), ("high_sensitivity", 0.5)):
         at.radio(key="operating_point_choice").set_value(point).run(timeout=TIMEOUT)
         assert not at.exception, [e.value for e in at.exception]
@@ -70,3 +75,5 @@ def test_a_batch_runs_the_network_once_and_a_new_operating_point_not_at_all(app_
         caption = f"operating point (threshold {threshold:.1%})"
         assert any(caption in str(c.value) for c in at.caption), caption
     assert sizes == [5], "a new operating point ran the network"
+    # The shown image's picture was encoded once, before; only its boxes follow the point.
+    assert encodes == [], "a new operating point encoded the shown picture again"
