@@ -23,8 +23,9 @@ import os
 import re
 import threading
 import zipfile
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -657,7 +658,9 @@ class OverlayArchive:
     producer cannot fill memory. :meth:`bytes` waits for the rest and writes the ZIP in
     input order, with ``errors.txt`` listing inputs without an overlay (failed files,
     no heat map). One bad overlay never stops the archive: it is listed there too.
-    A finished archive past ``max_bytes`` is given up (:attr:`too_large`).
+    Once its encoded overlays pass ``max_bytes`` the archive gives up (:attr:`too_large`),
+    drops what it holds and encodes nothing more: a caller that prepared it on the way
+    makes the ZIP on request instead.
     """
 
     def __init__(
@@ -681,8 +684,10 @@ class OverlayArchive:
         self._max_bytes = max_bytes
         self._used: set[str] = set()
         self._members: list[tuple[str, Future[bytes]]] = []
+        self._pending: deque[Future[bytes]] = deque()
         self._problems: list[str] = []
-        self._encoded = 0
+        self._encoded_bytes = 0
+        self._lock = threading.Lock()
         self._done: bytes | None = None
         self.too_large = False
 
@@ -690,6 +695,9 @@ class OverlayArchive:
         """Queue ``prediction``'s overlay (or note why it has none)."""
         if self._done is not None:
             raise RuntimeError("the archive is already written")
+        if self.too_large:
+            self._members = []
+            return
         problem = overlay_problem(prediction, self.view)
         if problem is not None:
             self._problems.append(problem)
@@ -700,9 +708,10 @@ class OverlayArchive:
             counter += 1
             name = base.replace("_gradcam.png", f"_{counter}_gradcam.png")
         self._used.add(name)
-        waiting = [future for _, future in self._members[self._encoded :] if not future.done()]
-        if len(waiting) >= self._max_pending:
-            wait(waiting[: len(waiting) - self._max_pending + 1])
+        while self._pending and self._pending[0].done():
+            self._pending.popleft()
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft().exception()  # wait for the oldest (its error comes later)
         future = self._pool.submit(
             overlay_png,
             prediction,
@@ -712,7 +721,18 @@ class OverlayArchive:
             thresholds=self.thresholds,
             view=self.view,
         )
+        future.add_done_callback(self._count)
+        self._pending.append(future)
         self._members.append((name, future))
+
+    def _count(self, future: Future[bytes]) -> None:
+        # On the worker (or here, if already done): the running size of the encoded overlays.
+        if future.cancelled() or future.exception() is not None:
+            return
+        with self._lock:
+            self._encoded_bytes += len(future.result())
+            if self._max_bytes is not None and self._encoded_bytes > self._max_bytes:
+                self.too_large = True
 
     def matches(self, alpha: float, threshold: float, view: str = WHERE) -> bool:
         """Whether this archive is the one to serve for these settings."""
@@ -721,6 +741,9 @@ class OverlayArchive:
     def bytes(self) -> bytes:
         """The ZIP (waits for the overlays still encoding); written once, then kept."""
         if self._done is not None:
+            return self._done
+        if self.too_large:
+            self._members, self._done = [], b""
             return self._done
         buffer = io.BytesIO()
         problems = list(self._problems)

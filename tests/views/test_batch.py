@@ -12,6 +12,7 @@ import io
 import os
 import sys
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -184,16 +185,33 @@ def test_an_overlay_that_fails_to_draw_is_listed_and_the_zip_goes_on(monkeypatch
     )
 
 
-def test_the_prepared_zip_serves_only_its_own_settings_and_gives_up_when_too_large():
+def test_the_prepared_zip_serves_only_its_own_settings_and_gives_up_when_too_large(
+    monkeypatch,
+):
+    draws: list[str] = []
+    draw = results.overlay_png
+
+    def counted(prediction, *args, **kwargs):
+        draws.append(prediction.source)
+        return draw(prediction, *args, **kwargs)
+
+    monkeypatch.setattr(results, "overlay_png", counted)
     with ThreadPoolExecutor(1) as pool:
         archive = _archive(pool, threshold=0.3)
         assert archive.matches(0.5, 0.3)
         assert not archive.matches(0.5, 0.7) and not archive.matches(0.9, 0.3)
+        # Past its byte budget the archive stops encoding and holds nothing.
         small = _archive(pool, max_bytes=10)
         small.add(_scored("a.png", 0.8))
-        assert small.bytes() == b"" and small.too_large
+        deadline = time.monotonic() + 30
+        while not small.too_large and time.monotonic() < deadline:
+            time.sleep(0.01)  # a.png's overlay is counted when its worker finishes it
+        assert small.too_large
+        small.add(_scored("b.png", 0.8))
+        assert draws == ["a.png"]
+        assert small.bytes() == b""
         with pytest.raises(RuntimeError, match="already written"):
-            small.add(_scored("b.png", 0.8))
+            small.add(_scored("d.png", 0.8))
 
 
 def test_overlay_zip_uses_the_same_archive():
