@@ -40,7 +40,9 @@ __all__ = [
     "configure_server_logging",
     "flash",
     "get_served_model",
+    "keep_scored",
     "score_upload",
+    "scored_before",
     "start_loading_model",
     "hide_chart_toolbars",
     "model_changed",
@@ -65,6 +67,7 @@ SYNTHETIC_BANNER = (
 )
 ADMIN_OK_KEY = "admin_ok"  # a boolean only: the password itself is never kept
 _FLASH_KEY = "flash_messages"
+_SIDEBAR_POINT_SLOT = "_sidebar_operating_point"
 # How long a looked-up active model is trusted before the registry is asked again:
 # a promotion from the command line or another server shows up within this time,
 # one made on this server at once (model_changed clears the cache).
@@ -335,6 +338,17 @@ def _keep_operating_point() -> None:
     st.session_state[OPERATING_POINT_KEY] = st.session_state[_OPERATING_POINT_WIDGET]
 
 
+def _show_operating_point_in_sidebar(config: ModelConfig) -> None:
+    slot = st.session_state.get(_SIDEBAR_POINT_SLOT)
+    if slot is None:
+        return
+    op_name, threshold = operating_point(config)
+    slot.caption(
+        f"Operating point: {_operating_point_label(op_name).lower()}, threshold "
+        f"{results.format_threshold(threshold)} (change it on Predict)"
+    )
+
+
 def operating_point_picker(config: ModelConfig) -> tuple[str, float]:
     """The operating point selector, on the page itself (a phone folds the sidebar away).
 
@@ -357,6 +371,8 @@ def operating_point_picker(config: ModelConfig) -> tuple[str, float]:
             "chosen on the validation split.",
         )
     name, threshold = operating_point(config)
+    # Called from a fragment on Predict: the sidebar, outside it, is told here.
+    _show_operating_point_in_sidebar(config)
     columns[1].caption(
         f"Threshold {results.format_threshold(threshold)}: a probability at "
         f"or above it is labelled fracture."
@@ -410,11 +426,9 @@ def render_sidebar() -> None:
                 interval = f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})" if ci else ""
                 st.caption(f"Validation AUROC {auroc:.2f}{interval}")
             if model.config.thresholds:
-                op_name, threshold = operating_point(model.config)
-                st.caption(
-                    f"Operating point: {_operating_point_label(op_name).lower()}, threshold "
-                    f"{results.format_threshold(threshold)} (change it on Predict)"
-                )
+                # A slot the Predict page's results fragment rewrites when the point changes.
+                st.session_state[_SIDEBAR_POINT_SLOT] = st.empty()
+                _show_operating_point_in_sidebar(model.config)
             else:
                 # A K-class model without a normal class: nothing to threshold.
                 st.caption(f"Names the most probable of {len(model.config.class_names)} classes")
@@ -542,23 +556,41 @@ def score_upload(served: ServedModel, data: bytes, name: str) -> Any:
     the full-size pixels (downloads start again from the upload itself); the
     pooled features (only the OOD gate's input) are dropped.
     """
+    found = scored_before(served, data, name)
+    if found is not None:
+        return found
+    prediction = served.single.predict([data], names=[name], with_cam=True)[0]
+    return keep_scored(served, data, prediction)
+
+
+def scored_before(served: ServedModel, data: bytes, name: str) -> Any:
+    """This server's kept prediction for an upload with these bytes (named ``name``), or None."""
+    from fracture.views.scored import content_key
+
+    return _scored_images(served.key).get(content_key(data), name=name)
+
+
+def keep_scored(served: ServedModel, data: bytes, prediction: Any) -> Any:
+    """Keep a prediction made with heat maps for the upload ``data``, at display size.
+
+    Shared by single uploads and a batch's first rows (fracture.views.batch), so the
+    image a person opens is found by its content instead of scored again. Returns
+    what is kept: the display-size image and map, without the pooled features (only
+    the OOD gate's input). A failed prediction is returned but not kept: the error
+    may be passing (a worker stopping), so the next request asks again.
+    """
     import dataclasses
 
     from fracture.views import display
     from fracture.views.scored import content_key
 
-    cache = _scored_images(served.key)
-    key = content_key(data)
-    found = cache.get(key, name=name)
-    if found is not None:
-        return found
-    prediction = served.single.predict([data], names=[name], with_cam=True)[0]
     image, heatmap = prediction.image, prediction.heatmap
     if image is not None:
+        # A no-op for the shared predictor's results, which come at display size already.
         image, heatmap = display.fit_for_display(image, heatmap)
     prediction = dataclasses.replace(prediction, features=None, image=image, heatmap=heatmap)
-    if prediction.ok:  # an error may be passing (a worker stopping): ask again next time
-        cache.put(key, prediction)
+    if prediction.ok:
+        _scored_images(served.key).put(content_key(data), prediction)
     return prediction
 
 

@@ -6,7 +6,7 @@ is written to disk.
 
 from __future__ import annotations
 
-import dataclasses
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import streamlit as st
@@ -18,7 +18,16 @@ from fracture.inference.predictor import Prediction
 from fracture.io.dicom import looks_like_dicom, study_instance_uid
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
 from fracture.model.folder import ModelFolder
-from fracture.views import context, display, figures, overlays, report, results, studies
+from fracture.views import (
+    batch,
+    context,
+    display,
+    figures,
+    overlays,
+    report,
+    results,
+    studies,
+)
 
 # The uploader filters by extension; load_image decides by content, so a
 # renamed file still gets a precise error row rather than a silent skip.
@@ -46,11 +55,11 @@ if active is None:
     st.stop()
 threshold: float | None = None
 op_name = ""
-if active.config.thresholds:
-    # Here, not only in the sidebar: on a phone the sidebar is folded away.
-    op_name, threshold = common.operating_point_picker(active.config)
-# else: a K-class model without a normal class names its most probable class; there is
-# no fracture probability, so no operating point to pick.
+served: common.ServedModel | None = None
+# The operating point is picked here, at the top (not only in the sidebar: a phone folds
+# it away), but drawn by the results fragment at the bottom of the page, so a new point
+# reruns only that fragment: the kept results re-thresholded, nothing read or scored again.
+picker_slot = st.container()
 
 mode = st.radio(
     "Upload",
@@ -67,16 +76,6 @@ uploads = st.file_uploader(
     accept_multiple_files=True if mode == "Files" else "directory",
     key=f"uploads_{mode.lower()}",
 )
-if not uploads:
-    st.info(
-        "Drop radiographs above to score them. A Grad-CAM heat map shows where the model looked.",
-        icon=":material/upload_file:",
-    )
-    st.stop()
-# An upload made while the model loads waits here, with a note, then is scored.
-served = common.get_served_model()
-if served is None:
-    st.stop()
 
 
 def _overlay_caption(style: str | None, shown_class: str = "fracture") -> str:
@@ -172,25 +171,16 @@ def viewer(name: str, prediction: Prediction, *, allow_boxes: bool = True) -> No
             level = st.slider("Level (brightness)", 0.0, 1.0, 0.5, 0.05, key=f"level_{key}")
             window = st.slider("Window (contrast)", 0.05, 1.0, 1.0, 0.05, key=f"window_{key}")
             alpha = st.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key=ALPHA_KEY)
-    thresholds = served.config.thresholds
-    picture = overlays.overlay_for(
-        prediction,
-        view,
-        threshold,
-        thresholds,
-        alpha=alpha,
-        show_map=show_map,
-        show_boxes=False,
-        window=window,
-        level=level,
-    )
-    if picture is None:
+    if prediction.image is None:
         return
-    heat = overlays.map_for(prediction, view) if show_map else None
+    thresholds = served.config.thresholds
+    picture, empty = viewer_picture(
+        key, prediction, view, alpha=alpha, show_map=show_map, window=window, level=level
+    )
     marks = overlays.boxes_at(prediction, threshold, thresholds) if show_boxes else []
     st.plotly_chart(
         overlays.viewer_figure(
-            picture, marks, unit=overlays.scale_title(view) if heat is not None else None
+            picture, marks, unit=overlays.scale_title(view) if show_map else None
         ),
         key=f"viewer_{key}",
         config=overlays.VIEWER_CONFIG,
@@ -201,11 +191,56 @@ def viewer(name: str, prediction: Prediction, *, allow_boxes: bool = True) -> No
         above = "high-specificity" if marks[0].style == "solid" else "chosen"
         notes.append(f"{len(marks)} box(es){scored}, {marks[0].style}: above the {above} threshold")
     st.caption("; ".join(notes) + ". Drag to pan, scroll or pinch to zoom, double-tap to reset.")
-    if overlays.map_is_empty(heat):
+    if empty:
         st.caption(
             f"No evidence above the display floor ({overlays.DISPLAY_FLOOR:.0%} of the scale): "
             "the map is empty for this image."
         )
+
+
+_VIEWER_PICTURES = "viewer_pictures"
+_VIEWER_PICTURES_KEPT = 4
+
+
+def viewer_picture(
+    key: str,
+    prediction: Prediction,
+    view: str,
+    *,
+    alpha: float,
+    show_map: bool,
+    window: float,
+    level: float,
+) -> tuple[overlays.ViewerPicture, bool]:
+    """The viewer's picture, encoded once per look, and whether its map is empty.
+
+    The map is made once (for the blend and the empty-map note) and the JPEG encoded
+    once; kept for this session's last few looks, so a rerun that changes neither (an
+    operating point, a row picked again, a toggle of the boxes) sends the same bytes.
+    """
+    kept: OrderedDict = st.session_state.setdefault(_VIEWER_PICTURES, OrderedDict())
+    # The prediction itself is kept with its picture: its id cannot be reused meanwhile.
+    look = (key, id(prediction), view, alpha, show_map, window, level)
+    if look in kept:
+        kept.move_to_end(look)
+        return kept[look][1:]
+    heat = overlays.map_for(prediction, view) if show_map else None
+    picture = overlays.overlay_for(
+        prediction,
+        view,
+        None,
+        alpha=alpha,
+        show_map=show_map,
+        show_boxes=False,
+        window=window,
+        level=level,
+        heat=heat,
+    )
+    assert picture is not None  # the caller checked the image
+    kept[look] = (prediction, overlays.ViewerPicture.of(picture), overlays.map_is_empty(heat))
+    while len(kept) > _VIEWER_PICTURES_KEPT:
+        kept.popitem(last=False)
+    return kept[look][1:]
 
 
 def result_context(prediction: Prediction) -> None:
@@ -389,29 +424,94 @@ def show_classes(upload: UploadedFile, prediction: Prediction) -> None:
     )
 
 
-def score_batch(uploads: Sequence[UploadedFile]) -> list[Prediction]:
-    """Score every upload (no heat maps: those are made for the row a person opens)."""
+def score_batch(uploads: Sequence[UploadedFile]) -> dict:
+    """Score the batch once, through the shared queue, drawing the table as results arrive.
+
+    One pass with heat maps at display size (fracture.views.batch): each result's overlay
+    goes to the ZIP's worker pool at once, the table keeps its light copy, and the first
+    rows a person sees keep their pixels for the viewer (kept by content, like a single
+    upload). A bad file is an error row; the rest go on.
+    """
     names = [upload.name for upload in uploads]
-    results = []
-    progress = st.progress(0.0, text=f"Scoring {len(uploads)} images…")
     sources = [upload.getvalue() for upload in uploads]
-    for index, prediction in enumerate(served.batch.iter_predict(sources, names=names)):
-        results.append(dataclasses.replace(prediction, features=None, image=None, heatmap=None))
-        progress.progress(
-            (index + 1) / len(uploads), text=f"Scored {index + 1} of {len(uploads)}: {names[index]}"
+    model = served.config
+    archive = None
+    if threshold is not None:
+        archive = results.OverlayArchive(
+            float(st.session_state.get(ALPHA_KEY, 0.45)),
+            threshold,
+            model_name=model.name or "",
+            model_version=str(model.version or ""),
+            thresholds=model.thresholds,
+            max_bytes=results.MAX_PREPARED_ZIP_BYTES,
         )
+    scores = batch.BatchScores(archive)
+    total = len(uploads)
+    progress = st.progress(0.0, text=f"Scoring {total} images…")
+    table = st.empty()
+    step = served.single.predictor.batch_size  # one redraw per network batch
+    for done, prediction in enumerate(
+        served.single.iter_predict(sources, names=names, with_cam=True), start=1
+    ):
+        scores.add(prediction)
+        if done % step and done != total:
+            continue
+        progress.progress(done / total, text=f"Scored {done} of {total}")
+        if threshold is None:
+            table.dataframe(results.class_results_frame(scores.predictions), hide_index=True)
+        else:
+            frame = results.results_frame(scores.predictions, threshold)
+            shown, columns = _table_columns(frame)
+            table.dataframe(
+                frame, hide_index=True, width="stretch", column_order=shown, column_config=columns
+            )
     progress.empty()
-    return results
+    table.empty()
+    for position, prediction in scores.shown_first():
+        common.keep_scored(served, sources[position], prediction)
+    return {"predictions": scores.predictions, "archive": archive}
 
 
-def batch_predictions(uploads: Sequence[UploadedFile]) -> list[Prediction]:
-    """The batch's predictions, scored once per set of uploads and model."""
+def batch_predictions(uploads: Sequence[UploadedFile]) -> dict:
+    """The batch's light predictions and its prepared ZIP, scored once per set of uploads."""
     batch_key = (served.key, tuple(upload.file_id for upload in uploads))
     stored = st.session_state.get("batch_results")
     if not stored or stored["key"] != batch_key:
-        stored = {"key": batch_key, "predictions": score_batch(uploads)}
+        stored = {"key": batch_key, **score_batch(uploads)}
         st.session_state["batch_results"] = stored
-    return stored["predictions"]
+    return stored
+
+
+def _table_columns(frame) -> tuple[list[str], dict]:
+    """The batch table's columns: the error column only when some row failed, so it never
+    pushes the rest off screen (the same while results arrive and when they are all in)."""
+    shown = ["file", "shown_probability", "label", "confidence", "in_distribution"]
+    if (frame["body_region"] != "").any():
+        shown.append("body_region")
+    if (frame["caution"] != "").any():
+        shown.append("caution")
+    if (frame["error"] != "").any():
+        shown.append("error")
+    columns = {
+        "file": st.column_config.TextColumn("file", width="medium"),
+        "shown_probability": st.column_config.TextColumn(
+            "fracture probability",
+            width="small",
+            help="Most suspicious first; images the model cannot judge and unreadable "
+            "files come last.",
+        ),
+        "label": st.column_config.TextColumn("label", width="small"),
+        "confidence": st.column_config.TextColumn("distance from threshold", width="small"),
+        "in_distribution": st.column_config.CheckboxColumn(
+            "radiograph-like",
+            width="small",
+            help="Unticked: the out-of-distribution check flagged it (not assessed).",
+        ),
+        "body_region": st.column_config.TextColumn("body region", width="small"),
+        "caution": st.column_config.TextColumn("caution", width="medium"),
+        "error": st.column_config.TextColumn("problem", width="medium"),
+    }
+    return shown, columns
 
 
 def _whole_row(table_key: str) -> None:
@@ -459,7 +559,7 @@ def picked_row(table_key: str, event, n_rows: int) -> int:
 
 def class_batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     """A batch for a model without a normal class: each image's most probable class."""
-    predictions = batch_predictions(uploads)
+    predictions = batch_predictions(uploads)["predictions"]
     frame = results.class_results_frame(predictions)
     if skipped:
         st.caption(f"Skipped, not an image: {', '.join(skipped)}")
@@ -538,7 +638,8 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     if threshold is None:
         class_batch_view(uploads, skipped)
         return
-    predictions = batch_predictions(uploads)
+    stored = batch_predictions(uploads)
+    predictions = stored["predictions"]
 
     counts = results.batch_counts(predictions, threshold)
     summary_column, chart_column = st.columns([2, 3])
@@ -571,14 +672,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
             )
 
     frame = results.results_frame(predictions, threshold)
-    # The error column only when some row failed, so it never pushes the rest off screen.
-    shown = ["file", "shown_probability", "label", "confidence", "in_distribution"]
-    if (frame["body_region"] != "").any():
-        shown.append("body_region")
-    if (frame["caution"] != "").any():
-        shown.append("caution")
-    if (frame["error"] != "").any():
-        shown.append("error")
+    shown, columns = _table_columns(frame)
     event = st.dataframe(
         frame,
         hide_index=True,
@@ -587,25 +681,7 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         selection_mode=["single-row", "single-cell"],
         key="batch_table",
         column_order=shown,
-        column_config={
-            "file": st.column_config.TextColumn("file", width="medium"),
-            "shown_probability": st.column_config.TextColumn(
-                "fracture probability",
-                width="small",
-                help="Most suspicious first; images the model cannot judge and unreadable "
-                "files come last.",
-            ),
-            "label": st.column_config.TextColumn("label", width="small"),
-            "confidence": st.column_config.TextColumn("distance from threshold", width="small"),
-            "in_distribution": st.column_config.CheckboxColumn(
-                "radiograph-like",
-                width="small",
-                help="Unticked: the out-of-distribution check flagged it (not assessed).",
-            ),
-            "body_region": st.column_config.TextColumn("body region", width="small"),
-            "caution": st.column_config.TextColumn("caution", width="medium"),
-            "error": st.column_config.TextColumn("problem", width="medium"),
-        },
+        column_config=columns,
     )
 
     study_table(uploads, predictions)
@@ -614,19 +690,16 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     model = served.config
     alpha = float(st.session_state.get(ALPHA_KEY, 0.45))
     batch_predictor = served.batch
-
-    def scored_with_maps():
-        # The table's scores came without heat maps; the downloads need them (the CSV's
-        # box columns, the ZIP's overlays). Both run on click, on a worker thread (no
-        # Streamlit calls allowed), one image at a time.
-        sources = [upload.getvalue() for upload in uploads]
-        names = [upload.name for upload in uploads]
-        return batch_predictor.iter_predict(sources, names=names, with_cam=True)
+    shared = served.single
+    prepared: results.OverlayArchive | None = stored.get("archive")
+    zip_threshold = threshold
 
     def results_table() -> bytes:
+        # From the kept results, relabelled at this operating point: no network (their
+        # box columns came with the batch's one pass).
         return results.predictions_csv(
-            scored_with_maps(),
-            threshold,
+            predictions,
+            zip_threshold,
             model_name=model.name or "",
             model_version=str(model.version or ""),
             operating_point=op_name,
@@ -634,10 +707,19 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
         )
 
     def overlay_archive() -> bytes:
+        # On click, on a worker thread (no Streamlit calls allowed). The ZIP encoded
+        # while the table was drawn, if it was made at this operating point and opacity;
+        # otherwise scored again with maps, one batch in memory at a time.
+        if prepared is not None and prepared.matches(alpha, zip_threshold):
+            data = prepared.bytes()
+            if not prepared.too_large:
+                return data
+        sources = [upload.getvalue() for upload in uploads]
+        names = [upload.name for upload in uploads]
         return results.overlay_zip(
-            scored_with_maps(),
+            shared.iter_predict(sources, names=names, with_cam=True),
             alpha,
-            threshold,
+            zip_threshold,
             model_name=model.name or "",
             model_version=str(model.version or ""),
             thresholds=model.thresholds,
@@ -692,17 +774,45 @@ def batch_view(uploads: Sequence[UploadedFile], skipped: Sequence[str]) -> None:
     show_result(uploads[position], cam_prediction(uploads[position]))
 
 
-skipped = [upload.name for upload in uploads if not _is_image_candidate(upload)]
-images = [upload for upload in uploads if _is_image_candidate(upload)]
-if mode == "Folder":
-    # Browsers hand a folder's files over in their own order; people look for paths.
-    images.sort(key=lambda upload: upload.name)
-if not images:
-    st.warning(
-        f"No images among the {len(uploads)} uploaded file(s); skipped, not an image: "
-        f"{', '.join(skipped)}"
-    )
-elif len(images) == 1 and not skipped:
-    show_result(images[0], cam_prediction(images[0]))
-else:
-    batch_view(images, skipped)
+@st.fragment
+def results_area() -> None:
+    """The operating point and everything it changes, as one fragment.
+
+    Picking another point reruns only this: the kept probabilities are labelled again at
+    the new threshold and redrawn; the uploads are not read again, the network does not
+    run, and the viewer reuses its encoded picture (only its boxes follow the point).
+    """
+    global threshold, op_name, served
+    if active.config.thresholds:
+        with picker_slot:
+            op_name, threshold = common.operating_point_picker(active.config)
+    # else: a K-class model without a normal class names its most probable class; there
+    # is no fracture probability, so no operating point to pick.
+    if not uploads:
+        st.info(
+            "Drop radiographs above to score them. A Grad-CAM heat map shows where the "
+            "model looked.",
+            icon=":material/upload_file:",
+        )
+        return
+    # An upload made while the model loads waits here, with a note, then is scored.
+    served = common.get_served_model()
+    if served is None:
+        return
+    skipped = [upload.name for upload in uploads if not _is_image_candidate(upload)]
+    images = [upload for upload in uploads if _is_image_candidate(upload)]
+    if mode == "Folder":
+        # Browsers hand a folder's files over in their own order; people look for paths.
+        images.sort(key=lambda upload: upload.name)
+    if not images:
+        st.warning(
+            f"No images among the {len(uploads)} uploaded file(s); skipped, not an image: "
+            f"{', '.join(skipped)}"
+        )
+    elif len(images) == 1 and not skipped:
+        show_result(images[0], cam_prediction(images[0]))
+    else:
+        batch_view(images, skipped)
+
+
+results_area()

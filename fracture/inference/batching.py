@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -286,17 +286,52 @@ class SharedPredictor:
             self.predictor.prepare(index, source, name, keep_image=with_cam)
             for index, (source, name) in enumerate(zip(sources, names))
         ]
-        futures: list[Future[Prediction] | None] = []
-        for item in prepared:
-            if item.error is not None:
-                futures.append(None)
-                continue
-            try:
-                futures.append(self._batcher.submit(_Job(item, with_cam)))
-            except BatcherClosedError:
-                futures.append(None)
-                item.error = f"{item.name}: the server is restarting its model; try again"
+        futures = [self._submit(item, with_cam) for item in prepared]
         return [_collect(item, future) for item, future in zip(prepared, futures)]
+
+    def iter_predict(
+        self,
+        sources: Sequence[Source],
+        *,
+        names: Sequence[str] | None = None,
+        with_cam: bool = False,
+    ) -> Iterator[Prediction]:
+        """Yield one prediction per source, in order, as the shared worker finishes each batch.
+
+        For a batch view: the sources go to the queue in full batches (``batch_size``
+        at a time, all decoded first), so the worker runs full network batches instead
+        of one image per request; the next batch is decoded here while the worker runs
+        the previous one. Other sessions' requests still join whatever batch forms. A
+        bad source yields its error row and the rest go on.
+        """
+        names = list(names) if names is not None else [f"input-{i}" for i in range(len(sources))]
+        if len(names) != len(sources):
+            raise ValueError(f"{len(names)} names for {len(sources)} sources")
+        size = self.predictor.batch_size
+        pending: list[tuple[Prepared, Future[Prediction] | None]] = []
+        for start in range(0, len(sources), size):
+            chunk = [
+                self.predictor.prepare(index, sources[index], names[index], keep_image=with_cam)
+                for index in range(start, min(start + size, len(sources)))
+            ]
+            # Queued together: the worker finds a full batch waiting and runs it at once.
+            submitted = [(item, self._submit(item, with_cam)) for item in chunk]
+            # Answer the batch before this one (done, or running while this one decoded).
+            for item, future in pending:
+                yield _collect(item, future)
+            pending = submitted
+        for item, future in pending:
+            yield _collect(item, future)
+
+    def _submit(self, item: Prepared, with_cam: bool) -> Future[Prediction] | None:
+        """Queue one prepared source; None for a bad one (its error is in ``item``)."""
+        if item.error is not None:
+            return None
+        try:
+            return self._batcher.submit(_Job(item, with_cam))
+        except BatcherClosedError:
+            item.error = f"{item.name}: the server is restarting its model; try again"
+            return None
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop the worker (see :meth:`MicroBatcher.close`)."""

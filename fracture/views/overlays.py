@@ -48,6 +48,7 @@ __all__ = [
     "scale_title",
     "overlay_for",
     "VIEWER_CONFIG",
+    "ViewerPicture",
     "viewer_figure",
     "views_of",
     "windowed",
@@ -197,18 +198,23 @@ def overlay_for(
     show_boxes: bool = True,
     window: float = 1.0,
     level: float = 0.5,
+    heat: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """The picture of ``prediction`` for ``view``: image, map and labelled boxes at ``threshold``.
 
     None without an image. A view the model lacks (``"where"`` without a localisation
-    head) falls back to "why".
+    head) falls back to "why". ``heat`` is the view's map when the caller has already
+    made it (:func:`map_for`; the viewer needs it for its scale too): made once, not twice.
     """
     if prediction.image is None:
         return None
     if view not in views_of(prediction):
         view = WHY
     shown = windowed(prediction.image, window, level)
-    heat = map_for(prediction, view) if show_map else None
+    if not show_map:
+        heat = None
+    elif heat is None:
+        heat = map_for(prediction, view)
     if heat is not None:
         shown = overlay_heatmap(shown, heat, alpha)
     if show_boxes:
@@ -225,8 +231,31 @@ VIEWER_CONFIG = {
 _LINE_DASH = {"solid": "solid", "dotted": "dot"}
 
 
+@dataclass(frozen=True)
+class ViewerPicture:
+    """A picture encoded once for the viewer: its JPEG as a data URL, and its size in pixels.
+
+    A page keeps it between reruns: an operating-point change moves only the boxes (plotly
+    shapes), so the picture is not blended or encoded again.
+    """
+
+    source: str
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, picture: np.ndarray) -> "ViewerPicture":
+        """``picture`` (RGB uint8, map already blended) as one JPEG: the one encode it gets."""
+        # Here, not at the top: display imports figures, which imports results, which imports this.
+        from fracture.views.display import jpeg
+
+        encoded = base64.b64encode(jpeg(picture)).decode("ascii")
+        rows, columns = picture.shape[:2]
+        return cls("data:image/jpeg;base64," + encoded, int(rows), int(columns))
+
+
 def viewer_figure(
-    picture: np.ndarray,
+    picture: np.ndarray | ViewerPicture,
     boxes: Sequence[MarkedBox] = (),
     *,
     unit: str | None = None,
@@ -236,14 +265,12 @@ def viewer_figure(
 
     ``boxes`` become shapes with their scores written beside them, so they stay sharp
     at any zoom; ``unit`` (the map's fixed units) adds a colour scale from 0 to 1 in
-    the overlay's colours. The picture travels as one JPEG, not as a pixel array.
+    the overlay's colours. The picture travels as one JPEG, not as a pixel array
+    (encoded here, or already, as a :class:`ViewerPicture`).
     """
-    # Here, not at the top: display imports figures, which imports results, which imports this.
-    from fracture.views.display import jpeg
-
-    rows, columns = picture.shape[:2]
-    source = "data:image/jpeg;base64," + base64.b64encode(jpeg(picture)).decode("ascii")
-    figure = go.Figure(go.Image(source=source, hoverinfo="skip"))
+    encoded = picture if isinstance(picture, ViewerPicture) else ViewerPicture.of(picture)
+    rows, columns = encoded.height, encoded.width
+    figure = go.Figure(go.Image(source=encoded.source, hoverinfo="skip"))
     for mark in boxes:
         x0, y0, x1, y1 = mark.box
         figure.add_shape(

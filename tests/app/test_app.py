@@ -329,7 +329,7 @@ def _flag_everything(monkeypatch, predictor) -> None:
             yield dataclasses.replace(p, in_distribution=False, ood_score=9.0) if p.ok else p
 
     monkeypatch.setattr(predictor, "predict", flagged)
-    if hasattr(predictor, "iter_predict"):  # the shared single-image predictor has none
+    if original_iter is not None:
         monkeypatch.setattr(predictor, "iter_predict", flagged_iter)
 
 

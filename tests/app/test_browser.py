@@ -325,6 +325,23 @@ def test_predict_dataset_model_train_and_inbox_pages_in_a_browser(server, page):
     assert overlay.width > 320 and overlay.height > 384  # colour bar and caption added
     _charts_rendered(page, 2)
     page.screenshot(path=ARTIFACTS / "browser-predict-batch-1400.png", full_page=True)
+    # Another operating point reruns only the results fragment (its picker sits at the top
+    # of the page, outside it): the batch and the sidebar both follow, with no error.
+    page.get_by_text("High specificity", exact=True).first.click()
+    page.get_by_text(re.compile("Labels at the high specificity operating point")).wait_for(
+        timeout=PAGE_READY_MS
+    )
+    page.locator("[data-testid='stSidebar']").get_by_text(
+        re.compile("Operating point: high specificity")
+    ).wait_for(timeout=PAGE_READY_MS)
+    _idle(page)
+    _no_exception(page)
+    page.get_by_text("High sensitivity", exact=True).first.click()
+    page.get_by_text(re.compile("Labels at the high sensitivity operating point")).wait_for(
+        timeout=PAGE_READY_MS
+    )
+    _idle(page)
+    _no_exception(page)
     _visit_pages(page, 1400)
 
     # Phone width: the verdict and the overlay come before the gauge, and the operating

@@ -95,7 +95,8 @@ def page(app_env):  # noqa: F811
 def test_predict_folder_of_three_views_gives_one_study_row(app_env, page, monkeypatch):  # noqa: F811
     from app_helpers import png_bytes
 
-    batch = _served(app_env).batch
+    # The batch view scores through the shared queue (fracture.views.batch).
+    batch = _served(app_env).single
     original = batch.iter_predict
 
     def one_flagged(*args, **kwargs):

@@ -226,3 +226,31 @@ def test_shared_predictor_after_close_says_so(tiny_loaded):
     shared.close()
     result = shared.predict([_png(1)], names=["late.png"])[0]
     assert result.status == "error" and "try again" in result.error
+
+
+def test_shared_iter_predict_sends_full_batches_and_answers_in_order(tiny_loaded):
+    # A page's batch: the sources go to the queue a full batch at a time (not one image
+    # per request), the answers come back in input order, and a bad file is its own row.
+    shared = SharedPredictor(
+        Predictor(tiny_loaded, batch_size=4, fixed_batch=False), max_wait_s=0.05
+    )
+    alone = Predictor(tiny_loaded, batch_size=1)
+    sources = [_png(seed) for seed in range(9)]
+    sources[5] = b"not an image"
+    names = [f"img{i}.png" for i in range(len(sources))]
+    try:
+        answers = list(shared.iter_predict(sources, names=names, with_cam=True))
+    finally:
+        shared.close()
+    assert [a.source for a in answers] == names
+    assert answers[5].status == "error" and "img5.png" in answers[5].error
+    for index, answer in enumerate(answers):
+        if index == 5:
+            continue
+        expected = alone.predict([sources[index]], names=[names[index]], with_cam=True)[0]
+        np.testing.assert_allclose(answer.probability, expected.probability, atol=1e-5)
+        assert answer.heatmap is not None and answer.image is not None
+    # 8 good images in full batches of 4 (a loaded machine may join the last two chunks).
+    sizes = shared.batch_sizes
+    assert sum(size * count for size, count in sizes.items()) == 8
+    assert max(sizes) == 4 and sum(sizes.values()) <= 3, sizes

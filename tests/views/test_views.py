@@ -12,6 +12,7 @@ from PIL import Image
 
 from fracture.inference.predictor import CSV_COLUMNS, Prediction
 from fracture.views import (
+    batch,
     browse,
     context,
     figures,
@@ -37,7 +38,8 @@ def _failed(name: str) -> Prediction:
 
 
 @pytest.mark.parametrize(
-    "module", [browse, context, figures, learn, overlays, report, results, studies, summaries]
+    "module",
+    [batch, browse, context, figures, learn, overlays, report, results, studies, summaries],
 )
 def test_module_does_not_import_streamlit(module):
     # The core must stay importable and testable without a script runner.
