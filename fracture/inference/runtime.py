@@ -197,7 +197,8 @@ class OnnxPredictor(Predictor):
     """A :class:`~fracture.inference.predictor.Predictor` whose network runs in ONNX Runtime.
 
     ``model_dir`` is the model folder (config, heads); ``runner`` the opened export
-    (shared by every predictor of one :class:`OnnxNetwork`). Decoding runs on a
+    (shared by every predictor of one :class:`OnnxNetwork`); ``model_dir`` None serves
+    a bare export with the config it recorded and no heads. Decoding runs on a
     thread pool instead of tf.data; everything else is the Predictor's.
     ``fixed_batch`` is accepted for the same signature and has no effect: the
     exported graph takes any batch without padding.
@@ -206,7 +207,7 @@ class OnnxPredictor(Predictor):
     def __init__(
         self,
         runner: OnnxRunner,
-        model_dir: str | os.PathLike[str],
+        model_dir: str | os.PathLike[str] | None,
         *,
         settings: Settings | None = None,
         batch_size: int | None = None,
@@ -217,8 +218,15 @@ class OnnxPredictor(Predictor):
     ) -> None:
         del fixed_batch
         settings = settings or get_settings()
-        directory = Path(model_dir)
-        config = config or read_config(directory)[0]
+        directory = Path(model_dir) if model_dir is not None else None
+        if config is None:
+            # Without a model folder (a bare export): the config the export recorded,
+            # and no heads.
+            config = (
+                read_config(directory)[0]
+                if directory is not None
+                else ModelConfig.from_json(runner.config["model_config"])
+            )
         batch_size = batch_size or settings.batch_size
         fmt = runner.config.get("format", "onnx")
         self.precision = "onnx-int8" if fmt == INT8_FORMAT else "onnx-float32"
@@ -240,6 +248,11 @@ class OnnxPredictor(Predictor):
             display_max_side=display_max_side,
             warmup=warmup,
         )
+
+    def warm_up(self) -> None:
+        """One call: the graph computes every output either way (nothing to trace twice)."""
+        size = self.config.image_size
+        self.engine.run(np.zeros((1, size, size, 3), np.float32), with_cam=True)
 
     def _prepare_all(
         self, sources: Sequence[Source], names: Sequence[str], keep_image: bool
@@ -306,7 +319,9 @@ class OnnxNetwork:
         self.directory = directory
         self.settings = settings
         self.config = read_config(directory)[0]
-        self.runner = OnnxRunner(ensure_onnx_export(directory))
+        # Without ONNX Runtime's arena: a server that ran one batch of 16 would keep
+        # its activations (hundreds of MB) for good (see OnnxRunner).
+        self.runner = OnnxRunner(ensure_onnx_export(directory), memory_arena=False)
 
     def predictor(self, **options: Any) -> Predictor:
         """An :class:`OnnxPredictor` on the shared session (``precision`` has no meaning here)."""

@@ -323,6 +323,7 @@ class ModelFolder:
             raise ModelLoadError(f"{staged} holds no exported files to install")
         source = dict(built_from) if built_from is not None else self.checksums()
         atomic_write_json(staged / ONNX_RECORD, {"files": files, "built_from": source})
+        staged.chmod(0o755)  # mkdtemp made it private; a server may run as another user
         old = None
         if self.onnx_dir.exists():
             old = Path(str(staged) + ".old")

@@ -238,6 +238,24 @@ def test_a_missing_export_that_cannot_be_built_says_how_to_build_it(tmp_path, mo
         ensure_onnx_export(folder)
 
 
+def test_auto_falls_back_to_tensorflow_where_the_export_cannot_be_had(
+    tiny_model_dir, use_fake_weights, monkeypatch
+):
+    """``auto`` chose ONNX but the export cannot be built: TensorFlow serves; ``onnx`` refuses."""
+    from fracture.inference import runtime
+
+    def no_export(directory):
+        raise RuntimeChoiceError("no tf2onnx here")
+
+    monkeypatch.setattr(runtime, "choose_runtime", lambda setting: "onnx")
+    monkeypatch.setattr(runtime, "ensure_onnx_export", no_export)
+    network = runtime.load_network(tiny_model_dir, runtime="auto", settings=Settings())
+    assert network.runtime == "tensorflow"
+    assert network.predictor(batch_size=2, warmup=False).precision in ("float32", "bfloat16")
+    with pytest.raises(RuntimeChoiceError, match="no tf2onnx"):
+        runtime.load_network(tiny_model_dir, runtime="onnx", settings=Settings())
+
+
 def test_auto_chooses_onnx_on_a_small_host_and_tensorflow_elsewhere():
     big, small = 16 * 1024, 1024
     both_installed = {"tensorflow_installed": True, "onnxruntime_installed": True}
