@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,36 +52,12 @@ def _relative(tf_value: np.ndarray, onnx_value: np.ndarray) -> float:
     return float(np.abs(np.asarray(tf_value) - np.asarray(onnx_value)).max() / scale)
 
 
-def _with_pyramid_localiser(tiny_model_dir: Path, directory: Path) -> Path:
-    """A copy of the tiny model with a random two-level (conv3 + conv4) localisation head."""
-    import keras
-
-    from fracture.model.localiser import PYRAMID_LAYERS, Localiser, build_localiser_head
-
-    shutil.copytree(tiny_model_dir, directory)
-    keras.utils.set_random_seed(7)
-    head = build_localiser_head((512, 1024))
-    weights = head.get_weights()
-    weights[-1] = np.array([0.0, 0.0, 0.0, 0.5, 0.5], np.float32)  # boxes above threshold
-    head.set_weights(weights)
-    folder = ModelFolder(directory)
-    Localiser.from_head(head, input_layers=PYRAMID_LAYERS, box_threshold=0.02).save(
-        folder.localiser_path
-    )
-    folder.rewrite_card(folder.read_card())  # the card's checksums cover the new file
-    return directory
-
-
 @pytest.fixture(scope="module")
-def exported(tiny_model_dir, fake_imagenet_weights, tmp_path_factory):
-    """The tiny model with a localiser, its ONNX export installed in its folder (one conversion)."""
-    from fracture.inference.export import export_into_model_folder
+def exported(tiny_onnx_model_dir, fake_imagenet_weights):
+    """The tiny model with a localiser and its ONNX export (conftest), loaded in Keras too."""
     from fracture.model.folder import load_model
 
-    directory = _with_pyramid_localiser(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "model")
-    loaded = load_model(directory, fake_imagenet_weights)
-    export_into_model_folder(loaded)
-    return directory, loaded
+    return tiny_onnx_model_dir, load_model(tiny_onnx_model_dir, fake_imagenet_weights)
 
 
 @pytest.fixture(scope="module")
