@@ -153,8 +153,9 @@ class ServedModel:
     session of this server: one worker thread runs the requests of all sessions
     in batches (fracture.inference.batching), so colleagues scoring at the same
     moment share network calls instead of queueing on the CPU one image at a time.
-    ``batch`` runs the configured batch size for folders. They share the Keras
-    model, so the weights are in memory once; only the compiled functions differ.
+    ``batch`` runs the configured batch size for folders. They share one loaded
+    network (the Keras model, or the ONNX Runtime session with ``FRACTURE_RUNTIME=onnx``),
+    so the weights are in memory once.
     """
 
     single: Any  # fracture.inference.batching.SharedPredictor
