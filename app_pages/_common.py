@@ -156,8 +156,9 @@ class ServedModel:
     session of this server: one worker thread runs the requests of all sessions
     in batches (fracture.inference.batching), so colleagues scoring at the same
     moment share network calls instead of queueing on the CPU one image at a time.
-    ``batch`` runs the configured batch size for folders. They share the Keras
-    model, so the weights are in memory once; only the compiled functions differ.
+    ``batch`` runs the configured batch size for folders. They share one loaded
+    network (the Keras model, or the ONNX Runtime session with ``FRACTURE_RUNTIME=onnx``),
+    so the weights are in memory once.
     """
 
     single: Any  # fracture.inference.batching.SharedPredictor
@@ -171,30 +172,28 @@ class ServedModel:
 
 
 def _build_served_model(model_dir: str, key: str) -> ServedModel:
-    """Build the network and its two predictors (TensorFlow is imported here, nowhere earlier)."""
+    """Load the network once and make its two predictors.
+
+    In the runtime that ``FRACTURE_RUNTIME`` chooses (fracture.inference.runtime):
+    TensorFlow is imported here and nowhere earlier, and not at all with ONNX Runtime.
+    """
     from fracture.inference.batching import DEFAULT_MAX_BATCH, SharedPredictor
-    from fracture.inference.engine import configure_threads
-    from fracture.inference.predictor import Predictor
-    from fracture.model.folder import load_model
-    from fracture.model.imagenet import resolve_imagenet_weights
+    from fracture.inference.runtime import load_network
     from fracture.views import display
 
-    configure_threads()  # before load_model starts TensorFlow: its pools are fixed then
     current = get_settings()
-    loaded = load_model(model_dir, resolve_imagenet_weights(current).path)
+    network = load_network(model_dir, settings=current)
     # The image a person looks at comes back at display size, its heat map computed at
     # that size once (not at the radiograph's full size and then shrunk).
     single = SharedPredictor(
-        Predictor(
-            loaded,
-            settings=current,
+        network.predictor(
             batch_size=DEFAULT_MAX_BATCH,
             fixed_batch=False,
             display_max_side=display.DISPLAY_MAX_SIDE,
         ),
         max_wait_s=current.batch_wait_ms / 1000,
     )
-    batch = Predictor(loaded, settings=current, batch_size=current.batch_size)
+    batch = network.predictor(batch_size=current.batch_size)
     return ServedModel(single=single, batch=batch, key=key, directory=Path(model_dir))
 
 
@@ -272,6 +271,7 @@ _WAIT_NOTE_EVERY_S = 0.25
 
 def get_served_model() -> ServedModel | None:
     """The active model's network, waiting (with a note) while it loads; None when there is none."""
+    from fracture.errors import FractureError
     from fracture.model.imagenet import WeightsError
 
     model, problem = active_model()
@@ -291,7 +291,8 @@ def get_served_model() -> ServedModel | None:
         note.empty()
     try:
         return _load_served_model(str(model.directory), model.key)
-    except (ModelLoadError, WeightsError, OSError, ValueError) as error:
+    except (FractureError, ModelLoadError, WeightsError, OSError, ValueError) as error:
+        # FractureError: the ONNX runtime's export could not be built or opened.
         st.error(f"The model in `{model.directory}` could not be loaded: {error}")
         return None
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["Settings", "get_settings", "PROJECT_ROOT"]
+__all__ = ["Settings", "get_settings", "PROJECT_ROOT", "RUNTIMES"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _ENV_PREFIX = "FRACTURE_"
+# The values of Settings.runtime.
+RUNTIMES = ("auto", "tensorflow", "onnx")
 
 
 def _default_cache_dir() -> Path:
@@ -65,6 +67,22 @@ class Settings:
     # The library's log (DEBUG, INFO, WARNING, ERROR) on stderr of the CLI and the
     # dashboard server; at INFO the server logs one line per inference batch.
     log_level: str = "INFO"
+    # Which runtime the dashboard server runs the network in: "tensorflow" (Keras,
+    # bfloat16 where the CPU computes it natively), "onnx" (the model folder's ONNX
+    # export in ONNX Runtime: the server never imports TensorFlow, about a fifth of
+    # its memory), or "auto", which picks per machine
+    # (fracture.inference.runtime.choose_runtime says how). Training and the CLI's
+    # other commands keep TensorFlow.
+    runtime: str = "auto"
+
+    def __post_init__(self) -> None:
+        # Frozen: normalised through object.__setattr__ ("ONNX" in an env file is meant).
+        object.__setattr__(self, "runtime", str(self.runtime).strip().lower())
+        if self.runtime not in RUNTIMES:
+            raise ValueError(
+                f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r} "
+                "(FRACTURE_RUNTIME or runtime in fracture.toml)"
+            )
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -20,7 +20,14 @@ def add_export_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "model", nargs="?", default=None, help="model folder (default: the active model)"
     )
     p.add_argument("--format", required=True, choices=FORMATS, help="export format")
-    p.add_argument("--out", required=True, help="folder to write (created if missing)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="folder to write (created if missing)")
+    where.add_argument(
+        "--into-model-folder",
+        action="store_true",
+        help="ONNX only: write the export into the model folder, checksummed, where the "
+        "dashboard's ONNX runtime (FRACTURE_RUNTIME=onnx) serves it from",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -29,15 +36,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from fracture.config import get_settings
     from fracture.inference.engine import configure_threads
-    from fracture.inference.export import export_model
+    from fracture.inference.export import export_into_model_folder, export_model
     from fracture.model.folder import load_model
     from fracture.model.imagenet import resolve_imagenet_weights
     from fracture.model.registry import active_model_dir
 
+    if args.into_model_folder and args.format != "onnx":
+        raise ValueError("--into-model-folder writes the ONNX export only; use --out for others")
     configure_threads()
     settings = get_settings()
     directory = Path(args.model) if args.model else active_model_dir(settings)
     loaded = load_model(directory, resolve_imagenet_weights(settings).path)
+    if args.into_model_folder:
+        print(f"onnx: {export_into_model_folder(loaded)} (checksummed in the model folder)")
+        return 0
     result = export_model(loaded, args.format, args.out)
     print(f"{args.format}: {result.network}")
     print(f"config: {result.config}")

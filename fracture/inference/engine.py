@@ -21,7 +21,7 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "InferenceEngine",
     "BatchOutput",
+    "NetworkEngine",
     "PRECISIONS",
     "inference_network",
     "bfloat16_copy",
@@ -231,6 +232,19 @@ class BatchOutput:
         if self.early_pooled is not None:
             features[EARLY_FEATURE_LAYER] = self.early_pooled
         return features
+
+
+class NetworkEngine(Protocol):
+    """The network step of a predictor: letterboxed images in, one :class:`BatchOutput` out.
+
+    :class:`InferenceEngine` runs it in TensorFlow,
+    :class:`~fracture.inference.runtime.OnnxEngine` in ONNX Runtime; everything
+    before (decoding, letterbox) and after (heads, boxes, verdict) is the predictor's.
+    """
+
+    batch_size: int
+
+    def run(self, images: np.ndarray, with_cam: bool) -> BatchOutput: ...
 
 
 class InferenceEngine:

@@ -31,6 +31,7 @@ from fracture.inference.engine import (
     PRECISIONS,
     BatchOutput,
     InferenceEngine,
+    NetworkEngine,
     bfloat16_supported,
     configure_threads,
 )
@@ -368,33 +369,66 @@ class Predictor:
     ) -> None:
         # Before the network is compiled: TensorFlow's thread pools are fixed at its first op.
         configure_threads()
-        self.settings = settings or get_settings()
+        settings = settings or get_settings()
         self.loaded = loaded
-        self.config = loaded.config
-        self.batch_size = batch_size or self.settings.batch_size
-        if display_max_side is not None and display_max_side < 1:
-            raise ValueError(f"display_max_side must be at least 1, not {display_max_side}")
-        self.display_max_side = display_max_side
         self.precision = _resolve_precision(
-            precision or self.settings.inference_precision, loaded.config.inference_precision
+            precision or settings.inference_precision, loaded.config.inference_precision
         )
-        self.localiser = _load_localiser(loaded.directory)
-        if self.config.localiser_weight and self.localiser is None:
-            # Its probability is made of both heads: without one it would be wrong.
-            raise ModelLoadError(
-                f"model {self.config.name!r} adds its localisation head's evidence to the "
-                "probability, but its folder has no localisation head"
-            )
-        self.engine = InferenceEngine(
+        batch_size = batch_size or settings.batch_size
+        localiser = _load_localiser(loaded.directory)
+        engine = InferenceEngine(
             loaded.model,
-            self.batch_size,
+            batch_size,
             precision=self.precision,
             fixed_batch=fixed_batch,
-            localiser=self.localiser,
+            localiser=localiser,
         )
-        self.ood_gate = _load_ood_gate(loaded.directory)
-        self.region_head = _load_region_head(loaded.directory)
-        self.hardware_head = _load_hardware_head(loaded.directory)
+        self._serve(
+            engine,
+            loaded.config,
+            loaded.directory,
+            settings=settings,
+            batch_size=batch_size,
+            localiser=localiser,
+            display_max_side=display_max_side,
+            warmup=warmup,
+        )
+
+    def _serve(
+        self,
+        engine: NetworkEngine,
+        config: ModelConfig,
+        directory: Path | None,
+        *,
+        settings: Settings,
+        batch_size: int,
+        localiser: Localiser | None,
+        display_max_side: int | None,
+        warmup: bool,
+    ) -> None:
+        """Everything around the network: settings, the heads read from the model folder.
+
+        Shared by every runtime: a predictor on another runtime
+        (:class:`~fracture.inference.runtime.OnnxPredictor`) builds its own ``engine``
+        and calls this, so decoding, letterboxing, the heads and the verdict are one code.
+        """
+        if display_max_side is not None and display_max_side < 1:
+            raise ValueError(f"display_max_side must be at least 1, not {display_max_side}")
+        self.settings = settings
+        self.config = config
+        self.batch_size = batch_size
+        self.display_max_side = display_max_side
+        self.localiser = localiser
+        if config.localiser_weight and localiser is None:
+            # Its probability is made of both heads: without one it would be wrong.
+            raise ModelLoadError(
+                f"model {config.name!r} adds its localisation head's evidence to the "
+                "probability, but its folder has no localisation head"
+            )
+        self.engine = engine
+        self.ood_gate = _load_ood_gate(directory)
+        self.region_head = _load_region_head(directory)
+        self.hardware_head = _load_hardware_head(directory)
         if warmup:
             self.warm_up()
 

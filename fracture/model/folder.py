@@ -43,6 +43,8 @@ __all__ = [
     "REGION_FILE",
     "LOCALISER_FILE",
     "EVALUATION_FILE",
+    "ONNX_DIR",
+    "ONNX_RECORD",
     "HEAD_FILES",
     "HeadFile",
     "ModelConfig",
@@ -82,6 +84,15 @@ HARDWARE_FILE = "hardware_head.npz"
 # passes its object to ModelFolder.write_model(heads={NAME: head}).
 HEAD_FILES: tuple[str, ...] = (OOD_FILE, REGION_FILE, HARDWARE_FILE, LOCALISER_FILE)
 EVALUATION_FILE = "evaluation.json"
+# The model's ONNX export, for the TensorFlow-free runtime (fracture.inference.runtime):
+# a folder derived from the files above by ``fracture export --into-model-folder``
+# (fracture.inference.export writes what is inside). ONNX_RECORD beside it holds the
+# SHA-256 of every exported file and the checksums of the model files it was built
+# from, so a corrupt export, or one left from weights that have since changed, is
+# refused and rebuilt, never served.
+ONNX_DIR = "onnx"
+ONNX_RECORD = "built_from.json"
+_ONNX_STAGING_PREFIX = ".onnx-staging-"
 
 
 def _is_head(name: str) -> bool:
@@ -181,6 +192,12 @@ def file_checksums(directory: str | os.PathLike[str]) -> dict[str, str]:
     return checksums
 
 
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    """What :func:`_sha256` remembers a file's digest by: change time, size, inode."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
 @functools.lru_cache(maxsize=64)
 def _sha256(path: str, mtime_ns: int, size: int, inode: int) -> str:
     """The file's SHA256, remembered while its change time, size and inode stay the same.
@@ -272,6 +289,72 @@ class ModelFolder:
 
     def has_hardware_head(self) -> bool:
         return self.hardware_head_path.is_file()
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.path / ONNX_DIR
+
+    def onnx_staging_dir(self) -> Path:
+        """A fresh empty folder inside this one to build an ONNX export in (same disk: the
+        finished export is moved into place by a rename, see :meth:`install_onnx_export`)."""
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix=_ONNX_STAGING_PREFIX, dir=self.path))
+
+    def install_onnx_export(
+        self, staged: str | os.PathLike[str], built_from: Mapping[str, str] | None = None
+    ) -> Path:
+        """Checksum the export built in ``staged`` and move it into place as :attr:`onnx_dir`.
+
+        The record written first names the SHA-256 of every file of the export and the
+        checksums of the model files it was built from: ``built_from``, the checksums
+        verified when the model was loaded (``LoadedModel.card["checksums"]``), else the
+        files' checksums now. An export already in
+        place is replaced; a reader sees the old one or the new one, never half of one.
+        """
+        import shutil
+
+        staged = Path(staged)
+        files = {
+            path.name: _sha256(str(path.resolve()), *_stat_key(path))
+            for path in sorted(staged.iterdir())
+            if path.is_file() and path.name != ONNX_RECORD
+        }
+        if not files:
+            raise ModelLoadError(f"{staged} holds no exported files to install")
+        source = dict(built_from) if built_from is not None else self.checksums()
+        atomic_write_json(staged / ONNX_RECORD, {"files": files, "built_from": source})
+        staged.chmod(0o755)  # mkdtemp made it private; a server may run as another user
+        old = None
+        if self.onnx_dir.exists():
+            old = Path(str(staged) + ".old")
+            os.replace(self.onnx_dir, old)
+        os.replace(staged, self.onnx_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.onnx_dir
+
+    def onnx_export_problem(self) -> str | None:
+        """Why the folder's ONNX export cannot be served, in plain words; None when it can.
+
+        Missing, unreadable, a file that does not match its checksum, or built from
+        model files that have changed since.
+        """
+        record_path = self.onnx_dir / ONNX_RECORD
+        if not record_path.is_file():
+            return f"{self.path} has no ONNX export yet"
+        record = read_json(record_path, default=None)
+        if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+            return f"the ONNX export's record {record_path} is unreadable"
+        for name, digest in record["files"].items():
+            path = self.onnx_dir / name
+            if not path.is_file():
+                return f"the ONNX export lacks {name}"
+            if _sha256(str(path.resolve()), *_stat_key(path)) != digest:
+                return f"the ONNX export's {name} does not match its checksum"
+        if record.get("built_from") != self.checksums():
+            return "the ONNX export was built from other model files than the folder holds now"
+        return None
 
     def looks_like_model(self) -> bool:
         """Whether any file a model folder always has is here (complete or not)."""

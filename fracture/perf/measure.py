@@ -413,7 +413,9 @@ def _finish_onnx_section(
     sample = scratch / "cold-start.jpg"
     sample.write_bytes(jpeg)
     for name, directory in setup.directories.items():
-        onnx["variants"][name]["cold_start"] = onnx_runtime.cold_start(directory, sample)
+        onnx["variants"][name]["cold_start"] = onnx_runtime.cold_start(
+            directory, reference.loaded.directory, sample
+        )
 
 
 def measure_training(config: BenchConfig) -> dict[str, Any]:

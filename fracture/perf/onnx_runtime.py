@@ -8,11 +8,11 @@ Runs inside the bench's serving process, after the TensorFlow predictors:
   TRAIN radiographs of the bench's dataset (never the val images it is judged
   on; generated radiographs when there is no dataset, which is good for speed
   figures only).
-* :class:`OnnxPredictor` is what a serving process without TensorFlow would do
-  per upload: decode, letterbox, one ONNX Runtime call, the heat map mapped
-  back onto the image. It answers ``predict`` like a
-  :class:`~fracture.inference.predictor.Predictor`, so the bench times it in the
-  same interleaved latency loop as the TensorFlow predictors.
+* :class:`~fracture.inference.runtime.OnnxPredictor` is what the dashboard's server
+  runs per upload with ``FRACTURE_RUNTIME=onnx``: decode, letterbox, one ONNX Runtime
+  call for every output, the heads, boxes and heat map as the TensorFlow
+  :class:`~fracture.inference.predictor.Predictor` does them. The bench times it in
+  the same interleaved latency loop as the TensorFlow predictors.
 * :func:`val_check` scores the val subset with TensorFlow float32 (the
   reference) and each ONNX variant: AUROC, largest probability difference,
   labels changed, and how well the heat maps agree.
@@ -43,14 +43,12 @@ from fracture.perf.config import (
 from fracture.perf.workload import dataset_subset, make_radiograph_jpegs
 
 if TYPE_CHECKING:
-    from fracture.inference.export import OnnxRunner
-    from fracture.inference.predictor import Prediction, Predictor
+    from fracture.inference.predictor import Predictor
+    from fracture.inference.runtime import OnnxPredictor
     from fracture.model.folder import LoadedModel
 
 __all__ = [
     "VARIANTS",
-    "ExportFacts",
-    "OnnxPredictor",
     "OnnxSetup",
     "onnx_unavailable",
     "prepare_onnx",
@@ -66,63 +64,11 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("float32", "int8")
 
 
-@dataclass(frozen=True)
-class ExportFacts:
-    """What the ONNX path needs to know about the model, read from the export's config."""
-
-    image_size: int
-    evidence_scale: float | None
-
-
-class OnnxPredictor:
-    """Bytes to probability and display heat map with ONNX Runtime only (see the module doc)."""
-
-    def __init__(self, directory: str | Path, name: str, batch_size: int = 16) -> None:
-        from fracture.inference.export import OnnxRunner
-
-        self.runner: OnnxRunner = OnnxRunner(directory)
-        self.precision = f"onnx-{name}"
-        self.batch_size = batch_size
-        self.config = ExportFacts(
-            self.runner.image_size, self.runner.config.get("display", {}).get("evidence_scale")
-        )
-
-    def predict(self, sources: Sequence[bytes], *, with_cam: bool = False) -> list["Prediction"]:
-        """One network call per ``batch_size`` images; heat maps at the original size if asked."""
-        from fracture.inference.gradcam import evidence_heat, heatmap_to_image
-        from fracture.inference.predictor import Prediction
-        from fracture.inference.preprocess import letterbox
-        from fracture.io.images import load_image
-
-        results = []
-        for start in range(0, len(sources), self.batch_size):
-            images = [load_image(data) for data in sources[start : start + self.batch_size]]
-            boxed = [letterbox(image, self.config.image_size) for image in images]
-            outputs = self.runner.run(np.stack([inputs for inputs, _ in boxed]))
-            for row, (image, (_, geometry)) in enumerate(zip(images, boxed)):
-                heat = None
-                if with_cam:
-                    heat = evidence_heat(
-                        heatmap_to_image(outputs["heatmap"][row], geometry),
-                        self.config.evidence_scale,
-                    )
-                results.append(
-                    Prediction(
-                        source=f"input-{start + row}",
-                        status="ok",
-                        probability=float(outputs["probability"][row]),
-                        heatmap=heat,
-                        image=image if with_cam else None,
-                    )
-                )
-        return results
-
-
 @dataclass
 class OnnxSetup:
     """The exported variants, ready to time, and how long making them took."""
 
-    predictors: dict[str, OnnxPredictor]
+    predictors: dict[str, "OnnxPredictor"]
     directories: dict[str, str]
     export_s: float
     quantise_s: float
@@ -162,7 +108,7 @@ def prepare_onnx(
     directories = {"float32": str(fp32.directory), "int8": str(int8.directory)}
     return OnnxSetup(
         predictors={
-            name: OnnxPredictor(directory, name, batch_size)
+            name: _serving_predictor(directory, loaded.directory, batch_size)
             for name, directory in directories.items()
         },
         directories=directories,
@@ -170,6 +116,16 @@ def prepare_onnx(
         quantise_s=quantised - exported,
         calibration=calibration,
     )
+
+
+def _serving_predictor(
+    export_dir: str, model_dir: Path | None, batch_size: int, warmup: bool = True
+) -> "OnnxPredictor":
+    """The dashboard's ONNX predictor on ``export_dir``, with the model folder's heads."""
+    from fracture.inference.export import OnnxRunner
+    from fracture.inference.runtime import OnnxPredictor
+
+    return OnnxPredictor(OnnxRunner(export_dir), model_dir, batch_size=batch_size, warmup=warmup)
 
 
 def _calibration_images(config: BenchConfig, size: int) -> tuple[Any, dict[str, Any]]:
@@ -189,7 +145,7 @@ def _calibration_images(config: BenchConfig, size: int) -> tuple[Any, dict[str, 
 
 
 def val_check(
-    records: Sequence[Any], reference: "Predictor", predictors: dict[str, OnnxPredictor]
+    records: Sequence[Any], reference: "Predictor", predictors: dict[str, "OnnxPredictor"]
 ) -> dict[str, Any]:
     """TensorFlow float32 and each ONNX variant on the same val images, chunk by chunk.
 
@@ -226,9 +182,11 @@ def val_check(
         )
         reference_maps.append(np.asarray(output.cams))
         for name, predictor in predictors.items():
-            result = predictor.runner.run(batch)
-            variant_p[name].append(result["probability"])
-            variant_maps[name].append(result["heatmap"])
+            result = predictor.engine.run(batch, with_cam=True)
+            variant_p[name].append(
+                predictor.probability_from_logit(predictor.corrected_logit(result.logits))
+            )
+            variant_maps[name].append(np.asarray(result.cams))
         labels.extend(kept)
     y = np.asarray(labels)
     if len(set(y.tolist())) < 2:
@@ -299,30 +257,33 @@ def heatmap_agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, flo
     }
 
 
-# Run as ``python -c ONNX_COLD_START_SCRIPT EXPORT_DIR JPEG``: ONNX Runtime and the
-# package's TensorFlow-free modules only; the result says whether TensorFlow got in.
+# Run as ``python -c ONNX_COLD_START_SCRIPT EXPORT_DIR MODEL_DIR JPEG`` (MODEL_DIR "" for
+# none): ONNX Runtime and the package's TensorFlow-free modules only; the result says
+# whether TensorFlow got in.
 ONNX_COLD_START_SCRIPT = r"""
 import time
 WALL0, T0 = time.time(), time.perf_counter()
 import json, sys
 import numpy, onnxruntime  # noqa: F401 - the heavy part of this cold start
-import fracture.inference.export, fracture.inference.gradcam, fracture.io.images  # noqa: F401
+import fracture.inference.runtime, fracture.io.images  # noqa: F401
 T_IMPORT = time.perf_counter()
 from fracture.perf.onnx_runtime import measure_onnx_cold_start
-result = measure_onnx_cold_start(sys.argv[1], sys.argv[2], T0, T_IMPORT)
+result = measure_onnx_cold_start(sys.argv[1], sys.argv[2] or None, sys.argv[3], T0, T_IMPORT)
 result["wall_start"] = WALL0
 print("FRACTURE_BENCH_RESULT " + json.dumps(result), flush=True)
 """
 
 
 def measure_onnx_cold_start(
-    directory: str, jpeg: str, t0: float, t_import: float
+    directory: str, model_dir: str | None, jpeg: str, t0: float, t_import: float
 ) -> dict[str, Any]:
     """In a fresh process: open the ONNX model, answer one request with heat map and overlay."""
     from fracture.inference.gradcam import overlay_heatmap
 
     t_load = time.perf_counter()
-    predictor = OnnxPredictor(directory, "cold", batch_size=1)
+    predictor = _serving_predictor(
+        directory, Path(model_dir) if model_dir else None, batch_size=1, warmup=False
+    )
     t_loaded = time.perf_counter()
     first = predictor.predict([Path(jpeg).read_bytes()], with_cam=True)[0]
     overlay_heatmap(first.image, first.heatmap)  # type: ignore[arg-type]
@@ -337,11 +298,12 @@ def measure_onnx_cold_start(
     }
 
 
-def cold_start(directory: str, jpeg: Path) -> dict[str, Any]:
+def cold_start(directory: str, model_dir: Path | None, jpeg: Path) -> dict[str, Any]:
     """Cold start and peak memory of a fresh process serving ``directory`` with ONNX Runtime."""
     try:
         result, spawned = run_child(
-            ["-c", ONNX_COLD_START_SCRIPT, directory, str(jpeg)], "ONNX Runtime cold start"
+            ["-c", ONNX_COLD_START_SCRIPT, directory, str(model_dir or ""), str(jpeg)],
+            "ONNX Runtime cold start",
         )
     except BenchError as error:  # an optional section reports its failure, the run goes on
         return {"error": str(error)}

@@ -28,6 +28,7 @@ never augmented.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import signal
@@ -85,7 +86,9 @@ from fracture.training.validation import (
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["train", "make_strategy", "configure_logical_cpus"]
+__all__ = ["train", "make_strategy", "configure_logical_cpus", "export_for_the_onnx_runtime"]
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------
@@ -315,6 +318,7 @@ def _train(
     prepared = _prepare(data_root, run_dir, writer, config, settings, pretrained)
     _fit(prepared, run_dir, writer, progress, resume)
     model_dir = _finalise(prepared, run_dir, writer, progress)
+    export_for_the_onnx_runtime(model_dir, settings, prepared.network.model_config)
     writer.status(
         "completed",
         phase="done",
@@ -328,6 +332,28 @@ def _train(
         replicas=int(prepared.network.strategy.num_replicas_in_sync),
     )
     return model_dir
+
+
+def export_for_the_onnx_runtime(model_dir: Path, settings: Settings, config: ModelConfig) -> bool:
+    """Build the model's ONNX export now where the dashboard serves with ONNX Runtime.
+
+    Training runs in its own process, which has TensorFlow already: the server that
+    serves this model after promotion then finds the export in the folder (promotion
+    copies it) instead of building it at its first start. Where the runtime is
+    TensorFlow, or the model has K classes (no export), nothing is built. A failure is
+    logged, never fatal: the server builds the export itself when it needs it.
+    Returns whether an export is in place.
+    """
+    from fracture.inference.runtime import RuntimeChoiceError, choose_runtime, ensure_onnx_export
+
+    if config.is_multiclass or choose_runtime(settings.runtime) != "onnx":
+        return False
+    try:
+        ensure_onnx_export(model_dir)
+    except RuntimeChoiceError as error:
+        logger.warning("the ONNX export was not built (the server will build it): %s", error)
+        return False
+    return True
 
 
 def _epoch_auroc_name(config: ModelConfig) -> str:

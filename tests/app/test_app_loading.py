@@ -153,3 +153,58 @@ def test_dataset_model_and_learn_pages_do_not_import_tensorflow(app_env):  # noq
     assert result.returncode == 0, result.stderr[-2000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen == {page: [False, False, False] for page in seen}, seen
+
+
+def test_the_predict_page_scores_with_the_onnx_runtime_without_tensorflow(
+    tiny_onnx_model_dir, tmp_path
+):
+    """FRACTURE_RUNTIME=onnx: the dashboard's own process scores an upload and never
+    imports TensorFlow or Keras (a fresh interpreter, as a server starts)."""
+    import shutil
+
+    from app_helpers import add_evaluation
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_onnx_model_dir, models / "default")  # with its ONNX export
+    add_evaluation(models / "default")
+    image = tmp_path / "knee.png"
+    image.write_bytes(png_bytes(4))
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from pathlib import Path
+        from streamlit.testing.v1 import AppTest
+        at = AppTest.from_file("app.py", default_timeout=120).run()
+        at.file_uploader[0].upload("knee.png", Path(sys.argv[1]).read_bytes(), "image/png")
+        at.run()
+        print(json.dumps({
+            "errors": [str(e.value) for e in at.exception] + [e.value for e in at.error],
+            "metrics": {m.label: m.value for m in at.metric},
+            "tensorflow": "tensorflow" in sys.modules,
+            "keras": "keras" in sys.modules,
+        }))
+        """
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FRACTURE_RUNTIME": "onnx",
+        "FRACTURE_CONFIG": str(tmp_path / "no-such-config.toml"),
+        "FRACTURE_MODELS_DIR": str(models),
+        "FRACTURE_DATA_DIR": str(tmp_path / "data"),
+        "FRACTURE_RUNS_DIR": str(tmp_path / "runs"),
+        "FRACTURE_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(image)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["errors"] == []
+    assert "Fracture probability" in seen["metrics"], seen["metrics"]
+    assert seen["tensorflow"] is False and seen["keras"] is False

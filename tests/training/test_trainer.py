@@ -272,3 +272,28 @@ def test_keep_usable_drops_unreadable_rows_without_copying():
     assert np.shares_memory(kept, features)  # the run's largest array is not doubled
     everything = np.ones((1, 4, 2), np.float16)
     assert keep_usable(everything, np.ones(4, bool)).base is everything
+
+
+def test_the_training_child_builds_the_onnx_export_where_the_server_runs_onnx(
+    monkeypatch, tmp_path
+):
+    """Binary model and ONNX runtime: built (by the child that ensure_onnx_export starts);
+    TensorFlow runtime or a K-class model: not; a failed build is logged, not fatal."""
+    from fracture.inference import runtime
+    from fracture.model.config import ModelConfig
+    from fracture.training.trainer import export_for_the_onnx_runtime
+
+    built: list[Path] = []
+    monkeypatch.setattr(runtime, "ensure_onnx_export", lambda path: built.append(path) or path)
+    binary, classes = ModelConfig(), ModelConfig(classes=["normal", "simple", "comminuted"])
+    assert export_for_the_onnx_runtime(tmp_path, Settings(runtime="onnx"), binary) is True
+    assert built == [tmp_path]
+    assert export_for_the_onnx_runtime(tmp_path, Settings(runtime="tensorflow"), binary) is False
+    assert export_for_the_onnx_runtime(tmp_path, Settings(runtime="onnx"), classes) is False
+    assert built == [tmp_path]
+
+    def fails(path):
+        raise runtime.RuntimeChoiceError("tf2onnx is not installed")
+
+    monkeypatch.setattr(runtime, "ensure_onnx_export", fails)
+    assert export_for_the_onnx_runtime(tmp_path, Settings(runtime="onnx"), binary) is False
