@@ -163,29 +163,6 @@ def with_random_localiser(
     return directory, head
 
 
-def with_pyramid_localiser(tiny_model_dir: Path, directory: Path) -> Path:
-    """A copy of the tiny model with a random two-level (conv3 + conv4) localisation head."""
-    import shutil
-
-    import keras
-
-    from fracture.model.folder import ModelFolder
-    from fracture.model.localiser import PYRAMID_LAYERS, Localiser, build_localiser_head
-
-    shutil.copytree(tiny_model_dir, directory)
-    keras.utils.set_random_seed(7)
-    head = build_localiser_head((512, 1024))
-    weights = head.get_weights()
-    weights[-1] = np.array([0.0, 0.0, 0.0, 0.5, 0.5], np.float32)  # boxes above threshold
-    head.set_weights(weights)
-    folder = ModelFolder(directory)
-    Localiser.from_head(head, input_layers=PYRAMID_LAYERS, box_threshold=0.02).save(
-        folder.localiser_path
-    )
-    folder.rewrite_card(folder.read_card())  # the card's checksums cover the new file
-    return directory
-
-
 @pytest.fixture(scope="session")
 def tiny_onnx_model_dir(
     tmp_path_factory, tiny_model_dir: Path, fake_imagenet_weights: Path
@@ -197,6 +174,6 @@ def tiny_onnx_model_dir(
     from fracture.inference.export import export_into_model_folder
     from fracture.model.folder import load_model
 
-    directory = with_pyramid_localiser(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "model")
+    directory, _ = with_random_localiser(tiny_model_dir, tmp_path_factory.mktemp("onnx"), levels=2)
     export_into_model_folder(load_model(directory, fake_imagenet_weights))
     return directory

@@ -10,7 +10,9 @@ It returns three outputs:
 * ``probability`` (N,): the calibrated probability, with the model's prior
   shift and temperature applied inside (``sigmoid((logit - prior_shift) / T)``),
   the number the dashboard shows;
-* ``logit`` (N,): the prior-corrected logit, before temperature;
+* ``logit`` (N,): the prior-corrected logit, before temperature: the classifier's,
+  plus ``localiser_weight`` times the localisation head's peak centre logit where the
+  model's calibration adds it (``ModelConfig.localiser_weight``);
 * ``heatmap`` (N, h, w): the conv5 Grad-CAM on the network's feature grid, in
   logit units, exactly what the app computes. For a global-average-pooling +
   dense head the gradient of the logit with respect to the last feature map A
@@ -453,6 +455,12 @@ class _ExportModule:
         self.kernel = kernel[:, 0].astype(np.float32)
         self.prior_shift = float(loaded.config.prior_shift)
         self.temperature = float(loaded.config.temperature)
+        self.localiser_weight = float(loaded.config.localiser_weight)
+        if self.localiser_weight and not self.has_location:
+            raise ExportError(
+                "the model's probability adds its localisation head's peak, but its folder "
+                "has no localisation head to export"
+            )
         self.module = tf.Module()
         self.module.graph = self.graph  # tracked, so the SavedModel carries the weights
 
@@ -465,6 +473,10 @@ class _ExportModule:
         def serve(image):
             features, logits, *extra = self.graph(image, training=False)
             logit = logits[:, 0] - self.prior_shift
+            if self.localiser_weight:
+                # The head's outputs come last; channel 0 is its centre logit.
+                peak = tf.reduce_max(extra[-1][..., 0], axis=[1, 2])
+                logit = logit + self.localiser_weight * peak
             probability = tf.sigmoid(logit / self.temperature)
             kernel = tf.constant(self.kernel)
             heatmap = tf.nn.relu(tf.tensordot(features, kernel, axes=[[3], [0]]))

@@ -57,6 +57,7 @@ from fracture.inference.export import (
     LOCATION_OUTPUT,
     OnnxRunner,
 )
+from fracture.inference.localisation import peak_centre_logit
 from fracture.inference.predictor import (
     Predictor,
     Prepared,
@@ -166,14 +167,23 @@ class OnnxEngine:
     features and the localisation head's outputs. ``logits`` are returned raw (the
     prior shift added back to the export's prior-corrected logit), as
     :class:`~fracture.inference.engine.InferenceEngine` returns them, so that the
-    predictor applies the calibration in one place for both runtimes.
+    predictor applies the calibration in one place for both runtimes. Where the
+    model's logit adds the localisation head's peak (``localiser_weight``), the export's
+    logit carries it, so it is taken off here: the predictor adds it again, once.
     """
 
-    def __init__(self, runner: OnnxRunner, batch_size: int, prior_shift: float) -> None:
+    def __init__(
+        self,
+        runner: OnnxRunner,
+        batch_size: int,
+        prior_shift: float,
+        localiser_weight: float = 0.0,
+    ) -> None:
         self.runner = runner
         self.batch_size = batch_size
         self.size = runner.image_size
         self.prior_shift = float(prior_shift)
+        self.localiser_weight = float(localiser_weight)
         self.outputs = set(runner.output_names)
 
     @property
@@ -184,8 +194,11 @@ class OnnxEngine:
         """Score ``images`` (n, size, size, 3); any n (the graph's batch is open)."""
         outputs = self.runner.run(images)
         pooled_name, early_name = FEATURE_OUTPUTS
+        logits = outputs["logit"].astype(np.float64) + self.prior_shift
+        if self.localiser_weight:
+            logits = logits - self.localiser_weight * peak_centre_logit(outputs[LOCATION_OUTPUT])
         return BatchOutput(
-            logits=outputs["logit"].astype(np.float64) + self.prior_shift,
+            logits=logits,
             pooled=outputs[pooled_name],
             cams=outputs["heatmap"] if with_cam else None,
             early_pooled=outputs.get(early_name),
@@ -231,7 +244,7 @@ class OnnxPredictor(Predictor):
         fmt = runner.config.get("format", "onnx")
         self.precision = "onnx-int8" if fmt == INT8_FORMAT else "onnx-float32"
         localiser = _load_localiser(directory)
-        engine = OnnxEngine(runner, batch_size, config.prior_shift)
+        engine = OnnxEngine(runner, batch_size, config.prior_shift, config.localiser_weight)
         if localiser is not None and not engine.has_location:
             raise RuntimeChoiceError(
                 f"the ONNX export of {directory} has no localisation output but the model "

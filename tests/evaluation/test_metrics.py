@@ -569,7 +569,9 @@ def test_calibrate_command_rewrites_a_model_folder_that_still_verifies(
         load_predictor(model_dir), load_dataset(tmp_path / "data").split("val"), with_cam=False
     )
     assert scores.peaks is None  # no localisation head: the classifier's logit alone
-    expected_temperature, expected_shift = fit_platt(scores.logits, scores.labels)  # the tiny model's shift is 0
+    expected_temperature, expected_shift = fit_platt(
+        scores.logits, scores.labels
+    )  # the tiny model's shift is 0
     report = calibrate_model(model_dir, tmp_path / "data")
     config, card = read_config(model_dir)  # checksums verify after the rewrite
     assert config.prior_shift == pytest.approx(expected_shift, rel=1e-4, abs=1e-6)

@@ -316,3 +316,44 @@ def test_onnx_runtime_parity_on_validation_radiographs(shared_fracatlas, shared_
     assert changed == {name: 0 for name in changed}
     assert worst["probability"] < VAL_PROBABILITY_TOLERANCE
     assert max(worst["heat"], worst["features"], worst["location"]) < VAL_MAP_TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_probability_that_adds_the_heads_peak_is_the_same_in_the_export(
+    exported, fake_imagenet_weights, tmp_path
+):
+    """With ``localiser_weight`` set, the export's own probability and the ONNX predictor's
+    both carry the head's peak, once, as the TensorFlow predictor does."""
+    import dataclasses
+
+    from fracture.inference.export import export_into_model_folder, run_export
+    from fracture.inference.predictor import Predictor
+    from fracture.inference.preprocess import letterbox
+    from fracture.inference.runtime import OnnxNetwork
+    from fracture.model.folder import load_model
+
+    directory = tmp_path / "weighted"
+    shutil.copytree(exported[0], directory, ignore=shutil.ignore_patterns("onnx"))
+    folder = ModelFolder(directory)
+    config, card = folder.read()
+    folder.rewrite_config(dataclasses.replace(config, localiser_weight=0.4), card)
+    loaded = load_model(directory, fake_imagenet_weights)
+    export_into_model_folder(loaded)
+    tensorflow = Predictor(loaded, batch_size=4, precision="float32", settings=Settings())
+    onnx = OnnxNetwork(directory, Settings()).predictor(batch_size=4)
+    images = _images()[:4]
+    expected = tensorflow.predict(images)
+    plain = Predictor(exported[1], batch_size=4, precision="float32", settings=Settings())
+    unweighted = [p.probability for p in plain.predict(images)]
+    # The weight changes the answer, so agreement below means the peak was carried once.
+    assert max(abs(a.probability - b) for a, b in zip(expected, unweighted)) > 1e-3
+    got = onnx.predict(images)
+    assert [p.probability for p in got] == pytest.approx(
+        [p.probability for p in expected], abs=PROBABILITY_TOLERANCE
+    )
+    # The export's own outputs, as a runtime without this package reads them.
+    batch = np.stack([letterbox(image, config.image_size)[0] for image in images])
+    outputs = run_export(folder.onnx_dir, batch)
+    assert list(outputs["probability"]) == pytest.approx(
+        [p.probability for p in expected], abs=PROBABILITY_TOLERANCE
+    )
