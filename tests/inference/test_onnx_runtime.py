@@ -344,16 +344,22 @@ def test_a_probability_that_adds_the_heads_peak_is_the_same_in_the_export(
     images = _images()[:4]
     expected = tensorflow.predict(images)
     plain = Predictor(exported[1], batch_size=4, precision="float32", settings=Settings())
-    unweighted = [p.probability for p in plain.predict(images)]
-    # The weight changes the answer, so agreement below means the peak was carried once.
-    assert max(abs(a.probability - b) for a, b in zip(expected, unweighted)) > 1e-3
+    # The tiny model is sure of every image, so the logits show the weight, not the
+    # probabilities: TensorFlow's logit is the plain one plus 0.4 x the head's peak.
+    for weighted, unweighted in zip(expected, plain.predict(images)):
+        assert abs(weighted.location_peak) > 0.1
+        assert weighted.logit == pytest.approx(
+            unweighted.logit + 0.4 * weighted.location_peak, abs=1e-3
+        )
     got = onnx.predict(images)
+    assert [p.logit for p in got] == pytest.approx([p.logit for p in expected], abs=1e-3)
     assert [p.probability for p in got] == pytest.approx(
         [p.probability for p in expected], abs=PROBABILITY_TOLERANCE
     )
     # The export's own outputs, as a runtime without this package reads them.
     batch = np.stack([letterbox(image, config.image_size)[0] for image in images])
     outputs = run_export(folder.onnx_dir, batch)
+    assert list(outputs["logit"]) == pytest.approx([p.logit for p in expected], abs=1e-3)
     assert list(outputs["probability"]) == pytest.approx(
         [p.probability for p in expected], abs=PROBABILITY_TOLERANCE
     )
