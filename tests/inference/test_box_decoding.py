@@ -14,7 +14,7 @@ from fracture.inference.localisation import (
     non_maximum_suppression,
 )
 from fracture.inference.preprocess import letterbox
-from fracture.model.localiser import OUTPUT_CHANNELS, Localiser, LocaliserError
+from fracture.model.localiser import OUTPUT_CHANNELS
 
 GRID = 24
 
@@ -92,22 +92,3 @@ def test_centre_map_is_a_probability_map():
 def test_decode_refuses_other_shapes():
     with pytest.raises(ValueError, match="H, W, 5"):
         decode_boxes(np.zeros((GRID, GRID, 3)))
-
-
-def test_localiser_file_round_trip_and_checks(tmp_path):
-    rng = np.random.default_rng(0)
-    shapes = [(1, 1, 8, 256), (256,), (3, 3, 256, 128), (128,), (3, 3, 128, 128), (128,)]
-    shapes += [(1, 1, 128, 5), (5,)]
-    weights = [rng.normal(size=s).astype(np.float32) for s in shapes]
-    original = Localiser(weights, box_threshold=0.42, trained_on="a test")
-    loaded = Localiser.load(original.save(tmp_path / "localiser.npz"))
-    assert loaded.box_threshold == pytest.approx(0.42) and loaded.trained_on == "a test"
-    assert all(np.array_equal(a, b) for a, b in zip(original.weights, loaded.weights))
-    assert loaded.input_channels == 8
-    with pytest.raises(LocaliserError, match="threshold"):
-        Localiser(weights, box_threshold=1.5)
-    with pytest.raises(LocaliserError, match="weight arrays"):
-        Localiser(weights[:-1])
-    (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(LocaliserError, match="not a readable localisation head"):
-        Localiser.load(tmp_path / "bad.npz")

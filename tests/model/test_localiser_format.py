@@ -85,3 +85,22 @@ def test_the_localiser_weight_is_binary_only_non_negative_and_stored_only_when_s
         ModelConfig(localiser_weight=-0.1)
     with pytest.raises(ValueError, match="binary"):
         ModelConfig(classes=["normal", "a", "b"], localiser_weight=0.1)
+
+
+def test_localiser_file_round_trip_and_checks(tmp_path):
+    rng = np.random.default_rng(0)
+    shapes = [(1, 1, 8, 256), (256,), (3, 3, 256, 128), (128,), (3, 3, 128, 128), (128,)]
+    shapes += [(1, 1, 128, 5), (5,)]
+    weights = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    original = Localiser(weights, box_threshold=0.42, trained_on="a test")
+    loaded = Localiser.load(original.save(tmp_path / "localiser.npz"))
+    assert loaded.box_threshold == pytest.approx(0.42) and loaded.trained_on == "a test"
+    assert all(np.array_equal(a, b) for a, b in zip(original.weights, loaded.weights))
+    assert loaded.input_channels == (8,)
+    with pytest.raises(LocaliserError, match="threshold"):
+        Localiser(weights, box_threshold=1.5)
+    with pytest.raises(LocaliserError, match="weight arrays"):
+        Localiser(weights[:-1])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(LocaliserError, match="not a readable localisation head"):
+        Localiser.load(tmp_path / "bad.npz")
