@@ -257,13 +257,22 @@ def _localiser_lines(card: ModelCard) -> list[str]:
     located = card.get("localiser")
     if not located:
         return []
+    weight = card.get("localiser_weight") or 0.0
+    effect = (
+        "Its training never changed the classifier; the calibration then adds its peak (how "
+        f"sure it is that a fracture's centre lies anywhere) to the classifier's logit, with "
+        f"weight {weight:.2f}, because that raised the out-of-fold validation AUROC (see "
+        "Calibration below)."
+        if weight
+        else "It was trained on the radiologists' boxes after the classifier, on its frozen "
+        "features, so it leaves the probability exactly as it was."
+    )
     lines = [
         "",
         "## Where the fracture is: the localisation head",
         "A second head on the same ResNet-50 pass marks where a fracture is: a map of how "
         "likely each place is a fracture's centre, and boxes with scores (CenterNet, Zhou et "
-        "al. 2019). It was trained on the radiologists' boxes after the classifier, on its "
-        "frozen features, so it leaves the probability exactly as it was. Boxes are drawn only "
+        f"al. 2019), trained on the radiologists' boxes. {effect} Boxes are drawn only "
         "on an image labelled fracture: dotted at the high-sensitivity point, solid at the "
         "high-specificity one.",
     ]
