@@ -54,7 +54,7 @@ class ModelConfig:
     # (fracture.evaluation.operating_points.calibrate) and kept only where it raises
     # the out-of-fold AUROC. Two heads that read the same pass and were trained for
     # different jobs make a small ensemble: the head's peak alone separates fractured
-    # from normal radiographs with an AUROC near 0.88. 0: the classifier's logit
+    # from normal radiographs with an AUROC near 0.9. 0: the classifier's logit
     # alone (every folder saved before it existed). Stored only when set.
     localiser_weight: float = 0.0
     # Operating points on the probability of any fracture: the fracture probability

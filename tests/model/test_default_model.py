@@ -45,12 +45,14 @@ def test_default_model_reaches_val_auroc_and_points_at_fractures(
         f"specificity {report['specificity']:.3f}, pointing {located['pointing_game']['rate']:.3f}, "
         f"AP50 {located['ap50']:.3f}"
     )
-    # The classifier without box training (the previous default's weights): 0.918 in bfloat16
-    # when the folder was assembled.
-    assert report["auroc"] >= 0.90
-    # The default overlay is the localisation head's map: its peak lies in a radiologist's box
-    # on 40 of 74 val fractures (Grad-CAM's: 13), and its boxes beat Grad-CAM's region.
-    assert located["pointing_game"]["rate"] >= 0.45
+    # The classifier (no box training) with the localisation head's peak in its logit: 0.944
+    # in bfloat16 when the folder was assembled (0.941 out of fold; 0.918 without the peak).
+    # Issue 21's bar for val: 0.93.
+    assert report["auroc"] >= 0.93
+    # The default overlay is the two-level head's map: its peak lies in a radiologist's box
+    # on 52 of 74 val fractures (Grad-CAM's: 13), and its boxes beat Grad-CAM's region.
+    # Issue 21's bar for val: 0.60.
+    assert located["pointing_game"]["rate"] >= 0.60
     assert located["pointing_game"]["rate"] > report["localisation"]["pointing_game"]["rate"]
     assert located["ap50"] > report["localisation"]["ap50"]
     # Boxes are drawn only on images labelled fracture: few on normal images.
@@ -62,6 +64,8 @@ def test_default_model_reaches_val_auroc_and_points_at_fractures(
     low, high = card_point["sensitivity_ci"]
     assert low <= report["sensitivity"] <= high
     assert report["sensitivity"] >= 0.85
+    # The head's peak is what lifted specificity at the high-sensitivity point (0.69 -> 0.82).
+    assert report["specificity"] >= 0.75
 
 
 @pytest.mark.slow
