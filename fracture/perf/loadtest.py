@@ -96,16 +96,20 @@ PROBABILITY = (
 )
 EXCEPTION = "[data-testid='stException']"
 ERROR_BOX = "[data-testid='stAlertContentError']"
-# Done: the Grad-CAM overlay drawn, or, for an input flagged out of distribution (which
-# gets no overlay unless asked), the "Not assessed" verdict beside its drawn image.
+# Done: the verdict shown with its picture drawn. The picture is the Where/Why viewer (a
+# plotly chart whose radiograph is an SVG <image>), or a drawn Grad-CAM image (pages and
+# models from before the viewer), or, for an input flagged out of distribution, the image
+# beside its "Not assessed" verdict.
 OVERLAY_READY = """() => {
     const drawn = el => Array.from(el.querySelectorAll('img'))
         .some(i => i.complete && i.naturalWidth > 0);
     const images = Array.from(document.querySelectorAll('[data-testid="stImage"]'));
     if (images.some(el => el.innerText.includes('Grad-CAM') && drawn(el))) return true;
-    const judged = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
-        .some(el => el.innerText.includes('Not assessed'));
-    return judged && images.some(drawn);
+    const verdict = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
+        .some(el => /Fracture probability|Not assessed/.test(el.innerText));
+    const viewer = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+        .some(el => el.querySelector('.main-svg image'));
+    return verdict && (viewer || images.some(drawn));
 }"""
 
 
