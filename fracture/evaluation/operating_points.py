@@ -338,25 +338,24 @@ def calibrate(
 
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels).astype(int)
+    # Each val image's probability from a fit that did not see it: the classifier's logit
+    # alone, and (with a head) with the head's peak weighted in, the weight refitted too.
+    out_of_fold = out_of_fold_probabilities(z, y, seed=seed)
     weight, aurocs = 0.0, {}
     if peaks is not None:
         m = np.asarray(peaks, np.float64)
-        alone = out_of_fold_probabilities(z, y, seed=seed)
-        fused = out_of_fold_probabilities(z, y, peaks=m, seed=seed)
+        with_peak = out_of_fold_probabilities(z, y, peaks=m, seed=seed)
         aurocs = {
-            "classifier": float(roc_auc_score(y, alone)),
-            "with_localiser": float(roc_auc_score(y, fused)),
+            "classifier": float(roc_auc_score(y, out_of_fold)),
+            "with_localiser": float(roc_auc_score(y, with_peak)),
         }
         if aurocs["with_localiser"] > aurocs["classifier"]:
             weight = fit_localiser_weight(z, m, y)
-        z = z + weight * m
+            z, out_of_fold = z + weight * m, with_peak
     temperature, shift = fit_platt(z, y)
     probabilities = platt_probability(z, temperature, shift)
     thresholds = stable_thresholds(
         probabilities, y, choose_thresholds, n_bootstrap=n_bootstrap, seed=seed
-    )
-    out_of_fold = out_of_fold_probabilities(
-        z - weight * m if weight else z, y, peaks=m if weight else None, seed=seed
     )
     method = PLATT_METHOD
     if aurocs:
