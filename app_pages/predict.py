@@ -14,7 +14,7 @@ from streamlit.typing import UploadedFile
 
 from app_pages import _common as common
 from fracture.inference.gradcam import overlay_heatmap
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.io.dicom import looks_like_dicom, study_instance_uid
 from fracture.io.images import SUPPORTED_SUFFIXES, InvalidImageError, describe_dicom
 from fracture.model.folder import ModelFolder

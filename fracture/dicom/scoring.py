@@ -22,7 +22,8 @@ from fracture.dicom.results import (
     secondary_capture,
     structured_report,
 )
-from fracture.inference.predictor import Prediction, Predictor
+from fracture.inference.prediction import Prediction
+from fracture.inference.predictor import Predictor
 from fracture.inference.verdict import decide
 
 __all__ = ["SR_FILE", "ScoredStudy", "capture_caption", "score_instances", "summary_images"]

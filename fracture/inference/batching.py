@@ -38,7 +38,8 @@ from typing import Generic, TypeVar
 
 from fracture.config import Settings
 from fracture.errors import FractureError
-from fracture.inference.predictor import Prediction, Predictor, Prepared, Source
+from fracture.inference.prediction import Prediction, Source
+from fracture.inference.predictor import Predictor, Prepared
 
 __all__ = [
     "DEFAULT_MAX_BATCH",

@@ -58,12 +58,8 @@ from fracture.inference.export import (
     OnnxRunner,
 )
 from fracture.inference.localisation import peak_centre_logit
-from fracture.inference.predictor import (
-    Predictor,
-    Prepared,
-    Source,
-    _load_localiser,
-)
+from fracture.inference.prediction import Source
+from fracture.inference.predictor import Predictor, Prepared, _load_localiser
 from fracture.model import registry
 from fracture.model.folder import ModelConfig, ModelFolder, read_config
 

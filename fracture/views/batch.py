@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.views.results import OverlayArchive, is_assessed
 
 __all__ = ["KEEP_SHOWN", "BatchScores", "light"]

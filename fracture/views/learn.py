@@ -36,7 +36,7 @@ import numpy as np
 from fracture.data.records import Dataset, Record, relative_posix
 from fracture.evaluation.localisation import TOLERANCE, map_peak, point_in_boxes
 from fracture.evaluation.proportions import wilson_rate
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.inference.verdict import FRACTURE, NORMAL
 from fracture.views.results import verdict
 

@@ -30,7 +30,7 @@ class GalleryCase:
 
     group: str  # "hit", "miss" or "normal"
     record: Any  # fracture.data.records.Record
-    prediction: Any  # fracture.inference.predictor.Prediction
+    prediction: Any  # fracture.inference.prediction.Prediction
 
 
 def gallery_cases(

@@ -31,7 +31,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from fracture.inference.gradcam import box_style, draw_region, overlay_heatmap, strongest_region
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.inference.verdict import FRACTURE
 
 __all__ = [

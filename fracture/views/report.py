@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from fracture.inference.gradcam import overlay_heatmap
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.views.display import fit_for_display, jpeg
 from fracture.views.overlays import (
     VIEW_NAMES,

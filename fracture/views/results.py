@@ -34,7 +34,8 @@ import numpy as np
 
 from fracture.data.records import region_words
 from fracture.inference.gradcam import overlay_heatmap
-from fracture.inference.predictor import Prediction, csv_columns, with_class_map
+from fracture.inference.prediction import Prediction, csv_columns
+from fracture.inference.predictor import with_class_map
 from fracture.inference.verdict import (
     FRACTURE,
     NORMAL,
@@ -333,7 +334,7 @@ def predictions_csv(
 ) -> bytes:
     """The CLI's CSV in input order, labels at ``threshold``, plus which model and operating point.
 
-    Columns: :func:`fracture.inference.predictor.csv_columns` (one probability per class
+    Columns: :func:`fracture.inference.prediction.csv_columns` (one probability per class
     of a K-class model, whose ``class_names`` are given), then :data:`CSV_CONTEXT_COLUMNS`.
     An input flagged out of distribution keeps its probability (for research)
     but its ``prediction`` is :data:`CSV_NOT_ASSESSED`, never a label. ``threshold``

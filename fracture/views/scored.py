@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from fracture.inference.predictor import Prediction
+    from fracture.inference.prediction import Prediction
 
 __all__ = ["DEFAULT_MAX_BYTES", "ScoredImages", "content_key", "prediction_bytes"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.inference.verdict import NOT_ASSESSED, study_verdict
 from fracture.views.results import format_probability
 

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 from test_app import _open, _served, app_env  # noqa: F401 - the dashboard's fixture, shared
 
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.io.dicom import study_instance_uid
 from fracture.views import studies
 

@@ -16,13 +16,8 @@ import numpy as np
 import pytest
 
 from fracture.inference.engine import InferenceEngine
-from fracture.inference.predictor import (
-    CLASS_COLUMN_PREFIX,
-    CSV_COLUMNS,
-    Predictor,
-    csv_columns,
-    with_class_map,
-)
+from fracture.inference.prediction import CLASS_COLUMN_PREFIX, CSV_COLUMNS, csv_columns
+from fracture.inference.predictor import Predictor, with_class_map
 from fracture.model.folder import LoadedModel, ModelConfig
 from fracture.model.network import CAM_LAYER, LOGIT_LAYER, POOL_LAYER
 

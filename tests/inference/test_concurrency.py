@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.inference.predictor import Prediction, Predictor
+from fracture.inference.prediction import Prediction
+from fracture.inference.predictor import Predictor
 
 from conftest import radiograph_like
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.inference.predictor import CSV_COLUMNS, Predictor
+from fracture.inference.prediction import CSV_COLUMNS
+from fracture.inference.predictor import Predictor
 
 from conftest import radiograph_like, write_png
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from fracture.config import PROJECT_ROOT
-from fracture.inference.predictor import CSV_COLUMNS, Predictor
+from fracture.inference.prediction import CSV_COLUMNS
+from fracture.inference.predictor import Predictor
 from fracture.io.images import InvalidImageError, load_image
 
 from hostile import KINDS, PATIENT_NAME, HostileFile, build_hostile_files, radiograph

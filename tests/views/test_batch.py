@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from fracture.inference.localisation import Box
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.inference.preprocess import letterbox
 from fracture.views import batch, results
 

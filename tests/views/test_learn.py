@@ -11,7 +11,7 @@ import pytest
 
 from fracture.data.phantoms import synthesize_phantoms
 from fracture.evaluation.localisation import TOLERANCE
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.views import browse, learn
 
 

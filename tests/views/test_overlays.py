@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fracture.inference.localisation import Box
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.inference.preprocess import letterbox
 from fracture.views import overlays
 

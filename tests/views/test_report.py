@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.views import report
 
 from conftest import radiograph_like

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fracture.inference.predictor import Prediction
+from fracture.inference.prediction import Prediction
 from fracture.views.scored import ScoredImages, content_key, prediction_bytes
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.inference.predictor import CSV_COLUMNS, Prediction
+from fracture.inference.prediction import CSV_COLUMNS, Prediction
 from fracture.views import (
     batch,
     browse,
