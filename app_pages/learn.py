@@ -16,7 +16,7 @@ import streamlit as st
 
 from app_pages import _common as common
 from fracture.data.records import DatasetLayoutError
-from fracture.inference.predictor import FRACTURE
+from fracture.inference.verdict import FRACTURE
 from fracture.io.images import InvalidImageError, load_image
 from fracture.views import browse, display, figures, learn, results
 
