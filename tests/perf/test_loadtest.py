@@ -197,8 +197,11 @@ def test_the_server_cpu_counts_the_process_and_all_its_children():
             child.kill()
         server.kill()
         server.wait()
-    # 1.1 s burnt; the two children's own interpreter start-up adds a little.
-    assert 1.1 <= used <= 1.5, used
+    # 1.1 s burnt; the two children's own interpreter start-up adds a little. /proc
+    # reports user and system time in whole clock ticks (10 ms), truncated, so each of
+    # the three processes can read up to 20 ms short (seen: 1.08 on a busy machine).
+    # Missing either child would read 0.8 or less.
+    assert 1.1 - 3 * 0.02 <= used <= 1.5, used
 
 
 def test_the_engine_floor_is_the_marginal_cost_per_image():
