@@ -191,6 +191,15 @@ class Predictor:
         self.engine.run(blank, with_cam=False)
         self.engine.run(blank, with_cam=True)
 
+    def raw_logit(self, output: BatchOutput) -> np.ndarray:
+        """The binary logit the calibration reads: the classifier's, plus, where the model
+        sets ``localiser_weight``, that weight times the localisation head's peak."""
+        if not self.config.localiser_weight:
+            return output.logits
+        # _serve refuses a model whose probability needs a head it lacks.
+        assert output.localiser is not None
+        return output.logits + self.config.localiser_weight * peak_centre_logit(output.localiser)
+
     def corrected_logit(self, raw_logits: np.ndarray) -> np.ndarray:
         """The network's logit with the class-weighting prior shift removed."""
         return np.asarray(raw_logits, np.float64) - self.config.prior_shift
@@ -392,12 +401,7 @@ class Predictor:
         With ``localiser_weight`` set, the logit calibrated is the classifier's plus
         that weight times the localisation head's peak centre logit.
         """
-        raw = output.logits
-        if self.config.localiser_weight:
-            # __init__ refuses a model whose probability needs a head it lacks.
-            assert output.localiser is not None
-            raw = raw + self.config.localiser_weight * peak_centre_logit(output.localiser)
-        logits = self.corrected_logit(raw)
+        logits = self.corrected_logit(self.raw_logit(output))
         probabilities = self.probability_from_logit(logits)
         return [
             Prediction(

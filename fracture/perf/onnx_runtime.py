@@ -178,13 +178,15 @@ def val_check(
         batch = np.stack(inputs)
         output = reference.engine.run(batch, with_cam=True)
         reference_p.append(
-            reference.probability_from_logit(reference.corrected_logit(output.logits))
+            reference.probability_from_logit(reference.corrected_logit(reference.raw_logit(output)))
         )
         reference_maps.append(np.asarray(output.cams))
         for name, predictor in predictors.items():
             result = predictor.engine.run(batch, with_cam=True)
             variant_p[name].append(
-                predictor.probability_from_logit(predictor.corrected_logit(result.logits))
+                predictor.probability_from_logit(
+                    predictor.corrected_logit(predictor.raw_logit(result))
+                )
             )
             variant_maps[name].append(np.asarray(result.cams))
         labels.extend(kept)

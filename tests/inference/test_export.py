@@ -41,7 +41,7 @@ def _reference(loaded, images: list[np.ndarray]):
     predictor = Predictor(loaded, batch_size=len(images), precision="float32")
     inputs = np.stack([letterbox(image, loaded.config.image_size)[0] for image in images])
     output = predictor.engine.run(inputs, with_cam=True)
-    logits = predictor.corrected_logit(output.logits)
+    logits = predictor.corrected_logit(predictor.raw_logit(output))
     return inputs, logits, predictor.probability_from_logit(logits), output.cams
 
 
